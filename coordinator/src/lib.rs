@@ -1,1 +1,101 @@
-//! placeholder
+//! The replicated state machine of a stillpoint cluster, and what may be proposed to it.
+//!
+//! Every agent holds the same [`ClusterState`], built by applying the same committed log of
+//! [`Command`]s in the same order. Today the state is the **node registry**: which agents exist,
+//! what they are called, where they listen, which roles they play on the site (business, backup,
+//! management) and which software version they run. Inventory, jobs, locks and history join it
+//! in later issues; they will follow the same rules.
+//!
+//! ## Why `apply` is deterministic
+//!
+//! Raft guarantees that replicas apply the same commands in the same order; it cannot guarantee
+//! they reach the same state unless applying is a pure function of (state, command). So
+//! [`ClusterState::apply`] reads no clock, draws no random number and does no I/O: a proposer
+//! that needs a time or an id stamps it into the command before proposing it
+//! ([`NodeRecord::registered_at_ms`] is stamped by the registering agent). A command that breaks
+//! a rule is not an error of the log: it is applied as a [`Response::Refused`] that names the
+//! rule, on every replica alike, and the proposer reports it to its caller.
+//!
+//! ## What is not here
+//!
+//! Raft membership (who votes) is openraft's, not ours: the registry says who an agent *is*,
+//! membership says whether it votes. `stillpoint cluster status` joins the two. Nothing here
+//! talks to the network; the `node` crate proposes commands and serves queries.
+//!
+//! ## Caveats
+//! - Registry entries are never garbage-collected: a removed agent keeps its record (marked
+//!   deregistered) so the audit trail stays readable.
+//! - The state is small and snapshotted whole as JSON; that will be revisited when job history
+//!   grows.
+
+mod registry;
+
+use std::io::Cursor;
+
+pub use registry::{ClusterState, NodeRecord, Role, RoleParseError};
+use serde::{Deserialize, Serialize};
+
+/// Agent identifier: stable for the life of a data dir, unique in a cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for stillpoint: commands in, responses out, agents
+    /// addressed by [`openraft::BasicNode`] (their gRPC address).
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The raft handle every agent holds.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A change to the replicated state, as proposed by an agent or an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// An agent says who it is. Idempotent: re-registering the same record changes nothing.
+    RegisterNode(NodeRecord),
+    /// An agent left the cluster (removed from membership); its record stays, marked so.
+    DeregisterNode {
+        node_id: NodeId,
+        /// Proposer's wall clock, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+}
+
+/// The outcome of applying a [`Command`], returned to its proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// The command took effect (or had already taken effect: `changed` is false).
+    Applied { changed: bool },
+    /// The command broke a rule and changed nothing; `rule` names the rule for the operator.
+    Refused { rule: String },
+    /// A log entry that carried no command (leader blank entry or membership change).
+    NoCommand,
+}
+
+impl Response {
+    /// Whether the command was refused by a rule of the state machine.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Response::Refused { rule } => Some(rule),
+            _ => None,
+        }
+    }
+}
+
+impl stillpoint_storage::StateMachineData<TypeConfig> for ClusterState {
+    fn apply(&mut self, _log_id: &openraft::LogId<NodeId>, command: &Command) -> Response {
+        ClusterState::apply(self, command)
+    }
+
+    fn response_for_non_command(_log_id: &openraft::LogId<NodeId>) -> Response {
+        Response::NoCommand
+    }
+}

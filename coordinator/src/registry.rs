@@ -1,0 +1,234 @@
+//! The node registry: who each agent is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Command, NodeId, Response};
+
+/// What a host does on the site; an agent may play several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs business applications on master volumes.
+    Business,
+    /// Mounts replication volumes and copies them to tape.
+    Backup,
+    /// Runs the array's management software; has the control path to the arrays.
+    Management,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Business, Role::Backup, Role::Management];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Business => "business",
+            Role::Backup => "backup",
+            Role::Management => "management",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of `business`, `backup`, `management`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role {0:?}: expected one of business, backup, management")]
+pub struct RoleParseError(pub String);
+
+impl FromStr for Role {
+    type Err = RoleParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| RoleParseError(s.to_string()))
+    }
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: NodeId,
+    /// Operator-facing name, unique in the cluster (`--node NAME` in commands).
+    pub name: String,
+    /// gRPC address other agents and clients reach this agent at.
+    pub address: String,
+    pub roles: BTreeSet<Role>,
+    /// stillpoint version the agent runs, so mixed-version clusters are visible.
+    pub version: String,
+    /// When the agent registered this record, stamped by the agent (ms since Unix epoch).
+    pub registered_at_ms: u64,
+    /// Set when the agent was removed from the cluster; the record is kept for the audit trail.
+    #[serde(default)]
+    pub deregistered_at_ms: Option<u64>,
+}
+
+impl NodeRecord {
+    /// Same identity and reachability, ignoring when it was stamped.
+    fn same_as(&self, other: &NodeRecord) -> bool {
+        self.node_id == other.node_id
+            && self.name == other.name
+            && self.address == other.address
+            && self.roles == other.roles
+            && self.version == other.version
+            && self.deregistered_at_ms == other.deregistered_at_ms
+    }
+}
+
+/// The replicated state of a stillpoint cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Every agent that ever registered, by id.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+impl ClusterState {
+    /// Applies one committed command. Pure: no clock, no randomness, no I/O.
+    pub fn apply(&mut self, command: &Command) -> Response {
+        match command {
+            Command::RegisterNode(record) => self.register(record),
+            Command::DeregisterNode { node_id, at_ms } => match self.nodes.get_mut(node_id) {
+                None => Response::Refused {
+                    rule: format!("node {node_id} is not registered"),
+                },
+                Some(r) if r.deregistered_at_ms.is_some() => Response::Applied { changed: false },
+                Some(r) => {
+                    r.deregistered_at_ms = Some(*at_ms);
+                    Response::Applied { changed: true }
+                }
+            },
+        }
+    }
+
+    fn register(&mut self, record: &NodeRecord) -> Response {
+        if record.name.trim().is_empty() {
+            return Response::Refused {
+                rule: format!("node {} has an empty name", record.node_id),
+            };
+        }
+        if let Some(other) = self.nodes.values().find(|r| {
+            r.name == record.name && r.node_id != record.node_id && r.deregistered_at_ms.is_none()
+        }) {
+            return Response::Refused {
+                rule: format!(
+                    "node names are unique: {:?} is already node {}",
+                    record.name, other.node_id
+                ),
+            };
+        }
+        match self.nodes.get(&record.node_id) {
+            Some(existing) if existing.same_as(record) => Response::Applied { changed: false },
+            _ => {
+                self.nodes.insert(record.node_id, record.clone());
+                Response::Applied { changed: true }
+            }
+        }
+    }
+
+    /// The live (not deregistered) record of the agent called `name`.
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes
+            .values()
+            .find(|r| r.name == name && r.deregistered_at_ms.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: NodeId, name: &str) -> NodeRecord {
+        NodeRecord {
+            node_id: id,
+            name: name.into(),
+            address: format!("127.0.0.1:{}", 7000 + id),
+            roles: [Role::Business].into(),
+            version: "0.1.0".into(),
+            registered_at_ms: 1_000 * id,
+            deregistered_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn registering_twice_is_idempotent_even_with_a_new_timestamp() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            s.apply(&Command::RegisterNode(record(1, "db1"))),
+            Response::Applied { changed: true }
+        );
+        let mut again = record(1, "db1");
+        again.registered_at_ms += 5;
+        assert_eq!(
+            s.apply(&Command::RegisterNode(again)),
+            Response::Applied { changed: false }
+        );
+        assert_eq!(s.nodes.len(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_name_is_refused_naming_the_owner() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(record(1, "db1")));
+        let r = s.apply(&Command::RegisterNode(record(2, "db1")));
+        assert!(
+            r.refusal()
+                .is_some_and(|rule| rule.contains("already node 1")),
+            "{r:?}"
+        );
+        assert_eq!(s.nodes.len(), 1);
+    }
+
+    #[test]
+    fn a_deregistered_name_can_be_reused_and_the_old_record_is_kept() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(record(1, "db1")));
+        s.apply(&Command::DeregisterNode {
+            node_id: 1,
+            at_ms: 9,
+        });
+        assert_eq!(
+            s.apply(&Command::RegisterNode(record(2, "db1"))),
+            Response::Applied { changed: true }
+        );
+        assert_eq!(s.node_by_name("db1").map(|r| r.node_id), Some(2));
+        assert_eq!(s.nodes[&1].deregistered_at_ms, Some(9));
+    }
+
+    #[test]
+    fn apply_is_deterministic_across_replicas() {
+        let commands = vec![
+            Command::RegisterNode(record(1, "a")),
+            Command::RegisterNode(record(2, "b")),
+            Command::RegisterNode(record(3, "a")),
+            Command::DeregisterNode {
+                node_id: 1,
+                at_ms: 4,
+            },
+            Command::DeregisterNode {
+                node_id: 7,
+                at_ms: 5,
+            },
+        ];
+        let run = || {
+            let mut s = ClusterState::default();
+            let out: Vec<_> = commands.iter().map(|c| s.apply(c)).collect();
+            (s, out)
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn roles_parse_and_refuse_unknown_names() {
+        assert_eq!("backup".parse::<Role>().unwrap(), Role::Backup);
+        let e = "tape".parse::<Role>().unwrap_err();
+        assert!(e.to_string().contains("business, backup, management"));
+    }
+}
