@@ -1,1 +1,506 @@
-//! The agent's local journal (filled in by the host-operations work, issue 4).
+//! The agent's local journal: what this agent has done on its own host, kept in the agent's one
+//! sled database so it survives a crash of the agent process.
+//!
+//! Two kinds of record live here, each in its own named tree (all prefixed `journal/` so they
+//! never collide with the raft log or state-machine trees of the same database):
+//!
+//! - **Quiesce records** (`journal/quiesce`, keyed by volume name): a volume this agent froze or
+//!   unmounted for a static point, with its deadline. The record is written *before* the volume is
+//!   quiesced and removed only after it is resumed, so an agent that dies in between finds it on
+//!   start and resumes the volume (safety property S4). Automatic resumes are logged in
+//!   `journal/resume` so the agent can say that it resumed a volume by itself, when, and why.
+//! - **Step records** (`journal/steps`, keyed by job, step index, attempt): which step of which
+//!   job this agent executed under which fencing token, and with what outcome. The step executor
+//!   uses them for idempotency (S6): a step already done under a token is answered from the
+//!   journal instead of being done twice, and a token older than one already seen is refused.
+//!
+//! Every write is flushed to disk before the call returns: a quiesce taken without a durable
+//! record would be a quiesce nobody resumes after a crash.
+//!
+//! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
+//! encoding); the resume log is never trimmed here (its owner may call [`Journal::trim_resumes`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Tree holding one [`QuiesceRecord`] per quiesced volume.
+const QUIESCE_TREE: &str = "journal/quiesce";
+/// Tree holding [`ResumeRecord`]s in the order they happened.
+const RESUME_TREE: &str = "journal/resume";
+/// Tree holding [`StepRecord`]s keyed by job, step index and attempt.
+const STEP_TREE: &str = "journal/steps";
+
+/// What went wrong with the journal, sorted by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The database could not be read or written. The agent must not quiesce anything while
+    /// this persists; retry, and check the disk holding the agent's data directory.
+    #[error("journal storage error (check the agent data directory's disk, then retry): {0}")]
+    Storage(#[from] sled::Error),
+    /// A record on disk does not decode. Written by another version, or damaged; the record is
+    /// named so an operator can inspect or remove it.
+    #[error("journal record {key} in tree {tree} is unreadable ({reason}); inspect or remove it")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    /// The fencing token is older than one this agent already executed for the same step: a
+    /// newer leader (or a later attempt) owns the step. Refuse the request (S6).
+    #[error(
+        "stale fencing token for job {job_id} step {step_index}: got term {term} attempt {attempt}, \
+         already executed term {seen_term} attempt {seen_attempt}; refused by S6"
+    )]
+    StaleToken {
+        job_id: u64,
+        step_index: u32,
+        term: u64,
+        attempt: u32,
+        seen_term: u64,
+        seen_attempt: u32,
+    },
+}
+
+/// How a volume was quiesced; decides how it is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuiesceKind {
+    /// File system frozen (FIFREEZE or the sim's write gate); resumed by thaw.
+    Freeze,
+    /// Applications stopped, file system flushed and unmounted; resumed by mounting it again at
+    /// `mount_point` and running the start hook if `apps_stopped`.
+    Unmount {
+        mount_point: String,
+        apps_stopped: bool,
+    },
+}
+
+/// A quiesce this agent holds (or held when it died).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuiesceRecord {
+    /// Volume name as configured on this host.
+    pub volume: String,
+    /// Identifies this quiesce among all quiesces of the volume, so a late release of an
+    /// earlier quiesce is not mistaken for a release of the current one.
+    pub quiesce_id: u64,
+    pub kind: QuiesceKind,
+    /// Who asked for it (job and step, or "cli"), for the resume log and error messages.
+    pub owner: String,
+    /// Wall-clock time (ms since the Unix epoch) the quiesce began. Wall clock, not monotonic,
+    /// because the record must mean the same after a restart.
+    pub taken_at_unix_ms: u64,
+    /// Wall-clock time after which the agent resumes the volume by itself.
+    pub deadline_unix_ms: u64,
+    /// Total extension granted so far, checked against the volume's ceiling.
+    pub extended_ms_total: u64,
+}
+
+/// A volume the agent resumed without being asked: the deadline passed, or the agent restarted
+/// and found a quiesce it could no longer vouch for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub volume: String,
+    pub quiesce_id: u64,
+    pub kind: QuiesceKind,
+    pub owner: String,
+    pub taken_at_unix_ms: u64,
+    pub resumed_at_unix_ms: u64,
+    /// Why the agent resumed it, in words an operator reads.
+    pub reason: String,
+    /// `None` if the resume succeeded; otherwise what failed (the volume may still be quiesced).
+    pub error: Option<String>,
+}
+
+/// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
+/// (term, attempt): a higher term is a newer leader; within a term, a higher attempt is a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FencingToken {
+    pub term: u64,
+    pub job_id: u64,
+    pub step_index: u32,
+    pub attempt: u32,
+}
+
+impl FencingToken {
+    fn order(&self) -> (u64, u32) {
+        (self.term, self.attempt)
+    }
+}
+
+/// Where a step stands in this agent's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    /// Begun, no outcome recorded: the agent died or is still working. Resolve by inspecting
+    /// the host, never by assuming either way.
+    Started,
+    /// Finished; `detail` is the executor's own encoding of the result.
+    Done { detail: String },
+    /// Finished with an error the executor reported back.
+    Failed { reason: String },
+}
+
+/// One executed step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub token: FencingToken,
+    pub outcome: StepOutcome,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: Option<u64>,
+}
+
+/// The agent's journal, over named trees of the agent's one sled database.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    db: sled::Db,
+    quiesce: sled::Tree,
+    resume: sled::Tree,
+    steps: sled::Tree,
+}
+
+fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
+    // Big-endian so sled's byte order is (job, step, attempt) order and a prefix scan over
+    // (job, step) finds every attempt of that step.
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&job_id.to_be_bytes());
+    k[8..12].copy_from_slice(&step_index.to_be_bytes());
+    k[12..].copy_from_slice(&attempt.to_be_bytes());
+    k
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, JournalError> {
+    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Journal {
+    /// Opens the journal's trees in the agent's database, creating them on first use.
+    pub fn open(db: &sled::Db) -> Result<Journal, JournalError> {
+        Ok(Journal {
+            db: db.clone(),
+            quiesce: db.open_tree(QUIESCE_TREE)?,
+            resume: db.open_tree(RESUME_TREE)?,
+            steps: db.open_tree(STEP_TREE)?,
+        })
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records (or replaces) the quiesce of `record.volume`, durably.
+    pub fn put_quiesce(&self, record: &QuiesceRecord) -> Result<(), JournalError> {
+        self.quiesce
+            .insert(record.volume.as_bytes(), encode(record))?;
+        self.flush()
+    }
+
+    /// The quiesce recorded for `volume`, if any.
+    pub fn quiesce(&self, volume: &str) -> Result<Option<QuiesceRecord>, JournalError> {
+        match self.quiesce.get(volume.as_bytes())? {
+            Some(v) => Ok(Some(decode(QUIESCE_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every recorded quiesce, by volume name.
+    pub fn quiesces(&self) -> Result<Vec<QuiesceRecord>, JournalError> {
+        self.quiesce
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(QUIESCE_TREE, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Removes the quiesce of `volume` once it has been resumed, durably. Returns the record.
+    pub fn remove_quiesce(&self, volume: &str) -> Result<Option<QuiesceRecord>, JournalError> {
+        let old = self.quiesce.remove(volume.as_bytes())?;
+        self.flush()?;
+        match old {
+            Some(v) => Ok(Some(decode(QUIESCE_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends to the log of automatic resumes, durably.
+    pub fn push_resume(&self, record: &ResumeRecord) -> Result<(), JournalError> {
+        let seq = self.db.generate_id()?;
+        self.resume.insert(seq.to_be_bytes(), encode(record))?;
+        self.flush()
+    }
+
+    /// Automatic resumes, oldest first.
+    pub fn resumes(&self) -> Result<Vec<ResumeRecord>, JournalError> {
+        self.resume
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(RESUME_TREE, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Keeps only the newest `keep` resume records.
+    pub fn trim_resumes(&self, keep: usize) -> Result<(), JournalError> {
+        let len = self.resume.len();
+        if len > keep {
+            for kv in self.resume.iter().take(len - keep) {
+                let (k, _) = kv?;
+                self.resume.remove(k)?;
+            }
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The latest record of a job step (highest attempt, any term), if any.
+    pub fn latest_step(
+        &self,
+        job_id: u64,
+        step_index: u32,
+    ) -> Result<Option<StepRecord>, JournalError> {
+        let mut prefix = Vec::with_capacity(12);
+        prefix.extend_from_slice(&job_id.to_be_bytes());
+        prefix.extend_from_slice(&step_index.to_be_bytes());
+        let mut best: Option<StepRecord> = None;
+        for kv in self.steps.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let rec: StepRecord = decode(STEP_TREE, &k, &v)?;
+            if best
+                .as_ref()
+                .is_none_or(|b| rec.token.order() > b.token.order())
+            {
+                best = Some(rec);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The record of exactly this token's attempt, if any.
+    pub fn step(&self, token: &FencingToken) -> Result<Option<StepRecord>, JournalError> {
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        match self.steps.get(key)? {
+            Some(v) => {
+                let rec: StepRecord = decode(STEP_TREE, &key, &v)?;
+                Ok((rec.token == *token).then_some(rec))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records that the step is starting under `token`, durably, before the executor touches
+    /// anything. Refuses a token older than the newest one recorded for the step (S6). If this
+    /// exact token was already recorded, returns that record instead of starting again, so the
+    /// executor can answer a repeated request from the journal.
+    pub fn begin_step(
+        &self,
+        token: FencingToken,
+        now_unix_ms: u64,
+    ) -> Result<StepBegin, JournalError> {
+        if let Some(latest) = self.latest_step(token.job_id, token.step_index)? {
+            if latest.token == token {
+                return Ok(StepBegin::AlreadyRecorded(latest));
+            }
+            if token.order() < latest.token.order() {
+                return Err(JournalError::StaleToken {
+                    job_id: token.job_id,
+                    step_index: token.step_index,
+                    term: token.term,
+                    attempt: token.attempt,
+                    seen_term: latest.token.term,
+                    seen_attempt: latest.token.attempt,
+                });
+            }
+        }
+        let rec = StepRecord {
+            token,
+            outcome: StepOutcome::Started,
+            started_at_unix_ms: now_unix_ms,
+            finished_at_unix_ms: None,
+        };
+        self.steps.insert(
+            step_key(token.job_id, token.step_index, token.attempt),
+            encode(&rec),
+        )?;
+        self.flush()?;
+        Ok(StepBegin::Started(rec))
+    }
+
+    /// Records the outcome of a step begun with [`Journal::begin_step`], durably.
+    pub fn finish_step(
+        &self,
+        token: FencingToken,
+        outcome: StepOutcome,
+        now_unix_ms: u64,
+    ) -> Result<StepRecord, JournalError> {
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        let started = match self.step(&token)? {
+            Some(r) => r.started_at_unix_ms,
+            None => now_unix_ms,
+        };
+        let rec = StepRecord {
+            token,
+            outcome,
+            started_at_unix_ms: started,
+            finished_at_unix_ms: Some(now_unix_ms),
+        };
+        self.steps.insert(key, encode(&rec))?;
+        self.flush()?;
+        Ok(rec)
+    }
+}
+
+/// What [`Journal::begin_step`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepBegin {
+    /// Nothing recorded for this token: the caller executes the step.
+    Started(StepRecord),
+    /// This exact token was recorded before: answer from the record (and if it is still
+    /// `Started`, resolve the outcome by inspecting the host first).
+    AlreadyRecorded(StepRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(term: u64, attempt: u32) -> FencingToken {
+        FencingToken {
+            term,
+            job_id: 7,
+            step_index: 3,
+            attempt,
+        }
+    }
+
+    fn quiesce(volume: &str) -> QuiesceRecord {
+        QuiesceRecord {
+            volume: volume.into(),
+            quiesce_id: 1,
+            kind: QuiesceKind::Unmount {
+                mount_point: "/data".into(),
+                apps_stopped: true,
+            },
+            owner: "job 7 step 3".into(),
+            taken_at_unix_ms: 1000,
+            deadline_unix_ms: 11_000,
+            extended_ms_total: 0,
+        }
+    }
+
+    #[test]
+    fn quiesce_records_survive_reopening_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let j = Journal::open(&db).unwrap();
+            j.put_quiesce(&quiesce("mv1")).unwrap();
+            j.put_quiesce(&quiesce("mv2")).unwrap();
+            assert!(j.remove_quiesce("mv2").unwrap().is_some());
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let j = Journal::open(&db).unwrap();
+        assert_eq!(j.quiesces().unwrap(), vec![quiesce("mv1")]);
+        assert_eq!(j.quiesce("mv2").unwrap(), None);
+        // The journal's trees are named apart from anything else in the database.
+        assert!(
+            db.tree_names()
+                .iter()
+                .filter(|n| n.as_ref() != b"__sled__default")
+                .all(|n| n.starts_with(b"journal/"))
+        );
+    }
+
+    #[test]
+    fn resume_log_keeps_order_and_trims_oldest() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        for i in 0..5 {
+            j.push_resume(&ResumeRecord {
+                volume: format!("v{i}"),
+                quiesce_id: i,
+                kind: QuiesceKind::Freeze,
+                owner: "cli".into(),
+                taken_at_unix_ms: 0,
+                resumed_at_unix_ms: i,
+                reason: "deadline".into(),
+                error: None,
+            })
+            .unwrap();
+        }
+        j.trim_resumes(2).unwrap();
+        let names: Vec<_> = j.resumes().unwrap().into_iter().map(|r| r.volume).collect();
+        assert_eq!(names, vec!["v3", "v4"]);
+    }
+
+    #[test]
+    fn steps_are_idempotent_and_stale_tokens_refused() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        assert!(matches!(
+            j.begin_step(token(2, 0), 10).unwrap(),
+            StepBegin::Started(_)
+        ));
+        // The same token again is answered from the journal, not started twice.
+        match j.begin_step(token(2, 0), 11).unwrap() {
+            StepBegin::AlreadyRecorded(r) => assert_eq!(r.outcome, StepOutcome::Started),
+            other => panic!("expected AlreadyRecorded, got {other:?}"),
+        }
+        j.finish_step(
+            token(2, 0),
+            StepOutcome::Done {
+                detail: "ok".into(),
+            },
+            20,
+        )
+        .unwrap();
+        match j.begin_step(token(2, 0), 21).unwrap() {
+            StepBegin::AlreadyRecorded(r) => {
+                assert_eq!(
+                    r.outcome,
+                    StepOutcome::Done {
+                        detail: "ok".into()
+                    }
+                );
+                assert_eq!(r.started_at_unix_ms, 10);
+            }
+            other => panic!("expected AlreadyRecorded, got {other:?}"),
+        }
+        // A newer leader's retry supersedes; after that, the old term is stale.
+        assert!(matches!(
+            j.begin_step(token(3, 1), 30).unwrap(),
+            StepBegin::Started(_)
+        ));
+        let err = j.begin_step(token(2, 2), 31).unwrap_err();
+        assert!(
+            matches!(err, JournalError::StaleToken { seen_term: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(j.latest_step(7, 3).unwrap().unwrap().token, token(3, 1));
+        assert_eq!(j.latest_step(7, 4).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_named_not_panicked_on() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        db.open_tree(QUIESCE_TREE)
+            .unwrap()
+            .insert("mv9", &b"not json"[..])
+            .unwrap();
+        let err = j.quiesce("mv9").unwrap_err();
+        assert!(err.to_string().contains("mv9"), "{err}");
+    }
+}
