@@ -1,0 +1,262 @@
+//! The data dir: one sled database per agent, its identity, and the handles raft uses.
+
+use std::any::Any;
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, Entry, RaftTypeConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::codec::{decode, encode};
+use crate::log_store::LogStore;
+use crate::state::StateMachineData;
+use crate::state_machine::StateMachineStore;
+use crate::tuning::{BACKGROUND_FLUSH_MS, CACHE_BYTES, FLUSH_TIMEOUT_MS};
+
+/// Tree holding who the data dir belongs to.
+pub(crate) const TREE_IDENTITY: &str = "stillpoint/identity";
+/// Tree of raft log entries, keyed by big-endian index.
+pub(crate) const TREE_LOG: &str = "raft/log";
+/// Tree of the log store's own records: vote, committed, last purged.
+pub(crate) const TREE_LOG_META: &str = "raft/log_meta";
+/// Tree of the state machine: applied state and current snapshot.
+pub(crate) const TREE_STATE_MACHINE: &str = "raft/state_machine";
+
+const KEY_IDENTITY: &[u8] = b"identity";
+
+/// The openraft type configurations this store can persist: node ids are `u64`, nodes are
+/// [`BasicNode`], entries are openraft's own and snapshots are in-memory JSON bytes.
+///
+/// Implemented for every matching [`RaftTypeConfig`]; never implement it by hand.
+pub trait StoreTypeConfig:
+    RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
+{
+}
+
+impl<C> StoreTypeConfig for C where
+    C: RaftTypeConfig<
+            NodeId = u64,
+            Node = BasicNode,
+            Entry = Entry<C>,
+            SnapshotData = Cursor<Vec<u8>>,
+        >
+{
+}
+
+/// Who a data dir belongs to. Recorded on first start so that a dir copied to, or mounted on,
+/// the wrong host is refused instead of silently joining a node to a cluster under a false name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDirIdentity {
+    /// The raft node id of the agent that owns the dir.
+    pub node_id: u64,
+    /// The cluster the node belongs to; `None` until the node has joined or initialised one.
+    pub cluster_id: Option<String>,
+}
+
+impl fmt::Display for DataDirIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cluster_id {
+            Some(cluster) => write!(f, "node {} of cluster {cluster:?}", self.node_id),
+            None => write!(f, "node {} (no cluster recorded yet)", self.node_id),
+        }
+    }
+}
+
+/// What the log and state-machine handles share: the database and where it lives.
+#[derive(Clone)]
+pub(crate) struct Disk {
+    pub(crate) path: Arc<Path>,
+    pub(crate) db: sled::Db,
+}
+
+impl Disk {
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, Error> {
+        self.db
+            .open_tree(name)
+            .map_err(|e| Error::sled(&self.path, &format!("open tree {name}"), e))
+    }
+
+    /// Makes every write issued so far durable, or says it could not. Waits at most
+    /// [`FLUSH_TIMEOUT_MS`]: a stalled disk must surface as an error, not as a hung raft node.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let timeout = Duration::from_millis(FLUSH_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, self.db.flush_async()).await {
+            Ok(Ok(_bytes)) => Ok(()),
+            Ok(Err(e)) => Err(Error::sled(&self.path, "flush to disk", e)),
+            Err(_elapsed) => Err(Error::FlushTimeout {
+                path: self.path.to_path_buf(),
+                timeout_ms: FLUSH_TIMEOUT_MS,
+            }),
+        }
+    }
+}
+
+/// One agent's durable state: a single sled database in the data dir, holding the raft log, the
+/// vote, the state machine and its snapshot, and (in trees of its own) the local step journal.
+pub struct Store {
+    disk: Disk,
+    /// The one state-machine handle of this process, so that every caller of
+    /// [`Store::state_machine_store`] sees the same in-memory state (a second independent copy
+    /// would miss the first one's applies).
+    state_machine: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+}
+
+impl Store {
+    /// Opens (creating if absent) the data dir. sled locks the dir, so a second process gets
+    /// [`Error::InUse`]; any other failure names the dir.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            action: "create the data dir".to_string(),
+            detail: e.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .open()
+            .map_err(|e| Error::sled(dir, "open the sled database", e))?;
+        Ok(Store {
+            disk: Disk {
+                path: Arc::from(dir),
+                db,
+            },
+            state_machine: Mutex::new(None),
+        })
+    }
+
+    /// The data dir this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.disk.path
+    }
+
+    /// The database, for components that keep their own trees in it (the step journal).
+    pub fn db(&self) -> &sled::Db {
+        &self.disk.db
+    }
+
+    /// Who this data dir belongs to; `None` on a fresh dir.
+    pub fn identity(&self) -> Result<Option<DataDirIdentity>, Error> {
+        let tree = self.disk.tree(TREE_IDENTITY)?;
+        let bytes = tree
+            .get(KEY_IDENTITY)
+            .map_err(|e| Error::sled(&self.disk.path, "read the data dir identity", e))?;
+        bytes
+            .map(|b| decode(&self.disk.path, "the data dir identity", &b))
+            .transpose()
+    }
+
+    /// Records the node id (and the cluster id once known) as this dir's owner, flushed before
+    /// returning. Refuses with [`Error::ForeignDataDir`], writing nothing, when the dir already
+    /// belongs to another node id or another cluster id. A `wanted` without cluster id never
+    /// erases a recorded one: an agent that has not yet learnt its cluster is still the same node.
+    pub fn claim_identity(&self, wanted: &DataDirIdentity) -> Result<(), Error> {
+        let path = &self.disk.path;
+        let tree = self.disk.tree(TREE_IDENTITY)?;
+        // Compare-and-swap so two claims racing in one process cannot both win; a lost race is
+        // re-examined against the winner's record, so two rounds always settle it.
+        const CLAIM_ROUNDS_MAX: usize = 3;
+        for _ in 0..CLAIM_ROUNDS_MAX {
+            let current_bytes = tree
+                .get(KEY_IDENTITY)
+                .map_err(|e| Error::sled(path, "read the data dir identity", e))?;
+            let current: Option<DataDirIdentity> = current_bytes
+                .as_ref()
+                .map(|b| decode(path, "the data dir identity", b))
+                .transpose()?;
+            let next = match &current {
+                None => wanted.clone(),
+                Some(found) => {
+                    let cluster_conflict = matches!(
+                        (&found.cluster_id, &wanted.cluster_id),
+                        (Some(a), Some(b)) if a != b
+                    );
+                    if found.node_id != wanted.node_id || cluster_conflict {
+                        return Err(Error::ForeignDataDir {
+                            path: path.to_path_buf(),
+                            found: found.clone(),
+                            wanted: wanted.clone(),
+                        });
+                    }
+                    DataDirIdentity {
+                        node_id: found.node_id,
+                        cluster_id: found
+                            .cluster_id
+                            .clone()
+                            .or_else(|| wanted.cluster_id.clone()),
+                    }
+                }
+            };
+            if current.as_ref() == Some(&next) {
+                return Ok(());
+            }
+            let next_bytes = encode(path, "the data dir identity", &next)?;
+            let swapped = tree
+                .compare_and_swap(KEY_IDENTITY, current_bytes, Some(next_bytes))
+                .map_err(|e| Error::sled(path, "record the data dir identity", e))?;
+            if swapped.is_ok() {
+                self.disk
+                    .db
+                    .flush()
+                    .map_err(|e| Error::sled(path, "flush the data dir identity to disk", e))?;
+                return Ok(());
+            }
+        }
+        Err(Error::Io {
+            path: path.to_path_buf(),
+            action: "record the data dir identity".to_string(),
+            detail: format!(
+                "it kept changing under us for {CLAIM_ROUNDS_MAX} rounds; another claim is racing, retry"
+            ),
+        })
+    }
+
+    /// The raft log store (entries, vote, committed id). Handles are cheap clones over the same
+    /// trees, so calling this more than once is fine.
+    pub fn log_store<C>(&self) -> Result<LogStore<C>, Error>
+    where
+        C: StoreTypeConfig,
+    {
+        LogStore::open(self.disk.clone())
+    }
+
+    /// The state-machine store, loaded from disk on the first call; later calls return the same
+    /// handle (with the same in-memory state). Asking again with other `C`/`S` is refused with
+    /// [`Error::WrongTypes`].
+    pub fn state_machine_store<C, S>(&self) -> Result<StateMachineStore<C, S>, Error>
+    where
+        C: StoreTypeConfig,
+        S: StateMachineData<C>,
+    {
+        // A poisoned lock only means another thread panicked while holding it; the Option inside
+        // is still either empty or a complete handle.
+        let mut slot = self
+            .state_machine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = slot.as_ref() {
+            return existing
+                .downcast_ref::<StateMachineStore<C, S>>()
+                .cloned()
+                .ok_or_else(|| Error::WrongTypes {
+                    path: self.disk.path.to_path_buf(),
+                    what: "the state machine store".to_string(),
+                });
+        }
+        let store = StateMachineStore::<C, S>::open(self.disk.clone())?;
+        *slot = Some(Box::new(store.clone()));
+        Ok(store)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.disk.path)
+            .finish()
+    }
+}
