@@ -73,7 +73,7 @@ pub struct NodeRecord {
 
 impl NodeRecord {
     /// Same identity and reachability, ignoring when it was stamped.
-    fn same_as(&self, other: &NodeRecord) -> bool {
+    pub fn same_as(&self, other: &NodeRecord) -> bool {
         self.node_id == other.node_id
             && self.name == other.name
             && self.address == other.address
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic_across_replicas() {
-        let commands = vec![
+        let commands = [
             Command::RegisterNode(record(1, "a")),
             Command::RegisterNode(record(2, "b")),
             Command::RegisterNode(record(3, "a")),

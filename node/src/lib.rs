@@ -1,1 +1,43 @@
-//! placeholder
+//! The `stillpoint` agent and its command line.
+//!
+//! An agent is one process per server (business, backup or management). It runs a raft node
+//! whose log and state live on sled in the agent's data dir, serves two gRPC services on one
+//! port — the peer transport other agents use for Raft ([`peer`]) and the client API operators
+//! use ([`cluster_service`]) — and keeps its own entry in the replicated node registry current.
+//!
+//! ## Modules, one job each
+//! - [`config`]: `node.toml`, validated, every error naming file, line and field.
+//! - [`agent`]: startup order, self-registration, graceful shutdown.
+//! - [`peer`]: openraft's network over gRPC, with a cluster/node envelope check.
+//! - [`cluster_service`]: identity, bootstrap, membership changes, status, proposals, queries.
+//! - [`client`]: the client side, following the leader hint so any agent can be named.
+//! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
+//! - [`cli`], [`demo`], [`status`], [`output`]: the command line.
+//!
+//! ## Startup order, and why
+//! The listen address is bound before the data dir is opened, so "port in use" touches nothing
+//! on disk. The data dir is then claimed for the configured node id: a dir that belongs to
+//! another node or cluster is refused before raft reads a byte of it.
+//!
+//! ## Caveats
+//! - Transport is plain HTTP/2: mutual TLS and roles (view / backup / restore rights) are not
+//!   built yet.
+//! - Cluster membership changes go through the leader; the CLI follows the leader hint.
+//! - A removed agent keeps running until stopped; it no longer receives log entries.
+
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod cluster_service;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod output;
+pub mod peer;
+pub mod status;
+pub mod wait;
+
+pub use agent::{RunningAgent, run, start};
+pub use client::Client;
+pub use config::NodeConfig;
+pub use error::NodeError;

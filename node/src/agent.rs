@@ -1,0 +1,318 @@
+//! A running agent: raft node, gRPC server, self-registration, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::BasicNode;
+use stillpoint_coordinator::{
+    ClusterState, Command, NodeId, NodeRecord, Raft, Response, TypeConfig,
+};
+use stillpoint_proto::cluster::cluster_server::ClusterServer;
+use stillpoint_proto::raft::raft_peer_server::RaftPeerServer;
+use stillpoint_storage::{DataDirIdentity, StateMachineStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cluster_service::ClusterService;
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::peer::{ClusterIdentity, PeerNetworkFactory, PeerService};
+
+/// The version every agent reports in the registry.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a proposal may wait for commit before its outcome is reported as unknown.
+pub const PROPOSE_TIMEOUT_MS: u64 = 30_000;
+
+/// How often an agent re-checks that its registry record is current.
+const REGISTRATION_CHECK_MS: u64 = 1_000;
+
+/// The state every service of one agent shares.
+pub struct AgentContext {
+    pub config: NodeConfig,
+    pub raft: Raft,
+    /// Read access to the applied replicated state, for queries.
+    pub state: StateMachineStore<TypeConfig, ClusterState>,
+    pub identity: Arc<ClusterIdentity>,
+}
+
+impl AgentContext {
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The refusal a follower gives for a request only the leader can serve.
+    pub fn not_leader(&self) -> NodeError {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader_id = metrics.current_leader;
+        let leader_addr = leader_id.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        NodeError::NotLeader {
+            leader_id,
+            leader_addr,
+        }
+    }
+
+    /// Whether this agent currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id())
+    }
+
+    /// The record this agent registers for itself.
+    pub fn own_record(&self) -> NodeRecord {
+        NodeRecord {
+            node_id: self.config.node_id,
+            name: self.config.name.clone(),
+            address: self.config.advertised_address(),
+            roles: self.config.roles.clone(),
+            version: VERSION.to_string(),
+            registered_at_ms: now_ms(),
+            deregistered_at_ms: None,
+        }
+    }
+
+    /// Proposes `command` on this agent, which must be the leader; waits for it to apply.
+    pub async fn propose_local(&self, command: Command) -> Result<(Response, u64), NodeError> {
+        let write = tokio::time::timeout(
+            Duration::from_millis(PROPOSE_TIMEOUT_MS),
+            self.raft.client_write(command),
+        );
+        match write.await {
+            Err(_) => Err(NodeError::Timeout {
+                what: "waiting for the proposal to commit (its outcome is unknown: query before retrying)".into(),
+                ms: PROPOSE_TIMEOUT_MS,
+            }),
+            Ok(Ok(reply)) => Ok((reply.data, reply.log_id.index)),
+            Ok(Err(e)) => Err(self.client_write_error(e)),
+        }
+    }
+
+    /// Maps openraft's write errors onto ours, turning ForwardToLeader into a leader hint.
+    pub fn client_write_error(
+        &self,
+        e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+    ) -> NodeError {
+        use openraft::error::{ClientWriteError, RaftError};
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                NodeError::Invalid(c.to_string())
+            }
+            RaftError::Fatal(f) => NodeError::Raft(f.to_string()),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A started agent. Dropping it without [`RunningAgent::shutdown`] aborts nothing: call
+/// shutdown to stop it gracefully.
+pub struct RunningAgent {
+    pub context: Arc<AgentContext>,
+    /// The address the gRPC server is bound to (useful when the config asked for port 0).
+    pub local_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    registration: JoinHandle<()>,
+}
+
+impl RunningAgent {
+    pub fn raft(&self) -> &Raft {
+        &self.context.raft
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.context.node_id()
+    }
+
+    /// Stops serving, stops raft and flushes the data dir.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown_tx.send(true);
+        self.registration.abort();
+        // Wait until the task is gone: it holds handles on the data dir that a restart reopens.
+        let _ = self.registration.await;
+        let served = self.server.await;
+        self.context
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Raft(format!("raft did not stop cleanly: {e}")))?;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NodeError::Raft(format!("gRPC server failed: {e}"))),
+            Err(e) => Err(NodeError::Raft(format!("gRPC server task failed: {e}"))),
+        }
+    }
+}
+
+/// Binds the configured listen address. Done before the data dir is touched, so a port in use
+/// changes nothing on disk.
+pub async fn bind(config: &NodeConfig) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            address: config.listen.clone(),
+            source,
+        })
+}
+
+/// Starts an agent on an already bound listener.
+pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningAgent, NodeError> {
+    config.validate().map_err(|message| NodeError::Config {
+        path: "node config".into(),
+        message,
+    })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
+        address: config.listen.clone(),
+        source,
+    })?;
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    store.claim_identity(&DataDirIdentity {
+        node_id: config.node_id,
+        cluster_id: config.cluster_id.clone(),
+    })?;
+    let cluster_id = store
+        .identity()?
+        .and_then(|i| i.cluster_id)
+        .or_else(|| config.cluster_id.clone());
+    let identity = Arc::new(ClusterIdentity::new(
+        config.node_id,
+        cluster_id,
+        store.clone(),
+    ));
+    let log_store = store.log_store::<TypeConfig>()?;
+    let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
+    let raft_config = Arc::new(config.openraft_config()?);
+    let network = PeerNetworkFactory {
+        identity: identity.clone(),
+    };
+    let raft = Raft::new(
+        config.node_id,
+        raft_config,
+        network,
+        log_store,
+        state.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Raft(format!("cannot start raft: {e}")))?;
+    tracing::info!(node_id = config.node_id, name = %config.name, address = %local_addr, data_dir = %config.data_dir.display(), "agent started");
+
+    let context = Arc::new(AgentContext {
+        config,
+        raft: raft.clone(),
+        state,
+        identity: identity.clone(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let peer = RaftPeerServer::new(PeerService { raft, identity })
+        .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(ClusterService::new(context.clone()))
+        .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(120))
+            .add_service(peer)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = server_shutdown.wait_for(|stop| *stop).await;
+                },
+            ),
+    );
+    let registration = tokio::spawn(keep_registered(context.clone(), shutdown_rx));
+    Ok(RunningAgent {
+        context,
+        local_addr,
+        shutdown_tx,
+        server,
+        registration,
+    })
+}
+
+/// Runs an agent until `shutdown` completes (mini-redis style: the caller owns the signal).
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let listener = bind(&config).await?;
+    let agent = start(config, listener).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    agent.shutdown().await
+}
+
+/// Keeps this agent's registry record current: registers once the agent is a member and a
+/// leader is known, and again whenever its name, address, roles or version change.
+async fn keep_registered(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut delay_ms = REGISTRATION_CHECK_MS;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+        }
+        let me = ctx.own_record();
+        if ctx
+            .state
+            .read(|s| s.nodes.get(&me.node_id).is_some_and(|r| r.same_as(&me)))
+        {
+            delay_ms = REGISTRATION_CHECK_MS;
+            continue;
+        }
+        let metrics = ctx.raft.metrics().borrow().clone();
+        let Some(leader) = metrics.current_leader else {
+            continue;
+        };
+        if metrics
+            .membership_config
+            .membership()
+            .get_node(&me.node_id)
+            .is_none()
+        {
+            continue;
+        }
+        let result = if leader == me.node_id {
+            ctx.propose_local(Command::RegisterNode(me.clone()))
+                .await
+                .map(|(r, _)| r)
+        } else {
+            match metrics.membership_config.membership().get_node(&leader) {
+                Some(node) => {
+                    crate::client::propose_at(&node.addr, &Command::RegisterNode(me.clone())).await
+                }
+                None => continue,
+            }
+        };
+        match result {
+            Ok(Response::Refused { rule }) => {
+                tracing::error!(%rule, "the cluster refused this agent's registration; fix node.toml");
+                delay_ms = 30_000;
+            }
+            Ok(_) => {
+                tracing::info!(name = %me.name, "registered in the cluster registry");
+                delay_ms = REGISTRATION_CHECK_MS;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "registration not done yet; will retry");
+                delay_ms = (delay_ms * 2).min(10_000);
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The `stillpoint` command line: a thin clap layer over the library.
+//!
+//! Exit codes (stable, for job schedulers): 0 success; 2 bad input (config, arguments, unknown
+//! node); 3 refused by a cluster rule; 4 no agent or leader reachable; 5 timed out (outcome
+//! unknown: query before retrying); 6 local data dir or listen address unusable; 1 anything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use stillpoint_proto::cluster::{
+    AddMemberRequest, InitRequest, MemberRequest, QueryRequest, StatusRequest,
+};
+
+use crate::client::Client;
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::output::{OutputFormat, json, table};
+
+/// Default agent address for client commands.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7401";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stillpoint",
+    version,
+    about = "Consistent array-replication backups, driven by a Raft cluster of agents"
+)]
+pub struct Cli {
+    /// Log format on stderr (RUST_LOG sets the filter).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where client commands go and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Any agent of the cluster (HOST:PORT); requests that need the leader follow its hint.
+    #[arg(long, env = "STILLPOINT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon.
+    Agent {
+        /// The agent's node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Start a local 3-agent cluster on loopback with the embedded defaults and show it.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Bootstrap a new cluster from its first agents (each must be running, fresh).
+    Init {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Address of a first member (repeat); the endpoint agent must be among them.
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// Take the members (and the endpoint) from this node.toml's [cluster] initial_members.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Add the agent at ADDRESS: as a learner, then promoted to voter unless --learner.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        address: String,
+        /// Keep it a non-voting learner (for hosts that need no vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+        node_id: u64,
+    },
+    /// Remove a member (voter or learner) by node id.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        node_id: u64,
+    },
+    /// Leader, term and every member's state.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Confirm leadership with a quorum first (linearizable read).
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// The node registry as replicated.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        consistent: bool,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Agent { config } => run_agent(config).await,
+        Command::Cluster(c) => run_cluster(c).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run_agent(path: PathBuf) -> Result<(), NodeError> {
+    let config = NodeConfig::load(&path)?;
+    crate::agent::run(config, shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn print_membership(reply: &stillpoint_proto::cluster::MembershipReply, output: OutputFormat) {
+    if output == OutputFormat::Json {
+        println!(
+            "{}",
+            json(
+                &serde_json::json!({"log_index": reply.log_index, "voters": reply.voters, "learners": reply.learners})
+            )
+        );
+    } else {
+        println!(
+            "voters {:?}  learners {:?}  (log index {})",
+            reply.voters, reply.learners, reply.log_index
+        );
+    }
+}
+
+async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
+    match command {
+        ClusterCommand::Init {
+            mut client,
+            mut members,
+            config,
+        } => {
+            if let Some(path) = config {
+                let cfg = NodeConfig::load(&path)?;
+                if members.is_empty() {
+                    members = cfg.cluster.initial_members.clone();
+                }
+                if client.endpoint == DEFAULT_ENDPOINT {
+                    client.endpoint = cfg.advertised_address();
+                }
+            }
+            if members.is_empty() {
+                members.push(client.endpoint.clone());
+            }
+            let c = Client::new(&client.endpoint);
+            let reply = c
+                .on_endpoint("init", |mut g| {
+                    let member_addresses = members.clone();
+                    async move {
+                        g.init(InitRequest {
+                            member_addresses,
+                            cluster_id: String::new(),
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            if client.output == OutputFormat::Json {
+                let members: Vec<_> = reply
+                    .members
+                    .iter()
+                    .map(|m| serde_json::json!({"id": m.node_id, "name": m.name, "address": m.address}))
+                    .collect();
+                println!(
+                    "{}",
+                    json(&serde_json::json!({"cluster_id": reply.cluster_id, "members": members}))
+                );
+            } else {
+                println!("initialized cluster {}", reply.cluster_id);
+                let rows: Vec<Vec<String>> = reply
+                    .members
+                    .iter()
+                    .map(|m| vec![m.node_id.to_string(), m.name.clone(), m.address.clone()])
+                    .collect();
+                print!("{}", table(&["ID", "NAME", "ADDRESS"], &rows));
+            }
+            Ok(())
+        }
+        ClusterCommand::Add {
+            client,
+            address,
+            learner,
+        } => {
+            let reply = Client::new(&client.endpoint)
+                .on_leader("add member", |mut g| {
+                    let address = address.clone();
+                    async move {
+                        g.add_member(AddMemberRequest {
+                            address,
+                            promote: !learner,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            print_membership(&reply, client.output);
+            Ok(())
+        }
+        ClusterCommand::Promote { client, node_id } => {
+            let reply = Client::new(&client.endpoint)
+                .on_leader("promote", |mut g| async move {
+                    g.promote_member(MemberRequest { node_id }).await
+                })
+                .await?;
+            print_membership(&reply, client.output);
+            Ok(())
+        }
+        ClusterCommand::Remove { client, node_id } => {
+            let reply = Client::new(&client.endpoint)
+                .on_leader("remove member", |mut g| async move {
+                    g.remove_member(MemberRequest { node_id }).await
+                })
+                .await?;
+            print_membership(&reply, client.output);
+            Ok(())
+        }
+        ClusterCommand::Status { client, consistent } => {
+            let c = Client::new(&client.endpoint);
+            let request = |mut g: stillpoint_proto::cluster::cluster_client::ClusterClient<_>| async move {
+                g.status(StatusRequest { consistent }).await
+            };
+            let reply = if consistent {
+                c.on_leader("status", request).await?
+            } else {
+                c.on_endpoint("status", request).await?
+            };
+            print!("{}", crate::status::render(&reply, client.output));
+            if client.output == OutputFormat::Json {
+                println!();
+            }
+            Ok(())
+        }
+        ClusterCommand::Nodes { client, consistent } => {
+            let c = Client::new(&client.endpoint);
+            let request = |mut g: stillpoint_proto::cluster::cluster_client::ClusterClient<_>| async move {
+                g.query(QueryRequest {
+                    what: "registry".into(),
+                    consistent,
+                })
+                .await
+            };
+            let reply = if consistent {
+                c.on_leader("registry", request).await?
+            } else {
+                c.on_endpoint("registry", request).await?
+            };
+            let nodes: std::collections::BTreeMap<u64, stillpoint_coordinator::NodeRecord> =
+                serde_json::from_slice(&reply.json).map_err(|e| {
+                    NodeError::Invalid(format!("agent sent an undecodable registry: {e}"))
+                })?;
+            if client.output == OutputFormat::Json {
+                println!("{}", json(&nodes));
+            } else {
+                let rows: Vec<Vec<String>> = nodes
+                    .values()
+                    .map(|r| {
+                        vec![
+                            r.node_id.to_string(),
+                            r.name.clone(),
+                            r.address.clone(),
+                            r.roles
+                                .iter()
+                                .map(|x| x.to_string())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            r.version.clone(),
+                            if r.deregistered_at_ms.is_some() {
+                                "removed"
+                            } else {
+                                "active"
+                            }
+                            .into(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &["ID", "NAME", "ADDRESS", "ROLES", "VERSION", "STATUS"],
+                        &rows
+                    )
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The client API every agent serves: identity, bootstrap, membership, status, proposals.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use stillpoint_coordinator::{Command, NodeId};
+use stillpoint_proto::cluster::cluster_server::Cluster;
+use stillpoint_proto::cluster::*;
+use tonic::{Request, Response, Status};
+
+use crate::agent::AgentContext;
+use crate::client::Client;
+use crate::error::NodeError;
+
+/// How long `cluster status` waits for each member to answer before calling it unreachable.
+const MEMBER_PROBE_TIMEOUT_MS: u64 = 1_500;
+/// How long adding a learner may take, including its catch-up.
+const ADD_MEMBER_TIMEOUT_MS: u64 = 120_000;
+
+pub struct ClusterService {
+    ctx: Arc<AgentContext>,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Arc<AgentContext>) -> Self {
+        ClusterService { ctx }
+    }
+
+    fn identity_message(&self) -> NodeIdentity {
+        let c = &self.ctx.config;
+        let metrics = self.ctx.raft.metrics().borrow().clone();
+        NodeIdentity {
+            node_id: c.node_id,
+            name: c.name.clone(),
+            address: c.advertised_address(),
+            cluster_id: self.ctx.identity.cluster_id().unwrap_or_default(),
+            roles: c.roles.iter().map(|r| r.to_string()).collect(),
+            version: crate::agent::VERSION.to_string(),
+            initialized: metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .next()
+                .is_some(),
+        }
+    }
+
+    fn local_status(&self) -> LocalStatusReply {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        LocalStatusReply {
+            identity: Some(self.identity_message()),
+            current_term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            leader_id: m.current_leader,
+            state: format!("{:?}", m.state),
+        }
+    }
+
+    /// Confirms with a quorum that this agent still leads (linearizable read barrier).
+    async fn ensure_linearizable(&self) -> Result<(), NodeError> {
+        match self.ctx.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(NodeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(NodeError::Timeout {
+                    what: format!("confirming leadership: {q}"),
+                    ms: 0,
+                })
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Raft(f.to_string())),
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), NodeError> {
+        if self.ctx.is_leader() {
+            Ok(())
+        } else {
+            Err(self.ctx.not_leader())
+        }
+    }
+
+    fn membership_reply(&self, log_index: u64) -> MembershipReply {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        MembershipReply {
+            log_index,
+            voters: voters.iter().copied().collect(),
+            learners: membership
+                .learner_ids()
+                .filter(|id| !voters.contains(id))
+                .collect(),
+        }
+    }
+
+    async fn init(&self, req: InitRequest) -> Result<InitReply, NodeError> {
+        if req.member_addresses.is_empty() {
+            return Err(NodeError::Invalid(
+                "cluster init needs the address of every first member".into(),
+            ));
+        }
+        if self.identity_message().initialized {
+            return Err(NodeError::Refused(format!(
+                "this agent is already in cluster {}; use `stillpoint cluster add` to grow it",
+                self.ctx.identity.cluster_id().unwrap_or_default()
+            )));
+        }
+        let own_address = self.ctx.config.advertised_address();
+        let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
+        let mut identities = Vec::new();
+        for address in &req.member_addresses {
+            crate::config::check_address(address).map_err(NodeError::Invalid)?;
+            let ident = if *address == own_address {
+                self.identity_message()
+            } else {
+                let mut probe = Client::new(address.clone());
+                probe.request_timeout = Duration::from_secs(5);
+                probe.identity().await?
+            };
+            if ident.initialized || !ident.cluster_id.is_empty() {
+                return Err(NodeError::Refused(format!(
+                    "the agent at {address} (node {}) already belongs to cluster {}",
+                    ident.node_id, ident.cluster_id
+                )));
+            }
+            if let Some(prev) = members.insert(ident.node_id, BasicNode::new(address)) {
+                return Err(NodeError::Invalid(format!(
+                    "node id {} answers at both {} and {address}: every agent needs its own node_id",
+                    ident.node_id, prev.addr
+                )));
+            }
+            identities.push(ident);
+        }
+        if !members.contains_key(&self.ctx.node_id()) {
+            return Err(NodeError::Invalid(format!(
+                "this agent's own address {own_address} is not among the members {:?}",
+                req.member_addresses
+            )));
+        }
+        let cluster_id = if req.cluster_id.is_empty() {
+            format!("{:032x}", rand::random::<u128>())
+        } else {
+            req.cluster_id.clone()
+        };
+        self.ctx.identity.adopt(&cluster_id)?;
+        match self.ctx.raft.initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                return Err(NodeError::Refused(format!("already initialized: {e}")));
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                return Err(NodeError::Invalid(e.to_string()));
+            }
+            Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
+        }
+        tracing::info!(%cluster_id, members = identities.len(), "cluster initialized");
+        for ident in &mut identities {
+            ident.cluster_id = cluster_id.clone();
+            ident.initialized = true;
+        }
+        Ok(InitReply {
+            cluster_id,
+            members: identities,
+        })
+    }
+
+    async fn add_member(&self, req: AddMemberRequest) -> Result<MembershipReply, NodeError> {
+        self.require_leader()?;
+        crate::config::check_address(&req.address).map_err(NodeError::Invalid)?;
+        let mut probe = Client::new(req.address.clone());
+        probe.request_timeout = Duration::from_secs(5);
+        let ident = probe.identity().await?;
+        let mine = self.ctx.identity.cluster_id().unwrap_or_default();
+        if !ident.cluster_id.is_empty() && ident.cluster_id != mine {
+            return Err(NodeError::Refused(format!(
+                "the agent at {} (node {}) belongs to cluster {}, not this cluster {mine}",
+                req.address, ident.node_id, ident.cluster_id
+            )));
+        }
+        let membership = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if let Some(existing) = membership.get_node(&ident.node_id)
+            && existing.addr != req.address
+        {
+            return Err(NodeError::Invalid(format!(
+                "node id {} is already a member at {}; remove it first or give the new agent another node_id",
+                ident.node_id, existing.addr
+            )));
+        }
+        let timeout = Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
+        let added = tokio::time::timeout(
+            timeout,
+            self.ctx
+                .raft
+                .add_learner(ident.node_id, BasicNode::new(&req.address), true),
+        )
+        .await
+        .map_err(|_| NodeError::Timeout {
+            what: format!(
+                "waiting for node {} to catch up as a learner",
+                ident.node_id
+            ),
+            ms: ADD_MEMBER_TIMEOUT_MS,
+        })?
+        .map_err(|e| self.ctx.client_write_error(e))?;
+        let mut index = added.log_id.index;
+        if req.promote {
+            index = self.promote(ident.node_id).await?;
+        }
+        Ok(self.membership_reply(index))
+    }
+
+    async fn promote(&self, node_id: NodeId) -> Result<u64, NodeError> {
+        self.require_leader()?;
+        let membership = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.get_node(&node_id).is_none() {
+            return Err(NodeError::Invalid(format!(
+                "node {node_id} is not a member; add it first"
+            )));
+        }
+        let changed = self
+            .ctx
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+            .await
+            .map_err(|e| self.ctx.client_write_error(e))?;
+        Ok(changed.log_id.index)
+    }
+
+    async fn remove(&self, node_id: NodeId) -> Result<MembershipReply, NodeError> {
+        self.require_leader()?;
+        let membership = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return Err(NodeError::Invalid(format!(
+                    "node {node_id} is the last voter; a cluster needs one"
+                )));
+            }
+            ChangeMembers::RemoveVoters([node_id].into())
+        } else if membership.get_node(&node_id).is_some() {
+            ChangeMembers::RemoveNodes([node_id].into())
+        } else {
+            return Err(NodeError::Invalid(format!(
+                "node {node_id} is not a member"
+            )));
+        };
+        let changed = self
+            .ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.ctx.client_write_error(e))?;
+        let mut index = changed.log_id.index;
+        // The registry keeps the record for the audit trail, marked as gone. A leader that just
+        // removed itself cannot propose any more; the new leader's registry then still lists the
+        // node as registered, which `cluster status` shows as not a member.
+        if self.ctx.is_leader() {
+            let at_ms = crate::agent::now_ms();
+            if let Ok((_, i)) = self
+                .ctx
+                .propose_local(Command::DeregisterNode { node_id, at_ms })
+                .await
+            {
+                index = i;
+            }
+        }
+        Ok(self.membership_reply(index))
+    }
+
+    async fn status(&self, req: StatusRequest) -> Result<StatusReply, NodeError> {
+        if req.consistent {
+            self.ensure_linearizable().await?;
+        }
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let registry = self.ctx.state.read(|s| s.nodes.clone());
+        let nodes: Vec<(NodeId, BasicNode)> =
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let probes = nodes.iter().map(|(id, node)| {
+            let id = *id;
+            let address = node.addr.clone();
+            let own = id == self.ctx.node_id();
+            let local = own.then(|| self.local_status());
+            async move {
+                if let Some(local) = local {
+                    return Some(local);
+                }
+                let mut client = Client::new(address);
+                client.request_timeout = Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS);
+                client
+                    .on_endpoint("local status", |mut c| async move {
+                        c.local_status(Empty {}).await
+                    })
+                    .await
+                    .ok()
+            }
+        });
+        let answers = futures::future::join_all(probes).await;
+        let replication = m.replication.clone().unwrap_or_default();
+        let mut members = Vec::new();
+        for ((id, node), answer) in nodes.into_iter().zip(answers) {
+            let record = registry.get(&id);
+            let identity = NodeIdentity {
+                node_id: id,
+                name: record.map(|r| r.name.clone()).unwrap_or_default(),
+                address: node.addr.clone(),
+                cluster_id: self.ctx.identity.cluster_id().unwrap_or_default(),
+                roles: record
+                    .map(|r| r.roles.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default(),
+                version: record.map(|r| r.version.clone()).unwrap_or_default(),
+                initialized: true,
+            };
+            members.push(MemberStatus {
+                identity: Some(identity),
+                voter: voters.contains(&id),
+                matched_index: replication.get(&id).cloned().flatten().map(|l| l.index),
+                reachable: answer.is_some(),
+                last_applied_index: answer.as_ref().and_then(|a| a.last_applied_index),
+                current_term: answer.as_ref().map(|a| a.current_term),
+                state: answer
+                    .map(|a| a.state)
+                    .unwrap_or_else(|| "Unreachable".into()),
+            });
+        }
+        Ok(StatusReply {
+            cluster_id: self.ctx.identity.cluster_id().unwrap_or_default(),
+            answered_by: self.ctx.node_id(),
+            leader_id: m.current_leader,
+            current_term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            members,
+            consistent: req.consistent,
+            state: format!("{:?}", m.state),
+        })
+    }
+
+    async fn propose(&self, req: ProposeRequest) -> Result<ProposeReply, NodeError> {
+        let command: Command = serde_json::from_slice(&req.command)
+            .map_err(|e| NodeError::Invalid(format!("not a stillpoint command: {e}")))?;
+        let (response, log_index) = self.ctx.propose_local(command).await?;
+        let response = serde_json::to_vec(&response)
+            .map_err(|e| NodeError::Raft(format!("cannot encode response: {e}")))?;
+        Ok(ProposeReply {
+            response,
+            log_index,
+        })
+    }
+
+    async fn query(&self, req: QueryRequest) -> Result<QueryReply, NodeError> {
+        if req.consistent {
+            self.ensure_linearizable().await?;
+        }
+        let (json, applied) = match req.what.as_str() {
+            "registry" => self.ctx.state.read(|s| serde_json::to_vec(&s.nodes)),
+            "state" => self.ctx.state.read(serde_json::to_vec),
+            other => {
+                return Err(NodeError::Invalid(format!(
+                    "unknown query {other:?}: expected \"registry\" or \"state\""
+                )));
+            }
+        }
+        .map(|j| (j, self.ctx.state.last_applied().map(|l| l.index)))
+        .map_err(|e| NodeError::Raft(format!("cannot encode state: {e}")))?;
+        Ok(QueryReply {
+            json,
+            applied_index: applied,
+        })
+    }
+}
+
+fn answer<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| e.to_status())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn identity(&self, _: Request<Empty>) -> Result<Response<NodeIdentity>, Status> {
+        Ok(Response::new(self.identity_message()))
+    }
+
+    async fn local_status(&self, _: Request<Empty>) -> Result<Response<LocalStatusReply>, Status> {
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
+        answer(self.init(request.into_inner()).await)
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        answer(self.add_member(request.into_inner()).await)
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<MemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let result = self
+            .promote(request.into_inner().node_id)
+            .await
+            .map(|i| self.membership_reply(i));
+        answer(result)
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<MemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        answer(self.remove(request.into_inner().node_id).await)
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        answer(self.status(request.into_inner()).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        answer(self.propose(request.into_inner()).await)
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryReply>, Status> {
+        answer(self.query(request.into_inner()).await)
+    }
+}

@@ -1,0 +1,294 @@
+//! The agent's configuration file (`node.toml`).
+//!
+//! ```toml
+//! node_id = 1                     # required, unique in the cluster, never reused
+//! name = "mgmt1"                  # required, unique; what `--node NAME` refers to
+//! listen = "0.0.0.0:7401"         # gRPC address to bind
+//! advertise = "10.0.0.5:7401"     # address others use (default: listen)
+//! data_dir = "/var/lib/stillpoint"
+//! roles = ["management"]          # any of business, backup, management
+//! # cluster_id = "…"              # optional: refuse a data dir of another cluster
+//!
+//! [cluster]
+//! initial_members = ["10.0.0.5:7401", "10.0.0.6:7401", "10.0.0.7:7401"]
+//!
+//! [raft]                          # all optional; defaults below suit a LAN
+//! heartbeat_interval_ms = 150
+//! election_timeout_min_ms = 600
+//! election_timeout_max_ms = 1200
+//! snapshot_after_logs = 5000
+//! logs_kept_after_snapshot = 1000
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use stillpoint_coordinator::Role;
+
+use crate::error::NodeError;
+
+/// Raft timing and compaction, in one place. Defaults are for agents on one LAN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in [min, max] starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log after a snapshot, so slightly lagging followers need no snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Bytes of snapshot sent per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_after_logs: 5000,
+            logs_kept_after_snapshot: 1000,
+            snapshot_chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Who bootstraps the cluster (`stillpoint cluster init --config node.toml`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Addresses of the first voters, this agent included.
+    #[serde(default)]
+    pub initial_members: Vec<String>,
+}
+
+/// The whole `node.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub name: String,
+    pub listen: String,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub roles: BTreeSet<Role>,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`. Errors name the file, and the line and field where toml
+    /// can tell.
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, NodeError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.validate().map_err(|message| NodeError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express. Returns the first broken rule, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id: must be a positive integer (0 is reserved)".into());
+        }
+        if self.name.trim().is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        if self
+            .name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "name: {:?} must not contain spaces or control characters",
+                self.name
+            ));
+        }
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "listen: {:?} is not HOST:PORT with a numeric IP ({e})",
+                self.listen
+            )
+        })?;
+        if let Some(adv) = &self.advertise {
+            check_address(adv).map_err(|e| format!("advertise: {e}"))?;
+        }
+        for (i, m) in self.cluster.initial_members.iter().enumerate() {
+            check_address(m).map_err(|e| format!("cluster.initial_members[{i}]: {e}"))?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir: must not be empty".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return Err("raft.heartbeat_interval_ms: must be > 0".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return Err(format!(
+                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_interval_ms ({}), or followers start elections while the leader is healthy",
+                r.election_timeout_min_ms, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(
+                "raft.election_timeout_max_ms: must exceed raft.election_timeout_min_ms".into(),
+            );
+        }
+        if r.snapshot_after_logs == 0 {
+            return Err("raft.snapshot_after_logs: must be > 0".into());
+        }
+        if r.snapshot_chunk_bytes == 0
+            || r.snapshot_chunk_bytes > (stillpoint_proto::MAX_MESSAGE_BYTES as u64) / 2
+        {
+            return Err(format!(
+                "raft.snapshot_chunk_bytes: must be between 1 and {}",
+                stillpoint_proto::MAX_MESSAGE_BYTES / 2
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address other agents and clients use for this agent.
+    pub fn advertised_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// openraft's config from our tuning.
+    pub fn openraft_config(&self) -> Result<openraft::Config, NodeError> {
+        let r = &self.raft;
+        let config = openraft::Config {
+            cluster_name: "stillpoint".into(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            // A snapshot chunk must be written and flushed on the receiver within this time.
+            install_snapshot_timeout: 10_000.max(r.election_timeout_max_ms * 4),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| NodeError::Config {
+            path: PathBuf::from("[raft]"),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// `HOST:PORT` where HOST may be a name; the port must be present and numeric.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{address:?} has no valid port"))?;
+    Ok(())
+}
+
+/// toml's message, with the line number spelled out first so the operator finds it at once.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 3
+name = "db1"
+listen = "127.0.0.1:7403"
+data_dir = "/tmp/x"
+roles = ["business"]
+"#;
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults() {
+        let c = NodeConfig::parse(GOOD, Path::new("node.toml")).unwrap();
+        assert_eq!(c.advertised_address(), "127.0.0.1:7403");
+        assert_eq!(c.raft, RaftTuning::default());
+        c.openraft_config().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_line() {
+        let text = format!("{GOOD}colour = \"blue\"\n");
+        let e = NodeConfig::parse(&text, Path::new("/etc/stillpoint/node.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/stillpoint/node.toml: line 7"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_node_id_is_named() {
+        let text = GOOD.replace("node_id = 3\n", "");
+        let e = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node_id"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (from, to, field) in [
+            (
+                "listen = \"127.0.0.1:7403\"",
+                "listen = \"localhost\"",
+                "listen",
+            ),
+            ("roles = [\"business\"]", "roles = [\"tape\"]", "tape"),
+            ("node_id = 3", "node_id = 0", "node_id"),
+            ("name = \"db1\"", "name = \"db 1\"", "name"),
+        ] {
+            let e = NodeConfig::parse(&GOOD.replace(from, to), Path::new("n.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let timing =
+            format!("{GOOD}[raft]\nheartbeat_interval_ms = 500\nelection_timeout_min_ms = 400\n");
+        let e = NodeConfig::parse(&timing, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("election_timeout_min_ms"), "{e}");
+    }
+}
