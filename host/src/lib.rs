@@ -1,1 +1,82 @@
-//! placeholder
+//! Host operations of a stillpoint agent: the host half of every procedure.
+//!
+//! An agent on a business or backup server stops and starts the applications that use a
+//! volume, flushes, unmounts, freezes, mounts, rescans and checks it. This crate does that
+//! behind one object-safe trait, [`Host`], implemented by [`Agent`] over one of two backends:
+//!
+//! - **sim** ([`SimBackend`]): volumes are array LDs reached through a [`BlockDevice`] (the
+//!   agent implements it over the array's data API; tests use [`FileDevice`]). A write-back
+//!   cache that only flush empties, holders that make unmount fail, freeze that blocks writers,
+//!   and a superblock identity that an RV copy shares with its MV. The [`Workload`] application
+//!   writes checksummed, sequenced records through a volume and is stopped and started by
+//!   hooks; [`verify`] reads any device and reports the last intact record and every torn one.
+//!   Together they prove whether an RV copy is a consistent static point.
+//! - **linux** (`LinuxBackend`, chosen with [`Engine::Linux`]): syncfs, FIFREEZE/FITHAW, umount2
+//!   with holders found in `/proc`, mount with options, RV copies with duplicate identity (ext4:
+//!   new UUID via tune2fs; XFS: `nouuid` or `xfs_admin -U generate`), e2fsck / xfs_repair, blkid,
+//!   and hooks as commands (systemctl or anything).
+//!
+//! ## Quiesce that ends by itself (S4)
+//!
+//! Every quiesce (freeze, or stop-apps + flush + unmount for a static point) is taken with a
+//! deadline, at most the volume's configured limit (defaults: freeze 10 s as VSS holds writes,
+//! unmount 120 s; see [`limits`]). The quiesce record goes into the agent's journal
+//! (`stillpoint_storage::journal`, sled) *before* the volume is touched. A watchdog task per
+//! quiesce resumes the volume (thaw, or remount + start hook) when the deadline passes without
+//! release or extension, and logs that it did and why ([`Host::resumes`]). An agent that dies
+//! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
+//! it cannot vouch that the quiesce held while it was down. A release that arrives after the
+//! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
+//! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
+//! error is returned; nothing stays quiesced because of an error.
+//!
+//! ## Modules
+//!
+//! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`], quiesce records, watchdog,
+//!   hooks; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
+//!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
+//!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
+//!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`.
+//!
+//! ## CAVEATS / not handled yet
+//!
+//! - Forced unmount on linux terminates the holders (SIGTERM, then SIGKILL after
+//!   [`limits::HOLDER_TERM_GRACE_MS`]) before unmounting; it does not lazily detach.
+//! - Holders in other mount namespaces (containers) are not found; unmount then reports a
+//!   "kernel" holder with that hint.
+//! - The linux backend handles ext2/3/4 and XFS identities only; Windows-style disk signatures
+//!   and partitioned LDs (one file system per LD is assumed) are not handled.
+//! - Online-backup modes of databases (begin/end backup) are hooks like any other; there is no
+//!   built-in database integration.
+//! - The sim file system is a record volume, not a general file system; sim rescan is
+//!   [`SimBackend::attach`].
+//! - The resume log grows until trimmed (`Journal::trim_resumes`).
+
+mod agent;
+mod api;
+mod backend;
+pub mod cli;
+mod config;
+mod device;
+mod error;
+mod grpc;
+pub mod limits;
+mod linux;
+mod process;
+mod sim;
+mod workload;
+
+pub use agent::{Agent, Engine};
+pub use api::{
+    CheckReport, HookKind, HookOutput, Host, MountIdentity, MountRequest, QuiesceKind, QuiesceMode,
+    QuiesceRecord, QuiesceRequest, ReleaseReport, ResumeRecord, VolumeInfo,
+};
+pub use config::{BackendKind, FsType, HookConfig, HostConfig, VolumeConfig};
+pub use device::{BlockDevice, FileDevice, copy_device};
+pub use error::{Holder, HostError};
+pub use grpc::{HostClient, HostService};
+pub use linux::LinuxBackend;
+pub use sim::{SimApp, SimBackend, SimHandle};
+pub use workload::{
+    BadRecord, RECORD_BYTES, VerifyReport, Workload, record_bytes, record_offset, slots, verify,
+};

@@ -1,0 +1,615 @@
+//! The agent's host half: [`Agent`] implements [`Host`] over a backend, adding what every
+//! backend needs: quiesce records in the journal, the deadline watchdog, hooks, and undo when
+//! a quiesce fails half-way.
+//!
+//! A quiesce's life: the record is written (durably) *before* the volume is touched, the
+//! volume is quiesced, a watchdog task sleeps until the deadline. Release or the watchdog
+//! resume the volume and only then remove the record. An agent that dies in between finds the
+//! record on its next start and resumes the volume at once: it cannot vouch that the quiesce
+//! held while it was down, so the owner's later release is answered with
+//! [`HostError::QuiesceLost`] and the copy is not recorded as consistent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stillpoint_storage::journal::Journal;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::api::{
+    CheckReport, HookKind, HookOutput, Host, MountRequest, QuiesceKind, QuiesceMode, QuiesceRecord,
+    QuiesceRequest, ReleaseReport, ResumeRecord, VolumeInfo,
+};
+use crate::backend::Backend;
+use crate::config::{BackendKind, HostConfig, VolumeConfig};
+use crate::error::{Holder, HostError};
+use crate::limits::{RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS};
+use crate::process::{self, now_unix_ms};
+use crate::sim::SimBackend;
+
+/// Which backend an [`Agent`] drives.
+pub enum Engine {
+    /// The sim host (its LDs attached by the caller).
+    Sim(Arc<SimBackend>),
+    /// This Linux machine.
+    Linux,
+}
+
+struct Inner {
+    config: HostConfig,
+    backend: Arc<dyn Backend>,
+    journal: Journal,
+    /// One lock per volume: operations on a volume (including the watchdog's resume) never
+    /// interleave.
+    locks: HashMap<String, Arc<Mutex<()>>>,
+    /// Quiesce ids this process took or re-armed, so `recover` leaves them alone.
+    armed: StdMutex<HashSet<u64>>,
+    db: sled::Db,
+}
+
+/// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
+/// Dropping it stops its watchdogs (as a crash would); quiesces it held stay in the journal
+/// and are resumed by the next `start`.
+pub struct Agent {
+    inner: Arc<Inner>,
+    watchdogs: StdMutex<JoinSet<()>>,
+}
+
+fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    /// Validates `config`, opens the journal in `db` and resumes every volume the journal
+    /// says is still quiesced (an agent that died mid-quiesce).
+    pub async fn start(
+        config: HostConfig,
+        db: &sled::Db,
+        engine: Engine,
+    ) -> Result<Arc<Agent>, HostError> {
+        config.validate("host config")?;
+        let backend: Arc<dyn Backend> = match (engine, config.backend) {
+            (Engine::Sim(sim), BackendKind::Sim) => {
+                for v in &config.volumes {
+                    sim.add_mount_point(&v.mount_point);
+                }
+                sim
+            }
+            (Engine::Linux, BackendKind::Linux) => Arc::new(crate::linux::LinuxBackend::new()),
+            (_, kind) => {
+                return Err(HostError::Config {
+                    source_name: "host config".into(),
+                    field: "host.backend".into(),
+                    reason: format!("config says {kind:?} but the agent was given another engine"),
+                });
+            }
+        };
+        let locks = config
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), Arc::new(Mutex::new(()))))
+            .collect();
+        let agent = Arc::new(Agent {
+            inner: Arc::new(Inner {
+                journal: Journal::open(db)?,
+                config,
+                backend,
+                locks,
+                armed: StdMutex::new(HashSet::new()),
+                db: db.clone(),
+            }),
+            watchdogs: StdMutex::new(JoinSet::new()),
+        });
+        agent.recover().await?;
+        Ok(agent)
+    }
+
+    /// Resumes every quiesce in the journal that this process did not take: they were left
+    /// by an agent that died. Returns what it did (also in [`Host::resumes`]).
+    pub async fn recover(&self) -> Result<Vec<ResumeRecord>, HostError> {
+        let mut done = Vec::new();
+        for rec in self.inner.journal.quiesces()? {
+            if lock_std(&self.inner.armed).contains(&rec.quiesce_id) {
+                continue;
+            }
+            let reason = format!(
+                "the agent restarted while the volume was quiesced by {} (since {} ms, deadline {} ms); \
+                 it cannot vouch the quiesce held while it was down, so it resumed the volume",
+                rec.owner, rec.taken_at_unix_ms, rec.deadline_unix_ms
+            );
+            if let Some(r) = self
+                .inner
+                .auto_resume(&rec.volume, rec.quiesce_id, &reason, 1)
+                .await
+            {
+                if r.error.is_some() {
+                    // Keep trying in the background; the record stays until it works.
+                    self.arm(&rec.volume, rec.quiesce_id);
+                }
+                done.push(r);
+            }
+        }
+        Ok(done)
+    }
+
+    fn arm(&self, volume: &str, quiesce_id: u64) {
+        lock_std(&self.inner.armed).insert(quiesce_id);
+        let inner = self.inner.clone();
+        let volume = volume.to_string();
+        let mut set = lock_std(&self.watchdogs);
+        // Reap finished watchdogs so the set does not grow without bound.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move { inner.watch(volume, quiesce_id).await });
+    }
+}
+
+impl Inner {
+    fn cfg(&self, volume: &str) -> Result<&VolumeConfig, HostError> {
+        self.config.volume(volume)
+    }
+
+    fn lock_of(&self, volume: &str) -> Result<Arc<Mutex<()>>, HostError> {
+        self.cfg(volume)?;
+        Ok(self.locks[volume].clone())
+    }
+
+    /// Sleeps until the quiesce's deadline (re-reading it, since extensions move it) and
+    /// resumes the volume if the quiesce is still held then.
+    async fn watch(self: Arc<Self>, volume: String, quiesce_id: u64) {
+        let mut journal_errors = 0;
+        loop {
+            let rec = match self.journal.quiesce(&volume) {
+                Ok(Some(r)) if r.quiesce_id == quiesce_id => r,
+                Ok(_) => return,
+                Err(e) => {
+                    journal_errors += 1;
+                    tracing::error!(%volume, error = %e, "watchdog cannot read the journal");
+                    if journal_errors > RESUME_ATTEMPTS_MAX {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(RESUME_RETRY_MS)).await;
+                    continue;
+                }
+            };
+            let now = now_unix_ms();
+            if now >= rec.deadline_unix_ms {
+                let reason = format!(
+                    "deadline passed: quiesced by {} for {} ms (limit {} ms incl. {} ms extension) \
+                     with neither release nor extension",
+                    rec.owner,
+                    now - rec.taken_at_unix_ms,
+                    rec.deadline_unix_ms - rec.taken_at_unix_ms,
+                    rec.extended_ms_total
+                );
+                self.auto_resume(&volume, quiesce_id, &reason, RESUME_ATTEMPTS_MAX)
+                    .await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(rec.deadline_unix_ms - now)).await;
+        }
+    }
+
+    /// Resumes a quiesce nobody released, logging it in the journal. Returns the resume
+    /// record, or `None` if the quiesce was no longer held.
+    async fn auto_resume(
+        &self,
+        volume: &str,
+        quiesce_id: u64,
+        reason: &str,
+        attempts: u32,
+    ) -> Option<ResumeRecord> {
+        let mut last_err = None;
+        let mut rec = None;
+        for attempt in 1..=attempts.max(1) {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(RESUME_RETRY_MS)).await;
+            }
+            let lock = match self.lock_of(volume) {
+                Ok(l) => l,
+                Err(e) => {
+                    // The volume left the config; the record can only be reported.
+                    last_err = Some(e);
+                    rec = self.journal.quiesce(volume).ok().flatten();
+                    break;
+                }
+            };
+            let _g = lock.lock().await;
+            rec = match self.journal.quiesce(volume) {
+                Ok(Some(r)) if r.quiesce_id == quiesce_id => Some(r),
+                Ok(_) => return None,
+                Err(e) => {
+                    last_err = Some(e.into());
+                    continue;
+                }
+            };
+            let Some(r) = rec.as_ref() else { continue };
+            match self.resume(r).await {
+                Ok(_) => match self.journal.remove_quiesce(volume) {
+                    Ok(_) => {
+                        last_err = None;
+                        break;
+                    }
+                    Err(e) => last_err = Some(e.into()),
+                },
+                Err(e) => {
+                    tracing::warn!(%volume, attempt, error = %e, "automatic resume failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        let r = rec?;
+        let out = ResumeRecord {
+            volume: volume.to_string(),
+            quiesce_id,
+            kind: r.kind.clone(),
+            owner: r.owner.clone(),
+            taken_at_unix_ms: r.taken_at_unix_ms,
+            resumed_at_unix_ms: now_unix_ms(),
+            reason: reason.to_string(),
+            error: last_err.map(|e| e.to_string()),
+        };
+        match &out.error {
+            None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
+            Some(e) => tracing::error!(%volume, quiesce_id, reason, error = %e,
+                "could not resume the volume; it may still be quiesced"),
+        }
+        if let Err(e) = self.journal.push_resume(&out) {
+            tracing::error!(%volume, error = %e, "cannot log the automatic resume");
+        }
+        Some(out)
+    }
+
+    /// Undoes a quiesce: thaw, or remount and start the applications. Idempotent.
+    async fn resume(&self, rec: &QuiesceRecord) -> Result<Option<HookOutput>, HostError> {
+        let cfg = self.cfg(&rec.volume)?;
+        match &rec.kind {
+            QuiesceKind::Freeze => {
+                self.backend.thaw(cfg).await?;
+                Ok(None)
+            }
+            QuiesceKind::Unmount {
+                mount_point,
+                apps_stopped,
+            } => {
+                self.backend
+                    .mount(cfg, mount_point, &MountRequest::default())
+                    .await?;
+                if *apps_stopped && cfg.start.is_some() {
+                    Ok(Some(self.hook(cfg, HookKind::Start).await?))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    async fn hook(&self, cfg: &VolumeConfig, kind: HookKind) -> Result<HookOutput, HostError> {
+        let hook = match kind {
+            HookKind::Stop => cfg.stop.as_ref(),
+            HookKind::Start => cfg.start.as_ref(),
+        };
+        let Some(hook) = hook else {
+            return Err(HostError::Unsupported {
+                operation: format!("{} hook of volume {}", kind.as_str(), cfg.name),
+                reason: format!(
+                    "none is configured; add `{} = {{ command = [..] }}` to the volume in node.toml",
+                    kind.as_str()
+                ),
+            });
+        };
+        if let Some(app) = &hook.app {
+            return self.backend.run_app(cfg, app, kind, hook.timeout_ms).await;
+        }
+        let argv = hook.command.clone().unwrap_or_default();
+        let out = process::run(
+            &cfg.name,
+            &format!("{} hook", kind.as_str()),
+            &argv,
+            hook.timeout_ms,
+        )
+        .await?;
+        if out.exit_code != Some(0) {
+            return Err(HostError::HookFailed {
+                volume: cfg.name.clone(),
+                hook: kind.as_str().into(),
+                command: out.command.clone(),
+                status: match out.exit_code {
+                    Some(c) => format!("exit code {c}"),
+                    None => "a signal".into(),
+                },
+                stderr_tail: process::tail(&out.stderr, 400),
+            });
+        }
+        Ok(out)
+    }
+
+    fn refuse_if_quiesced(&self, volume: &str, operation: &str) -> Result<(), HostError> {
+        if let Some(q) = self.journal.quiesce(volume)? {
+            return Err(HostError::WrongState {
+                volume: volume.into(),
+                operation: operation.into(),
+                state: format!(
+                    "quiesced ({:?}) by {} as quiesce {}; release it (thaw) instead",
+                    q.kind, q.owner, q.quiesce_id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn info(&self, cfg: &VolumeConfig) -> Result<VolumeInfo, HostError> {
+        let quiesce = self.journal.quiesce(&cfg.name)?;
+        let mut info = VolumeInfo {
+            name: cfg.name.clone(),
+            ld: cfg.ld.clone(),
+            device: cfg.device.clone().or(cfg.ld.clone()).unwrap_or_default(),
+            mount_point: cfg.mount_point.clone(),
+            fs: cfg.fs.as_str().into(),
+            fs_id: None,
+            mounted_at: None,
+            holders: vec![],
+            quiesce,
+            problem: None,
+        };
+        match self.backend.inspect(cfg).await {
+            Ok(seen) => {
+                info.device = seen.device;
+                info.fs = seen.fs;
+                info.fs_id = seen.fs_id;
+                info.mounted_at = seen.mounted_at;
+                info.holders = seen.holders;
+            }
+            Err(e) => info.problem = Some(e.to_string()),
+        }
+        Ok(info)
+    }
+}
+
+#[async_trait]
+impl Host for Agent {
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, HostError> {
+        let mut out = Vec::new();
+        for cfg in &self.inner.config.volumes {
+            out.push(self.inner.info(cfg).await?);
+        }
+        Ok(out)
+    }
+
+    async fn volume(&self, volume: &str) -> Result<VolumeInfo, HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        self.inner.info(cfg).await
+    }
+
+    async fn flush(&self, volume: &str) -> Result<(), HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        let lock = self.inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        self.inner.backend.flush(cfg).await
+    }
+
+    async fn unmount(&self, volume: &str, force: bool) -> Result<Vec<Holder>, HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        let lock = self.inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        self.inner.refuse_if_quiesced(volume, "unmount")?;
+        self.inner.backend.unmount(cfg, force).await
+    }
+
+    async fn mount(&self, volume: &str, request: &MountRequest) -> Result<VolumeInfo, HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        let lock = self.inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        self.inner.refuse_if_quiesced(volume, "mount")?;
+        let mp = request
+            .mount_point
+            .clone()
+            .unwrap_or_else(|| cfg.mount_point.clone());
+        self.inner.backend.mount(cfg, &mp, request).await?;
+        self.inner.info(cfg).await
+    }
+
+    async fn quiesce(&self, req: &QuiesceRequest) -> Result<QuiesceRecord, HostError> {
+        let inner = &self.inner;
+        let cfg = inner.cfg(&req.volume)?;
+        let lock = inner.lock_of(&req.volume)?;
+        let _g = lock.lock().await;
+        inner.refuse_if_quiesced(&req.volume, "quiesce")?;
+        let max_ms = match req.mode {
+            QuiesceMode::Freeze => cfg.freeze_ms_max,
+            QuiesceMode::Unmount => cfg.unmount_ms_max,
+        };
+        let limit_ms = req.limit_ms.unwrap_or(max_ms);
+        if limit_ms == 0 || limit_ms > max_ms {
+            return Err(HostError::Refused {
+                volume: req.volume.clone(),
+                rule: "S4 (quiesce limit)".into(),
+                reason: format!(
+                    "asked for {limit_ms} ms, the volume allows 1..={max_ms} ms ({:?})",
+                    req.mode
+                ),
+            });
+        }
+        let seen = inner.backend.inspect(cfg).await?;
+        let Some(mounted_at) = seen.mounted_at else {
+            return Err(HostError::WrongState {
+                volume: req.volume.clone(),
+                operation: "quiesce".into(),
+                state: "not mounted: there is nothing to quiesce (mount it first)".into(),
+            });
+        };
+        let kind = match req.mode {
+            QuiesceMode::Freeze => QuiesceKind::Freeze,
+            QuiesceMode::Unmount => QuiesceKind::Unmount {
+                mount_point: mounted_at,
+                apps_stopped: cfg.stop.is_some(),
+            },
+        };
+        let now = now_unix_ms();
+        let rec = QuiesceRecord {
+            volume: req.volume.clone(),
+            quiesce_id: inner
+                .db
+                .generate_id()
+                .map_err(|e| HostError::Journal(e.to_string()))?,
+            kind,
+            owner: req.owner.clone(),
+            taken_at_unix_ms: now,
+            deadline_unix_ms: now + limit_ms,
+            extended_ms_total: 0,
+        };
+        // Durable before the volume is touched: a crash from here on is resumed at start.
+        inner.journal.put_quiesce(&rec)?;
+        let acted: Result<(), HostError> = async {
+            match req.mode {
+                QuiesceMode::Freeze => inner.backend.freeze(cfg).await,
+                QuiesceMode::Unmount => {
+                    if cfg.stop.is_some() {
+                        inner.hook(cfg, HookKind::Stop).await?;
+                    }
+                    inner.backend.flush(cfg).await?;
+                    inner.backend.unmount(cfg, false).await.map(|_| ())
+                }
+            }
+        }
+        .await;
+        if let Err(e) = acted {
+            match inner.resume(&rec).await {
+                Ok(_) => {
+                    inner.journal.remove_quiesce(&req.volume)?;
+                }
+                Err(undo) => {
+                    tracing::error!(volume = %req.volume, error = %undo,
+                        "undo of a failed quiesce failed; the watchdog keeps trying");
+                    self.arm(&req.volume, rec.quiesce_id);
+                }
+            }
+            return Err(e);
+        }
+        self.arm(&req.volume, rec.quiesce_id);
+        Ok(rec)
+    }
+
+    async fn extend(
+        &self,
+        volume: &str,
+        quiesce_id: u64,
+        extra_ms: u64,
+    ) -> Result<QuiesceRecord, HostError> {
+        let inner = &self.inner;
+        let cfg = inner.cfg(volume)?;
+        let lock = inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        let Some(mut rec) = inner.journal.quiesce(volume)? else {
+            return Err(inner.lost(volume, quiesce_id)?);
+        };
+        if rec.quiesce_id != quiesce_id {
+            return Err(inner.lost(volume, quiesce_id)?);
+        }
+        let now = now_unix_ms();
+        if now >= rec.deadline_unix_ms {
+            return Err(HostError::Refused {
+                volume: volume.into(),
+                rule: "S4 (deadline passed)".into(),
+                reason: "the deadline has passed and the agent is resuming the volume".into(),
+            });
+        }
+        let total = rec.extended_ms_total.saturating_add(extra_ms);
+        if total > cfg.extend_ms_max_total {
+            return Err(HostError::Refused {
+                volume: volume.into(),
+                rule: "S4 (extension ceiling)".into(),
+                reason: format!(
+                    "extensions would total {total} ms, the volume allows {} ms",
+                    cfg.extend_ms_max_total
+                ),
+            });
+        }
+        rec.extended_ms_total = total;
+        rec.deadline_unix_ms += extra_ms;
+        inner.journal.put_quiesce(&rec)?;
+        Ok(rec)
+    }
+
+    async fn release(
+        &self,
+        volume: &str,
+        quiesce_id: Option<u64>,
+    ) -> Result<ReleaseReport, HostError> {
+        let inner = &self.inner;
+        inner.cfg(volume)?;
+        let lock = inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        let rec = match (inner.journal.quiesce(volume)?, quiesce_id) {
+            (Some(r), Some(id)) if r.quiesce_id != id => return Err(inner.lost(volume, id)?),
+            (Some(r), _) => r,
+            (None, Some(id)) => return Err(inner.lost(volume, id)?),
+            (None, None) => {
+                return Err(HostError::WrongState {
+                    volume: volume.into(),
+                    operation: "release".into(),
+                    state: "not quiesced by this agent".into(),
+                });
+            }
+        };
+        let start_hook = inner.resume(&rec).await?;
+        inner.journal.remove_quiesce(volume)?;
+        Ok(ReleaseReport {
+            volume: volume.into(),
+            quiesce_id: rec.quiesce_id,
+            held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
+            start_hook,
+        })
+    }
+
+    async fn rescan(&self) -> Result<Vec<VolumeInfo>, HostError> {
+        self.inner.backend.rescan().await?;
+        self.list_volumes().await
+    }
+
+    async fn check(&self, volume: &str, repair: bool) -> Result<CheckReport, HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        let lock = self.inner.lock_of(volume)?;
+        let _g = lock.lock().await;
+        self.inner.refuse_if_quiesced(volume, "check")?;
+        self.inner.backend.check(cfg, repair).await
+    }
+
+    async fn run_hook(&self, volume: &str, hook: HookKind) -> Result<HookOutput, HostError> {
+        let cfg = self.inner.cfg(volume)?;
+        self.inner.hook(cfg, hook).await
+    }
+
+    async fn quiesces(&self) -> Result<Vec<QuiesceRecord>, HostError> {
+        Ok(self.inner.journal.quiesces()?)
+    }
+
+    async fn resumes(&self) -> Result<Vec<ResumeRecord>, HostError> {
+        Ok(self.inner.journal.resumes()?)
+    }
+}
+
+impl Inner {
+    /// The error for a quiesce that is no longer held, with the reason from the resume log.
+    fn lost(&self, volume: &str, quiesce_id: u64) -> Result<HostError, HostError> {
+        let reason = self
+            .journal
+            .resumes()?
+            .into_iter()
+            .rev()
+            .find(|r| r.volume == volume && r.quiesce_id == quiesce_id)
+            .map(|r| {
+                format!(
+                    "the agent resumed it by itself at {} ms: {}",
+                    r.resumed_at_unix_ms, r.reason
+                )
+            })
+            .unwrap_or_else(|| "it was released, or never taken on this host".into());
+        Ok(HostError::QuiesceLost {
+            volume: volume.into(),
+            quiesce_id,
+            reason,
+        })
+    }
+}

@@ -1,0 +1,41 @@
+//! Tuning constants of the host crate, in one place. Per-volume limits in the config default
+//! to the `*_DEFAULT` values here and may not exceed the `*_CEILING` values.
+
+/// Default longest freeze: VSS holds writes for at most 10 s, and applications tolerate that.
+pub const FREEZE_MS_MAX_DEFAULT: u64 = 10_000;
+/// Default longest static-point unmount: room for a separate of a large group, not for hours.
+pub const UNMOUNT_MS_MAX_DEFAULT: u64 = 120_000;
+/// Default total extension a quiesce may be granted on top of its limit.
+pub const EXTEND_MS_MAX_TOTAL_DEFAULT: u64 = 30_000;
+/// Default wait for delayed writes when unmount is refused (NEC seed: 60 s).
+pub const DELAYED_WRITE_WAIT_MS_DEFAULT: u64 = 60_000;
+/// No freeze may be configured longer than this: a frozen file system stalls every writer.
+pub const FREEZE_MS_MAX_CEILING: u64 = 600_000;
+/// No unmount quiesce (nor extension, nor delayed-write wait) may be configured longer.
+pub const UNMOUNT_MS_MAX_CEILING: u64 = 3_600_000;
+/// Default time a stop/start hook may run.
+pub const HOOK_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// No hook may be configured to run longer.
+pub const HOOK_TIMEOUT_MS_CEILING: u64 = 3_600_000;
+/// Captured hook/command output kept per stream (the tail beyond this is dropped).
+pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// Time allowed for quick system commands (blkid, mount, tune2fs, udevadm).
+pub const OS_COMMAND_TIMEOUT_MS: u64 = 60_000;
+/// Time allowed for a file-system check or repair.
+pub const FSCK_TIMEOUT_MS: u64 = 3_600_000;
+/// Time allowed for a sync, freeze or unmount system call (they write back dirty data).
+pub const SYSCALL_TIMEOUT_MS: u64 = 120_000;
+/// Grace between SIGTERM and SIGKILL for holders of a force-unmounted volume.
+pub const HOLDER_TERM_GRACE_MS: u64 = 5_000;
+/// Pause between attempts to resume a volume whose automatic resume failed.
+pub const RESUME_RETRY_MS: u64 = 1_000;
+/// Attempts to resume before giving up until the agent's next start (record kept).
+pub const RESUME_ATTEMPTS_MAX: u32 = 30;
+/// Block size of sim volumes' write-back cache.
+pub const SIM_BLOCK_BYTES: u64 = 4096;
+/// Default number of dirty blocks a sim volume's cache holds before writing some back.
+pub const SIM_CACHE_BLOCKS_MAX_DEFAULT: usize = 32;
+/// Timeout of one host RPC from the client side (hooks and fsck may take long).
+pub const RPC_TIMEOUT_MS: u64 = 3_700_000;
+/// Timeout of connecting to a host agent.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;

@@ -1,0 +1,137 @@
+//! Running external commands (hooks and system tools) with a timeout and captured output.
+//! A command that outlives its timeout is killed with its whole process group, so a hook that
+//! forks (systemctl, shell scripts) leaves nothing behind.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::api::HookOutput;
+use crate::error::HostError;
+use crate::limits::OUTPUT_BYTES_MAX;
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Keep reading past the cap so the child never blocks on a full pipe.
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = OUTPUT_BYTES_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Runs `argv` (no shell), returning its output whatever its exit status; only a failure to
+/// start and a timeout are errors. `volume` and `what` label errors.
+pub(crate) async fn run(
+    volume: &str,
+    what: &str,
+    argv: &[String],
+    timeout_ms: u64,
+) -> Result<HookOutput, HostError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(HostError::OsError {
+            volume: volume.into(),
+            operation: what.into(),
+            detail: "empty command".into(),
+        });
+    };
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HostError::OsError {
+            volume: volume.into(),
+            operation: what.into(),
+            detail: format!("cannot start {program:?}: {e}"),
+        })?;
+    let pgid = child.id();
+    let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
+    let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let status = match tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(HostError::OsError {
+                volume: volume.into(),
+                operation: what.into(),
+                detail: format!("waiting for {program:?}: {e}"),
+            });
+        }
+        Err(_) => {
+            if let Some(pid) = pgid {
+                // SAFETY: kill(2) with a negative pid signals the process group we created.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            return Err(HostError::TimedOut {
+                volume: volume.into(),
+                what: format!("{what} {argv:?}"),
+                timeout_ms,
+            });
+        }
+    };
+    let stdout = match out {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    let stderr = match err {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok(HookOutput {
+        command: argv.join(" "),
+        exit_code: status.code(),
+        stdout,
+        stderr,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Like [`run`], but a non-zero exit is an [`HostError::OsError`] carrying stderr.
+pub(crate) async fn run_ok(
+    volume: &str,
+    what: &str,
+    argv: &[String],
+    timeout_ms: u64,
+) -> Result<HookOutput, HostError> {
+    let out = run(volume, what, argv, timeout_ms).await?;
+    if out.exit_code == Some(0) {
+        Ok(out)
+    } else {
+        Err(HostError::OsError {
+            volume: volume.into(),
+            operation: what.into(),
+            detail: format!(
+                "{} exited with {:?}: {}{}",
+                out.command,
+                out.exit_code,
+                out.stderr.trim(),
+                out.stdout.trim()
+            ),
+        })
+    }
+}
+
+/// The last `n` characters of `s`, for error messages.
+pub(crate) fn tail(s: &str, n: usize) -> String {
+    let s = s.trim();
+    let start = s.char_indices().rev().nth(n).map(|(i, _)| i).unwrap_or(0);
+    s[start..].to_string()
+}
+
+/// Milliseconds since the Unix epoch (wall clock, for journal records).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,343 @@
+//! The workload application and its verifier: how the project proves an RV copy consistent.
+//!
+//! The workload writes **records** into fixed slots after the sim superblock: record `n` lives
+//! at `SIM_BLOCK_BYTES + n * RECORD_BYTES`, carries a magic, its sequence number `n`, a
+//! payload derived from `n` and a CRC-32 over both. Slots straddle cache blocks on purpose, so
+//! a copy taken while some blocks were still in the write-back cache shows records with one
+//! half on disk: torn.
+//!
+//! The verifier reads any [`BlockDevice`] (an MV through its cache, an RV, a file) slot by slot
+//! and reports the last record of the intact prefix, the count of intact records, every torn
+//! or corrupt record, and every empty slot below the highest written one (a record lost while
+//! a later one survived).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+use crate::device::BlockDevice;
+use crate::error::HostError;
+use crate::limits::SIM_BLOCK_BYTES;
+use crate::sim::{SimApp, SimBackend, SimHandle};
+
+/// Size of one record slot. Not a divisor of the cache block, so records straddle blocks.
+pub const RECORD_BYTES: u64 = 1536;
+const MAGIC: &[u8; 4] = b"SPWR";
+const HEADER_BYTES: usize = 16;
+/// Slots read per device request while verifying.
+const VERIFY_BATCH_SLOTS: u64 = 512;
+
+/// Byte offset of record `seq`.
+pub fn record_offset(seq: u64) -> u64 {
+    SIM_BLOCK_BYTES + seq * RECORD_BYTES
+}
+
+/// Number of record slots a device of `capacity_bytes` holds.
+pub fn slots(capacity_bytes: u64) -> u64 {
+    capacity_bytes.saturating_sub(SIM_BLOCK_BYTES) / RECORD_BYTES
+}
+
+/// The exact bytes of record `seq`.
+pub fn record_bytes(seq: u64) -> Vec<u8> {
+    let mut r = vec![0u8; RECORD_BYTES as usize];
+    r[..4].copy_from_slice(MAGIC);
+    r[4..12].copy_from_slice(&seq.to_le_bytes());
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in r[HEADER_BYTES..].iter_mut() {
+        // xorshift: cheap, seq-dependent, never all zero.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let crc = crc(&r);
+    r[12..16].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+fn crc(r: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&r[4..12]);
+    h.update(&r[HEADER_BYTES..]);
+    h.finalize()
+}
+
+/// A record the verifier found damaged or missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    /// Slot index = the sequence number the record there must carry.
+    pub slot: u64,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// What the verifier found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub slots_total: u64,
+    /// Records whose magic, sequence and checksum are right.
+    pub intact_count: u64,
+    /// Last record of the unbroken intact prefix 0..=n (`None`: record 0 is not intact).
+    pub last_intact_seq: Option<u64>,
+    /// Highest intact record anywhere.
+    pub highest_intact_seq: Option<u64>,
+    /// Slots holding something that is not an intact record: torn or corrupt.
+    pub torn: Vec<BadRecord>,
+    /// Empty slots below the highest non-empty slot: records lost while later ones survived.
+    pub gaps: Vec<BadRecord>,
+}
+
+impl VerifyReport {
+    /// The copy is a consistent prefix of what was written: nothing torn, nothing missing.
+    pub fn is_consistent(&self) -> bool {
+        self.torn.is_empty() && self.gaps.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} intact records, last intact {}, {} torn/corrupt, {} missing",
+            self.intact_count,
+            self.last_intact_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.torn.len(),
+            self.gaps.len()
+        )?;
+        if let Some(t) = self.torn.first() {
+            write!(
+                f,
+                " (first torn: record {} at byte {}: {})",
+                t.slot, t.offset, t.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Classifies one slot: `Ok(true)` intact, `Ok(false)` empty, `Err(reason)` torn/corrupt.
+fn classify(slot: u64, r: &[u8]) -> Result<bool, String> {
+    if r.iter().all(|&b| b == 0) {
+        return Ok(false);
+    }
+    if &r[..4] != MAGIC {
+        return Err("header missing (only part of the record reached the disk)".into());
+    }
+    let seq = u64::from_le_bytes(r[4..12].try_into().unwrap_or([0; 8]));
+    if seq != slot {
+        return Err(format!("carries sequence {seq}"));
+    }
+    let stored = u32::from_le_bytes(r[12..16].try_into().unwrap_or([0; 4]));
+    if stored != crc(r) {
+        return Err("checksum mismatch (record torn)".into());
+    }
+    Ok(true)
+}
+
+/// Reads every slot of `dev` and reports what it holds.
+pub async fn verify(dev: &dyn BlockDevice) -> Result<VerifyReport, HostError> {
+    let slots_total = slots(dev.capacity_bytes().await?);
+    let mut rep = VerifyReport {
+        slots_total,
+        intact_count: 0,
+        last_intact_seq: None,
+        highest_intact_seq: None,
+        torn: vec![],
+        gaps: vec![],
+    };
+    let mut prefix_open = true;
+    let mut empties: Vec<BadRecord> = vec![];
+    let mut slot = 0;
+    while slot < slots_total {
+        let n = VERIFY_BATCH_SLOTS.min(slots_total - slot);
+        let buf = dev
+            .read_at(record_offset(slot), (n * RECORD_BYTES) as usize)
+            .await?;
+        for (i, r) in buf.chunks_exact(RECORD_BYTES as usize).enumerate() {
+            let s = slot + i as u64;
+            let bad = |reason: String| BadRecord {
+                slot: s,
+                offset: record_offset(s),
+                reason,
+            };
+            match classify(s, r) {
+                Ok(true) => {
+                    rep.intact_count += 1;
+                    rep.highest_intact_seq = Some(s);
+                    if prefix_open {
+                        rep.last_intact_seq = Some(s);
+                    }
+                    rep.gaps.append(&mut empties);
+                }
+                Ok(false) => {
+                    prefix_open = false;
+                    empties.push(bad("empty slot below later records".into()));
+                }
+                Err(reason) => {
+                    prefix_open = false;
+                    rep.gaps.append(&mut empties);
+                    rep.torn.push(bad(reason));
+                }
+            }
+        }
+        slot += n;
+    }
+    Ok(rep)
+}
+
+#[async_trait]
+impl BlockDevice for SimHandle {
+    fn name(&self) -> String {
+        "sim volume handle".into()
+    }
+    async fn capacity_bytes(&self) -> Result<u64, HostError> {
+        Ok(SimHandle::capacity_bytes(self))
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, HostError> {
+        SimHandle::read_at(self, offset, len).await
+    }
+    async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        SimHandle::write_at(self, offset, data).await
+    }
+}
+
+struct Running {
+    stop_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), HostError>>,
+}
+
+/// The workload application: writes sequenced, checksummed records to the volume mounted at
+/// its mount point while running. Register it with [`SimBackend::register_app`] and name it in
+/// a volume's stop/start hooks.
+pub struct Workload {
+    sim: Arc<SimBackend>,
+    mount_point: String,
+    name: String,
+    /// Stop writing (but stay running, holding the volume) after this many records in total.
+    records_max: Option<u64>,
+    /// Pause between records; `None` writes as fast as the volume takes them.
+    pace: Option<std::time::Duration>,
+    /// Sequence number of the next record, once known.
+    next_seq: Arc<AtomicU64>,
+    running: Mutex<Option<Running>>,
+}
+
+/// `next_seq` value meaning "not known yet: scan the volume on start".
+const UNKNOWN: u64 = u64::MAX;
+
+impl Workload {
+    pub fn new(
+        sim: Arc<SimBackend>,
+        mount_point: &str,
+        name: &str,
+        records_max: Option<u64>,
+        pace: Option<std::time::Duration>,
+    ) -> Arc<Workload> {
+        Arc::new(Workload {
+            sim,
+            mount_point: mount_point.into(),
+            name: name.into(),
+            records_max,
+            pace,
+            next_seq: Arc::new(AtomicU64::new(UNKNOWN)),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Records written so far in total (the next sequence number), once started.
+    pub fn records_written(&self) -> Option<u64> {
+        match self.next_seq.load(Ordering::SeqCst) {
+            UNKNOWN => None,
+            n => Some(n),
+        }
+    }
+
+    /// Whether the writer is running.
+    pub async fn is_running(&self) -> bool {
+        self.running
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|r| !r.task.is_finished())
+    }
+}
+
+#[async_trait]
+impl SimApp for Workload {
+    async fn start(&self) -> Result<String, HostError> {
+        let mut running = self.running.lock().await;
+        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+            return Ok(format!("{} already running", self.name));
+        }
+        let handle = self.sim.open(&self.mount_point, &self.name).await?;
+        if self.next_seq.load(Ordering::SeqCst) == UNKNOWN {
+            // Continue after what the volume already holds (e.g. after a restore).
+            let rep = verify(&handle).await?;
+            let next = rep.last_intact_seq.map(|s| s + 1).unwrap_or(0);
+            self.next_seq.store(next, Ordering::SeqCst);
+        }
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let next_seq = self.next_seq.clone();
+        let limit = self
+            .records_max
+            .unwrap_or(u64::MAX)
+            .min(slots(handle.capacity_bytes()));
+        let pace = self.pace;
+        let task = tokio::spawn(async move {
+            let result = async {
+                loop {
+                    if *stop_rx.borrow() {
+                        return Ok(());
+                    }
+                    let seq = next_seq.load(Ordering::SeqCst);
+                    if seq >= limit {
+                        // Idle but running (and holding the volume) until stopped.
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                        return Ok(());
+                    }
+                    handle
+                        .write_at(record_offset(seq), &record_bytes(seq))
+                        .await?;
+                    next_seq.store(seq + 1, Ordering::SeqCst);
+                    match pace {
+                        Some(p) => {
+                            let _ = tokio::time::timeout(p, stop_rx.wait_for(|s| *s)).await;
+                        }
+                        None => tokio::task::yield_now().await,
+                    }
+                }
+            }
+            .await;
+            handle.close().await;
+            result
+        });
+        *running = Some(Running { stop_tx, task });
+        Ok(format!(
+            "{} started at record {}",
+            self.name,
+            self.next_seq.load(Ordering::SeqCst)
+        ))
+    }
+
+    async fn stop(&self) -> Result<String, HostError> {
+        let Some(r) = self.running.lock().await.take() else {
+            return Ok(format!("{} not running", self.name));
+        };
+        r.stop_tx.send_replace(true);
+        let outcome = r.task.await.map_err(|e| HostError::WrongState {
+            volume: self.mount_point.clone(),
+            operation: format!("stop {}", self.name),
+            state: format!("writer task failed: {e}"),
+        })?;
+        let written = self.next_seq.load(Ordering::SeqCst);
+        match outcome {
+            Ok(()) => Ok(format!("{} stopped after record {}", self.name, written)),
+            Err(e) => Ok(format!("{} had stopped on error: {e}", self.name)),
+        }
+    }
+}
