@@ -183,12 +183,21 @@ async fn an_agent_with_a_foreign_data_dir_is_refused_and_the_dir_is_untouched() 
 
     let mut config = cluster.configs[0].clone();
     config.node_id = 9;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let result = stillpoint_node::start(config, listener).await;
-    let err = match result {
-        Ok(_) => panic!("a data dir of node 1 must not start as node 9"),
-        Err(e) => e,
-    };
+    // In-process, the stopped agent's last handles on the dir are dropped a moment after
+    // shutdown; wait (bounded) until the lock is free so the identity check is what answers.
+    let err = stillpoint_node::wait::until("the data dir lock to be released", WAIT, || {
+        let config = config.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+            match stillpoint_node::start(config, listener).await {
+                Ok(_) => panic!("a data dir of node 1 must not start as node 9"),
+                Err(e) if e.to_string().contains("in use") => None,
+                Err(e) => Some(e),
+            }
+        }
+    })
+    .await
+    .expect("the data dir is released");
     let text = err.to_string();
     assert!(matches!(err, NodeError::Storage(_)), "{text}");
     assert!(
