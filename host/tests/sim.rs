@@ -1,0 +1,449 @@
+//! The sim backend end to end: holders, hooks, quiesce deadlines, crash recovery, torn copies.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{open_db, wait_until};
+use stillpoint_host::{
+    Agent, BlockDevice, Engine, FileDevice, HookKind, Host, HostConfig, HostError, MountIdentity,
+    MountRequest, QuiesceMode, QuiesceRequest, SimBackend, Workload, copy_device, record_bytes,
+    record_offset, verify,
+};
+
+const MV_BYTES: u64 = 4 * 1024 * 1024;
+
+struct World {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    sim: Arc<SimBackend>,
+    mv: Arc<FileDevice>,
+    workload: Arc<Workload>,
+    config: HostConfig,
+}
+
+fn config(extra: &str) -> HostConfig {
+    HostConfig::from_toml_str(
+        &format!(
+            r#"
+backend = "sim"
+[[volumes]]
+name = "mv1"
+ld = "LD-MV"
+mount_point = "/sim/mv1"
+fs = "sim"
+freeze_ms_max = 60000
+extend_ms_max_total = 5000
+stop = {{ app = "workload" }}
+start = {{ app = "workload" }}
+[[volumes]]
+name = "rv1"
+ld = "LD-RV"
+mount_point = "/sim/rv1"
+fs = "sim"
+{extra}
+"#
+        ),
+        "test.toml",
+    )
+    .unwrap()
+}
+
+async fn world(records_max: Option<u64>, extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let sim = SimBackend::new(42);
+    let mv = Arc::new(FileDevice::create(&path.join("mv.img"), MV_BYTES).unwrap());
+    SimBackend::format(mv.as_ref()).await.unwrap();
+    sim.attach("LD-MV", mv.clone()).await.unwrap();
+    let rv = Arc::new(FileDevice::create(&path.join("rv.img"), MV_BYTES).unwrap());
+    sim.attach("LD-RV", rv).await.unwrap();
+    let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", records_max, None);
+    sim.register_app("workload", workload.clone());
+    World {
+        _dir: dir,
+        dir: path,
+        sim,
+        mv,
+        workload,
+        config: config(extra),
+    }
+}
+
+impl World {
+    async fn agent(&self) -> Arc<Agent> {
+        let db = open_db(&self.dir.join("db")).await;
+        Agent::start(self.config.clone(), &db, Engine::Sim(self.sim.clone()))
+            .await
+            .unwrap()
+    }
+    fn written(&self) -> u64 {
+        self.workload.records_written().unwrap_or(0)
+    }
+}
+
+async fn mount_and_start(host: &dyn Host) {
+    host.mount("mv1", &MountRequest::default()).await.unwrap();
+    host.run_hook("mv1", HookKind::Start).await.unwrap();
+}
+
+#[tokio::test]
+async fn unmount_is_refused_while_held_and_allowed_after_the_stop_hook() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("the workload writes", || async { w.written() > 10 }).await;
+
+    let info = host.volume("mv1").await.unwrap();
+    assert_eq!(info.holders.len(), 1);
+    assert_eq!(info.holders[0].name, "workload");
+
+    match host.unmount("mv1", false).await {
+        Err(HostError::Busy { volume, holders }) => {
+            assert_eq!(volume, "mv1");
+            assert_eq!(holders[0].name, "workload");
+        }
+        other => panic!("expected Busy naming the workload, got {other:?}"),
+    }
+    let msg = host.unmount("mv1", false).await.unwrap_err().to_string();
+    assert!(msg.contains("workload") && msg.contains("stop"), "{msg}");
+    assert!(host.volume("mv1").await.unwrap().mounted_at.is_some());
+
+    let out = host.run_hook("mv1", HookKind::Stop).await.unwrap();
+    assert!(out.stdout.contains("stopped"), "{out:?}");
+    host.unmount("mv1", false).await.unwrap();
+    assert_eq!(host.volume("mv1").await.unwrap().mounted_at, None);
+
+    // The static-point quiesce does the same in one call and undoes it on release.
+    mount_and_start(host.as_ref()).await;
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv1".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(host.volume("mv1").await.unwrap().mounted_at, None);
+    assert!(!w.workload.is_running().await);
+    let rel = host.release("mv1", Some(q.quiesce_id)).await.unwrap();
+    assert!(rel.start_hook.is_some());
+    assert_eq!(
+        host.volume("mv1").await.unwrap().mounted_at.as_deref(),
+        Some("/sim/mv1")
+    );
+    assert!(w.workload.is_running().await);
+}
+
+#[tokio::test]
+async fn a_freeze_nobody_releases_is_thawed_at_its_deadline() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("the workload writes", || async { w.written() > 10 }).await;
+
+    let q = host
+        .freeze("mv1", Some(1500), "job 1 step 4")
+        .await
+        .unwrap();
+    let at_freeze = w.written();
+    // Observe the writer blocked for part of the window (not waiting for anything).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    if !host.quiesces().await.unwrap().is_empty() {
+        assert!(
+            w.written() <= at_freeze + 1,
+            "writes went through a frozen volume"
+        );
+    }
+
+    wait_until("the agent thaws by itself", || async {
+        host.quiesces().await.unwrap().is_empty()
+    })
+    .await;
+    let resumes = host.resumes().await.unwrap();
+    assert_eq!(resumes.len(), 1);
+    assert_eq!(resumes[0].quiesce_id, q.quiesce_id);
+    assert!(resumes[0].reason.contains("deadline passed"), "{resumes:?}");
+    assert_eq!(resumes[0].error, None);
+    let frozen_for = resumes[0].resumed_at_unix_ms - q.taken_at_unix_ms;
+    assert!(frozen_for >= 1500, "thawed early: {frozen_for} ms");
+
+    wait_until("the writer continues", || async {
+        w.written() > at_freeze + 10
+    })
+    .await;
+    // The owner's late release learns the quiesce did not hold (S3: not a consistent copy).
+    match host.release("mv1", Some(q.quiesce_id)).await {
+        Err(HostError::QuiesceLost { reason, .. }) => assert!(reason.contains("deadline")),
+        other => panic!("expected QuiesceLost, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn extension_moves_the_deadline_within_the_ceiling() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    let q = host.freeze("mv1", Some(20_000), "test").await.unwrap();
+    let e = host.extend("mv1", q.quiesce_id, 4000).await.unwrap();
+    assert_eq!(e.deadline_unix_ms, q.deadline_unix_ms + 4000);
+    match host.extend("mv1", q.quiesce_id, 2000).await {
+        Err(HostError::Refused { rule, .. }) => assert!(rule.contains("S4")),
+        other => panic!("expected refusal past the ceiling, got {other:?}"),
+    }
+    match host.freeze("mv1", Some(120_000), "test").await {
+        Err(HostError::WrongState { .. }) => {}
+        other => panic!("a second quiesce must be refused, got {other:?}"),
+    }
+    let r = host.thaw("mv1").await.unwrap();
+    assert_eq!(r.quiesce_id, q.quiesce_id);
+    match host.freeze("mv1", Some(120_000), "test").await {
+        Err(HostError::Refused { rule, .. }) => assert!(rule.contains("S4")),
+        other => panic!("a limit above freeze_ms_max must be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_agent_killed_while_frozen_thaws_after_restart() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("the workload writes", || async { w.written() > 10 }).await;
+    host.freeze("mv1", Some(60_000), "job 2").await.unwrap();
+    drop(host); // the agent dies; the volume stays frozen, the journal remembers
+
+    let at_kill = w.written();
+    let host = w.agent().await;
+    let resumes = host.resumes().await.unwrap();
+    assert_eq!(resumes.len(), 1, "{resumes:?}");
+    assert!(resumes[0].reason.contains("restarted"), "{resumes:?}");
+    assert!(host.quiesces().await.unwrap().is_empty());
+    wait_until("writes continue after restart", || async {
+        w.written() > at_kill + 10
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_killed_while_unmounted_remounts_and_restarts_apps_after_restart() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    host.quiesce(&QuiesceRequest {
+        volume: "mv1".into(),
+        mode: QuiesceMode::Unmount,
+        limit_ms: Some(60_000),
+        owner: "job 3".into(),
+    })
+    .await
+    .unwrap();
+    drop(host);
+    assert!(
+        w.sim.open("/sim/mv1", "probe").await.is_err(),
+        "the volume must still be unmounted while the agent is down"
+    );
+
+    let host = w.agent().await;
+    assert_eq!(
+        host.volume("mv1").await.unwrap().mounted_at.as_deref(),
+        Some("/sim/mv1")
+    );
+    assert!(w.workload.is_running().await, "start hook ran on recovery");
+    let r = host.resumes().await.unwrap();
+    assert!(
+        r[0].reason.contains("restarted") && r[0].owner == "job 3",
+        "{r:?}"
+    );
+}
+
+/// Classifies every written record in `copy` independently of the verifier.
+async fn expected(copy: &dyn BlockDevice, written: u64) -> (Vec<u64>, Vec<u64>) {
+    let (mut torn, mut missing) = (vec![], vec![]);
+    for seq in 0..written {
+        let want = record_bytes(seq);
+        let got = copy.read_at(record_offset(seq), want.len()).await.unwrap();
+        if got == want {
+            continue;
+        }
+        if got.iter().all(|&b| b == 0) {
+            missing.push(seq);
+        } else {
+            torn.push(seq);
+        }
+    }
+    (torn, missing)
+}
+
+#[tokio::test]
+async fn the_verifier_finds_every_torn_record_without_flush_and_none_after_flush_and_unmount() {
+    let records: u64 = 1500;
+    let w = world(Some(records), "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("all records written", || async { w.written() == records }).await;
+
+    // A copy taken now, without flush: the array copies what reached the LD.
+    let rv_path = w.dir.join("copy-noflush.img");
+    let rv = FileDevice::create(&rv_path, MV_BYTES).unwrap();
+    copy_device(w.mv.as_ref(), &rv).await.unwrap();
+    let rep = verify(&rv).await.unwrap();
+    let (torn, missing) = expected(&rv, records).await;
+    assert!(
+        !torn.is_empty(),
+        "the write-back cache should have left torn records"
+    );
+    let found: Vec<u64> = rep.torn.iter().map(|t| t.slot).collect();
+    assert_eq!(found, torn, "verifier must report exactly the torn records");
+    let highest = rep.highest_intact_seq.unwrap_or(0);
+    let gaps: Vec<u64> = rep.gaps.iter().map(|t| t.slot).collect();
+    let missing_below: Vec<u64> = missing.into_iter().filter(|&s| s < highest).collect();
+    assert_eq!(gaps, missing_below);
+    assert!(!rep.is_consistent());
+
+    // Flush + unmount (the static point), then copy: every record intact.
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv1".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .unwrap();
+    let rv2 = FileDevice::create(&w.dir.join("copy-static.img"), MV_BYTES).unwrap();
+    copy_device(w.mv.as_ref(), &rv2).await.unwrap();
+    host.release("mv1", Some(q.quiesce_id)).await.unwrap();
+    let rep = verify(&rv2).await.unwrap();
+    assert!(rep.is_consistent(), "{rep}");
+    assert_eq!(rep.intact_count, records);
+    assert_eq!(rep.last_intact_seq, Some(records - 1));
+    assert_eq!(expected(&rv2, records).await, (vec![], vec![]));
+}
+
+#[tokio::test]
+async fn an_rv_copy_carries_the_mv_identity_and_mounts_with_a_new_one() {
+    let w = world(Some(50), "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("records written", || async { w.written() == 50 }).await;
+    host.run_hook("mv1", HookKind::Stop).await.unwrap();
+    host.flush("mv1").await.unwrap();
+    // The array's copy of the MV onto the RV LD.
+    let rv = FileDevice::open(&w.dir.join("rv.img")).unwrap();
+    copy_device(w.mv.as_ref(), &rv).await.unwrap();
+
+    match host.mount("rv1", &MountRequest::default()).await {
+        Err(HostError::DuplicateIdentity { volume, other, .. }) => {
+            assert_eq!((volume.as_str(), other.as_str()), ("rv1", "LD-MV"));
+        }
+        other => panic!("expected DuplicateIdentity, got {other:?}"),
+    }
+    let rv_info = host
+        .mount(
+            "rv1",
+            &MountRequest {
+                identity: MountIdentity::New,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mv_info = host.volume("mv1").await.unwrap();
+    assert_ne!(rv_info.fs_id, mv_info.fs_id);
+    assert!(rv_info.fs_id.is_some());
+    // The RV's data is the MV's, readable through the mounted RV.
+    let h = w.sim.open("/sim/rv1", "reader").await.unwrap();
+    let rep = verify(&h).await.unwrap();
+    assert_eq!((rep.intact_count, rep.is_consistent()), (50, true));
+    h.close().await;
+    host.unmount("rv1", false).await.unwrap();
+    let check = host.check("rv1", false).await.unwrap();
+    assert!(check.clean, "{check:?}");
+}
+
+#[tokio::test]
+async fn bad_input_names_the_thing_and_leaves_nothing_quiesced() {
+    let w = world(
+        None,
+        r#"stop = { command = ["sleep", "30"], timeout_ms = 300 }
+start = { command = ["true"] }
+[[volumes]]
+name = "v3"
+ld = "LD-NOT-VISIBLE"
+mount_point = "/sim/v3"
+start = { command = ["sh", "-c", "echo boom >&2; exit 3"] }"#,
+    )
+    .await;
+    let host = w.agent().await;
+    match host.flush("nope").await {
+        Err(e @ HostError::UnknownVolume { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("nope") && m.contains("mv1"), "{m}");
+        }
+        other => panic!("expected UnknownVolume, got {other:?}"),
+    }
+    let missing = host
+        .mount(
+            "mv1",
+            &MountRequest {
+                mount_point: Some("/sim/nowhere".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, HostError::MountPointMissing { mount_point, .. } if mount_point == "/sim/nowhere"),
+        "{missing:?}"
+    );
+    host.mount("mv1", &MountRequest::default()).await.unwrap();
+    let elsewhere = host
+        .mount(
+            "mv1",
+            &MountRequest {
+                mount_point: Some("/sim/rv1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&elsewhere, HostError::MountedElsewhere { mounted_at, .. } if mounted_at == "/sim/mv1"),
+        "{elsewhere:?}"
+    );
+
+    // rv1's stop hook hangs: the quiesce fails with a timeout and rv1 is not left quiesced.
+    let rv = FileDevice::open(&w.dir.join("rv.img")).unwrap();
+    SimBackend::format(&rv).await.unwrap();
+    host.mount("rv1", &MountRequest::default()).await.unwrap();
+    let err = host
+        .quiesce(&QuiesceRequest {
+            volume: "rv1".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HostError::TimedOut { .. }), "{err:?}");
+    assert!(err.to_string().contains("sleep"), "{err}");
+    assert_eq!(
+        host.volume("rv1").await.unwrap().mounted_at.as_deref(),
+        Some("/sim/rv1")
+    );
+    assert!(host.quiesces().await.unwrap().is_empty());
+
+    // A failing hook reports its exit status and stderr.
+    let failed = host.run_hook("v3", HookKind::Start).await.unwrap_err();
+    let m = failed.to_string();
+    assert!(matches!(failed, HostError::HookFailed { .. }), "{failed:?}");
+    assert!(m.contains("exit code 3") && m.contains("boom"), "{m}");
+    // A volume whose LD is not visible is listed with the problem, not hidden.
+    let v3 = host.volume("v3").await.unwrap();
+    assert!(v3.problem.unwrap().contains("LD-NOT-VISIBLE"));
+    match host.run_hook("mv1", HookKind::Stop).await {
+        Ok(o) => assert!(o.stdout.contains("not running"), "{o:?}"),
+        Err(e) => panic!("{e}"),
+    }
+}
