@@ -1,0 +1,418 @@
+//! The linux backend on loop devices (root only; skips with a printed reason otherwise).
+//! Every loop device, mount and child process is cleaned up by a guard even if a test fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use common::{open_db, wait_until};
+use stillpoint_host::{
+    Agent, Engine, Host, HostConfig, HostError, MountIdentity, MountRequest, QuiesceMode,
+    QuiesceRequest,
+};
+
+const IMAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// mkfs.xfs refuses file systems under 300 MB; the image file stays sparse.
+const XFS_IMAGE_BYTES: u64 = 320 * 1024 * 1024;
+
+fn skip_reason(need: &[&str]) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    for tool in need {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control (loop devices unavailable)".into());
+    }
+    None
+}
+
+macro_rules! require {
+    ($($tool:expr),*) => {
+        if let Some(why) = skip_reason(&[$($tool),*]) {
+            eprintln!("SKIPPED {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A loop device over an image file; detached on drop.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn new(image: &Path) -> Loop {
+        Loop {
+            dev: run(&["losetup", "--find", "--show", image.to_str().unwrap()]),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// Unmounts (lazily, so a failed test never leaves a busy mount) on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        // Thaw first: a frozen file system cannot be unmounted.
+        let _ = Command::new("fsfreeze")
+            .args(["-u", self.0.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount")
+            .args(["-l", self.0.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    // Field order = drop order: mounts before loop devices.
+    _mounts: Vec<MountGuard>,
+    loops: Vec<Loop>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            _mounts: vec![],
+            loops: vec![],
+        }
+    }
+
+    /// A loop device with a fresh file system; returns (device, mount point dir).
+    fn volume(&mut self, name: &str, mkfs: &[&str]) -> (String, PathBuf) {
+        let img = self.dir.path().join(format!("{name}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(if mkfs[0] == "mkfs.xfs" {
+                XFS_IMAGE_BYTES
+            } else {
+                IMAGE_BYTES
+            })
+            .unwrap();
+        let lo = Loop::new(&img);
+        let dev = lo.dev.clone();
+        self.loops.push(lo);
+        let mut cmd: Vec<&str> = mkfs.to_vec();
+        cmd.push(&dev);
+        run(&cmd);
+        let mp = self.dir.path().join(format!("mnt-{name}"));
+        std::fs::create_dir(&mp).unwrap();
+        self._mounts.push(MountGuard(mp.clone()));
+        (dev, mp)
+    }
+
+    /// A loop device over a byte copy of `from`'s image (what the array's copy yields).
+    fn copy(&mut self, from: &str, name: &str) -> (String, PathBuf) {
+        let src = self.dir.path().join(format!("{from}.img"));
+        let img = self.dir.path().join(format!("{name}.img"));
+        // Sparse copy: the XFS image is mostly holes.
+        run(&[
+            "cp",
+            "--sparse=always",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
+        let lo = Loop::new(&img);
+        let dev = lo.dev.clone();
+        self.loops.push(lo);
+        let mp = self.dir.path().join(format!("mnt-{name}"));
+        std::fs::create_dir(&mp).unwrap();
+        self._mounts.push(MountGuard(mp.clone()));
+        (dev, mp)
+    }
+
+    async fn agent(&self, volumes: &[(&str, &str, &Path, &str)]) -> Arc<Agent> {
+        let mut toml = String::from("backend = \"linux\"\n");
+        for (name, dev, mp, fs) in volumes {
+            toml.push_str(&format!(
+                "[[volumes]]\nname = \"{name}\"\ndevice = \"{dev}\"\nmount_point = \"{}\"\nfs = \"{fs}\"\nfreeze_ms_max = 60000\n",
+                mp.display()
+            ));
+        }
+        let cfg = HostConfig::from_toml_str(&toml, "test.toml").unwrap();
+        let db = open_db(&self.dir.path().join("db")).await;
+        Agent::start(cfg, &db, Engine::Linux).await.unwrap()
+    }
+}
+
+fn writer(path: &Path) -> Proc {
+    Proc(
+        Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", path.display()),
+                "bs=4096",
+                "count=16",
+                "conv=fsync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn freeze_blocks_a_writer_and_thaw_releases_it() {
+    require!("losetup", "mkfs.ext4", "blkid", "dd");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let host = fx.agent(&[("mv", &dev, &mp, "ext4")]).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+
+    let q = host.freeze("mv", Some(30_000), "test").await.unwrap();
+    let mut w = writer(&mp.join("f1"));
+    // Observe the writer blocked for a while (absence of progress, not waiting for it).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "a writer finished on a frozen file system"
+    );
+    let r = host.thaw("mv").await.unwrap();
+    assert_eq!(r.quiesce_id, q.quiesce_id);
+    wait_until("the writer finishes after thaw", || {
+        let done = w.0.try_wait().unwrap().map(|s| s.success());
+        async move { done == Some(true) }
+    })
+    .await;
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_freeze_is_thawed_at_its_deadline_and_after_an_agent_restart() {
+    require!("losetup", "mkfs.ext4", "blkid", "dd");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let host = fx.agent(&[("mv", &dev, &mp, "ext4")]).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+
+    // Nobody releases: the watchdog thaws at the deadline.
+    host.freeze("mv", Some(1000), "test").await.unwrap();
+    let mut w = writer(&mp.join("f1"));
+    wait_until("the deadline thaw releases the writer", || {
+        let done = w.0.try_wait().unwrap().map(|s| s.success());
+        async move { done == Some(true) }
+    })
+    .await;
+    let r = host.resumes().await.unwrap();
+    assert!(r[0].reason.contains("deadline passed"), "{r:?}");
+
+    // The agent dies while the file system is frozen; the next agent thaws it at start.
+    host.freeze("mv", Some(60_000), "job").await.unwrap();
+    let mut w = writer(&mp.join("f2"));
+    drop(host);
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "kernel freeze outlives the agent"
+    );
+    let host = fx.agent(&[("mv", &dev, &mp, "ext4")]).await;
+    wait_until("restart thaw releases the writer", || {
+        let done = w.0.try_wait().unwrap().map(|s| s.success());
+        async move { done == Some(true) }
+    })
+    .await;
+    let r = host.resumes().await.unwrap();
+    assert!(r.last().unwrap().reason.contains("restarted"), "{r:?}");
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn busy_unmount_names_the_holder_and_force_terminates_it() {
+    require!("losetup", "mkfs.ext4", "blkid", "sleep");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let host = fx.agent(&[("mv", &dev, &mp, "ext4")]).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+
+    let holder = Proc(
+        Command::new("sleep")
+            .arg("300")
+            .current_dir(&mp)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = holder.0.id();
+    match host.unmount("mv", false).await {
+        Err(HostError::Busy { holders, .. }) => {
+            let h = holders
+                .iter()
+                .find(|h| h.pid == Some(pid))
+                .unwrap_or_else(|| panic!("holder {pid} not named in {holders:?}"));
+            assert_eq!(h.name, "sleep");
+            assert!(h.what.contains("cwd"), "{h:?}");
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(host.volume("mv").await.unwrap().mounted_at.is_some());
+    // The static-point quiesce fails the same way and leaves the volume mounted, unquiesced.
+    let err = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sleep"), "{err}");
+    assert!(host.quiesces().await.unwrap().is_empty());
+    assert!(host.volume("mv").await.unwrap().mounted_at.is_some());
+
+    let terminated = host.unmount("mv", true).await.unwrap();
+    assert!(
+        terminated.iter().any(|h| h.pid == Some(pid)),
+        "{terminated:?}"
+    );
+    assert_eq!(host.volume("mv").await.unwrap().mounted_at, None);
+    drop(holder);
+}
+
+async fn duplicate_identity_case(fs: &str, mkfs: &[&str], identity: MountIdentity) {
+    let mut fx = Fixture::new();
+    let (mv_dev, mv_mp) = fx.volume("mv", mkfs);
+    let rv_mp_dir;
+    let rv_dev;
+    {
+        let host = fx.agent(&[("mv", &mv_dev, &mv_mp, fs)]).await;
+        host.mount("mv", &MountRequest::default()).await.unwrap();
+        std::fs::write(mv_mp.join("data.txt"), b"static point").unwrap();
+        host.flush("mv").await.unwrap();
+        host.unmount("mv", false).await.unwrap();
+        drop(host);
+        let (d, m) = fx.copy("mv", "rv");
+        rv_dev = d;
+        rv_mp_dir = m;
+    }
+    let host = fx
+        .agent(&[("mv", &mv_dev, &mv_mp, fs), ("rv", &rv_dev, &rv_mp_dir, fs)])
+        .await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let mv = host.volume("mv").await.unwrap();
+    let rv = host.volume("rv").await.unwrap();
+    assert_eq!(mv.fs_id, rv.fs_id, "the copy carries the MV's identity");
+
+    match host.mount("rv", &MountRequest::default()).await {
+        Err(HostError::DuplicateIdentity { volume, .. }) => assert_eq!(volume, "rv"),
+        other => panic!("expected DuplicateIdentity, got {other:?}"),
+    }
+    let rv = host
+        .mount(
+            "rv",
+            &MountRequest {
+                identity,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rv.mounted_at.as_deref(), Some(rv_mp_dir.to_str().unwrap()));
+    if identity == MountIdentity::New {
+        assert_ne!(rv.fs_id, mv.fs_id, "a new identity was given");
+    }
+    assert_eq!(
+        std::fs::read(rv_mp_dir.join("data.txt")).unwrap(),
+        b"static point"
+    );
+    host.unmount("rv", false).await.unwrap();
+    let check = host.check("rv", false).await.unwrap();
+    assert!(check.clean, "{}", check.output);
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ext4_copy_with_a_duplicate_uuid_mounts_on_the_same_host() {
+    require!("losetup", "mkfs.ext4", "blkid", "tune2fs", "e2fsck");
+    duplicate_identity_case("ext4", &["mkfs.ext4", "-q"], MountIdentity::New).await;
+}
+
+#[tokio::test]
+async fn an_xfs_copy_with_a_duplicate_uuid_mounts_with_nouuid() {
+    require!("losetup", "mkfs.xfs", "blkid", "xfs_repair");
+    duplicate_identity_case(
+        "xfs",
+        &["mkfs.xfs", "-q", "-f"],
+        MountIdentity::IgnoreDuplicate,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mounting_on_a_missing_mount_point_or_twice_is_refused_by_name() {
+    require!("losetup", "mkfs.ext4", "blkid");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let host = fx.agent(&[("mv", &dev, &mp, "ext4")]).await;
+    let nowhere = fx.dir.path().join("does-not-exist");
+    let err = host
+        .mount(
+            "mv",
+            &MountRequest {
+                mount_point: Some(nowhere.display().to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does-not-exist"), "{err}");
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let other = fx.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let _g = MountGuard(other.clone());
+    let err = host
+        .mount(
+            "mv",
+            &MountRequest {
+                mount_point: Some(other.display().to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, HostError::MountedElsewhere { mounted_at, .. } if *mounted_at == mp.display().to_string()),
+        "{err:?}"
+    );
+    host.unmount("mv", false).await.unwrap();
+}
