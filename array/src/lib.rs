@@ -1,1 +1,122 @@
-//! placeholder
+//! # stillpoint-array: disk arrays, and the software array that behaves like one
+//!
+//! stillpoint drives disk arrays: it sets pairs of logical disks (LDs), replicates master
+//! volumes (MV) to replication volumes (RV), separates them at a static point and restores them.
+//! This crate holds the interface every array driver implements ([`Array`]) and the **software
+//! array** ([`SoftwareArray`]): the embedded default used by tests, the demo and sites without a
+//! real array. It is not a mock. Each LD is a sparse file holding real bytes; pairs copy those
+//! bytes; what the array says is on a volume is what a host reads back.
+//!
+//! ## How the software array works
+//!
+//! - **Data.** LD `n` lives in `data_dir/ld-n.img`, created sparse at its capacity. Hosts read
+//!   and write through the data API ([`Array::read`], [`Array::write`]) with their host name; the
+//!   array enforces the LD's access list and, for RVs, the RV access restriction (`nr`/`na`: no
+//!   I/O, `ro`: no writes). LDs are tracked in blocks (`block_bytes`, default 64 KiB).
+//! - **Pairs.** A pair lives on the MV's array as a record with two bitmaps: `copy` (blocks still
+//!   to copy in the direction the state implies) and `mv_dirty` (blocks the MV changed while
+//!   separated). The RV's array keeps an RV role per LD with its own dirty bitmap (blocks hosts
+//!   changed on the RV). Replicate and restore copy the union of both sides, so a differential
+//!   copy touches only blocks that differ, and RV-side changes are overwritten. The state machine
+//!   (activity, sync state, copy control, RV access, abnormal suspend) is an enum with named
+//!   transitions that check their preconditions; see [`SyncState`] for the transition table and
+//!   [`Rule`] for the pairing rules (same capacity and format, ≤ 4 RVs per MV, ≤ 3 DDR RVs,
+//!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated).
+//! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
+//!   [`COPY_RUN_BYTES_MAX`], holding the MV's I/O lock for each run, at the configured
+//!   `copy_pace_bytes_per_s`. When the bitmap empties in an `exec` state the pair moves on
+//!   (`rpl/exec`→`rpl/sync`, `sep/exec`→`separated`, `rst/exec`→`rst/sync` or, for protect,
+//!   `separated`).
+//! - **Copy control.** In `rpl/sync`, a sync pair writes MV and RV before acknowledging; a
+//!   background pair marks the block and lets the engine reflect it; a semi-sync pair (RDR only)
+//!   marks blocks until `semi_sync_backlog_blocks_max` are pending and writes synchronously
+//!   beyond that, so the backlog never exceeds the bound (its high-water mark is reported).
+//! - **Point in time.** A separate fixes the separate instant: blocks not yet reflected are
+//!   finished in `sep/exec` and an MV write to such a block first copies the old block to the RV
+//!   (copy-before-write). With `rvuse immediate` the RV is usable at once; its reads of pending
+//!   blocks come from the MV, which still holds the separate-instant content for them. Restore
+//!   mirrors that: MV reads of blocks still to restore come from the RV, and an MV write to such
+//!   a block first pulls the RV block in.
+//! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). A bit that
+//!   becomes set is flushed before the write that set it is acknowledged; cleared bits are
+//!   persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a killed array recopies at most a few runs
+//!   and never forgets a difference. On start, every record is validated; a record that does not
+//!   decode or does not fit the configured LDs stops the array with
+//!   [`ArrayError::CorruptMetadata`] instead of starting empty. Copies that were running resume.
+//! - **RDR.** An array reaches its peers through a [`Link`] with latency, bandwidth and up/down
+//!   state; peers are in-process arrays ([`PeerHandle`]) or served arrays named in the config
+//!   (reached with [`RemoteArray`]). The RV's array serves array-to-array requests
+//!   ([`PeerRequest`]). A link fault puts copying pairs into abnormal suspend; MV writes go on
+//!   and accumulate in `copy`; a replicate once the link is back resumes them.
+//! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
+//!   RV access `na`) or a link down/up, through the API and the CLI.
+//! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
+//!   [`RemoteArray`] implements [`Array`] against it with identical errors and states.
+//! - **CLI.** [`cli`] has the clap commands `array`, `ld` and `pair` with their exit codes.
+//!
+//! ## CAVEATS (not handled yet)
+//!
+//! - Point-in-time business copies (HP create attached/detached, attach, detach, delete, copy
+//!   back) are not implemented.
+//! - `rvuse immediate` is refused for RDR pairs (rule `rvuse-immediate-ddr-only`): the RV's
+//!   array would need to read pending blocks back from the MV's array.
+//! - The control messages on the wire are JSON of this crate's types inside protobuf `bytes`;
+//!   other languages would need the JSON shapes. No TLS yet.
+//! - Durability is against process kills, not power loss of the data files: LD data is written
+//!   with `pwrite` and not fsynced per write.
+//! - Taking the RV's difference record at replicate/restore clears it on the RV side before the
+//!   MV side has persisted the merge; a crash in that window loses RV-side differences.
+//! - Host I/O on an LD takes one lock per LD; concurrent I/O to one LD is serialised.
+//! - If the link is down when a pair's RV access changes, the RV keeps its old access until the
+//!   link comes back (re-pushed on link up).
+
+mod api;
+mod bitmap;
+pub mod cli;
+mod config;
+mod error;
+mod pair;
+mod remote;
+mod server;
+mod software;
+mod types;
+mod wire;
+
+pub use api::{Array, PeerReply, PeerRequest};
+pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
+pub use error::{ArrayError, Result, Rule};
+pub use remote::RemoteArray;
+pub use server::{serve, serve_array};
+pub use software::{Link, PeerHandle, SoftwareArray};
+pub use types::*;
+
+use std::time::Duration;
+
+/// Default unit of difference tracking and copying.
+pub const DEFAULT_BLOCK_BYTES: u64 = 64 * 1024;
+/// Default semi-sync backlog bound in blocks.
+pub const DEFAULT_SEMI_SYNC_BACKLOG_BLOCKS_MAX: u64 = 64;
+/// Seed rule: RVs per MV.
+pub const MAX_RVS_PER_MV: u32 = 4;
+/// Seed rule: DDR RVs per MV at a time.
+pub const MAX_DDR_RVS_PER_MV: u32 = 3;
+/// Seed rule: arrays the RVs of one MV may be spread over.
+pub const MAX_RV_ARRAYS_PER_MV: u32 = 2;
+/// Largest contiguous run the copy engine moves under one lock hold.
+pub const COPY_RUN_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// How often a running copy persists its cleared bits.
+pub const COPY_PERSIST_INTERVAL: Duration = Duration::from_millis(200);
+/// How long an idle copy engine sleeps before rechecking without a wake-up.
+pub const ENGINE_IDLE_RECHECK: Duration = Duration::from_millis(500);
+/// How often a waiter rechecks the state even without an event.
+pub const WAIT_RECHECK: Duration = Duration::from_millis(200);
+/// Largest single host read or write.
+pub const IO_BYTES_MAX: u64 = 32 * 1024 * 1024;
+/// Bound on one array-to-array request.
+pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout of gRPC clients.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one gRPC call, on top of any wait the call asks for.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pair events buffered per subscriber before a slow one skips.
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
