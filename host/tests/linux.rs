@@ -42,7 +42,10 @@ fn skip_reason(need: &[&str]) -> Option<String> {
 macro_rules! require {
     ($($tool:expr),*) => {
         if let Some(why) = skip_reason(&[$($tool),*]) {
-            eprintln!("SKIPPED {}: {why}", module_path!());
+            eprintln!(
+                "SKIPPED {}: {why}",
+                std::thread::current().name().unwrap_or("linux test")
+            );
             return;
         }
     };
