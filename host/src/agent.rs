@@ -228,6 +228,7 @@ impl Inner {
             match self.resume(r).await {
                 Ok(_) => match self.journal.remove_quiesce(volume) {
                     Ok(_) => {
+                        lock_std(&self.armed).remove(&quiesce_id);
                         last_err = None;
                         break;
                     }
@@ -386,6 +387,16 @@ impl Host for Agent {
         let cfg = self.inner.cfg(volume)?;
         let lock = self.inner.lock_of(volume)?;
         let _g = lock.lock().await;
+        if let Some(q) = self.inner.journal.quiesce(volume)? {
+            // Freeze wrote everything back and holds writers; syncfs on a frozen file system
+            // may block until thaw. Unmounted: nothing is buffered.
+            tracing::debug!(
+                volume,
+                quiesce_id = q.quiesce_id,
+                "flush of a quiesced volume: nothing to do"
+            );
+            return Ok(());
+        }
         self.inner.backend.flush(cfg).await
     }
 
@@ -555,6 +566,7 @@ impl Host for Agent {
         };
         let start_hook = inner.resume(&rec).await?;
         inner.journal.remove_quiesce(volume)?;
+        lock_std(&inner.armed).remove(&rec.quiesce_id);
         Ok(ReleaseReport {
             volume: volume.into(),
             quiesce_id: rec.quiesce_id,

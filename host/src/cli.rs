@@ -386,6 +386,49 @@ impl VolumeCommand {
     }
 }
 
+/// `stillpoint workload --device PATH`: writes workload records into a volume image (or
+/// device) outside any agent, for demos. `--no-flush` leaves the write-back cache unwritten,
+/// as a separate without flush would.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadCommand {
+    /// File or block device to write (it must already exist).
+    #[arg(long)]
+    pub device: PathBuf,
+    /// Records to add after those already there.
+    #[arg(long, default_value_t = 1000)]
+    pub records: u64,
+    /// Write a fresh sim file system first (erases the device).
+    #[arg(long)]
+    pub format: bool,
+    /// Do not flush at the end: the device keeps torn records.
+    #[arg(long)]
+    pub no_flush: bool,
+    /// Seed of the write-back order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+impl WorkloadCommand {
+    pub async fn run(self) -> Result<ExitCode, HostError> {
+        let dev = std::sync::Arc::new(FileDevice::open(&self.device)?);
+        let run =
+            workload::run_on_device(dev, self.records, self.format, !self.no_flush, self.seed)
+                .await?;
+        print(self.output, &run, |r| {
+            format!(
+                "{}: {} records, {}; device now holds {}\n",
+                self.device.display(),
+                r.records_total,
+                if r.flushed { "flushed" } else { "NOT flushed" },
+                r.device_report
+            )
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 /// `stillpoint verify --device PATH`: reads a volume image (or device) and reports the
 /// workload's records. Exit code 1 if anything is torn or missing.
 #[derive(Debug, Clone, clap::Args)]

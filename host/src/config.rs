@@ -132,11 +132,39 @@ pub struct VolumeConfig {
     pub start: Option<HookConfig>,
 }
 
+/// `[host.sim]`: how the sim backend behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimOptions {
+    /// Dirty blocks a sim volume's write-back cache holds before writing random ones back.
+    #[serde(default = "default_cache_blocks_max")]
+    pub cache_blocks_max: usize,
+    /// Seed of the cache's random write-back order (same seed, same torn records).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_cache_blocks_max() -> usize {
+    limits::SIM_CACHE_BLOCKS_MAX_DEFAULT
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            cache_blocks_max: default_cache_blocks_max(),
+            seed: 0,
+        }
+    }
+}
+
 /// The `[host]` section of `node.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     pub backend: BackendKind,
+    /// Only meaningful with `backend = "sim"`.
+    #[serde(default)]
+    pub sim: SimOptions,
     #[serde(default)]
     pub volumes: Vec<VolumeConfig>,
 }
@@ -169,9 +197,27 @@ impl HostConfig {
         Ok(cfg)
     }
 
+    /// Reads and validates a standalone `[host]` section from a file.
+    pub fn from_file(path: &std::path::Path) -> Result<HostConfig, HostError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| HostError::Config {
+            source_name: name.clone(),
+            field: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml_str(&text, &name)
+    }
+
     /// Checks the rules serde cannot: unique names, absolute paths, a device for the linux
     /// backend, limits inside their bounds, hooks with exactly one of `command` / `app`.
     pub fn validate(&self, source_name: &str) -> Result<(), HostError> {
+        if self.sim.cache_blocks_max == 0 {
+            return Err(bad(
+                source_name,
+                "host.sim.cache_blocks_max".into(),
+                "must be at least 1",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
             let at = |f: &str| format!("host.volumes[{i}].{f}");

@@ -71,12 +71,13 @@ pub use api::{
     CheckReport, HookKind, HookOutput, Host, MountIdentity, MountRequest, QuiesceKind, QuiesceMode,
     QuiesceRecord, QuiesceRequest, ReleaseReport, ResumeRecord, VolumeInfo,
 };
-pub use config::{BackendKind, FsType, HookConfig, HostConfig, VolumeConfig};
+pub use config::{BackendKind, FsType, HookConfig, HostConfig, SimOptions, VolumeConfig};
 pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
 pub use grpc::{HostClient, HostService};
 pub use linux::LinuxBackend;
 pub use sim::{SimApp, SimBackend, SimHandle};
 pub use workload::{
-    BadRecord, RECORD_BYTES, VerifyReport, Workload, record_bytes, record_offset, slots, verify,
+    BadRecord, RECORD_BYTES, VerifyReport, Workload, WorkloadRun, record_bytes, record_offset,
+    run_on_device, slots, verify,
 };

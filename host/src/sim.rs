@@ -80,6 +80,11 @@ impl SimBackend {
         Self::with_cache_blocks(seed, SIM_CACHE_BLOCKS_MAX_DEFAULT)
     }
 
+    /// A sim host as `[host.sim]` describes it.
+    pub fn for_config(config: &crate::config::HostConfig) -> Arc<SimBackend> {
+        Self::with_cache_blocks(config.sim.seed, config.sim.cache_blocks_max)
+    }
+
     /// As [`SimBackend::new`], with a cache of `cache_blocks_max` dirty blocks per volume.
     pub fn with_cache_blocks(seed: u64, cache_blocks_max: usize) -> Arc<SimBackend> {
         Arc::new(SimBackend {

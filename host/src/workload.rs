@@ -341,3 +341,77 @@ impl SimApp for Workload {
         }
     }
 }
+
+/// What [`run_on_device`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRun {
+    /// Records on the volume after the run (next sequence number).
+    pub records_total: u64,
+    /// Whether the cache was flushed before the volume was let go.
+    pub flushed: bool,
+    /// The verifier's view of the device afterwards.
+    pub device_report: VerifyReport,
+}
+
+/// Runs the workload against `device` outside any agent (demos, `stillpoint workload`):
+/// formats it if asked, writes `records` more records through a sim volume, then flushes and
+/// unmounts, or with `flush = false` drops the volume with its write-back cache still dirty
+/// (what a crash, or a separate without flush, leaves on the device).
+pub async fn run_on_device(
+    device: Arc<dyn BlockDevice>,
+    records: u64,
+    format: bool,
+    flush: bool,
+    seed: u64,
+) -> Result<WorkloadRun, HostError> {
+    use crate::backend::Backend;
+    if format {
+        SimBackend::format(device.as_ref()).await?;
+    }
+    let before = verify(device.as_ref()).await?;
+    let start = before.last_intact_seq.map(|s| s + 1).unwrap_or(0);
+    let sim = SimBackend::new(seed);
+    sim.attach("local", device.clone()).await?;
+    let mount_point = "/local";
+    sim.add_mount_point(mount_point);
+    let cfg = crate::config::VolumeConfig {
+        name: "local".into(),
+        ld: Some("local".into()),
+        device: None,
+        mount_point: mount_point.into(),
+        fs: crate::config::FsType::Sim,
+        mount_options: vec![],
+        freeze_ms_max: crate::limits::FREEZE_MS_MAX_DEFAULT,
+        unmount_ms_max: crate::limits::UNMOUNT_MS_MAX_DEFAULT,
+        extend_ms_max_total: crate::limits::EXTEND_MS_MAX_TOTAL_DEFAULT,
+        delayed_write_wait_ms: crate::limits::DELAYED_WRITE_WAIT_MS_DEFAULT,
+        stop: None,
+        start: None,
+    };
+    sim.mount(&cfg, mount_point, &crate::api::MountRequest::default())
+        .await?;
+    let w = Workload::new(
+        sim.clone(),
+        mount_point,
+        "workload",
+        Some(start.saturating_add(records)),
+        None,
+    );
+    w.start().await?;
+    let target = start
+        .saturating_add(records)
+        .min(slots(device.capacity_bytes().await?));
+    // Bounded: the writer stops at `target` (or on error, which ends the task).
+    while w.records_written().unwrap_or(0) < target && w.is_running().await {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    w.stop().await?;
+    if flush {
+        sim.unmount(&cfg, false).await?;
+    }
+    Ok(WorkloadRun {
+        records_total: w.records_written().unwrap_or(start),
+        flushed: flush,
+        device_report: verify(device.as_ref()).await?,
+    })
+}
