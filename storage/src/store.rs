@@ -1,6 +1,8 @@
 //! The data dir: one sled database per agent, its identity, and the handles raft uses.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
@@ -71,7 +73,86 @@ impl fmt::Display for DataDirIdentity {
 pub(crate) struct Disk {
     pub(crate) path: Arc<Path>,
     pub(crate) db: sled::Db,
+    sync: Arc<FileSync>,
 }
+
+/// What it takes to make sled's writes reach the platter, not just the kernel.
+///
+/// sled 0.34's `flush` ends in `sync_file_range` on Linux: it neither writes file metadata nor
+/// flushes the disk's volatile cache, and it leaves values over sled's blob threshold (about
+/// 128 KiB, e.g. a large snapshot) in files it never syncs. So after every sled flush the store
+/// `fdatasync`s the database file itself, and `fsync`s any blob file (and the blob directory)
+/// it has not yet seen at its current length.
+struct FileSync {
+    /// sled's main file, `<dir>/db`, opened once for `fdatasync`.
+    db_file: std::fs::File,
+    /// Blob files already synced, with the length they had just before their sync. sled writes
+    /// a blob once, front to back, so a file seen again at the same length needs nothing more.
+    synced_blob_lens: Mutex<HashMap<OsString, u64>>,
+}
+
+impl FileSync {
+    fn open(dir: &Path) -> Result<FileSync, Error> {
+        let io = |action: &str, e: std::io::Error| Error::Io {
+            path: dir.to_path_buf(),
+            action: action.to_string(),
+            detail: e.to_string(),
+        };
+        let db_file = std::fs::File::open(dir.join(SLED_DB_FILE))
+            .map_err(|e| io("open sled's db file", e))?;
+        // Make the files sled just created (db, conf, blobs/) findable after a power cut.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the data dir", e))?;
+        Ok(FileSync {
+            db_file,
+            synced_blob_lens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let blobs = dir.join(SLED_BLOB_DIR);
+        match std::fs::read_dir(&blobs) {
+            Ok(entries) => {
+                let mut synced = self
+                    .synced_blob_lens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let mut seen = HashMap::with_capacity(synced.len());
+                let mut any_new = false;
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let file = match std::fs::File::open(entry.path()) {
+                        Ok(file) => file,
+                        // sled removed a replaced blob between the listing and now.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let len = file.metadata()?.len();
+                    if synced.get(&name) != Some(&len) {
+                        file.sync_all()?;
+                        any_new = true;
+                    }
+                    seen.insert(name, len);
+                }
+                if any_new {
+                    std::fs::File::open(&blobs)?.sync_all()?;
+                }
+                // Forget blobs sled has deleted, so the map stays as small as the directory.
+                *synced = seen;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.db_file.sync_data()
+    }
+}
+
+/// sled 0.34's main file inside the data dir.
+const SLED_DB_FILE: &str = "db";
+/// sled 0.34's directory of large values inside the data dir.
+const SLED_BLOB_DIR: &str = "blobs";
 
 impl Disk {
     pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, Error> {
@@ -84,14 +165,49 @@ impl Disk {
     /// [`FLUSH_TIMEOUT_MS`]: a stalled disk must surface as an error, not as a hung raft node.
     pub(crate) async fn flush(&self) -> Result<(), Error> {
         let timeout = Duration::from_millis(FLUSH_TIMEOUT_MS);
-        match tokio::time::timeout(timeout, self.db.flush_async()).await {
-            Ok(Ok(_bytes)) => Ok(()),
-            Ok(Err(e)) => Err(Error::sled(&self.path, "flush to disk", e)),
+        let this = self.clone();
+        let durable = async move {
+            this.db
+                .flush_async()
+                .await
+                .map_err(|e| Error::sled(&this.path, "flush to disk", e))?;
+            let (sync, path) = (this.sync.clone(), this.path.clone());
+            tokio::task::spawn_blocking(move || sync.sync(&path))
+                .await
+                .map_err(|e| Error::Io {
+                    path: this.path_buf(),
+                    action: "sync to disk".to_string(),
+                    detail: format!("the sync task failed: {e}"),
+                })?
+                .map_err(|e| Error::Io {
+                    path: this.path_buf(),
+                    action: "sync to disk".to_string(),
+                    detail: e.to_string(),
+                })
+        };
+        match tokio::time::timeout(timeout, durable).await {
+            Ok(result) => result,
             Err(_elapsed) => Err(Error::FlushTimeout {
-                path: self.path.to_path_buf(),
+                path: self.path_buf(),
                 timeout_ms: FLUSH_TIMEOUT_MS,
             }),
         }
+    }
+
+    /// The blocking twin of [`Disk::flush`], for callers outside an async runtime.
+    pub(crate) fn flush_blocking(&self) -> Result<(), Error> {
+        self.db
+            .flush()
+            .map_err(|e| Error::sled(&self.path, "flush to disk", e))?;
+        self.sync.sync(&self.path).map_err(|e| Error::Io {
+            path: self.path_buf(),
+            action: "sync to disk".to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn path_buf(&self) -> std::path::PathBuf {
+        self.path.to_path_buf()
     }
 }
 
@@ -120,10 +236,12 @@ impl Store {
             .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
             .open()
             .map_err(|e| Error::sled(dir, "open the sled database", e))?;
+        let sync = Arc::new(FileSync::open(dir)?);
         Ok(Store {
             disk: Disk {
                 path: Arc::from(dir),
                 db,
+                sync,
             },
             state_machine: Mutex::new(None),
         })
@@ -199,10 +317,7 @@ impl Store {
                 .compare_and_swap(KEY_IDENTITY, current_bytes, Some(next_bytes))
                 .map_err(|e| Error::sled(path, "record the data dir identity", e))?;
             if swapped.is_ok() {
-                self.disk
-                    .db
-                    .flush()
-                    .map_err(|e| Error::sled(path, "flush the data dir identity to disk", e))?;
+                self.disk.flush_blocking()?;
                 return Ok(());
             }
         }

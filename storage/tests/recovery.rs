@@ -401,3 +401,33 @@ fn asking_for_the_state_machine_with_other_types_is_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::WrongTypes { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn large_state_and_snapshot_beyond_sleds_blob_threshold_survive_restart() {
+    // sled keeps values over ~128 KiB in separate blob files; they must round-trip too.
+    let dir = tempfile::tempdir().unwrap();
+    let big = "b".repeat(400 * 1024);
+    let built = {
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = state_machine(&store);
+        sm.apply(vec![set(1, 1, "big", &big)]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    assert!(built.snapshot.get_ref().len() > 400 * 1024);
+    let store = Store::open(dir.path()).unwrap();
+    let mut sm = state_machine(&store);
+    assert_eq!(
+        sm.read(|kv| kv.map.get("big").map(String::len)),
+        Some(big.len())
+    );
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
+    assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+}
