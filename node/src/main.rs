@@ -9,8 +9,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
-        stillpoint_node::cli::Command::Agent { .. } => "info",
-        _ => "warn",
+        // openraft logs routine vote races at WARN; operators need them only when debugging.
+        stillpoint_node::cli::Command::Agent { .. } => "info,openraft=error",
+        _ => "warn,openraft=error",
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));

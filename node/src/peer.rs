@@ -8,7 +8,8 @@
 //! belonged to a cluster adopts the cluster id of the first message it receives: that is how a
 //! newly added learner or a bootstrapped voter learns which cluster it is in.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -82,8 +83,24 @@ impl ClusterIdentity {
     }
 }
 
-/// A lazily connecting channel to `address`, with the limits every stillpoint client uses.
+/// Channels by address, shared by every client in the process: a channel multiplexes requests
+/// over one HTTP/2 connection and reconnects by itself, so one per peer is enough.
+static CHANNELS: LazyLock<Mutex<HashMap<String, Channel>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The shared channel to `address`, created on first use.
 pub fn channel_to(address: &str) -> Result<Channel, NodeError> {
+    let mut channels = CHANNELS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(channel) = channels.get(address) {
+        return Ok(channel.clone());
+    }
+    let channel = new_channel(address)?;
+    channels.insert(address.to_string(), channel.clone());
+    Ok(channel)
+}
+
+/// A lazily connecting channel to `address`, with the limits every stillpoint client uses.
+fn new_channel(address: &str) -> Result<Channel, NodeError> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| NodeError::Invalid(format!("bad agent address {address:?}: {e}")))?;
     Ok(endpoint

@@ -20,7 +20,11 @@ fn stillpoint(args: &[&str]) -> Output {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(dir: &Path, node_id: u64, port: u16, extra: &str) -> PathBuf {
@@ -48,14 +52,21 @@ fn an_unknown_field_is_named_with_file_and_line_and_nothing_is_created() {
         err.contains(cfg.to_str().unwrap()) && err.contains("line 6") && err.contains("flavour"),
         "{err}"
     );
-    assert!(!dir.path().join("data1").exists(), "no data dir is created for a bad config");
+    assert!(
+        !dir.path().join("data1").exists(),
+        "no data dir is created for a bad config"
+    );
 }
 
 #[test]
 fn a_missing_node_id_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, "name = \"x\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "name = \"x\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n",
+    )
+    .unwrap();
     let out = stillpoint(&["agent", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("node_id"), "{}", stderr(&out));
@@ -69,7 +80,11 @@ fn a_port_in_use_is_named_and_the_data_dir_is_not_touched() {
     let cfg = write_config(dir.path(), 1, port, "");
     let out = stillpoint(&["agent", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("127.0.0.1:{port}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.path().join("data1").exists());
 }
 
@@ -105,7 +120,14 @@ fn spawn_agent(cfg: &Path) -> Child {
 }
 
 fn status_json(endpoint: &str) -> Option<serde_json::Value> {
-    let out = stillpoint(&["cluster", "status", "--endpoint", endpoint, "--output", "json"]);
+    let out = stillpoint(&[
+        "cluster",
+        "status",
+        "--endpoint",
+        endpoint,
+        "--output",
+        "json",
+    ]);
     if !out.status.success() {
         return None;
     }
@@ -186,7 +208,10 @@ fn three_agent_processes_form_a_cluster_that_survives_sigkill_of_the_leader() {
         .find(|m| m["id"].as_u64() == Some(leader))
         .unwrap()
         .clone();
-    assert_eq!(dead["reachable"], false, "the killed agent shows as unreachable: {dead}");
+    assert_eq!(
+        dead["reachable"], false,
+        "the killed agent shows as unreachable: {dead}"
+    );
 
     // It restarts from its data dir and rejoins.
     agents.0[slot] = Some(spawn_agent(&configs[slot]));
