@@ -27,7 +27,7 @@ const KEY_STATE: &[u8] = b"state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// Version of the state record and of the snapshot data (the same JSON document). Bump it when
-/// the layout changes, and teach [`Record`] to read the old one.
+/// the layout changes, and teach the decoder to read the old one.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// How the applied state is written: also the snapshot data format.
