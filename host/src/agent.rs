@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stillpoint_storage::journal::Journal;
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
+use tokio::task::AbortHandle;
 
 use crate::api::{
     CheckReport, HookKind, HookOutput, Host, MountRequest, QuiesceKind, QuiesceMode, QuiesceRecord,
@@ -54,7 +54,38 @@ struct Inner {
 /// and are resumed by the next `start`.
 pub struct Agent {
     inner: Arc<Inner>,
-    watchdogs: StdMutex<JoinSet<()>>,
+    watchdogs: Watchdogs,
+}
+
+/// Abort handles of the watchdog tasks, so dropping the agent stops them. Held apart from
+/// `Inner` (which the tasks hold) so there is no reference cycle.
+type Watchdogs = Arc<StdMutex<Vec<AbortHandle>>>;
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for h in lock_std(&self.watchdogs).drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Starts the watchdog of a quiesce.
+fn arm(inner: &Arc<Inner>, dogs: &Watchdogs, volume: &str, quiesce_id: u64) {
+    lock_std(&inner.armed).insert(quiesce_id);
+    let task = tokio::spawn(inner.clone().watch(volume.to_string(), quiesce_id));
+    let mut dogs = lock_std(dogs);
+    // Forget finished watchdogs so the list does not grow without bound.
+    dogs.retain(|h| !h.is_finished());
+    dogs.push(task.abort_handle());
+}
+
+/// A join error of a detached operation as a host error.
+fn detached_failed(volume: &str, operation: &str, e: tokio::task::JoinError) -> HostError {
+    HostError::OsError {
+        volume: volume.into(),
+        operation: operation.into(),
+        detail: format!("the operation's task failed: {e}; check `volume list` for its state"),
+    }
 }
 
 fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,7 +131,7 @@ impl Agent {
                 armed: StdMutex::new(HashSet::new()),
                 db: db.clone(),
             }),
-            watchdogs: StdMutex::new(JoinSet::new()),
+            watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
         agent.recover().await?;
         Ok(agent)
@@ -135,13 +166,7 @@ impl Agent {
     }
 
     fn arm(&self, volume: &str, quiesce_id: u64) {
-        lock_std(&self.inner.armed).insert(quiesce_id);
-        let inner = self.inner.clone();
-        let volume = volume.to_string();
-        let mut set = lock_std(&self.watchdogs);
-        // Reap finished watchdogs so the set does not grow without bound.
-        while set.try_join_next().is_some() {}
-        set.spawn(async move { inner.watch(volume, quiesce_id).await });
+        arm(&self.inner, &self.watchdogs, volume, quiesce_id);
     }
 }
 
@@ -422,84 +447,12 @@ impl Host for Agent {
     }
 
     async fn quiesce(&self, req: &QuiesceRequest) -> Result<QuiesceRecord, HostError> {
-        let inner = &self.inner;
-        let cfg = inner.cfg(&req.volume)?;
-        let lock = inner.lock_of(&req.volume)?;
-        let _g = lock.lock().await;
-        inner.refuse_if_quiesced(&req.volume, "quiesce")?;
-        let max_ms = match req.mode {
-            QuiesceMode::Freeze => cfg.freeze_ms_max,
-            QuiesceMode::Unmount => cfg.unmount_ms_max,
-        };
-        let limit_ms = req.limit_ms.unwrap_or(max_ms);
-        if limit_ms == 0 || limit_ms > max_ms {
-            return Err(HostError::Refused {
-                volume: req.volume.clone(),
-                rule: "S4 (quiesce limit)".into(),
-                reason: format!(
-                    "asked for {limit_ms} ms, the volume allows 1..={max_ms} ms ({:?})",
-                    req.mode
-                ),
-            });
-        }
-        let seen = inner.backend.inspect(cfg).await?;
-        let Some(mounted_at) = seen.mounted_at else {
-            return Err(HostError::WrongState {
-                volume: req.volume.clone(),
-                operation: "quiesce".into(),
-                state: "not mounted: there is nothing to quiesce (mount it first)".into(),
-            });
-        };
-        let kind = match req.mode {
-            QuiesceMode::Freeze => QuiesceKind::Freeze,
-            QuiesceMode::Unmount => QuiesceKind::Unmount {
-                mount_point: mounted_at,
-                apps_stopped: cfg.stop.is_some(),
-            },
-        };
-        let now = now_unix_ms();
-        let rec = QuiesceRecord {
-            volume: req.volume.clone(),
-            quiesce_id: inner
-                .db
-                .generate_id()
-                .map_err(|e| HostError::Journal(e.to_string()))?,
-            kind,
-            owner: req.owner.clone(),
-            taken_at_unix_ms: now,
-            deadline_unix_ms: now + limit_ms,
-            extended_ms_total: 0,
-        };
-        // Durable before the volume is touched: a crash from here on is resumed at start.
-        inner.journal.put_quiesce(&rec)?;
-        let acted: Result<(), HostError> = async {
-            match req.mode {
-                QuiesceMode::Freeze => inner.backend.freeze(cfg).await,
-                QuiesceMode::Unmount => {
-                    if cfg.stop.is_some() {
-                        inner.hook(cfg, HookKind::Stop).await?;
-                    }
-                    inner.backend.flush(cfg).await?;
-                    inner.backend.unmount(cfg, false).await.map(|_| ())
-                }
-            }
-        }
-        .await;
-        if let Err(e) = acted {
-            match inner.resume(&rec).await {
-                Ok(_) => {
-                    inner.journal.remove_quiesce(&req.volume)?;
-                }
-                Err(undo) => {
-                    tracing::error!(volume = %req.volume, error = %undo,
-                        "undo of a failed quiesce failed; the watchdog keeps trying");
-                    self.arm(&req.volume, rec.quiesce_id);
-                }
-            }
-            return Err(e);
-        }
-        self.arm(&req.volume, rec.quiesce_id);
-        Ok(rec)
+        // Detached: a caller that goes away (a cancelled RPC) must not leave a volume
+        // quiesced without its watchdog, nor a quiesce half taken.
+        let (inner, dogs, r) = (self.inner.clone(), self.watchdogs.clone(), req.clone());
+        tokio::spawn(async move { quiesce_detached(&inner, &dogs, &r).await })
+            .await
+            .map_err(|e| detached_failed(&req.volume, "quiesce", e))?
     }
 
     async fn extend(
@@ -548,31 +501,10 @@ impl Host for Agent {
         volume: &str,
         quiesce_id: Option<u64>,
     ) -> Result<ReleaseReport, HostError> {
-        let inner = &self.inner;
-        inner.cfg(volume)?;
-        let lock = inner.lock_of(volume)?;
-        let _g = lock.lock().await;
-        let rec = match (inner.journal.quiesce(volume)?, quiesce_id) {
-            (Some(r), Some(id)) if r.quiesce_id != id => return Err(inner.lost(volume, id)?),
-            (Some(r), _) => r,
-            (None, Some(id)) => return Err(inner.lost(volume, id)?),
-            (None, None) => {
-                return Err(HostError::WrongState {
-                    volume: volume.into(),
-                    operation: "release".into(),
-                    state: "not quiesced by this agent".into(),
-                });
-            }
-        };
-        let start_hook = inner.resume(&rec).await?;
-        inner.journal.remove_quiesce(volume)?;
-        lock_std(&inner.armed).remove(&rec.quiesce_id);
-        Ok(ReleaseReport {
-            volume: volume.into(),
-            quiesce_id: rec.quiesce_id,
-            held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
-            start_hook,
-        })
+        let (inner, v) = (self.inner.clone(), volume.to_string());
+        tokio::spawn(async move { release_detached(&inner, &v, quiesce_id).await })
+            .await
+            .map_err(|e| detached_failed(volume, "release", e))?
     }
 
     async fn rescan(&self) -> Result<Vec<VolumeInfo>, HostError> {
@@ -624,4 +556,121 @@ impl Inner {
             reason,
         })
     }
+}
+
+/// The body of [`Host::quiesce`], run on its own task.
+async fn quiesce_detached(
+    inner: &Arc<Inner>,
+    dogs: &Watchdogs,
+    req: &QuiesceRequest,
+) -> Result<QuiesceRecord, HostError> {
+    let cfg = inner.cfg(&req.volume)?;
+    let lock = inner.lock_of(&req.volume)?;
+    let _g = lock.lock().await;
+    inner.refuse_if_quiesced(&req.volume, "quiesce")?;
+    let max_ms = match req.mode {
+        QuiesceMode::Freeze => cfg.freeze_ms_max,
+        QuiesceMode::Unmount => cfg.unmount_ms_max,
+    };
+    let limit_ms = req.limit_ms.unwrap_or(max_ms);
+    if limit_ms == 0 || limit_ms > max_ms {
+        return Err(HostError::Refused {
+            volume: req.volume.clone(),
+            rule: "S4 (quiesce limit)".into(),
+            reason: format!(
+                "asked for {limit_ms} ms, the volume allows 1..={max_ms} ms ({:?})",
+                req.mode
+            ),
+        });
+    }
+    let seen = inner.backend.inspect(cfg).await?;
+    let Some(mounted_at) = seen.mounted_at else {
+        return Err(HostError::WrongState {
+            volume: req.volume.clone(),
+            operation: "quiesce".into(),
+            state: "not mounted: there is nothing to quiesce (mount it first)".into(),
+        });
+    };
+    let kind = match req.mode {
+        QuiesceMode::Freeze => QuiesceKind::Freeze,
+        QuiesceMode::Unmount => QuiesceKind::Unmount {
+            mount_point: mounted_at,
+            apps_stopped: cfg.stop.is_some(),
+        },
+    };
+    let now = now_unix_ms();
+    let rec = QuiesceRecord {
+        volume: req.volume.clone(),
+        quiesce_id: inner
+            .db
+            .generate_id()
+            .map_err(|e| HostError::Journal(e.to_string()))?,
+        kind,
+        owner: req.owner.clone(),
+        taken_at_unix_ms: now,
+        deadline_unix_ms: now + limit_ms,
+        extended_ms_total: 0,
+    };
+    // Durable before the volume is touched: a crash from here on is resumed at start.
+    inner.journal.put_quiesce(&rec)?;
+    let acted: Result<(), HostError> = async {
+        match req.mode {
+            QuiesceMode::Freeze => inner.backend.freeze(cfg).await,
+            QuiesceMode::Unmount => {
+                if cfg.stop.is_some() {
+                    inner.hook(cfg, HookKind::Stop).await?;
+                }
+                inner.backend.flush(cfg).await?;
+                inner.backend.unmount(cfg, false).await.map(|_| ())
+            }
+        }
+    }
+    .await;
+    if let Err(e) = acted {
+        match inner.resume(&rec).await {
+            Ok(_) => {
+                inner.journal.remove_quiesce(&req.volume)?;
+            }
+            Err(undo) => {
+                tracing::error!(volume = %req.volume, error = %undo,
+                    "undo of a failed quiesce failed; the watchdog keeps trying");
+                arm(inner, dogs, &req.volume, rec.quiesce_id);
+            }
+        }
+        return Err(e);
+    }
+    arm(inner, dogs, &req.volume, rec.quiesce_id);
+    Ok(rec)
+}
+
+/// The body of [`Host::release`], run on its own task so a resume is never left half done.
+async fn release_detached(
+    inner: &Arc<Inner>,
+    volume: &str,
+    quiesce_id: Option<u64>,
+) -> Result<ReleaseReport, HostError> {
+    inner.cfg(volume)?;
+    let lock = inner.lock_of(volume)?;
+    let _g = lock.lock().await;
+    let rec = match (inner.journal.quiesce(volume)?, quiesce_id) {
+        (Some(r), Some(id)) if r.quiesce_id != id => return Err(inner.lost(volume, id)?),
+        (Some(r), _) => r,
+        (None, Some(id)) => return Err(inner.lost(volume, id)?),
+        (None, None) => {
+            return Err(HostError::WrongState {
+                volume: volume.into(),
+                operation: "release".into(),
+                state: "not quiesced by this agent".into(),
+            });
+        }
+    };
+    let start_hook = inner.resume(&rec).await?;
+    inner.journal.remove_quiesce(volume)?;
+    lock_std(&inner.armed).remove(&rec.quiesce_id);
+    Ok(ReleaseReport {
+        volume: volume.into(),
+        quiesce_id: rec.quiesce_id,
+        held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
+        start_hook,
+    })
 }

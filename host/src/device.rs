@@ -19,7 +19,8 @@ pub trait BlockDevice: Send + Sync {
     async fn capacity_bytes(&self) -> Result<u64, HostError>;
     /// Reads exactly `len` bytes at `offset` (inside the capacity).
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, HostError>;
-    /// Writes `data` at `offset` (inside the capacity). Durable when it returns.
+    /// Writes `data` at `offset` (inside the capacity). When it returns, every later read
+    /// sees the data and it survives the writing process (for an array LD: the array has it).
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), HostError>;
 }
 

@@ -3,26 +3,56 @@
 //! forks (systemctl, shell scripts) leaves nothing behind.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
 use crate::api::HookOutput;
 use crate::error::HostError;
-use crate::limits::OUTPUT_BYTES_MAX;
+use crate::limits::{OUTPUT_BYTES_MAX, OUTPUT_DRAIN_MS};
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> String {
-    let mut kept = Vec::new();
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, kept: Arc<Mutex<Vec<u8>>>) {
     let mut buf = [0u8; 8192];
     // Keep reading past the cap so the child never blocks on a full pipe.
     while let Ok(n) = r.read(&mut buf).await {
         if n == 0 {
             break;
         }
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
         let room = OUTPUT_BYTES_MAX.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
-    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// A pipe being read into a shared buffer, so what arrived is available even if the pipe
+/// never closes.
+struct Capture {
+    task: tokio::task::JoinHandle<()>,
+    kept: Arc<Mutex<Vec<u8>>>,
+}
+
+fn capture<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Option<Capture> {
+    let r = r?;
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let task = tokio::spawn(read_capped(r, kept.clone()));
+    Some(Capture { task, kept })
+}
+
+/// Pipe output of an exited command. A background process it started may hold the pipe
+/// open forever, so the wait is bounded (`deadline`) and the output marked as cut short.
+async fn collect(c: Option<Capture>, deadline: tokio::time::Instant) -> String {
+    let Some(mut c) = c else {
+        return String::new();
+    };
+    let complete = tokio::time::timeout_at(deadline, &mut c.task).await.is_ok();
+    c.task.abort();
+    let kept = c.kept.lock().unwrap_or_else(|e| e.into_inner());
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if !complete {
+        text.push_str("\n(output cut short: a process the command started keeps it open)");
+    }
+    text
 }
 
 /// Runs `argv` (no shell), returning its output whatever its exit status; only a failure to
@@ -55,8 +85,8 @@ pub(crate) async fn run(
             detail: format!("cannot start {program:?}: {e}"),
         })?;
     let pgid = child.id();
-    let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
-    let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let out = capture(child.stdout.take());
+    let err = capture(child.stderr.take());
     let status = match tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -79,14 +109,8 @@ pub(crate) async fn run(
             });
         }
     };
-    let stdout = match out {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
-    };
-    let stderr = match err {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
-    };
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(OUTPUT_DRAIN_MS);
+    let (stdout, stderr) = tokio::join!(collect(out, drain_until), collect(err, drain_until));
     Ok(HookOutput {
         command: argv.join(" "),
         exit_code: status.code(),

@@ -595,7 +595,9 @@ impl Backend for SimBackend {
         let report = workload::verify(vol.device.as_ref()).await?;
         let mut repaired = false;
         if repair {
-            for t in report.torn.iter().chain(report.gaps.iter()) {
+            // Like fsck discarding damaged files: torn records are cleared; lost ones (gaps)
+            // cannot be brought back.
+            for t in &report.torn {
                 vol.device
                     .write_at(t.offset, &vec![0u8; workload::RECORD_BYTES as usize])
                     .await?;

@@ -447,3 +447,49 @@ start = { command = ["sh", "-c", "echo boom >&2; exit 3"] }"#,
         Err(e) => panic!("{e}"),
     }
 }
+
+#[tokio::test]
+async fn a_quiesce_whose_caller_goes_away_still_ends_by_itself() {
+    let w = world(
+        None,
+        r#"unmount_ms_max = 1500
+stop = { command = ["sleep", "0.3"] }
+start = { command = ["sh", "-c", "sleep 3 & echo started"] }"#,
+    )
+    .await;
+    let host = w.agent().await;
+    let rv = FileDevice::open(&w.dir.join("rv.img")).unwrap();
+    SimBackend::format(&rv).await.unwrap();
+    host.mount("rv1", &MountRequest::default()).await.unwrap();
+    // The caller gives up while the stop hook runs (a cancelled RPC).
+    let req = QuiesceRequest {
+        volume: "rv1".into(),
+        mode: QuiesceMode::Unmount,
+        limit_ms: None,
+        owner: "impatient".into(),
+    };
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(50), host.quiesce(&req)).await;
+    assert!(cut.is_err(), "the quiesce should still be running");
+    wait_until("the detached quiesce unmounts", || async {
+        host.volume("rv1").await.unwrap().mounted_at.is_none()
+    })
+    .await;
+    wait_until("its watchdog resumes it at the deadline", || async {
+        !host.resumes().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(host.volume("rv1").await.unwrap().mounted_at.is_some());
+    let r = host.resumes().await.unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (r[0].owner.as_str(), r[0].error.as_ref()),
+        ("impatient", None)
+    );
+    // The start hook left a background process holding its output: it still returned.
+    let out = host.run_hook("rv1", HookKind::Start).await.unwrap();
+    assert!(
+        out.stdout.contains("started") && out.stdout.contains("cut short"),
+        "{out:?}"
+    );
+    assert!(out.elapsed_ms < 3000, "{out:?}");
+}
