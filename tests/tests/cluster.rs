@@ -205,6 +205,15 @@ async fn an_agent_with_a_foreign_data_dir_is_refused_and_the_dir_is_untouched() 
         "names both ids: {text}"
     );
 
+    // Nor may it start as a member of another cluster than the one it belongs to.
+    let mut config = cluster.configs[0].clone();
+    config.cluster_id = Some("some-other-cluster".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match stillpoint_node::start(config, listener).await {
+        Ok(_) => panic!("a data dir of one cluster must not start in another"),
+        Err(e) => assert!(e.to_string().contains("some-other-cluster"), "{e}"),
+    }
+
     // The rightful owner still starts from it and still leads its one-node cluster.
     cluster.restart(0).await;
     cluster.leader().await;
