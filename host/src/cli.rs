@@ -94,13 +94,13 @@ pub enum VolumeCommand {
         target: Target,
         volume: String,
     },
-    /// Check the file system (unmounted); --force repairs it (the seed's CHKDSK /F).
+    /// Check the file system (unmounted); --repair fixes it (the seed's CHKDSK /F).
     Check {
         #[command(flatten)]
         target: Target,
         volume: String,
         #[arg(long)]
-        force: bool,
+        repair: bool,
     },
     /// Rediscover devices (after an LD became visible).
     Rescan {
@@ -313,9 +313,9 @@ impl VolumeCommand {
             VolumeCommand::Check {
                 target,
                 volume,
-                force,
+                repair,
             } => {
-                let r = host.check(&volume, force).await?;
+                let r = host.check(&volume, repair).await?;
                 let clean = r.clean;
                 print(target.output, &r, |r| {
                     format!(
@@ -324,7 +324,7 @@ impl VolumeCommand {
                         if r.clean {
                             "clean"
                         } else {
-                            "NOT clean (repair with --force)"
+                            "NOT clean (repair with --repair)"
                         },
                         if r.repaired { ", repaired" } else { "" },
                         r.output.trim_end()

@@ -28,7 +28,9 @@
 //! it cannot vouch that the quiesce held while it was down. A release that arrives after the
 //! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
-//! error is returned; nothing stays quiesced because of an error.
+//! error is returned; nothing stays quiesced because of an error. Quiesce and release run on
+//! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
+//! quiesced without its watchdog.
 //!
 //! ## Modules
 //!
@@ -36,7 +38,8 @@
 //!   hooks; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
-//!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`.
+//!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
+//!   plus local `workload` and `verify` commands for demos.
 //!
 //! ## CAVEATS / not handled yet
 //!
@@ -51,6 +54,11 @@
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
+//! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
+//!   60 s) is configuration for the job driver; the host does not wait by itself.
+//! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves
+//!   them. Fencing tokens of steps are checked by the step executor through the journal, not
+//!   by this crate.
 
 mod agent;
 mod api;

@@ -300,6 +300,12 @@ async fn the_verifier_finds_every_torn_record_without_flush_and_none_after_flush
     let missing_below: Vec<u64> = missing.into_iter().filter(|&s| s < highest).collect();
     assert_eq!(gaps, missing_below);
     assert!(!rep.is_consistent());
+    eprintln!(
+        "copy without flush of {records} records: {} intact, {} torn, {} missing below the highest",
+        rep.intact_count,
+        rep.torn.len(),
+        rep.gaps.len()
+    );
 
     // Flush + unmount (the static point), then copy: every record intact.
     let q = host
