@@ -14,11 +14,17 @@
 //!   uses them for idempotency (S6): a step already done under a token is answered from the
 //!   journal instead of being done twice, and a token older than one already seen is refused.
 //!
-//! Every write is flushed to disk before the call returns: a quiesce taken without a durable
-//! record would be a quiesce nobody resumes after a crash.
+//! Every write is flushed (`sled::Db::flush`) before the call returns: a quiesce taken without
+//! a record that outlives the agent process would be a quiesce nobody resumes after a crash.
 //!
-//! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
-//! encoding); the resume log is never trimmed here (its owner may call [`Journal::trim_resumes`]).
+//! Caveats: sled 0.34's flush writes the data out with `sync_file_range`, which survives an
+//! agent crash but is not an fdatasync: after a power loss the newest records may be missing
+//! (a power loss also ends every freeze and mount, so the volumes come back unquiesced, but
+//! the resume log would not say so). The store's own fdatasync (`Store`) is not applied here
+//! because the journal is given a bare `sled::Db`. Calls block the calling thread for the flush
+//! (sub-millisecond to a few ms on local disks). Records are JSON (readable with any sled
+//! tool, a little larger than a binary encoding); the resume log is never trimmed here (its
+//! owner may call [`Journal::trim_resumes`]).
 
 use serde::{Deserialize, Serialize};
 
