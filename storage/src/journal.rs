@@ -19,8 +19,8 @@
 //!
 //! Caveats: sled 0.34's flush writes the data out with `sync_file_range`, which survives an
 //! agent crash but is not an fdatasync: after a power loss the newest records may be missing
-//! (a power loss also ends every freeze and mount, so the volumes come back unquiesced, but
-//! the resume log would not say so). The store's own fdatasync (`Store`) is not applied here
+//! (a power loss ends every freeze by itself, but a volume unmounted for a static point would
+//! then stay unmounted until the host's own boot or an operator mounts it). The store's own fdatasync (`Store`) is not applied here
 //! because the journal is given a bare `sled::Db`. Calls block the calling thread for the flush
 //! (sub-millisecond to a few ms on local disks). Records are JSON (readable with any sled
 //! tool, a little larger than a binary encoding); the resume log is never trimmed here (its
