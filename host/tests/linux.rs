@@ -167,6 +167,11 @@ impl Fixture {
     }
 
     async fn agent(&self, volumes: &[(&str, &str, &Path, &str)]) -> Arc<Agent> {
+        self.agent_with(volumes, "").await
+    }
+
+    /// As `agent`, with `extra` TOML appended to the last volume.
+    async fn agent_with(&self, volumes: &[(&str, &str, &Path, &str)], extra: &str) -> Arc<Agent> {
         let mut toml = String::from("backend = \"linux\"\n");
         for (name, dev, mp, fs) in volumes {
             toml.push_str(&format!(
@@ -174,6 +179,7 @@ impl Fixture {
                 mp.display()
             ));
         }
+        toml.push_str(extra);
         let cfg = HostConfig::from_toml_str(&toml, "test.toml").unwrap();
         let db = open_db(&self.dir.path().join("db")).await;
         Agent::start(cfg, &db, Engine::Linux).await.unwrap()
@@ -417,5 +423,80 @@ async fn mounting_on_a_missing_mount_point_or_twice_is_refused_by_name() {
         matches!(&err, HostError::MountedElsewhere { mounted_at, .. } if *mounted_at == mp.display().to_string()),
         "{err:?}"
     );
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_static_point_unmount_stops_the_holder_by_hook_and_resumes_it_at_the_deadline() {
+    require!("losetup", "mkfs.ext4", "blkid", "sleep", "sh");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let pidfile = fx.dir.path().join("app.pid");
+    // The "application": a process whose working directory is on the volume.
+    let extra = format!(
+        "unmount_ms_max = 1500\n\
+         start = {{ command = [\"sh\", \"-c\", \"cd {mp} && (sleep 300 >/dev/null 2>&1 & echo $! > {pid})\"] }}\n\
+         stop = {{ command = [\"sh\", \"-c\", \"kill $(cat {pid})\"] }}\n",
+        mp = mp.display(),
+        pid = pidfile.display()
+    );
+    let host = fx.agent_with(&[("mv", &dev, &mp, "ext4")], &extra).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    host.run_hook("mv", stillpoint_host::HookKind::Start)
+        .await
+        .unwrap();
+    let app_pid = || {
+        std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    // Kill whatever the start hook left behind, whatever happens below.
+    struct KillOnDrop(PathBuf);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(p) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg(p.trim()).status();
+            }
+        }
+    }
+    let _cleanup = KillOnDrop(pidfile.clone());
+
+    let first = app_pid();
+    match host.unmount("mv", false).await {
+        Err(HostError::Busy { holders, .. }) => {
+            assert!(holders.iter().any(|h| h.pid == Some(first)), "{holders:?}")
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // The quiesce runs the stop hook, then unmounts.
+    host.quiesce(&QuiesceRequest {
+        volume: "mv".into(),
+        mode: QuiesceMode::Unmount,
+        limit_ms: None,
+        owner: "job".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(host.volume("mv").await.unwrap().mounted_at, None);
+    // Nobody releases: at the deadline the agent remounts and starts the application again.
+    wait_until("the agent resumes the volume", || async {
+        !host.resumes().await.unwrap().is_empty()
+    })
+    .await;
+    let v = host.volume("mv").await.unwrap();
+    assert_eq!(v.mounted_at.as_deref(), Some(mp.to_str().unwrap()));
+    let second = app_pid();
+    assert_ne!(first, second, "the start hook ran again");
+    assert!(v.holders.iter().any(|h| h.pid == Some(second)), "{v:?}");
+    host.run_hook("mv", stillpoint_host::HookKind::Stop)
+        .await
+        .unwrap();
+    wait_until("the application lets go", || async {
+        host.volume("mv").await.unwrap().holders.is_empty()
+    })
+    .await;
+    host.rescan().await.unwrap();
     host.unmount("mv", false).await.unwrap();
 }
