@@ -142,6 +142,10 @@ pub struct SimOptions {
     /// Seed of the cache's random write-back order (same seed, same torn records).
     #[serde(default)]
     pub seed: u64,
+    /// Pause between records of the workload applications [`crate::Workload::register_for`]
+    /// creates; `None` writes as fast as the volume takes them.
+    #[serde(default)]
+    pub workload_pace_ms: Option<u64>,
 }
 
 fn default_cache_blocks_max() -> usize {
@@ -153,6 +157,7 @@ impl Default for SimOptions {
         SimOptions {
             cache_blocks_max: default_cache_blocks_max(),
             seed: 0,
+            workload_pace_ms: None,
         }
     }
 }

@@ -249,6 +249,32 @@ impl Workload {
         })
     }
 
+    /// Creates and registers one workload per application name that a volume's hooks name
+    /// with `app = "..."`, writing to that volume's mount point: what a sim agent needs before
+    /// [`crate::Agent::start`]. Returns them by application name.
+    pub fn register_for(
+        sim: &Arc<SimBackend>,
+        config: &crate::config::HostConfig,
+    ) -> Vec<(String, Arc<Workload>)> {
+        let pace = config
+            .sim
+            .workload_pace_ms
+            .map(std::time::Duration::from_millis);
+        let mut out: Vec<(String, Arc<Workload>)> = Vec::new();
+        for v in &config.volumes {
+            for hook in [&v.stop, &v.start].into_iter().flatten() {
+                let Some(app) = &hook.app else { continue };
+                if out.iter().any(|(name, _)| name == app) {
+                    continue;
+                }
+                let w = Workload::new(sim.clone(), &v.mount_point, app, None, pace);
+                sim.register_app(app, w.clone());
+                out.push((app.clone(), w));
+            }
+        }
+        out
+    }
+
     /// Records written so far in total (the next sequence number), once started.
     pub fn records_written(&self) -> Option<u64> {
         match self.next_seq.load(Ordering::SeqCst) {

@@ -20,8 +20,6 @@ async fn a_remote_agent_answers_like_a_local_one() {
     let mv = Arc::new(FileDevice::create(&dir.path().join("mv.img"), 2 * 1024 * 1024).unwrap());
     SimBackend::format(mv.as_ref()).await.unwrap();
     sim.attach("LD-MV", mv).await.unwrap();
-    let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", None, None);
-    sim.register_app("workload", workload.clone());
     let cfg = HostConfig::from_toml_str(
         r#"
 backend = "sim"
@@ -35,6 +33,9 @@ start = { app = "workload" }
         "test.toml",
     )
     .unwrap();
+    let apps = Workload::register_for(&sim, &cfg);
+    assert_eq!(apps.len(), 1);
+    let workload = apps[0].1.clone();
     let db = open_db(&dir.path().join("db")).await;
     let agent: Arc<dyn Host> = Agent::start(cfg, &db, Engine::Sim(sim.clone()))
         .await
