@@ -296,12 +296,11 @@ impl Backend for LinuxBackend {
             }
             None => vec![],
         };
-        let fs = match v.fs {
-            FsType::Ext4 | FsType::Xfs => v.fs.as_str().to_string(),
-            _ => blkid(&v.name, device, "TYPE")
-                .await?
-                .unwrap_or_else(|| "none".into()),
-        };
+        // A device without a file system is listed as such, not as an error.
+        let fs = self
+            .fs_type(v, device)
+            .await
+            .unwrap_or_else(|_| "none".into());
         Ok(Seen {
             device: device.into(),
             fs,

@@ -393,6 +393,18 @@ impl Drop for SimHandle {
     }
 }
 
+/// The applications holding a volume open, as unmount reports them.
+fn holders_of(s: &VolState) -> Vec<Holder> {
+    s.holders
+        .values()
+        .map(|name| Holder {
+            pid: None,
+            name: name.clone(),
+            what: "open volume handle".into(),
+        })
+        .collect()
+}
+
 fn ld_of(v: &VolumeConfig) -> Result<&str, HostError> {
     v.ld.as_deref().ok_or_else(|| HostError::Config {
         source_name: "host config".into(),
@@ -412,15 +424,7 @@ impl Backend for SimBackend {
             fs: "sim".into(),
             fs_id: parse_superblock(&sb),
             mounted_at: s.mounted_at.clone(),
-            holders: s
-                .holders
-                .values()
-                .map(|name| Holder {
-                    pid: None,
-                    name: name.clone(),
-                    what: "open volume handle".into(),
-                })
-                .collect(),
+            holders: holders_of(&s),
         })
     }
 
@@ -450,15 +454,7 @@ impl Backend for SimBackend {
                 state: "frozen; thaw it first".into(),
             });
         }
-        let holders: Vec<Holder> = s
-            .holders
-            .values()
-            .map(|name| Holder {
-                pid: None,
-                name: name.clone(),
-                what: "open volume handle".into(),
-            })
-            .collect();
+        let holders = holders_of(&s);
         if !holders.is_empty() && !force {
             return Err(HostError::Busy {
                 volume: v.name.clone(),
