@@ -128,6 +128,8 @@ pub struct RunningAgent {
     pub context: Arc<AgentContext>,
     /// The address the gRPC server is bound to (useful when the config asked for port 0).
     pub local_addr: SocketAddr,
+    /// The host half, when `[host]` is configured (its watchdogs live as long as it does).
+    pub host: Option<Arc<stillpoint_host::Agent>>,
     shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     registration: JoinHandle<()>,
@@ -197,6 +199,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         cluster_id,
         store.clone(),
     ));
+    let host = crate::volumes::start(&config, store.db()).await?;
     let log_store = store.log_store::<TypeConfig>()?;
     let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
     let raft_config = Arc::new(config.openraft_config()?);
@@ -233,6 +236,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
             .timeout(Duration::from_secs(120))
             .add_service(peer)
             .add_service(cluster)
+            .add_optional_service(
+                host.clone()
+                    .map(|h| stillpoint_host::HostService::new(h).into_server()),
+            )
             // Nagle's algorithm with delayed ACKs adds ~40 ms to every small request/response;
             // the builder's tcp_nodelay applies only to listeners tonic binds itself.
             .serve_with_incoming_shutdown(
@@ -246,6 +253,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     Ok(RunningAgent {
         context,
         local_addr,
+        host,
         shutdown_tx,
         server,
         registration,

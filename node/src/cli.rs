@@ -64,6 +64,27 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Start a local 3-agent cluster on loopback with the embedded defaults and show it.
     Demo(crate::demo::DemoArgs),
+    /// Host operations on a node's volumes, performed by that node's agent.
+    Volume {
+        /// Any agent of the cluster; it tells where the named node's agent listens.
+        #[arg(long, global = true, env = "STILLPOINT_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+        endpoint: String,
+        #[command(subcommand)]
+        command: stillpoint_host::cli::VolumeCommand,
+    },
+    /// Run the sim workload application against a block device or file (demos, tests).
+    Workload(stillpoint_host::cli::WorkloadCommand),
+    /// Read a volume (MV or RV) and report its last intact record and any torn ones.
+    Verify(stillpoint_host::cli::VerifyCommand),
+    /// Software disk array: serve, inject faults, example config.
+    #[command(subcommand)]
+    Array(stillpoint_array::cli::ArrayCommand),
+    /// Logical disks of an array.
+    #[command(subcommand)]
+    Ld(stillpoint_array::cli::LdCommand),
+    /// Replication pairs of an array: set, unset, list, query, replicate, separate, restore, wait.
+    #[command(subcommand)]
+    Pair(stillpoint_array::cli::PairCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +144,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Agent { config } => run_agent(config).await,
         Command::Cluster(c) => run_cluster(c).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Volume { endpoint, command } => return run_volume(&endpoint, command).await,
+        Command::Workload(c) => return host_exit(c.run().await),
+        Command::Verify(c) => return host_exit(c.run().await),
+        Command::Array(c) => return array_exit(c.run().await),
+        Command::Ld(c) => return array_exit(c.run().await),
+        Command::Pair(c) => return array_exit(c.run().await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +158,70 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+fn host_exit(result: Result<ExitCode, stillpoint_host::HostError>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(NodeError::Host(e).exit_code())
+    })
+}
+
+fn array_exit(result: Result<ExitCode, stillpoint_array::ArrayError>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        stillpoint_array::cli::exit_code(&e)
+    })
+}
+
+/// Resolves `--node NAME` through the registry of the agent at `endpoint`, then asks that
+/// node's agent to do the operation.
+async fn run_volume(endpoint: &str, command: stillpoint_host::cli::VolumeCommand) -> ExitCode {
+    let address = match resolve_node(endpoint, command.node()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match crate::peer::channel_to(&address) {
+        Ok(channel) => host_exit(command.run(channel).await),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The address of the live agent registered as `name`.
+pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeError> {
+    let reply = Client::new(endpoint)
+        .on_endpoint("registry", |mut g| async move {
+            g.query(QueryRequest {
+                what: "registry".into(),
+                consistent: false,
+            })
+            .await
+        })
+        .await?;
+    let nodes: std::collections::BTreeMap<u64, stillpoint_coordinator::NodeRecord> =
+        serde_json::from_slice(&reply.json)
+            .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable registry: {e}")))?;
+    nodes
+        .values()
+        .find(|r| r.name == name && r.deregistered_at_ms.is_none())
+        .map(|r| r.address.clone())
+        .ok_or_else(|| {
+            let known: Vec<&str> = nodes
+                .values()
+                .filter(|r| r.deregistered_at_ms.is_none())
+                .map(|r| r.name.as_str())
+                .collect();
+            NodeError::Invalid(format!(
+                "no node named {name:?} is registered (known: {})",
+                known.join(", ")
+            ))
+        })
 }
 
 async fn run_agent(path: PathBuf) -> Result<(), NodeError> {

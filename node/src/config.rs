@@ -86,6 +86,20 @@ pub struct NodeConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Arrays this agent reaches (control path, and the data path of sim volumes).
+    #[serde(default)]
+    pub arrays: Vec<ArrayEndpoint>,
+    /// The host half: this server's volumes and how to operate on them.
+    #[serde(default)]
+    pub host: Option<stillpoint_host::HostConfig>,
+}
+
+/// `[[arrays]]`: a disk array by name and the address of its gRPC API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArrayEndpoint {
+    pub name: String,
+    pub endpoint: String,
 }
 
 impl NodeConfig {
@@ -145,6 +159,13 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir: must not be empty".into());
         }
+        for (i, a) in self.arrays.iter().enumerate() {
+            check_address(&a.endpoint).map_err(|e| format!("arrays[{i}].endpoint: {e}"))?;
+            if self.arrays[..i].iter().any(|b| b.name == a.name) {
+                return Err(format!("arrays[{i}].name: {:?} is listed twice", a.name));
+            }
+        }
+        crate::volumes::validate(self)?;
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
             return Err("raft.heartbeat_interval_ms: must be > 0".into());

@@ -69,6 +69,8 @@ pub async fn start_local_cluster(dir: &std::path::Path) -> Result<Vec<RunningAge
             cluster_id: None,
             cluster: ClusterSection::default(),
             raft: RaftTuning::default(),
+            arrays: Vec::new(),
+            host: None,
         };
         agents.push(start(config, listener).await?);
     }

@@ -28,6 +28,10 @@ pub enum NodeError {
     #[error(transparent)]
     Storage(#[from] stillpoint_storage::Error),
 
+    /// A host operation failed; the message names the volume and what to do.
+    #[error(transparent)]
+    Host(#[from] stillpoint_host::HostError),
+
     /// An agent could not be reached: check the address and that the agent runs; retry.
     #[error("cannot reach the agent at {address}: {detail}")]
     Unreachable { address: String, detail: String },
@@ -81,7 +85,7 @@ impl NodeError {
             NodeError::Unreachable { .. } | NodeError::NotLeader { .. } => 4,
             NodeError::Timeout { .. } => 5,
             NodeError::Listen { .. } | NodeError::Storage(_) => 6,
-            NodeError::Raft(_) | NodeError::Remote { .. } => 1,
+            NodeError::Raft(_) | NodeError::Remote { .. } | NodeError::Host(_) => 1,
         }
     }
 
@@ -113,6 +117,7 @@ impl NodeError {
             NodeError::Listen { .. }
             | NodeError::Storage(_)
             | NodeError::Raft(_)
+            | NodeError::Host(_)
             | NodeError::Remote { .. } => Status::internal(message),
         }
     }

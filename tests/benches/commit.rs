@@ -100,6 +100,21 @@ fn main() {
         }
         let commit_p50 = report("commit, 1 client", single);
 
+        // The same commits proposed in-process on the leader: raft + storage without the client hop.
+        let context = cluster.agent(leader).context.clone();
+        let mut in_process = Vec::new();
+        for i in 0..SINGLE_CLIENT_COMMITS {
+            let mut record = context.own_record();
+            record.registered_at_ms = i as u64;
+            let start = Instant::now();
+            context
+                .propose_local(stillpoint_coordinator::Command::RegisterNode(record))
+                .await
+                .expect("commit");
+            in_process.push(start.elapsed());
+        }
+        report("commit, in-process on the leader", in_process);
+
         let cluster = Arc::new(cluster);
         let phase_end = Instant::now() + PHASE_CAP;
         let started = Instant::now();

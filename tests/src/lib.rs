@@ -70,6 +70,8 @@ impl TestCluster {
             cluster_id: None,
             cluster: ClusterSection::default(),
             raft: self.tuning.clone(),
+            arrays: Vec::new(),
+            host: None,
         };
         let agent = stillpoint_node::start(config.clone(), listener)
             .await

@@ -1,0 +1,144 @@
+//! The host half through the cluster: `--node NAME` is resolved through any agent's registry,
+//! and that node's agent works on a sim volume whose bytes live on an LD of a served software
+//! array.
+
+use std::collections::BTreeSet;
+
+use stillpoint_coordinator::Role;
+use stillpoint_host::{Host, HostClient, QuiesceMode, QuiesceRequest};
+use stillpoint_node::config::{ArrayEndpoint, ClusterSection, NodeConfig};
+use stillpoint_tests::{TestCluster, WAIT, fast_raft};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
+    let dir = tempfile::tempdir().unwrap();
+    // A software array with one LD visible to host "db1", served on loopback.
+    let array_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let array_address = array_listener.local_addr().unwrap().to_string();
+    let array_config = stillpoint_array::ArrayConfig::parse(
+        &format!(
+            "name = \"A1\"\ndata_dir = \"{}\"\n[[ld]]\nnumber = 0\nname = \"DB\"\ncapacity_bytes = 4194304\nformat = \"NX\"\nhosts = [\"db1\"]\n",
+            dir.path().join("array").display()
+        ),
+        "array.toml",
+    )
+    .expect("array config");
+    let (stop_array, array_stopped) = tokio::sync::oneshot::channel::<()>();
+    let array = tokio::spawn(stillpoint_array::serve(
+        array_config,
+        array_listener,
+        async {
+            let _ = array_stopped.await;
+        },
+    ));
+
+    // A fresh sim file system on the LD, written through the array's data API.
+    let device = stillpoint_node::volumes::ArrayLdDevice::new(
+        &ArrayEndpoint {
+            name: "A1".into(),
+            endpoint: array_address.clone(),
+        },
+        0,
+        "db1",
+    );
+    stillpoint_host::SimBackend::format(&device)
+        .await
+        .expect("format the LD");
+
+    // A one-agent cluster, plus agent "db1" with the LD as its volume "data".
+    let mut cluster = TestCluster::start(1, fast_raft()).await;
+    cluster.init(1).await;
+    cluster.leader().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let host = stillpoint_host::HostConfig::from_toml_str(
+        "backend = \"sim\"\n[[volumes]]\nname = \"data\"\nld = \"A1/0\"\nmount_point = \"/sim/data\"\nfreeze_ms_max = 60000\n",
+        "[host]",
+    )
+    .expect("host config");
+    let config = NodeConfig {
+        node_id: 2,
+        name: "db1".into(),
+        listen: address.clone(),
+        advertise: None,
+        data_dir: dir.path().join("db1"),
+        roles: BTreeSet::from([Role::Business]),
+        cluster_id: None,
+        cluster: ClusterSection::default(),
+        raft: fast_raft(),
+        arrays: vec![ArrayEndpoint {
+            name: "A1".into(),
+            endpoint: array_address.clone(),
+        }],
+        host: Some(host),
+    };
+    config.validate().expect("valid node config");
+    let db1 = stillpoint_node::start(config, listener)
+        .await
+        .expect("db1 starts");
+    cluster.configs.push(db1.context.config.clone());
+    cluster.agents.push(Some(db1));
+    cluster
+        .add_member(1, false)
+        .await
+        .expect("db1 joins as a learner");
+    cluster.wait_registered(2).await;
+
+    // Resolved through agent 1's registry, not by knowing db1's address.
+    let resolved = stillpoint_node::cli::resolve_node(&cluster.address(0), "db1")
+        .await
+        .expect("db1 is registered");
+    assert_eq!(resolved, address);
+    let err = stillpoint_node::cli::resolve_node(&cluster.address(0), "nosuch")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nosuch") && err.to_string().contains("db1"),
+        "{err}"
+    );
+
+    let host = HostClient::new(stillpoint_node::peer::channel_to(&resolved).unwrap());
+    let volume = stillpoint_node::wait::until("the LD to be attached", WAIT, || {
+        let host = host.clone();
+        async move {
+            host.list_volumes()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|v| v.name == "data")
+        }
+    })
+    .await
+    .expect("volume listed");
+    assert_eq!(volume.ld.as_deref(), Some("A1/0"));
+
+    // A freeze taken through the cluster is visible and released.
+    host.mount(
+        "data",
+        &stillpoint_host::MountRequest {
+            mount_point: None,
+            identity: stillpoint_host::MountIdentity::Keep,
+            read_only: false,
+        },
+    )
+    .await
+    .expect("mount");
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "data".into(),
+            mode: QuiesceMode::Freeze,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .expect("freeze");
+    assert_eq!(host.quiesces().await.unwrap().len(), 1);
+    host.release("data", Some(q.quiesce_id))
+        .await
+        .expect("thaw");
+    assert!(host.quiesces().await.unwrap().is_empty());
+
+    cluster.shutdown().await;
+    let _ = stop_array.send(());
+    array.await.unwrap().expect("array stops cleanly");
+}
