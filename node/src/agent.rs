@@ -144,8 +144,12 @@ impl RunningAgent {
         self.context.node_id()
     }
 
-    /// Stops serving, stops raft and flushes the data dir.
+    /// Resumes every volume this agent holds quiesced, then stops serving, stops raft and
+    /// flushes the data dir.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        if let Some(host) = &self.host {
+            resume_before_exit(host.as_ref()).await;
+        }
         let _ = self.shutdown_tx.send(true);
         self.registration.abort();
         // Wait until the task is gone: it holds handles on the data dir that a restart reopens.
@@ -160,6 +164,29 @@ impl RunningAgent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(NodeError::Raft(format!("gRPC server failed: {e}"))),
             Err(e) => Err(NodeError::Raft(format!("gRPC server task failed: {e}"))),
+        }
+    }
+}
+
+/// S4: nobody will release a quiesce this agent holds once it has stopped, and its watchdogs
+/// stop with it, so a graceful stop resumes every quiesced volume first (a crash is covered by
+/// the journal: the next start resumes them).
+async fn resume_before_exit(host: &dyn stillpoint_host::Host) {
+    let held = match host.quiesces().await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list quiesced volumes before exit; the next start resumes them");
+            return;
+        }
+    };
+    for q in held {
+        match host.release(&q.volume, Some(q.quiesce_id)).await {
+            Ok(r) => {
+                tracing::warn!(volume = %r.volume, held_ms = r.held_ms, owner = %q.owner, "resumed a quiesced volume because the agent is stopping")
+            }
+            Err(e) => {
+                tracing::error!(volume = %q.volume, error = %e, "cannot resume the volume before exit; the next start resumes it")
+            }
         }
     }
 }

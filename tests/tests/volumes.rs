@@ -138,6 +138,32 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
         .expect("thaw");
     assert!(host.quiesces().await.unwrap().is_empty());
 
+    // A freeze still held when the agent is stopped gracefully is resumed before it exits (S4):
+    // nobody else could release it, and the agent's watchdog stops with it.
+    host.quiesce(&QuiesceRequest {
+        volume: "data".into(),
+        mode: QuiesceMode::Freeze,
+        limit_ms: None,
+        owner: "test".into(),
+    })
+    .await
+    .expect("freeze again");
+    let data_dir = cluster.data_dir(1);
+    cluster.stop(1).await;
+    let store = stillpoint_node::wait::until("db1's data dir to be released", WAIT, || {
+        let dir = data_dir.clone();
+        async move { stillpoint_storage::Store::open(&dir).ok() }
+    })
+    .await
+    .expect("data dir free");
+    let journal = stillpoint_storage::journal::Journal::open(store.db()).expect("journal");
+    assert!(
+        journal.quiesces().expect("quiesce records").is_empty(),
+        "no quiesce outlives a graceful stop"
+    );
+    drop(journal);
+    drop(store);
+
     cluster.shutdown().await;
     let _ = stop_array.send(());
     array.await.unwrap().expect("array stops cleanly");
