@@ -7,7 +7,7 @@ use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Entry, RaftTypeConfig};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,9 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::state::StateMachineData;
 use crate::state_machine::StateMachineStore;
-use crate::tuning::{BACKGROUND_FLUSH_MS, CACHE_BYTES, FLUSH_TIMEOUT_MS};
+use crate::tuning::{
+    BACKGROUND_FLUSH_MS, CACHE_BYTES, FLUSH_TIMEOUT_MS, OPEN_IN_USE_PAUSE_MS, OPEN_IN_USE_RETRY_MS,
+};
 
 /// Tree holding who the data dir belongs to.
 pub(crate) const TREE_IDENTITY: &str = "stillpoint/identity";
@@ -223,19 +225,31 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if absent) the data dir. sled locks the dir, so a second process gets
-    /// [`Error::InUse`]; any other failure names the dir.
+    /// [`Error::InUse`] (after retrying for up to 2 s, which covers sled's threads letting go
+    /// after an in-process restart; this blocks the calling thread); any other failure names
+    /// the dir.
     pub fn open(dir: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io {
             path: dir.to_path_buf(),
             action: "create the data dir".to_string(),
             detail: e.to_string(),
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
-            .open()
-            .map_err(|e| Error::sled(dir, "open the sled database", e))?;
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS));
+        let deadline = Instant::now() + Duration::from_millis(OPEN_IN_USE_RETRY_MS);
+        let db = loop {
+            match config
+                .open()
+                .map_err(|e| Error::sled(dir, "open the sled database", e))
+            {
+                Err(Error::InUse { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(OPEN_IN_USE_PAUSE_MS));
+                }
+                other => break other?,
+            }
+        };
         let sync = Arc::new(FileSync::open(dir)?);
         Ok(Store {
             disk: Disk {
