@@ -431,3 +431,60 @@ async fn large_state_and_snapshot_beyond_sleds_blob_threshold_survive_restart() 
         .expect("snapshot kept");
     assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
 }
+
+#[test]
+fn damaged_identity_is_reported_and_never_overwritten_by_a_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    damage(
+        dir.path(),
+        "stillpoint/identity",
+        b"identity",
+        b"{\"node_id\":",
+    );
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(store.identity(), Err(Error::Corrupt { .. })));
+    let claim = DataDirIdentity {
+        node_id: 1,
+        cluster_id: None,
+    };
+    let err = store.claim_identity(&claim).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("identity"), "{err}");
+    let raw = store
+        .db()
+        .open_tree("stillpoint/identity")
+        .unwrap()
+        .get("identity")
+        .unwrap();
+    assert_eq!(
+        raw.as_deref(),
+        Some(&b"{\"node_id\":"[..]),
+        "the damaged record is left for inspection"
+    );
+}
+
+#[tokio::test]
+async fn damaged_snapshot_is_reported_when_the_state_machine_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = state_machine(&store);
+        sm.apply(vec![set(1, 1, "a", "1")]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    // A length prefix announcing more meta than there is.
+    damage(
+        dir.path(),
+        "raft/state_machine",
+        b"snapshot",
+        &[0, 0, 1, 0, b'{'],
+    );
+    let store = Store::open(dir.path()).unwrap();
+    let err = store.state_machine_store::<TestConfig, Kv>().unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("snapshot"), "{err}");
+}
