@@ -76,7 +76,8 @@
 //! # Identity and locking
 //!
 //! sled holds an exclusive lock on the data dir: a second agent on the same dir gets
-//! [`Error::InUse`]. [`Store::claim_identity`] records the node id (and the cluster id once
+//! [`Error::InUse`]. `Store::open` retries a held lock for up to 2 s first, because sled's
+//! background threads may still hold it for a moment after an in-process restart. [`Store::claim_identity`] records the node id (and the cluster id once
 //! known) and refuses, writing nothing, a dir that belongs to another node or cluster
 //! ([`Error::ForeignDataDir`]), so a dir copied or mounted on the wrong host cannot rejoin a
 //! cluster under a false name.
@@ -99,6 +100,8 @@
 //!   of our own beyond sled's CRCs.
 //! - sled files are never compacted by us; space is reclaimed by sled's own segment cleaning.
 //! - A flush is database-wide: raft flushes also make journal writes durable, and vice versa.
+//! - `Store::open` and `Store::claim_identity` are blocking calls (lock retry, flush + fsync):
+//!   call them at start-up or from `spawn_blocking`, not in a hot async path.
 //! - One process uses one type config and one state type per data dir
 //!   ([`Error::WrongTypes`] otherwise).
 
