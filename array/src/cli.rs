@@ -260,20 +260,6 @@ pub enum PairCommand {
     },
 }
 
-/// Maps an error to the documented exit code.
-pub fn exit_code(e: &ArrayError) -> ExitCode {
-    ExitCode::from(match e {
-        ArrayError::Refused { .. } => 3,
-        ArrayError::WrongState { .. } => 4,
-        ArrayError::Timeout { .. } => 5,
-        ArrayError::Unreachable { .. } => 6,
-        ArrayError::OutcomeUnknown { .. } => 7,
-        ArrayError::NotFound { .. } => 8,
-        ArrayError::InvalidInput { .. } => 9,
-        _ => 1,
-    })
-}
-
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -357,7 +343,7 @@ async fn wait_with_progress(
 }
 
 impl ArrayCommand {
-    /// Runs the command. Errors map to exit codes with [`exit_code`].
+    /// Runs the command; the binary maps an error to its exit code.
     pub async fn run(self) -> Result<ExitCode, ArrayError> {
         match self {
             ArrayCommand::Serve { config } => {
@@ -425,7 +411,7 @@ impl ArrayCommand {
 }
 
 impl LdCommand {
-    /// Runs the command. Errors map to exit codes with [`exit_code`].
+    /// Runs the command; the binary maps an error to its exit code.
     pub async fn run(self) -> Result<ExitCode, ArrayError> {
         let LdCommand::List { target } = self;
         let (a, name) = target.connect().await?;
@@ -460,7 +446,7 @@ impl LdCommand {
 }
 
 impl PairCommand {
-    /// Runs the command. Errors map to exit codes with [`exit_code`].
+    /// Runs the command; the binary maps an error to its exit code.
     pub async fn run(self) -> Result<ExitCode, ArrayError> {
         match self {
             PairCommand::Set { target, pair } => {

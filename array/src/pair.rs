@@ -326,6 +326,10 @@ fn check_copy_control(kind: PairKind, cc: CopyControl) -> Result<()> {
 /// reached without another operation, None keep waiting.
 pub(crate) fn wait_reached(cond: WaitCondition, s: &PairState) -> Option<bool> {
     use SyncState::*;
+    if s.abnormal_suspend {
+        // Nothing moves until a replicate after the link is back.
+        return Some(cond == WaitCondition::Done);
+    }
     match cond {
         WaitCondition::Sync => match s.sync {
             RplSync | RstSync => Some(true),

@@ -39,7 +39,14 @@ pub async fn serve_array(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let svc = ArrayServiceServer::new(Service { array })
+    // Event streams never end on their own, and tonic's graceful stop waits for every open
+    // response: each stream is cut when the shutdown signal fires so the server can drain.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let svc = ArrayServiceServer::new(Service { array, stopping })
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
@@ -57,6 +64,7 @@ pub async fn serve_array(
 
 struct Service {
     array: Arc<dyn Array>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
@@ -183,8 +191,13 @@ impl ArrayService for Service {
             .events()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
         Ok(Response::new(Box::pin(
-            s.map(|e| Ok(pb::EventMessage { body: encode(&e) })),
+            s.map(|e| Ok(pb::EventMessage { body: encode(&e) }))
+                .take_until(stopped),
         )))
     }
 }

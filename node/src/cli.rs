@@ -163,14 +163,14 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn host_exit(result: Result<ExitCode, stillpoint_host::HostError>) -> ExitCode {
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");
-        ExitCode::from(NodeError::Host(e).exit_code())
+        ExitCode::from(crate::error::host_exit_code(&e))
     })
 }
 
 fn array_exit(result: Result<ExitCode, stillpoint_array::ArrayError>) -> ExitCode {
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");
-        stillpoint_array::cli::exit_code(&e)
+        ExitCode::from(crate::error::array_exit_code(&e))
     })
 }
 

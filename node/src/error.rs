@@ -77,15 +77,16 @@ fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
 }
 
 impl NodeError {
-    /// Exit code for the CLI, stable for job schedulers (documented in the README).
+    /// Exit code for the CLI, stable for job schedulers (the table is in [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            NodeError::Config { .. } | NodeError::Invalid(_) => 2,
-            NodeError::Refused(_) => 3,
-            NodeError::Unreachable { .. } | NodeError::NotLeader { .. } => 4,
-            NodeError::Timeout { .. } => 5,
-            NodeError::Listen { .. } | NodeError::Storage(_) => 6,
-            NodeError::Raft(_) | NodeError::Remote { .. } | NodeError::Host(_) => 1,
+            NodeError::Config { .. } | NodeError::Invalid(_) => exit::BAD_INPUT,
+            NodeError::Refused(_) => exit::REFUSED,
+            NodeError::Unreachable { .. } | NodeError::NotLeader { .. } => exit::UNREACHABLE,
+            NodeError::Timeout { .. } => exit::TIMED_OUT,
+            NodeError::Listen { .. } | NodeError::Storage(_) => exit::CANNOT_START,
+            NodeError::Host(e) => host_exit_code(e),
+            NodeError::Raft(_) | NodeError::Remote { .. } => exit::OTHER,
         }
     }
 
@@ -164,5 +165,62 @@ impl NodeError {
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         e.to_status()
+    }
+}
+
+/// The `stillpoint` binary's exit codes, one table for every command (cluster, volume, array,
+/// pair), so a job scheduler can branch on them without knowing which subsystem answered.
+pub mod exit {
+    /// Anything not listed below; the message says what.
+    pub const OTHER: u8 = 1;
+    /// Bad input: a config file or argument is wrong; the message names the file, field or flag.
+    pub const BAD_INPUT: u8 = 2;
+    /// Refused by a rule (pairing rule, RV access, busy volume, S4 ceiling); nothing changed.
+    pub const REFUSED: u8 = 3;
+    /// No agent, leader or array reachable at the address given.
+    pub const UNREACHABLE: u8 = 4;
+    /// Timed out, or the outcome is unknown: query the state before retrying.
+    pub const TIMED_OUT: u8 = 5;
+    /// The data dir or listen address is unusable (in use, another node's, corrupt).
+    pub const CANNOT_START: u8 = 6;
+    /// The operation is not valid in the current state (pair, volume); nothing changed.
+    pub const WRONG_STATE: u8 = 7;
+    /// No such node, volume, LD or pair.
+    pub const NOT_FOUND: u8 = 8;
+}
+
+/// Exit code of an array command's error.
+pub fn array_exit_code(e: &stillpoint_array::ArrayError) -> u8 {
+    use stillpoint_array::ArrayError as A;
+    match e {
+        A::Refused { .. } => exit::REFUSED,
+        A::WrongState { .. } => exit::WRONG_STATE,
+        A::Timeout { .. } | A::OutcomeUnknown { .. } => exit::TIMED_OUT,
+        A::Unreachable { .. } => exit::UNREACHABLE,
+        A::NotFound { .. } => exit::NOT_FOUND,
+        A::InvalidInput { .. } | A::Config { .. } => exit::BAD_INPUT,
+        A::CorruptMetadata { .. } => exit::CANNOT_START,
+        A::DeviceFailed { .. } | A::Io { .. } => exit::OTHER,
+    }
+}
+
+/// Exit code of a host (volume) command's error.
+pub fn host_exit_code(e: &stillpoint_host::HostError) -> u8 {
+    use stillpoint_host::HostError as H;
+    match e {
+        H::Config { .. } => exit::BAD_INPUT,
+        H::UnknownVolume { .. } | H::MountPointMissing { .. } => exit::NOT_FOUND,
+        H::Busy { .. } | H::Refused { .. } | H::DuplicateIdentity { .. } => exit::REFUSED,
+        H::WrongState { .. }
+        | H::MountedElsewhere { .. }
+        | H::MountPointBusy { .. }
+        | H::QuiesceLost { .. } => exit::WRONG_STATE,
+        H::TimedOut { .. } => exit::TIMED_OUT,
+        H::Unreachable(_) => exit::UNREACHABLE,
+        H::HookFailed { .. }
+        | H::OsError { .. }
+        | H::Device { .. }
+        | H::Unsupported { .. }
+        | H::Journal(_) => exit::OTHER,
     }
 }

@@ -1,0 +1,177 @@
+//! The software array as its own process, as an operator runs it: `stillpoint array serve`
+//! killed (SIGKILL) in the middle of a copy restarts with the same pair state and finishes the
+//! copy; the `ld` and `pair` commands answer with JSON and the binary's documented exit codes.
+
+#[path = "../../array/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use stillpoint_array::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stillpoint");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(path: &std::path::Path, data_dir: &std::path::Path, port: u16, pace: u64) {
+    let text = format!(
+        "name = \"A\"\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ncopy_pace_bytes_per_s = {pace}\n\
+         [[ld]]\nnumber = 0\nname = \"MV\"\ncapacity_bytes = {CAP}\n\
+         [[ld]]\nnumber = 1\nname = \"RV\"\ncapacity_bytes = {CAP}\n",
+        data_dir
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_array(cfg: &std::path::Path) -> Child {
+    Child(
+        Command::new(BIN)
+            .args(["array", "serve", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stillpoint"),
+    )
+}
+
+async fn connect(addr: &str) -> RemoteArray {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match RemoteArray::connect(addr).await {
+            Ok(r) => return r,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "array never came up: {e}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_array_process_restarts_consistent_and_finishes_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array.toml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    write_config(&cfg, &dir.path().join("data"), port, 128 * 1024);
+    let img = pattern(1234, CAP as usize);
+    {
+        let _child = spawn_array(&cfg);
+        let a = connect(&addr).await;
+        a.pair_set(&pair(0, 1)).await.unwrap();
+        a.write("h", 0, 0, &img).await.unwrap();
+        a.replicate(&pair(0, 1), &ReplicateOptions::default())
+            .await
+            .unwrap();
+        eventually("copy underway", || async {
+            let p = a.pair_query(&pair(0, 1)).await.unwrap();
+            p.copied_blocks >= 2 && p.copy_diff_blocks > 0
+        })
+        .await;
+        // _child is SIGKILLed here: no shutdown, no flush.
+    }
+    write_config(&cfg, &dir.path().join("data"), port, 0);
+    let _child = spawn_array(&cfg);
+    let a = connect(&addr).await;
+    let p = a.pair_query(&pair(0, 1)).await.unwrap();
+    assert_eq!(
+        p.state.activity,
+        Activity::Replicate,
+        "pair state survived the kill"
+    );
+    a.wait(&pair(0, 1), WaitCondition::Sync, WAIT_MS)
+        .await
+        .expect("copy resumes and finishes");
+    let so = SeparateOptions {
+        wait_timeout_ms: Some(WAIT_MS),
+        ..Default::default()
+    };
+    a.separate(&pair(0, 1), &so).await.unwrap();
+    assert_eq!(
+        crc(&read_all(&a, 1, CAP).await),
+        crc(&img),
+        "RV equals MV after the restart"
+    );
+
+    // CLI against the same process: JSON output and the documented exit codes.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("STILLPOINT_ARRAY", &addr)
+            .env_remove("STILLPOINT_ENDPOINT")
+            .output()
+            .expect("run CLI")
+    };
+    let out = cli(&["pair", "list", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let pairs: Vec<PairInfo> = serde_json::from_slice(&out.stdout).expect("json pair list");
+    assert_eq!(pairs[0].state.sync, SyncState::Separated);
+    let out = cli(&["pair", "unset", "--mv", "1", "--rv", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "not found: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["pair", "set", "--mv", "0", "--rv", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["pair", "separate", "--mv", "0", "--rv", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "wrong state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "pair",
+        "replicate",
+        "--mv",
+        "0",
+        "--rv",
+        "1",
+        "--wait",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rpl/sync"));
+    let out = cli(&["ld", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RV of A:0 (nr)"));
+    let out = Command::new(BIN)
+        .args(["pair", "list", "--array", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "unreachable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
