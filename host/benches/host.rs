@@ -85,7 +85,13 @@ fn freeze_thaw(c: &mut Criterion) {
         )
         .unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        let host = Agent::start(cfg, &db, Engine::Sim(sim)).await.unwrap();
+        let host = Agent::start(
+            cfg,
+            stillpoint_storage::journal::Journal::open(&db).unwrap(),
+            Engine::Sim(sim),
+        )
+        .await
+        .unwrap();
         host.mount("mv", &MountRequest::default()).await.unwrap();
         host
     });

@@ -46,7 +46,6 @@ struct Inner {
     locks: HashMap<String, Arc<Mutex<()>>>,
     /// Quiesce ids this process took or re-armed, so `recover` leaves them alone.
     armed: StdMutex<HashSet<u64>>,
-    db: sled::Db,
 }
 
 /// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
@@ -93,11 +92,12 @@ fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    /// Validates `config`, opens the journal in `db` and resumes every volume the journal
-    /// says is still quiesced (an agent that died mid-quiesce).
+    /// Validates `config` and resumes every volume `journal` says is still quiesced (an agent
+    /// that died mid-quiesce). The agent passes [`stillpoint_storage::Store::journal`], whose
+    /// writes are fdatasync'ed.
     pub async fn start(
         config: HostConfig,
-        db: &sled::Db,
+        journal: Journal,
         engine: Engine,
     ) -> Result<Arc<Agent>, HostError> {
         config.validate("host config")?;
@@ -124,12 +124,11 @@ impl Agent {
             .collect();
         let agent = Arc::new(Agent {
             inner: Arc::new(Inner {
-                journal: Journal::open(db)?,
+                journal,
                 config,
                 backend,
                 locks,
                 armed: StdMutex::new(HashSet::new()),
-                db: db.clone(),
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
@@ -601,10 +600,7 @@ async fn quiesce_detached(
     let now = now_unix_ms();
     let rec = QuiesceRecord {
         volume: req.volume.clone(),
-        quiesce_id: inner
-            .db
-            .generate_id()
-            .map_err(|e| HostError::Journal(e.to_string()))?,
+        quiesce_id: inner.journal.next_id()?,
         kind,
         owner: req.owner.clone(),
         taken_at_unix_ms: now,

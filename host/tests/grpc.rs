@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use stillpoint_storage::journal::Journal;
 
 use common::{open_db, wait_until};
 use stillpoint_host::cli::{OutputFormat, Target, VolumeCommand};
@@ -37,9 +38,10 @@ start = { app = "workload" }
     assert_eq!(apps.len(), 1);
     let workload = apps[0].1.clone();
     let db = open_db(&dir.path().join("db")).await;
-    let agent: Arc<dyn Host> = Agent::start(cfg, &db, Engine::Sim(sim.clone()))
-        .await
-        .unwrap();
+    let agent: Arc<dyn Host> =
+        Agent::start(cfg, Journal::open(&db).unwrap(), Engine::Sim(sim.clone()))
+            .await
+            .unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

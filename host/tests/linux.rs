@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use stillpoint_storage::journal::Journal;
 
 use common::{open_db, wait_until};
 use stillpoint_host::{
@@ -182,7 +183,9 @@ impl Fixture {
         toml.push_str(extra);
         let cfg = HostConfig::from_toml_str(&toml, "test.toml").unwrap();
         let db = open_db(&self.dir.path().join("db")).await;
-        Agent::start(cfg, &db, Engine::Linux).await.unwrap()
+        Agent::start(cfg, Journal::open(&db).unwrap(), Engine::Linux)
+            .await
+            .unwrap()
     }
 }
 

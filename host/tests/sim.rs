@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Arc;
+use stillpoint_storage::journal::Journal;
 
 use common::{open_db, wait_until};
 use stillpoint_host::{
@@ -73,9 +74,13 @@ async fn world(records_max: Option<u64>, extra: &str) -> World {
 impl World {
     async fn agent(&self) -> Arc<Agent> {
         let db = open_db(&self.dir.join("db")).await;
-        Agent::start(self.config.clone(), &db, Engine::Sim(self.sim.clone()))
-            .await
-            .unwrap()
+        Agent::start(
+            self.config.clone(),
+            Journal::open(&db).unwrap(),
+            Engine::Sim(self.sim.clone()),
+        )
+        .await
+        .unwrap()
     }
     fn written(&self) -> u64 {
         self.workload.records_written().unwrap_or(0)

@@ -226,7 +226,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         cluster_id,
         store.clone(),
     ));
-    let host = crate::volumes::start(&config, store.db()).await?;
+    let host = crate::volumes::start(&config, &store).await?;
     let log_store = store.log_store::<TypeConfig>()?;
     let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
     let raft_config = Arc::new(config.openraft_config()?);

@@ -134,7 +134,7 @@ pub fn validate(config: &NodeConfig) -> Result<(), String> {
 /// the background, with a bounded retry, so an array that starts after the agent is fine.
 pub async fn start(
     config: &NodeConfig,
-    db: &sled::Db,
+    store: &stillpoint_storage::Store,
 ) -> Result<Option<Arc<stillpoint_host::Agent>>, NodeError> {
     let Some(host) = config.host.clone() else {
         return Ok(None);
@@ -177,6 +177,11 @@ pub async fn start(
             Engine::Sim(sim)
         }
     };
-    let agent = stillpoint_host::Agent::start(host, db, engine).await?;
+    let agent = stillpoint_host::Agent::start(
+        host,
+        store.journal().map_err(stillpoint_host::HostError::from)?,
+        engine,
+    )
+    .await?;
     Ok(Some(agent))
 }

@@ -14,17 +14,18 @@
 //!   uses them for idempotency (S6): a step already done under a token is answered from the
 //!   journal instead of being done twice, and a token older than one already seen is refused.
 //!
-//! Every write is flushed (`sled::Db::flush`) before the call returns: a quiesce taken without
-//! a record that outlives the agent process would be a quiesce nobody resumes after a crash.
+//! Every write is made durable before the call returns: a quiesce taken without a record that
+//! outlives the agent would be a quiesce nobody resumes after a crash. A journal opened with
+//! [`crate::Store::journal`] (what the agent uses) flushes sled and then `fdatasync`s its files,
+//! the same discipline as the raft log, so a record survives a power loss too. A journal opened
+//! on a bare database with [`Journal::open`] (tests, tools) only has sled's flush, which ends
+//! in `sync_file_range`: it survives a crash of the process but not a power loss. Calls block
+//! the calling thread for the flush (sub-millisecond to a few ms on local disks).
 //!
-//! Caveats: sled 0.34's flush writes the data out with `sync_file_range`, which survives an
-//! agent crash but is not an fdatasync: after a power loss the newest records may be missing
-//! (a power loss ends every freeze by itself, but a volume unmounted for a static point would
-//! then stay unmounted until the host's own boot or an operator mounts it). The store's own fdatasync (`Store`) is not applied here
-//! because the journal is given a bare `sled::Db`. Calls block the calling thread for the flush
-//! (sub-millisecond to a few ms on local disks). Records are JSON (readable with any sled
-//! tool, a little larger than a binary encoding); the resume log is never trimmed here (its
-//! owner may call [`Journal::trim_resumes`]).
+//! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
+//! encoding); the resume log is never trimmed here (its owner may call
+//! [`Journal::trim_resumes`]); a flush is database-wide, so a journal write also pays for any
+//! raft writes pending in the same database.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,12 @@ pub enum JournalError {
     /// this persists; retry, and check the disk holding the agent's data directory.
     #[error("journal storage error (check the agent data directory's disk, then retry): {0}")]
     Storage(#[from] sled::Error),
+    /// The record was written but could not be made durable (fdatasync failed or timed out);
+    /// treat it as not written, check the disk holding the agent's data directory, then retry.
+    #[error(
+        "journal write could not be made durable (check the agent data directory's disk, then retry): {0}"
+    )]
+    NotDurable(String),
     /// A record on disk does not decode. Written by another version, or damaged; the record is
     /// named so an operator can inspect or remove it.
     #[error("journal record {key} in tree {tree} is unreadable ({reason}); inspect or remove it")]
@@ -153,12 +160,22 @@ pub struct StepRecord {
 }
 
 /// The agent's journal, over named trees of the agent's one sled database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Journal {
     db: sled::Db,
+    /// The store's disk when opened through [`crate::Store::journal`]: flushes fdatasync.
+    disk: Option<crate::store::Disk>,
     quiesce: sled::Tree,
     resume: sled::Tree,
     steps: sled::Tree,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("fdatasync", &self.disk.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
@@ -190,9 +207,19 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl Journal {
     /// Opens the journal's trees in the agent's database, creating them on first use.
+    ///
+    /// Writes are flushed by sled only (no fdatasync); the agent uses [`crate::Store::journal`].
     pub fn open(db: &sled::Db) -> Result<Journal, JournalError> {
+        Self::open_with(db, None)
+    }
+
+    pub(crate) fn open_with(
+        db: &sled::Db,
+        disk: Option<crate::store::Disk>,
+    ) -> Result<Journal, JournalError> {
         Ok(Journal {
             db: db.clone(),
+            disk,
             quiesce: db.open_tree(QUIESCE_TREE)?,
             resume: db.open_tree(RESUME_TREE)?,
             steps: db.open_tree(STEP_TREE)?,
@@ -200,8 +227,20 @@ impl Journal {
     }
 
     fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
-        Ok(())
+        match &self.disk {
+            Some(disk) => disk
+                .flush_blocking()
+                .map_err(|e| JournalError::NotDurable(e.to_string())),
+            None => {
+                self.db.flush()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A fresh id for a quiesce record, unique in this database across restarts.
+    pub fn next_id(&self) -> Result<u64, JournalError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Records (or replaces) the quiesce of `record.volume`, durably.
@@ -404,6 +443,23 @@ mod tests {
             deadline_unix_ms: 11_000,
             extended_ms_total: 0,
         }
+    }
+
+    #[test]
+    fn the_stores_journal_syncs_and_shares_the_agents_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = crate::Store::open(dir.path()).unwrap();
+            let j = store.journal().unwrap();
+            assert!(format!("{j:?}").contains("fdatasync: true"));
+            j.put_quiesce(&quiesce("mv1")).unwrap();
+            assert_ne!(j.next_id().unwrap(), j.next_id().unwrap());
+        }
+        let store = crate::Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.journal().unwrap().quiesces().unwrap(),
+            vec![quiesce("mv1")]
+        );
     }
 
     #[test]

@@ -344,6 +344,12 @@ impl Store {
         })
     }
 
+    /// The agent's local journal in this data dir, with every write fdatasync'ed before the
+    /// call returns (see [`crate::journal`]).
+    pub fn journal(&self) -> Result<crate::journal::Journal, crate::journal::JournalError> {
+        crate::journal::Journal::open_with(&self.disk.db, Some(self.disk.clone()))
+    }
+
     /// The raft log store (entries, vote, committed id). Handles are cheap clones over the same
     /// trees, so calling this more than once is fine.
     pub fn log_store<C>(&self) -> Result<LogStore<C>, Error>
