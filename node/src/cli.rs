@@ -1,8 +1,7 @@
 //! The `stillpoint` command line: a thin clap layer over the library.
 //!
-//! Exit codes (stable, for job schedulers): 0 success; 2 bad input (config, arguments, unknown
-//! node); 3 refused by a cluster rule; 4 no agent or leader reachable; 5 timed out (outcome
-//! unknown: query before retrying); 6 local data dir or listen address unusable; 1 anything else.
+//! Exit codes are stable, for job schedulers, and the same for every command: see
+//! [`crate::error::exit`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,8 +216,8 @@ pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeErro
                 .filter(|r| r.deregistered_at_ms.is_none())
                 .map(|r| r.name.as_str())
                 .collect();
-            NodeError::Invalid(format!(
-                "no node named {name:?} is registered (known: {})",
+            NodeError::NotFound(format!(
+                "no node named {name:?} is registered (known: {}); see `stillpoint cluster nodes`",
                 known.join(", ")
             ))
         })

@@ -43,9 +43,14 @@ pub enum NodeError {
         leader_addr: Option<String>,
     },
 
-    /// The request is invalid as given (unknown node, bad address, wrong state): change it.
+    /// The request is invalid as given (bad address, wrong state): change it.
     #[error("{0}")]
     Invalid(String),
+
+    /// The request names something that does not exist (a node not in the registry); the
+    /// message lists what does.
+    #[error("{0}")]
+    NotFound(String),
 
     /// A rule of the replicated state machine refused the command; nothing changed.
     #[error("refused by the cluster: {0}")]
@@ -82,6 +87,7 @@ impl NodeError {
         match self {
             NodeError::Config { .. } | NodeError::Invalid(_) => exit::BAD_INPUT,
             NodeError::Refused(_) => exit::REFUSED,
+            NodeError::NotFound(_) => exit::NOT_FOUND,
             NodeError::Unreachable { .. } | NodeError::NotLeader { .. } => exit::UNREACHABLE,
             NodeError::Timeout { .. } => exit::TIMED_OUT,
             NodeError::Listen { .. } | NodeError::Storage(_) => exit::CANNOT_START,
@@ -113,6 +119,7 @@ impl NodeError {
             }
             NodeError::Config { .. } | NodeError::Invalid(_) => Status::invalid_argument(message),
             NodeError::Refused(_) => Status::permission_denied(message),
+            NodeError::NotFound(_) => Status::not_found(message),
             NodeError::Unreachable { .. } => Status::unavailable(message),
             NodeError::Timeout { .. } => Status::deadline_exceeded(message),
             NodeError::Listen { .. }
@@ -153,6 +160,7 @@ impl NodeError {
             },
             Code::InvalidArgument => NodeError::Invalid(text),
             Code::PermissionDenied => NodeError::Refused(text),
+            Code::NotFound => NodeError::NotFound(text),
             code => NodeError::Remote {
                 address: address.to_string(),
                 code,

@@ -96,6 +96,11 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
         err.to_string().contains("nosuch") && err.to_string().contains("db1"),
         "{err}"
     );
+    assert_eq!(
+        err.exit_code(),
+        stillpoint_node::error::exit::NOT_FOUND,
+        "{err}"
+    );
 
     let host = HostClient::new(stillpoint_node::peer::channel_to(&resolved).unwrap());
     let volume = stillpoint_node::wait::until("the LD to be attached", WAIT, || {
