@@ -61,7 +61,7 @@ pub enum Command {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Start a local 3-agent cluster on loopback with the embedded defaults and show it.
+    /// Start a local site (software array, 3 agents) on loopback and take one backup copy by hand.
     Demo(crate::demo::DemoArgs),
     /// Host operations on a node's volumes, performed by that node's agent.
     Volume {

@@ -32,6 +32,10 @@ pub enum NodeError {
     #[error(transparent)]
     Host(#[from] stillpoint_host::HostError),
 
+    /// An array answered with an error (or could not be reached).
+    #[error("array: {0}")]
+    Array(#[from] stillpoint_array::ArrayError),
+
     /// An agent could not be reached: check the address and that the agent runs; retry.
     #[error("cannot reach the agent at {address}: {detail}")]
     Unreachable { address: String, detail: String },
@@ -92,6 +96,7 @@ impl NodeError {
             NodeError::Timeout { .. } => exit::TIMED_OUT,
             NodeError::Listen { .. } | NodeError::Storage(_) => exit::CANNOT_START,
             NodeError::Host(e) => host_exit_code(e),
+            NodeError::Array(e) => array_exit_code(e),
             NodeError::Raft(_) | NodeError::Remote { .. } => exit::OTHER,
         }
     }
@@ -126,6 +131,7 @@ impl NodeError {
             | NodeError::Storage(_)
             | NodeError::Raft(_)
             | NodeError::Host(_)
+            | NodeError::Array(_)
             | NodeError::Remote { .. } => Status::internal(message),
         }
     }

@@ -225,3 +225,21 @@ fn three_agent_processes_form_a_cluster_that_survives_sigkill_of_the_leader() {
         (m["reachable"] == true).then_some(())
     });
 }
+
+/// The README's first command: a local site forms, and the hand-run backup ends with a copy the
+/// backup server finds consistent (the demo exits non-zero otherwise).
+#[test]
+fn the_demo_takes_a_consistent_backup_copy() {
+    let out = stillpoint(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
+    for expected in [
+        "Leader",
+        "backup1",
+        "separate A1:0->A1:1: separated",
+        "0 torn/corrupt, 0 missing",
+        "mount rv read-only",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+}
