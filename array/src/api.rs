@@ -49,6 +49,25 @@ pub trait Array: Send + Sync + 'static {
     async fn events(&self) -> Result<BoxStream<'static, PairEvent>>;
     /// Array-to-array requests (RV side of RDR pairs). Not for hosts or operators.
     async fn peer(&self, req: PeerRequest) -> Result<PeerReply>;
+
+    /// Creates a point-in-time business copy of LD `parent` on LD `copy` (both on this array).
+    /// Attached: the copy presents the parent's content of this instant at once (the data moves
+    /// in the background); detached: the relationship exists but the copy holds no data.
+    /// Refusals name the rule (same capacity and format, one role per LD, no copy of a copy,
+    /// parent not an RV).
+    async fn copy_create(&self, parent: u32, copy: u32, attached: bool) -> Result<CopyInfo>;
+    /// Makes the copy again: its point in time becomes now (from attached or detached).
+    async fn copy_attach(&self, copy: u32) -> Result<CopyInfo>;
+    /// Discards the copy's data; the LD keeps its number and relationship but refuses host I/O.
+    async fn copy_detach(&self, copy: u32) -> Result<CopyInfo>;
+    /// Ends the relationship and discards the data; the LD is a plain, empty LD again.
+    async fn copy_delete(&self, copy: u32) -> Result<()>;
+    /// Restores the parent from the copy: parent reads see the copy's content at once, the
+    /// data moves in the background and the copy returns to attached when done. With
+    /// `wait_timeout_ms`, returns when done (or `Timeout`; the copy goes on).
+    async fn copy_to_parent(&self, copy: u32, wait_timeout_ms: Option<u64>) -> Result<CopyInfo>;
+    /// Every business copy on this array.
+    async fn copy_list(&self) -> Result<Vec<CopyInfo>>;
 }
 
 /// What an MV's array asks of the RV's array. Replication I/O bypasses the access list and the

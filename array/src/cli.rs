@@ -1,6 +1,7 @@
 //! Operator commands against an array endpoint, as clap types the `stillpoint` binary mounts:
 //! `stillpoint array serve|info|fault`, `stillpoint ld list`, `stillpoint pair
-//! set|unset|list|query|replicate|separate|restore|wait`.
+//! set|unset|list|query|replicate|separate|restore|wait`, `stillpoint copy
+//! create|attach|detach|delete|to-parent|list`.
 //!
 //! Every command takes `--array HOST:PORT` (env `STILLPOINT_ARRAY`, default `127.0.0.1:7600`)
 //! and `--output table|json` (tables by default). Pairs are named with `--mv LD` (an LD of the
@@ -126,6 +127,65 @@ pub enum LinkState {
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum LdCommand {
     /// List the LDs of an array with capacity, format, access list and role.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `stillpoint copy ...`: point-in-time business copies of an LD on the same array.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum CopyCommand {
+    /// Create a business copy of LD --parent on LD --copy: attached (the copy is the parent's
+    /// image of this instant, usable at once) unless --detached (no data until `attach`).
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Parent LD number.
+        #[arg(long)]
+        parent: u32,
+        /// Business copy LD number (same capacity and format as the parent).
+        #[arg(long)]
+        copy: u32,
+        /// Create without making the copy; the LD refuses host I/O until attached.
+        #[arg(long)]
+        detached: bool,
+    },
+    /// Make the copy again: its point in time becomes now.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// Business copy LD number.
+        #[arg(long)]
+        copy: u32,
+    },
+    /// Discard the copy's data; the LD keeps its number but refuses host I/O until attached.
+    Detach {
+        #[command(flatten)]
+        target: Target,
+        /// Business copy LD number.
+        #[arg(long)]
+        copy: u32,
+    },
+    /// End the relationship and discard the data; the LD is a plain, empty LD again.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// Business copy LD number.
+        #[arg(long)]
+        copy: u32,
+    },
+    /// Restore the parent from the copy (parent reads see the copy's content at once).
+    ToParent {
+        #[command(flatten)]
+        target: Target,
+        /// Business copy LD number.
+        #[arg(long)]
+        copy: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List the business copies of the array.
     List {
         #[command(flatten)]
         target: Target,
@@ -425,10 +485,22 @@ impl LdCommand {
             "LD", "NAME", "BYTES", "FORMAT", "HOSTS"
         );
         for l in lds {
-            let role = match &l.role {
-                LdRole::None => "-".to_string(),
-                LdRole::Mv { rvs } => format!("MV ({rvs} RV)"),
-                LdRole::Rv { mv, access } => format!("RV of {mv} ({access})"),
+            let mut roles = match &l.role {
+                LdRole::None => vec![],
+                LdRole::Mv { rvs } => vec![format!("MV ({rvs} RV)")],
+                LdRole::Rv { mv, access } => vec![format!("RV of {mv} ({access})")],
+            };
+            match &l.copy_role {
+                CopyRole::None => {}
+                CopyRole::Parent { copies } => roles.push(format!("parent ({copies} copies)")),
+                CopyRole::Copy { parent, state } => {
+                    roles.push(format!("copy of {name}:{parent} ({state})"))
+                }
+            }
+            let role = if roles.is_empty() {
+                "-".to_string()
+            } else {
+                roles.join(", ")
             };
             println!(
                 "{:<14} {:<20} {:>14} {:<6} {:<24} {}{}",
@@ -440,6 +512,94 @@ impl LdCommand {
                 role,
                 if l.failed { " FAILED" } else { "" }
             );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_copies(out: Output, copies: &[CopyInfo]) {
+    if out == Output::Json {
+        return print_json(&copies);
+    }
+    println!(
+        "{:<14} {:<14} {:<18} {:>15} {:>10} {:>10} {:>10}  LAST-OP",
+        "COPY", "PARENT", "STATE", "POINT-IN-TIME", "PARENT-REF", "TO-PARENT", "DIFFER"
+    );
+    for c in copies {
+        let last = c
+            .last_op
+            .as_ref()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l.op,
+                    if l.ended_unix_ms.is_some() {
+                        "done"
+                    } else {
+                        "running"
+                    }
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<14} {:<14} {:<18} {:>15} {:>10} {:>10} {:>10}  {}",
+            c.copy.to_string(),
+            c.parent.to_string(),
+            c.state.to_string(),
+            c.point_in_time_unix_ms
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.parent_ref_blocks,
+            c.to_parent_blocks,
+            c.differ_blocks,
+            last
+        );
+    }
+}
+
+impl CopyCommand {
+    /// Runs the command; the binary maps an error to its exit code.
+    pub async fn run(self) -> Result<ExitCode, ArrayError> {
+        match self {
+            CopyCommand::Create {
+                target,
+                parent,
+                copy,
+                detached,
+            } => {
+                let (a, _) = target.connect().await?;
+                let c = a.copy_create(parent, copy, !detached).await?;
+                print_copies(target.output, std::slice::from_ref(&c));
+            }
+            CopyCommand::Attach { target, copy } => {
+                let (a, _) = target.connect().await?;
+                let c = a.copy_attach(copy).await?;
+                print_copies(target.output, std::slice::from_ref(&c));
+            }
+            CopyCommand::Detach { target, copy } => {
+                let (a, _) = target.connect().await?;
+                let c = a.copy_detach(copy).await?;
+                print_copies(target.output, std::slice::from_ref(&c));
+            }
+            CopyCommand::Delete { target, copy } => {
+                let (a, n) = target.connect().await?;
+                a.copy_delete(copy).await?;
+                if target.output == Output::Json {
+                    print_json(&LdRef { array: n, ld: copy });
+                } else {
+                    println!("business copy {n}:{copy} deleted; the LD is a plain LD again");
+                }
+            }
+            CopyCommand::ToParent { target, copy, wait } => {
+                let (a, _) = target.connect().await?;
+                let timeout = wait.wait.then(|| wait.timeout.saturating_mul(1000));
+                let c = a.copy_to_parent(copy, timeout).await?;
+                print_copies(target.output, std::slice::from_ref(&c));
+            }
+            CopyCommand::List { target } => {
+                let (a, _) = target.connect().await?;
+                print_copies(target.output, &a.copy_list().await?);
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 /// A pairing or I/O rule of the array. A refusal always names the rule it enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rule {
-    /// MV and RV must have the same capacity.
+    /// MV and RV (or a parent and its business copy) must have the same capacity.
     SameCapacity,
-    /// MV and RV must have the same OS/format type.
+    /// MV and RV (or a parent and its business copy) must have the same OS/format type.
     SameFormat,
     /// One MV has at most [`crate::MAX_RVS_PER_MV`] RVs.
     MaxRvsPerMv,
@@ -17,7 +17,8 @@ pub enum Rule {
     MaxArraysPerMv,
     /// DDR is a single layer: an RV is never the MV of a DDR pair and vice versa.
     SingleDdrLayer,
-    /// An LD plays one role at a time: an RV belongs to exactly one pair and is never an MV.
+    /// An LD plays one role at a time: an RV belongs to exactly one pair and is never an MV; a
+    /// business copy LD belongs to exactly one parent and is never an MV, an RV or a parent.
     OneRolePerLd,
     /// A pair is unset only while separated (separated, cancel or fault).
     UnsetOnlyWhenSeparated,
@@ -32,6 +33,20 @@ pub enum Rule {
     /// The access requested for an operation is not one the seed allows for it
     /// (replicate/restore: `nr` or `ro`; separate: `rw` or `ro`).
     AccessForOperation,
+    /// A business copy's parent is never itself a business copy (no copy of a copy).
+    NoCopyOfCopy,
+    /// A business copy's parent is never an RV: replication writes to an RV bypass the
+    /// copy-before-write that keeps the copy's point in time.
+    CopyParentNotRv,
+    /// Host I/O on a business copy needs it attached (detached: no data; copying to parent:
+    /// frozen until the parent holds its content).
+    CopyAccess,
+    /// A copy to the parent needs every pair of the parent separated (separated, cancel,
+    /// fault): a replicating or restoring pair would copy a half-restored parent.
+    CopyToParentNeedsSeparatedPairs,
+    /// A pair restore onto an MV that has attached business copies is refused: the restore
+    /// writes the MV beneath the copies' copy-before-write.
+    PairRestoreNeedsDetachedCopies,
 }
 
 impl std::fmt::Display for Rule {
@@ -50,6 +65,11 @@ impl std::fmt::Display for Rule {
             Rule::AccessList => "access-list",
             Rule::RvAccess => "rv-access",
             Rule::AccessForOperation => "access-for-operation",
+            Rule::NoCopyOfCopy => "no-copy-of-a-copy",
+            Rule::CopyParentNotRv => "copy-parent-not-rv",
+            Rule::CopyAccess => "copy-access",
+            Rule::CopyToParentNeedsSeparatedPairs => "copy-to-parent-needs-separated-pairs",
+            Rule::PairRestoreNeedsDetachedCopies => "pair-restore-needs-detached-copies",
         };
         f.write_str(s)
     }
@@ -65,6 +85,15 @@ pub enum ArrayError {
     #[error("wrong state: pair {pair} is {state}; {op} needs {needs}")]
     WrongState {
         pair: String,
+        state: String,
+        op: String,
+        needs: String,
+    },
+    /// The business copy is in a state the operation does not start from; list the copies,
+    /// then choose another operation.
+    #[error("wrong state: business copy {copy} is {state}; {op} needs {needs}")]
+    CopyWrongState {
+        copy: String,
         state: String,
         op: String,
         needs: String,

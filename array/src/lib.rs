@@ -37,12 +37,34 @@
 //!   blocks come from the MV, which still holds the separate-instant content for them. Restore
 //!   mirrors that: MV reads of blocks still to restore come from the RV, and an MV write to such
 //!   a block first pulls the RV block in.
+//! - **Business copies.** A point-in-time copy of a parent LD on another LD of the same array
+//!   (the HP Business Copy model: create attached or detached, attach, detach, delete, copy to
+//!   parent; states in [`CopyState`]). Creating or attaching moves no data: the copy's record
+//!   marks every block as still living on the parent (`pending`), so it takes milliseconds
+//!   whatever the LD's size. Copy reads of pending blocks come from the parent; a parent write
+//!   to a pending block first copies the old block to the copy LD (copy-before-write); a copy
+//!   write to one first pulls the rest of the block in. A background task fills the remaining
+//!   blocks at the copy pace until the copy is independent. Copy to parent moves the blocks
+//!   changed on either side since the point in time (`differ`) back; parent reads of blocks not
+//!   moved yet come from the copy (as with a pair restore), and a parent write first pulls the
+//!   block in. Detach and delete discard the copy's bytes (the LD file becomes sparse zeros).
+//!   Rules ([`Rule`]): same capacity and format; one role per LD (a copy is never an MV, RV,
+//!   parent or another parent's copy); no copy of a copy; a parent is never an RV (replication
+//!   writes would bypass the copy-before-write) but may be an MV; a copy to the parent needs
+//!   the parent's pairs separated, and its blocks are added to their MV differences; a pair
+//!   restore onto a parent with attached copies is refused. Operations from the wrong state
+//!   fail with [`ArrayError::CopyWrongState`] naming the copy's state; host I/O on a detached
+//!   copy (or one copying to its parent) is refused by rule `copy-access`.
 //! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). A bit that
 //!   becomes set is flushed before the write that set it is acknowledged; cleared bits are
 //!   persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a killed array recopies at most a few runs
 //!   and never forgets a difference. On start, every record is validated; a record that does not
 //!   decode or does not fit the configured LDs stops the array with
 //!   [`ArrayError::CorruptMetadata`] instead of starting empty. Copies that were running resume.
+//!   Business copy records (sled tree `copies`) are stricter, because a *cleared* `pending` or
+//!   `to_parent` bit tells readers where the data is: a clear made by a host write is flushed
+//!   before the write lands (parent) or is acknowledged (copy); clears made by the background
+//!   copy are lazy and remembered, and a write to such a block flushes them first.
 //! - **RDR.** An array reaches its peers through a [`Link`] with latency, bandwidth and up/down
 //!   state; peers are in-process arrays ([`PeerHandle`]) or served arrays named in the config
 //!   (reached with [`RemoteArray`]). The RV's array serves array-to-array requests
@@ -52,12 +74,22 @@
 //!   RV access `na`) or a link down/up, through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
 //!   [`RemoteArray`] implements [`Array`] against it with identical errors and states.
-//! - **CLI.** [`cli`] has the clap commands `array`, `ld` and `pair` with their exit codes.
+//! - **CLI.** [`cli`] has the clap commands `array`, `ld`, `pair` and `copy` with their exit
+//!   codes.
 //!
 //! ## CAVEATS (not handled yet)
 //!
-//! - Point-in-time business copies (HP create attached/detached, attach, detach, delete, copy
-//!   back) are not implemented.
+//! - Business copy state changes are not on the event stream ([`PairEvent`] names a pair):
+//!   poll [`Array::copy_list`]; `copy_to_parent` has its own wait.
+//! - Business copies live on their parent's array; there are no remote copies, no limit on
+//!   copies per parent, and no copy of an RV. While a copy is copied to its parent the copy
+//!   refuses host I/O, and no other copy of that parent can be attached, created or copied
+//!   back.
+//! - A copy-before-write that fails on the copy LD detaches the copy (its point in time is
+//!   lost; the parent's write goes on). A failed copy LD during a copy to the parent fails
+//!   parent I/O to the blocks not moved yet until the LD is repaired.
+//! - Delete discards the copy's data (the seed's delete removes the LUN; here LDs come from
+//!   the config, so the LD stays, empty).
 //! - `rvuse immediate` is refused for RDR pairs (rule `rvuse-immediate-ddr-only`): the RV's
 //!   array would need to read pending blocks back from the MV's array.
 //! - The control messages on the wire are JSON of this crate's types inside protobuf `bytes`;

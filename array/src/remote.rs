@@ -95,6 +95,13 @@ impl RemoteArray {
         }
     }
 
+    async fn copy(&self, c: Call) -> Result<CopyInfo> {
+        match self.call(c).await? {
+            Answer::Copy(i) => Ok(i),
+            a => Err(Self::unexpected(a)),
+        }
+    }
+
     fn app_error(json: &str) -> Result<()> {
         if json.is_empty() {
             return Ok(());
@@ -234,6 +241,35 @@ impl Array for RemoteArray {
                 Answer::Peer(p) => Ok(p),
                 a => Err(Self::unexpected(a)),
             },
+        }
+    }
+    async fn copy_create(&self, parent: u32, copy: u32, attached: bool) -> Result<CopyInfo> {
+        self.copy(Call::CopyCreate {
+            parent,
+            copy,
+            attached,
+        })
+        .await
+    }
+    async fn copy_attach(&self, copy: u32) -> Result<CopyInfo> {
+        self.copy(Call::CopyAttach(copy)).await
+    }
+    async fn copy_detach(&self, copy: u32) -> Result<CopyInfo> {
+        self.copy(Call::CopyDetach(copy)).await
+    }
+    async fn copy_delete(&self, copy: u32) -> Result<()> {
+        match self.call(Call::CopyDelete(copy)).await? {
+            Answer::Done => Ok(()),
+            a => Err(Self::unexpected(a)),
+        }
+    }
+    async fn copy_to_parent(&self, copy: u32, wait_timeout_ms: Option<u64>) -> Result<CopyInfo> {
+        self.copy(Call::CopyToParent(copy, wait_timeout_ms)).await
+    }
+    async fn copy_list(&self) -> Result<Vec<CopyInfo>> {
+        match self.call(Call::CopyList).await? {
+            Answer::Copies(c) => Ok(c),
+            a => Err(Self::unexpected(a)),
         }
     }
 }

@@ -90,6 +90,19 @@ impl Service {
                 Answer::Done
             }
             Call::Peer(r) => Answer::Peer(a.peer(r).await?),
+            Call::CopyCreate {
+                parent,
+                copy,
+                attached,
+            } => Answer::Copy(a.copy_create(parent, copy, attached).await?),
+            Call::CopyAttach(c) => Answer::Copy(a.copy_attach(c).await?),
+            Call::CopyDetach(c) => Answer::Copy(a.copy_detach(c).await?),
+            Call::CopyDelete(c) => {
+                a.copy_delete(c).await?;
+                Answer::Done
+            }
+            Call::CopyToParent(c, t) => Answer::Copy(a.copy_to_parent(c, t).await?),
+            Call::CopyList => Answer::Copies(a.copy_list().await?),
         })
     }
 }

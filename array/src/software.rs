@@ -19,6 +19,8 @@ use crate::error::{ArrayError, Result, Rule};
 use crate::pair::{PairRec, wait_reached};
 use crate::types::*;
 
+mod copies;
+
 /// Link between this array and a peer: latency, bandwidth and up/down, applied to every
 /// replication request that crosses it.
 #[derive(Debug)]
@@ -140,6 +142,9 @@ struct Inner {
     roles_tree: sled::Tree,
     pairs: Mutex<BTreeMap<PairId, Arc<PairSlot>>>,
     roles: Mutex<BTreeMap<u32, RoleRec>>,
+    copies_tree: sled::Tree,
+    /// Business copies by copy LD.
+    copies: Mutex<BTreeMap<u32, Arc<copies::CopySlot>>>,
     peers: BTreeMap<String, (Arc<dyn Array>, Arc<Link>)>,
     events: broadcast::Sender<PairEvent>,
     /// Control operations run one at a time so rule checks see a stable inventory.
@@ -284,6 +289,9 @@ impl SoftwareArray {
                 }),
             );
         }
+        let copies_tree = db.open_tree("copies").map_err(|e| corrupt(e.to_string()))?;
+        let mvs = pairs.keys().map(|p: &PairId| p.mv.ld).collect();
+        let copies = copies::load(&copies_tree, &lds, cfg.block_bytes, &roles, &mvs, corrupt)?;
         let (events, _) = broadcast::channel(crate::EVENT_CHANNEL_CAPACITY);
         let inner = Arc::new(Inner {
             name: cfg.name.clone(),
@@ -297,6 +305,8 @@ impl SoftwareArray {
             roles_tree,
             pairs: Mutex::new(pairs),
             roles: Mutex::new(roles),
+            copies_tree,
+            copies: Mutex::new(copies),
             peers,
             events,
             op_lock: tokio::sync::Mutex::new(()),
@@ -305,6 +315,10 @@ impl SoftwareArray {
         let slots: Vec<_> = lock(&inner.pairs).values().cloned().collect();
         for s in slots {
             Inner::start_engine(&inner, &s);
+        }
+        let copy_slots: Vec<_> = lock(&inner.copies).values().cloned().collect();
+        for s in copy_slots {
+            Inner::start_copy_engine(&inner, &s);
         }
         Ok(SoftwareArray { inner })
     }
@@ -328,6 +342,7 @@ impl SoftwareArray {
             }
             self.inner.persist_pair(s, false)?;
         }
+        self.inner.close_copies().await?;
         self.inner.flush().await
     }
 }
@@ -488,6 +503,7 @@ impl Inner {
                             format!("LD {}:{rv} is already the RV of {}", self.name, r.mv),
                         ));
                     }
+                    self.check_rv_vs_copies(rv)?;
                     let is_mv = lock(&self.pairs).keys().any(|p| p.mv.ld == rv);
                     if is_mv {
                         let rule = if mv.array == self.name {
@@ -856,6 +872,9 @@ impl Inner {
         let ld = self.ld(n)?.clone();
         self.check_host(&ld, host)?;
         self.check_range(&ld, off, len)?;
+        if let Some(c) = self.copy_slot(n) {
+            return self.copy_host_read(&c, &ld, off, len).await;
+        }
         let role = lock(&self.roles).get(&n).cloned();
         if let Some(role) = role {
             if !matches!(role.access, RvAccess::Rw | RvAccess::Ro) {
@@ -893,6 +912,7 @@ impl Inner {
                 overlay(&mut data, off, &src, boff);
             }
         }
+        self.parent_read_overlay(&ld, off, &mut data).await?;
         Ok(data)
     }
 
@@ -990,6 +1010,9 @@ impl Inner {
         self.check_host(&ld, host)?;
         let len = data.len() as u64;
         self.check_range(&ld, off, len)?;
+        if let Some(c) = self.copy_slot(n) {
+            return self.copy_host_write(&c, &ld, off, data).await;
+        }
         let role = lock(&self.roles).get(&n).cloned();
         if let Some(role) = role {
             if role.access != RvAccess::Rw {
@@ -1068,6 +1091,7 @@ impl Inner {
                 self.after_copy_error(slot, &e).await;
             }
         }
+        self.before_parent_write(&ld, off, len, None).await?;
         ld.write_at(&self.name, off, data)?;
         // After the write: mirror it or record it, per state and copy control.
         let mut need_flush = false;
@@ -1157,6 +1181,7 @@ impl Inner {
             )));
         }
         let mv = self.ld(id.mv.ld)?.clone();
+        self.check_pair_mv_vs_copies(id)?;
         if id.mv == id.rv {
             return Err(ArrayError::refused(
                 Rule::OneRolePerLd,
@@ -1282,6 +1307,7 @@ impl Inner {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
+        self.check_pair_op_vs_copies(id, what)?;
         let blocks = lock(&slot.rec).copy.len();
         // Dry run first so a refused operation does not consume the RV's difference record.
         {
@@ -1442,6 +1468,7 @@ impl Array for SoftwareArray {
                     }
                 },
                 failed: l.failed.load(Ordering::SeqCst),
+                copy_role: i.copy_role_of(l.number),
             })
             .collect())
     }
@@ -1525,6 +1552,30 @@ impl Array for SoftwareArray {
 
     async fn peer(&self, req: PeerRequest) -> Result<PeerReply> {
         self.inner.peer_op(req).await
+    }
+
+    async fn copy_create(&self, parent: u32, copy: u32, attached: bool) -> Result<CopyInfo> {
+        self.inner.copy_create(parent, copy, attached).await
+    }
+
+    async fn copy_attach(&self, copy: u32) -> Result<CopyInfo> {
+        self.inner.copy_attach(copy).await
+    }
+
+    async fn copy_detach(&self, copy: u32) -> Result<CopyInfo> {
+        self.inner.copy_detach(copy).await
+    }
+
+    async fn copy_delete(&self, copy: u32) -> Result<()> {
+        self.inner.copy_delete(copy).await
+    }
+
+    async fn copy_to_parent(&self, copy: u32, wait_timeout_ms: Option<u64>) -> Result<CopyInfo> {
+        self.inner.copy_to_parent(copy, wait_timeout_ms).await
+    }
+
+    async fn copy_list(&self) -> Result<Vec<CopyInfo>> {
+        Ok(self.inner.copy_list())
     }
 }
 

@@ -49,6 +49,22 @@ pub struct LdInfo {
     pub role: LdRole,
     /// True after an injected (or real) failure of the LD.
     pub failed: bool,
+    /// Role of the LD in business copies right now (independent of `role`: a pair's MV may
+    /// also be the parent of business copies).
+    #[serde(default)]
+    pub copy_role: CopyRole,
+}
+
+/// What part an LD plays in point-in-time business copies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyRole {
+    /// Neither a parent nor a business copy.
+    #[default]
+    None,
+    /// Parent of this many business copies.
+    Parent { copies: u32 },
+    /// Business copy of the parent LD named, in the state given.
+    Copy { parent: u32, state: CopyState },
 }
 
 /// What part an LD plays in replication. An LD has one role at a time (rule `one-role-per-ld`).
@@ -432,6 +448,60 @@ pub struct PairEvent {
     pub reason: String,
     /// When (unix ms).
     pub at_unix_ms: u64,
+}
+
+/// State of a point-in-time business copy (HP Business Copy model).
+///
+/// - create attached → `attached` (the copy is the parent's image of the create instant);
+///   create detached → `detached` (the LD keeps its number but holds no data and refuses I/O);
+/// - attach: `attached|detached` → `attached` with a new point in time (now);
+/// - detach: `attached` → `detached` (the data is discarded);
+/// - delete: `attached|detached` → no relationship (the LD is a plain, empty LD again);
+/// - copy to parent: `attached` → `copying-to-parent` → `attached` when the parent holds the
+///   copy's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyState {
+    /// The copy holds (or points at) the parent's image of its point in time; read/write.
+    Attached,
+    /// The copy holds no data; host I/O is refused until it is attached again.
+    Detached,
+    /// The parent is being restored from the copy; parent reads already see the copy's content.
+    /// The copy refuses host I/O until this ends.
+    CopyingToParent,
+}
+
+impl fmt::Display for CopyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CopyState::Attached => "attached",
+            CopyState::Detached => "detached",
+            CopyState::CopyingToParent => "copying-to-parent",
+        })
+    }
+}
+
+/// Everything a caller can learn about one business copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyInfo {
+    /// The business copy LD.
+    pub copy: LdRef,
+    /// Its parent LD (always on the same array).
+    pub parent: LdRef,
+    /// Current state.
+    pub state: CopyState,
+    /// The instant (unix ms) whose parent content the copy presents; None while detached.
+    pub point_in_time_unix_ms: Option<u64>,
+    /// Blocks whose copy content is still read from the parent (not yet copied to the copy LD).
+    pub parent_ref_blocks: u64,
+    /// Blocks still to copy from the copy to the parent (copying-to-parent only).
+    pub to_parent_blocks: u64,
+    /// Blocks changed on the parent or the copy since the point in time (what a copy to the
+    /// parent would move).
+    pub differ_blocks: u64,
+    /// Block size of the owning array.
+    pub block_bytes: u64,
+    /// The last operation and its times.
+    pub last_op: Option<LastOperation>,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {

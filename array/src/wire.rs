@@ -23,6 +23,16 @@ pub(crate) enum Call {
     Wait(PairId, WaitCondition, u64),
     Fault(Fault),
     Peer(PeerRequest),
+    CopyCreate {
+        parent: u32,
+        copy: u32,
+        attached: bool,
+    },
+    CopyAttach(u32),
+    CopyDetach(u32),
+    CopyDelete(u32),
+    CopyToParent(u32, Option<u64>),
+    CopyList,
 }
 
 impl Call {
@@ -30,7 +40,12 @@ impl Call {
     pub(crate) fn mutates(&self) -> bool {
         !matches!(
             self,
-            Call::Info | Call::LdList | Call::PairList | Call::PairQuery(_) | Call::Wait(..)
+            Call::Info
+                | Call::LdList
+                | Call::PairList
+                | Call::PairQuery(_)
+                | Call::Wait(..)
+                | Call::CopyList
         )
     }
     /// How long the server may legitimately take (waits included).
@@ -40,6 +55,7 @@ impl Call {
             Call::Separate(_, o) => o.wait_timeout_ms.unwrap_or(0),
             Call::Restore(_, o) => o.wait_timeout_ms.unwrap_or(0),
             Call::Wait(_, _, t) => *t,
+            Call::CopyToParent(_, t) => t.unwrap_or(0),
             _ => 0,
         }
     }
@@ -54,6 +70,8 @@ pub(crate) enum Answer {
     Pairs(Vec<PairInfo>),
     Done,
     Peer(PeerReply),
+    Copy(CopyInfo),
+    Copies(Vec<CopyInfo>),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -208,7 +208,7 @@ pub fn array_exit_code(e: &stillpoint_array::ArrayError) -> u8 {
     use stillpoint_array::ArrayError as A;
     match e {
         A::Refused { .. } => exit::REFUSED,
-        A::WrongState { .. } => exit::WRONG_STATE,
+        A::WrongState { .. } | A::CopyWrongState { .. } => exit::WRONG_STATE,
         A::Timeout { .. } | A::OutcomeUnknown { .. } => exit::TIMED_OUT,
         A::Unreachable { .. } => exit::UNREACHABLE,
         A::NotFound { .. } => exit::NOT_FOUND,

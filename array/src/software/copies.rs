@@ -1,0 +1,1033 @@
+//! Point-in-time business copies on the software array (the HP Business Copy model).
+//!
+//! A copy record lives in sled (`copies`, keyed by the copy LD) with three block bitmaps:
+//!
+//! - `pending`: copy blocks whose content is still the parent's on-disk block. The parent has
+//!   not been written there since the point in time, so reading the parent *is* reading the
+//!   copy. A parent write to such a block first copies the old block to the copy LD
+//!   (copy-before-write); the background fill empties the bitmap at the array's copy pace.
+//! - `differ`: blocks written on either side since the point in time; what a copy to the
+//!   parent has to move. Disjoint from `pending`.
+//! - `to_parent`: blocks still to move copy→parent while copying to the parent. Parent reads
+//!   of them come from the copy LD; a parent write first pulls the block in. Disjoint from
+//!   `pending`.
+//!
+//! Durability works the other way round from pairs for `pending` and `to_parent`: a *cleared*
+//! bit tells readers the data is now elsewhere, so a clear must be on disk before the write
+//! that relies on it lands (parent write after copy-before-write) or is acknowledged (copy
+//! write). The background tasks clear bits lazily and remember them in `unsynced`; a write to
+//! such a block flushes the record first. A bit that
+//! becomes set in `differ` is flushed before the write that set it lands.
+//!
+//! Locks: an operation that touches several LDs takes the parent's I/O lock first, then copy
+//! locks. Every path that holds two copy locks at once holds the parent's lock too, so the
+//! order between copies never matters.
+
+use super::*;
+
+/// Persisted state of one business copy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct CopyRec {
+    parent: u32,
+    copy: u32,
+    state: CopyState,
+    pit_unix_ms: Option<u64>,
+    pending: Bitmap,
+    differ: Bitmap,
+    to_parent: Bitmap,
+    last_op: Option<LastOperation>,
+    /// Blocks whose `pending`/`to_parent` bit the background copy cleared and no flush has
+    /// covered yet. Memory only: after a restart those bits are simply set again.
+    #[serde(skip)]
+    unsynced: Option<Bitmap>,
+}
+
+impl CopyRec {
+    fn lazily_cleared(&mut self, b: u64) {
+        let n = self.pending.len();
+        self.unsynced.get_or_insert_with(|| Bitmap::new(n)).set(b);
+    }
+
+    /// Whether a write to `[b0, b1)` relies on a clear that is not on disk yet.
+    fn relies_on_unsynced(&self, b0: u64, b1: u64) -> bool {
+        self.unsynced
+            .as_ref()
+            .is_some_and(|u| (b0..b1).any(|b| u.get(b)))
+    }
+
+    fn start_op(&mut self, op: &str, ended: bool) {
+        let now = now_unix_ms();
+        self.last_op = Some(LastOperation {
+            op: op.into(),
+            started_unix_ms: now,
+            ended_unix_ms: ended.then_some(now),
+        });
+    }
+
+    fn end_op(&mut self) {
+        if let Some(l) = self.last_op.as_mut() {
+            l.ended_unix_ms.get_or_insert(now_unix_ms());
+        }
+    }
+
+    fn discard(&mut self) {
+        self.pending.clear_all();
+        self.differ.clear_all();
+        self.to_parent.clear_all();
+        self.pit_unix_ms = None;
+        self.state = CopyState::Detached;
+    }
+
+    /// New point in time: every block reads from the parent until copied.
+    fn snapshot(&mut self) {
+        let n = self.pending.len();
+        self.pending.set_range(0, n);
+        self.differ.clear_all();
+        self.to_parent.clear_all();
+        self.pit_unix_ms = Some(now_unix_ms());
+        self.state = CopyState::Attached;
+    }
+}
+
+pub(super) struct CopySlot {
+    rec: Mutex<CopyRec>,
+    wake: Notify,
+    stop: AtomicBool,
+    engine: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl CopySlot {
+    fn new(rec: CopyRec) -> Arc<CopySlot> {
+        Arc::new(CopySlot {
+            rec: Mutex::new(rec),
+            wake: Notify::new(),
+            stop: AtomicBool::new(false),
+            engine: Mutex::new(None),
+            changed: tokio::sync::watch::channel(()).0,
+        })
+    }
+}
+
+fn wrong(r: &CopyRec, array: &str, op: &str, needs: &str) -> ArrayError {
+    ArrayError::CopyWrongState {
+        copy: format!("{array}:{}", r.copy),
+        state: r.state.to_string(),
+        op: op.into(),
+        needs: needs.into(),
+    }
+}
+
+/// Reads and checks every copy record; anything that does not fit the configured LDs or the
+/// pair roles is corrupt metadata.
+pub(super) fn load(
+    tree: &sled::Tree,
+    lds: &BTreeMap<u32, Arc<Ld>>,
+    block_bytes: u64,
+    rvs: &BTreeMap<u32, RoleRec>,
+    mvs: &std::collections::BTreeSet<u32>,
+    corrupt: impl Fn(String) -> ArrayError,
+) -> Result<BTreeMap<u32, Arc<CopySlot>>> {
+    let mut recs: BTreeMap<u32, CopyRec> = BTreeMap::new();
+    for kv in tree.iter() {
+        let (k, v) = kv.map_err(|e| corrupt(e.to_string()))?;
+        let key = String::from_utf8_lossy(&k).to_string();
+        let bad = |d: String| corrupt(format!("copies/{key}: {d}"));
+        let rec: CopyRec = serde_json::from_slice(&v).map_err(|e| bad(e.to_string()))?;
+        if key.parse::<u32>().ok() != Some(rec.copy) {
+            return Err(bad(format!("key does not name copy LD {}", rec.copy)));
+        }
+        let (Some(p), Some(c)) = (lds.get(&rec.parent), lds.get(&rec.copy)) else {
+            return Err(bad("parent or copy LD is not in the config".into()));
+        };
+        if rec.parent == rec.copy || p.capacity_bytes != c.capacity_bytes {
+            return Err(bad(
+                "parent and copy are the same LD or differ in size".into()
+            ));
+        }
+        let blocks = p.capacity_bytes / block_bytes;
+        for b in [&rec.pending, &rec.differ, &rec.to_parent] {
+            b.validate(blocks).map_err(&bad)?;
+        }
+        let empty = rec.pending.count() + rec.differ.count() + rec.to_parent.count() == 0;
+        if rec.state == CopyState::Detached && !empty {
+            return Err(bad("detached copy with block bitmaps".into()));
+        }
+        for ld in [rec.parent, rec.copy] {
+            if rvs.contains_key(&ld) || (ld == rec.copy && mvs.contains(&ld)) {
+                return Err(bad(format!("LD {ld} also has a pair role")));
+            }
+        }
+        recs.insert(rec.copy, rec);
+    }
+    for r in recs.values() {
+        if recs.contains_key(&r.parent) {
+            return Err(corrupt(format!(
+                "copies/{}: parent {} is itself a copy",
+                r.copy, r.parent
+            )));
+        }
+    }
+    Ok(recs
+        .into_iter()
+        .map(|(k, r)| (k, CopySlot::new(r)))
+        .collect())
+}
+
+impl Inner {
+    pub(super) fn copy_slot(&self, ld: u32) -> Option<Arc<CopySlot>> {
+        lock(&self.copies).get(&ld).cloned()
+    }
+
+    fn copy_slot_or_404(&self, ld: u32) -> Result<Arc<CopySlot>> {
+        self.ld(ld)?;
+        self.copy_slot(ld)
+            .ok_or_else(|| ArrayError::not_found(format!("business copy on LD {}:{ld}", self.name)))
+    }
+
+    fn copies_of_parent(&self, parent: u32) -> Vec<Arc<CopySlot>> {
+        lock(&self.copies)
+            .values()
+            .filter(|s| lock(&s.rec).parent == parent)
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn copy_role_of(&self, ld: u32) -> CopyRole {
+        if let Some(s) = self.copy_slot(ld) {
+            let r = lock(&s.rec);
+            return CopyRole::Copy {
+                parent: r.parent,
+                state: r.state,
+            };
+        }
+        match self.copies_of_parent(ld).len() as u32 {
+            0 => CopyRole::None,
+            copies => CopyRole::Parent { copies },
+        }
+    }
+
+    fn copy_info(&self, r: &CopyRec) -> CopyInfo {
+        let at = |ld| LdRef {
+            array: self.name.clone(),
+            ld,
+        };
+        CopyInfo {
+            copy: at(r.copy),
+            parent: at(r.parent),
+            state: r.state,
+            point_in_time_unix_ms: r.pit_unix_ms,
+            parent_ref_blocks: r.pending.count(),
+            to_parent_blocks: r.to_parent.count(),
+            differ_blocks: r.differ.count(),
+            block_bytes: self.block_bytes,
+            last_op: r.last_op.clone(),
+        }
+    }
+
+    fn persist_copy(&self, slot: &CopySlot) -> Result<()> {
+        let rec = lock(&slot.rec).clone();
+        let v = serde_json::to_vec(&rec).map_err(|e| self.meta_err(e))?;
+        self.copies_tree
+            .insert(rec.copy.to_string(), v)
+            .map_err(|e| self.meta_err(e))?;
+        Ok(())
+    }
+
+    async fn persist_copy_durable(&self, slot: &CopySlot) -> Result<()> {
+        self.persist_copy(slot)?;
+        self.flush().await?;
+        // Every caller holds the parent's I/O lock or is the background copy itself, so no
+        // bit was cleared between the record's snapshot and the flush.
+        lock(&slot.rec).unsynced = None;
+        Ok(())
+    }
+
+    fn copy_changed(&self, slot: &CopySlot, what: &str) {
+        let info = self.copy_info(&lock(&slot.rec));
+        // Copies are not pairs: the pair event stream has no place for them; waiters use the
+        // slot's watch channel and operators `copy list`.
+        tracing::info!(array = %self.name, copy = %info.copy, parent = %info.parent, state = %info.state, "business copy: {what}");
+        slot.changed.send_replace(());
+    }
+
+    /// Discards the copy LD's bytes: the file becomes sparse zeros again.
+    fn discard_data(&self, ld: &Ld) -> Result<()> {
+        ld.file
+            .set_len(0)
+            .and_then(|_| ld.file.set_len(ld.capacity_bytes))
+            .map_err(|e| ArrayError::io(&ld.path, e))
+    }
+
+    // ---- rules shared with pairs -----------------------------------------------------------
+
+    /// pair set: a business copy LD is never an MV.
+    pub(super) fn check_pair_mv_vs_copies(&self, id: &PairId) -> Result<()> {
+        if let Some(s) = self.copy_slot(id.mv.ld) {
+            return Err(ArrayError::refused(
+                Rule::OneRolePerLd,
+                format!(
+                    "MV {} is the business copy of LD {}",
+                    id.mv,
+                    lock(&s.rec).parent
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// RV claim: a business copy or a parent is never an RV. Called with `roles` locked.
+    pub(super) fn check_rv_vs_copies(&self, rv: u32) -> Result<()> {
+        if let Some(s) = self.copy_slot(rv) {
+            return Err(ArrayError::refused(
+                Rule::OneRolePerLd,
+                format!(
+                    "LD {}:{rv} is the business copy of LD {}",
+                    self.name,
+                    lock(&s.rec).parent
+                ),
+            ));
+        }
+        if !self.copies_of_parent(rv).is_empty() {
+            return Err(ArrayError::refused(
+                Rule::CopyParentNotRv,
+                format!(
+                    "LD {}:{rv} is the parent of business copies; replication writes would bypass their copy-before-write",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replicate and restore of a pair whose MV is a parent: nothing may copy a parent that is
+    /// being restored from a copy, and a pair restore would write beneath attached copies.
+    pub(super) fn check_pair_op_vs_copies(&self, id: &PairId, what: &str) -> Result<()> {
+        if !matches!(what, "replicate" | "restore") {
+            return Ok(());
+        }
+        for s in self.copies_of_parent(id.mv.ld) {
+            let r = lock(&s.rec);
+            match r.state {
+                CopyState::CopyingToParent => {
+                    return Err(wrong(
+                        &r,
+                        &self.name,
+                        what,
+                        "the copy to the parent to finish first",
+                    ));
+                }
+                CopyState::Attached if what == "restore" => {
+                    return Err(ArrayError::refused(
+                        Rule::PairRestoreNeedsDetachedCopies,
+                        format!(
+                            "MV {} has the attached business copy {}:{}; detach or delete it first",
+                            id.mv, self.name, r.copy
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy cannot be (re)made while its parent is being restored from a pair's RV or from
+    /// another copy: the parent's on-disk blocks are not its content yet.
+    fn check_parent_stable(&self, parent: u32, copy: u32, op: &str) -> Result<()> {
+        for s in self.pairs_of_mv(parent) {
+            let r = lock(&s.rec);
+            if r.state.sync == SyncState::RstExec {
+                return Err(ArrayError::WrongState {
+                    pair: r.id.to_string(),
+                    state: r.state.to_string(),
+                    op: op.into(),
+                    needs: "no restore copying into the parent".into(),
+                });
+            }
+        }
+        for s in self.copies_of_parent(parent) {
+            let r = lock(&s.rec);
+            if r.copy != copy && r.state == CopyState::CopyingToParent {
+                return Err(wrong(
+                    &r,
+                    &self.name,
+                    op,
+                    "no other copy of the parent copying to it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- control ---------------------------------------------------------------------------
+
+    pub(super) async fn copy_create(
+        self: &Arc<Self>,
+        parent: u32,
+        copy: u32,
+        attached: bool,
+    ) -> Result<CopyInfo> {
+        self.check_open()?;
+        let _op = self.op_lock.lock().await;
+        let p = self.ld(parent)?.clone();
+        let c = self.ld(copy)?.clone();
+        let (pn, cn) = (
+            format!("{}:{parent}", self.name),
+            format!("{}:{copy}", self.name),
+        );
+        if parent == copy {
+            return Err(ArrayError::refused(
+                Rule::OneRolePerLd,
+                format!("{pn} cannot be its own business copy"),
+            ));
+        }
+        if p.capacity_bytes != c.capacity_bytes {
+            return Err(ArrayError::refused(
+                Rule::SameCapacity,
+                format!(
+                    "parent {pn} has {} bytes, copy {cn} has {}",
+                    p.capacity_bytes, c.capacity_bytes
+                ),
+            ));
+        }
+        if p.format != c.format {
+            return Err(ArrayError::refused(
+                Rule::SameFormat,
+                format!("parent {pn} is {}, copy {cn} is {}", p.format, c.format),
+            ));
+        }
+        self.check_parent_stable(parent, copy, "copy create")?;
+        let _pg = p.io.lock().await;
+        let _cg = c.io.lock().await;
+        let slot = {
+            // Roles before copies, as in an RV claim, so neither can slip past the other.
+            let roles = lock(&self.roles);
+            let one_role = |d: String| Err(ArrayError::refused(Rule::OneRolePerLd, d));
+            if let Some(r) = roles.get(&copy) {
+                return one_role(format!("copy {cn} is the RV of {}", r.mv));
+            }
+            if roles.contains_key(&parent) {
+                return Err(ArrayError::refused(
+                    Rule::CopyParentNotRv,
+                    format!(
+                        "parent {pn} is an RV; replication writes would bypass the copy-before-write"
+                    ),
+                ));
+            }
+            if lock(&self.pairs).keys().any(|id| id.mv.ld == copy) {
+                return one_role(format!("copy {cn} is the MV of a pair"));
+            }
+            let mut copies = lock(&self.copies);
+            if let Some(s) = copies.get(&copy) {
+                return one_role(format!(
+                    "{cn} is already the business copy of {}:{}",
+                    self.name,
+                    lock(&s.rec).parent
+                ));
+            }
+            if copies.contains_key(&parent) {
+                return Err(ArrayError::refused(
+                    Rule::NoCopyOfCopy,
+                    format!("parent {pn} is itself a business copy"),
+                ));
+            }
+            if copies.values().any(|s| lock(&s.rec).parent == copy) {
+                return one_role(format!("copy {cn} is the parent of business copies"));
+            }
+            let blocks = p.capacity_bytes / self.block_bytes;
+            let mut rec = CopyRec {
+                parent,
+                copy,
+                state: CopyState::Detached,
+                pit_unix_ms: None,
+                pending: Bitmap::new(blocks),
+                differ: Bitmap::new(blocks),
+                to_parent: Bitmap::new(blocks),
+                last_op: None,
+                unsynced: None,
+            };
+            if attached {
+                rec.snapshot();
+                rec.start_op("create attached", false);
+            } else {
+                rec.start_op("create detached", true);
+            }
+            let slot = CopySlot::new(rec);
+            copies.insert(copy, slot.clone());
+            slot
+        };
+        let res = match self.persist_copy_durable(&slot).await {
+            // A detached copy holds no data; an attached one reads everything from the parent
+            // until copied, so the old bytes are never visible either way.
+            Ok(()) if !attached => self.discard_data(&c),
+            r => r,
+        };
+        if let Err(e) = res {
+            lock(&self.copies).remove(&copy);
+            let _ = self.copies_tree.remove(copy.to_string());
+            return Err(e);
+        }
+        Inner::start_copy_engine(self, &slot);
+        self.copy_changed(&slot, "created");
+        Ok(self.copy_info(&lock(&slot.rec)))
+    }
+
+    pub(super) async fn copy_attach(self: &Arc<Self>, copy: u32) -> Result<CopyInfo> {
+        self.check_open()?;
+        let _op = self.op_lock.lock().await;
+        let slot = self.copy_slot_or_404(copy)?;
+        let parent = {
+            let r = lock(&slot.rec);
+            if r.state == CopyState::CopyingToParent {
+                return Err(wrong(&r, &self.name, "attach", "attached or detached"));
+            }
+            r.parent
+        };
+        self.check_parent_stable(parent, copy, "copy attach")?;
+        let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
+        let _pg = p.io.lock().await;
+        let _cg = c.io.lock().await;
+        {
+            let mut r = lock(&slot.rec);
+            r.snapshot();
+            r.start_op("attach", false);
+        }
+        self.persist_copy_durable(&slot).await?;
+        slot.wake.notify_one();
+        self.copy_changed(&slot, "attached");
+        Ok(self.copy_info(&lock(&slot.rec)))
+    }
+
+    pub(super) async fn copy_detach(self: &Arc<Self>, copy: u32) -> Result<CopyInfo> {
+        self.check_open()?;
+        let _op = self.op_lock.lock().await;
+        let slot = self.copy_slot_or_404(copy)?;
+        let parent = {
+            let r = lock(&slot.rec);
+            if r.state != CopyState::Attached {
+                return Err(wrong(&r, &self.name, "detach", "attached"));
+            }
+            r.parent
+        };
+        let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
+        let _pg = p.io.lock().await;
+        let _cg = c.io.lock().await;
+        {
+            let mut r = lock(&slot.rec);
+            r.discard();
+            r.start_op("detach", true);
+        }
+        self.persist_copy_durable(&slot).await?;
+        self.discard_data(&c)?;
+        self.copy_changed(&slot, "detached");
+        Ok(self.copy_info(&lock(&slot.rec)))
+    }
+
+    pub(super) async fn copy_delete(self: &Arc<Self>, copy: u32) -> Result<()> {
+        self.check_open()?;
+        let _op = self.op_lock.lock().await;
+        let slot = self.copy_slot_or_404(copy)?;
+        let parent = {
+            let r = lock(&slot.rec);
+            if r.state == CopyState::CopyingToParent {
+                return Err(wrong(&r, &self.name, "delete", "attached or detached"));
+            }
+            r.parent
+        };
+        let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
+        let _pg = p.io.lock().await;
+        let _cg = c.io.lock().await;
+        self.copies_tree
+            .remove(copy.to_string())
+            .map_err(|e| self.meta_err(e))?;
+        self.flush().await?;
+        lock(&self.copies).remove(&copy);
+        slot.stop.store(true, Ordering::SeqCst);
+        slot.wake.notify_one();
+        self.discard_data(&c)?;
+        self.copy_changed(&slot, "deleted");
+        Ok(())
+    }
+
+    pub(super) async fn copy_to_parent(
+        self: &Arc<Self>,
+        copy: u32,
+        wait_timeout_ms: Option<u64>,
+    ) -> Result<CopyInfo> {
+        self.check_open()?;
+        let slot = {
+            let _op = self.op_lock.lock().await;
+            let slot = self.copy_slot_or_404(copy)?;
+            let parent = {
+                let r = lock(&slot.rec);
+                if r.state != CopyState::Attached {
+                    return Err(wrong(&r, &self.name, "copy to parent", "attached"));
+                }
+                r.parent
+            };
+            let pair_slots = self.pairs_of_mv(parent);
+            for s in &pair_slots {
+                let r = lock(&s.rec);
+                if !r.is_separated_family() {
+                    return Err(ArrayError::refused(
+                        Rule::CopyToParentNeedsSeparatedPairs,
+                        format!(
+                            "parent {}:{parent} is the MV of pair {}, which is {}",
+                            self.name, r.id, r.state
+                        ),
+                    ));
+                }
+            }
+            self.check_parent_stable(parent, copy, "copy to parent")?;
+            let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
+            let _pg = p.io.lock().await;
+            let _cg = c.io.lock().await;
+            let moved = {
+                let mut r = lock(&slot.rec);
+                let n = r.differ.len();
+                r.to_parent = std::mem::replace(&mut r.differ, Bitmap::new(n));
+                r.state = CopyState::CopyingToParent;
+                r.start_op("copy to parent", false);
+                r.to_parent.clone()
+            };
+            // The parent's pairs must learn which MV blocks the restore changes, or their next
+            // differential replicate would skip them.
+            for s in &pair_slots {
+                lock(&s.rec).mv_dirty.union_with(&moved);
+                self.persist_pair(s, true)?;
+            }
+            self.persist_copy_durable(&slot).await?;
+            slot.wake.notify_one();
+            self.copy_changed(&slot, "copying to parent");
+            slot
+        };
+        match wait_timeout_ms {
+            None => Ok(self.copy_info(&lock(&slot.rec))),
+            Some(t) => self.wait_copy_to_parent(&slot, t).await,
+        }
+    }
+
+    async fn wait_copy_to_parent(&self, slot: &CopySlot, timeout_ms: u64) -> Result<CopyInfo> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut rx = slot.changed.subscribe();
+        loop {
+            let info = self.copy_info(&lock(&slot.rec));
+            if info.state != CopyState::CopyingToParent {
+                return Ok(info);
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep(crate::WAIT_RECHECK) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ArrayError::Timeout {
+                        what: format!("business copy {} to finish copying to its parent", info.copy),
+                        timeout_ms,
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) fn copy_list(&self) -> Vec<CopyInfo> {
+        let slots: Vec<_> = lock(&self.copies).values().cloned().collect();
+        slots
+            .iter()
+            .map(|s| self.copy_info(&lock(&s.rec)))
+            .collect()
+    }
+
+    pub(super) async fn close_copies(&self) -> Result<()> {
+        let slots: Vec<_> = lock(&self.copies).values().cloned().collect();
+        for s in &slots {
+            s.stop.store(true, Ordering::SeqCst);
+            s.wake.notify_one();
+            let h = lock(&s.engine).take();
+            if let Some(h) = h {
+                let _ = h.await;
+            }
+            self.persist_copy(s)?;
+        }
+        Ok(())
+    }
+
+    // ---- host I/O --------------------------------------------------------------------------
+
+    /// Locks parent then copy and checks the copy is still this slot and attached.
+    async fn lock_copy_for_io<'a>(
+        &self,
+        slot: &Arc<CopySlot>,
+        p: &'a Ld,
+        c: &'a Ld,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'a, ()>,
+        tokio::sync::MutexGuard<'a, ()>,
+    )> {
+        let pg = p.io.lock().await;
+        let cg = c.io.lock().await;
+        let current = lock(&self.copies)
+            .get(&c.number)
+            .is_some_and(|s| Arc::ptr_eq(s, slot));
+        let r = lock(&slot.rec);
+        if !current || r.state != CopyState::Attached {
+            let state = if current {
+                r.state.to_string()
+            } else {
+                "deleted".into()
+            };
+            return Err(ArrayError::refused(
+                Rule::CopyAccess,
+                format!(
+                    "LD {}:{} is a business copy that is {state}: no host I/O until it is attached",
+                    self.name, c.number
+                ),
+            ));
+        }
+        drop(r);
+        Ok((pg, cg))
+    }
+
+    pub(super) async fn copy_host_read(
+        &self,
+        slot: &Arc<CopySlot>,
+        c: &Arc<Ld>,
+        off: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let parent = lock(&slot.rec).parent;
+        let p = self.ld(parent)?.clone();
+        let _g = self.lock_copy_for_io(slot, &p, c).await?;
+        let mut data = c.read_at(&self.name, off, len)?;
+        let (b0, b1) = self.blocks(off, len);
+        let from_parent: Vec<u64> = {
+            let r = lock(&slot.rec);
+            (b0..b1).filter(|&b| r.pending.get(b)).collect()
+        };
+        for b in from_parent {
+            let boff = b * self.block_bytes;
+            let src = p.read_at(&self.name, boff, self.block_bytes)?;
+            overlay(&mut data, off, &src, boff);
+        }
+        Ok(data)
+    }
+
+    pub(super) async fn copy_host_write(
+        &self,
+        slot: &Arc<CopySlot>,
+        c: &Arc<Ld>,
+        off: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let len = data.len() as u64;
+        let parent = lock(&slot.rec).parent;
+        let p = self.ld(parent)?.clone();
+        let _g = self.lock_copy_for_io(slot, &p, c).await?;
+        let (b0, b1) = self.blocks(off, len);
+        let pending: Vec<u64> = {
+            let r = lock(&slot.rec);
+            (b0..b1).filter(|&b| r.pending.get(b)).collect()
+        };
+        for &b in &pending {
+            let boff = b * self.block_bytes;
+            // A block the write covers whole needs nothing from the parent.
+            if off <= boff && boff + self.block_bytes <= off + len {
+                continue;
+            }
+            let src = p.read_at(&self.name, boff, self.block_bytes)?;
+            c.write_at(&self.name, boff, &src)?;
+        }
+        c.write_at(&self.name, off, data)?;
+        let changed = {
+            let mut r = lock(&slot.rec);
+            let mut changed = r.differ.set_range(b0, b1) > 0;
+            for &b in &pending {
+                changed |= r.pending.clear(b);
+            }
+            changed || r.relies_on_unsynced(b0, b1)
+        };
+        // The cleared bits say "the copy LD holds this block now": the write is acknowledged
+        // only once that is on disk.
+        if changed {
+            self.persist_copy_durable(slot).await?;
+        }
+        Ok(())
+    }
+
+    /// A plain LD that became a business copy while the I/O waited for its lock must not be
+    /// touched as a plain LD.
+    fn still_plain(&self, ld: &Ld) -> Result<()> {
+        if self.copy_slot(ld.number).is_some() {
+            return Err(ArrayError::refused(
+                Rule::CopyAccess,
+                format!(
+                    "LD {}:{} became a business copy while this I/O waited; retry",
+                    self.name, ld.number
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parent reads while a copy is copied back: blocks not moved yet come from the copy LD.
+    /// The caller holds the parent's I/O lock.
+    pub(super) async fn parent_read_overlay(
+        &self,
+        p: &Ld,
+        off: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        self.still_plain(p)?;
+        let (b0, b1) = self.blocks(off, data.len() as u64);
+        for s in self.copies_of_parent(p.number) {
+            let (copy, blocks) = {
+                let r = lock(&s.rec);
+                if r.state != CopyState::CopyingToParent {
+                    continue;
+                }
+                let v: Vec<u64> = (b0..b1).filter(|&b| r.to_parent.get(b)).collect();
+                (r.copy, v)
+            };
+            if blocks.is_empty() {
+                continue;
+            }
+            let c = self.ld(copy)?.clone();
+            let _cg = c.io.lock().await;
+            for b in blocks {
+                let boff = b * self.block_bytes;
+                let src = c.read_at(&self.name, boff, self.block_bytes)?;
+                overlay(data, off, &src, boff);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs before bytes land on a parent at `[off, off+len)`: keeps every attached copy's
+    /// point in time (copy-before-write), pulls in blocks still to come from a copy being
+    /// copied back, and records the change. `except` is the copy whose own copy-back is doing
+    /// the write. The caller holds the parent's I/O lock.
+    pub(super) async fn before_parent_write(
+        &self,
+        p: &Ld,
+        off: u64,
+        len: u64,
+        except: Option<u32>,
+    ) -> Result<()> {
+        self.still_plain(p)?;
+        let (b0, b1) = self.blocks(off, len);
+        let mut flushed = Vec::new();
+        for s in self.copies_of_parent(p.number) {
+            let (copy, state, cbw, pull) = {
+                let r = lock(&s.rec);
+                if r.state == CopyState::Detached || Some(r.copy) == except {
+                    continue;
+                }
+                let cbw: Vec<u64> = (b0..b1).filter(|&b| r.pending.get(b)).collect();
+                let pull: Vec<u64> = (b0..b1).filter(|&b| r.to_parent.get(b)).collect();
+                (r.copy, r.state, cbw, pull)
+            };
+            let c = self.ld(copy)?.clone();
+            let _cg = c.io.lock().await;
+            let mut cbw_err = None;
+            for &b in &cbw {
+                let boff = b * self.block_bytes;
+                let r = p
+                    .read_at(&self.name, boff, self.block_bytes)
+                    .and_then(|d| c.write_at(&self.name, boff, &d));
+                if let Err(e) = r {
+                    cbw_err = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = cbw_err {
+                if state == CopyState::Attached {
+                    // The copy can no longer keep its point in time. The parent's host comes
+                    // first, as with a pair's copy fault: the copy is discarded, the write
+                    // goes on.
+                    tracing::warn!(array = %self.name, copy, error = %e, "copy-before-write failed: business copy detached");
+                    {
+                        let mut r = lock(&s.rec);
+                        r.discard();
+                        r.start_op("detach (copy fault)", true);
+                    }
+                    self.persist_copy(&s)?;
+                    flushed.push(s.clone());
+                    self.copy_changed(&s, "detached after a copy fault");
+                    continue;
+                }
+                // Copying back: the parent's content lives partly on this copy; without it the
+                // parent cannot take the write.
+                return Err(e);
+            }
+            for &b in &pull {
+                let boff = b * self.block_bytes;
+                if off <= boff && boff + self.block_bytes <= off + len {
+                    continue;
+                }
+                let d = c.read_at(&self.name, boff, self.block_bytes)?;
+                p.write_at(&self.name, boff, &d)?;
+            }
+            let changed = {
+                let mut r = lock(&s.rec);
+                let mut changed = r.differ.set_range(b0, b1) > 0;
+                for &b in &cbw {
+                    changed |= r.pending.clear(b);
+                }
+                for &b in &pull {
+                    changed |= r.to_parent.clear(b);
+                }
+                changed || r.relies_on_unsynced(b0, b1)
+            };
+            if changed {
+                self.persist_copy(&s)?;
+                flushed.push(s.clone());
+            }
+        }
+        if !flushed.is_empty() {
+            self.flush().await?;
+            // The caller holds the parent's lock, which the background copy needs to clear
+            // bits: the snapshots just flushed hold every clear made so far.
+            for s in flushed {
+                lock(&s.rec).unsynced = None;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- background copy -------------------------------------------------------------------
+
+    pub(super) fn start_copy_engine(this: &Arc<Self>, slot: &Arc<CopySlot>) {
+        let h = tokio::spawn(Inner::copy_engine(this.clone(), slot.clone()));
+        *lock(&slot.engine) = Some(h);
+    }
+
+    /// Fills an attached copy from its parent, or moves a copy back to its parent, at the
+    /// array's copy pace. Copying back comes first; the fill resumes after it.
+    async fn copy_engine(this: Arc<Self>, slot: Arc<CopySlot>) {
+        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
+        if this.pace_bytes_per_s > 0 {
+            run_bytes = run_bytes.min(this.pace_bytes_per_s / 10);
+        }
+        let run_blocks_max = (run_bytes / this.block_bytes).max(1);
+        let mut cursor = 0u64;
+        let mut last_persist = tokio::time::Instant::now();
+        loop {
+            if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            enum Step {
+                Idle,
+                Finished(&'static str),
+                Run { back: bool, start: u64 },
+            }
+            let (parent, copy, step) = {
+                let mut r = lock(&slot.rec);
+                let step = match r.state {
+                    CopyState::CopyingToParent => match r.to_parent.next_set(cursor) {
+                        Some(start) => Step::Run { back: true, start },
+                        None => {
+                            r.state = CopyState::Attached;
+                            r.end_op();
+                            Step::Finished("copy to parent complete")
+                        }
+                    },
+                    CopyState::Attached => match r.pending.next_set(cursor) {
+                        Some(start) => Step::Run { back: false, start },
+                        None if r
+                            .last_op
+                            .as_ref()
+                            .is_some_and(|l| l.ended_unix_ms.is_none()) =>
+                        {
+                            r.end_op();
+                            Step::Finished("copy fully independent of its parent")
+                        }
+                        None => Step::Idle,
+                    },
+                    CopyState::Detached => Step::Idle,
+                };
+                (r.parent, r.copy, step)
+            };
+            let (back, start) = match step {
+                Step::Idle => {
+                    let _ = tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified())
+                        .await;
+                    continue;
+                }
+                Step::Finished(what) => {
+                    if let Err(e) = this.persist_copy_durable(&slot).await {
+                        tracing::error!(array = %this.name, copy, error = %e, "cannot persist business copy");
+                    }
+                    this.copy_changed(&slot, what);
+                    continue;
+                }
+                Step::Run { back, start } => (back, start),
+            };
+            let (Ok(p), Ok(c)) = (this.ld(parent).cloned(), this.ld(copy).cloned()) else {
+                return;
+            };
+            let res = {
+                let _pg = p.io.lock().await;
+                let _cg = c.io.lock().await;
+                if slot.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Re-read the run under the locks: host writes may have taken blocks.
+                let n = {
+                    let r = lock(&slot.rec);
+                    let bits = if back { &r.to_parent } else { &r.pending };
+                    let mut n = 0;
+                    while n < run_blocks_max && bits.get(start + n) {
+                        n += 1;
+                    }
+                    n
+                };
+                let (off, len) = (start * this.block_bytes, n * this.block_bytes);
+                let moved = if n == 0 {
+                    Ok(())
+                } else if back {
+                    match c.read_at(&this.name, off, len) {
+                        Ok(d) => match this.before_parent_write(&p, off, len, Some(copy)).await {
+                            Ok(()) => p.write_at(&this.name, off, &d),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    p.read_at(&this.name, off, len)
+                        .and_then(|d| c.write_at(&this.name, off, &d))
+                };
+                moved.map(|_| {
+                    let mut r = lock(&slot.rec);
+                    for b in start..start + n {
+                        if back {
+                            r.to_parent.clear(b);
+                        } else {
+                            r.pending.clear(b);
+                        }
+                        r.lazily_cleared(b);
+                    }
+                    n
+                })
+            };
+            match res {
+                Ok(n) => {
+                    cursor = start + n.max(1);
+                    if this.pace_bytes_per_s > 0 && n > 0 {
+                        let secs = (n * this.block_bytes) as f64 / this.pace_bytes_per_s as f64;
+                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    }
+                    if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
+                        // Lazy, like pairs: a lost clear only recopies blocks whose source is
+                        // unchanged; writes that rely on a clear flush it first (`unsynced`).
+                        let _ = this.persist_copy(&slot);
+                        last_persist = tokio::time::Instant::now();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(array = %this.name, copy, error = %e, "business copy background copy failed; retrying");
+                    let _ = tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified())
+                        .await;
+                }
+            }
+        }
+    }
+}
