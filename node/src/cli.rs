@@ -84,6 +84,10 @@ pub enum Command {
     /// Replication pairs of an array: set, unset, list, query, replicate, separate, restore, wait.
     #[command(subcommand)]
     Pair(stillpoint_array::cli::PairCommand),
+    /// Point-in-time business copies of an array's LDs: create, attach, detach, delete,
+    /// to-parent, list.
+    #[command(subcommand)]
+    Copy(stillpoint_array::cli::CopyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +153,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Array(c) => return array_exit(c.run().await),
         Command::Ld(c) => return array_exit(c.run().await),
         Command::Pair(c) => return array_exit(c.run().await),
+        Command::Copy(c) => return array_exit(c.run().await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The software array as its own process, as an operator runs it: `stillpoint array serve`
 //! killed (SIGKILL) in the middle of a copy restarts with the same pair state and finishes the
-//! copy; the `ld` and `pair` commands answer with JSON and the binary's documented exit codes.
+//! copy; the `ld`, `pair` and `copy` commands answer with JSON and the binary's documented exit
+//! codes.
 
 #[path = "../../array/tests/common/mod.rs"]
 mod common;
@@ -174,4 +175,128 @@ async fn killed_array_process_restarts_consistent_and_finishes_the_copy() {
         "unreachable: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn copy_commands_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array.toml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    write_config(&cfg, &dir.path().join("data"), port, 0);
+    let _child = spawn_array(&cfg);
+    let a = connect(&addr).await;
+    let img = pattern(3, CAP as usize);
+    a.write("h", 0, 0, &img).await.unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("STILLPOINT_ARRAY", &addr)
+            .env_remove("STILLPOINT_ENDPOINT")
+            .output()
+            .expect("run CLI");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text, out.stdout)
+    };
+    let (code, text, json) = cli(&[
+        "copy", "create", "--parent", "0", "--copy", "1", "--output", "json",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let c: Vec<CopyInfo> = serde_json::from_slice(&json).expect("json copy");
+    assert_eq!(c[0].state, CopyState::Attached);
+    assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&img));
+    let (_, text, _) = cli(&["ld", "list"]);
+    assert!(
+        text.contains("parent (1 copies)") && text.contains("copy of A:0 (attached)"),
+        "{text}"
+    );
+    let (code, text, _) = cli(&["copy", "create", "--parent", "0", "--copy", "0"]);
+    assert_eq!(code, Some(3), "refused: {text}");
+    assert!(text.contains("one-role-per-ld"), "{text}");
+    let (code, text, _) = cli(&["copy", "detach", "--copy", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("detached"), "{text}");
+    let (code, text, _) = cli(&["copy", "to-parent", "--copy", "1"]);
+    assert_eq!(code, Some(7), "wrong state: {text}");
+    assert!(text.contains("is detached"), "{text}");
+    let (code, text, _) = cli(&["copy", "attach", "--copy", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    a.write("h", 0, 0, &pattern(4, CAP as usize)).await.unwrap();
+    let (code, text, _) = cli(&[
+        "copy",
+        "to-parent",
+        "--copy",
+        "1",
+        "--wait",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("attached"), "{text}");
+    assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&img));
+    let (code, text, json) = cli(&["copy", "list", "--output", "json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let c: Vec<CopyInfo> = serde_json::from_slice(&json).expect("json copy list");
+    assert_eq!(c[0].to_parent_blocks, 0);
+    let (code, text, _) = cli(&["copy", "delete", "--copy", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text, _) = cli(&["copy", "attach", "--copy", "1"]);
+    assert_eq!(code, Some(8), "not found: {text}");
+}
+
+#[tokio::test]
+async fn killed_array_process_keeps_business_copy_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array.toml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let copy_of = |list: Vec<CopyInfo>| list.into_iter().next().expect("one copy");
+    let img = pattern(5, CAP as usize);
+    let copy_img;
+    {
+        write_config(&cfg, &dir.path().join("data"), port, 128 * 1024);
+        let _child = spawn_array(&cfg);
+        let a = connect(&addr).await;
+        a.write("h", 0, 0, &img).await.unwrap();
+        a.copy_create(0, 1, true).await.unwrap();
+        eventually("fill underway", || async {
+            copy_of(a.copy_list().await.unwrap()).parent_ref_blocks < 30
+        })
+        .await;
+        // Blocks the fill took lazily and blocks it has not reached, on both sides.
+        for b in [0u64, 1, 20, 31] {
+            a.write("h", 0, b * BLOCK + 7, b"parent").await.unwrap();
+        }
+        a.write("h", 1, 25 * BLOCK + 3, b"copy").await.unwrap();
+        copy_img = read_all(&a, 1, CAP).await;
+        let mut expect = img.clone();
+        expect[(25 * BLOCK + 3) as usize..(25 * BLOCK + 7) as usize].copy_from_slice(b"copy");
+        assert_eq!(crc(&copy_img), crc(&expect));
+        // The child is SIGKILLed here.
+    }
+    {
+        let _child = spawn_array(&cfg);
+        let a = connect(&addr).await;
+        assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&copy_img));
+        a.copy_to_parent(1, None).await.unwrap();
+        assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&copy_img));
+        a.write("h", 0, 2 * BLOCK, b"after").await.unwrap();
+    }
+    write_config(&cfg, &dir.path().join("data"), port, 0);
+    let _child = spawn_array(&cfg);
+    let a = connect(&addr).await;
+    let mut expect = copy_img.clone();
+    expect[(2 * BLOCK) as usize..(2 * BLOCK + 5) as usize].copy_from_slice(b"after");
+    assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&expect));
+    eventually("copy back and fill finish after the kills", || async {
+        let c = copy_of(a.copy_list().await.unwrap());
+        c.state == CopyState::Attached && c.parent_ref_blocks == 0
+    })
+    .await;
+    assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&expect));
+    assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&copy_img));
 }
