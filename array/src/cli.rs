@@ -9,20 +9,9 @@
 //! RDR). Operations with `--wait` show a progress bar on a terminal while the copy runs and give
 //! up after `--timeout` seconds (the operation itself goes on).
 //!
-//! ## Exit codes (for job schedulers)
-//!
-//! | code | meaning |
-//! |------|---------|
-//! | 0 | done (and, with `--wait`, the awaited state was reached) |
-//! | 1 | any other error (bad config, local disk I/O, corrupt metadata, LD failed) |
-//! | 2 | usage error (clap) |
-//! | 3 | refused by a rule (the message names it); retrying is pointless |
-//! | 4 | wrong pair state for the operation, or the awaited state became unreachable |
-//! | 5 | `--wait`/`wait` timed out; the operation continues |
-//! | 6 | array unreachable; nothing was done, retry later |
-//! | 7 | outcome unknown; query the pair before retrying |
-//! | 8 | not found (LD, pair, peer) |
-//! | 9 | invalid input |
+//! Errors come back as [`ArrayError`]; the binary turns them into its one exit-code table
+//! (`stillpoint_node::error::exit`, listed in the README), shared with the cluster and volume
+//! commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
