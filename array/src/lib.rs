@@ -24,9 +24,11 @@
 //!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated).
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
 //!   [`COPY_RUN_BYTES_MAX`], holding the MV's I/O lock for each run, at the configured
-//!   `copy_pace_bytes_per_s`. When the bitmap empties in an `exec` state the pair moves on
-//!   (`rpl/exec`→`rpl/sync`, `sep/exec`→`separated`, `rst/exec`→`rst/sync` or, for protect,
-//!   `separated`).
+//!   `copy_pace_bytes_per_s` ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR
+//!   run moves file to file inside the kernel (`copy_file_range`, as `cp` does) on a blocking
+//!   thread; an RDR run is read and sent over the link. When the bitmap empties in an `exec`
+//!   state the pair moves on (`rpl/exec`→`rpl/sync`, `sep/exec`→`separated`, `rst/exec`→
+//!   `rst/sync` or, for protect, `separated`).
 //! - **Copy control.** In `rpl/sync`, a sync pair writes MV and RV before acknowledging; a
 //!   background pair marks the block and lets the engine reflect it; a semi-sync pair (RDR only)
 //!   marks blocks until `semi_sync_backlog_blocks_max` are pending and writes synchronously

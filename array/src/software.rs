@@ -112,6 +112,71 @@ impl Ld {
             .write_all_at(data, off)
             .map_err(|e| ArrayError::io(&self.path, e))
     }
+    /// Copies `[off, off + len)` of this LD to the same range of `dst`. Blocking: run it on a
+    /// blocking thread. The bytes move inside the kernel (`copy_file_range`, as `cp` does: no
+    /// user-space buffer, no zero-filling); where the kernel cannot, through one buffer. Like
+    /// `write_at`, nothing is fsynced.
+    fn copy_to(&self, dst: &Ld, array: &str, off: u64, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        for ld in [self, dst] {
+            if ld.failed.load(Ordering::SeqCst) {
+                return Err(ld.fail_err(array));
+            }
+        }
+        let mut done = 0u64;
+        while done < len {
+            let mut off_in = (off + done) as libc::loff_t;
+            let mut off_out = off_in;
+            // SAFETY: both descriptors are open files owned by `self` and `dst`; the offsets
+            // are valid pointers for the duration of the call.
+            let n = unsafe {
+                libc::copy_file_range(
+                    self.file.as_raw_fd(),
+                    &mut off_in,
+                    dst.file.as_raw_fd(),
+                    &mut off_out,
+                    (len - done) as usize,
+                    0,
+                )
+            };
+            if n > 0 {
+                done += n as u64;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match (n, e.raw_os_error()) {
+                (0, _) => {
+                    return Err(ArrayError::io(
+                        &self.path,
+                        format!("unexpected end of file at {}", off + done),
+                    ));
+                }
+                (_, Some(libc::EINTR)) => continue,
+                (
+                    _,
+                    Some(
+                        libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL | libc::EPERM,
+                    ),
+                ) => return self.copy_by_buffer(dst, array, off + done, len - done),
+                _ => return Err(ArrayError::io(&dst.path, e)),
+            }
+        }
+        Ok(())
+    }
+    /// `copy_to` through user space, for filesystems without in-kernel copies.
+    fn copy_by_buffer(&self, dst: &Ld, array: &str, off: u64, len: u64) -> Result<()> {
+        let mut buf = vec![0u8; len.min(crate::COPY_RUN_BYTES_MAX) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], off + done)
+                .map_err(|e| ArrayError::io(&self.path, e))?;
+            dst.write_at(array, off + done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// RV role of one of our LDs, persisted.
@@ -133,7 +198,8 @@ struct PairSlot {
 struct Inner {
     name: String,
     block_bytes: u64,
-    pace_bytes_per_s: u64,
+    /// Copy pace of every engine (0 = unpaced); changed at runtime by `set_copy_pace`.
+    pace_bytes_per_s: AtomicU64,
     backlog_max: u64,
     lds: BTreeMap<u32, Arc<Ld>>,
     db: sled::Db,
@@ -296,7 +362,7 @@ impl SoftwareArray {
         let inner = Arc::new(Inner {
             name: cfg.name.clone(),
             block_bytes: cfg.block_bytes,
-            pace_bytes_per_s: cfg.copy_pace_bytes_per_s,
+            pace_bytes_per_s: AtomicU64::new(cfg.copy_pace_bytes_per_s),
             backlog_max: cfg.semi_sync_backlog_blocks_max.max(1),
             lds,
             db,
@@ -326,6 +392,15 @@ impl SoftwareArray {
     /// The link to a peer, for tests and fault injection.
     pub fn link(&self, peer: &str) -> Option<Arc<Link>> {
         self.inner.peers.get(peer).map(|(_, l)| l.clone())
+    }
+
+    /// Changes the copy pace of every pair and business copy from its next run on (the config's
+    /// `copy_pace_bytes_per_s`; 0 copies as fast as the disk goes). Not persisted: a restart
+    /// takes the configured pace again.
+    pub fn set_copy_pace(&self, bytes_per_s: u64) {
+        self.inner
+            .pace_bytes_per_s
+            .store(bytes_per_s, Ordering::SeqCst);
     }
 
     /// Stops copy engines, persists every pair and flushes metadata. The array refuses work
@@ -726,13 +801,60 @@ impl Inner {
         *lock(&slot.engine) = Some(h);
     }
 
-    async fn engine(this: Arc<Self>, slot: Arc<PairSlot>) {
-        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
-        if this.pace_bytes_per_s > 0 {
-            // Keep each paced run short so the pace is smooth and writes are not starved.
-            run_bytes = run_bytes.min(this.pace_bytes_per_s / 10);
+    /// Copies one run between the MV and the RV; the caller holds the MV's I/O lock. A DDR run
+    /// goes file to file on a blocking thread (it can take milliseconds; the runtime's workers
+    /// stay free for host I/O on other LDs); an RDR run crosses the link.
+    async fn copy_run(
+        self: &Arc<Self>,
+        id: &PairId,
+        mv: &Arc<Ld>,
+        dir: &Dir,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        if id.kind() == PairKind::Ddr {
+            let rv = self.ld(id.rv.ld)?.clone();
+            let (src, dst) = match dir {
+                Dir::MvToRv => (mv.clone(), rv),
+                Dir::RvToMv => (rv, mv.clone()),
+            };
+            let name = self.name.clone();
+            return match tokio::task::spawn_blocking(move || src.copy_to(&dst, &name, off, len))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(ArrayError::Unreachable {
+                    target: format!("array {}", self.name),
+                    detail: format!("copy thread did not finish: {e}"),
+                }),
+            };
         }
-        let run_blocks_max = (run_bytes / this.block_bytes).max(1);
+        match dir {
+            Dir::MvToRv => {
+                let d = mv.read_at(&self.name, off, len)?;
+                self.rv_write(id, off, &d).await
+            }
+            Dir::RvToMv => {
+                let d = self.rv_read(id, off, len).await?;
+                mv.write_at(&self.name, off, &d)
+            }
+        }
+    }
+
+    /// Longest run in blocks and the pace (bytes/s, 0 = unpaced) for a copy's next run; read per
+    /// run so `set_copy_pace` takes effect at once.
+    fn run_shape(&self) -> (u64, u64) {
+        let pace = self.pace_bytes_per_s.load(Ordering::SeqCst);
+        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
+        if pace > 0 {
+            // Keep each paced run short so the pace is smooth and writes are not starved.
+            run_bytes = run_bytes.min(pace / 10);
+        }
+        ((run_bytes / self.block_bytes).max(1), pace)
+    }
+
+    async fn engine(this: Arc<Self>, slot: Arc<PairSlot>) {
         let mut cursor = 0u64;
         let mut last_persist = tokio::time::Instant::now();
         loop {
@@ -780,6 +902,7 @@ impl Inner {
             let Ok(mv) = this.ld(id.mv.ld).cloned() else {
                 return;
             };
+            let (run_blocks_max, pace) = this.run_shape();
             let res = {
                 let _g = mv.io.lock().await;
                 // Re-read the run under the MV lock: a copy-before-write may have taken blocks.
@@ -796,16 +919,7 @@ impl Inner {
                 } else {
                     let off = start * this.block_bytes;
                     let len = n * this.block_bytes;
-                    let r = match dir {
-                        Dir::MvToRv => match mv.read_at(&this.name, off, len) {
-                            Ok(d) => this.rv_write(&id, off, &d).await,
-                            Err(e) => Err(e),
-                        },
-                        Dir::RvToMv => match this.rv_read(&id, off, len).await {
-                            Ok(d) => mv.write_at(&this.name, off, &d),
-                            Err(e) => Err(e),
-                        },
-                    };
+                    let r = this.copy_run(&id, &mv, &dir, off, len).await;
                     r.map(|_| {
                         let mut rec = lock(&slot.rec);
                         for b in start..start + n {
@@ -819,8 +933,8 @@ impl Inner {
             match res {
                 Ok(n) => {
                     cursor = start + n.max(1);
-                    if this.pace_bytes_per_s > 0 && n > 0 {
-                        let secs = (n * this.block_bytes) as f64 / this.pace_bytes_per_s as f64;
+                    if pace > 0 && n > 0 {
+                        let secs = (n * this.block_bytes) as f64 / pace as f64;
                         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                     }
                     if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {

@@ -248,7 +248,9 @@ async fn exec_states_cancel_fault_and_wait_timeout_under_a_slow_copy() {
         }
     ));
     a.inject_fault(&Fault::LdRepair { ld: 1 }).await.unwrap();
-    // fault -> replicate -> rpl/sync, then rst/exec -> cancel
+    // fault -> replicate -> rpl/sync, then rst/exec -> cancel. Nothing is observed while this
+    // copy runs, so it runs unpaced; the restore is slow again so rst/exec is observable.
+    a.set_copy_pace(0);
     a.replicate(
         &p,
         &ReplicateOptions {
@@ -260,6 +262,7 @@ async fn exec_states_cancel_fault_and_wait_timeout_under_a_slow_copy() {
     .unwrap();
     a.separate(&p, &sep_opts()).await.unwrap();
     a.write("h", 1, 0, &pattern(1, CAP as usize)).await.unwrap();
+    a.set_copy_pace(256 * 1024);
     let s = a.restore(&p, &RestoreOptions::default()).await.unwrap();
     assert_eq!(s.state.sync, SyncState::RstExec);
     assert_eq!(
@@ -372,6 +375,13 @@ async fn rvuse_immediate_shows_point_in_time_while_copy_runs() {
     let mut expect = image.clone();
     expect[(BLOCK * 30 + 10) as usize..(BLOCK * 30 + 17) as usize].copy_from_slice(b"rv-side");
     assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&expect));
+    assert_eq!(
+        a.pair_query(&p).await.unwrap().state.sync,
+        SyncState::SepExec,
+        "the checks above ran while the copy was still running"
+    );
+    // Everything during sep/exec is checked: finish the copy at full speed.
+    a.set_copy_pace(0);
     let s = a.wait(&p, WaitCondition::Sep, WAIT_MS).await.unwrap();
     assert_eq!(s.state.sync, SyncState::Separated);
     assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&expect));
@@ -426,7 +436,8 @@ async fn differential_replicate_copies_only_changed_blocks() {
 #[tokio::test]
 async fn restore_shows_rv_at_once_and_protect_separates_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let a = array(dir.path(), 128 * 1024).await;
+    // The backup copy runs unpaced; the restore is slow so rst/exec is observable.
+    let a = array(dir.path(), 0).await;
     let p = pair(0, 1);
     a.pair_set(&p).await.unwrap();
     let mv_img = pattern(11, CAP as usize);
@@ -437,6 +448,7 @@ async fn restore_shows_rv_at_once_and_protect_separates_by_itself() {
     let rv_img = pattern(12, CAP as usize);
     a.write("h", 1, 0, &rv_img).await.unwrap();
     a.write("h", 0, 0, &[0u8; 4096]).await.unwrap();
+    a.set_copy_pace(128 * 1024);
     let s = a.restore(&p, &RestoreOptions::default()).await.unwrap();
     assert_eq!(s.state.sync, SyncState::RstExec);
     assert_eq!(s.state.activity, Activity::RestoreProtect);
@@ -447,6 +459,13 @@ async fn restore_shows_rv_at_once_and_protect_separates_by_itself() {
     );
     // MV writes during a protect restore do not reach the RV.
     a.write("h", 0, BLOCK * 31, b"after").await.unwrap();
+    assert_eq!(
+        a.pair_query(&p).await.unwrap().state.sync,
+        SyncState::RstExec,
+        "the checks above ran while the restore was still copying"
+    );
+    // Everything during rst/exec is checked: finish the restore at full speed.
+    a.set_copy_pace(0);
     let s = a.wait(&p, WaitCondition::Sep, WAIT_MS).await.unwrap();
     assert_eq!(
         (s.state.sync, s.state.activity),

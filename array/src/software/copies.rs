@@ -903,14 +903,10 @@ impl Inner {
     /// Fills an attached copy from its parent, or moves a copy back to its parent, at the
     /// array's copy pace. Copying back comes first; the fill resumes after it.
     async fn copy_engine(this: Arc<Self>, slot: Arc<CopySlot>) {
-        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
-        if this.pace_bytes_per_s > 0 {
-            run_bytes = run_bytes.min(this.pace_bytes_per_s / 10);
-        }
-        let run_blocks_max = (run_bytes / this.block_bytes).max(1);
         let mut cursor = 0u64;
         let mut last_persist = tokio::time::Instant::now();
         loop {
+            let (run_blocks_max, pace) = this.run_shape();
             if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
                 return;
             }
@@ -1011,8 +1007,8 @@ impl Inner {
             match res {
                 Ok(n) => {
                     cursor = start + n.max(1);
-                    if this.pace_bytes_per_s > 0 && n > 0 {
-                        let secs = (n * this.block_bytes) as f64 / this.pace_bytes_per_s as f64;
+                    if pace > 0 && n > 0 {
+                        let secs = (n * this.block_bytes) as f64 / pace as f64;
                         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                     }
                     if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
