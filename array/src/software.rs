@@ -193,6 +193,9 @@ struct PairSlot {
     wake: Notify,
     stop: AtomicBool,
     engine: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Serialises RV-access pushes: the engine and an operation can both push after changing
+    /// the state, and without order an older access could land last on the RV's array.
+    access_push: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -352,6 +355,7 @@ impl SoftwareArray {
                     wake: Notify::new(),
                     stop: AtomicBool::new(false),
                     engine: Mutex::new(None),
+                    access_push: tokio::sync::Mutex::new(()),
                 }),
             );
         }
@@ -728,6 +732,8 @@ impl Inner {
     }
 
     async fn push_access(self: &Arc<Self>, slot: &PairSlot) {
+        // The access is read under the push lock, so the last push carries the newest state.
+        let _ordered = slot.access_push.lock().await;
         let (id, access) = {
             let r = lock(&slot.rec);
             (r.id.clone(), r.state.rv_access)
@@ -1370,6 +1376,7 @@ impl Inner {
             wake: Notify::new(),
             stop: AtomicBool::new(false),
             engine: Mutex::new(None),
+            access_push: tokio::sync::Mutex::new(()),
         });
         lock(&self.pairs).insert(id.clone(), slot.clone());
         self.persist_pair_durable(&slot).await?;
@@ -1462,7 +1469,13 @@ impl Inner {
             let slot = self.slot(id)?;
             let info = self.info_of(&slot);
             match wait_reached(cond, &info.state) {
-                Some(true) => return Ok(info),
+                Some(true) => {
+                    // The engine makes a state visible before it has pushed the matching RV
+                    // access; a waiter that returned then could find the RV still `nr`. Pushing
+                    // here (ordered with the engine's push) means a reached state is in force.
+                    self.push_access(&slot).await;
+                    return Ok(info);
+                }
                 Some(false) => {
                     return Err(ArrayError::WrongState {
                         pair: id.to_string(),
