@@ -45,8 +45,8 @@ pub trait Array: Send + Sync + 'static {
     async fn write(&self, host: &str, ld: u32, offset: u64, data: &[u8]) -> Result<()>;
     /// Injects or clears a fault.
     async fn inject_fault(&self, fault: &Fault) -> Result<()>;
-    /// A stream of pair state changes from now on.
-    async fn events(&self) -> Result<BoxStream<'static, PairEvent>>;
+    /// A stream of pair and business-copy state changes from now on.
+    async fn events(&self) -> Result<BoxStream<'static, ArrayEvent>>;
     /// Array-to-array requests (RV side of RDR pairs). Not for hosts or operators.
     async fn peer(&self, req: PeerRequest) -> Result<PeerReply>;
 

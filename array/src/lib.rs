@@ -72,6 +72,9 @@
 //!   (reached with [`RemoteArray`]). The RV's array serves array-to-array requests
 //!   ([`PeerRequest`]). A link fault puts copying pairs into abnormal suspend; MV writes go on
 //!   and accumulate in `copy`; a replicate once the link is back resumes them.
+//! - **Events.** [`Array::events`] streams every pair state change ([`PairEvent`]) and every
+//!   business-copy state change ([`CopyEvent`]) from the moment of subscription; a subscriber
+//!   that falls more than [`EVENT_CHANNEL_CAPACITY`] behind skips ahead (query to resync).
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
 //!   RV access `na`) or a link down/up, through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
@@ -81,8 +84,6 @@
 //!
 //! ## CAVEATS (not handled yet)
 //!
-//! - Business copy state changes are not on the event stream ([`PairEvent`] names a pair):
-//!   poll [`Array::copy_list`]; `copy_to_parent` has its own wait.
 //! - Business copies live on their parent's array; there are no remote copies, no limit on
 //!   copies per parent, and no copy of an RV. While a copy is copied to its parent the copy
 //!   refuses host I/O, and no other copy of that parent can be attached, created or copied
@@ -152,5 +153,5 @@ pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one gRPC call, on top of any wait the call asks for.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pair events buffered per subscriber before a slow one skips.
+/// Events (pair and business copy) buffered per subscriber before a slow one skips.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;

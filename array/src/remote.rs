@@ -198,7 +198,7 @@ impl Array for RemoteArray {
             a => Err(Self::unexpected(a)),
         }
     }
-    async fn events(&self) -> Result<BoxStream<'static, PairEvent>> {
+    async fn events(&self) -> Result<BoxStream<'static, ArrayEvent>> {
         let s = self
             .client
             .clone()
@@ -208,7 +208,7 @@ impl Array for RemoteArray {
             .into_inner();
         Ok(Box::pin(s.filter_map(|m| async move {
             m.ok()
-                .and_then(|m| serde_json::from_slice::<PairEvent>(&m.body).ok())
+                .and_then(|m| serde_json::from_slice::<ArrayEvent>(&m.body).ok())
         })))
     }
     async fn peer(&self, req: PeerRequest) -> Result<PeerReply> {

@@ -215,7 +215,7 @@ struct Inner {
     /// Business copies by copy LD.
     copies: Mutex<BTreeMap<u32, Arc<copies::CopySlot>>>,
     peers: BTreeMap<String, (Arc<dyn Array>, Arc<Link>)>,
-    events: broadcast::Sender<PairEvent>,
+    events: broadcast::Sender<ArrayEvent>,
     /// Control operations run one at a time so rule checks see a stable inventory.
     op_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -497,13 +497,24 @@ impl Inner {
     }
 
     fn emit(&self, id: &PairId, state: Option<PairState>, reason: &str) {
-        let _ = self.events.send(PairEvent {
+        let _ = self.events.send(ArrayEvent::Pair(PairEvent {
             array: self.name.clone(),
             pair: id.clone(),
             state,
             reason: reason.into(),
             at_unix_ms: now_unix_ms(),
-        });
+        }));
+    }
+
+    fn emit_copy(&self, copy: u32, parent: u32, state: Option<CopyState>, reason: &str) {
+        let _ = self.events.send(ArrayEvent::Copy(CopyEvent {
+            array: self.name.clone(),
+            copy,
+            parent,
+            state,
+            reason: reason.into(),
+            at_unix_ms: now_unix_ms(),
+        }));
     }
 
     fn info_of(&self, slot: &PairSlot) -> PairInfo {
@@ -1673,7 +1684,7 @@ impl Array for SoftwareArray {
         self.inner.fault(fault).await
     }
 
-    async fn events(&self) -> Result<BoxStream<'static, PairEvent>> {
+    async fn events(&self) -> Result<BoxStream<'static, ArrayEvent>> {
         Ok(broadcast_stream(self.inner.events.subscribe()))
     }
 

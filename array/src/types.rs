@@ -450,6 +450,49 @@ pub struct PairEvent {
     pub at_unix_ms: u64,
 }
 
+/// A business copy state change (create, attach, detach, delete, copy to parent and its end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyEvent {
+    /// Array holding parent and copy.
+    pub array: String,
+    /// The copy's LD.
+    pub copy: u32,
+    /// Its parent's LD.
+    pub parent: u32,
+    /// State after the change; `None` when the copy was deleted.
+    pub state: Option<CopyState>,
+    /// Why: the operation or the engine event that caused it.
+    pub reason: String,
+    /// When (unix ms).
+    pub at_unix_ms: u64,
+}
+
+/// What [`crate::Array::events`] streams: every pair and business-copy state change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArrayEvent {
+    Pair(PairEvent),
+    Copy(CopyEvent),
+}
+
+impl ArrayEvent {
+    /// The pair event, if this is one.
+    pub fn pair(&self) -> Option<&PairEvent> {
+        match self {
+            ArrayEvent::Pair(e) => Some(e),
+            ArrayEvent::Copy(_) => None,
+        }
+    }
+
+    /// The business-copy event, if this is one.
+    pub fn copy(&self) -> Option<&CopyEvent> {
+        match self {
+            ArrayEvent::Copy(e) => Some(e),
+            ArrayEvent::Pair(_) => None,
+        }
+    }
+}
+
 /// State of a point-in-time business copy (HP Business Copy model).
 ///
 /// - create attached → `attached` (the copy is the parent's image of the create instant);

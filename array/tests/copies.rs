@@ -502,3 +502,39 @@ async fn business_copies_through_a_served_array() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn every_copy_state_change_is_on_the_event_stream() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = array(dir.path(), 0).await;
+    let mut events = a.events().await.unwrap();
+    a.copy_create(0, 2, false).await.unwrap();
+    a.copy_attach(2).await.unwrap();
+    a.copy_detach(2).await.unwrap();
+    a.copy_delete(2).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(30), events.next())
+            .await
+            .expect("an event within 30 s")
+            .expect("stream open");
+        // The background fill may also report the copy becoming independent of its parent.
+        if let Some(c) = ev
+            .copy()
+            .filter(|c| c.reason != "copy fully independent of its parent")
+        {
+            assert_eq!((c.array.as_str(), c.copy, c.parent), ("A", 2, 0));
+            seen.push((c.reason.clone(), c.state));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("created".to_string(), Some(CopyState::Detached)),
+            ("attached".to_string(), Some(CopyState::Attached)),
+            ("detached".to_string(), Some(CopyState::Detached)),
+            ("deleted".to_string(), None),
+        ]
+    );
+}

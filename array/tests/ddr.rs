@@ -531,6 +531,7 @@ async fn sync_mode_write_is_on_the_rv_when_acknowledged() {
             .await
             .expect("an event within 30 s")
             .expect("stream open");
+        let Some(ev) = ev.pair() else { continue };
         seen.push(ev.state.map(|s| s.sync));
         if ev.state.map(|s| s.sync) == Some(SyncState::Cancel) {
             assert_eq!(ev.pair, p);

@@ -72,7 +72,7 @@ async fn remote_array_behaves_like_the_array() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ev.pair, pair(0, 1));
+    assert_eq!(ev.pair().expect("a pair event").pair, pair(0, 1));
     // RDR between two served arrays, with a link fault injected through the API.
     let p = rdr(2, 2);
     a.pair_set(&p).await.unwrap();

@@ -89,6 +89,9 @@ impl CopyRec {
     }
 }
 
+/// Reason of the event a delete emits (its state is `None`).
+const COPY_DELETED: &str = "deleted";
+
 pub(super) struct CopySlot {
     rec: Mutex<CopyRec>,
     wake: Notify,
@@ -243,11 +246,13 @@ impl Inner {
         Ok(())
     }
 
+    /// Reports a state change: log, event stream, and the slot's own waiters.
     fn copy_changed(&self, slot: &CopySlot, what: &str) {
         let info = self.copy_info(&lock(&slot.rec));
-        // Copies are not pairs: the pair event stream has no place for them; waiters use the
-        // slot's watch channel and operators `copy list`.
         tracing::info!(array = %self.name, copy = %info.copy, parent = %info.parent, state = %info.state, "business copy: {what}");
+        // A deleted copy has no state any more; the event says so with `None`.
+        let state = (what != COPY_DELETED).then_some(info.state);
+        self.emit_copy(info.copy.ld, info.parent.ld, state, what);
         slot.changed.send_replace(());
     }
 
@@ -546,7 +551,7 @@ impl Inner {
         slot.stop.store(true, Ordering::SeqCst);
         slot.wake.notify_one();
         self.discard_data(&c)?;
-        self.copy_changed(&slot, "deleted");
+        self.copy_changed(&slot, COPY_DELETED);
         Ok(())
     }
 
