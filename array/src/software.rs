@@ -464,13 +464,21 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes one metadata record as JSON (not flushed: callers flush when it must be durable).
+    fn put_record<T: serde::Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: String,
+        rec: &T,
+    ) -> Result<()> {
+        let v = serde_json::to_vec(rec).map_err(|e| self.meta_err(e))?;
+        tree.insert(key, v).map_err(|e| self.meta_err(e))?;
+        Ok(())
+    }
+
     fn persist_pair(&self, slot: &PairSlot, _flush: bool) -> Result<()> {
         let rec = lock(&slot.rec).clone();
-        let v = serde_json::to_vec(&rec).map_err(|e| self.meta_err(e))?;
-        self.pairs_tree
-            .insert(rec.id.to_string(), v)
-            .map_err(|e| self.meta_err(e))?;
-        Ok(())
+        self.put_record(&self.pairs_tree, rec.id.to_string(), &rec)
     }
 
     async fn persist_pair_durable(&self, slot: &PairSlot) -> Result<()> {

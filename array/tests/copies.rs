@@ -38,20 +38,6 @@ fn copy_state_of(e: &ArrayError) -> Option<&str> {
     }
 }
 
-fn sync_opts() -> ReplicateOptions {
-    ReplicateOptions {
-        wait_timeout_ms: Some(WAIT_MS),
-        ..Default::default()
-    }
-}
-
-fn sep_opts() -> SeparateOptions {
-    SeparateOptions {
-        wait_timeout_ms: Some(WAIT_MS),
-        ..Default::default()
-    }
-}
-
 /// 2 MiB at 256 KiB/s: a full background fill takes about 8 s, long enough to act mid-copy.
 const SLOW: u64 = 256 * 1024;
 

@@ -22,20 +22,6 @@ async fn array(dir: &std::path::Path, pace: u64) -> SoftwareArray {
         .expect("open array")
 }
 
-fn sync_opts() -> ReplicateOptions {
-    ReplicateOptions {
-        wait_timeout_ms: Some(WAIT_MS),
-        ..Default::default()
-    }
-}
-
-fn sep_opts() -> SeparateOptions {
-    SeparateOptions {
-        wait_timeout_ms: Some(WAIT_MS),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn pairing_rules_refuse_and_name_the_rule() {
     let dir = tempfile::tempdir().unwrap();

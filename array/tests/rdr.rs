@@ -26,7 +26,7 @@ async fn two(dir: &std::path::Path, latency_ms: u64) -> (SoftwareArray, Software
     (a, b)
 }
 
-fn sync_opts(cc: CopyControl) -> ReplicateOptions {
+fn replicate_with(cc: CopyControl) -> ReplicateOptions {
     ReplicateOptions {
         copy_control: cc,
         wait_timeout_ms: Some(WAIT_MS),
@@ -55,7 +55,7 @@ async fn remote_pair_in_each_copy_mode_carries_the_data() {
         assert_eq!(s.kind, PairKind::Rdr);
         let img = pattern(n as u64, CAP as usize);
         a.write("h", n, 0, &img).await.unwrap();
-        a.replicate(&p, &sync_opts(cc)).await.unwrap();
+        a.replicate(&p, &replicate_with(cc)).await.unwrap();
         for i in 0..20u64 {
             a.write("h", n, i * 9000, &pattern(100 + i, 700))
                 .await
@@ -77,7 +77,7 @@ async fn remote_pair_in_each_copy_mode_carries_the_data() {
         }
     ));
     // rvuse immediate is DDR-only here; restore works across the link.
-    a.replicate(&rdr(0, 0), &sync_opts(CopyControl::Sync))
+    a.replicate(&rdr(0, 0), &replicate_with(CopyControl::Sync))
         .await
         .unwrap();
     let o = SeparateOptions {
@@ -109,7 +109,7 @@ async fn semi_sync_never_exceeds_its_backlog() {
     let (a, b) = two(dir.path(), 20).await;
     let p = rdr(0, 0);
     a.pair_set(&p).await.unwrap();
-    a.replicate(&p, &sync_opts(CopyControl::SemiSync))
+    a.replicate(&p, &replicate_with(CopyControl::SemiSync))
         .await
         .unwrap();
     let mut max_seen = 0;
@@ -141,7 +141,7 @@ async fn link_down_suspends_writes_accumulate_and_replicate_resumes() {
     let (a, b) = two(dir.path(), 0).await;
     let p = rdr(0, 0);
     a.pair_set(&p).await.unwrap();
-    a.replicate(&p, &sync_opts(CopyControl::Sync))
+    a.replicate(&p, &replicate_with(CopyControl::Sync))
         .await
         .unwrap();
     a.inject_fault(&Fault::LinkDown { peer: "B".into() })
@@ -165,7 +165,7 @@ async fn link_down_suspends_writes_accumulate_and_replicate_resumes() {
         "suspended: sync is unreachable: {e}"
     );
     let e = a
-        .replicate(&p, &sync_opts(CopyControl::Sync))
+        .replicate(&p, &replicate_with(CopyControl::Sync))
         .await
         .unwrap_err();
     assert!(matches!(e, ArrayError::Unreachable { .. }), "{e}");
@@ -173,7 +173,7 @@ async fn link_down_suspends_writes_accumulate_and_replicate_resumes() {
         .await
         .unwrap();
     let s = a
-        .replicate(&p, &sync_opts(CopyControl::Sync))
+        .replicate(&p, &replicate_with(CopyControl::Sync))
         .await
         .unwrap();
     assert_eq!(
@@ -190,7 +190,7 @@ async fn link_down_suspends_writes_accumulate_and_replicate_resumes() {
         &p,
         &ReplicateOptions {
             range: CopyRange::Whole,
-            ..sync_opts(CopyControl::Background)
+            ..replicate_with(CopyControl::Background)
         },
     )
     .await

@@ -230,11 +230,7 @@ impl Inner {
 
     fn persist_copy(&self, slot: &CopySlot) -> Result<()> {
         let rec = lock(&slot.rec).clone();
-        let v = serde_json::to_vec(&rec).map_err(|e| self.meta_err(e))?;
-        self.copies_tree
-            .insert(rec.copy.to_string(), v)
-            .map_err(|e| self.meta_err(e))?;
-        Ok(())
+        self.put_record(&self.copies_tree, rec.copy.to_string(), &rec)
     }
 
     async fn persist_copy_durable(&self, slot: &CopySlot) -> Result<()> {

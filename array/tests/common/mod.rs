@@ -110,3 +110,19 @@ pub fn rule_of(e: &ArrayError) -> Option<Rule> {
         _ => None,
     }
 }
+
+/// Replicate (sync copy control) and wait for `rpl/sync`.
+pub fn sync_opts() -> ReplicateOptions {
+    ReplicateOptions {
+        wait_timeout_ms: Some(WAIT_MS),
+        ..Default::default()
+    }
+}
+
+/// Separate and wait for `separated`.
+pub fn sep_opts() -> SeparateOptions {
+    SeparateOptions {
+        wait_timeout_ms: Some(WAIT_MS),
+        ..Default::default()
+    }
+}
