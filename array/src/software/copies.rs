@@ -89,6 +89,10 @@ impl CopyRec {
     }
 }
 
+fn not_copying_back(state: CopyState) -> bool {
+    state != CopyState::CopyingToParent
+}
+
 /// Reason of the event a delete emits (its state is `None`).
 const COPY_DELETED: &str = "deleted";
 
@@ -240,6 +244,23 @@ impl Inner {
         // bit was cleared between the record's snapshot and the flush.
         lock(&slot.rec).unsynced = None;
         Ok(())
+    }
+
+    /// The copy's parent, if `op` is allowed in the copy's current state; else the wrong-state
+    /// error naming that state and what `op` needs.
+    fn parent_if(
+        &self,
+        slot: &CopySlot,
+        op: &str,
+        allowed: fn(CopyState) -> bool,
+        needs: &str,
+    ) -> Result<u32> {
+        let r = lock(&slot.rec);
+        if allowed(r.state) {
+            Ok(r.parent)
+        } else {
+            Err(wrong(&r, &self.name, op, needs))
+        }
     }
 
     /// Reports a state change: log, event stream, and the slot's own waiters.
@@ -478,13 +499,7 @@ impl Inner {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.copy_slot_or_404(copy)?;
-        let parent = {
-            let r = lock(&slot.rec);
-            if r.state == CopyState::CopyingToParent {
-                return Err(wrong(&r, &self.name, "attach", "attached or detached"));
-            }
-            r.parent
-        };
+        let parent = self.parent_if(&slot, "attach", not_copying_back, "attached or detached")?;
         self.check_parent_stable(parent, copy, "copy attach")?;
         let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
         let _pg = p.io.lock().await;
@@ -504,13 +519,7 @@ impl Inner {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.copy_slot_or_404(copy)?;
-        let parent = {
-            let r = lock(&slot.rec);
-            if r.state != CopyState::Attached {
-                return Err(wrong(&r, &self.name, "detach", "attached"));
-            }
-            r.parent
-        };
+        let parent = self.parent_if(&slot, "detach", |s| s == CopyState::Attached, "attached")?;
         let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
         let _pg = p.io.lock().await;
         let _cg = c.io.lock().await;
@@ -529,13 +538,7 @@ impl Inner {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.copy_slot_or_404(copy)?;
-        let parent = {
-            let r = lock(&slot.rec);
-            if r.state == CopyState::CopyingToParent {
-                return Err(wrong(&r, &self.name, "delete", "attached or detached"));
-            }
-            r.parent
-        };
+        let parent = self.parent_if(&slot, "delete", not_copying_back, "attached or detached")?;
         let (p, c) = (self.ld(parent)?.clone(), self.ld(copy)?.clone());
         let _pg = p.io.lock().await;
         let _cg = c.io.lock().await;
