@@ -1181,50 +1181,27 @@ impl Inner {
             if st.abnormal_suspend || pending.is_empty() {
                 continue;
             }
-            let res: Result<()> = match st.sync {
+            let dir = match st.sync {
                 // Copy-before-write: the RV gets the separate instant's block first.
-                SyncState::SepExec => {
-                    let mut out = Ok(());
-                    for &b in &pending {
-                        let boff = b * self.block_bytes;
-                        let r = match ld.read_at(&self.name, boff, self.block_bytes) {
-                            Ok(d) => self.rv_write(&id, boff, &d).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = r {
-                            out = Err(e);
-                            break;
-                        }
-                        let mut rec = lock(&slot.rec);
-                        if rec.copy.clear(b) {
-                            rec.copied_blocks += 1;
-                        }
-                    }
-                    out
-                }
+                SyncState::SepExec => Dir::MvToRv,
                 // Copy-on-write from the RV: the MV must hold the restored block before a
                 // partial write lands on it.
-                SyncState::RstExec => {
-                    let mut out = Ok(());
-                    for &b in &pending {
-                        let boff = b * self.block_bytes;
-                        let r = match self.rv_read(&id, boff, self.block_bytes).await {
-                            Ok(d) => ld.write_at(&self.name, boff, &d),
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = r {
-                            out = Err(e);
-                            break;
-                        }
-                        let mut rec = lock(&slot.rec);
-                        if rec.copy.clear(b) {
-                            rec.copied_blocks += 1;
-                        }
-                    }
-                    out
-                }
-                _ => Ok(()),
+                SyncState::RstExec => Dir::RvToMv,
+                _ => continue,
             };
+            let mut res: Result<()> = Ok(());
+            for &b in &pending {
+                let boff = b * self.block_bytes;
+                // The same move the copy engine makes (we hold the MV's I/O lock, as it does).
+                res = self.copy_run(&id, &ld, &dir, boff, self.block_bytes).await;
+                if res.is_err() {
+                    break;
+                }
+                let mut rec = lock(&slot.rec);
+                if rec.copy.clear(b) {
+                    rec.copied_blocks += 1;
+                }
+            }
             if let Err(e) = res {
                 // The pair leaves its copy state (fault/suspend); the MV write goes on.
                 self.after_copy_error(slot, &e).await;
