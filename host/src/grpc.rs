@@ -130,6 +130,10 @@ fn volume_to(v: VolumeInfo) -> pb::Volume {
     }
 }
 
+fn volumes_from(list: pb::VolumeList) -> Result<Vec<VolumeInfo>, HostError> {
+    list.volumes.into_iter().map(volume_from).collect()
+}
+
 fn volume_from(v: pb::Volume) -> Result<VolumeInfo, HostError> {
     Ok(VolumeInfo {
         name: v.name,
@@ -365,11 +369,7 @@ impl Host for HostClient {
             .list_volumes(req(pb::Empty {}))
             .await
             .map_err(from_status)?;
-        r.into_inner()
-            .volumes
-            .into_iter()
-            .map(volume_from)
-            .collect()
+        volumes_from(r.into_inner())
     }
 
     async fn volume(&self, volume: &str) -> Result<VolumeInfo, HostError> {
@@ -497,11 +497,7 @@ impl Host for HostClient {
             .rescan(req(pb::Empty {}))
             .await
             .map_err(from_status)?;
-        r.into_inner()
-            .volumes
-            .into_iter()
-            .map(volume_from)
-            .collect()
+        volumes_from(r.into_inner())
     }
 
     async fn check(&self, volume: &str, repair: bool) -> Result<CheckReport, HostError> {
