@@ -6,6 +6,12 @@
 //! management) and which software version they run. Inventory, jobs, locks and history join it
 //! in later issues; they will follow the same rules.
 //!
+//! Two modules hold the job engine's pure core, not yet wired into the state machine or a
+//! driver: [`inventory`] (the pairs, volumes and groups a job is planned from, and their
+//! validation) and [`job`] (a backup's plan of steps, each step's life, fencing tokens, the
+//! events that change a job, the pure `decide` function that says what the leader does next,
+//! how an unknown step is resolved, and the copy's consistency label).
+//!
 //! ## Why `apply` is deterministic
 //!
 //! Raft guarantees that replicas apply the same commands in the same order; it cannot guarantee
@@ -28,6 +34,8 @@
 //! - The state is small and snapshotted whole as JSON; that will be revisited when job history
 //!   grows.
 
+pub mod inventory;
+pub mod job;
 mod registry;
 
 use std::io::Cursor;

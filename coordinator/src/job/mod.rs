@@ -1,0 +1,453 @@
+//! Jobs: a procedure planned as steps, driven by the leader, recorded in the replicated log.
+//!
+//! A job is accepted with a **plan** fixed from the inventory ([`plan_backup`]): steps, each
+//! bound to one node (host steps) or one array (executed by an agent with that array's control
+//! path), each with the steps it must wait for. Its progress changes only through
+//! [`JobEvent`]s, applied by [`Job::record`] on every replica alike: pure, no clock (the
+//! proposer stamps `at_ms`), and a transition the current state does not allow is refused with
+//! the reason instead of rewriting history.
+//!
+//! What to do next is a pure function too: [`decide`] reads a job, the driver's term and the
+//! time the driver read, and returns [`Action`]s (send a step, ask an executor about a step,
+//! record an event). The runtime in `node/` performs them and proposes what came back; a
+//! simulator can drive the same function with no cluster at all.
+//!
+//! ## How order and honesty are kept
+//! - Dependencies carry the procedure's order: a separate waits for every quiesce of its group
+//!   to be done, a release for every separate to be accepted, an RV mount for its pair to be
+//!   separated and for every release to have reported (S1, S3).
+//! - A step that may have been sent but has no recorded outcome is **unknown** until its
+//!   executor is asked ([`resolve`]); a timeout makes a step unknown, never failed (S6). A new
+//!   leader records that it took over ([`Job::takeover_events`]): every step recorded as
+//!   dispatched becomes unknown, and every other step is asked about before its first send in
+//!   the new term, because the predecessor did not wait for a log commit before sending and may
+//!   have gone further than the log shows.
+//! - The copy's label is computed from the steps, not asserted: consistent only if, in the last
+//!   round of the static point, every quiesce was done before any separate was sent (the
+//!   dependencies), every separate accepted before any release was sent (same), and every
+//!   release reports the quiesce held throughout. A round that cannot give that is re-run as a
+//!   new round (a fresh replicate and static point) up to [`ROUNDS_MAX`]; after that the copy
+//!   is recorded crash-consistent, with the reason, and its RVs are checked before mounting.
+//!
+//! ## Caveats (what is not here yet)
+//! - Only the backup procedure is planned; restore, replica use, host restart and recovery
+//!   will be further planners on the same steps and events.
+//! - Fencing on the executor side (refusing a token older than one seen, answering a repeated
+//!   token from the journal, and recording the term of a probe so a deposed leader's late send
+//!   is refused after a new leader asked) is the agent's; this module only issues tokens.
+//! - Locks, queues, retention of history and the wiring into the state machine and the driver
+//!   come next.
+
+mod decide;
+mod plan;
+mod step;
+
+use serde::{Deserialize, Serialize};
+pub use stillpoint_storage::journal::FencingToken;
+
+pub use decide::{Action, Dispatch, Finding, Observed, PairSync, decide, resolve};
+pub use plan::{StepLimits, plan_backup};
+pub use step::{
+    Phase, Step, StepCall, StepEvent, StepId, StepResult, StepState, StepTarget, TransitionError,
+};
+
+/// A job's id, unique in the cluster (assigned in log order).
+pub type JobId = u64;
+
+/// How many rounds of the static point a job tries before it settles for a crash-consistent
+/// copy. Two: one retry covers a leader change or a lost quiesce inside the freeze window,
+/// without holding the business servers in repeated freezes.
+pub const ROUNDS_MAX: u32 = 2;
+
+/// How many times one step is sent before the job fails on it.
+pub const STEP_ATTEMPTS_MAX: u32 = 5;
+
+/// What a job does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    Backup { group: String },
+}
+
+/// What a finished copy can be relied on for (S3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "label", rename_all = "snake_case")]
+pub enum CopyLabel {
+    /// Separated inside every MV's quiesce: a static point.
+    Consistent,
+    /// Needs a file-system check before use; `why` says what broke the static point.
+    CrashConsistent { why: String },
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum JobEnd {
+    Done { label: CopyLabel },
+    Failed { reason: String },
+    Cancelled { by: String },
+}
+
+/// Where a job stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    /// Cancel asked: nothing new is sent, held quiesces are released, then it ends.
+    Cancelling {
+        by: String,
+    },
+    Ended {
+        end: JobEnd,
+        at_ms: u64,
+    },
+}
+
+/// A change to a job, as proposed by the driver (or an operator, for cancel) and applied by
+/// every replica through [`Job::record`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JobEvent {
+    Dispatched {
+        step: StepId,
+        token: FencingToken,
+    },
+    Completed {
+        step: StepId,
+        token: FencingToken,
+        result: StepResult,
+    },
+    Failed {
+        step: StepId,
+        token: FencingToken,
+        reason: String,
+    },
+    LostTrack {
+        step: StepId,
+        token: FencingToken,
+        why: String,
+    },
+    NotExecuted {
+        step: StepId,
+        token: FencingToken,
+    },
+    Skipped {
+        steps: Vec<StepId>,
+        why: String,
+    },
+    /// Re-run the replicate and the static point; with `without_static_point`, the quiesces
+    /// and releases are skipped and the copy will be crash-consistent for `why`.
+    NewRound {
+        why: String,
+        without_static_point: bool,
+    },
+    /// Keep the copy of the current round, labelled crash-consistent for `why`.
+    AcceptCrashConsistent {
+        why: String,
+    },
+    CancelRequested {
+        by: String,
+    },
+    /// A new leader took over the job in `term`.
+    TakenOver {
+        term: u64,
+    },
+    Ended {
+        end: JobEnd,
+    },
+}
+
+/// An event the job refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("job {job} has ended; nothing more can be recorded")]
+    Ended { job: JobId },
+    #[error("job {job} has no step {step}")]
+    NoSuchStep { job: JobId, step: StepId },
+    #[error("job {job}: {source}")]
+    Transition {
+        job: JobId,
+        #[source]
+        source: TransitionError,
+    },
+}
+
+/// A job with its plan and progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    /// Who asked for it (the client's own statement until authentication exists).
+    pub submitted_by: String,
+    /// Proposer's wall clock, milliseconds since the Unix epoch.
+    pub submitted_at_ms: u64,
+    pub steps: Vec<Step>,
+    /// The round of the static point, from 1.
+    pub round: u32,
+    /// Set once the copy cannot be consistent any more, with the reason.
+    pub crash_consistent_why: Option<String>,
+    /// The term of the latest leader that took the job over from another.
+    pub takeover_term: Option<u64>,
+    pub state: JobState,
+}
+
+impl Job {
+    pub fn new(
+        id: JobId,
+        kind: JobKind,
+        submitted_by: String,
+        submitted_at_ms: u64,
+        steps: Vec<Step>,
+    ) -> Job {
+        Job {
+            id,
+            kind,
+            submitted_by,
+            submitted_at_ms,
+            steps,
+            round: 1,
+            crash_consistent_why: None,
+            takeover_term: None,
+            state: JobState::Running,
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(self.state, JobState::Ended { .. })
+    }
+
+    fn step_mut(&mut self, step: StepId) -> Result<&mut Step, JobError> {
+        let job = self.id;
+        self.steps
+            .get_mut(step as usize)
+            .ok_or(JobError::NoSuchStep { job, step })
+    }
+
+    /// Applies one event. Pure; refused events change nothing.
+    pub fn record(&mut self, event: &JobEvent, at_ms: u64) -> Result<(), JobError> {
+        let job = self.id;
+        if self.is_ended() {
+            return Err(JobError::Ended { job });
+        }
+        let wrap = |source| JobError::Transition { job, source };
+        match event {
+            JobEvent::Dispatched { step, token } => {
+                self.step_mut(*step)?.dispatch(*token, at_ms).map_err(wrap)
+            }
+            JobEvent::Completed {
+                step,
+                token,
+                result,
+            } => self
+                .step_mut(*step)?
+                .complete(*token, result.clone(), at_ms)
+                .map_err(wrap),
+            JobEvent::Failed {
+                step,
+                token,
+                reason,
+            } => self
+                .step_mut(*step)?
+                .fail(*token, reason.clone(), at_ms)
+                .map_err(wrap),
+            JobEvent::LostTrack { step, token, why } => self
+                .step_mut(*step)?
+                .lose_track(*token, why.clone(), at_ms)
+                .map_err(wrap),
+            JobEvent::NotExecuted { step, token } => self
+                .step_mut(*step)?
+                .not_executed(*token, at_ms)
+                .map_err(wrap),
+            JobEvent::Skipped { steps, why } => {
+                // All or nothing: check every step first.
+                for s in steps {
+                    let st = self
+                        .steps
+                        .get(*s as usize)
+                        .ok_or(JobError::NoSuchStep { job, step: *s })?;
+                    if st.state != StepState::Pending {
+                        return Err(wrap(TransitionError {
+                            step: *s,
+                            from: st.state.name(),
+                            to: "skipped",
+                            detail: String::new(),
+                        }));
+                    }
+                }
+                for s in steps {
+                    self.step_mut(*s)?.skip(why.clone(), at_ms).map_err(wrap)?;
+                }
+                Ok(())
+            }
+            JobEvent::NewRound {
+                why,
+                without_static_point,
+            } => self.new_round(why, *without_static_point, at_ms),
+            JobEvent::AcceptCrashConsistent { why } => {
+                self.crash_consistent_why.get_or_insert_with(|| why.clone());
+                Ok(())
+            }
+            JobEvent::CancelRequested { by } => {
+                if matches!(self.state, JobState::Running) {
+                    self.state = JobState::Cancelling { by: by.clone() };
+                }
+                Ok(())
+            }
+            JobEvent::TakenOver { term } => {
+                self.takeover_term = self.takeover_term.max(Some(*term));
+                Ok(())
+            }
+            JobEvent::Ended { end } => {
+                self.state = JobState::Ended {
+                    end: end.clone(),
+                    at_ms,
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// The replicate and static-point steps, which a new round sends again.
+    fn round_steps(&self) -> impl Iterator<Item = StepId> + '_ {
+        self.steps
+            .iter()
+            .filter(|s| {
+                s.phase == Phase::StaticPoint
+                    || matches!(
+                        s.call,
+                        StepCall::Replicate { .. } | StepCall::AwaitSeparated { .. }
+                    )
+            })
+            .map(|s| s.id)
+    }
+
+    fn new_round(
+        &mut self,
+        why: &str,
+        without_static_point: bool,
+        at_ms: u64,
+    ) -> Result<(), JobError> {
+        let job = self.id;
+        let ids: Vec<StepId> = self.round_steps().collect();
+        // All or nothing: refuse while any of them is outstanding.
+        if let Some(s) = ids.iter().map(|&i| &self.steps[i as usize]).find(|s| {
+            matches!(
+                s.state,
+                StepState::Dispatched { .. } | StepState::Unknown { .. }
+            )
+        }) {
+            return Err(JobError::Transition {
+                job,
+                source: TransitionError {
+                    step: s.id,
+                    from: s.state.name(),
+                    to: "pending",
+                    detail: " (a new round waits until the last one is settled)".into(),
+                },
+            });
+        }
+        for &i in &ids {
+            let s = &mut self.steps[i as usize];
+            s.rearm(at_ms)
+                .map_err(|source| JobError::Transition { job, source })?;
+            let static_step = matches!(s.call, StepCall::Quiesce { .. } | StepCall::Release { .. });
+            if without_static_point && static_step {
+                s.skip(format!("no static point this round: {why}"), at_ms)
+                    .map_err(|source| JobError::Transition { job, source })?;
+            }
+        }
+        self.round += 1;
+        if without_static_point {
+            self.crash_consistent_why
+                .get_or_insert_with(|| why.to_string());
+        }
+        Ok(())
+    }
+
+    /// The events a new leader records before sending anything: it took over, and every step
+    /// recorded as dispatched becomes unknown, to be resolved by asking its executor.
+    pub fn takeover_events(&self, term: u64) -> Vec<JobEvent> {
+        if self.is_ended() {
+            return Vec::new();
+        }
+        let mut events = vec![JobEvent::TakenOver { term }];
+        for s in &self.steps {
+            if let StepState::Dispatched { token, .. } = &s.state {
+                events.push(JobEvent::LostTrack {
+                    step: s.id,
+                    token: *token,
+                    why: format!(
+                        "leader changed (now term {term}) before its outcome was recorded"
+                    ),
+                });
+            }
+        }
+        events
+    }
+
+    /// Whether `step` must be asked about before it is sent: a leader took the job over since
+    /// the step was last known not to be out.
+    pub fn must_ask_first(&self, step: &Step) -> bool {
+        self.takeover_term.is_some_and(|t| step.cleared_term < t)
+    }
+
+    /// Pending with every dependency settled.
+    pub fn ready(&self, step: &Step) -> bool {
+        step.state == StepState::Pending
+            && step
+                .after
+                .iter()
+                .all(|&d| self.steps[d as usize].is_settled())
+    }
+
+    /// The copy's label, once every release of the last round has settled; `None` before.
+    /// Computed from the steps: consistent only if every quiesce is done and every release
+    /// reports the quiesce held throughout.
+    pub fn label(&self) -> Option<CopyLabel> {
+        let mut quiesces = 0;
+        for s in &self.steps {
+            match (&s.call, &s.state) {
+                (StepCall::Quiesce { .. }, StepState::Done { .. }) => quiesces += 1,
+                (StepCall::Release { .. }, StepState::Done { .. })
+                | (StepCall::Release { .. }, StepState::Skipped { .. })
+                | (StepCall::Quiesce { .. }, StepState::Skipped { .. }) => {}
+                (StepCall::Release { .. } | StepCall::Quiesce { .. }, _) => return None,
+                _ => {}
+            }
+        }
+        if let Some(why) = &self.crash_consistent_why {
+            return Some(CopyLabel::CrashConsistent { why: why.clone() });
+        }
+        let lost: Vec<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| match (&s.call, s.result()) {
+                (
+                    StepCall::Release { volume, .. },
+                    Some(StepResult::Released {
+                        held_throughout: false,
+                    }),
+                ) => Some(volume.to_string()),
+                (StepCall::Release { volume, .. }, None) => Some(volume.to_string()),
+                _ => None,
+            })
+            .collect();
+        if !lost.is_empty() {
+            return Some(CopyLabel::CrashConsistent {
+                why: format!(
+                    "the quiesce of {} did not hold until its release",
+                    lost.join(", ")
+                ),
+            });
+        }
+        if quiesces == 0 {
+            return Some(CopyLabel::CrashConsistent {
+                why: "no MV was quiesced".into(),
+            });
+        }
+        Some(CopyLabel::Consistent)
+    }
+}
+
+#[cfg(test)]
+mod tests;

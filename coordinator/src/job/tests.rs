@@ -1,0 +1,604 @@
+//! The job core driven by a small deterministic simulator of hosts and arrays: what the plan
+//! orders, how rounds and labels come out, and — over many seeds with lost replies, leader
+//! changes that lose the log's uncommitted tail, and quiesces that end by themselves — that S1,
+//! S2 and S3 hold and no step takes effect twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::inventory::{BackupCommand, Group, GroupMember, LdRef, QuiesceMethod, VolumeRef};
+use crate::{ClusterState, Command, NodeRecord, Role};
+
+fn vol(node: &str, volume: &str) -> VolumeRef {
+    VolumeRef {
+        node: node.into(),
+        volume: volume.into(),
+    }
+}
+
+/// `pairs` pairs spread over business nodes db1, db2, ... (`nodes` of them), RVs on backup1.
+fn group(pairs: u32, nodes: u32) -> Group {
+    Group {
+        name: "payroll".into(),
+        members: (0..pairs)
+            .map(|i| GroupMember {
+                pair: format!("p{i}"),
+                mv_ld: LdRef {
+                    array: "A1".into(),
+                    ld: 2 * i,
+                },
+                rv_ld: LdRef {
+                    array: "A1".into(),
+                    ld: 2 * i + 1,
+                },
+                mv: vol(&format!("db{}", i % nodes + 1), &format!("mv{i}")),
+                rv: vol("backup1", &format!("rv{i}")),
+                quiesce: QuiesceMethod::Unmount,
+                quiesce_ms_max: 30_000,
+            })
+            .collect(),
+        backup_command: Some(BackupCommand {
+            node: "backup1".into(),
+            command: vec!["tar".into(), "cf".into(), "/dev/st0".into()],
+            timeout_ms: 60_000,
+        }),
+    }
+}
+
+fn job(g: &Group) -> Job {
+    Job::new(
+        7,
+        JobKind::Backup {
+            group: g.name.clone(),
+        },
+        "test".into(),
+        0,
+        plan_backup(g, &StepLimits::default()),
+    )
+}
+
+/// A tiny deterministic random source (xorshift), so a failing seed reproduces.
+struct Rng(u64);
+impl Rng {
+    fn chance(&mut self, percent: u64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % 100 < percent
+    }
+}
+
+/// Hosts and one array: executes steps, journals tokens, and checks the safety properties at
+/// the moment each step takes effect.
+#[derive(Default)]
+struct World {
+    pairs: BTreeMap<String, PairSync>,
+    rv_mounted: BTreeSet<VolumeRef>,
+    /// Held quiesces: volume → (id, still holding). A quiesce that ended by itself stays
+    /// listed (not holding) until its release, as a host's resume record does.
+    quiesced: BTreeMap<VolumeRef, (u64, bool)>,
+    next_quiesce_id: u64,
+    /// Per step, the newest token executed and its outcome: the executor's journal.
+    journal: BTreeMap<StepId, (FencingToken, Result<StepResult, String>)>,
+    /// Per pair, whether every MV was held at its latest separate.
+    separated_in_static_point: BTreeMap<String, bool>,
+    /// Volumes whose next quiesce fails (e.g. busy), and how many more times.
+    failing_quiesces: BTreeMap<VolumeRef, u32>,
+    /// Order in which freeze-window steps took effect.
+    trace: Vec<String>,
+    quiesce_lost_pct: u64,
+}
+
+impl World {
+    fn exec(&mut self, g: &Group, d: &Dispatch, rng: &mut Rng) -> Result<StepResult, String> {
+        if let Some((seen, _)) = self.journal.get(&d.step) {
+            assert!(
+                seen.attempt < d.token.attempt,
+                "step {} executed twice (attempt {} after {})",
+                d.step,
+                d.token.attempt,
+                seen.attempt
+            );
+        }
+        let member = |pair: &str| g.members.iter().find(|m| m.pair == pair).unwrap();
+        let out = match &d.call {
+            StepCall::FreeRv { volume } => {
+                self.rv_mounted.remove(volume);
+                Ok(StepResult::RvFreed)
+            }
+            StepCall::Replicate { pair } => {
+                assert!(
+                    !self.rv_mounted.contains(&member(pair).rv),
+                    "S2: replicate of {pair} while its RV is mounted"
+                );
+                self.pairs.insert(pair.clone(), PairSync::InSync);
+                Ok(StepResult::InSync)
+            }
+            StepCall::Quiesce { volume, .. } => {
+                if let Some(n) = self.failing_quiesces.get_mut(volume).filter(|n| **n > 0) {
+                    *n -= 1;
+                    Err(format!("{volume} is busy"))
+                } else {
+                    assert!(
+                        !self.quiesced.contains_key(volume),
+                        "{volume} quiesced twice"
+                    );
+                    self.next_quiesce_id += 1;
+                    // Sometimes the quiesce ends by itself before its release (deadline).
+                    let holds = !rng.chance(self.quiesce_lost_pct);
+                    self.quiesced
+                        .insert(volume.clone(), (self.next_quiesce_id, holds));
+                    self.trace.push(format!("quiesce {volume}"));
+                    Ok(StepResult::Quiesced {
+                        quiesce_id: self.next_quiesce_id,
+                    })
+                }
+            }
+            StepCall::Separate { pair } => {
+                let all_held = g
+                    .members
+                    .iter()
+                    .all(|m| self.quiesced.get(&m.mv).is_some_and(|(_, h)| *h));
+                self.separated_in_static_point
+                    .insert(pair.clone(), all_held);
+                self.pairs.insert(pair.clone(), PairSync::Separating);
+                self.trace.push(format!("separate {pair}"));
+                Ok(StepResult::SeparateAccepted)
+            }
+            StepCall::Release { volume, .. } => {
+                let (id, held) = self.quiesced.remove(volume).expect("release of nothing");
+                assert_eq!(d.quiesce_id, Some(id), "release names another quiesce");
+                self.trace.push(format!("release {volume}"));
+                Ok(StepResult::Released {
+                    held_throughout: held,
+                })
+            }
+            StepCall::AwaitSeparated { pair } => {
+                self.pairs.insert(pair.clone(), PairSync::Separated);
+                Ok(StepResult::Separated)
+            }
+            StepCall::MountRv { volume } => {
+                let m = g.members.iter().find(|m| &m.rv == volume).unwrap();
+                assert_eq!(
+                    self.pairs.get(&m.pair),
+                    Some(&PairSync::Separated),
+                    "S1: {volume} mounted before its pair was separated"
+                );
+                self.rv_mounted.insert(volume.clone());
+                Ok(StepResult::RvMounted {
+                    repaired: d.check_first,
+                })
+            }
+            StepCall::RunBackup { .. } => Ok(StepResult::BackupRan { exit_code: 0 }),
+        };
+        self.journal.insert(d.step, (d.token, out.clone()));
+        out
+    }
+
+    /// What the executor's journal says about `token` (and it fences that token).
+    fn finding(&self, step: StepId, token: &FencingToken) -> Finding {
+        match self.journal.get(&step) {
+            Some((t, outcome)) if t.attempt >= token.attempt => Finding::Finished {
+                token: *t,
+                outcome: outcome.clone(),
+            },
+            _ => Finding::NotRecorded,
+        }
+    }
+}
+
+struct Faults {
+    lost_reply_pct: u64,
+    leader_change_pct: u64,
+    /// Chance that a quiesce ends by itself (its deadline) before its release.
+    quiesce_lost_pct: u64,
+}
+
+/// Drives `job` to its end the way the leader's runtime will: events are applied to the
+/// driver's copy at once and reach the log behind it; a leader change keeps only a committed
+/// prefix of them, and the new leader starts from that with its takeover events.
+fn drive(g: &Group, world: &mut World, seed: u64, faults: &Faults) -> Job {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    world.quiesce_lost_pct = faults.quiesce_lost_pct;
+    let plan = job(g);
+    let mut log: Vec<(JobEvent, u64)> = Vec::new();
+    let mut committed = 0;
+    let mut current = plan.clone();
+    let (mut term, mut now_ms) = (1, 0);
+    for _tick in 0..5_000 {
+        if current.is_ended() {
+            return current;
+        }
+        let record = |job: &mut Job, log: &mut Vec<(JobEvent, u64)>, e: JobEvent| {
+            job.record(&e, now_ms)
+                .unwrap_or_else(|err| panic!("seed {seed}: {e:?} refused: {err}"));
+            log.push((e, now_ms));
+        };
+        for action in decide(&current, term, now_ms) {
+            match action {
+                Action::Record(e) => record(&mut current, &mut log, e),
+                Action::Dispatch(d) => {
+                    let e = JobEvent::Dispatched {
+                        step: d.step,
+                        token: d.token,
+                    };
+                    record(&mut current, &mut log, e);
+                    let out = world.exec(g, &d, &mut rng);
+                    if rng.chance(faults.lost_reply_pct) {
+                        continue; // executed, but the reply never came back
+                    }
+                    let e = match out {
+                        Ok(result) => JobEvent::Completed {
+                            step: d.step,
+                            token: d.token,
+                            result,
+                        },
+                        Err(reason) => JobEvent::Failed {
+                            step: d.step,
+                            token: d.token,
+                            reason,
+                        },
+                    };
+                    record(&mut current, &mut log, e);
+                }
+                Action::Probe { step, token, .. } => {
+                    let finding = world.finding(step, &token);
+                    if let Some(e) = resolve(&current.steps[step as usize], &finding) {
+                        record(&mut current, &mut log, e);
+                    }
+                }
+            }
+        }
+        now_ms += 60_000;
+        // The log commits what the driver recorded, often with a lag of a tick.
+        if rng.chance(60) {
+            committed = log.len();
+        }
+        if rng.chance(faults.leader_change_pct) {
+            // The old leader's uncommitted events are gone; the new one replays the rest.
+            term += 1;
+            log.truncate(committed);
+            current = plan.clone();
+            for (e, at) in &log {
+                current.record(e, *at).unwrap();
+            }
+            for e in current.takeover_events(term) {
+                current.record(&e, now_ms).unwrap();
+                log.push((e, now_ms));
+            }
+        }
+    }
+    panic!("seed {seed}: the job did not end within 5000 ticks");
+}
+
+#[test]
+fn the_plan_orders_the_freeze_window_and_mounts_after_separated() {
+    let g = group(3, 2);
+    let steps = plan_backup(&g, &StepLimits::default());
+    let of = |pred: &dyn Fn(&StepCall) -> bool| -> Vec<&Step> {
+        steps.iter().filter(|s| pred(&s.call)).collect()
+    };
+    let quiesces = of(&|c| matches!(c, StepCall::Quiesce { .. }));
+    let separates = of(&|c| matches!(c, StepCall::Separate { .. }));
+    let releases = of(&|c| matches!(c, StepCall::Release { .. }));
+    let replicates = of(&|c| matches!(c, StepCall::Replicate { .. }));
+    assert_eq!((quiesces.len(), separates.len(), releases.len()), (3, 3, 3));
+    for q in &quiesces {
+        assert_eq!(q.after, replicates.iter().map(|s| s.id).collect::<Vec<_>>());
+    }
+    for s in &separates {
+        assert_eq!(s.after, quiesces.iter().map(|s| s.id).collect::<Vec<_>>());
+        assert!(matches!(s.target, StepTarget::Array(ref a) if a == "A1"));
+    }
+    for r in &releases {
+        assert_eq!(r.after, separates.iter().map(|s| s.id).collect::<Vec<_>>());
+    }
+    assert!(
+        quiesces
+            .iter()
+            .any(|q| q.target == StepTarget::Node("db2".into()))
+    );
+    for s in &steps {
+        assert!(s.after.iter().all(|&d| d < s.id), "deps come first");
+    }
+}
+
+#[test]
+fn a_clean_run_is_consistent_and_keeps_the_freeze_window_in_order() {
+    let g = group(3, 2);
+    let mut world = World::default();
+    let no_faults = Faults {
+        lost_reply_pct: 0,
+        leader_change_pct: 0,
+        quiesce_lost_pct: 0,
+    };
+    let done = drive(&g, &mut world, 3, &no_faults);
+    let end = match &done.state {
+        JobState::Ended { end, .. } => end.clone(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        end,
+        JobEnd::Done {
+            label: CopyLabel::Consistent
+        },
+        "trace: {:?}",
+        world.trace
+    );
+    let last = |p: &str| world.trace.iter().rposition(|t| t.starts_with(p)).unwrap();
+    let first = |p: &str| world.trace.iter().position(|t| t.starts_with(p)).unwrap();
+    assert!(last("quiesce") < first("separate"));
+    assert!(last("separate") < first("release"));
+    assert_eq!(world.rv_mounted.len(), 3);
+}
+
+#[test]
+fn a_quiesce_that_keeps_failing_gives_a_crash_consistent_copy_checked_before_mounting() {
+    let g = group(2, 2);
+    let mut world = World::default();
+    world.failing_quiesces.insert(vol("db1", "mv0"), ROUNDS_MAX);
+    let done = drive(
+        &g,
+        &mut world,
+        11,
+        &Faults {
+            lost_reply_pct: 0,
+            leader_change_pct: 0,
+            quiesce_lost_pct: 0,
+        },
+    );
+    match &done.state {
+        JobState::Ended {
+            end:
+                JobEnd::Done {
+                    label: CopyLabel::CrashConsistent { why },
+                },
+            ..
+        } => assert!(why.contains("db1:mv0 is busy"), "{why}"),
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(done.round, ROUNDS_MAX + 1);
+    let mounts: Vec<_> = done
+        .steps
+        .iter()
+        .filter_map(|s| match s.result() {
+            Some(StepResult::RvMounted { repaired }) => Some(*repaired),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![true, true],
+        "a crash-consistent RV is checked first"
+    );
+    assert!(world.quiesced.is_empty(), "nothing left quiesced");
+}
+
+#[test]
+fn a_cancel_inside_the_freeze_window_releases_the_held_quiesce_at_once() {
+    let g = group(2, 2);
+    let mut j = job(&g);
+    let mut world = World::default();
+    let mut rng = Rng(1);
+    // Run until the first quiesce is done and the second is still out.
+    let quiesce_steps: Vec<StepId> = j
+        .steps
+        .iter()
+        .filter(|s| matches!(s.call, StepCall::Quiesce { .. }))
+        .map(|s| s.id)
+        .collect();
+    for _ in 0..10 {
+        for a in decide(&j, 1, 0) {
+            if let Action::Dispatch(d) = a {
+                j.record(
+                    &JobEvent::Dispatched {
+                        step: d.step,
+                        token: d.token,
+                    },
+                    0,
+                )
+                .unwrap();
+                if d.step == quiesce_steps[1] {
+                    continue; // still out
+                }
+                let result = world.exec(&g, &d, &mut rng).unwrap();
+                j.record(
+                    &JobEvent::Completed {
+                        step: d.step,
+                        token: d.token,
+                        result,
+                    },
+                    0,
+                )
+                .unwrap();
+            }
+        }
+    }
+    assert!(j.steps[quiesce_steps[0] as usize].result().is_some());
+    j.record(&JobEvent::CancelRequested { by: "ops".into() }, 1)
+        .unwrap();
+    let actions = decide(&j, 1, 1);
+    let released: Vec<StepId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch(d) if matches!(d.call, StepCall::Release { .. }) => Some(d.step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released.len(), 1, "{actions:?}");
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Record(JobEvent::Ended { .. }))),
+        "not ended while a quiesce is out and one is held"
+    );
+    assert!(
+        !actions.iter().any(
+            |a| matches!(a, Action::Dispatch(d) if matches!(d.call, StepCall::Separate { .. }))
+        )
+    );
+}
+
+#[test]
+fn a_stale_or_repeated_outcome_is_refused_and_changes_nothing() {
+    let g = group(1, 1);
+    let mut j = job(&g);
+    let t1 = j.steps[0].next_token(1, j.id);
+    j.record(&JobEvent::Dispatched { step: 0, token: t1 }, 0)
+        .unwrap();
+    j.record(
+        &JobEvent::LostTrack {
+            step: 0,
+            token: t1,
+            why: "timeout".into(),
+        },
+        1,
+    )
+    .unwrap();
+    j.record(&JobEvent::NotExecuted { step: 0, token: t1 }, 2)
+        .unwrap();
+    let t2 = j.steps[0].next_token(2, j.id);
+    assert_eq!(t2.attempt, 2);
+    j.record(&JobEvent::Dispatched { step: 0, token: t2 }, 3)
+        .unwrap();
+    let before = j.clone();
+    let late = JobEvent::Completed {
+        step: 0,
+        token: t1,
+        result: StepResult::RvFreed,
+    };
+    let err = j.record(&late, 4).unwrap_err();
+    assert!(err.to_string().contains("stale token"), "{err}");
+    assert_eq!(j, before);
+    let again = JobEvent::Dispatched { step: 0, token: t2 };
+    assert!(j.record(&again, 5).is_err());
+    assert_eq!(j, before);
+}
+
+#[test]
+fn an_interrupted_quiesce_or_separate_stays_unknown_until_the_target_is_read() {
+    let g = group(1, 1);
+    let j = job(&g);
+    let mut s = j
+        .steps
+        .iter()
+        .find(|s| matches!(s.call, StepCall::Separate { .. }))
+        .unwrap()
+        .clone();
+    let t = s.next_token(1, j.id);
+    s.dispatch(t, 0).unwrap();
+    s.lose_track(t, "agent restarted".into(), 1).unwrap();
+    let blind = Finding::Interrupted {
+        token: t,
+        observed: None,
+    };
+    assert_eq!(resolve(&s, &blind), None);
+    let seen = Finding::Interrupted {
+        token: t,
+        observed: Some(Observed::Pair {
+            sync: PairSync::Separating,
+        }),
+    };
+    assert!(matches!(
+        resolve(&s, &seen),
+        Some(JobEvent::Completed { .. })
+    ));
+    let not = Finding::Interrupted {
+        token: t,
+        observed: Some(Observed::Pair {
+            sync: PairSync::InSync,
+        }),
+    };
+    assert!(matches!(
+        resolve(&s, &not),
+        Some(JobEvent::NotExecuted { .. })
+    ));
+}
+
+#[test]
+fn under_lost_replies_and_leader_changes_no_copy_is_wrongly_consistent() {
+    let seeds = 400;
+    let g = group(3, 2);
+    let mut labels = BTreeMap::new();
+    for seed in 0..seeds {
+        let mut world = World::default();
+        let done = drive(
+            &g,
+            &mut world,
+            seed,
+            &Faults {
+                lost_reply_pct: 15,
+                leader_change_pct: 10,
+                quiesce_lost_pct: 10,
+            },
+        );
+        let JobState::Ended { end, .. } = &done.state else {
+            unreachable!()
+        };
+        match end {
+            JobEnd::Done {
+                label: CopyLabel::Consistent,
+            } => {
+                for m in &g.members {
+                    assert_eq!(
+                        world.separated_in_static_point.get(&m.pair),
+                        Some(&true),
+                        "seed {seed}: {} labelled consistent but separated outside the static point",
+                        m.pair
+                    );
+                }
+                *labels.entry("consistent").or_insert(0) += 1;
+            }
+            JobEnd::Done {
+                label: CopyLabel::CrashConsistent { .. },
+            } => *labels.entry("crash-consistent").or_insert(0) += 1,
+            other => panic!("seed {seed}: ended {other:?}"),
+        }
+        assert!(
+            world.quiesced.is_empty(),
+            "seed {seed}: an MV left quiesced"
+        );
+        assert_eq!(world.rv_mounted.len(), 3, "seed {seed}");
+    }
+    // Both outcomes occur, so the check above is exercised.
+    assert!(
+        labels.get("consistent").copied().unwrap_or(0) > seeds / 4,
+        "{labels:?}"
+    );
+    assert!(
+        labels.get("crash-consistent").copied().unwrap_or(0) > 0,
+        "{labels:?}"
+    );
+}
+
+#[test]
+fn a_group_names_every_broken_rule_with_its_path() {
+    let mut registry = ClusterState::default();
+    for (id, name, role) in [(1, "db1", Role::Business), (2, "backup1", Role::Backup)] {
+        registry.apply(&Command::RegisterNode(NodeRecord {
+            node_id: id,
+            name: name.into(),
+            address: format!("127.0.0.1:{}", 7000 + id),
+            roles: [role].into(),
+            version: "0.1.0".into(),
+            registered_at_ms: 0,
+            deregistered_at_ms: None,
+        }));
+    }
+    let mut g = group(2, 1);
+    g.members[1].rv = vol("db1", "rv1");
+    g.members[1].mv = vol("db9", "mv1");
+    g.members[0].quiesce_ms_max = 0;
+    let errors: Vec<String> = g
+        .validate(&registry)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let want = [
+        "groups.payroll.members[0].quiesce_ms_max: a quiesce needs a deadline above 0 ms",
+        "groups.payroll.members[1].mv: no node named \"db9\" is registered",
+        "groups.payroll.members[1].rv: node \"db1\" does not have the backup role (it has: business)",
+    ];
+    assert_eq!(errors, want);
+    assert!(group(2, 1).validate(&registry).is_empty());
+}
