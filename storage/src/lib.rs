@@ -53,21 +53,20 @@
 //!   leaves invisible leftovers, and a purge lost in a crash is merely redone.
 //! - **Committed** id (`save_committed`) is written without a flush: losing it only means openraft
 //!   re-applies less on restart. Any later flush carries it.
-//! - **State machine**: each `apply` call runs the entries on a copy of the state and writes the
-//!   copy, its last applied log id and its membership as one value, then swaps it in. Readers
-//!   (`read`, `last_applied`) see only states on their way to disk, and no crash can separate
-//!   the state from its last applied id. `apply` does *not* flush: the log is durable and
-//!   openraft re-applies committed entries after a restart, starting from the recovered
-//!   `last_applied`. Every other flush (the next append or vote, or sled's background flush every
-//!   500 ms) makes earlier applies durable, and sled replays its log in order up to the last
-//!   intact write, so the recovered state is always an earlier, self-consistent one.
+//! - **State machine**: `apply` changes the in-memory state in place (under a write lock, so
+//!   readers see it before or after a batch) and writes nothing: its cost is what the commands
+//!   change, not the size of the state. The log and the snapshot are its durability, as in
+//!   openraft's examples: every applied entry is in the durable log, the log is purged only up
+//!   to the current snapshot, and the snapshot holds the state up to its last log id.
 //! - **Snapshots**: `build_snapshot` serialises the state under the read lock, stores meta and
 //!   data as one value and flushes before returning, so the snapshot is durable before openraft
 //!   purges the log it replaces. The current snapshot only moves forward (a snapshot built while a
 //!   newer one was installed is returned but not kept). `install_snapshot` checks the data
-//!   against the meta, then replaces state and snapshot in one batch and flushes.
-//! - **Restart**: the state machine is read back from `state`; should it be older than the
-//!   current snapshot (only a damaged disk could do that), the snapshot wins and is logged.
+//!   against the meta, then writes it, makes it the state and flushes.
+//! - **Restart**: the state machine starts from the current snapshot (or empty), and openraft
+//!   re-applies the committed entries after it, from the log (the committed id is saved), so
+//!   the state after a restart is the state before it, each entry applied once per process.
+//!   The cost is re-applying up to `snapshot_after_logs` entries at start.
 //!
 //! Damaged bytes (undecodable entry, vote, state, snapshot, a key of the wrong size, an entry
 //! under the wrong index, an unknown format version) become [`Error::Corrupt`], or openraft's
@@ -87,8 +86,8 @@
 //! - `append` waits for its flush inline: openraft cannot overlap the next write with the
 //!   previous fsync, so log throughput is one flush per append call (the `flush` bench measures
 //!   it). Fine for a control plane; a flusher task would be the next step.
-//! - Each `apply` call clones and re-serialises the whole state: O(state size) per batch. Right
-//!   for an inventory-and-jobs state of kilobytes to a few megabytes, wrong for large states.
+//! - Building a snapshot serialises the whole state under the read lock (applies wait for it);
+//!   with a large job history that pause grows with the state.
 //! - Snapshots live in memory (`Cursor<Vec<u8>>`), built, stored and sent whole.
 //! - Two details of sled 0.34 are relied on and pinned by tests: the text of its lock error
 //!   (mapped to `InUse`) and its file layout (`db`, `blobs/`) for the extra sync. A sled upgrade

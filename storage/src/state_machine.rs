@@ -1,5 +1,13 @@
-//! The state machine store: the applied state with its last applied log id and membership,
-//! and the current snapshot, in one sled tree.
+//! The state machine store: the applied state in memory, and the current snapshot on disk.
+//!
+//! Applying an entry changes the in-memory state in place and writes nothing: its cost is what
+//! the command changes, not the size of the state (which grows with job history). Durability
+//! comes from the raft log and the snapshot, as in openraft's own examples: every applied entry
+//! is in the log (flushed and fdatasync'ed before it was acknowledged), the log is purged only
+//! up to the current snapshot, and the snapshot holds the whole state up to its last log id. A
+//! restarted store starts from its snapshot, and openraft re-applies the committed entries
+//! after it (the log store keeps the committed log id), so `apply` runs at most once per entry
+//! per process and the state after restart is the state before it.
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -19,9 +27,9 @@ use crate::codec::{decode, encode};
 use crate::state::StateMachineData;
 use crate::store::{Disk, StoreTypeConfig, TREE_STATE_MACHINE};
 
-/// The applied state, with what it is the result of. Written as one value, so the state and its
-/// last applied log id can never disagree on disk.
-const KEY_STATE: &[u8] = b"state";
+/// Where earlier stores wrote the whole state after every apply. Read no more; removed
+/// at open (the snapshot and the log hold everything it held).
+const KEY_LEGACY_STATE: &[u8] = b"state";
 /// The current snapshot: `[meta length: u32 BE][meta JSON][data]`, one value so it is read and
 /// replaced atomically.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
@@ -213,26 +221,16 @@ where
             tree.get(key)
                 .map_err(|e| Error::sled(&path, &format!("read {what}"), e))
         };
-        let mut applied: Applied<S> = match read(KEY_STATE, "the state machine")? {
-            Some(bytes) => decode_record(&path, "the state machine", &bytes)?,
+        let applied: Applied<S> = match read(KEY_SNAPSHOT, "the current snapshot")? {
+            Some(framed) => {
+                let (_meta, data) = unframe_snapshot(&path, &framed)?;
+                decode_record(&path, "the current snapshot's data", &data)?
+            }
             None => Applied::default(),
         };
-        // Every flush carries all earlier writes, so the state is never older than the current
-        // snapshot (built from it). Should a damaged disk break that rule anyway, the snapshot is
-        // the newer truth: start from it rather than from a state that misses applied entries
-        // whose log may already be purged.
-        if let Some(framed) = read(KEY_SNAPSHOT, "the current snapshot")? {
-            let (meta, data) = unframe_snapshot(&path, &framed)?;
-            if meta.last_log_id > applied.last_applied {
-                tracing::warn!(
-                    path = %path.display(),
-                    snapshot = %meta.snapshot_id,
-                    "state machine older than its snapshot; restoring the state from the snapshot"
-                );
-                applied = decode_record(&path, "the current snapshot's data", &data)?;
-                tree.insert(KEY_STATE, data)
-                    .map_err(|e| Error::sled(&path, "write the state machine", e))?;
-            }
+        if read(KEY_LEGACY_STATE, "the legacy state record")?.is_some() {
+            tree.remove(KEY_LEGACY_STATE)
+                .map_err(|e| Error::sled(&path, "remove the legacy state record", e))?;
         }
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
@@ -249,46 +247,27 @@ where
         &self.inner.disk.path
     }
 
-    /// Applies `entries` to a copy of the state, writes the copy (state, last applied and
-    /// membership in one value), and only then makes it the current state. Readers never see
-    /// a state that is not on its way to disk, and a failed write leaves the state untouched.
-    #[expect(
-        clippy::result_large_err,
-        reason = "openraft's StorageError, which apply() must return anyway"
-    )]
-    fn apply_entries(
-        &self,
-        entries: impl Iterator<Item = Entry<C>>,
-    ) -> Result<Vec<C::R>, StorageError<u64>> {
-        let mut current = self.write_applied();
-        let mut next = current.clone();
+    /// Applies `entries` to the in-memory state, in place, under the write lock: readers see
+    /// the state before or after the batch, never inside it. Nothing is written (see the module
+    /// docs for where durability comes from). Infallible: `apply` is a pure function whose
+    /// refusals are responses, not errors.
+    fn apply_entries(&self, entries: impl Iterator<Item = Entry<C>>) -> Vec<C::R> {
+        let mut applied = self.write_applied();
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
             let response = match entry.payload {
                 EntryPayload::Blank => S::response_for_non_command(&log_id),
-                EntryPayload::Normal(command) => next.data.apply(&log_id, &command),
+                EntryPayload::Normal(command) => applied.data.apply(&log_id, &command),
                 EntryPayload::Membership(membership) => {
-                    next.last_membership = StoredMembership::new(Some(log_id), membership);
+                    applied.last_membership = StoredMembership::new(Some(log_id), membership);
                     S::response_for_non_command(&log_id)
                 }
             };
-            next.last_applied = Some(log_id);
+            applied.last_applied = Some(log_id);
             responses.push(response);
         }
-        let Some(last) = next.last_applied.filter(|_| !responses.is_empty()) else {
-            return Ok(responses);
-        };
-        let bytes = next
-            .encode(self.path())
-            .map_err(|e| StorageIOError::apply(last, &e))?;
-        self.inner
-            .tree
-            .insert(KEY_STATE, bytes)
-            .map_err(|e| Error::sled(self.path(), "write the state machine", e))
-            .map_err(|e| StorageIOError::apply(last, &e))?;
-        *current = next;
-        Ok(responses)
+        responses
     }
 
     fn current_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
@@ -387,7 +366,7 @@ where
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_entries(entries.into_iter())
+        Ok(self.apply_entries(entries.into_iter()))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -431,15 +410,11 @@ where
             frame_snapshot(self.path(), meta, &data).map_err(|e| write_snapshot_err(meta, e))?;
         let _writer = self.inner.snapshot_write.lock().await;
         {
-            // State and snapshot replaced in one batch: after a crash both are the old ones or
-            // both the new ones.
-            let mut batch = sled::Batch::default();
-            batch.insert(KEY_STATE, data);
-            batch.insert(KEY_SNAPSHOT, framed);
+            // The snapshot is the state's durable form: written first, then made current.
             let mut current = self.write_applied();
             self.inner
                 .tree
-                .apply_batch(batch)
+                .insert(KEY_SNAPSHOT, framed)
                 .map_err(|e| Error::sled(self.path(), "install the snapshot", e))
                 .map_err(|e| write_snapshot_err(meta, e))?;
             *current = installed;

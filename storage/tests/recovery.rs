@@ -124,9 +124,9 @@ async fn purging_everything_keeps_the_purge_point_as_last_log_id() {
 }
 
 #[tokio::test]
-async fn reopened_state_machine_has_same_state_and_last_applied() {
+async fn reopened_state_machine_starts_from_its_snapshot_and_writes_nothing_per_apply() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let responses = {
         let store = Store::open(dir.path()).unwrap();
         let mut sm = state_machine(&store);
         let responses = sm
@@ -134,40 +134,56 @@ async fn reopened_state_machine_has_same_state_and_last_applied() {
                 blank(1, 1),
                 membership_entry(1, 2, &[1, 2, 3]),
                 set(1, 3, "a", "1"),
-                set(1, 4, "a", "2"),
             ])
             .await
             .unwrap();
-        assert_eq!(
-            responses,
-            vec![
-                KvResponse::NoCommand,
-                KvResponse::NoCommand,
-                KvResponse::Previous(None),
-                KvResponse::Previous(Some("1".into()))
-            ]
-        );
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut after = sm.apply(vec![set(1, 4, "a", "2")]).await.unwrap();
         // A second handle from the same Store sees the same state (one in-memory copy).
         let again = state_machine(&store);
         assert_eq!(again.last_applied(), Some(log_id(1, 4)));
-    }
+        let mut all = responses;
+        all.append(&mut after);
+        all
+    };
+    assert_eq!(
+        responses,
+        vec![
+            KvResponse::NoCommand,
+            KvResponse::NoCommand,
+            KvResponse::Previous(None),
+            KvResponse::Previous(Some("1".into()))
+        ]
+    );
 
+    // Reopened: the state is the snapshot's (entry 4 is re-applied from the log by openraft,
+    // which `single_node` checks end to end).
     let store = Store::open(dir.path()).unwrap();
     let mut sm = state_machine(&store);
-    assert_eq!(sm.last_applied(), Some(log_id(1, 4)));
+    assert_eq!(sm.last_applied(), Some(log_id(1, 3)));
     assert_eq!(
         sm.read(|kv| kv.map.get("a").cloned()),
-        Some("2".to_string())
+        Some("1".to_string())
     );
-    assert_eq!(sm.read(|kv| kv.commands_applied), 2);
+    assert_eq!(sm.read(|kv| kv.commands_applied), 1);
     let (applied, membership) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(1, 4)));
+    assert_eq!(applied, Some(log_id(1, 3)));
     assert_eq!(
         membership,
         StoredMembership::new(
             Some(log_id(1, 2)),
             Membership::new(vec![BTreeSet::from([1, 2, 3])], None)
         )
+    );
+    // Re-applying entry 4 gives the state before the restart.
+    sm.apply(vec![set(1, 4, "a", "2")]).await.unwrap();
+    assert_eq!(
+        sm.read(|kv| kv.map.get("a").cloned()),
+        Some("2".to_string())
     );
 }
 
@@ -251,7 +267,7 @@ async fn snapshot_whose_data_contradicts_its_meta_is_refused() {
 }
 
 #[tokio::test]
-async fn lost_state_record_is_rebuilt_from_the_snapshot_not_left_empty() {
+async fn a_legacy_whole_state_record_is_ignored_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
@@ -264,13 +280,23 @@ async fn lost_state_record_is_rebuilt_from_the_snapshot_not_left_empty() {
             .build_snapshot()
             .await
             .unwrap();
-        let tree = store.db().open_tree("raft/state_machine").unwrap();
-        tree.remove("state").unwrap();
     }
+    // What an earlier stillpoint wrote after each apply: not read any more.
+    damage(
+        dir.path(),
+        "raft/state_machine",
+        b"state",
+        b"{\"stale\": true}",
+    );
     let store = Store::open(dir.path()).unwrap();
     let sm = state_machine(&store);
     assert_eq!(sm.last_applied(), Some(log_id(1, 2)));
     assert_eq!(sm.read(|kv| kv.map.len()), 2);
+    let tree = store.db().open_tree("raft/state_machine").unwrap();
+    assert!(
+        tree.get("state").unwrap().is_none(),
+        "legacy record removed"
+    );
 }
 
 #[test]
@@ -349,7 +375,12 @@ async fn damaged_log_entry_vote_and_state_are_errors_not_panics() {
     }
     damage(dir.path(), "raft/log", &2u64.to_be_bytes(), b"{not json");
     damage(dir.path(), "raft/log_meta", b"vote", b"\xff\xfe");
-    damage(dir.path(), "raft/state_machine", b"state", b"[]");
+    damage(
+        dir.path(),
+        "raft/state_machine",
+        b"snapshot",
+        b"\x00\x00\x00\x02[]",
+    );
 
     let store = Store::open(dir.path()).unwrap();
     let mut log = log_store(&store);
