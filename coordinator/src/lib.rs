@@ -36,10 +36,14 @@
 
 pub mod inventory;
 pub mod job;
+mod jobs;
 mod registry;
 
 use std::io::Cursor;
 
+use inventory::{Change, Inventory, InventoryError};
+use job::{JobEvent, JobId, JobKind};
+pub use jobs::JobTable;
 pub use registry::{ClusterState, NodeRecord, Role, RoleParseError};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +78,29 @@ pub enum Command {
         /// Proposer's wall clock, milliseconds since the Unix epoch.
         at_ms: u64,
     },
+    /// An operator applies a site file: everything in it is added or replaced, what it does not
+    /// mention stays unless `prune`. Refused whole if the result breaks a rule, or if it changes
+    /// something an unfinished job uses.
+    ApplyInventory {
+        inventory: Inventory,
+        prune: bool,
+        by: String,
+        at_ms: u64,
+    },
+    /// Accept a job: its plan is made in `apply`, from the inventory in force.
+    SubmitJob {
+        kind: JobKind,
+        submitted_by: String,
+        at_ms: u64,
+        /// Refuse instead of queueing when another job owns what this one needs.
+        no_queue: bool,
+    },
+    /// A change to a job's progress, proposed by the leader's driver (or cancel, by anyone).
+    Job {
+        job_id: JobId,
+        event: JobEvent,
+        at_ms: u64,
+    },
 }
 
 /// The outcome of applying a [`Command`], returned to its proposer.
@@ -86,6 +113,15 @@ pub enum Response {
     Refused { rule: String },
     /// A log entry that carried no command (leader blank entry or membership change).
     NoCommand,
+    /// The inventory was applied with these changes (none: it was already in force).
+    InventoryApplied { changes: Vec<Change> },
+    /// The inventory was refused: every rule it breaks, each naming where.
+    InventoryInvalid { errors: Vec<InventoryError> },
+    /// The job was accepted; `waiting_for` names the job it queues behind, if any.
+    JobAccepted {
+        job_id: JobId,
+        waiting_for: Option<JobId>,
+    },
 }
 
 impl Response {

@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, NodeId, Response};
+use crate::inventory::Inventory;
+use crate::job::{JobKind, StepLimits, plan_backup};
+use crate::{Command, JobTable, NodeId, Response};
 
 /// What a host does on the site; an agent may play several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,6 +90,12 @@ impl NodeRecord {
 pub struct ClusterState {
     /// Every agent that ever registered, by id.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The site inventory in force.
+    #[serde(default)]
+    pub inventory: Inventory,
+    /// Accepted jobs, their locks and their history.
+    #[serde(default)]
+    pub jobs: JobTable,
 }
 
 impl ClusterState {
@@ -105,7 +113,74 @@ impl ClusterState {
                     Response::Applied { changed: true }
                 }
             },
+            Command::ApplyInventory {
+                inventory, prune, ..
+            } => self.apply_inventory(inventory, *prune),
+            Command::SubmitJob {
+                kind,
+                submitted_by,
+                at_ms,
+                no_queue,
+            } => self.submit_job(kind, submitted_by, *at_ms, *no_queue),
+            Command::Job {
+                job_id,
+                event,
+                at_ms,
+            } => self.jobs.record(
+                *job_id,
+                event,
+                *at_ms,
+                self.inventory.settings.jobs_retained_max,
+            ),
         }
+    }
+
+    fn apply_inventory(&mut self, new: &Inventory, prune: bool) -> Response {
+        let (merged, changes) = self.inventory.merged(new, prune);
+        let errors = merged.validate(self);
+        if !errors.is_empty() {
+            return Response::InventoryInvalid { errors };
+        }
+        // S5: what an unfinished job uses stays as it is until the job ends.
+        for job in self.jobs.unfinished() {
+            let JobKind::Backup { group } = &job.kind;
+            let used = job.resources();
+            let touched = changes.iter().find(|c| {
+                let (kind, name) = c.what.split_once(' ').unwrap_or((&c.what, ""));
+                (kind == "group" && name == group) || used.contains(&format!("{kind}:{name}"))
+            });
+            if let Some(c) = touched {
+                return Response::Refused {
+                    rule: format!(
+                        "S5: {} is used by job {} until it ends; wait for it or cancel it",
+                        c.what, job.id
+                    ),
+                };
+            }
+        }
+        self.inventory = merged;
+        Response::InventoryApplied { changes }
+    }
+
+    fn submit_job(
+        &mut self,
+        kind: &JobKind,
+        submitted_by: &str,
+        at_ms: u64,
+        no_queue: bool,
+    ) -> Response {
+        let JobKind::Backup { group } = kind;
+        let group = match self.inventory.resolve_group(group) {
+            Ok(g) => g,
+            Err(e) => return Response::InventoryInvalid { errors: vec![e] },
+        };
+        let errors = group.validate(self);
+        if !errors.is_empty() {
+            return Response::InventoryInvalid { errors };
+        }
+        let steps = plan_backup(&group, &StepLimits::default());
+        self.jobs
+            .submit(kind.clone(), steps, submitted_by, at_ms, no_queue)
     }
 
     fn register(&mut self, record: &NodeRecord) -> Response {

@@ -226,7 +226,7 @@ fn release_held(job: &Job) -> Vec<&Step> {
 
 /// What to do next with `job`, as the leader of `term` at `now_ms`.
 pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
-    if job.is_ended() {
+    if job.is_ended() || matches!(job.state, JobState::Queued { .. }) {
         return Vec::new();
     }
     let mut actions = Vec::new();

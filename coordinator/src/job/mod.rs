@@ -42,6 +42,8 @@ mod decide;
 mod plan;
 mod step;
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 pub use stillpoint_storage::journal::FencingToken;
 
@@ -92,6 +94,10 @@ pub enum JobEnd {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
+    /// Accepted, waiting for `waiting_for` to release a pair or volume this job needs (S5).
+    Queued {
+        waiting_for: JobId,
+    },
     Running,
     /// Cancel asked: nothing new is sent, held quiesces are released, then it ends.
     Cancelling {
@@ -162,6 +168,8 @@ pub enum JobEvent {
 pub enum JobError {
     #[error("job {job} has ended; nothing more can be recorded")]
     Ended { job: JobId },
+    #[error("job {job} is queued: nothing is sent before it starts")]
+    Queued { job: JobId },
     #[error("job {job} has no step {step}")]
     NoSuchStep { job: JobId, step: StepId },
     #[error("job {job}: {source}")]
@@ -216,6 +224,24 @@ impl Job {
         matches!(self.state, JobState::Ended { .. })
     }
 
+    /// Every pair and volume the plan touches, as `pair:NAME` and `volume:NODE:VOLUME`: what
+    /// the job owns from start to end (S5).
+    pub fn resources(&self) -> BTreeSet<String> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.call {
+                StepCall::Replicate { pair }
+                | StepCall::Separate { pair }
+                | StepCall::AwaitSeparated { pair } => Some(format!("pair:{pair}")),
+                StepCall::FreeRv { volume }
+                | StepCall::Quiesce { volume, .. }
+                | StepCall::Release { volume, .. }
+                | StepCall::MountRv { volume } => Some(format!("volume:{volume}")),
+                StepCall::RunBackup { .. } => None,
+            })
+            .collect()
+    }
+
     fn step_mut(&mut self, step: StepId) -> Result<&mut Step, JobError> {
         let job = self.id;
         self.steps
@@ -228,6 +254,11 @@ impl Job {
         let job = self.id;
         if self.is_ended() {
             return Err(JobError::Ended { job });
+        }
+        if matches!(self.state, JobState::Queued { .. })
+            && !matches!(event, JobEvent::CancelRequested { .. })
+        {
+            return Err(JobError::Queued { job });
         }
         let wrap = |source| JobError::Transition { job, source };
         match event {
@@ -288,8 +319,16 @@ impl Job {
                 Ok(())
             }
             JobEvent::CancelRequested { by } => {
-                if matches!(self.state, JobState::Running) {
-                    self.state = JobState::Cancelling { by: by.clone() };
+                match self.state {
+                    JobState::Running => self.state = JobState::Cancelling { by: by.clone() },
+                    // Nothing was sent: it ends at once.
+                    JobState::Queued { .. } => {
+                        self.state = JobState::Ended {
+                            end: JobEnd::Cancelled { by: by.clone() },
+                            at_ms,
+                        }
+                    }
+                    _ => {}
                 }
                 Ok(())
             }

@@ -1,0 +1,291 @@
+//! Apply cost against job history: does applying a command stay flat as ended jobs pile up?
+//!
+//! `cargo bench -p stillpoint-coordinator --bench apply` builds one state-machine store on a
+//! temp dir (the same sled store the agent uses), applies a site inventory, then grows the
+//! history to each size in `STILLPOINT_BENCH_HISTORY` (default `0,10000,100000`) by running
+//! one-pair backup jobs to their end through `decide` with an executor that succeeds at once,
+//! each event applied as its own log entry. At each size it prints the latency of applying a
+//! job submission and of a step event (p50/p99 over `STILLPOINT_BENCH_SAMPLES` samples, default
+//! 2000), the process's resident memory, the snapshot's size and build time, and the data
+//! dir's size after the snapshot.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+use stillpoint_coordinator::inventory::{
+    ArraySpec, CopyControl, GroupSpec, Inventory, LdRef, MemberSpec, PairSpec, QuiesceMethod,
+    ReplicationKind, VolumeRef, VolumeSpec,
+};
+use stillpoint_coordinator::job::{Action, JobEvent, JobKind, StepCall, StepResult, decide};
+use stillpoint_coordinator::{ClusterState, Command, NodeRecord, Response, Role, TypeConfig};
+use stillpoint_storage::{StateMachineStore, Store};
+
+type Sm = StateMachineStore<TypeConfig, ClusterState>;
+
+struct Log {
+    sm: Sm,
+    index: u64,
+}
+
+impl Log {
+    async fn apply(&mut self, command: Command) -> (Response, Duration) {
+        self.index += 1;
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+            payload: EntryPayload::Normal(command),
+        };
+        let started = Instant::now();
+        let mut out = self.sm.apply([entry]).await.expect("apply");
+        (out.pop().expect("one response"), started.elapsed())
+    }
+}
+
+fn site(retained: u32) -> Inventory {
+    let ld = |ld| LdRef {
+        array: "A1".into(),
+        ld,
+    };
+    let vol = |node: &str, volume: &str| VolumeRef {
+        node: node.into(),
+        volume: volume.into(),
+    };
+    let mut inv = Inventory::default();
+    inv.settings.jobs_retained_max = retained;
+    inv.arrays.insert(
+        "A1".into(),
+        ArraySpec {
+            name: "A1".into(),
+            control_nodes: ["mgmt1".to_string()].into(),
+        },
+    );
+    inv.pairs.insert(
+        "p0".into(),
+        PairSpec {
+            name: "p0".into(),
+            mv: ld(0),
+            rv: ld(1),
+            kind: ReplicationKind::Ddr,
+            copy_control: CopyControl::Sync,
+        },
+    );
+    for (node, volume, l) in [("db1", "data", 0), ("backup1", "rv", 1)] {
+        inv.volumes.insert(
+            format!("{node}:{volume}"),
+            VolumeSpec {
+                node: node.into(),
+                volume: volume.into(),
+                ld: ld(l),
+            },
+        );
+    }
+    inv.groups.insert(
+        "payroll".into(),
+        GroupSpec {
+            name: "payroll".into(),
+            members: vec![MemberSpec {
+                pair: "p0".into(),
+                mv: vol("db1", "data"),
+                rv: vol("backup1", "rv"),
+                quiesce: QuiesceMethod::Freeze,
+                quiesce_ms_max: 10_000,
+            }],
+            backup_command: None,
+        },
+    );
+    inv
+}
+
+fn result_of(call: &StepCall, quiesce_id: u64) -> StepResult {
+    match call {
+        StepCall::FreeRv { .. } => StepResult::RvFreed,
+        StepCall::Replicate { .. } => StepResult::InSync,
+        StepCall::Quiesce { .. } => StepResult::Quiesced { quiesce_id },
+        StepCall::Separate { .. } => StepResult::SeparateAccepted,
+        StepCall::Release { .. } => StepResult::Released {
+            held_throughout: true,
+        },
+        StepCall::AwaitSeparated { .. } => StepResult::Separated,
+        StepCall::MountRv { .. } => StepResult::RvMounted { repaired: false },
+        StepCall::RunBackup { .. } => StepResult::BackupRan { exit_code: 0 },
+    }
+}
+
+/// Runs one backup job from submission to its end; returns the submit and event latencies.
+async fn one_job(log: &mut Log, now_ms: u64) -> (Duration, Vec<Duration>) {
+    let (response, submit) = log
+        .apply(Command::SubmitJob {
+            kind: JobKind::Backup {
+                group: "payroll".into(),
+            },
+            submitted_by: "bench".into(),
+            at_ms: now_ms,
+            no_queue: true,
+        })
+        .await;
+    let Response::JobAccepted { job_id, .. } = response else {
+        panic!("submit refused: {response:?}")
+    };
+    let mut events = Vec::new();
+    for _round in 0..100 {
+        let job = log.sm.read(|s| s.jobs.jobs[&job_id].clone());
+        if job.is_ended() {
+            return (submit, events);
+        }
+        for action in decide(&job, 1, now_ms) {
+            let recorded = match action {
+                Action::Record(e) => vec![e],
+                Action::Dispatch(d) => vec![
+                    JobEvent::Dispatched {
+                        step: d.step,
+                        token: d.token,
+                    },
+                    JobEvent::Completed {
+                        step: d.step,
+                        token: d.token,
+                        result: result_of(&d.call, job_id),
+                    },
+                ],
+                Action::Probe { .. } => panic!("nothing is unknown in this bench"),
+            };
+            for event in recorded {
+                let (r, took) = log
+                    .apply(Command::Job {
+                        job_id,
+                        event,
+                        at_ms: now_ms,
+                    })
+                    .await;
+                assert_eq!(r, Response::Applied { changed: true });
+                events.push(took);
+            }
+        }
+    }
+    panic!("job {job_id} did not end");
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let sizes: Vec<u64> = std::env::var("STILLPOINT_BENCH_HISTORY")
+        .unwrap_or_else(|_| "0,10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let samples: usize = env_or("STILLPOINT_BENCH_SAMPLES", 2000);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open store");
+        let mut log = Log {
+            sm: store.state_machine_store().expect("state machine store"),
+            index: 0,
+        };
+        for (id, name, role) in [
+            (1, "mgmt1", Role::Management),
+            (2, "db1", Role::Business),
+            (3, "backup1", Role::Backup),
+        ] {
+            log.apply(Command::RegisterNode(NodeRecord {
+                node_id: id,
+                name: name.into(),
+                address: format!("127.0.0.1:{}", 7400 + id),
+                roles: [role].into(),
+                version: "0.1.0".into(),
+                registered_at_ms: 0,
+                deregistered_at_ms: None,
+            }))
+            .await;
+        }
+        let retained = sizes.iter().max().copied().unwrap_or(0) as u32 + samples as u32 + 1;
+        let (r, _) = log
+            .apply(Command::ApplyInventory {
+                inventory: site(retained),
+                prune: false,
+                by: "bench".into(),
+                at_ms: 0,
+            })
+            .await;
+        assert!(matches!(r, Response::InventoryApplied { .. }), "{r:?}");
+        println!(
+            "apply cost against history: one-pair backup jobs, each event its own entry, {samples} samples per size"
+        );
+        println!(
+            "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9} {:>13} {:>11} {:>11}",
+            "history",
+            "submit p50",
+            "submit p99",
+            "event p50",
+            "event p99",
+            "RSS MiB",
+            "snapshot MiB",
+            "build ms",
+            "dir MiB"
+        );
+        let mut now_ms = 1_000;
+        for &size in &sizes {
+            let ended = log.sm.read(|s| s.jobs.ended.len() as u64);
+            for _ in ended..size {
+                now_ms += 1;
+                one_job(&mut log, now_ms).await;
+            }
+            let (mut submits, mut events) = (Vec::new(), Vec::new());
+            for _ in 0..samples {
+                now_ms += 1;
+                let (s, e) = one_job(&mut log, now_ms).await;
+                submits.push(s);
+                events.extend(e);
+            }
+            let mut builder = log.sm.get_snapshot_builder().await;
+            let started = Instant::now();
+            let snapshot = builder.build_snapshot().await.expect("snapshot");
+            let build = started.elapsed();
+            let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+            println!(
+                "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9.1} {:>13.1} {:>11.0} {:>11.1}",
+                size,
+                us(percentile(&mut submits, 0.5)),
+                us(percentile(&mut submits, 0.99)),
+                us(percentile(&mut events, 0.5)),
+                us(percentile(&mut events, 0.99)),
+                rss_mib(),
+                snapshot.snapshot.get_ref().len() as f64 / (1 << 20) as f64,
+                build.as_secs_f64() * 1e3,
+                dir_bytes(dir.path()) as f64 / (1 << 20) as f64,
+            );
+        }
+    });
+}

@@ -1,0 +1,174 @@
+//! The job table of the replicated state: accepted jobs, who owns which pair and volume (S5),
+//! the queue of jobs waiting for them, and the bounded history of ended jobs.
+//!
+//! Every operation costs what it touches: a submission or an event finds its job by id
+//! (`O(log jobs)`), locks are a map from resource to job, and retention drops the oldest ended
+//! job in `O(1)` amortised. Nothing here walks the history.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Response;
+use crate::job::{Job, JobEvent, JobId, JobKind, JobState, Step};
+
+/// Accepted jobs and their locks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTable {
+    /// The id the next accepted job gets (ids follow log order).
+    pub next_id: JobId,
+    pub jobs: BTreeMap<JobId, Job>,
+    /// Resource (`pair:NAME`, `volume:NODE:VOLUME`) → the running job that owns it.
+    pub locks: BTreeMap<String, JobId>,
+    /// Queued jobs, first come first served.
+    pub queue: VecDeque<JobId>,
+    /// Ended jobs, in the order they ended: the oldest is forgotten first.
+    pub ended: VecDeque<JobId>,
+}
+
+impl JobTable {
+    /// Jobs not yet ended (queued, running or cancelling).
+    pub fn unfinished(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values().filter(|j| !j.is_ended())
+    }
+
+    /// The job owning `resource`, or the first queued one that will.
+    fn holder_of(&self, needs: &BTreeSet<String>) -> Option<(JobId, String)> {
+        let running = needs
+            .iter()
+            .find_map(|r| self.locks.get(r).map(|j| (*j, r.clone())));
+        running.or_else(|| {
+            self.queue.iter().find_map(|q| {
+                let queued = self.jobs[q].resources();
+                needs
+                    .iter()
+                    .find(|r| queued.contains(*r))
+                    .map(|r| (*q, r.clone()))
+            })
+        })
+    }
+
+    /// Accepts a job with its plan: it starts at once if nothing it needs is owned or awaited
+    /// by another job; otherwise it waits in the queue, or with `no_queue` it is refused naming
+    /// the job that holds what it needs (S5).
+    pub fn submit(
+        &mut self,
+        kind: JobKind,
+        steps: Vec<Step>,
+        submitted_by: &str,
+        at_ms: u64,
+        no_queue: bool,
+    ) -> Response {
+        let id = self.next_id.max(1);
+        let mut job = Job::new(id, kind, submitted_by.to_string(), at_ms, steps);
+        let needs = job.resources();
+        let waiting_for = match self.holder_of(&needs) {
+            Some((holder, resource)) if no_queue => {
+                return Response::Refused {
+                    rule: format!(
+                        "S5: {} is owned by job {holder} ({}); without --no-queue the job would wait for it",
+                        resource.replacen(':', " ", 1),
+                        describe_state(&self.jobs[&holder].state),
+                    ),
+                };
+            }
+            Some((holder, _)) => {
+                job.state = JobState::Queued {
+                    waiting_for: holder,
+                };
+                self.queue.push_back(id);
+                Some(holder)
+            }
+            None => {
+                for r in needs {
+                    self.locks.insert(r, id);
+                }
+                None
+            }
+        };
+        self.jobs.insert(id, job);
+        self.next_id = id + 1;
+        Response::JobAccepted {
+            job_id: id,
+            waiting_for,
+        }
+    }
+
+    /// Applies one event to job `id`. When it ends, its locks go, queued jobs that can now
+    /// start do, and the history is trimmed to `retained_max` ended jobs.
+    pub fn record(
+        &mut self,
+        id: JobId,
+        event: &JobEvent,
+        at_ms: u64,
+        retained_max: u32,
+    ) -> Response {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Response::Refused {
+                rule: format!("no job {id} (it may have ended and been forgotten)"),
+            };
+        };
+        let was_queued = matches!(job.state, JobState::Queued { .. });
+        if let Err(e) = job.record(event, at_ms) {
+            return Response::Refused {
+                rule: e.to_string(),
+            };
+        }
+        if job.is_ended() {
+            let resources = job.resources();
+            if was_queued {
+                self.queue.retain(|q| *q != id);
+            } else {
+                for r in resources {
+                    if self.locks.get(&r) == Some(&id) {
+                        self.locks.remove(&r);
+                    }
+                }
+            }
+            self.ended.push_back(id);
+            self.start_queued();
+            while self.ended.len() > retained_max as usize {
+                if let Some(old) = self.ended.pop_front() {
+                    self.jobs.remove(&old);
+                }
+            }
+        }
+        Response::Applied { changed: true }
+    }
+
+    /// Starts, in queue order, every queued job whose resources are free and not wanted by a
+    /// job ahead of it in the queue.
+    fn start_queued(&mut self) {
+        let mut wanted_ahead: BTreeSet<String> = BTreeSet::new();
+        let mut started = Vec::new();
+        for &q in &self.queue {
+            let needs = self.jobs[&q].resources();
+            let free = needs
+                .iter()
+                .all(|r| !self.locks.contains_key(r) && !wanted_ahead.contains(r));
+            if free {
+                for r in &needs {
+                    self.locks.insert(r.clone(), q);
+                }
+                started.push(q);
+            } else {
+                wanted_ahead.extend(needs);
+            }
+        }
+        for q in started {
+            self.queue.retain(|x| *x != q);
+            if let Some(job) = self.jobs.get_mut(&q) {
+                job.state = JobState::Running;
+            }
+        }
+    }
+}
+
+fn describe_state(state: &JobState) -> &'static str {
+    match state {
+        JobState::Queued { .. } => "queued",
+        JobState::Running => "running",
+        JobState::Cancelling { .. } => "cancelling",
+        JobState::Ended { .. } => "ended",
+    }
+}
