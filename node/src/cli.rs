@@ -61,6 +61,24 @@ pub enum Command {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Apply a site file (arrays, pairs, volumes, groups) to the replicated inventory:
+    /// declarative and idempotent; entries the file leaves out stay unless --prune.
+    Apply {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The site file (TOML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print what would change, and any rule the result would break; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove what the file does not mention.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// The site inventory in force.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
     /// Start a local site (software array, 3 agents) on loopback and take one backup copy by hand.
     Demo(crate::demo::DemoArgs),
     /// Host operations on a node's volumes, performed by that node's agent.
@@ -88,6 +106,15 @@ pub enum Command {
     /// to-parent, list.
     #[command(subcommand)]
     Copy(stillpoint_array::cli::CopyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Arrays, pairs, volumes and groups, as the cluster holds them (read with a quorum).
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +173,18 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Agent { config } => run_agent(config).await,
         Command::Cluster(c) => run_cluster(c).await,
+        Command::Apply {
+            client,
+            file,
+            dry_run,
+            prune,
+        } => {
+            let c = crate::Client::new(&client.endpoint);
+            crate::site::run_apply(&c, client.output, &file, dry_run, prune).await
+        }
+        Command::Inventory(InventoryCommand::Show { client }) => {
+            crate::site::run_show(&crate::Client::new(&client.endpoint), client.output).await
+        }
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Volume { endpoint, command } => return run_volume(&endpoint, command).await,
         Command::Workload(c) => return host_exit(c.run().await),

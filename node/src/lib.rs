@@ -12,6 +12,7 @@
 //! - [`cluster_service`]: identity, bootstrap, membership changes, status, proposals, queries.
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
+//! - [`site`]: the site file (`site.toml`) into the replicated inventory; `apply`, `inventory show`.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
 //! - [`cli`], [`demo`], [`status`], [`output`]: the command line.
 //!
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod error;
 pub mod output;
 pub mod peer;
+pub mod site;
 pub mod status;
 pub mod volumes;
 pub mod wait;
