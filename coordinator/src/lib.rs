@@ -40,16 +40,49 @@ pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for stillpoint: commands in, responses out, agents
-    /// addressed by [`openraft::BasicNode`] (their gRPC address).
+    /// known by [`Member`] (their gRPC address and data dir incarnation).
     pub TypeConfig:
         D = Command,
         R = Response,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// What the raft membership records about each member: where it listens, and which
+/// incarnation of its data dir the cluster admitted.
+///
+/// The incarnation is drawn at random when a node's data dir is created (`stillpoint agent
+/// --new`) and learnt from the node itself when it is initialised or added. It travels in the
+/// membership, so every member knows every other member's incarnation from the same committed
+/// entry that made it a member. The peer transport refuses a raft message whose sender or target
+/// incarnation differs from the one recorded: a node that lost its data dir (and was started
+/// again as new) can then neither vote nor be counted until it is removed and re-added under a
+/// new node id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// gRPC address other agents and clients reach the member at.
+    pub addr: String,
+    /// The member's data dir incarnation.
+    pub incarnation: u64,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, incarnation: u64) -> Member {
+        Member {
+            addr: addr.into(),
+            incarnation,
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (incarnation {:016x})", self.addr, self.incarnation)
+    }
+}
 
 /// The raft handle every agent holds.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -52,11 +52,18 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent daemon.
+    /// Run the agent daemon. Its data dir must already be this node's own; a brand-new node is
+    /// started once with --new.
     Agent {
         /// The agent's node.toml.
         #[arg(long)]
         config: PathBuf,
+        /// This is a brand-new node: create its data dir (or use an empty one) and stamp it with
+        /// a fresh incarnation before starting. Without it a missing or empty data dir is refused
+        /// (exit 6): that is what a mistyped path or an unmounted disk looks like. A dir already
+        /// stamped for this node is used as it is.
+        #[arg(long)]
+        new: bool,
     },
     /// Cluster membership and status.
     #[command(subcommand)]
@@ -144,7 +151,7 @@ pub enum ClusterCommand {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Agent { config } => run_agent(config).await,
+        Command::Agent { config, new } => run_agent(config, new).await,
         Command::Cluster(c) => run_cluster(c).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Volume { endpoint, command } => return run_volume(&endpoint, command).await,
@@ -228,9 +235,14 @@ pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeErro
         })
 }
 
-async fn run_agent(path: PathBuf) -> Result<(), NodeError> {
+async fn run_agent(path: PathBuf, new: bool) -> Result<(), NodeError> {
     let config = NodeConfig::load(&path)?;
-    crate::agent::run(config, shutdown_signal()).await
+    // Bound first, so "port in use" creates no data dir.
+    let listener = crate::agent::bind(&config).await?;
+    if new {
+        crate::agent::init_data_dir(&config).await?;
+    }
+    crate::agent::run_on(config, listener, shutdown_signal()).await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
-use stillpoint_coordinator::{Command, NodeId};
+use stillpoint_coordinator::{Command, Member, NodeId};
 use stillpoint_proto::cluster::cluster_server::Cluster;
 use stillpoint_proto::cluster::*;
 use tonic::{Request, Response, Status};
@@ -39,6 +39,7 @@ impl ClusterService {
             cluster_id: self.ctx.identity.cluster_id().unwrap_or_default(),
             roles: c.roles.iter().map(|r| r.to_string()).collect(),
             version: crate::agent::VERSION.to_string(),
+            incarnation: self.ctx.identity.incarnation,
             initialized: metrics
                 .membership_config
                 .membership()
@@ -115,7 +116,7 @@ impl ClusterService {
             )));
         }
         let own_address = self.ctx.config.advertised_address();
-        let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
         let mut identities = Vec::new();
         for address in &req.member_addresses {
             crate::config::check_address(address).map_err(NodeError::Invalid)?;
@@ -132,7 +133,9 @@ impl ClusterService {
                     ident.node_id, ident.cluster_id
                 )));
             }
-            if let Some(prev) = members.insert(ident.node_id, BasicNode::new(address)) {
+            if let Some(prev) =
+                members.insert(ident.node_id, Member::new(address, ident.incarnation))
+            {
                 return Err(NodeError::Invalid(format!(
                     "node id {} answers at both {} and {address}: every agent needs its own node_id",
                     ident.node_id, prev.addr
@@ -151,7 +154,7 @@ impl ClusterService {
         } else {
             req.cluster_id.clone()
         };
-        self.ctx.identity.adopt(&cluster_id)?;
+        self.ctx.identity.adopt(&cluster_id).await?;
         match self.ctx.raft.initialize(members).await {
             Ok(()) => {}
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
@@ -194,20 +197,32 @@ impl ClusterService {
             .membership_config
             .membership()
             .clone();
-        if let Some(existing) = membership.get_node(&ident.node_id)
-            && existing.addr != req.address
-        {
-            return Err(NodeError::Invalid(format!(
-                "node id {} is already a member at {}; remove it first or give the new agent another node_id",
-                ident.node_id, existing.addr
-            )));
+        if let Some(existing) = membership.get_node(&ident.node_id) {
+            if existing.addr != req.address {
+                return Err(NodeError::Invalid(format!(
+                    "node id {} is already a member at {}; remove it first or give the new agent another node_id",
+                    ident.node_id, existing.addr
+                )));
+            }
+            if existing.incarnation != ident.incarnation {
+                return Err(NodeError::Refused(format!(
+                    "node {} is a member with data dir incarnation {:016x}, but the agent at {} has incarnation {:016x}: it lost or replaced its data dir; remove node {} and add this server again under a new node_id",
+                    ident.node_id,
+                    existing.incarnation,
+                    req.address,
+                    ident.incarnation,
+                    ident.node_id
+                )));
+            }
         }
         let timeout = Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
         let added = tokio::time::timeout(
             timeout,
-            self.ctx
-                .raft
-                .add_learner(ident.node_id, BasicNode::new(&req.address), true),
+            self.ctx.raft.add_learner(
+                ident.node_id,
+                Member::new(&req.address, ident.incarnation),
+                true,
+            ),
         )
         .await
         .map_err(|_| NodeError::Timeout {
@@ -305,7 +320,7 @@ impl ClusterService {
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let registry = self.ctx.state.read(|s| s.nodes.clone());
-        let nodes: Vec<(NodeId, BasicNode)> =
+        let nodes: Vec<(NodeId, Member)> =
             membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let probes = nodes.iter().map(|(id, node)| {
             let id = *id;
@@ -341,6 +356,7 @@ impl ClusterService {
                     .unwrap_or_default(),
                 version: record.map(|r| r.version.clone()).unwrap_or_default(),
                 initialized: true,
+                incarnation: node.incarnation,
             };
             members.push(MemberStatus {
                 identity: Some(identity),
