@@ -16,6 +16,14 @@
 //! a rule is not an error of the log: it is applied as a [`Response::Refused`] that names the
 //! rule, on every replica alike, and the proposer reports it to its caller.
 //!
+//! ## Registration follows membership
+//!
+//! `apply` receives the raft membership in effect at each entry (the same on every replica), so
+//! the registry can follow it: only a member may register, and a removed node's record is never
+//! revived by the node itself (node ids are not reused). An agent removed while it was away, or
+//! added through a leader whose entry was then discarded, is refused once, deterministically,
+//! instead of reappearing as active.
+//!
 //! ## What is not here
 //!
 //! Raft membership (who votes) is openraft's, not ours: the registry says who an agent *is*,
@@ -124,8 +132,14 @@ impl Response {
 }
 
 impl stillpoint_storage::StateMachineData<TypeConfig> for ClusterState {
-    fn apply(&mut self, _log_id: &openraft::LogId<NodeId>, command: &Command) -> Response {
-        ClusterState::apply(self, command)
+    fn apply(
+        &mut self,
+        _log_id: &openraft::LogId<NodeId>,
+        membership: &openraft::Membership<NodeId, Member>,
+        command: &Command,
+    ) -> Response {
+        let members = membership.nodes().map(|(id, _)| *id).collect();
+        ClusterState::apply(self, &members, command)
     }
 
     fn response_for_non_command(_log_id: &openraft::LogId<NodeId>) -> Response {

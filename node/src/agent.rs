@@ -350,23 +350,51 @@ pub async fn run_on(
 }
 
 /// Keeps this agent's registry record current: registers once the agent is a member and a
-/// leader is known, and again whenever its name, address, roles or version change.
+/// leader is known, and again only when something changed (its name, address, roles or version,
+/// or the membership it sees). A proposal answered by the cluster, accepted or refused, is not
+/// repeated for the same record and membership: a removed or never-admitted agent is refused
+/// once and then stays quiet instead of adding a log entry every second. An unanswered one
+/// (leader unreachable, timeout) is retried with backoff: registering is idempotent.
 async fn keep_registered(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<bool>) {
     let mut delay_ms = REGISTRATION_CHECK_MS;
+    // The record (without its time stamp) and membership of the last answered proposal.
+    let mut answered: Option<(NodeRecord, Option<openraft::LogId<NodeId>>)> = None;
+    let mut said_removed = false;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
         }
         let me = ctx.own_record();
-        if ctx
-            .state
-            .read(|s| s.nodes.get(&me.node_id).is_some_and(|r| r.same_as(&me)))
-        {
+        let (current, removed) = ctx.state.read(|s| match s.nodes.get(&me.node_id) {
+            Some(r) => (r.same_as(&me), r.deregistered_at_ms.is_some()),
+            None => (false, false),
+        });
+        if current {
             delay_ms = REGISTRATION_CHECK_MS;
             continue;
         }
+        if removed {
+            if !said_removed {
+                tracing::error!(
+                    node_id = me.node_id,
+                    "this node was removed from the cluster; it does not register again: stop it, or add the server again under a new node_id"
+                );
+                said_removed = true;
+            }
+            continue;
+        }
         let metrics = ctx.raft.metrics().borrow().clone();
+        let key = (
+            NodeRecord {
+                registered_at_ms: 0,
+                ..me.clone()
+            },
+            *metrics.membership_config.log_id(),
+        );
+        if answered.as_ref() == Some(&key) {
+            continue;
+        }
         let Some(leader) = metrics.current_leader else {
             continue;
         };
@@ -392,11 +420,13 @@ async fn keep_registered(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<b
         };
         match result {
             Ok(Response::Refused { rule }) => {
-                tracing::error!(%rule, "the cluster refused this agent's registration; fix node.toml");
-                delay_ms = 30_000;
+                tracing::error!(%rule, "the cluster refused this agent's registration; not proposed again until node.toml or the membership changes");
+                answered = Some(key);
+                delay_ms = REGISTRATION_CHECK_MS;
             }
             Ok(_) => {
                 tracing::info!(name = %me.name, "registered in the cluster registry");
+                answered = Some(key);
                 delay_ms = REGISTRATION_CHECK_MS;
             }
             Err(e) => {

@@ -197,6 +197,17 @@ impl ClusterService {
             .membership_config
             .membership()
             .clone();
+        let removed = self.ctx.state.read(|s| {
+            s.nodes
+                .get(&ident.node_id)
+                .is_some_and(|r| r.deregistered_at_ms.is_some())
+        });
+        if removed {
+            return Err(NodeError::Refused(format!(
+                "node id {} was removed from this cluster and node ids are never reused; give the agent at {} a new node_id (and start it with --new)",
+                ident.node_id, req.address
+            )));
+        }
         if let Some(existing) = membership.get_node(&ident.node_id) {
             if existing.addr != req.address {
                 return Err(NodeError::Invalid(format!(

@@ -272,7 +272,10 @@ where
             let log_id = entry.log_id;
             let response = match entry.payload {
                 EntryPayload::Blank => S::response_for_non_command(&log_id),
-                EntryPayload::Normal(command) => next.data.apply(&log_id, &command),
+                EntryPayload::Normal(command) => {
+                    next.data
+                        .apply(&log_id, next.last_membership.membership(), &command)
+                }
                 EntryPayload::Membership(membership) => {
                     next.last_membership = StoredMembership::new(Some(log_id), membership);
                     S::response_for_non_command(&log_id)

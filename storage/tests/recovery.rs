@@ -349,7 +349,12 @@ fn asking_for_the_state_machine_with_other_types_is_refused() {
     #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
     struct Other;
     impl stillpoint_storage::StateMachineData<TestConfig> for Other {
-        fn apply(&mut self, _: &openraft::LogId<u64>, _: &common::KvCommand) -> KvResponse {
+        fn apply(
+            &mut self,
+            _: &openraft::LogId<u64>,
+            _: &openraft::Membership<u64, openraft::BasicNode>,
+            _: &common::KvCommand,
+        ) -> KvResponse {
             KvResponse::NoCommand
         }
         fn response_for_non_command(_: &openraft::LogId<u64>) -> KvResponse {

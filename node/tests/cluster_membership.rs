@@ -1,0 +1,130 @@
+//! Membership through real agent processes: a removed agent stays removed and stops writing to
+//! the log (issue 8, defect 2); concurrent `cluster init` makes one cluster (defect 3).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Three voters started `--new` and initialised from `endpoints[0]`; returns the agents, the
+/// configs and the endpoints (index i is node i + 1), plus `extra` more agents started but not
+/// members.
+fn three_voters(dir: &std::path::Path, extra: usize) -> (Agents, Vec<PathBuf>, Vec<String>) {
+    let n = 3 + extra;
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let configs: Vec<PathBuf> = (0..n)
+        .map(|i| write_config(dir, i as u64 + 1, ports[i], ""))
+        .collect();
+    let agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
+    for e in &endpoints {
+        wait_for("agents to answer", WAIT, || {
+            status_json(e, false).map(|_| ())
+        });
+    }
+    let mut init = vec!["cluster", "init", "--endpoint", endpoints[0].as_str()];
+    for e in &endpoints[..3] {
+        init.extend(["--member", e.as_str()]);
+    }
+    let out = stillpoint(&init);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    (agents, configs, endpoints)
+}
+
+/// The registry as `cluster nodes --output json` prints it.
+fn nodes_json(endpoint: &str) -> Option<serde_json::Value> {
+    let out = stillpoint(&[
+        "cluster",
+        "nodes",
+        "--endpoint",
+        endpoint,
+        "--consistent",
+        "--output",
+        "json",
+    ]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Waits until the leader's applied index has not moved for `quiet` (bounded by WAIT), and
+/// returns it; fails naming the indexes seen if it keeps growing.
+fn applied_index_settles(endpoint: &str, quiet: Duration) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let before = status_json(endpoint, true).and_then(|s| s["last_applied_index"].as_u64());
+        std::thread::sleep(quiet);
+        let after = status_json(endpoint, true).and_then(|s| s["last_applied_index"].as_u64());
+        seen.push((before, after));
+        if let (Some(a), Some(b)) = (before, after)
+            && a == b
+        {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the applied index never stopped growing: {seen:?}"
+        );
+    }
+}
+
+fn active_ids(nodes: &serde_json::Value) -> Vec<u64> {
+    nodes
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter(|r| r["deregistered_at_ms"].is_null())
+                .filter_map(|r| r["node_id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `cluster add --learner` then `cluster remove` back to back, then the removed agent restarted:
+/// it never comes back as active and the log stops growing.
+#[test]
+fn a_removed_agent_does_not_reregister_and_the_log_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agents, configs, endpoints) = three_voters(dir.path(), 1);
+    wait_for("three registered voters", WAIT, || {
+        let nodes = nodes_json(&endpoints[0])?;
+        (active_ids(&nodes).len() == 3).then_some(())
+    });
+    let out = stillpoint(&[
+        "cluster",
+        "add",
+        "--learner",
+        "--endpoint",
+        &endpoints[0],
+        &endpoints[3],
+    ]);
+    assert!(out.status.success(), "add: {}", stderr(&out));
+    let out = stillpoint(&["cluster", "remove", "--endpoint", &endpoints[0], "4"]);
+    assert!(out.status.success(), "remove: {}", stderr(&out));
+
+    // Registration is one second apart at most: five quiet seconds mean it stopped.
+    let quiet = Duration::from_secs(5);
+    applied_index_settles(&endpoints[0], quiet);
+    let nodes = nodes_json(&endpoints[0]).expect("cluster nodes");
+    assert!(
+        !active_ids(&nodes).contains(&4),
+        "the removed node shows as active: {nodes}"
+    );
+
+    // Restarted from its data dir, it still does not come back.
+    agents.kill(3);
+    agents.0[3] = Some(spawn_agent(&configs[3], false));
+    wait_for("the removed agent to answer again", WAIT, || {
+        status_json(&endpoints[3], false).map(|_| ())
+    });
+    applied_index_settles(&endpoints[0], quiet);
+    let nodes = nodes_json(&endpoints[0]).expect("cluster nodes");
+    assert!(
+        !active_ids(&nodes).contains(&4),
+        "the restarted removed node shows as active: {nodes}"
+    );
+}
