@@ -92,6 +92,24 @@ impl std::fmt::Display for Member {
     }
 }
 
+/// The id of the cluster whose first members are `members`: derived from their node ids and
+/// data dir incarnations (not their addresses, which operators may type differently), so every
+/// `cluster init` of the same first members, on any of them and any number of times, names
+/// the same cluster. FNV-1a, 128 bits, over `id:incarnation;` in id order: an identifier, not a
+/// secret (incarnations are random, so two sites never share one).
+pub fn cluster_id_for(members: &std::collections::BTreeMap<NodeId, Member>) -> String {
+    const FNV_OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const FNV_PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut hash = FNV_OFFSET;
+    for (id, member) in members {
+        for byte in format!("{id}:{:016x};", member.incarnation).bytes() {
+            hash ^= u128::from(byte);
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+    }
+    format!("{hash:032x}")
+}
+
 /// The raft handle every agent holds.
 pub type Raft = openraft::Raft<TypeConfig>;
 
@@ -144,5 +162,31 @@ impl stillpoint_storage::StateMachineData<TypeConfig> for ClusterState {
 
     fn response_for_non_command(_log_id: &openraft::LogId<NodeId>) -> Response {
         Response::NoCommand
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_id_follows_ids_and_incarnations_not_addresses() {
+        let members = |addr: &str, incarnation: u64| {
+            [
+                (1, Member::new(format!("{addr}:1"), 7)),
+                (2, Member::new(format!("{addr}:2"), incarnation)),
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            cluster_id_for(&members("10.0.0.5", 9)),
+            cluster_id_for(&members("host5", 9))
+        );
+        assert_ne!(
+            cluster_id_for(&members("h", 9)),
+            cluster_id_for(&members("h", 10))
+        );
+        assert_eq!(cluster_id_for(&members("h", 9)).len(), 32);
     }
 }

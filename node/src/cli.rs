@@ -324,7 +324,14 @@ async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
                     .collect();
                 println!(
                     "{}",
-                    json(&serde_json::json!({"cluster_id": reply.cluster_id, "members": members}))
+                    json(
+                        &serde_json::json!({"cluster_id": reply.cluster_id, "already_initialized": reply.already_initialized, "members": members})
+                    )
+                );
+            } else if reply.already_initialized {
+                println!(
+                    "cluster {} is already initialised with these members; nothing changed",
+                    reply.cluster_id
                 );
             } else {
                 println!("initialized cluster {}", reply.cluster_id);

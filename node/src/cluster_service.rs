@@ -109,12 +109,6 @@ impl ClusterService {
                 "cluster init needs the address of every first member".into(),
             ));
         }
-        if self.identity_message().initialized {
-            return Err(NodeError::Refused(format!(
-                "this agent is already in cluster {}; use `stillpoint cluster add` to grow it",
-                self.ctx.identity.cluster_id().unwrap_or_default()
-            )));
-        }
         let own_address = self.ctx.config.advertised_address();
         let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
         let mut identities = Vec::new();
@@ -127,15 +121,12 @@ impl ClusterService {
                 probe.request_timeout = Duration::from_secs(5);
                 probe.identity().await?
             };
-            if ident.initialized || !ident.cluster_id.is_empty() {
-                return Err(NodeError::Refused(format!(
-                    "the agent at {address} (node {}) already belongs to cluster {}",
-                    ident.node_id, ident.cluster_id
-                )));
-            }
-            if let Some(prev) =
-                members.insert(ident.node_id, Member::new(address, ident.incarnation))
-            {
+            // Each member as it describes itself (its advertised address, its incarnation), so
+            // inits typed differently on different agents still build the same membership.
+            if let Some(prev) = members.insert(
+                ident.node_id,
+                Member::new(&ident.address, ident.incarnation),
+            ) {
                 return Err(NodeError::Invalid(format!(
                     "node id {} answers at both {} and {address}: every agent needs its own node_id",
                     ident.node_id, prev.addr
@@ -150,22 +141,32 @@ impl ClusterService {
             )));
         }
         let cluster_id = if req.cluster_id.is_empty() {
-            format!("{:032x}", rand::random::<u128>())
+            stillpoint_coordinator::cluster_id_for(&members)
         } else {
             req.cluster_id.clone()
         };
-        self.ctx.identity.adopt(&cluster_id).await?;
-        match self.ctx.raft.initialize(members).await {
-            Ok(()) => {}
-            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                return Err(NodeError::Refused(format!("already initialized: {e}")));
+        let decision = decide_init(
+            &cluster_id,
+            self.ctx.identity.cluster_id().as_deref(),
+            self.identity_message().initialized,
+            &identities,
+        )?;
+        let mut already = decision == InitDecision::AlreadyDone;
+        if !already {
+            self.ctx.identity.adopt(&cluster_id).await?;
+            match self.ctx.raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(%cluster_id, members = identities.len(), "cluster initialized")
+                }
+                // Another member's init reached this agent first: the same cluster, by the
+                // cluster id check above and the identical membership every init builds.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => already = true,
+                Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                    return Err(NodeError::Invalid(e.to_string()));
+                }
+                Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
             }
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
-                return Err(NodeError::Invalid(e.to_string()));
-            }
-            Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
         }
-        tracing::info!(%cluster_id, members = identities.len(), "cluster initialized");
         for ident in &mut identities {
             ident.cluster_id = cluster_id.clone();
             ident.initialized = true;
@@ -173,6 +174,7 @@ impl ClusterService {
         Ok(InitReply {
             cluster_id,
             members: identities,
+            already_initialized: already,
         })
     }
 
@@ -425,6 +427,41 @@ impl ClusterService {
             json,
             applied_index: applied,
         })
+    }
+}
+
+/// What an init request should do, given what every first member says about itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitDecision {
+    /// Initialise this agent with the membership (also when another member already did).
+    Initialize,
+    /// This agent is already initialised in exactly this cluster: nothing to do.
+    AlreadyDone,
+}
+
+/// Decides an init (pure). `cluster_id` is the id the requested membership yields; an agent
+/// already in another cluster, this one's included, is refused.
+pub fn decide_init(
+    cluster_id: &str,
+    own_cluster_id: Option<&str>,
+    own_initialized: bool,
+    members: &[NodeIdentity],
+) -> Result<InitDecision, NodeError> {
+    for ident in members {
+        if !ident.cluster_id.is_empty() && ident.cluster_id != cluster_id {
+            return Err(NodeError::Refused(format!(
+                "the agent at {} (node {}) already belongs to cluster {}, not to the cluster {cluster_id} these members make; use `stillpoint cluster add` to grow a cluster",
+                ident.address, ident.node_id, ident.cluster_id
+            )));
+        }
+    }
+    match (own_initialized, own_cluster_id) {
+        (true, Some(mine)) if mine == cluster_id => Ok(InitDecision::AlreadyDone),
+        (true, mine) => Err(NodeError::Refused(format!(
+            "this agent is already in cluster {}; use `stillpoint cluster add` to grow it",
+            mine.unwrap_or("(unknown)")
+        ))),
+        (false, _) => Ok(InitDecision::Initialize),
     }
 }
 

@@ -128,3 +128,87 @@ fn a_removed_agent_does_not_reregister_and_the_log_stops_growing() {
         "the restarted removed node shows as active: {nodes}"
     );
 }
+
+/// `cluster init` run at the same moment on every first member, ten times over: every run
+/// ends in one cluster with every agent in it, and a repeated init is a no-op that says so.
+#[test]
+fn concurrent_init_on_every_member_makes_one_cluster() {
+    const ITERATIONS: usize = 10;
+    for iteration in 0..ITERATIONS {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let configs: Vec<PathBuf> = (0..3)
+            .map(|i| write_config(dir.path(), i as u64 + 1, ports[i], ""))
+            .collect();
+        let _agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
+        for e in &endpoints {
+            wait_for("agents to answer", WAIT, || {
+                status_json(e, false).map(|_| ())
+            });
+        }
+        let runs: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut args = vec![
+                    "cluster".to_string(),
+                    "init".into(),
+                    "--endpoint".into(),
+                    endpoint.clone(),
+                ];
+                for m in &endpoints {
+                    args.extend(["--member".to_string(), m.clone()]);
+                }
+                std::thread::spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    stillpoint(&args)
+                })
+            })
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.join().unwrap();
+            assert!(
+                out.status.success(),
+                "iteration {iteration}: init on agent {} failed: {}",
+                i + 1,
+                stderr(&out)
+            );
+        }
+        let mut last = Vec::new();
+        let one = poll_until(WAIT, || {
+            last = endpoints.iter().map(|e| status_json(e, false)).collect();
+            let views: Vec<serde_json::Value> = last.iter().cloned().collect::<Option<_>>()?;
+            let first = &views[0];
+            let same = views.iter().all(|v| {
+                v["cluster_id"] == first["cluster_id"]
+                    && v["leader_id"].is_u64()
+                    && v["leader_id"] == first["leader_id"]
+                    && member_ids(v) == vec![1, 2, 3]
+            });
+            same.then(|| first["cluster_id"].as_str().map(str::to_string))
+                .flatten()
+        });
+        let Some(cluster_id) = one else {
+            panic!("iteration {iteration}: the agents did not converge on one cluster: {last:?}");
+        };
+        // Running init again anywhere changes nothing and says so.
+        let out = stillpoint(&[
+            "cluster",
+            "init",
+            "--endpoint",
+            &endpoints[2],
+            "--member",
+            &endpoints[0],
+            "--member",
+            &endpoints[1],
+            "--member",
+            &endpoints[2],
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "repeated init: {}", stderr(&out));
+        assert!(
+            text.contains("already") && text.contains(&cluster_id),
+            "a repeated init says it changed nothing: {text}"
+        );
+    }
+}
