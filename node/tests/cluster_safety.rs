@@ -178,3 +178,62 @@ fn a_voter_back_on_an_empty_data_dir_cannot_lose_an_acknowledged_membership_chan
     });
     assert_eq!(member_ids(&confirmed), vec![1, 2, 3, 4], "{confirmed}");
 }
+
+/// Every file under `dir` with its bytes, to prove a refused start wrote nothing.
+fn snapshot_dir(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// A data dir of node 1 given to an agent configured as node 9 is refused (exit 6, naming both)
+/// before anything in it is opened for writing: every byte of every file is unchanged.
+#[test]
+fn a_foreign_data_dir_is_refused_without_a_byte_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let owner = write_config(dir.path(), 1, port, "");
+    let mut agents = Agents(vec![Some(spawn_agent(&owner, true))]);
+    wait_for("the owner to answer", WAIT, || {
+        status_json(&endpoint, false).map(|_| ())
+    });
+    let out = stillpoint(&[
+        "cluster",
+        "init",
+        "--endpoint",
+        &endpoint,
+        "--member",
+        &endpoint,
+    ]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    wait_for("a leader", WAIT, || {
+        status_json(&endpoint, true).map(|_| ())
+    });
+    agents.kill(0);
+
+    let data = dir.path().join("data1");
+    let before = snapshot_dir(&data);
+    let intruder = write_config_with_data(dir.path(), 9, port, &data, "");
+    for new in [false, true] {
+        let mut agent = spawn_agent(&intruder, new);
+        let status = wait_exit(&mut agent, Duration::from_secs(30));
+        let log = std::fs::read_to_string(intruder.with_extension("log")).unwrap_or_default();
+        assert_eq!(status.and_then(|s| s.code()), Some(6), "new={new}: {log}");
+        assert!(log.contains("node 1") && log.contains("node 9"), "{log}");
+        assert!(
+            snapshot_dir(&data) == before,
+            "new={new}: the refused start changed files in the foreign data dir"
+        );
+    }
+}
