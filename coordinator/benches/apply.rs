@@ -13,13 +13,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder};
 use stillpoint_coordinator::inventory::{
     ArraySpec, CopyControl, GroupSpec, Inventory, LdRef, MemberSpec, PairSpec, QuiesceMethod,
     ReplicationKind, VolumeRef, VolumeSpec,
 };
 use stillpoint_coordinator::job::{Action, JobEvent, JobKind, StepCall, StepResult, decide};
-use stillpoint_coordinator::{ClusterState, Command, NodeRecord, Response, Role, TypeConfig};
+use stillpoint_coordinator::{
+    ClusterState, Command, Member, NodeRecord, Response, Role, TypeConfig,
+};
 use stillpoint_storage::{StateMachineStore, Store};
 
 type Sm = StateMachineStore<TypeConfig, ClusterState>;
@@ -31,10 +33,14 @@ struct Log {
 
 impl Log {
     async fn apply(&mut self, command: Command) -> (Response, Duration) {
+        self.apply_payload(EntryPayload::Normal(command)).await
+    }
+
+    async fn apply_payload(&mut self, payload: EntryPayload<TypeConfig>) -> (Response, Duration) {
         self.index += 1;
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(command),
+            payload,
         };
         let started = Instant::now();
         let mut out = self.sm.apply([entry]).await.expect("apply");
@@ -214,6 +220,12 @@ fn main() {
             sm: store.state_machine_store().expect("state machine store"),
             index: 0,
         };
+        let members = (1..=3u64).map(|id| (id, Member::new(format!("127.0.0.1:{}", 7400 + id), id)));
+        log.apply_payload(EntryPayload::Membership(Membership::new(
+            vec![(1..=3).collect()],
+            members.collect::<std::collections::BTreeMap<_, _>>(),
+        )))
+        .await;
         for (id, name, role) in [
             (1, "mgmt1", Role::Management),
             (2, "db1", Role::Business),

@@ -22,6 +22,14 @@
 //! a rule is not an error of the log: it is applied as a [`Response::Refused`] that names the
 //! rule, on every replica alike, and the proposer reports it to its caller.
 //!
+//! ## Registration follows membership
+//!
+//! `apply` receives the raft membership in effect at each entry (the same on every replica), so
+//! the registry can follow it: only a member may register, and a removed node's record is never
+//! revived by the node itself (node ids are not reused). An agent removed while it was away, or
+//! added through a leader whose entry was then discarded, is refused once, deterministically,
+//! instead of reappearing as active.
+//!
 //! ## What is not here
 //!
 //! Raft membership (who votes) is openraft's, not ours: the registry says who an agent *is*,
@@ -31,8 +39,9 @@
 //! ## Caveats
 //! - Registry entries are never garbage-collected: a removed agent keeps its record (marked
 //!   deregistered) so the audit trail stays readable.
-//! - The state is small and snapshotted whole as JSON; that will be revisited when job history
-//!   grows.
+//! - The state is applied in memory and snapshotted whole as JSON. Applying costs what a
+//!   command changes; a snapshot costs the whole state, which grows with the job history kept
+//!   (`settings.jobs_retained_max`; see the `apply` bench for sizes).
 
 pub mod inventory;
 pub mod job;
@@ -52,16 +61,67 @@ pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for stillpoint: commands in, responses out, agents
-    /// addressed by [`openraft::BasicNode`] (their gRPC address).
+    /// known by [`Member`] (their gRPC address and data dir incarnation).
     pub TypeConfig:
         D = Command,
         R = Response,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// What the raft membership records about each member: where it listens, and which
+/// incarnation of its data dir the cluster admitted.
+///
+/// The incarnation is drawn at random when a node's data dir is created (`stillpoint agent
+/// --new`) and learnt from the node itself when it is initialised or added. It travels in the
+/// membership, so every member knows every other member's incarnation from the same committed
+/// entry that made it a member. The peer transport refuses a raft message whose sender or target
+/// incarnation differs from the one recorded: a node that lost its data dir (and was started
+/// again as new) can then neither vote nor be counted until it is removed and re-added under a
+/// new node id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// gRPC address other agents and clients reach the member at.
+    pub addr: String,
+    /// The member's data dir incarnation.
+    pub incarnation: u64,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, incarnation: u64) -> Member {
+        Member {
+            addr: addr.into(),
+            incarnation,
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (incarnation {:016x})", self.addr, self.incarnation)
+    }
+}
+
+/// The id of the cluster whose first members are `members`: derived from their node ids and
+/// data dir incarnations (not their addresses, which operators may type differently), so every
+/// `cluster init` of the same first members, on any of them and any number of times, names
+/// the same cluster. FNV-1a, 128 bits, over `id:incarnation;` in id order: an identifier, not a
+/// secret (incarnations are random, so two sites never share one).
+pub fn cluster_id_for(members: &std::collections::BTreeMap<NodeId, Member>) -> String {
+    const FNV_OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const FNV_PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut hash = FNV_OFFSET;
+    for (id, member) in members {
+        for byte in format!("{id}:{:016x};", member.incarnation).bytes() {
+            hash ^= u128::from(byte);
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+    }
+    format!("{hash:032x}")
+}
 
 /// The raft handle every agent holds.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -135,11 +195,43 @@ impl Response {
 }
 
 impl stillpoint_storage::StateMachineData<TypeConfig> for ClusterState {
-    fn apply(&mut self, _log_id: &openraft::LogId<NodeId>, command: &Command) -> Response {
-        ClusterState::apply(self, command)
+    fn apply(
+        &mut self,
+        _log_id: &openraft::LogId<NodeId>,
+        membership: &openraft::Membership<NodeId, Member>,
+        command: &Command,
+    ) -> Response {
+        let members = membership.nodes().map(|(id, _)| *id).collect();
+        ClusterState::apply(self, &members, command)
     }
 
     fn response_for_non_command(_log_id: &openraft::LogId<NodeId>) -> Response {
         Response::NoCommand
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_id_follows_ids_and_incarnations_not_addresses() {
+        let members = |addr: &str, incarnation: u64| {
+            [
+                (1, Member::new(format!("{addr}:1"), 7)),
+                (2, Member::new(format!("{addr}:2"), incarnation)),
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            cluster_id_for(&members("10.0.0.5", 9)),
+            cluster_id_for(&members("host5", 9))
+        );
+        assert_ne!(
+            cluster_id_for(&members("h", 9)),
+            cluster_id_for(&members("h", 10))
+        );
+        assert_eq!(cluster_id_for(&members("h", 9)).len(), 32);
     }
 }

@@ -99,10 +99,11 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Applies one committed command. Pure: no clock, no randomness, no I/O.
-    pub fn apply(&mut self, command: &Command) -> Response {
+    /// Applies one committed command. Pure: no clock, no randomness, no I/O. `members` are the
+    /// node ids of the raft membership in effect at this log entry (voters and learners).
+    pub fn apply(&mut self, members: &BTreeSet<NodeId>, command: &Command) -> Response {
         match command {
-            Command::RegisterNode(record) => self.register(record),
+            Command::RegisterNode(record) => self.register(members, record),
             Command::DeregisterNode { node_id, at_ms } => match self.nodes.get_mut(node_id) {
                 None => Response::Refused {
                     rule: format!("node {node_id} is not registered"),
@@ -183,7 +184,36 @@ impl ClusterState {
             .submit(kind.clone(), steps, submitted_by, at_ms, no_queue)
     }
 
-    fn register(&mut self, record: &NodeRecord) -> Response {
+    /// Records an agent's own description of itself. Only members may register (an agent that
+    /// was never added, or was removed, is refused), and a removed node's record is never
+    /// revived: node ids are not reused.
+    fn register(&mut self, members: &BTreeSet<NodeId>, record: &NodeRecord) -> Response {
+        if let Some(existing) = self.nodes.get(&record.node_id)
+            && existing.deregistered_at_ms.is_some()
+        {
+            return Response::Refused {
+                rule: format!(
+                    "node {} was removed from the cluster and node ids are never reused; add the server again under a new node_id",
+                    record.node_id
+                ),
+            };
+        }
+        if !members.contains(&record.node_id) {
+            return Response::Refused {
+                rule: format!(
+                    "node {} is not a member of the cluster (never added, or removed); an agent registers once `stillpoint cluster add` has made it a member",
+                    record.node_id
+                ),
+            };
+        }
+        if record.deregistered_at_ms.is_some() {
+            return Response::Refused {
+                rule: format!(
+                    "node {} cannot register itself as removed; removal is `stillpoint cluster remove`",
+                    record.node_id
+                ),
+            };
+        }
         if record.name.trim().is_empty() {
             return Response::Refused {
                 rule: format!("node {} has an empty name", record.node_id),
@@ -220,6 +250,10 @@ impl ClusterState {
 mod tests {
     use super::*;
 
+    fn members() -> BTreeSet<NodeId> {
+        [1, 2, 3].into()
+    }
+
     fn record(id: NodeId, name: &str) -> NodeRecord {
         NodeRecord {
             node_id: id,
@@ -236,13 +270,13 @@ mod tests {
     fn registering_twice_is_idempotent_even_with_a_new_timestamp() {
         let mut s = ClusterState::default();
         assert_eq!(
-            s.apply(&Command::RegisterNode(record(1, "db1"))),
+            s.apply(&members(), &Command::RegisterNode(record(1, "db1"))),
             Response::Applied { changed: true }
         );
         let mut again = record(1, "db1");
         again.registered_at_ms += 5;
         assert_eq!(
-            s.apply(&Command::RegisterNode(again)),
+            s.apply(&members(), &Command::RegisterNode(again)),
             Response::Applied { changed: false }
         );
         assert_eq!(s.nodes.len(), 1);
@@ -251,8 +285,8 @@ mod tests {
     #[test]
     fn a_duplicate_name_is_refused_naming_the_owner() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode(record(1, "db1")));
-        let r = s.apply(&Command::RegisterNode(record(2, "db1")));
+        s.apply(&members(), &Command::RegisterNode(record(1, "db1")));
+        let r = s.apply(&members(), &Command::RegisterNode(record(2, "db1")));
         assert!(
             r.refusal()
                 .is_some_and(|rule| rule.contains("already node 1")),
@@ -264,13 +298,16 @@ mod tests {
     #[test]
     fn a_deregistered_name_can_be_reused_and_the_old_record_is_kept() {
         let mut s = ClusterState::default();
-        s.apply(&Command::RegisterNode(record(1, "db1")));
-        s.apply(&Command::DeregisterNode {
-            node_id: 1,
-            at_ms: 9,
-        });
+        s.apply(&members(), &Command::RegisterNode(record(1, "db1")));
+        s.apply(
+            &members(),
+            &Command::DeregisterNode {
+                node_id: 1,
+                at_ms: 9,
+            },
+        );
         assert_eq!(
-            s.apply(&Command::RegisterNode(record(2, "db1"))),
+            s.apply(&members(), &Command::RegisterNode(record(2, "db1"))),
             Response::Applied { changed: true }
         );
         assert_eq!(s.node_by_name("db1").map(|r| r.node_id), Some(2));
@@ -294,10 +331,37 @@ mod tests {
         ];
         let run = || {
             let mut s = ClusterState::default();
-            let out: Vec<_> = commands.iter().map(|c| s.apply(c)).collect();
+            let out: Vec<_> = commands.iter().map(|c| s.apply(&members(), c)).collect();
             (s, out)
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn only_members_register_and_a_removed_record_is_never_revived() {
+        let mut s = ClusterState::default();
+        let r = s.apply(&members(), &Command::RegisterNode(record(4, "db4")));
+        assert!(
+            r.refusal()
+                .is_some_and(|rule| rule.contains("not a member")),
+            "{r:?}"
+        );
+        assert!(s.nodes.is_empty());
+        s.apply(&members(), &Command::RegisterNode(record(3, "db3")));
+        s.apply(
+            &members(),
+            &Command::DeregisterNode {
+                node_id: 3,
+                at_ms: 9,
+            },
+        );
+        // Even while still listed in the membership (the removal entry came first or not).
+        let r = s.apply(&members(), &Command::RegisterNode(record(3, "db3")));
+        assert!(
+            r.refusal().is_some_and(|rule| rule.contains("removed")),
+            "{r:?}"
+        );
+        assert_eq!(s.nodes[&3].deregistered_at_ms, Some(9));
     }
 
     #[test]

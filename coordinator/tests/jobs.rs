@@ -9,6 +9,11 @@ use stillpoint_coordinator::inventory::{
 use stillpoint_coordinator::job::{JobEnd, JobEvent, JobKind, JobState};
 use stillpoint_coordinator::{ClusterState, Command, NodeRecord, Response, Role};
 
+/// The raft membership the state machine applies under: every registering node is a member.
+fn members() -> std::collections::BTreeSet<u64> {
+    (1..=4).collect()
+}
+
 fn registered() -> ClusterState {
     let mut s = ClusterState::default();
     for (id, name, role) in [
@@ -17,15 +22,18 @@ fn registered() -> ClusterState {
         (3, "db2", Role::Business),
         (4, "backup1", Role::Backup),
     ] {
-        s.apply(&Command::RegisterNode(NodeRecord {
-            node_id: id,
-            name: name.into(),
-            address: format!("127.0.0.1:{}", 7400 + id),
-            roles: [role].into(),
-            version: "0.1.0".into(),
-            registered_at_ms: 0,
-            deregistered_at_ms: None,
-        }));
+        s.apply(
+            &members(),
+            &Command::RegisterNode(NodeRecord {
+                node_id: id,
+                name: name.into(),
+                address: format!("127.0.0.1:{}", 7400 + id),
+                roles: [role].into(),
+                version: "0.1.0".into(),
+                registered_at_ms: 0,
+                deregistered_at_ms: None,
+            }),
+        );
     }
     s
 }
@@ -103,31 +111,40 @@ fn site() -> Inventory {
 }
 
 fn apply_inventory(s: &mut ClusterState, inventory: Inventory, prune: bool) -> Response {
-    s.apply(&Command::ApplyInventory {
-        inventory,
-        prune,
-        by: "ops".into(),
-        at_ms: 1,
-    })
+    s.apply(
+        &members(),
+        &Command::ApplyInventory {
+            inventory,
+            prune,
+            by: "ops".into(),
+            at_ms: 1,
+        },
+    )
 }
 
 fn submit(s: &mut ClusterState, group: &str, no_queue: bool) -> Response {
-    s.apply(&Command::SubmitJob {
-        kind: JobKind::Backup {
-            group: group.into(),
+    s.apply(
+        &members(),
+        &Command::SubmitJob {
+            kind: JobKind::Backup {
+                group: group.into(),
+            },
+            submitted_by: "ops".into(),
+            at_ms: 2,
+            no_queue,
         },
-        submitted_by: "ops".into(),
-        at_ms: 2,
-        no_queue,
-    })
+    )
 }
 
 fn cancel(s: &mut ClusterState, job_id: u64) -> Response {
-    s.apply(&Command::Job {
-        job_id,
-        event: JobEvent::CancelRequested { by: "ops".into() },
-        at_ms: 3,
-    })
+    s.apply(
+        &members(),
+        &Command::Job {
+            job_id,
+            event: JobEvent::CancelRequested { by: "ops".into() },
+            at_ms: 3,
+        },
+    )
 }
 
 /// Ends a running job by cancelling it and recording what a driver would: pending steps
@@ -144,11 +161,14 @@ fn finish(s: &mut ClusterState, job_id: u64) {
             end: JobEnd::Cancelled { by: "ops".into() },
         },
     ] {
-        let r = s.apply(&Command::Job {
-            job_id,
-            event,
-            at_ms: 4,
-        });
+        let r = s.apply(
+            &members(),
+            &Command::Job {
+                job_id,
+                event,
+                at_ms: 4,
+            },
+        );
         assert_eq!(r, Response::Applied { changed: true });
     }
 }
@@ -231,11 +251,14 @@ fn conflicting_jobs_queue_or_are_refused_and_the_queue_moves_when_the_owner_ends
         JobState::Queued { waiting_for: 1 }
     ));
     // Nothing is recorded for a queued job but its cancel.
-    let r = s.apply(&Command::Job {
-        job_id: 2,
-        event: JobEvent::TakenOver { term: 2 },
-        at_ms: 3,
-    });
+    let r = s.apply(
+        &members(),
+        &Command::Job {
+            job_id: 2,
+            event: JobEvent::TakenOver { term: 2 },
+            at_ms: 3,
+        },
+    );
     assert!(matches!(r, Response::Refused { .. }), "{r:?}");
     // The inventory a running job uses cannot change under it.
     let mut changed = site();

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::BasicNode;
 use stillpoint_coordinator::{
-    ClusterState, Command, NodeId, NodeRecord, Raft, Response, TypeConfig,
+    ClusterState, Command, Member, NodeId, NodeRecord, Raft, Response, TypeConfig,
 };
 use stillpoint_proto::cluster::cluster_server::ClusterServer;
 use stillpoint_proto::raft::raft_peer_server::RaftPeerServer;
@@ -99,7 +98,7 @@ impl AgentContext {
     /// Maps openraft's write errors onto ours, turning ForwardToLeader into a leader hint.
     pub fn client_write_error(
         &self,
-        e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+        e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>,
     ) -> NodeError {
         use openraft::error::{ClientWriteError, RaftError};
         match e {
@@ -212,19 +211,21 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         address: config.listen.clone(),
         source,
     })?;
-    let store = Arc::new(Store::open(&config.data_dir)?);
-    store.claim_identity(&DataDirIdentity {
-        node_id: config.node_id,
-        cluster_id: config.cluster_id.clone(),
-    })?;
-    let cluster_id = store
-        .identity()?
-        .and_then(|i| i.cluster_id)
-        .or_else(|| config.cluster_id.clone());
+    // The data dir must already be this node's own: checked before sled opens (and writes) it.
+    let own = open_data_dir(&config).await?;
+    let store = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| NodeError::Raft(format!("opening the data dir failed: {e}")))??
+    };
+    let store = Arc::new(store);
+    let cluster_id = own.cluster_id.clone().or_else(|| config.cluster_id.clone());
     let identity = Arc::new(ClusterIdentity::new(
         config.node_id,
+        own.incarnation,
         cluster_id,
-        store.clone(),
+        config.data_dir.clone(),
     ));
     let host = crate::volumes::start(&config, &store).await?;
     let log_store = store.log_store::<TypeConfig>()?;
@@ -242,7 +243,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     )
     .await
     .map_err(|e| NodeError::Raft(format!("cannot start raft: {e}")))?;
-    tracing::info!(node_id = config.node_id, name = %config.name, address = %local_addr, data_dir = %config.data_dir.display(), "agent started");
+    tracing::info!(node_id = config.node_id, name = %config.name, address = %local_addr, data_dir = %config.data_dir.display(), incarnation = %format!("{:016x}", own.incarnation), "agent started");
 
     let context = Arc::new(AgentContext {
         config,
@@ -251,7 +252,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         identity: identity.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer = RaftPeerServer::new(PeerService { raft, identity })
+    let peer = RaftPeerServer::new(PeerService::new(raft, identity))
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(context.clone()))
@@ -287,9 +288,61 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     })
 }
 
+/// The explicit act that makes a brand-new node (`stillpoint agent --new`): creates the data dir
+/// if needed and stamps it for this node id with a fresh random incarnation. A dir already
+/// stamped for this node is left as it is (returns `false`), so a supervisor that keeps passing
+/// `--new` restarts the same node; a dir of another node or cluster, or a database without an
+/// identity, is refused with nothing written.
+pub async fn init_data_dir(config: &NodeConfig) -> Result<(DataDirIdentity, bool), NodeError> {
+    // Zero is never drawn, so an envelope without an incarnation can never match one.
+    let incarnation = rand::random::<u64>().max(1);
+    let (dir, node_id, cluster_id) = (
+        config.data_dir.clone(),
+        config.node_id,
+        config.cluster_id.clone(),
+    );
+    let (identity, created) = tokio::task::spawn_blocking(move || {
+        stillpoint_storage::data_dir::create(&dir, node_id, cluster_id.as_deref(), incarnation)
+    })
+    .await
+    .map_err(|e| NodeError::Raft(format!("creating the data dir failed: {e}")))??;
+    if created {
+        tracing::info!(data_dir = %config.data_dir.display(), %identity, "created a new data dir");
+    } else {
+        tracing::info!(data_dir = %config.data_dir.display(), %identity, "the data dir already belongs to this node; --new changes nothing");
+    }
+    Ok((identity, created))
+}
+
+/// Reads the data dir's identity and decides, without writing anything, whether this agent may
+/// use it: it must exist and be stamped for this node (and cluster, when configured).
+async fn open_data_dir(config: &NodeConfig) -> Result<DataDirIdentity, NodeError> {
+    let (dir, node_id, cluster_id) = (
+        config.data_dir.clone(),
+        config.node_id,
+        config.cluster_id.clone(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        let state = stillpoint_storage::data_dir::inspect(&dir)?;
+        stillpoint_storage::data_dir::check(&dir, &state, node_id, cluster_id.as_deref())
+    })
+    .await
+    .map_err(|e| NodeError::Raft(format!("reading the data dir failed: {e}")))??;
+    Ok(checked)
+}
+
 /// Runs an agent until `shutdown` completes (mini-redis style: the caller owns the signal).
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let listener = bind(&config).await?;
+    run_on(config, listener, shutdown).await
+}
+
+/// [`run`] on an already bound listener.
+pub async fn run_on(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     let agent = start(config, listener).await?;
     shutdown.await;
     tracing::info!("shutting down");
@@ -297,23 +350,51 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 /// Keeps this agent's registry record current: registers once the agent is a member and a
-/// leader is known, and again whenever its name, address, roles or version change.
+/// leader is known, and again only when something changed (its name, address, roles or version,
+/// or the membership it sees). A proposal answered by the cluster, accepted or refused, is not
+/// repeated for the same record and membership: a removed or never-admitted agent is refused
+/// once and then stays quiet instead of adding a log entry every second. An unanswered one
+/// (leader unreachable, timeout) is retried with backoff: registering is idempotent.
 async fn keep_registered(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<bool>) {
     let mut delay_ms = REGISTRATION_CHECK_MS;
+    // The record (without its time stamp) and membership of the last answered proposal.
+    let mut answered: Option<(NodeRecord, Option<openraft::LogId<NodeId>>)> = None;
+    let mut said_removed = false;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
         }
         let me = ctx.own_record();
-        if ctx
-            .state
-            .read(|s| s.nodes.get(&me.node_id).is_some_and(|r| r.same_as(&me)))
-        {
+        let (current, removed) = ctx.state.read(|s| match s.nodes.get(&me.node_id) {
+            Some(r) => (r.same_as(&me), r.deregistered_at_ms.is_some()),
+            None => (false, false),
+        });
+        if current {
             delay_ms = REGISTRATION_CHECK_MS;
             continue;
         }
+        if removed {
+            if !said_removed {
+                tracing::error!(
+                    node_id = me.node_id,
+                    "this node was removed from the cluster; it does not register again: stop it, or add the server again under a new node_id"
+                );
+                said_removed = true;
+            }
+            continue;
+        }
         let metrics = ctx.raft.metrics().borrow().clone();
+        let key = (
+            NodeRecord {
+                registered_at_ms: 0,
+                ..me.clone()
+            },
+            *metrics.membership_config.log_id(),
+        );
+        if answered.as_ref() == Some(&key) {
+            continue;
+        }
         let Some(leader) = metrics.current_leader else {
             continue;
         };
@@ -339,11 +420,13 @@ async fn keep_registered(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<b
         };
         match result {
             Ok(Response::Refused { rule }) => {
-                tracing::error!(%rule, "the cluster refused this agent's registration; fix node.toml");
-                delay_ms = 30_000;
+                tracing::error!(%rule, "the cluster refused this agent's registration; not proposed again until node.toml or the membership changes");
+                answered = Some(key);
+                delay_ms = REGISTRATION_CHECK_MS;
             }
             Ok(_) => {
                 tracing::info!(name = %me.name, "registered in the cluster registry");
+                answered = Some(key);
                 delay_ms = REGISTRATION_CHECK_MS;
             }
             Err(e) => {

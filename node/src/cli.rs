@@ -52,11 +52,18 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent daemon.
+    /// Run the agent daemon. Its data dir must already be this node's own; a brand-new node is
+    /// started once with --new.
     Agent {
         /// The agent's node.toml.
         #[arg(long)]
         config: PathBuf,
+        /// This is a brand-new node: create its data dir (or use an empty one) and stamp it with
+        /// a fresh incarnation before starting. Without it a missing or empty data dir is refused
+        /// (exit 6): that is what a mistyped path or an unmounted disk looks like. A dir already
+        /// stamped for this node is used as it is.
+        #[arg(long)]
+        new: bool,
     },
     /// Cluster membership and status.
     #[command(subcommand)]
@@ -171,7 +178,7 @@ pub enum ClusterCommand {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Agent { config } => run_agent(config).await,
+        Command::Agent { config, new } => run_agent(config, new).await,
         Command::Cluster(c) => run_cluster(c).await,
         Command::Apply {
             client,
@@ -267,9 +274,14 @@ pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeErro
         })
 }
 
-async fn run_agent(path: PathBuf) -> Result<(), NodeError> {
+async fn run_agent(path: PathBuf, new: bool) -> Result<(), NodeError> {
     let config = NodeConfig::load(&path)?;
-    crate::agent::run(config, shutdown_signal()).await
+    // Bound first, so "port in use" creates no data dir.
+    let listener = crate::agent::bind(&config).await?;
+    if new {
+        crate::agent::init_data_dir(&config).await?;
+    }
+    crate::agent::run_on(config, listener, shutdown_signal()).await
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -351,7 +363,14 @@ async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
                     .collect();
                 println!(
                     "{}",
-                    json(&serde_json::json!({"cluster_id": reply.cluster_id, "members": members}))
+                    json(
+                        &serde_json::json!({"cluster_id": reply.cluster_id, "already_initialized": reply.already_initialized, "members": members})
+                    )
+                );
+            } else if reply.already_initialized {
+                println!(
+                    "cluster {} is already initialised with these members; nothing changed",
+                    reply.cluster_id
                 );
             } else {
                 println!("initialized cluster {}", reply.cluster_id);

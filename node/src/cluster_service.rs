@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
-use stillpoint_coordinator::{Command, NodeId};
+use stillpoint_coordinator::{Command, Member, NodeId};
 use stillpoint_proto::cluster::cluster_server::Cluster;
 use stillpoint_proto::cluster::*;
 use tonic::{Request, Response, Status};
@@ -39,6 +39,7 @@ impl ClusterService {
             cluster_id: self.ctx.identity.cluster_id().unwrap_or_default(),
             roles: c.roles.iter().map(|r| r.to_string()).collect(),
             version: crate::agent::VERSION.to_string(),
+            incarnation: self.ctx.identity.incarnation,
             initialized: metrics
                 .membership_config
                 .membership()
@@ -108,14 +109,8 @@ impl ClusterService {
                 "cluster init needs the address of every first member".into(),
             ));
         }
-        if self.identity_message().initialized {
-            return Err(NodeError::Refused(format!(
-                "this agent is already in cluster {}; use `stillpoint cluster add` to grow it",
-                self.ctx.identity.cluster_id().unwrap_or_default()
-            )));
-        }
         let own_address = self.ctx.config.advertised_address();
-        let mut members: BTreeMap<NodeId, BasicNode> = BTreeMap::new();
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
         let mut identities = Vec::new();
         for address in &req.member_addresses {
             crate::config::check_address(address).map_err(NodeError::Invalid)?;
@@ -126,13 +121,12 @@ impl ClusterService {
                 probe.request_timeout = Duration::from_secs(5);
                 probe.identity().await?
             };
-            if ident.initialized || !ident.cluster_id.is_empty() {
-                return Err(NodeError::Refused(format!(
-                    "the agent at {address} (node {}) already belongs to cluster {}",
-                    ident.node_id, ident.cluster_id
-                )));
-            }
-            if let Some(prev) = members.insert(ident.node_id, BasicNode::new(address)) {
+            // Each member as it describes itself (its advertised address, its incarnation), so
+            // inits typed differently on different agents still build the same membership.
+            if let Some(prev) = members.insert(
+                ident.node_id,
+                Member::new(&ident.address, ident.incarnation),
+            ) {
                 return Err(NodeError::Invalid(format!(
                     "node id {} answers at both {} and {address}: every agent needs its own node_id",
                     ident.node_id, prev.addr
@@ -147,22 +141,32 @@ impl ClusterService {
             )));
         }
         let cluster_id = if req.cluster_id.is_empty() {
-            format!("{:032x}", rand::random::<u128>())
+            stillpoint_coordinator::cluster_id_for(&members)
         } else {
             req.cluster_id.clone()
         };
-        self.ctx.identity.adopt(&cluster_id)?;
-        match self.ctx.raft.initialize(members).await {
-            Ok(()) => {}
-            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                return Err(NodeError::Refused(format!("already initialized: {e}")));
+        let decision = decide_init(
+            &cluster_id,
+            self.ctx.identity.cluster_id().as_deref(),
+            self.identity_message().initialized,
+            &identities,
+        )?;
+        let mut already = decision == InitDecision::AlreadyDone;
+        if !already {
+            self.ctx.identity.adopt(&cluster_id).await?;
+            match self.ctx.raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(%cluster_id, members = identities.len(), "cluster initialized")
+                }
+                // Another member's init reached this agent first: the same cluster, by the
+                // cluster id check above and the identical membership every init builds.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => already = true,
+                Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                    return Err(NodeError::Invalid(e.to_string()));
+                }
+                Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
             }
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
-                return Err(NodeError::Invalid(e.to_string()));
-            }
-            Err(RaftError::Fatal(f)) => return Err(NodeError::Raft(f.to_string())),
         }
-        tracing::info!(%cluster_id, members = identities.len(), "cluster initialized");
         for ident in &mut identities {
             ident.cluster_id = cluster_id.clone();
             ident.initialized = true;
@@ -170,6 +174,7 @@ impl ClusterService {
         Ok(InitReply {
             cluster_id,
             members: identities,
+            already_initialized: already,
         })
     }
 
@@ -194,20 +199,43 @@ impl ClusterService {
             .membership_config
             .membership()
             .clone();
-        if let Some(existing) = membership.get_node(&ident.node_id)
-            && existing.addr != req.address
-        {
-            return Err(NodeError::Invalid(format!(
-                "node id {} is already a member at {}; remove it first or give the new agent another node_id",
-                ident.node_id, existing.addr
+        let removed = self.ctx.state.read(|s| {
+            s.nodes
+                .get(&ident.node_id)
+                .is_some_and(|r| r.deregistered_at_ms.is_some())
+        });
+        if removed {
+            return Err(NodeError::Refused(format!(
+                "node id {} was removed from this cluster and node ids are never reused; give the agent at {} a new node_id (and start it with --new)",
+                ident.node_id, req.address
             )));
+        }
+        if let Some(existing) = membership.get_node(&ident.node_id) {
+            if existing.addr != req.address {
+                return Err(NodeError::Invalid(format!(
+                    "node id {} is already a member at {}; remove it first or give the new agent another node_id",
+                    ident.node_id, existing.addr
+                )));
+            }
+            if existing.incarnation != ident.incarnation {
+                return Err(NodeError::Refused(format!(
+                    "node {} is a member with data dir incarnation {:016x}, but the agent at {} has incarnation {:016x}: it lost or replaced its data dir; remove node {} and add this server again under a new node_id",
+                    ident.node_id,
+                    existing.incarnation,
+                    req.address,
+                    ident.incarnation,
+                    ident.node_id
+                )));
+            }
         }
         let timeout = Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
         let added = tokio::time::timeout(
             timeout,
-            self.ctx
-                .raft
-                .add_learner(ident.node_id, BasicNode::new(&req.address), true),
+            self.ctx.raft.add_learner(
+                ident.node_id,
+                Member::new(&req.address, ident.incarnation),
+                true,
+            ),
         )
         .await
         .map_err(|_| NodeError::Timeout {
@@ -305,7 +333,7 @@ impl ClusterService {
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let registry = self.ctx.state.read(|s| s.nodes.clone());
-        let nodes: Vec<(NodeId, BasicNode)> =
+        let nodes: Vec<(NodeId, Member)> =
             membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let probes = nodes.iter().map(|(id, node)| {
             let id = *id;
@@ -341,6 +369,7 @@ impl ClusterService {
                     .unwrap_or_default(),
                 version: record.map(|r| r.version.clone()).unwrap_or_default(),
                 initialized: true,
+                incarnation: node.incarnation,
             };
             members.push(MemberStatus {
                 identity: Some(identity),
@@ -398,6 +427,41 @@ impl ClusterService {
             json,
             applied_index: applied,
         })
+    }
+}
+
+/// What an init request should do, given what every first member says about itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitDecision {
+    /// Initialise this agent with the membership (also when another member already did).
+    Initialize,
+    /// This agent is already initialised in exactly this cluster: nothing to do.
+    AlreadyDone,
+}
+
+/// Decides an init (pure). `cluster_id` is the id the requested membership yields; an agent
+/// already in another cluster, this one's included, is refused.
+pub fn decide_init(
+    cluster_id: &str,
+    own_cluster_id: Option<&str>,
+    own_initialized: bool,
+    members: &[NodeIdentity],
+) -> Result<InitDecision, NodeError> {
+    for ident in members {
+        if !ident.cluster_id.is_empty() && ident.cluster_id != cluster_id {
+            return Err(NodeError::Refused(format!(
+                "the agent at {} (node {}) already belongs to cluster {}, not to the cluster {cluster_id} these members make; use `stillpoint cluster add` to grow a cluster",
+                ident.address, ident.node_id, ident.cluster_id
+            )));
+        }
+    }
+    match (own_initialized, own_cluster_id) {
+        (true, Some(mine)) if mine == cluster_id => Ok(InitDecision::AlreadyDone),
+        (true, mine) => Err(NodeError::Refused(format!(
+            "this agent is already in cluster {}; use `stillpoint cluster add` to grow it",
+            mine.unwrap_or("(unknown)")
+        ))),
+        (false, _) => Ok(InitDecision::Initialize),
     }
 }
 

@@ -180,6 +180,7 @@ pub async fn start_local_cluster(
             arrays: vec![demo_array_endpoint(array_address)],
             host,
         };
+        crate::agent::init_data_dir(&config).await?;
         agents.push(start(config, listener).await?);
     }
     let addresses: Vec<String> = agents.iter().map(|a| a.local_addr.to_string()).collect();

@@ -18,8 +18,12 @@
 //!
 //! ## Startup order, and why
 //! The listen address is bound before the data dir is opened, so "port in use" touches nothing
-//! on disk. The data dir is then claimed for the configured node id: a dir that belongs to
-//! another node or cluster is refused before raft reads a byte of it.
+//! on disk. The data dir's identity file is then read and checked before sled opens the dir: a
+//! missing or empty dir is refused unless the agent was started `--new` (the explicit act that
+//! creates a node and draws its incarnation, [`agent::init_data_dir`]), and a dir that belongs
+//! to another node or cluster is refused with nothing written. The incarnation travels in the
+//! raft membership and in every peer message ([`peer`]), so a node that lost its data cannot
+//! vote or be counted under its old id.
 //!
 //! ## Caveats
 //! - Transport is plain HTTP/2: mutual TLS and roles (view / backup / restore rights) are not

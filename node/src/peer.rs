@@ -2,17 +2,26 @@
 //! service that receives their messages.
 //!
 //! Raft's messages travel as openraft's serde encoding inside a [`RaftRequest`] envelope that
-//! names the cluster and the target node. The receiver refuses a message meant for another
-//! node id (an address reused by a different agent) or sent by another cluster (two clusters
-//! pointed at each other by mistake) before openraft sees it. A fresh agent that has never
-//! belonged to a cluster adopts the cluster id of the first message it receives: that is how a
-//! newly added learner or a bootstrapped voter learns which cluster it is in.
+//! names the cluster, the sender and the target, each node with its data dir incarnation. The
+//! receiver refuses, before openraft sees it, a message
+//! - meant for another node id (an address reused by a different agent);
+//! - sent by another cluster (two clusters pointed at each other by mistake);
+//! - meant for another incarnation of this node: the sender's membership admitted this node id
+//!   with a data dir this agent no longer has (a node started anew on an empty disk). Such an
+//!   agent must not vote or acknowledge: its promises were lost with its data;
+//! - sent by another incarnation of a member than the one this agent's membership records (the
+//!   forgetful node campaigning or replicating).
+//!
+//! A fresh agent that has never belonged to a cluster adopts the cluster id of the first message
+//! it receives: that is how a newly added learner learns which cluster it is in. It cannot
+//! adopt a cluster that admitted its node id with another incarnation: that message is refused
+//! first.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -23,11 +32,10 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stillpoint_coordinator::{NodeId, Raft, TypeConfig};
+use stillpoint_coordinator::{Member, NodeId, Raft, TypeConfig};
 use stillpoint_proto::raft::raft_peer_client::RaftPeerClient;
 use stillpoint_proto::raft::raft_peer_server::RaftPeer;
 use stillpoint_proto::raft::{RaftReply, RaftRequest};
-use stillpoint_storage::{DataDirIdentity, Store};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -36,20 +44,34 @@ use crate::error::NodeError;
 /// How long a TCP connect to a peer may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
-/// This agent's identity as the transport sees it: its node id and, once known, its cluster.
+/// How often a refused raft message is logged per kind of refusal (peers retry several times a
+/// second; the first message says all).
+const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+
+/// This agent's identity as the transport sees it: its node id, its data dir incarnation and,
+/// once known, its cluster.
 #[derive(Debug)]
 pub struct ClusterIdentity {
     pub node_id: NodeId,
+    /// The incarnation stamped in this agent's data dir.
+    pub incarnation: u64,
     cluster_id: RwLock<Option<String>>,
-    store: Arc<Store>,
+    /// Where the cluster id is recorded when adopted.
+    data_dir: PathBuf,
 }
 
 impl ClusterIdentity {
-    pub fn new(node_id: NodeId, cluster_id: Option<String>, store: Arc<Store>) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        incarnation: u64,
+        cluster_id: Option<String>,
+        data_dir: PathBuf,
+    ) -> Self {
         ClusterIdentity {
             node_id,
+            incarnation,
             cluster_id: RwLock::new(cluster_id),
-            store,
+            data_dir,
         }
     }
 
@@ -60,26 +82,31 @@ impl ClusterIdentity {
             .clone()
     }
 
-    /// Joins `cluster_id` if this agent has none yet (persisted before it takes effect); refuses
-    /// a different one.
-    pub fn adopt(&self, cluster_id: &str) -> Result<(), NodeError> {
-        let mut current = self.cluster_id.write().unwrap_or_else(|p| p.into_inner());
-        match current.as_deref() {
-            Some(mine) if mine == cluster_id => Ok(()),
-            Some(mine) => Err(NodeError::Refused(format!(
-                "this agent (node {}) belongs to cluster {mine}, not {cluster_id}",
-                self.node_id
-            ))),
-            None => {
-                self.store.claim_identity(&DataDirIdentity {
-                    node_id: self.node_id,
-                    cluster_id: Some(cluster_id.to_string()),
-                })?;
-                tracing::info!(cluster_id, "joined cluster");
-                *current = Some(cluster_id.to_string());
-                Ok(())
+    /// Joins `cluster_id` if this agent has none yet (recorded in the data dir before it takes
+    /// effect, off the async workers); refuses a different one.
+    pub async fn adopt(&self, cluster_id: &str) -> Result<(), NodeError> {
+        match self.cluster_id().as_deref() {
+            Some(mine) if mine == cluster_id => return Ok(()),
+            Some(mine) => {
+                return Err(NodeError::Refused(format!(
+                    "this agent (node {}) belongs to cluster {mine}, not {cluster_id}",
+                    self.node_id
+                )));
             }
+            None => {}
         }
+        let (dir, id) = (self.data_dir.clone(), cluster_id.to_string());
+        let recorded = tokio::task::spawn_blocking(move || {
+            stillpoint_storage::data_dir::record_cluster(&dir, &id)
+        })
+        .await
+        .map_err(|e| NodeError::Raft(format!("recording the cluster id failed: {e}")))??;
+        let mut current = self.cluster_id.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            tracing::info!(cluster_id, "joined cluster");
+        }
+        *current = recorded.cluster_id;
+        Ok(())
     }
 }
 
@@ -119,7 +146,7 @@ pub struct PeerNetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let client = channel_to(&node.addr).map(|ch| {
             RaftPeerClient::new(ch)
                 .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
@@ -127,6 +154,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
         });
         PeerClient {
             target,
+            target_incarnation: node.incarnation,
             address: node.addr.clone(),
             client: client.map_err(|e| e.to_string()),
             identity: self.identity.clone(),
@@ -137,6 +165,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
 /// openraft's connection to one peer.
 pub struct PeerClient {
     target: NodeId,
+    /// The incarnation the membership records for the target.
+    target_incarnation: u64,
     address: String,
     /// The channel, or why the address could not even be parsed (reported as unreachable).
     client: Result<RaftPeerClient<Channel>, String>,
@@ -144,7 +174,7 @@ pub struct PeerClient {
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -174,6 +204,9 @@ impl PeerClient {
             target_node_id: self.target,
             payload,
             chunk,
+            sender_node_id: self.identity.node_id,
+            sender_incarnation: self.identity.incarnation,
+            target_incarnation: self.target_incarnation,
         });
         let ttl = option.hard_ttl();
         request.set_timeout(ttl);
@@ -201,7 +234,7 @@ impl PeerClient {
         decoded.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                BasicNode::new(&self.address),
+                Member::new(&self.address, self.target_incarnation),
                 e,
             ))
         })
@@ -210,7 +243,7 @@ impl PeerClient {
     fn status_to_rpc_error<E: std::error::Error>(
         &self,
         status: Status,
-    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    ) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
         let err = NodeError::from_status(&self.address, status.clone());
         match status.code() {
             // Not reachable as the member it should be: let openraft back off instead of retrying
@@ -257,26 +290,141 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct PeerService {
     pub raft: Raft,
     pub identity: Arc<ClusterIdentity>,
+    /// When a refusal was last logged, so a peer retrying at heartbeat rate does not flood it.
+    last_refusal_logged: Mutex<Option<Instant>>,
+}
+
+/// Why a raft message is refused, decided from the envelope and what this agent knows.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnvelopeRefusal {
+    WrongNode {
+        mine: NodeId,
+        asked: NodeId,
+    },
+    NoCluster,
+    /// The sender's membership admitted this node id with another data dir.
+    NotThisIncarnation {
+        node_id: NodeId,
+        mine: u64,
+        expected: u64,
+    },
+    /// This agent's membership records another incarnation for the sender.
+    SenderIncarnation {
+        sender: NodeId,
+        recorded: u64,
+        sent: u64,
+    },
+}
+
+impl EnvelopeRefusal {
+    fn to_status(&self) -> Status {
+        match self {
+            EnvelopeRefusal::WrongNode { mine, asked } => Status::failed_precondition(format!(
+                "this agent is node {mine}, not node {asked}: the address is configured for another agent"
+            )),
+            EnvelopeRefusal::NoCluster => {
+                Status::invalid_argument("raft message without a cluster id")
+            }
+            EnvelopeRefusal::NotThisIncarnation {
+                node_id,
+                mine,
+                expected,
+            } => Status::failed_precondition(format!(
+                "this agent is node {node_id} with data dir incarnation {mine:016x}, but the cluster admitted node {node_id} with incarnation {expected:016x}: its data dir is not the member's (lost, replaced or mistyped); restore the node's own data dir, or remove node {node_id} from the cluster and add this server under a new node_id"
+            )),
+            EnvelopeRefusal::SenderIncarnation {
+                sender,
+                recorded,
+                sent,
+            } => Status::failed_precondition(format!(
+                "node {sender} sent incarnation {sent:016x}, but the membership records node {sender} with incarnation {recorded:016x}: that agent is not the member the cluster admitted (its data dir was lost or replaced); remove node {sender} and add it again under a new node_id"
+            )),
+        }
+    }
+}
+
+/// The envelope rules (pure): `membership` is this agent's current view of the members.
+pub fn check_envelope(
+    req: &RaftRequest,
+    me: NodeId,
+    my_incarnation: u64,
+    membership: &openraft::Membership<NodeId, Member>,
+) -> Result<(), EnvelopeRefusal> {
+    if req.target_node_id != me {
+        return Err(EnvelopeRefusal::WrongNode {
+            mine: me,
+            asked: req.target_node_id,
+        });
+    }
+    if req.cluster_id.is_empty() {
+        return Err(EnvelopeRefusal::NoCluster);
+    }
+    if req.target_incarnation != my_incarnation {
+        return Err(EnvelopeRefusal::NotThisIncarnation {
+            node_id: me,
+            mine: my_incarnation,
+            expected: req.target_incarnation,
+        });
+    }
+    // A sender this agent does not know yet (it is new here, or this agent is a fresh learner
+    // without the membership) cannot be checked; the sender's own check above still holds.
+    if let Some(member) = membership.get_node(&req.sender_node_id)
+        && member.incarnation != req.sender_incarnation
+    {
+        return Err(EnvelopeRefusal::SenderIncarnation {
+            sender: req.sender_node_id,
+            recorded: member.incarnation,
+            sent: req.sender_incarnation,
+        });
+    }
+    Ok(())
 }
 
 impl PeerService {
-    /// Refuses messages for another node or from another cluster; adopts the cluster of the
-    /// first message a fresh agent receives.
-    fn check_envelope(&self, req: &RaftRequest) -> Result<(), Status> {
-        if req.target_node_id != self.identity.node_id {
-            return Err(Status::failed_precondition(format!(
-                "this agent is node {}, not node {}: the address is configured for another agent",
-                self.identity.node_id, req.target_node_id
-            )));
+    pub fn new(raft: Raft, identity: Arc<ClusterIdentity>) -> Self {
+        PeerService {
+            raft,
+            identity,
+            last_refusal_logged: Mutex::new(None),
         }
-        if req.cluster_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "raft message without a cluster id",
-            ));
+    }
+
+    /// Refuses messages that fail [`check_envelope`]; adopts the cluster of the first message
+    /// a fresh agent receives.
+    async fn check_envelope(&self, req: &RaftRequest) -> Result<(), Status> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if let Err(refusal) = check_envelope(
+            req,
+            self.identity.node_id,
+            self.identity.incarnation,
+            &membership,
+        ) {
+            let status = refusal.to_status();
+            self.log_refusal(&status);
+            return Err(status);
         }
         self.identity
             .adopt(&req.cluster_id)
+            .await
             .map_err(|e| e.to_status())
+    }
+
+    fn log_refusal(&self, status: &Status) {
+        let mut last = self
+            .last_refusal_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(REFUSAL_LOG_EVERY_MS));
+        if due {
+            *last = Some(Instant::now());
+            tracing::error!(reason = %status.message(), "refused a raft message");
+        }
     }
 }
 
@@ -295,7 +443,7 @@ fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
 impl RaftPeer for PeerService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
-        self.check_envelope(&req)?;
+        self.check_envelope(&req).await?;
         let rpc: VoteRequest<NodeId> = decode(&req.payload)?;
         reply(&self.raft.vote(rpc).await)
     }
@@ -305,7 +453,7 @@ impl RaftPeer for PeerService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
-        self.check_envelope(&req)?;
+        self.check_envelope(&req).await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
         reply(&self.raft.append_entries(rpc).await)
     }
@@ -315,9 +463,66 @@ impl RaftPeer for PeerService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
-        self.check_envelope(&req)?;
+        self.check_envelope(&req).await?;
         let mut rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.payload)?;
         rpc.data = req.chunk;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership() -> openraft::Membership<NodeId, Member> {
+        let nodes = [(1, Member::new("a:1", 11)), (2, Member::new("b:1", 22))];
+        openraft::Membership::new(
+            vec![[1, 2].into()],
+            nodes
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+    }
+
+    fn request(sender: NodeId, sender_inc: u64, target: NodeId, target_inc: u64) -> RaftRequest {
+        RaftRequest {
+            cluster_id: "c".into(),
+            target_node_id: target,
+            payload: Vec::new(),
+            chunk: Vec::new(),
+            sender_node_id: sender,
+            sender_incarnation: sender_inc,
+            target_incarnation: target_inc,
+        }
+    }
+
+    #[test]
+    fn a_message_for_or_from_another_incarnation_is_refused() {
+        let m = membership();
+        assert_eq!(check_envelope(&request(1, 11, 2, 22), 2, 22, &m), Ok(()));
+        // This agent is node 2 on a new data dir: the cluster admitted incarnation 22.
+        assert!(matches!(
+            check_envelope(&request(1, 11, 2, 22), 2, 99, &m),
+            Err(EnvelopeRefusal::NotThisIncarnation {
+                expected: 22,
+                mine: 99,
+                ..
+            })
+        ));
+        // Node 1 came back on a new data dir and asks node 2 for its vote.
+        assert!(matches!(
+            check_envelope(&request(1, 77, 2, 22), 2, 22, &m),
+            Err(EnvelopeRefusal::SenderIncarnation {
+                recorded: 11,
+                sent: 77,
+                ..
+            })
+        ));
+        // A sender this agent does not know yet (a new leader seen by a fresh learner) passes.
+        assert_eq!(check_envelope(&request(5, 55, 2, 22), 2, 22, &m), Ok(()));
+        assert!(matches!(
+            check_envelope(&request(1, 11, 3, 22), 2, 22, &m),
+            Err(EnvelopeRefusal::WrongNode { .. })
+        ));
     }
 }

@@ -109,9 +109,14 @@ impl Drop for Agents {
     }
 }
 
-fn spawn_agent(cfg: &Path) -> Child {
+/// Starts an agent; `new` makes a brand-new node (creates its data dir).
+fn spawn_agent(cfg: &Path, new: bool) -> Child {
+    let mut args = vec!["agent", "--config", cfg.to_str().unwrap()];
+    if new {
+        args.push("--new");
+    }
     Command::new(BIN)
-        .args(["agent", "--config", cfg.to_str().unwrap()])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -155,7 +160,7 @@ fn three_agent_processes_form_a_cluster_that_survives_sigkill_of_the_leader() {
     let configs: Vec<PathBuf> = (0..3)
         .map(|i| write_config(dir.path(), i as u64 + 1, ports[i], ""))
         .collect();
-    let mut agents = Agents(configs.iter().map(|c| Some(spawn_agent(c))).collect());
+    let mut agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
 
     for e in &endpoints {
         wait_for("agents to listen", || {
@@ -214,7 +219,7 @@ fn three_agent_processes_form_a_cluster_that_survives_sigkill_of_the_leader() {
     );
 
     // It restarts from its data dir and rejoins.
-    agents.0[slot] = Some(spawn_agent(&configs[slot]));
+    agents.0[slot] = Some(spawn_agent(&configs[slot], false));
     wait_for("the restarted agent to be reachable again", || {
         let s = status_json(survivor)?;
         let m = s["members"]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::store::DataDirIdentity;
+use crate::data_dir::DataDirIdentity;
 
 /// Why the data dir could not be used. Every variant names the data dir, so a message read in a
 /// log tells the operator which directory on which host to look at.
@@ -27,17 +27,35 @@ pub enum Error {
     )]
     InUse { path: PathBuf },
 
-    /// The data dir was created by another node or for another cluster. Nothing was written.
-    /// Point the agent at its own data dir, or remove this one on purpose if it really is stale.
+    /// The data dir was created by another node or for another cluster. Nothing was written
+    /// (the identity is read before the database is opened). Point the agent at its own data
+    /// dir, or remove this one on purpose if it really is stale.
     #[error(
-        "data dir {path} belongs to {found}, but this agent is {wanted}; refusing to use it: point the agent at its own data dir, or remove this one on purpose"
+        "data dir {path} belongs to {found}, but this agent is node {wanted_node_id}{}; refusing to use it: point the agent at its own data dir, or remove this one on purpose",
+        wanted_cluster_id.as_ref().map(|c| format!(" of cluster {c:?}")).unwrap_or_default()
     )]
     ForeignDataDir {
         path: PathBuf,
         /// Identity found on disk.
         found: DataDirIdentity,
-        /// Identity the agent asked for.
-        wanted: DataDirIdentity,
+        /// The node id the agent is configured as.
+        wanted_node_id: u64,
+        /// The cluster id the agent is configured for, if any.
+        wanted_cluster_id: Option<String>,
+    },
+
+    /// The data dir is missing, empty, or holds a database without an identity: this node's
+    /// state is not there. Nothing was created or written. A brand-new node is started once
+    /// with `--new`; an existing member must get its own data back (mount the disk, fix the
+    /// path, restore it), or be removed from the cluster and added again under a new node id.
+    #[error(
+        "data dir {path} {state}: node {node_id}'s state is not there, and an agent never starts a member from an empty data dir. If this is a brand-new node, start it once with `stillpoint agent --config FILE --new`. If node {node_id} is an existing member, check that its disk is mounted and data_dir is right, or restore the disk; if its data is lost, remove it (`stillpoint cluster remove {node_id}`) and add this server again under a new node_id"
+    )]
+    NotInitialized {
+        path: PathBuf,
+        node_id: u64,
+        /// What was found, e.g. "does not exist" or "is empty".
+        state: String,
     },
 
     /// Bytes on disk cannot be decoded. The dir is damaged (or was written by a newer stillpoint):

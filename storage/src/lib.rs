@@ -1,8 +1,9 @@
 //! Durable state of a stillpoint agent, on sled.
 //!
 //! Every agent keeps one data dir holding one [sled] database. This crate owns that database:
-//! [`Store::open`] locks the dir, [`Store::claim_identity`] pins it to one node of one cluster,
-//! and two handles give openraft what it persists: the [`LogStore`] (raft log, vote, committed
+//! [`data_dir`] decides, before anything is opened for writing, whether the dir is this node's
+//! own (its identity file names the node, its cluster and its incarnation), [`Store::open`]
+//! locks it, and two handles give openraft what it persists: the [`LogStore`] (raft log, vote, committed
 //! log id) and the [`StateMachineStore`] (the replicated application state `S`, the last applied
 //! log id and membership, and the current snapshot). The agent's local step journal
 //! ([`journal`]) keeps its own trees in the same database ([`Store::db`]).
@@ -22,9 +23,11 @@
 //!
 //! # What is stored where
 //!
+//! The identity is not in sled: it is the file [`data_dir::IDENTITY_FILE`] ([`DataDirIdentity`]
+//! as JSON), read before sled opens (and rewrites) its files.
+//!
 //! | tree                  | key                      | value (serde_json unless noted)              |
 //! |-----------------------|--------------------------|----------------------------------------------|
-//! | `stillpoint/identity` | `identity`               | [`DataDirIdentity`]                           |
 //! | `raft/log`            | log index, `u64` BE      | `openraft::Entry<C>`                          |
 //! | `raft/log_meta`       | `vote`, `committed`, `last_purged` | `Vote`, `LogId`, `LogId`            |
 //! | `raft/state_machine`  | `state`                  | `{format_version, last_applied, last_membership, state}` |
@@ -74,12 +77,15 @@
 //!
 //! # Identity and locking
 //!
-//! sled holds an exclusive lock on the data dir: a second agent on the same dir gets
-//! [`Error::InUse`]. `Store::open` retries a held lock for up to 2 s first, because sled's
-//! background threads may still hold it for a moment after an in-process restart. [`Store::claim_identity`] records the node id (and the cluster id once
-//! known) and refuses, writing nothing, a dir that belongs to another node or cluster
-//! ([`Error::ForeignDataDir`]), so a dir copied or mounted on the wrong host cannot rejoin a
-//! cluster under a false name.
+//! A data dir is made only by an explicit act ([`data_dir::create`], `stillpoint agent --new`),
+//! which stamps it with the node id and a random incarnation. [`data_dir::inspect`] and
+//! [`data_dir::check`] refuse, writing nothing, a missing or empty dir
+//! ([`Error::NotInitialized`]: a typo, an unmounted or replaced disk) and a dir of another node
+//! or cluster ([`Error::ForeignDataDir`]). The caller checks before [`Store::open`], so a
+//! foreign dir is never touched by sled. sled holds an exclusive lock on the data dir: a second
+//! agent on the same dir gets [`Error::InUse`]. `Store::open` retries a held lock for up to 2 s
+//! first, because sled's background threads may still hold it for a moment after an in-process
+//! restart.
 //!
 //! # CAVEATS (not handled yet)
 //!
@@ -99,12 +105,13 @@
 //!   of our own beyond sled's CRCs.
 //! - sled files are never compacted by us; space is reclaimed by sled's own segment cleaning.
 //! - A flush is database-wide: raft flushes also make journal writes durable, and vice versa.
-//! - `Store::open` and `Store::claim_identity` are blocking calls (lock retry, flush + fsync):
+//! - `Store::open` and the [`data_dir`] functions are blocking calls (lock retry, fsync):
 //!   call them at start-up or from `spawn_blocking`, not in a hot async path.
 //! - One process uses one type config and one state type per data dir
 //!   ([`Error::WrongTypes`] otherwise).
 
 mod codec;
+pub mod data_dir;
 mod error;
 mod log_store;
 mod state;
@@ -114,8 +121,9 @@ mod tuning;
 
 pub mod journal;
 
+pub use data_dir::{DataDirIdentity, DataDirState};
 pub use error::Error;
 pub use log_store::LogStore;
 pub use state::StateMachineData;
 pub use state_machine::{SNAPSHOT_FORMAT_VERSION, StateMachineStore};
-pub use store::{DataDirIdentity, Store, StoreTypeConfig};
+pub use store::{Store, StoreTypeConfig};

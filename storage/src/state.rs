@@ -1,6 +1,6 @@
 //! The contract between the state-machine store and the application state it persists.
 
-use openraft::{LogId, RaftTypeConfig};
+use openraft::{LogId, Membership, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -16,7 +16,14 @@ where
     C: RaftTypeConfig,
 {
     /// Applies one committed command and returns the response the proposer receives.
-    fn apply(&mut self, log_id: &LogId<C::NodeId>, command: &C::D) -> C::R;
+    /// `membership` is the membership in effect at this entry (the last membership entry
+    /// applied before it), the same on every replica, so rules may depend on who is a member.
+    fn apply(
+        &mut self,
+        log_id: &LogId<C::NodeId>,
+        membership: &Membership<C::NodeId, C::Node>,
+        command: &C::D,
+    ) -> C::R;
 
     /// The response recorded for a log entry that carries no command (a blank entry a new
     /// leader commits, or a membership change).

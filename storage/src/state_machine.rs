@@ -17,8 +17,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,31 +40,33 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// How the applied state is written: also the snapshot data format.
 #[derive(Serialize)]
-struct RecordRef<'a, S> {
+#[serde(bound = "S: Serialize")]
+struct RecordRef<'a, N: openraft::Node, S> {
     format_version: u32,
     last_applied: &'a Option<LogId<u64>>,
-    last_membership: &'a StoredMembership<u64, BasicNode>,
+    last_membership: &'a StoredMembership<u64, N>,
     state: &'a S,
 }
 
 /// How the applied state is read back.
 #[derive(Deserialize)]
-struct Record<S> {
+#[serde(bound = "S: Deserialize<'de>")]
+struct Record<N: openraft::Node, S> {
     format_version: u32,
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, N>,
     state: S,
 }
 
 /// The in-memory applied state.
 #[derive(Clone, Default)]
-struct Applied<S> {
+struct Applied<N: openraft::Node, S> {
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, N>,
     data: S,
 }
 
-impl<S: Serialize> Applied<S> {
+impl<N: openraft::Node, S: Serialize> Applied<N, S> {
     fn encode(&self, path: &Path) -> Result<Vec<u8>, Error> {
         let record = RecordRef {
             format_version: SNAPSHOT_FORMAT_VERSION,
@@ -76,12 +78,12 @@ impl<S: Serialize> Applied<S> {
     }
 }
 
-fn decode_record<S: for<'de> Deserialize<'de>>(
+fn decode_record<N: openraft::Node, S: for<'de> Deserialize<'de>>(
     path: &Path,
     what: &str,
     bytes: &[u8],
-) -> Result<Applied<S>, Error> {
-    let record: Record<S> = decode(path, what, bytes)?;
+) -> Result<Applied<N, S>, Error> {
+    let record: Record<N, S> = decode(path, what, bytes)?;
     if record.format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
@@ -99,9 +101,9 @@ fn decode_record<S: for<'de> Deserialize<'de>>(
     })
 }
 
-fn frame_snapshot(
+fn frame_snapshot<N: openraft::Node>(
     path: &Path,
-    meta: &SnapshotMeta<u64, BasicNode>,
+    meta: &SnapshotMeta<u64, N>,
     data: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let meta_bytes = encode(path, "snapshot meta", meta)?;
@@ -120,7 +122,10 @@ fn frame_snapshot(
     Ok(framed)
 }
 
-fn unframe_snapshot(path: &Path, framed: &[u8]) -> Result<StoredSnapshot, Error> {
+fn unframe_snapshot<N: openraft::Node>(
+    path: &Path,
+    framed: &[u8],
+) -> Result<StoredSnapshot<N>, Error> {
     let corrupt = |detail: String| Error::Corrupt {
         path: path.to_path_buf(),
         what: "the current snapshot".to_string(),
@@ -145,12 +150,12 @@ fn unframe_snapshot(path: &Path, framed: &[u8]) -> Result<StoredSnapshot, Error>
 }
 
 /// A snapshot as kept on disk: its meta and its data.
-type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+type StoredSnapshot<N> = (SnapshotMeta<u64, N>, Vec<u8>);
 
-struct Inner<S> {
+struct Inner<N: openraft::Node, S> {
     disk: Disk,
     tree: sled::Tree,
-    applied: RwLock<Applied<S>>,
+    applied: RwLock<Applied<N, S>>,
     /// Serialises snapshot writes (build and install may overlap), so the newer snapshot wins.
     snapshot_write: tokio::sync::Mutex<()>,
 }
@@ -161,12 +166,12 @@ struct Inner<S> {
 ///
 /// Cheap to clone (an `Arc` inside); clones share one in-memory state. It is its own
 /// [`RaftSnapshotBuilder`].
-pub struct StateMachineStore<C, S> {
-    inner: Arc<Inner<S>>,
+pub struct StateMachineStore<C: StoreTypeConfig, S> {
+    inner: Arc<Inner<C::Node, S>>,
     _types: PhantomData<fn() -> C>,
 }
 
-impl<C, S> Clone for StateMachineStore<C, S> {
+impl<C: StoreTypeConfig, S> Clone for StateMachineStore<C, S> {
     fn clone(&self) -> Self {
         StateMachineStore {
             inner: self.inner.clone(),
@@ -175,7 +180,7 @@ impl<C, S> Clone for StateMachineStore<C, S> {
     }
 }
 
-impl<C, S> Debug for StateMachineStore<C, S> {
+impl<C: StoreTypeConfig, S> Debug for StateMachineStore<C, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMachineStore")
             .field("path", &self.inner.disk.path)
@@ -183,7 +188,7 @@ impl<C, S> Debug for StateMachineStore<C, S> {
     }
 }
 
-impl<C, S> StateMachineStore<C, S> {
+impl<C: StoreTypeConfig, S> StateMachineStore<C, S> {
     /// Read access to the current applied state, for queries. No I/O; holds a read lock for the
     /// duration of `f`, so keep `f` short.
     pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
@@ -197,11 +202,11 @@ impl<C, S> StateMachineStore<C, S> {
 
     // A poisoned lock means a panic while holding it; every writer swaps in a fully built value,
     // so what the lock holds is still a consistent state.
-    fn read_applied(&self) -> RwLockReadGuard<'_, Applied<S>> {
+    fn read_applied(&self) -> RwLockReadGuard<'_, Applied<C::Node, S>> {
         self.inner.applied.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_applied(&self) -> RwLockWriteGuard<'_, Applied<S>> {
+    fn write_applied(&self) -> RwLockWriteGuard<'_, Applied<C::Node, S>> {
         self.inner
             .applied
             .write()
@@ -221,9 +226,9 @@ where
             tree.get(key)
                 .map_err(|e| Error::sled(&path, &format!("read {what}"), e))
         };
-        let applied: Applied<S> = match read(KEY_SNAPSHOT, "the current snapshot")? {
+        let applied: Applied<C::Node, S> = match read(KEY_SNAPSHOT, "the current snapshot")? {
             Some(framed) => {
-                let (_meta, data) = unframe_snapshot(&path, &framed)?;
+                let (_meta, data) = unframe_snapshot::<C::Node>(&path, &framed)?;
                 decode_record(&path, "the current snapshot's data", &data)?
             }
             None => Applied::default(),
@@ -258,7 +263,11 @@ where
             let log_id = entry.log_id;
             let response = match entry.payload {
                 EntryPayload::Blank => S::response_for_non_command(&log_id),
-                EntryPayload::Normal(command) => applied.data.apply(&log_id, &command),
+                EntryPayload::Normal(command) => {
+                    let a = &mut *applied;
+                    a.data
+                        .apply(&log_id, a.last_membership.membership(), &command)
+                }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(log_id), membership);
                     S::response_for_non_command(&log_id)
@@ -270,7 +279,7 @@ where
         responses
     }
 
-    fn current_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
+    fn current_snapshot(&self) -> Result<Option<StoredSnapshot<C::Node>>, Error> {
         let framed = self
             .inner
             .tree
@@ -282,7 +291,10 @@ where
     }
 }
 
-fn write_snapshot_err(meta: &SnapshotMeta<u64, BasicNode>, e: Error) -> StorageError<u64> {
+fn write_snapshot_err<N: openraft::Node>(
+    meta: &SnapshotMeta<u64, N>,
+    e: Error,
+) -> StorageError<u64> {
     StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
 }
 
@@ -356,7 +368,7 @@ where
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, C::Node>), StorageError<u64>> {
         let applied = self.read_applied();
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
@@ -381,12 +393,12 @@ where
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, C::Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
         let what = format!("snapshot {} received from the leader", meta.snapshot_id);
-        let installed: Applied<S> =
+        let installed: Applied<C::Node, S> =
             decode_record(self.path(), &what, &data).map_err(|e| write_snapshot_err(meta, e))?;
         if installed.last_applied != meta.last_log_id
             || installed.last_membership != meta.last_membership

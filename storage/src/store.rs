@@ -9,11 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, Entry, RaftTypeConfig};
-use serde::{Deserialize, Serialize};
+use openraft::{Entry, RaftTypeConfig};
 
 use crate::Error;
-use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::state::StateMachineData;
 use crate::state_machine::StateMachineStore;
@@ -21,8 +19,6 @@ use crate::tuning::{
     BACKGROUND_FLUSH_MS, CACHE_BYTES, FLUSH_TIMEOUT_MS, OPEN_IN_USE_PAUSE_MS, OPEN_IN_USE_RETRY_MS,
 };
 
-/// Tree holding who the data dir belongs to.
-pub(crate) const TREE_IDENTITY: &str = "stillpoint/identity";
 /// Tree of raft log entries, keyed by big-endian index.
 pub(crate) const TREE_LOG: &str = "raft/log";
 /// Tree of the log store's own records: vote, committed, last purged.
@@ -30,44 +26,18 @@ pub(crate) const TREE_LOG_META: &str = "raft/log_meta";
 /// Tree of the state machine: applied state and current snapshot.
 pub(crate) const TREE_STATE_MACHINE: &str = "raft/state_machine";
 
-const KEY_IDENTITY: &[u8] = b"identity";
-
 /// The openraft type configurations this store can persist: node ids are `u64`, nodes are
-/// [`BasicNode`], entries are openraft's own and snapshots are in-memory JSON bytes.
+/// any [`openraft::Node`] (stored as JSON inside membership), entries are openraft's own and snapshots are in-memory JSON bytes.
 ///
 /// Implemented for every matching [`RaftTypeConfig`]; never implement it by hand.
 pub trait StoreTypeConfig:
-    RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
+    RaftTypeConfig<NodeId = u64, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
 {
 }
 
 impl<C> StoreTypeConfig for C where
-    C: RaftTypeConfig<
-            NodeId = u64,
-            Node = BasicNode,
-            Entry = Entry<C>,
-            SnapshotData = Cursor<Vec<u8>>,
-        >
+    C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>
 {
-}
-
-/// Who a data dir belongs to. Recorded on first start so that a dir copied to, or mounted on,
-/// the wrong host is refused instead of silently joining a node to a cluster under a false name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataDirIdentity {
-    /// The raft node id of the agent that owns the dir.
-    pub node_id: u64,
-    /// The cluster the node belongs to; `None` until the node has joined or initialised one.
-    pub cluster_id: Option<String>,
-}
-
-impl fmt::Display for DataDirIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.cluster_id {
-            Some(cluster) => write!(f, "node {} of cluster {cluster:?}", self.node_id),
-            None => write!(f, "node {} (no cluster recorded yet)", self.node_id),
-        }
-    }
 }
 
 /// What the log and state-machine handles share: the database and where it lives.
@@ -269,79 +239,6 @@ impl Store {
     /// The database, for components that keep their own trees in it (the step journal).
     pub fn db(&self) -> &sled::Db {
         &self.disk.db
-    }
-
-    /// Who this data dir belongs to; `None` on a fresh dir.
-    pub fn identity(&self) -> Result<Option<DataDirIdentity>, Error> {
-        let tree = self.disk.tree(TREE_IDENTITY)?;
-        let bytes = tree
-            .get(KEY_IDENTITY)
-            .map_err(|e| Error::sled(&self.disk.path, "read the data dir identity", e))?;
-        bytes
-            .map(|b| decode(&self.disk.path, "the data dir identity", &b))
-            .transpose()
-    }
-
-    /// Records the node id (and the cluster id once known) as this dir's owner, flushed before
-    /// returning. Refuses with [`Error::ForeignDataDir`], writing nothing, when the dir already
-    /// belongs to another node id or another cluster id. A `wanted` without cluster id never
-    /// erases a recorded one: an agent that has not yet learnt its cluster is still the same node.
-    pub fn claim_identity(&self, wanted: &DataDirIdentity) -> Result<(), Error> {
-        let path = &self.disk.path;
-        let tree = self.disk.tree(TREE_IDENTITY)?;
-        // Compare-and-swap so two claims racing in one process cannot both win; a lost race is
-        // re-examined against the winner's record, so two rounds always settle it.
-        const CLAIM_ROUNDS_MAX: usize = 3;
-        for _ in 0..CLAIM_ROUNDS_MAX {
-            let current_bytes = tree
-                .get(KEY_IDENTITY)
-                .map_err(|e| Error::sled(path, "read the data dir identity", e))?;
-            let current: Option<DataDirIdentity> = current_bytes
-                .as_ref()
-                .map(|b| decode(path, "the data dir identity", b))
-                .transpose()?;
-            let next = match &current {
-                None => wanted.clone(),
-                Some(found) => {
-                    let cluster_conflict = matches!(
-                        (&found.cluster_id, &wanted.cluster_id),
-                        (Some(a), Some(b)) if a != b
-                    );
-                    if found.node_id != wanted.node_id || cluster_conflict {
-                        return Err(Error::ForeignDataDir {
-                            path: path.to_path_buf(),
-                            found: found.clone(),
-                            wanted: wanted.clone(),
-                        });
-                    }
-                    DataDirIdentity {
-                        node_id: found.node_id,
-                        cluster_id: found
-                            .cluster_id
-                            .clone()
-                            .or_else(|| wanted.cluster_id.clone()),
-                    }
-                }
-            };
-            if current.as_ref() == Some(&next) {
-                return Ok(());
-            }
-            let next_bytes = encode(path, "the data dir identity", &next)?;
-            let swapped = tree
-                .compare_and_swap(KEY_IDENTITY, current_bytes, Some(next_bytes))
-                .map_err(|e| Error::sled(path, "record the data dir identity", e))?;
-            if swapped.is_ok() {
-                self.disk.flush_blocking()?;
-                return Ok(());
-            }
-        }
-        Err(Error::Io {
-            path: path.to_path_buf(),
-            action: "record the data dir identity".to_string(),
-            detail: format!(
-                "it kept changing under us for {CLAIM_ROUNDS_MAX} rounds; another claim is racing, retry"
-            ),
-        })
     }
 
     /// The agent's local journal in this data dir, with every write fdatasync'ed before the

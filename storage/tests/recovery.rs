@@ -9,7 +9,7 @@ use std::path::Path;
 use common::{Kv, KvResponse, TestConfig, blank, log_id, set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{Entry, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote};
-use stillpoint_storage::{DataDirIdentity, Error, LogStore, StateMachineStore, Store};
+use stillpoint_storage::{Error, LogStore, StateMachineStore, Store};
 
 fn log_store(store: &Store) -> LogStore<TestConfig> {
     store.log_store().expect("open the log store")
@@ -300,43 +300,6 @@ async fn a_legacy_whole_state_record_is_ignored_and_removed() {
 }
 
 #[test]
-fn identity_is_claimed_once_and_foreign_claims_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = |id: u64, cluster: Option<&str>| DataDirIdentity {
-        node_id: id,
-        cluster_id: cluster.map(str::to_string),
-    };
-    {
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.identity().unwrap(), None);
-        store.claim_identity(&node(7, None)).unwrap();
-        store.claim_identity(&node(7, Some("site-a"))).unwrap();
-    }
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.identity().unwrap(), Some(node(7, Some("site-a"))));
-    // Not yet knowing the cluster does not erase it.
-    store.claim_identity(&node(7, None)).unwrap();
-    assert_eq!(store.identity().unwrap(), Some(node(7, Some("site-a"))));
-
-    let err = store.claim_identity(&node(8, Some("site-a"))).unwrap_err();
-    assert!(matches!(err, Error::ForeignDataDir { .. }), "{err}");
-    let message = err.to_string();
-    assert!(
-        message.contains("node 7") && message.contains("node 8"),
-        "{message}"
-    );
-
-    let err = store.claim_identity(&node(7, Some("site-b"))).unwrap_err();
-    assert!(matches!(err, Error::ForeignDataDir { .. }), "{err}");
-    assert!(err.to_string().contains("site-a") && err.to_string().contains("site-b"));
-    assert_eq!(
-        store.identity().unwrap(),
-        Some(node(7, Some("site-a"))),
-        "nothing written"
-    );
-}
-
-#[test]
 fn second_open_is_refused_as_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Store::open(dir.path()).unwrap();
@@ -417,7 +380,12 @@ fn asking_for_the_state_machine_with_other_types_is_refused() {
     #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
     struct Other;
     impl stillpoint_storage::StateMachineData<TestConfig> for Other {
-        fn apply(&mut self, _: &openraft::LogId<u64>, _: &common::KvCommand) -> KvResponse {
+        fn apply(
+            &mut self,
+            _: &openraft::LogId<u64>,
+            _: &openraft::Membership<u64, openraft::BasicNode>,
+            _: &common::KvCommand,
+        ) -> KvResponse {
             KvResponse::NoCommand
         }
         fn response_for_non_command(_: &openraft::LogId<u64>) -> KvResponse {
@@ -461,37 +429,6 @@ async fn large_state_and_snapshot_beyond_sleds_blob_threshold_survive_restart() 
         .unwrap()
         .expect("snapshot kept");
     assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
-}
-
-#[test]
-fn damaged_identity_is_reported_and_never_overwritten_by_a_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    damage(
-        dir.path(),
-        "stillpoint/identity",
-        b"identity",
-        b"{\"node_id\":",
-    );
-    let store = Store::open(dir.path()).unwrap();
-    assert!(matches!(store.identity(), Err(Error::Corrupt { .. })));
-    let claim = DataDirIdentity {
-        node_id: 1,
-        cluster_id: None,
-    };
-    let err = store.claim_identity(&claim).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("identity"), "{err}");
-    let raw = store
-        .db()
-        .open_tree("stillpoint/identity")
-        .unwrap()
-        .get("identity")
-        .unwrap();
-    assert_eq!(
-        raw.as_deref(),
-        Some(&b"{\"node_id\":"[..]),
-        "the damaged record is left for inspection"
-    );
 }
 
 #[tokio::test]

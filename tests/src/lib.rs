@@ -73,6 +73,9 @@ impl TestCluster {
             arrays: Vec::new(),
             host: None,
         };
+        stillpoint_node::agent::init_data_dir(&config)
+            .await
+            .expect("a new data dir");
         let agent = stillpoint_node::start(config.clone(), listener)
             .await
             .expect("agent starts");

@@ -24,11 +24,15 @@ async fn malformed_misaddressed_and_oversized_raft_messages_are_refused_without_
     let target_id = cluster.configs[target].node_id;
     let mut client = peer(&cluster.address(target)).await;
 
+    let incarnation = cluster.agent(target).context.identity.incarnation;
     let request = |cluster_id: &str, node: u64, payload: &[u8]| RaftRequest {
         cluster_id: cluster_id.to_string(),
         target_node_id: node,
         payload: payload.to_vec(),
         chunk: Vec::new(),
+        sender_node_id: 99,
+        sender_incarnation: 1,
+        target_incarnation: incarnation,
     };
 
     let garbage = client
@@ -57,6 +61,13 @@ async fn malformed_misaddressed_and_oversized_raft_messages_are_refused_without_
         .unwrap_err();
     assert_eq!(foreign.code(), Code::PermissionDenied);
     assert!(foreign.message().contains("another-cluster"), "{foreign:?}");
+
+    // Meant for another incarnation of the target (its data dir was replaced): refused.
+    let mut stale = request(&cluster_id, target_id, b"{}");
+    stale.target_incarnation = incarnation.wrapping_add(1);
+    let stale = client.vote(stale).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(stale.message().contains("incarnation"), "{stale:?}");
 
     let anonymous = client
         .vote(request("", target_id, b"{}"))

@@ -73,6 +73,9 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
         host: Some(host),
     };
     config.validate().expect("valid node config");
+    stillpoint_node::agent::init_data_dir(&config)
+        .await
+        .expect("a new data dir");
     let db1 = stillpoint_node::start(config, listener)
         .await
         .expect("db1 starts");

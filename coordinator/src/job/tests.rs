@@ -575,15 +575,18 @@ fn under_lost_replies_and_leader_changes_no_copy_is_wrongly_consistent() {
 fn a_group_names_every_broken_rule_with_its_path() {
     let mut registry = ClusterState::default();
     for (id, name, role) in [(1, "db1", Role::Business), (2, "backup1", Role::Backup)] {
-        registry.apply(&Command::RegisterNode(NodeRecord {
-            node_id: id,
-            name: name.into(),
-            address: format!("127.0.0.1:{}", 7000 + id),
-            roles: [role].into(),
-            version: "0.1.0".into(),
-            registered_at_ms: 0,
-            deregistered_at_ms: None,
-        }));
+        registry.apply(
+            &[1, 2].into(),
+            &Command::RegisterNode(NodeRecord {
+                node_id: id,
+                name: name.into(),
+                address: format!("127.0.0.1:{}", 7000 + id),
+                roles: [role].into(),
+                version: "0.1.0".into(),
+                registered_at_ms: 0,
+                deregistered_at_ms: None,
+            }),
+        );
     }
     let mut g = group(2, 1);
     g.members[1].rv = vol("db1", "rv1");

@@ -43,7 +43,12 @@ pub struct Kv {
 }
 
 impl StateMachineData<TestConfig> for Kv {
-    fn apply(&mut self, _log_id: &LogId<u64>, command: &KvCommand) -> KvResponse {
+    fn apply(
+        &mut self,
+        _log_id: &LogId<u64>,
+        _membership: &openraft::Membership<u64, openraft::BasicNode>,
+        command: &KvCommand,
+    ) -> KvResponse {
         self.commands_applied += 1;
         KvResponse::Previous(self.map.insert(command.key.clone(), command.value.clone()))
     }

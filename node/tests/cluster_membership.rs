@@ -1,0 +1,214 @@
+//! Membership through real agent processes: a removed agent stays removed and stops writing to
+//! the log (issue 8, defect 2); concurrent `cluster init` makes one cluster (defect 3).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Three voters started `--new` and initialised from `endpoints[0]`; returns the agents, the
+/// configs and the endpoints (index i is node i + 1), plus `extra` more agents started but not
+/// members.
+fn three_voters(dir: &std::path::Path, extra: usize) -> (Agents, Vec<PathBuf>, Vec<String>) {
+    let n = 3 + extra;
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let configs: Vec<PathBuf> = (0..n)
+        .map(|i| write_config(dir, i as u64 + 1, ports[i], ""))
+        .collect();
+    let agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
+    for e in &endpoints {
+        wait_for("agents to answer", WAIT, || {
+            status_json(e, false).map(|_| ())
+        });
+    }
+    let mut init = vec!["cluster", "init", "--endpoint", endpoints[0].as_str()];
+    for e in &endpoints[..3] {
+        init.extend(["--member", e.as_str()]);
+    }
+    let out = stillpoint(&init);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    (agents, configs, endpoints)
+}
+
+/// The registry as `cluster nodes --output json` prints it.
+fn nodes_json(endpoint: &str) -> Option<serde_json::Value> {
+    let out = stillpoint(&[
+        "cluster",
+        "nodes",
+        "--endpoint",
+        endpoint,
+        "--consistent",
+        "--output",
+        "json",
+    ]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Waits until the leader's applied index has not moved for `quiet` (bounded by WAIT), and
+/// returns it; fails naming the indexes seen if it keeps growing.
+fn applied_index_settles(endpoint: &str, quiet: Duration) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let before = status_json(endpoint, true).and_then(|s| s["last_applied_index"].as_u64());
+        std::thread::sleep(quiet);
+        let after = status_json(endpoint, true).and_then(|s| s["last_applied_index"].as_u64());
+        seen.push((before, after));
+        if let (Some(a), Some(b)) = (before, after)
+            && a == b
+        {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the applied index never stopped growing: {seen:?}"
+        );
+    }
+}
+
+fn active_ids(nodes: &serde_json::Value) -> Vec<u64> {
+    nodes
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter(|r| r["deregistered_at_ms"].is_null())
+                .filter_map(|r| r["node_id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `cluster add --learner` then `cluster remove` back to back, then the removed agent restarted:
+/// it never comes back as active and the log stops growing.
+#[test]
+fn a_removed_agent_does_not_reregister_and_the_log_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agents, configs, endpoints) = three_voters(dir.path(), 1);
+    wait_for("three registered voters", WAIT, || {
+        let nodes = nodes_json(&endpoints[0])?;
+        (active_ids(&nodes).len() == 3).then_some(())
+    });
+    let out = stillpoint(&[
+        "cluster",
+        "add",
+        "--learner",
+        "--endpoint",
+        &endpoints[0],
+        &endpoints[3],
+    ]);
+    assert!(out.status.success(), "add: {}", stderr(&out));
+    let out = stillpoint(&["cluster", "remove", "--endpoint", &endpoints[0], "4"]);
+    assert!(out.status.success(), "remove: {}", stderr(&out));
+
+    // Registration is one second apart at most: five quiet seconds mean it stopped.
+    let quiet = Duration::from_secs(5);
+    applied_index_settles(&endpoints[0], quiet);
+    let nodes = nodes_json(&endpoints[0]).expect("cluster nodes");
+    assert!(
+        !active_ids(&nodes).contains(&4),
+        "the removed node shows as active: {nodes}"
+    );
+
+    // Restarted from its data dir, it still does not come back.
+    agents.kill(3);
+    agents.0[3] = Some(spawn_agent(&configs[3], false));
+    wait_for("the removed agent to answer again", WAIT, || {
+        status_json(&endpoints[3], false).map(|_| ())
+    });
+    applied_index_settles(&endpoints[0], quiet);
+    let nodes = nodes_json(&endpoints[0]).expect("cluster nodes");
+    assert!(
+        !active_ids(&nodes).contains(&4),
+        "the restarted removed node shows as active: {nodes}"
+    );
+}
+
+/// `cluster init` run at the same moment on every first member, ten times over: every run
+/// ends in one cluster with every agent in it, and a repeated init is a no-op that says so.
+#[test]
+fn concurrent_init_on_every_member_makes_one_cluster() {
+    const ITERATIONS: usize = 10;
+    for iteration in 0..ITERATIONS {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let configs: Vec<PathBuf> = (0..3)
+            .map(|i| write_config(dir.path(), i as u64 + 1, ports[i], ""))
+            .collect();
+        let _agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
+        for e in &endpoints {
+            wait_for("agents to answer", WAIT, || {
+                status_json(e, false).map(|_| ())
+            });
+        }
+        let runs: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut args = vec![
+                    "cluster".to_string(),
+                    "init".into(),
+                    "--endpoint".into(),
+                    endpoint.clone(),
+                ];
+                for m in &endpoints {
+                    args.extend(["--member".to_string(), m.clone()]);
+                }
+                std::thread::spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    stillpoint(&args)
+                })
+            })
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.join().unwrap();
+            assert!(
+                out.status.success(),
+                "iteration {iteration}: init on agent {} failed: {}",
+                i + 1,
+                stderr(&out)
+            );
+        }
+        let mut last = Vec::new();
+        let one = poll_until(WAIT, || {
+            last = endpoints.iter().map(|e| status_json(e, false)).collect();
+            let views: Vec<serde_json::Value> = last.iter().cloned().collect::<Option<_>>()?;
+            let first = &views[0];
+            let same = views.iter().all(|v| {
+                v["cluster_id"] == first["cluster_id"]
+                    && v["leader_id"].is_u64()
+                    && v["leader_id"] == first["leader_id"]
+                    && member_ids(v) == vec![1, 2, 3]
+            });
+            same.then(|| first["cluster_id"].as_str().map(str::to_string))
+                .flatten()
+        });
+        let Some(cluster_id) = one else {
+            panic!("iteration {iteration}: the agents did not converge on one cluster: {last:?}");
+        };
+        // Running init again anywhere changes nothing and says so.
+        let out = stillpoint(&[
+            "cluster",
+            "init",
+            "--endpoint",
+            &endpoints[2],
+            "--member",
+            &endpoints[0],
+            "--member",
+            &endpoints[1],
+            "--member",
+            &endpoints[2],
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "repeated init: {}", stderr(&out));
+        assert!(
+            text.contains("already") && text.contains(&cluster_id),
+            "a repeated init says it changed nothing: {text}"
+        );
+    }
+}
