@@ -163,6 +163,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether a client may propose this command through the client API's `Propose`. The
+    /// others are proposed only by an agent's own code path (the leader's `cluster remove`).
+    /// Exhaustive on purpose: a new command must decide.
+    ///
+    /// This limits *what* a client may propose, not *who* it is: there is no authentication
+    /// until mutual TLS binds a certificate to a node id. Until then any client that reaches an
+    /// agent's port may register a member's record with other name, roles or version (but not
+    /// another address: `apply` checks it against the membership, nor revive a removed one).
+    pub fn proposable_by_clients(&self) -> bool {
+        match self {
+            Command::RegisterNode(_) => true,
+            Command::DeregisterNode { .. } => false,
+        }
+    }
+}
+
 /// The outcome of applying a [`Command`], returned to its proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -201,7 +218,10 @@ impl stillpoint_storage::StateMachineData<TypeConfig> for ClusterState {
         membership: &openraft::Membership<NodeId, Member>,
         command: &Command,
     ) -> Response {
-        let members = membership.nodes().map(|(id, _)| *id).collect();
+        let members = membership
+            .nodes()
+            .map(|(id, m)| (*id, m.addr.clone()))
+            .collect();
         ClusterState::apply(self, &members, command)
     }
 

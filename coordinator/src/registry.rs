@@ -100,8 +100,9 @@ pub struct ClusterState {
 
 impl ClusterState {
     /// Applies one committed command. Pure: no clock, no randomness, no I/O. `members` are the
-    /// node ids of the raft membership in effect at this log entry (voters and learners).
-    pub fn apply(&mut self, members: &BTreeSet<NodeId>, command: &Command) -> Response {
+    /// raft membership in effect at this log entry (voters and learners), with the address each
+    /// was admitted at.
+    pub fn apply(&mut self, members: &BTreeMap<NodeId, String>, command: &Command) -> Response {
         match command {
             Command::RegisterNode(record) => self.register(members, record),
             Command::DeregisterNode { node_id, at_ms } => match self.nodes.get_mut(node_id) {
@@ -187,7 +188,7 @@ impl ClusterState {
     /// Records an agent's own description of itself. Only members may register (an agent that
     /// was never added, or was removed, is refused), and a removed node's record is never
     /// revived: node ids are not reused.
-    fn register(&mut self, members: &BTreeSet<NodeId>, record: &NodeRecord) -> Response {
+    fn register(&mut self, members: &BTreeMap<NodeId, String>, record: &NodeRecord) -> Response {
         if let Some(existing) = self.nodes.get(&record.node_id)
             && existing.deregistered_at_ms.is_some()
         {
@@ -198,11 +199,21 @@ impl ClusterState {
                 ),
             };
         }
-        if !members.contains(&record.node_id) {
+        let Some(admitted_at) = members.get(&record.node_id) else {
             return Response::Refused {
                 rule: format!(
                     "node {} is not a member of the cluster (never added, or removed); an agent registers once `stillpoint cluster add` has made it a member",
                     record.node_id
+                ),
+            };
+        };
+        // The membership is where agents reach the node; a record saying otherwise would send
+        // operators (and `--node NAME`) elsewhere.
+        if *admitted_at != record.address {
+            return Response::Refused {
+                rule: format!(
+                    "node {} is a member at {admitted_at}, so its record cannot say {}; to move a node, remove it and add the server again under a new node_id",
+                    record.node_id, record.address
                 ),
             };
         }
@@ -250,8 +261,8 @@ impl ClusterState {
 mod tests {
     use super::*;
 
-    fn members() -> BTreeSet<NodeId> {
-        [1, 2, 3].into()
+    fn members() -> BTreeMap<NodeId, String> {
+        (1..=3).map(|id| (id, record(id, "x").address)).collect()
     }
 
     fn record(id: NodeId, name: &str) -> NodeRecord {
@@ -362,6 +373,20 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(s.nodes[&3].deregistered_at_ms, Some(9));
+    }
+
+    #[test]
+    fn a_record_must_carry_the_address_the_member_was_admitted_at() {
+        let mut s = ClusterState::default();
+        let mut moved = record(2, "db2");
+        moved.address = "10.9.9.9:1".into();
+        let r = s.apply(&members(), &Command::RegisterNode(moved));
+        assert!(
+            r.refusal()
+                .is_some_and(|rule| rule.contains("is a member at")),
+            "{r:?}"
+        );
+        assert!(s.nodes.is_empty());
     }
 
     #[test]

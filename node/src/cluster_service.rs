@@ -199,6 +199,14 @@ impl ClusterService {
             .membership_config
             .membership()
             .clone();
+        // The membership records the address the agent advertises: it is what peers dial and
+        // what its registry record must say.
+        if ident.address != req.address {
+            return Err(NodeError::Invalid(format!(
+                "the agent at {} (node {}) advertises itself as {}; add it by that address, or fix its `advertise` setting",
+                req.address, ident.node_id, ident.address
+            )));
+        }
         let removed = self.ctx.state.read(|s| {
             s.nodes
                 .get(&ident.node_id)
@@ -399,6 +407,11 @@ impl ClusterService {
     async fn propose(&self, req: ProposeRequest) -> Result<ProposeReply, NodeError> {
         let command: Command = serde_json::from_slice(&req.command)
             .map_err(|e| NodeError::Invalid(format!("not a stillpoint command: {e}")))?;
+        if !command.proposable_by_clients() {
+            return Err(NodeError::Refused(
+                "this command is proposed only by the cluster itself (a node is deregistered by `stillpoint cluster remove`), not through Propose".into(),
+            ));
+        }
         let (response, log_index) = self.ctx.propose_local(command).await?;
         let response = serde_json::to_vec(&response)
             .map_err(|e| NodeError::Raft(format!("cannot encode response: {e}")))?;

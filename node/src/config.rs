@@ -237,16 +237,41 @@ pub fn check_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// toml's message, with the line number spelled out first so the operator finds it at once.
+/// toml's message, with the line number spelled out first so the operator finds it at once,
+/// and the key named with its table (`cluster.initial_memebers`) when the error is on a key.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().to_string();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
-        }
-        None => msg,
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    match key_at(text, line) {
+        Some(key) => format!("line {line}: {key}: {msg}"),
+        None => format!("line {line}: {msg}"),
     }
+}
+
+/// The dotted name (`table.key`) of the key defined on `line` (1-based), if that line defines
+/// one: the key before `=`, prefixed by the last `[table]` header above it.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let (key, _) = here.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]"));
+        let inner = inner.or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')));
+        inner.map(|t| t.trim().to_string())
+    });
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +302,15 @@ roles = ["business"]
             .to_string();
         assert!(e.starts_with("/etc/stillpoint/node.toml: line 7"), "{e}");
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_table_is_named_with_the_table() {
+        let text = format!("{GOOD}[cluster]\ninitial_members = []\ncolour = 1\n");
+        let e = NodeConfig::parse(&text, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 9: cluster.colour:"), "{e}");
     }
 
     #[test]

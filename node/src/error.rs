@@ -9,6 +9,9 @@ pub const LEADER_ID_KEY: &str = "x-stillpoint-leader-id";
 /// Metadata key carrying the leader's gRPC address on a NOT-LEADER refusal.
 pub const LEADER_ADDR_KEY: &str = "x-stillpoint-leader-addr";
 
+/// How a [`NodeError::Refused`] reads, on the wire and on the terminal.
+const REFUSED_PREFIX: &str = "refused by the cluster: ";
+
 /// What went wrong, sorted by what the caller should do next.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -57,7 +60,7 @@ pub enum NodeError {
     NotFound(String),
 
     /// A rule of the replicated state machine refused the command; nothing changed.
-    #[error("refused by the cluster: {0}")]
+    #[error("{REFUSED_PREFIX}{0}")]
     Refused(String),
 
     /// The operation did not finish in time. Its outcome is unknown: query before retrying.
@@ -165,7 +168,13 @@ impl NodeError {
                 ms: 0,
             },
             Code::InvalidArgument => NodeError::Invalid(text),
-            Code::PermissionDenied => NodeError::Refused(text),
+            // The server's message already reads "refused by the cluster: ..." (to_status);
+            // keep the rule only, or Display would say it twice.
+            Code::PermissionDenied => NodeError::Refused(
+                text.strip_prefix(REFUSED_PREFIX)
+                    .map(str::to_string)
+                    .unwrap_or(text),
+            ),
             Code::NotFound => NodeError::NotFound(text),
             code => NodeError::Remote {
                 address: address.to_string(),

@@ -58,6 +58,9 @@ pub struct ClusterIdentity {
     cluster_id: RwLock<Option<String>>,
     /// Where the cluster id is recorded when adopted.
     data_dir: PathBuf,
+    /// Serialises adoptions: the first messages of a new cluster arrive concurrently, and the
+    /// identity file is replaced through one temporary file.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 impl ClusterIdentity {
@@ -72,6 +75,7 @@ impl ClusterIdentity {
             incarnation,
             cluster_id: RwLock::new(cluster_id),
             data_dir,
+            adopting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -85,6 +89,10 @@ impl ClusterIdentity {
     /// Joins `cluster_id` if this agent has none yet (recorded in the data dir before it takes
     /// effect, off the async workers); refuses a different one.
     pub async fn adopt(&self, cluster_id: &str) -> Result<(), NodeError> {
+        if self.cluster_id().as_deref() == Some(cluster_id) {
+            return Ok(());
+        }
+        let _adopting = self.adopting.lock().await;
         match self.cluster_id().as_deref() {
             Some(mine) if mine == cluster_id => return Ok(()),
             Some(mine) => {

@@ -248,3 +248,52 @@ fn the_demo_takes_a_consistent_backup_copy() {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn an_unknown_key_under_a_table_is_named_with_its_table_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        1,
+        free_port(),
+        "[cluster]\ninitial_members = []\ninitial_memebers = []",
+    );
+    let out = stillpoint(&["agent", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(cfg.to_str().unwrap())
+            && err.contains("line 8")
+            && err.contains("cluster.initial_memebers"),
+        "{err}"
+    );
+}
+
+/// A refusal relayed from the agent to the CLI reads once as a refusal, not twice.
+#[test]
+fn a_refusal_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let configs: Vec<PathBuf> = (0..2)
+        .map(|i| write_config(dir.path(), i as u64 + 1, ports[i], ""))
+        .collect();
+    let _agents = Agents(configs.iter().map(|c| Some(spawn_agent(c, true))).collect());
+    for e in &endpoints {
+        wait_for("agents to listen", || {
+            stillpoint(&["cluster", "status", "--endpoint", e])
+                .status
+                .success()
+                .then_some(())
+        });
+        let out = stillpoint(&["cluster", "init", "--endpoint", e, "--member", e]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Two one-node clusters: adding one's agent to the other is refused.
+    let out = wait_for("a refusal", || {
+        let out = stillpoint(&["cluster", "add", "--endpoint", &endpoints[0], &endpoints[1]]);
+        (out.status.code() == Some(3)).then_some(out)
+    });
+    let err = stderr(&out);
+    assert_eq!(err.matches("refused by the cluster").count(), 1, "{err}");
+}

@@ -212,3 +212,63 @@ fn concurrent_init_on_every_member_makes_one_cluster() {
         );
     }
 }
+
+/// The client API's Propose accepts only what clients may propose: no deregistering a node, and
+/// no registry record whose address differs from the one the membership admitted.
+#[test]
+fn propose_refuses_internal_commands_and_a_rewritten_address() {
+    use stillpoint_coordinator::{Command, NodeRecord, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let cfg = write_config(dir.path(), 1, port, "");
+    let _agents = Agents(vec![Some(spawn_agent(&cfg, true))]);
+    wait_for("the agent to answer", WAIT, || {
+        status_json(&endpoint, false).map(|_| ())
+    });
+    let out = stillpoint(&[
+        "cluster",
+        "init",
+        "--endpoint",
+        &endpoint,
+        "--member",
+        &endpoint,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let registered = wait_for("the agent to register", WAIT, || {
+        let nodes = nodes_json(&endpoint)?;
+        let record: NodeRecord = serde_json::from_value(nodes["1"].clone()).ok()?;
+        Some(record)
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = stillpoint_node::Client::new(&endpoint);
+    let propose = |command: Command| runtime.block_on(client.propose(&command));
+    let refused = |outcome: &Result<(Response, u64), stillpoint_node::NodeError>| {
+        matches!(
+            outcome,
+            Ok((Response::Refused { .. }, _)) | Err(stillpoint_node::NodeError::Refused(_))
+        )
+    };
+
+    let hijack = NodeRecord {
+        address: "10.9.9.9:7401".into(),
+        registered_at_ms: registered.registered_at_ms + 1,
+        ..registered.clone()
+    };
+    let outcome = propose(Command::RegisterNode(hijack));
+    assert!(refused(&outcome), "rewriting node 1's address: {outcome:?}");
+
+    let outcome = propose(Command::DeregisterNode {
+        node_id: 1,
+        at_ms: 1,
+    });
+    assert!(
+        refused(&outcome),
+        "deregistering node 1 by a client: {outcome:?}"
+    );
+
+    let nodes = nodes_json(&endpoint).expect("cluster nodes");
+    assert_eq!(nodes["1"]["address"], endpoint.as_str(), "{nodes}");
+    assert!(nodes["1"]["deregistered_at_ms"].is_null(), "{nodes}");
+}
