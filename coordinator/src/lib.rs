@@ -176,6 +176,14 @@ impl Command {
         match self {
             Command::RegisterNode(_) => true,
             Command::DeregisterNode { .. } => false,
+            // Operators apply site files and submit jobs.
+            Command::ApplyInventory { .. } | Command::SubmitJob { .. } => true,
+            // Anyone may cancel a job; its progress is recorded only by the leader's driver.
+            Command::Job {
+                event: JobEvent::CancelRequested { .. },
+                ..
+            } => true,
+            Command::Job { .. } => false,
         }
     }
 }

@@ -9,9 +9,12 @@ use stillpoint_coordinator::inventory::{
 use stillpoint_coordinator::job::{JobEnd, JobEvent, JobKind, JobState};
 use stillpoint_coordinator::{ClusterState, Command, NodeRecord, Response, Role};
 
-/// The raft membership the state machine applies under: every registering node is a member.
-fn members() -> std::collections::BTreeSet<u64> {
-    (1..=4).collect()
+/// The raft membership the state machine applies under (id → admitted address): every
+/// registering node is a member at the address it registers.
+fn members() -> std::collections::BTreeMap<u64, String> {
+    (1..=4)
+        .map(|id| (id, format!("127.0.0.1:{}", 7400 + id)))
+        .collect()
 }
 
 fn registered() -> ClusterState {

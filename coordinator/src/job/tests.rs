@@ -576,7 +576,11 @@ fn a_group_names_every_broken_rule_with_its_path() {
     let mut registry = ClusterState::default();
     for (id, name, role) in [(1, "db1", Role::Business), (2, "backup1", Role::Backup)] {
         registry.apply(
-            &[1, 2].into(),
+            &[
+                (1, "127.0.0.1:7001".to_string()),
+                (2, "127.0.0.1:7002".to_string()),
+            ]
+            .into(),
             &Command::RegisterNode(NodeRecord {
                 node_id: id,
                 name: name.into(),
