@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use stillpoint_coordinator::{Command, NodeId};
 use stillpoint_proto::cluster::cluster_server::Cluster;
@@ -31,7 +31,7 @@ impl ClusterService {
 
     fn identity_message(&self) -> NodeIdentity {
         let c = &self.ctx.config;
-        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let metrics = self.ctx.metrics();
         NodeIdentity {
             node_id: c.node_id,
             name: c.name.clone(),
@@ -49,7 +49,7 @@ impl ClusterService {
     }
 
     fn local_status(&self) -> LocalStatusReply {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         LocalStatusReply {
             identity: Some(self.identity_message()),
             current_term: m.current_term,
@@ -62,22 +62,7 @@ impl ClusterService {
 
     /// Confirms with a quorum that this agent still leads (linearizable read barrier).
     async fn ensure_linearizable(&self) -> Result<(), NodeError> {
-        match self.ctx.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(NodeError::Timeout {
-                    what: format!("confirming leadership: {q}"),
-                    ms: 0,
-                })
-            }
-            Err(RaftError::Fatal(f)) => Err(NodeError::Raft(f.to_string())),
-        }
+        crate::raft_health::confirm_read(&self.ctx.raft).await
     }
 
     fn require_leader(&self) -> Result<(), NodeError> {
@@ -89,7 +74,7 @@ impl ClusterService {
     }
 
     fn membership_reply(&self, log_index: u64) -> MembershipReply {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         MembershipReply {
@@ -301,7 +286,7 @@ impl ClusterService {
         if req.consistent {
             self.ensure_linearizable().await?;
         }
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let registry = self.ctx.state.read(|s| s.nodes.clone());

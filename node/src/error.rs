@@ -68,6 +68,12 @@ pub enum NodeError {
     #[error("raft: {0}")]
     Raft(String),
 
+    /// This agent's raft core stopped on a fatal error (its storage failed: disk full, I/O
+    /// error, flush timeout; or the core panicked). The agent stops and exits with
+    /// [`exit::RAFT_STOPPED`]: fix the cause it names, then start it again.
+    #[error("raft stopped on a fatal error, the agent must be restarted: {cause}")]
+    RaftStopped { cause: String },
+
     /// Anything the remote agent reported that fits none of the above.
     #[error("{address} answered {code:?}: {message}")]
     Remote {
@@ -97,6 +103,7 @@ impl NodeError {
             NodeError::Listen { .. } | NodeError::Storage(_) => exit::CANNOT_START,
             NodeError::Host(e) => host_exit_code(e),
             NodeError::Array(e) => array_exit_code(e),
+            NodeError::RaftStopped { .. } => exit::RAFT_STOPPED,
             NodeError::Raft(_) | NodeError::Remote { .. } => exit::OTHER,
         }
     }
@@ -130,6 +137,7 @@ impl NodeError {
             NodeError::Listen { .. }
             | NodeError::Storage(_)
             | NodeError::Raft(_)
+            | NodeError::RaftStopped { .. }
             | NodeError::Host(_)
             | NodeError::Array(_)
             | NodeError::Remote { .. } => Status::internal(message),
@@ -201,6 +209,10 @@ pub mod exit {
     pub const WRONG_STATE: u8 = 7;
     /// No such node, volume, LD or pair.
     pub const NOT_FOUND: u8 = 8;
+    /// The agent stopped because its raft core hit a fatal error (its data dir's storage failed:
+    /// disk full, I/O error, a flush that did not finish; or the core panicked). stderr names
+    /// the cause; fix it, and let the supervisor start the agent again.
+    pub const RAFT_STOPPED: u8 = 9;
 }
 
 /// Exit code of an array command's error.

@@ -9,6 +9,7 @@
 //! - [`config`]: `node.toml`, validated, every error naming file, line and field.
 //! - [`agent`]: startup order, self-registration, graceful shutdown.
 //! - [`peer`]: openraft's network over gRPC, with a cluster/node envelope check.
+//! - [`raft_health`]: a raft core stopped by a fatal error stops the agent; read barrier.
 //! - [`cluster_service`]: identity, bootstrap, membership changes, status, proposals, queries.
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
@@ -20,6 +21,14 @@
 //! on disk. The data dir is then claimed for the configured node id: a dir that belongs to
 //! another node or cluster is refused before raft reads a byte of it.
 //!
+//! ## When raft or its storage fails
+//! openraft stops its core on a fatal error (a failed or timed-out write to the data dir, a
+//! panic) but leaves the process running. An agent does not linger like that: the moment its
+//! core stops on its own it reports no leader, confirms no read, resumes any volume it holds
+//! quiesced, stops serving and exits with code 9 ([`error::exit::RAFT_STOPPED`]), the cause on
+//! stderr. Restarting it is the supervisor's job (systemd `Restart=on-failure`), once the cause
+//! (a full or failing disk) is fixed; the agent comes back from its data dir and catches up.
+
 //! ## Caveats
 //! - Transport is plain HTTP/2: mutual TLS and roles (view / backup / restore rights) are not
 //!   built yet.
@@ -35,6 +44,7 @@ pub mod demo;
 pub mod error;
 pub mod output;
 pub mod peer;
+pub mod raft_health;
 pub mod status;
 pub mod volumes;
 pub mod wait;
