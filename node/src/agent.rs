@@ -26,7 +26,7 @@ use crate::peer::{ClusterIdentity, PeerNetworkFactory, PeerService};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long a proposal may wait for commit before its outcome is reported as unknown.
-pub const PROPOSE_TIMEOUT_MS: u64 = 30_000;
+pub const PROPOSE_TIMEOUT_MS: u64 = crate::deadlines::PROPOSE_MS;
 
 /// Longest an agent whose raft stopped spends stopping (resuming quiesced volumes, finishing
 /// requests in flight) before it exits anyway.
@@ -96,10 +96,9 @@ impl AgentContext {
             self.raft.client_write(command),
         );
         match write.await {
-            Err(_) => Err(NodeError::Timeout {
-                what: "waiting for the proposal to commit (its outcome is unknown: query before retrying)".into(),
-                ms: PROPOSE_TIMEOUT_MS,
-            }),
+            Err(_) => Err(NodeError::outcome_unknown(format!(
+                "the proposal did not commit within {PROPOSE_TIMEOUT_MS} ms"
+            ))),
             Ok(Ok(reply)) => Ok((reply.data, reply.log_id.index)),
             Ok(Err(e)) => Err(self.client_write_error(e)),
         }
@@ -288,7 +287,9 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_millis(
+                crate::deadlines::SERVER_REQUEST_CAP_MS,
+            ))
             .add_service(peer)
             .add_service(cluster)
             .add_optional_service(

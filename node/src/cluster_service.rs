@@ -17,8 +17,10 @@ use crate::error::NodeError;
 
 /// How long `cluster status` waits for each member to answer before calling it unreachable.
 const MEMBER_PROBE_TIMEOUT_MS: u64 = 1_500;
-/// How long adding a learner may take, including its catch-up.
-const ADD_MEMBER_TIMEOUT_MS: u64 = 120_000;
+/// How long adding a member may take: the learner's catch-up, then its promotion.
+const ADD_MEMBER_TIMEOUT_MS: u64 = crate::deadlines::ADD_MEMBER_MS;
+/// How long promoting or removing a member may take to commit.
+const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = crate::deadlines::MEMBERSHIP_CHANGE_MS;
 
 pub struct ClusterService {
     ctx: Arc<AgentContext>,
@@ -187,30 +189,60 @@ impl ClusterService {
                 ident.node_id, existing.addr
             )));
         }
-        let timeout = Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
-        let added = tokio::time::timeout(
-            timeout,
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
+        let added = tokio::time::timeout_at(
+            deadline,
             self.ctx
                 .raft
                 .add_learner(ident.node_id, BasicNode::new(&req.address), true),
         )
         .await
-        .map_err(|_| NodeError::Timeout {
-            what: format!(
-                "waiting for node {} to catch up as a learner",
+        .map_err(|_| {
+            NodeError::outcome_unknown(format!(
+                "node {} was not added and caught up as a learner within {ADD_MEMBER_TIMEOUT_MS} ms (the membership change adding it may yet commit)",
                 ident.node_id
-            ),
-            ms: ADD_MEMBER_TIMEOUT_MS,
+            ))
         })?
         .map_err(|e| self.ctx.client_write_error(e))?;
         let mut index = added.log_id.index;
         if req.promote {
-            index = self.promote(ident.node_id).await?;
+            index = self.promote_until(ident.node_id, deadline).await?;
         }
         Ok(self.membership_reply(index))
     }
 
     async fn promote(&self, node_id: NodeId) -> Result<u64, NodeError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        self.promote_until(node_id, deadline).await
+    }
+
+    /// Commits `change` by `deadline`, or says the outcome is unknown.
+    async fn change_membership_until(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, NodeError> {
+        let what = format!("{change:?}");
+        let started = tokio::time::Instant::now();
+        let changed =
+            tokio::time::timeout_at(deadline, self.ctx.raft.change_membership(change, false))
+                .await
+                .map_err(|_| {
+                    NodeError::outcome_unknown(format!(
+                        "the membership change {what} did not commit within {} ms (no quorum?)",
+                        started.elapsed().as_millis()
+                    ))
+                })?
+                .map_err(|e| self.ctx.client_write_error(e))?;
+        Ok(changed.log_id.index)
+    }
+
+    async fn promote_until(
+        &self,
+        node_id: NodeId,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, NodeError> {
         self.require_leader()?;
         let membership = self
             .ctx
@@ -225,13 +257,8 @@ impl ClusterService {
                 "node {node_id} is not a member; add it first"
             )));
         }
-        let changed = self
-            .ctx
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+        self.change_membership_until(ChangeMembers::AddVoterIds([node_id].into()), deadline)
             .await
-            .map_err(|e| self.ctx.client_write_error(e))?;
-        Ok(changed.log_id.index)
     }
 
     async fn remove(&self, node_id: NodeId) -> Result<MembershipReply, NodeError> {
@@ -259,13 +286,9 @@ impl ClusterService {
                 "node {node_id} is not a member"
             )));
         };
-        let changed = self
-            .ctx
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.ctx.client_write_error(e))?;
-        let mut index = changed.log_id.index;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        let mut index = self.change_membership_until(change, deadline).await?;
         // The registry keeps the record for the audit trail, marked as gone. A leader that just
         // removed itself cannot propose any more; the new leader's registry then still lists the
         // node as registered, which `cluster status` shows as not a member.

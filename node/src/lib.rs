@@ -12,6 +12,7 @@
 //! - [`raft_health`]: a raft core stopped by a fatal error stops the agent; read barrier.
 //! - [`cluster_service`]: identity, bootstrap, membership changes, status, proposals, queries.
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
+//! - [`deadlines`]: how long each request may take on the agent and in the client.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
 //! - [`cli`], [`demo`], [`status`], [`output`]: the command line.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster_service;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod error;
 pub mod output;

@@ -11,7 +11,8 @@
 //!   the process exits with [`crate::error::exit::RAFT_STOPPED`] so a supervisor restarts it
 //!   once the cause is fixed;
 //! - [`visible_metrics`] is what the rest of the agent reads: a stopped core leads nobody;
-//! - [`confirm_read`] is the linearizable-read barrier: a stopped core confirms nothing.
+//! - [`confirm_read`] is the linearizable-read barrier: a stopped core confirms nothing, and a
+//!   leader that cannot reach a quorum says "quorum lost" rather than a timeout.
 
 use std::time::Duration;
 
@@ -20,6 +21,11 @@ use openraft::{BasicNode, RaftMetrics};
 use stillpoint_coordinator::{NodeId, Raft};
 
 use crate::error::NodeError;
+
+/// How many times a leader asks a quorum to confirm its leadership before it reports the quorum
+/// lost. openraft waits one heartbeat interval for the answers, which one slow round on a loaded
+/// machine can miss; three rounds in a row cannot all be slow while a quorum is really there.
+const READ_CONFIRM_ROUNDS_MAX: u32 = 3;
 
 /// Upper bound on a whole read barrier, including waiting for the state machine to apply up to
 /// the confirmed index.
@@ -59,26 +65,33 @@ pub fn visible_metrics(raft: &Raft) -> RaftMetrics<NodeId, BasicNode> {
 /// applied everything committed before the read (a linearizable read barrier).
 pub async fn confirm_read(raft: &Raft) -> Result<(), NodeError> {
     let barrier = async {
-        if let Some(cause) = stop_cause(&raft.metrics().borrow()) {
-            return Err(NodeError::RaftStopped { cause });
-        }
-        match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
+        let mut round = 1;
+        loop {
+            if let Some(cause) = stop_cause(&raft.metrics().borrow()) {
+                return Err(NodeError::RaftStopped { cause });
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(NodeError::Timeout {
-                    what: format!("confirming leadership: {q}"),
-                    ms: 0,
-                })
+            match raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    return Err(NodeError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    });
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))
+                    if round >= READ_CONFIRM_ROUNDS_MAX =>
+                {
+                    return Err(NodeError::QuorumLost(format!(
+                        "this agent leads but no quorum of voters confirmed it in {round} rounds ({q}); nothing was read"
+                    )));
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => round += 1,
+                Err(RaftError::Fatal(f)) => {
+                    return Err(NodeError::RaftStopped {
+                        cause: f.to_string(),
+                    });
+                }
             }
-            Err(RaftError::Fatal(f)) => Err(NodeError::RaftStopped {
-                cause: f.to_string(),
-            }),
         }
     };
     tokio::time::timeout(Duration::from_millis(READ_BARRIER_TIMEOUT_MS), barrier)
