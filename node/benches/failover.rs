@@ -9,6 +9,10 @@
 //! a `[raft]` table (e.g. "heartbeat_interval_ms = 150\nelection_timeout_min_ms = 600\n...").
 //! `STILLPOINT_BENCH_KILLS` sets the number of kills (default 20). Bounded: each measurement
 //! gives up after 10 s, each catch-up after 60 s, the whole run after 20 minutes.
+//!
+//! A steady phase follows: `STILLPOINT_BENCH_STEADY_S` seconds (default 60) of back-to-back
+//! writes through the leader with all three agents up, counting elections nobody caused (the
+//! term must not move). Run it on a loaded machine to see the timeouts' margin hold.
 
 #[path = "../tests/process_cluster/mod.rs"]
 mod process_cluster;
@@ -27,6 +31,8 @@ const MEASURE_CAP: Duration = Duration::from_secs(10);
 const RUN_CAP: Duration = Duration::from_secs(20 * 60);
 /// Pause between two probes of the survivors while measuring.
 const PROBE_PAUSE: Duration = Duration::from_millis(5);
+/// Length of the steady phase unless `STILLPOINT_BENCH_STEADY_S` says otherwise.
+const STEADY_DEFAULT_S: u64 = 60;
 /// The job engine's target.
 const TARGET_P99_MS: f64 = 1500.0;
 
@@ -145,6 +151,49 @@ fn term_and_applied(cluster: &ProcessCluster, slot: usize) -> Option<(u64, u64)>
     Some((s["term"].as_u64()?, me["last_applied_index"].as_u64()?))
 }
 
+/// Writes back to back through the leader for `length` with all agents up; returns how many
+/// elections happened meanwhile (the term moved although nobody was killed).
+fn steady(
+    cluster: &ProcessCluster,
+    runtime: &tokio::runtime::Runtime,
+    commands: &[Vec<u8>],
+    length: Duration,
+) -> u64 {
+    if length.is_zero() {
+        return 0;
+    }
+    let leader = cluster.leader(&[0, 1, 2]);
+    let (term_start, _) = term_and_applied(cluster, leader).expect("leader status");
+    let endpoint = cluster.endpoints[leader].clone();
+    let end = Instant::now() + length;
+    let (mut writes, mut failed_writes) = (0u64, 0u64);
+    let mut latencies = Vec::new();
+    runtime.block_on(async {
+        while Instant::now() < end {
+            let started = Instant::now();
+            if commits(&endpoint, &commands[leader]).await {
+                writes += 1;
+                latencies.push(started.elapsed());
+            } else {
+                failed_writes += 1;
+                tokio::time::sleep(PROBE_PAUSE).await;
+            }
+        }
+    });
+    let now_leader = cluster.leader(&[0, 1, 2]);
+    let (term_end, _) = term_and_applied(cluster, now_leader).expect("leader status");
+    println!(
+        "steady phase: {} s, {writes} writes through node {} ({failed_writes} refused or failed), term {term_start} -> {term_end}, leader node {} -> node {}, load average {}",
+        length.as_secs(),
+        leader + 1,
+        leader + 1,
+        now_leader + 1,
+        loadavg()
+    );
+    report("steady phase: write latency", latencies);
+    term_end - term_start
+}
+
 fn main() {
     let kills: usize = std::env::var("STILLPOINT_BENCH_KILLS")
         .ok()
@@ -244,12 +293,18 @@ fn main() {
             ms(caught_up[caught_up.len() - 1])
         );
     }
+    let steady_s: u64 = std::env::var("STILLPOINT_BENCH_STEADY_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(STEADY_DEFAULT_S);
+    let steady_spurious = steady(&cluster, &runtime, &commands, Duration::from_secs(steady_s));
     report("kill -> a survivor says it leads (elected)", elected);
     let commit_p99 = report("kill -> a new leader commits a write (commit)", committed);
     report("restart -> the killed agent has caught up", caught_up);
     println!(
-        "measurements that gave up after {} s: {failed}; elections while all three agents ran (spurious): {spurious_elections}; load average at end {}",
+        "measurements that gave up after {} s: {failed}; elections while all three agents ran (spurious): {} between kills, {steady_spurious} in the steady phase; load average at end {}",
         MEASURE_CAP.as_secs(),
+        spurious_elections,
         loadavg()
     );
     println!(

@@ -46,10 +46,15 @@ use crate::error::NodeError;
 /// 800 ms without a heartbeat — more than five heartbeats (one every 150 ms) lost or late in a
 /// row — and refuses to vote for 500 ms after hearing its leader, so one slow node cannot
 /// depose a healthy leader. On a LAN a heartbeat takes well under a millisecond; the 800 ms
-/// cover a leader stalled by CPU starvation or a slow fsync (the leader writes its log inline
-/// and sends no heartbeat meanwhile). Sites with slower disks or WAN links raise all three
-/// together, keeping max at least min + 2 heartbeats so that two followers rarely campaign at
-/// once.
+/// cover a leader stalled by CPU starvation or a slow fsync (openraft 0.9 writes the log
+/// inline and sends no heartbeat meanwhile). That margin is the price of the 1.5 s target: on a
+/// 2-core VM oversubscribed 4-5 times (load average 9), back-to-back writes saw stalls of up to
+/// ~775 ms and two elections in 60 s that no failure caused (a spurious election costs about
+/// one failover, ~1 s, and loses nothing); the old 150 / 600-1200 saw the same stalls and none,
+/// at 2-3.4 s per failover. An agent that shares its cores with heavy work belongs on the old
+/// timings. Sites with slower disks or WAN links raise all three together, keeping max at
+/// least min + 2 heartbeats so that two followers rarely campaign at once (a split vote adds
+/// a whole election timeout).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
