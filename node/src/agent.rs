@@ -25,7 +25,11 @@ use crate::peer::{ClusterIdentity, PeerNetworkFactory, PeerService};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long a proposal may wait for commit before its outcome is reported as unknown.
-pub const PROPOSE_TIMEOUT_MS: u64 = 30_000;
+pub const PROPOSE_TIMEOUT_MS: u64 = crate::deadlines::PROPOSE_MS;
+
+/// Longest an agent whose raft stopped spends stopping (resuming quiesced volumes, finishing
+/// requests in flight) before it exits anyway.
+const FATAL_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
 
 /// How often an agent re-checks that its registry record is current.
 const REGISTRATION_CHECK_MS: u64 = 1_000;
@@ -44,9 +48,14 @@ impl AgentContext {
         self.config.node_id
     }
 
+    /// The raft metrics as this agent may report them (no leader once raft has stopped).
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
+        crate::raft_health::visible_metrics(&self.raft)
+    }
+
     /// The refusal a follower gives for a request only the leader can serve.
     pub fn not_leader(&self) -> NodeError {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.metrics();
         let leader_id = metrics.current_leader;
         let leader_addr = leader_id.and_then(|id| {
             metrics
@@ -63,7 +72,7 @@ impl AgentContext {
 
     /// Whether this agent currently believes it leads.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id())
+        self.metrics().current_leader == Some(self.node_id())
     }
 
     /// The record this agent registers for itself.
@@ -86,10 +95,9 @@ impl AgentContext {
             self.raft.client_write(command),
         );
         match write.await {
-            Err(_) => Err(NodeError::Timeout {
-                what: "waiting for the proposal to commit (its outcome is unknown: query before retrying)".into(),
-                ms: PROPOSE_TIMEOUT_MS,
-            }),
+            Err(_) => Err(NodeError::outcome_unknown(format!(
+                "the proposal did not commit within {PROPOSE_TIMEOUT_MS} ms"
+            ))),
             Ok(Ok(reply)) => Ok((reply.data, reply.log_id.index)),
             Ok(Err(e)) => Err(self.client_write_error(e)),
         }
@@ -109,7 +117,9 @@ impl AgentContext {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
                 NodeError::Invalid(c.to_string())
             }
-            RaftError::Fatal(f) => NodeError::Raft(f.to_string()),
+            RaftError::Fatal(f) => NodeError::RaftStopped {
+                cause: f.to_string(),
+            },
         }
     }
 }
@@ -163,6 +173,23 @@ impl RunningAgent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(NodeError::Raft(format!("gRPC server failed: {e}"))),
             Err(e) => Err(NodeError::Raft(format!("gRPC server task failed: {e}"))),
+        }
+    }
+}
+
+impl RunningAgent {
+    /// Stops an agent whose raft core has already stopped: as [`RunningAgent::shutdown`], but
+    /// bounded, since requests in flight may wait on the dead core; problems are only logged,
+    /// the caller reports the fatal error itself.
+    pub async fn shutdown_after_fatal(self) {
+        let bound = Duration::from_millis(FATAL_SHUTDOWN_TIMEOUT_MS);
+        match tokio::time::timeout(bound, self.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "while stopping after the fatal error"),
+            Err(_) => tracing::warn!(
+                timeout_ms = FATAL_SHUTDOWN_TIMEOUT_MS,
+                "stopping after the fatal error took too long; exiting anyway"
+            ),
         }
     }
 }
@@ -261,7 +288,9 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_millis(
+                crate::deadlines::SERVER_REQUEST_CAP_MS,
+            ))
             .add_service(peer)
             .add_service(cluster)
             .add_optional_service(
@@ -331,7 +360,9 @@ async fn open_data_dir(config: &NodeConfig) -> Result<DataDirIdentity, NodeError
     Ok(checked)
 }
 
-/// Runs an agent until `shutdown` completes (mini-redis style: the caller owns the signal).
+/// Runs an agent until `shutdown` completes (mini-redis style: the caller owns the signal), or
+/// until its raft core stops on a fatal error: then the agent stops and the error names the
+/// cause ([`NodeError::RaftStopped`]), for the process to exit non-zero.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let listener = bind(&config).await?;
     run_on(config, listener, shutdown).await
@@ -344,9 +375,18 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let agent = start(config, listener).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    agent.shutdown().await
+    let raft = agent.raft().clone();
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            agent.shutdown().await
+        }
+        cause = crate::raft_health::stopped(raft) => {
+            tracing::error!(%cause, "raft stopped on a fatal error; stopping the agent so that a supervisor restarts it");
+            agent.shutdown_after_fatal().await;
+            Err(NodeError::RaftStopped { cause })
+        }
+    }
 }
 
 /// Keeps this agent's registry record current: registers once the agent is a member and a

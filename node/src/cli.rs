@@ -388,8 +388,10 @@ async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
             address,
             learner,
         } => {
-            let reply = Client::new(&client.endpoint)
-                .on_leader("add member", |mut g| {
+            let mut c = Client::new(&client.endpoint);
+            c.request_timeout = crate::deadlines::client_wait(crate::deadlines::ADD_MEMBER_MS);
+            let reply = c
+                .on_leader_write("add member", |mut g| {
                     let address = address.clone();
                     async move {
                         g.add_member(AddMemberRequest {
@@ -404,8 +406,11 @@ async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
             Ok(())
         }
         ClusterCommand::Promote { client, node_id } => {
-            let reply = Client::new(&client.endpoint)
-                .on_leader("promote", |mut g| async move {
+            let mut c = Client::new(&client.endpoint);
+            c.request_timeout =
+                crate::deadlines::client_wait(crate::deadlines::MEMBERSHIP_CHANGE_MS);
+            let reply = c
+                .on_leader_write("promote", |mut g| async move {
                     g.promote_member(MemberRequest { node_id }).await
                 })
                 .await?;
@@ -413,8 +418,11 @@ async fn run_cluster(command: ClusterCommand) -> Result<(), NodeError> {
             Ok(())
         }
         ClusterCommand::Remove { client, node_id } => {
-            let reply = Client::new(&client.endpoint)
-                .on_leader("remove member", |mut g| async move {
+            let mut c = Client::new(&client.endpoint);
+            c.request_timeout =
+                crate::deadlines::client_wait(crate::deadlines::MEMBERSHIP_CHANGE_MS);
+            let reply = c
+                .on_leader_write("remove member", |mut g| async move {
                     g.remove_member(MemberRequest { node_id }).await
                 })
                 .await?;

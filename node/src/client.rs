@@ -12,8 +12,10 @@ use tonic::transport::Channel;
 use crate::error::NodeError;
 use crate::peer::channel_to;
 
-/// How long one request may take before its outcome is reported as unknown.
-pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// How long one request may take before the client gives up: longer than an agent lets a
+/// proposal wait (membership changes set their own, from [`crate::deadlines`]).
+pub const REQUEST_TIMEOUT_MS: u64 =
+    crate::deadlines::PROPOSE_MS + crate::deadlines::CLIENT_MARGIN_MS;
 /// How long a client waits for a leader to be elected before giving up.
 pub const LEADER_WAIT_MS: u64 = 15_000;
 /// How many leader hints a request follows before giving up (a hint loop means churn).
@@ -50,7 +52,20 @@ impl Client {
         F: Fn(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(what, true, f).await
+        self.call(what, true, false, f).await
+    }
+
+    /// As [`Client::on_leader`], for a request that changes something: when the connection
+    /// fails after the request may have reached an agent (it stopped answering: paused,
+    /// overloaded, cut off), or the client's wait ends first, the outcome is unknown
+    /// ([`NodeError::OutcomeUnknown`], exit 5), never "unreachable" (exit 4, nothing happened):
+    /// only a connection that could not be made at all sent nothing.
+    pub async fn on_leader_write<T, F, Fut>(&self, what: &str, f: F) -> Result<T, NodeError>
+    where
+        F: Fn(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(what, true, true, f).await
     }
 
     /// Calls `f` on the endpoint agent only.
@@ -59,10 +74,16 @@ impl Client {
         F: Fn(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(what, false, f).await
+        self.call(what, false, false, f).await
     }
 
-    async fn call<T, F, Fut>(&self, what: &str, follow: bool, f: F) -> Result<T, NodeError>
+    async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        follow: bool,
+        write: bool,
+        f: F,
+    ) -> Result<T, NodeError>
     where
         F: Fn(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -75,13 +96,25 @@ impl Client {
             let client = cluster_client(&address)?;
             let outcome = tokio::time::timeout(self.request_timeout, f(client)).await;
             let error = match outcome {
+                Err(_) if write => {
+                    return Err(NodeError::outcome_unknown(format!(
+                        "{address} did not answer {what} within {} ms",
+                        self.request_timeout.as_millis()
+                    )));
+                }
                 Err(_) => {
                     return Err(NodeError::Timeout {
-                        what: format!("waiting for {address} to answer {what} (outcome unknown)"),
+                        what: format!("waiting for {address} to answer {what}"),
                         ms: self.request_timeout.as_millis() as u64,
                     });
                 }
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) if write && maybe_delivered(&status) => {
+                    return Err(NodeError::outcome_unknown(format!(
+                        "the connection to {address} failed after {what} may have reached it ({})",
+                        status.message()
+                    )));
+                }
                 Ok(Err(status)) => NodeError::from_status(&address, status),
             };
             match error {
@@ -117,7 +150,7 @@ impl Client {
         let bytes = serde_json::to_vec(command)
             .map_err(|e| NodeError::Invalid(format!("cannot encode command: {e}")))?;
         let reply = self
-            .on_leader("propose", |mut c| {
+            .on_leader_write("propose", |mut c| {
                 let command = bytes.clone();
                 async move { c.propose(ProposeRequest { command }).await }
             })
@@ -126,6 +159,24 @@ impl Client {
             .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable response: {e}")))?;
         Ok((response, reply.log_index))
     }
+}
+
+/// Whether a failed call may have reached the agent: the transport failed (the status carries
+/// the transport's error as its source; an agent's own answers have none), and not while
+/// connecting (tonic wraps every connect-phase failure, refused or timed out, in
+/// [`tonic::ConnectError`]; no request byte is sent before the connection exists).
+fn maybe_delivered(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    if source.is_none() {
+        return false;
+    }
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return false;
+        }
+        source = e.source();
+    }
+    true
 }
 
 /// Proposes `command` at the agent at `address` without following hints (agent to leader).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
-use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use stillpoint_coordinator::{Command, Member, NodeId};
 use stillpoint_proto::cluster::cluster_server::Cluster;
 use stillpoint_proto::cluster::*;
@@ -17,8 +17,10 @@ use crate::error::NodeError;
 
 /// How long `cluster status` waits for each member to answer before calling it unreachable.
 const MEMBER_PROBE_TIMEOUT_MS: u64 = 1_500;
-/// How long adding a learner may take, including its catch-up.
-const ADD_MEMBER_TIMEOUT_MS: u64 = 120_000;
+/// How long adding a member may take: the learner's catch-up, then its promotion.
+const ADD_MEMBER_TIMEOUT_MS: u64 = crate::deadlines::ADD_MEMBER_MS;
+/// How long promoting or removing a member may take to commit.
+const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = crate::deadlines::MEMBERSHIP_CHANGE_MS;
 
 pub struct ClusterService {
     ctx: Arc<AgentContext>,
@@ -31,7 +33,7 @@ impl ClusterService {
 
     fn identity_message(&self) -> NodeIdentity {
         let c = &self.ctx.config;
-        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let metrics = self.ctx.metrics();
         NodeIdentity {
             node_id: c.node_id,
             name: c.name.clone(),
@@ -50,7 +52,7 @@ impl ClusterService {
     }
 
     fn local_status(&self) -> LocalStatusReply {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         LocalStatusReply {
             identity: Some(self.identity_message()),
             current_term: m.current_term,
@@ -63,22 +65,7 @@ impl ClusterService {
 
     /// Confirms with a quorum that this agent still leads (linearizable read barrier).
     async fn ensure_linearizable(&self) -> Result<(), NodeError> {
-        match self.ctx.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(NodeError::Timeout {
-                    what: format!("confirming leadership: {q}"),
-                    ms: 0,
-                })
-            }
-            Err(RaftError::Fatal(f)) => Err(NodeError::Raft(f.to_string())),
-        }
+        crate::raft_health::confirm_read(&self.ctx.raft).await
     }
 
     fn require_leader(&self) -> Result<(), NodeError> {
@@ -90,7 +77,7 @@ impl ClusterService {
     }
 
     fn membership_reply(&self, log_index: u64) -> MembershipReply {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         MembershipReply {
@@ -236,9 +223,9 @@ impl ClusterService {
                 )));
             }
         }
-        let timeout = Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
-        let added = tokio::time::timeout(
-            timeout,
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
+        let added = tokio::time::timeout_at(
+            deadline,
             self.ctx.raft.add_learner(
                 ident.node_id,
                 Member::new(&req.address, ident.incarnation),
@@ -246,22 +233,52 @@ impl ClusterService {
             ),
         )
         .await
-        .map_err(|_| NodeError::Timeout {
-            what: format!(
-                "waiting for node {} to catch up as a learner",
+        .map_err(|_| {
+            NodeError::outcome_unknown(format!(
+                "node {} was not added and caught up as a learner within {ADD_MEMBER_TIMEOUT_MS} ms (the membership change adding it may yet commit)",
                 ident.node_id
-            ),
-            ms: ADD_MEMBER_TIMEOUT_MS,
+            ))
         })?
         .map_err(|e| self.ctx.client_write_error(e))?;
         let mut index = added.log_id.index;
         if req.promote {
-            index = self.promote(ident.node_id).await?;
+            index = self.promote_until(ident.node_id, deadline).await?;
         }
         Ok(self.membership_reply(index))
     }
 
     async fn promote(&self, node_id: NodeId) -> Result<u64, NodeError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        self.promote_until(node_id, deadline).await
+    }
+
+    /// Commits `change` by `deadline`, or says the outcome is unknown.
+    async fn change_membership_until(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, NodeError> {
+        let what = format!("{change:?}");
+        let started = tokio::time::Instant::now();
+        let changed =
+            tokio::time::timeout_at(deadline, self.ctx.raft.change_membership(change, false))
+                .await
+                .map_err(|_| {
+                    NodeError::outcome_unknown(format!(
+                        "the membership change {what} did not commit within {} ms (no quorum?)",
+                        started.elapsed().as_millis()
+                    ))
+                })?
+                .map_err(|e| self.ctx.client_write_error(e))?;
+        Ok(changed.log_id.index)
+    }
+
+    async fn promote_until(
+        &self,
+        node_id: NodeId,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, NodeError> {
         self.require_leader()?;
         let membership = self
             .ctx
@@ -276,13 +293,8 @@ impl ClusterService {
                 "node {node_id} is not a member; add it first"
             )));
         }
-        let changed = self
-            .ctx
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+        self.change_membership_until(ChangeMembers::AddVoterIds([node_id].into()), deadline)
             .await
-            .map_err(|e| self.ctx.client_write_error(e))?;
-        Ok(changed.log_id.index)
     }
 
     async fn remove(&self, node_id: NodeId) -> Result<MembershipReply, NodeError> {
@@ -310,13 +322,9 @@ impl ClusterService {
                 "node {node_id} is not a member"
             )));
         };
-        let changed = self
-            .ctx
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| self.ctx.client_write_error(e))?;
-        let mut index = changed.log_id.index;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        let mut index = self.change_membership_until(change, deadline).await?;
         // The registry keeps the record for the audit trail, marked as gone. A leader that just
         // removed itself cannot propose any more; the new leader's registry then still lists the
         // node as registered, which `cluster status` shows as not a member.
@@ -337,7 +345,7 @@ impl ClusterService {
         if req.consistent {
             self.ensure_linearizable().await?;
         }
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let registry = self.ctx.state.read(|s| s.nodes.clone());

@@ -13,9 +13,9 @@
 //! initial_members = ["10.0.0.5:7401", "10.0.0.6:7401", "10.0.0.7:7401"]
 //!
 //! [raft]                          # all optional; defaults below suit a LAN
-//! heartbeat_interval_ms = 150
-//! election_timeout_min_ms = 600
-//! election_timeout_max_ms = 1200
+//! heartbeat_interval_ms = 100
+//! election_timeout_min_ms = 300
+//! election_timeout_max_ms = 500
 //! snapshot_after_logs = 5000
 //! logs_kept_after_snapshot = 1000
 //! ```
@@ -30,6 +30,31 @@ use stillpoint_coordinator::Role;
 use crate::error::NodeError;
 
 /// Raft timing and compaction, in one place. Defaults are for agents on one LAN.
+///
+/// # How the timings decide failover (openraft 0.9)
+/// The leader sends a heartbeat every 1.5 x `heartbeat_interval_ms` (openraft's tick). A
+/// follower that heard the leader holds a *lease* of `election_timeout_max_ms` during which it
+/// refuses to vote for anyone else, and campaigns itself only after the lease plus its own
+/// election timeout (drawn once per process in [min, max)) have passed without a heartbeat.
+/// So after a leader dies, the first follower campaigns within
+/// `max + [min, max] - (time since the last heartbeat) + up to one tick`, and a new leader
+/// commits one vote and one blank entry (a few fsyncs and round trips) later.
+///
+/// Defaults (100 / 300 / 500): the first campaign starts 650–1150 ms after the leader dies, and
+/// a new leader commits 0.75–1.3 s after it (the `failover` bench measures it: the job engine
+/// needs at most 1.5 s at p99). Against spurious elections, a follower campaigns only after
+/// 800 ms without a heartbeat — more than five heartbeats (one every 150 ms) lost or late in a
+/// row — and refuses to vote for 500 ms after hearing its leader, so one slow node cannot
+/// depose a healthy leader. On a LAN a heartbeat takes well under a millisecond; the 800 ms
+/// cover a leader stalled by CPU starvation or a slow fsync (openraft 0.9 writes the log
+/// inline and sends no heartbeat meanwhile). That margin is the price of the 1.5 s target: on a
+/// 2-core VM oversubscribed 4-5 times (load average 9), back-to-back writes saw stalls of up to
+/// ~775 ms and two elections in 60 s that no failure caused (a spurious election costs about
+/// one failover, ~1 s, and loses nothing); the old 150 / 600-1200 saw the same stalls and none,
+/// at 2-3.4 s per failover. An agent that shares its cores with heavy work belongs on the old
+/// timings. Sites with slower disks or WAN links raise all three together, keeping max at
+/// least min + 2 heartbeats so that two followers rarely campaign at once (a split vote adds
+/// a whole election timeout).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
@@ -49,9 +74,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_interval_ms: 150,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
             snapshot_after_logs: 5000,
             logs_kept_after_snapshot: 1000,
             snapshot_chunk_bytes: 1024 * 1024,

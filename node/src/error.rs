@@ -8,6 +8,8 @@ use tonic::{Code, Status};
 pub const LEADER_ID_KEY: &str = "x-stillpoint-leader-id";
 /// Metadata key carrying the leader's gRPC address on a NOT-LEADER refusal.
 pub const LEADER_ADDR_KEY: &str = "x-stillpoint-leader-addr";
+/// Metadata key marking an UNAVAILABLE answer as "this agent leads but has no quorum".
+pub const QUORUM_LOST_KEY: &str = "x-stillpoint-quorum-lost";
 
 /// How a [`NodeError::Refused`] reads, on the wire and on the terminal.
 const REFUSED_PREFIX: &str = "refused by the cluster: ";
@@ -67,9 +69,27 @@ pub enum NodeError {
     #[error("timed out after {ms} ms {what}")]
     Timeout { what: String, ms: u64 },
 
+    /// A change may or may not have taken effect: the agent's own bound expired before it
+    /// committed, or the agent stopped answering after the request may have reached it. Query
+    /// the state before retrying. Built with [`NodeError::outcome_unknown`].
+    #[error("{0}")]
+    OutcomeUnknown(String),
+
+    /// This agent leads but cannot reach a quorum of voters, so it confirms nothing; nothing
+    /// was read or changed. Retry later or ask another agent (the others may have elected a
+    /// leader of their own).
+    #[error("quorum lost: {0}")]
+    QuorumLost(String),
+
     /// The raft node stopped or failed; the agent must be restarted.
     #[error("raft: {0}")]
     Raft(String),
+
+    /// This agent's raft core stopped on a fatal error (its storage failed: disk full, I/O
+    /// error, flush timeout; or the core panicked). The agent stops and exits with
+    /// [`exit::RAFT_STOPPED`]: fix the cause it names, then start it again.
+    #[error("raft stopped on a fatal error, the agent must be restarted: {cause}")]
+    RaftStopped { cause: String },
 
     /// Anything the remote agent reported that fits none of the above.
     #[error("{address} answered {code:?}: {message}")]
@@ -89,17 +109,27 @@ fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
 }
 
 impl NodeError {
+    /// "Outcome unknown" about `what`, telling the operator to look before retrying.
+    pub fn outcome_unknown(what: impl std::fmt::Display) -> NodeError {
+        NodeError::OutcomeUnknown(format!(
+            "outcome unknown: {what}; check with `stillpoint cluster status` before retrying"
+        ))
+    }
+
     /// Exit code for the CLI, stable for job schedulers (the table is in [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
             NodeError::Config { .. } | NodeError::Invalid(_) => exit::BAD_INPUT,
             NodeError::Refused(_) => exit::REFUSED,
             NodeError::NotFound(_) => exit::NOT_FOUND,
-            NodeError::Unreachable { .. } | NodeError::NotLeader { .. } => exit::UNREACHABLE,
-            NodeError::Timeout { .. } => exit::TIMED_OUT,
+            NodeError::Unreachable { .. }
+            | NodeError::NotLeader { .. }
+            | NodeError::QuorumLost(_) => exit::UNREACHABLE,
+            NodeError::Timeout { .. } | NodeError::OutcomeUnknown(_) => exit::TIMED_OUT,
             NodeError::Listen { .. } | NodeError::Storage(_) => exit::CANNOT_START,
             NodeError::Host(e) => host_exit_code(e),
             NodeError::Array(e) => array_exit_code(e),
+            NodeError::RaftStopped { .. } => exit::RAFT_STOPPED,
             NodeError::Raft(_) | NodeError::Remote { .. } => exit::OTHER,
         }
     }
@@ -129,10 +159,21 @@ impl NodeError {
             NodeError::Refused(_) => Status::permission_denied(message),
             NodeError::NotFound(_) => Status::not_found(message),
             NodeError::Unreachable { .. } => Status::unavailable(message),
-            NodeError::Timeout { .. } => Status::deadline_exceeded(message),
+            NodeError::Timeout { .. } | NodeError::OutcomeUnknown(_) => {
+                Status::deadline_exceeded(message)
+            }
+            NodeError::QuorumLost(reason) => {
+                let mut status = Status::unavailable(reason.clone());
+                status.metadata_mut().insert(
+                    QUORUM_LOST_KEY,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
+            }
             NodeError::Listen { .. }
             | NodeError::Storage(_)
             | NodeError::Raft(_)
+            | NodeError::RaftStopped { .. }
             | NodeError::Host(_)
             | NodeError::Array(_)
             | NodeError::Remote { .. } => Status::internal(message),
@@ -159,14 +200,19 @@ impl NodeError {
                     leader_addr: get(LEADER_ADDR_KEY),
                 }
             }
+            Code::Unavailable if status.metadata().contains_key(QUORUM_LOST_KEY) => {
+                NodeError::QuorumLost(format!("{text} (answered by {address})"))
+            }
             Code::Unavailable => NodeError::Unreachable {
                 address: address.to_string(),
                 detail: text,
             },
-            Code::DeadlineExceeded => NodeError::Timeout {
-                what: format!("waiting for {address}"),
-                ms: 0,
-            },
+            Code::DeadlineExceeded if text.starts_with("outcome unknown") => {
+                NodeError::OutcomeUnknown(text)
+            }
+            Code::DeadlineExceeded => {
+                NodeError::outcome_unknown(format!("{address} gave up: {text}"))
+            }
             Code::InvalidArgument => NodeError::Invalid(text),
             // The server's message already reads "refused by the cluster: ..." (to_status);
             // keep the rule only, or Display would say it twice.
@@ -200,7 +246,7 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 2;
     /// Refused by a rule (pairing rule, RV access, busy volume, S4 ceiling); nothing changed.
     pub const REFUSED: u8 = 3;
-    /// No agent, leader or array reachable at the address given.
+    /// No agent, leader, quorum or array reachable at the address given; nothing happened.
     pub const UNREACHABLE: u8 = 4;
     /// Timed out, or the outcome is unknown: query the state before retrying.
     pub const TIMED_OUT: u8 = 5;
@@ -210,6 +256,10 @@ pub mod exit {
     pub const WRONG_STATE: u8 = 7;
     /// No such node, volume, LD or pair.
     pub const NOT_FOUND: u8 = 8;
+    /// The agent stopped because its raft core hit a fatal error (its data dir's storage failed:
+    /// disk full, I/O error, a flush that did not finish; or the core panicked). stderr names
+    /// the cause; fix it, and let the supervisor start the agent again.
+    pub const RAFT_STOPPED: u8 = 9;
 }
 
 /// Exit code of an array command's error.

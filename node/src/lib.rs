@@ -9,8 +9,10 @@
 //! - [`config`]: `node.toml`, validated, every error naming file, line and field.
 //! - [`agent`]: startup order, self-registration, graceful shutdown.
 //! - [`peer`]: openraft's network over gRPC, with a cluster/node envelope check.
+//! - [`raft_health`]: a raft core stopped by a fatal error stops the agent; read barrier.
 //! - [`cluster_service`]: identity, bootstrap, membership changes, status, proposals, queries.
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
+//! - [`deadlines`]: how long each request may take on the agent and in the client.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
 //! - [`site`]: the site file (`site.toml`) into the replicated inventory; `apply`, `inventory show`.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
@@ -25,6 +27,14 @@
 //! raft membership and in every peer message ([`peer`]), so a node that lost its data cannot
 //! vote or be counted under its old id.
 //!
+//! ## When raft or its storage fails
+//! openraft stops its core on a fatal error (a failed or timed-out write to the data dir, a
+//! panic) but leaves the process running. An agent does not linger like that: the moment its
+//! core stops on its own it reports no leader, confirms no read, resumes any volume it holds
+//! quiesced, stops serving and exits with code 9 ([`error::exit::RAFT_STOPPED`]), the cause on
+//! stderr. Restarting it is the supervisor's job (systemd `Restart=on-failure`), once the cause
+//! (a full or failing disk) is fixed; the agent comes back from its data dir and catches up.
+
 //! ## Caveats
 //! - Transport is plain HTTP/2: mutual TLS and roles (view / backup / restore rights) are not
 //!   built yet.
@@ -36,10 +46,12 @@ pub mod cli;
 pub mod client;
 pub mod cluster_service;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod error;
 pub mod output;
 pub mod peer;
+pub mod raft_health;
 pub mod site;
 pub mod status;
 pub mod volumes;
