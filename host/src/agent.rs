@@ -623,7 +623,15 @@ async fn quiesce_detached(
     }
     .await;
     if let Err(e) = acted {
-        match inner.resume(&rec).await {
+        // A freeze the kernel refused froze nothing: another tool's freeze (EBUSY) must not
+        // be thawed by our undo. Only a freeze still in flight (timed out) is ours to undo.
+        let undo = match (req.mode, &e) {
+            (QuiesceMode::Freeze, HostError::TimedOut { .. }) | (QuiesceMode::Unmount, _) => {
+                inner.resume(&rec).await
+            }
+            (QuiesceMode::Freeze, _) => Ok(None),
+        };
+        match undo {
             Ok(_) => {
                 inner.journal.remove_quiesce(&req.volume)?;
             }
