@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stillpoint_storage::journal::Journal;
+use stillpoint_storage::journal::{Journal, ProcessRecord, ProcessRole};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 
@@ -25,6 +25,7 @@ use crate::api::{
 use crate::backend::Backend;
 use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
+use crate::guard::{self, Ended, Guard};
 use crate::limits::{RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS};
 use crate::process::{self, now_unix_ms};
 use crate::sim::SimBackend;
@@ -46,6 +47,16 @@ struct Inner {
     locks: HashMap<String, Arc<Mutex<()>>>,
     /// Quiesce ids this process took or re-armed, so `recover` leaves them alone.
     armed: StdMutex<HashSet<u64>>,
+    /// Freeze guards of the freezes this process holds, by quiesce id.
+    guards: StdMutex<HashMap<u64, Guard>>,
+}
+
+/// What undoing a quiesce did.
+struct Resumed {
+    start_hook: Option<HookOutput>,
+    /// The freeze guard had already thawed by itself (its deadline, or a signal): the
+    /// quiesce did not hold until now.
+    guard_thawed_first: bool,
 }
 
 /// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
@@ -129,6 +140,7 @@ impl Agent {
                 backend,
                 locks,
                 armed: StdMutex::new(HashSet::new()),
+                guards: StdMutex::new(HashMap::new()),
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
@@ -139,6 +151,7 @@ impl Agent {
     /// Resumes every quiesce in the journal that this process did not take: they were left
     /// by an agent that died. Returns what it did (also in [`Host::resumes`]).
     pub async fn recover(&self) -> Result<Vec<ResumeRecord>, HostError> {
+        self.inner.end_orphans().await?;
         let mut done = Vec::new();
         for rec in self.inner.journal.quiesces()? {
             if lock_std(&self.inner.armed).contains(&rec.quiesce_id) {
@@ -265,15 +278,21 @@ impl Inner {
             }
         }
         let r = rec?;
+        Some(self.log_resume(&r, reason, last_err.map(|e| e.to_string())))
+    }
+
+    /// Logs (and journals) that the agent resumed a quiesce by itself.
+    fn log_resume(&self, r: &QuiesceRecord, reason: &str, error: Option<String>) -> ResumeRecord {
+        let (volume, quiesce_id) = (&r.volume, r.quiesce_id);
         let out = ResumeRecord {
-            volume: volume.to_string(),
+            volume: volume.clone(),
             quiesce_id,
             kind: r.kind.clone(),
             owner: r.owner.clone(),
             taken_at_unix_ms: r.taken_at_unix_ms,
             resumed_at_unix_ms: now_unix_ms(),
             reason: reason.to_string(),
-            error: last_err.map(|e| e.to_string()),
+            error,
         };
         match &out.error {
             None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
@@ -283,16 +302,42 @@ impl Inner {
         if let Err(e) = self.journal.push_resume(&out) {
             tracing::error!(%volume, error = %e, "cannot log the automatic resume");
         }
-        Some(out)
+        out
     }
 
     /// Undoes a quiesce: thaw, or remount and start the applications. Idempotent.
-    async fn resume(&self, rec: &QuiesceRecord) -> Result<Option<HookOutput>, HostError> {
+    async fn resume(&self, rec: &QuiesceRecord) -> Result<Resumed, HostError> {
         let cfg = self.cfg(&rec.volume)?;
         match &rec.kind {
             QuiesceKind::Freeze => {
-                self.backend.thaw(cfg).await?;
-                Ok(None)
+                let held = lock_std(&self.guards).remove(&rec.quiesce_id);
+                let Some(g) = held else {
+                    // No guard of ours (sim, or the agent restarted and ended it): thaw.
+                    self.backend.thaw(cfg).await?;
+                    return Ok(Resumed {
+                        start_hook: None,
+                        guard_thawed_first: false,
+                    });
+                };
+                let pid = g.pid;
+                let ended = tokio::task::spawn_blocking(move || g.thaw())
+                    .await
+                    .unwrap_or_else(|e| Ended::Silent(format!("the thaw task failed: {e}")));
+                let guard_thawed_first = ended == Ended::ByItself;
+                if let Ended::Silent(why) = &ended {
+                    // The guard was killed or is stuck: thaw ourselves (it froze for us).
+                    tracing::warn!(volume = %rec.volume, pid, reason = %why, "freeze guard silent; thawing directly");
+                }
+                if ended != Ended::Thawed {
+                    self.backend.thaw(cfg).await?;
+                }
+                if let Err(e) = self.journal.remove_process(pid) {
+                    tracing::warn!(volume = %rec.volume, pid, error = %e, "cannot forget the freeze guard in the journal");
+                }
+                Ok(Resumed {
+                    start_hook: None,
+                    guard_thawed_first,
+                })
             }
             QuiesceKind::Unmount {
                 mount_point,
@@ -301,13 +346,49 @@ impl Inner {
                 self.backend
                     .mount(cfg, mount_point, &MountRequest::default())
                     .await?;
-                if *apps_stopped && cfg.start.is_some() {
-                    Ok(Some(self.hook(cfg, HookKind::Start).await?))
+                let start_hook = if *apps_stopped && cfg.start.is_some() {
+                    Some(self.hook(cfg, HookKind::Start).await?)
                 } else {
-                    Ok(None)
-                }
+                    None
+                };
+                Ok(Resumed {
+                    start_hook,
+                    guard_thawed_first: false,
+                })
             }
         }
+    }
+
+    /// Ends what a dead agent left running, before anything else is done: freeze guards are
+    /// asked to thaw (SIGTERM; they thaw by the descriptor they froze) and waited for.
+    async fn end_orphans(&self) -> Result<(), HostError> {
+        for p in self.journal.processes()? {
+            if p.quiesce_id
+                .is_some_and(|id| lock_std(&self.armed).contains(&id))
+            {
+                continue;
+            }
+            if guard::same_process(p.pid, p.start_ticks) {
+                let signal = match p.role {
+                    ProcessRole::FreezeGuard => libc::SIGTERM,
+                    ProcessRole::Hook { .. } => libc::SIGKILL,
+                };
+                let target = match p.role {
+                    ProcessRole::FreezeGuard => p.pid as i32,
+                    // A hook leads its own process group: end all of it.
+                    ProcessRole::Hook { .. } => -(p.pid as i32),
+                };
+                tracing::warn!(volume = %p.volume, pid = p.pid, role = ?p.role, "ending a process left by an agent that died");
+                // SAFETY: kill(2) on a process (group) we recorded and identified by start time.
+                unsafe { libc::kill(target, signal) };
+                let gone = crate::process::wait_gone(p.pid, p.start_ticks).await;
+                if !gone {
+                    tracing::error!(volume = %p.volume, pid = p.pid, "process left by a dead agent does not end");
+                }
+            }
+            self.journal.remove_process(p.pid)?;
+        }
+        Ok(())
     }
 
     async fn hook(&self, cfg: &VolumeConfig, kind: HookKind) -> Result<HookOutput, HostError> {
@@ -491,6 +572,33 @@ impl Host for Agent {
         }
         rec.extended_ms_total = total;
         rec.deadline_unix_ms += extra_ms;
+        // The guard first: if it already thawed, the quiesce is lost, whatever the journal says.
+        let held = lock_std(&inner.guards).remove(&quiesce_id);
+        if let Some(g) = held {
+            let deadline = rec.deadline_unix_ms;
+            let (g, told) = tokio::task::spawn_blocking(move || {
+                let told = g.extend(deadline);
+                (g, told)
+            })
+            .await
+            .map_err(|e| detached_failed(volume, "extend", e))?;
+            lock_std(&inner.guards).insert(quiesce_id, g);
+            if let Err(ended) = told {
+                let reason = format!(
+                    "the freeze guard could not be extended ({ended:?}); the volume was thawed"
+                );
+                let old = inner.journal.quiesce(volume)?.unwrap_or(rec);
+                inner.resume(&old).await?;
+                inner.journal.remove_quiesce(volume)?;
+                lock_std(&inner.armed).remove(&quiesce_id);
+                inner.log_resume(&old, &reason, None);
+                return Err(HostError::QuiesceLost {
+                    volume: volume.into(),
+                    quiesce_id,
+                    reason,
+                });
+            }
+        }
         inner.journal.put_quiesce(&rec)?;
         Ok(rec)
     }
@@ -611,7 +719,21 @@ async fn quiesce_detached(
     inner.journal.put_quiesce(&rec)?;
     let acted: Result<(), HostError> = async {
         match req.mode {
-            QuiesceMode::Freeze => inner.backend.freeze(cfg).await,
+            QuiesceMode::Freeze => {
+                if let Some(g) = inner.backend.freeze(cfg, rec.deadline_unix_ms).await? {
+                    let proc_rec = ProcessRecord {
+                        pid: g.pid,
+                        start_ticks: g.start_ticks,
+                        volume: rec.volume.clone(),
+                        quiesce_id: Some(rec.quiesce_id),
+                        role: ProcessRole::FreezeGuard,
+                        started_at_unix_ms: now_unix_ms(),
+                    };
+                    lock_std(&inner.guards).insert(rec.quiesce_id, g);
+                    inner.journal.put_process(&proc_rec)?;
+                }
+                Ok(())
+            }
             QuiesceMode::Unmount => {
                 if cfg.stop.is_some() {
                     inner.hook(cfg, HookKind::Stop).await?;
@@ -623,13 +745,14 @@ async fn quiesce_detached(
     }
     .await;
     if let Err(e) = acted {
-        // A freeze the kernel refused froze nothing: another tool's freeze (EBUSY) must not
-        // be thawed by our undo. Only a freeze still in flight (timed out) is ours to undo.
-        let undo = match (req.mode, &e) {
-            (QuiesceMode::Freeze, HostError::TimedOut { .. }) | (QuiesceMode::Unmount, _) => {
-                inner.resume(&rec).await
-            }
-            (QuiesceMode::Freeze, _) => Ok(None),
+        // A failed freeze froze nothing of ours (a refusal, e.g. EBUSY because another tool
+        // froze it, is left alone; a freeze still in the kernel is undone by its guard). A
+        // guard that froze before a later step failed is in `guards`: resume thaws through it.
+        let froze = lock_std(&inner.guards).contains_key(&rec.quiesce_id);
+        let undo = match req.mode {
+            QuiesceMode::Unmount => inner.resume(&rec).await.map(|_| ()),
+            QuiesceMode::Freeze if froze => inner.resume(&rec).await.map(|_| ()),
+            QuiesceMode::Freeze => Ok(()),
         };
         match undo {
             Ok(_) => {
@@ -668,13 +791,24 @@ async fn release_detached(
             });
         }
     };
-    let start_hook = inner.resume(&rec).await?;
+    let resumed = inner.resume(&rec).await?;
     inner.journal.remove_quiesce(volume)?;
     lock_std(&inner.armed).remove(&rec.quiesce_id);
+    if resumed.guard_thawed_first {
+        // The guard reached the deadline (or was told to stop) before this release: the
+        // quiesce did not hold until now, so the copy is not a static point.
+        let reason = "the freeze guard thawed the volume by itself (deadline reached, or it was signalled) before the release arrived";
+        inner.log_resume(&rec, reason, None);
+        return Err(HostError::QuiesceLost {
+            volume: volume.into(),
+            quiesce_id: rec.quiesce_id,
+            reason: reason.into(),
+        });
+    }
     Ok(ReleaseReport {
         volume: volume.into(),
         quiesce_id: rec.quiesce_id,
         held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
-        start_hook,
+        start_hook: resumed.start_hook,
     })
 }

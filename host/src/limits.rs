@@ -41,3 +41,6 @@ pub const SIM_CACHE_BLOCKS_MAX_DEFAULT: usize = 32;
 pub const RPC_TIMEOUT_MS: u64 = 3_700_000;
 /// Timeout of connecting to a host agent.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long a starting agent waits for a process left by a dead agent (a freeze guard asked
+/// to thaw, a hook group killed) to end before it goes on.
+pub const ORPHAN_END_MS: u64 = 10_000;

@@ -17,15 +17,12 @@ use crate::api::{CheckReport, HookKind, HookOutput, MountIdentity, MountRequest}
 use crate::backend::{Backend, Seen};
 use crate::config::{FsType, VolumeConfig};
 use crate::error::{Holder, HostError};
+use crate::guard::{FITHAW, FreezeFailed, Guard};
 use crate::limits::{
     FSCK_TIMEOUT_MS, HOLDER_TERM_GRACE_MS, OS_COMMAND_TIMEOUT_MS, SYSCALL_TIMEOUT_MS,
 };
 use crate::process;
 
-/// `_IOWR('X', 119, int)` from linux/fs.h.
-const FIFREEZE: u64 = 0xC004_5877;
-/// `_IOWR('X', 120, int)` from linux/fs.h.
-const FITHAW: u64 = 0xC004_5878;
 /// Pause between looks at /proc while waiting for terminated holders to let go.
 const HOLDER_POLL_MS: u64 = 50;
 
@@ -521,20 +518,47 @@ impl Backend for LinuxBackend {
         Ok(())
     }
 
-    async fn freeze(&self, v: &VolumeConfig) -> Result<(), HostError> {
+    async fn freeze(
+        &self,
+        v: &VolumeConfig,
+        deadline_unix_ms: u64,
+    ) -> Result<Option<Guard>, HostError> {
         let mp = self.require_mounted(v, "freeze")?;
-        match blocking(&v.name, "FIFREEZE", move || ioctl_dir(&mp, FIFREEZE)).await? {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(HostError::WrongState {
-                volume: v.name.clone(),
-                operation: "freeze".into(),
-                state: "already frozen (by someone else: `fsfreeze -u` it, or wait)".into(),
-            }),
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Err(HostError::Unsupported {
-                operation: format!("freeze of {}", v.name),
-                reason: "the file system does not support freezing; quiesce by unmount".into(),
-            }),
-            Err(e) => Err(os_err(&v.name, "FIFREEZE", e)),
+        let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
+        let frozen = tokio::task::spawn_blocking(move || {
+            Guard::freeze(root, deadline_unix_ms, SYSCALL_TIMEOUT_MS)
+        })
+        .await
+        .map_err(|e| os_err(&v.name, "FIFREEZE", e))?;
+        match frozen {
+            Ok(guard) => Ok(Some(guard)),
+            Err(FreezeFailed::Refused(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(HostError::WrongState {
+                    volume: v.name.clone(),
+                    operation: "freeze".into(),
+                    state: format!(
+                        "already frozen by someone else (another tool froze {mp}; its freeze is left alone: `fsfreeze -u {mp}` ends it)"
+                    ),
+                })
+            }
+            Err(FreezeFailed::Refused(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                Err(HostError::Unsupported {
+                    operation: format!("freeze of {}", v.name),
+                    reason: "the file system does not support freezing; quiesce by unmount".into(),
+                })
+            }
+            Err(FreezeFailed::Refused(e)) | Err(FreezeFailed::Spawn(e)) => {
+                Err(os_err(&v.name, "FIFREEZE", e))
+            }
+            Err(FreezeFailed::TimedOut(guard)) => {
+                // The guard thaws as soon as its freeze completes.
+                guard.thaw_when_frozen();
+                Err(HostError::TimedOut {
+                    volume: v.name.clone(),
+                    what: "FIFREEZE (the freeze guard thaws it if it completes)".into(),
+                    timeout_ms: SYSCALL_TIMEOUT_MS,
+                })
+            }
         }
     }
 

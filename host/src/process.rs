@@ -159,3 +159,18 @@ pub(crate) fn now_unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Waits (bounded by [`crate::limits::ORPHAN_END_MS`]) until the process `pid` that started at
+/// `start_ticks` is gone; returns whether it is.
+pub(crate) async fn wait_gone(pid: u32, start_ticks: u64) -> bool {
+    let until = Instant::now() + Duration::from_millis(crate::limits::ORPHAN_END_MS);
+    loop {
+        if !crate::guard::same_process(pid, start_ticks) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
