@@ -343,9 +343,13 @@ impl Inner {
                 mount_point,
                 apps_stopped,
             } => {
-                self.backend
-                    .mount(cfg, mount_point, &MountRequest::default())
-                    .await?;
+                // The production volume's remount wins: a copy carrying its identity that was
+                // mounted meanwhile does not keep it out (XFS: nouuid; ext4 needs nothing).
+                let production = MountRequest {
+                    identity: crate::api::MountIdentity::IgnoreDuplicate,
+                    ..MountRequest::default()
+                };
+                self.backend.mount(cfg, mount_point, &production).await?;
                 let start_hook = if *apps_stopped && cfg.start.is_some() {
                     Some(self.hook(cfg, HookKind::Start).await?)
                 } else {

@@ -269,6 +269,80 @@ impl LinuxBackend {
             .map(|m| m.mount_point))
     }
 
+    /// Gives the (unmounted) file system on `device` a new identity and checks that it took.
+    async fn new_identity(
+        &self,
+        v: &VolumeConfig,
+        device: &str,
+        fs: &str,
+        old: &str,
+    ) -> Result<(), HostError> {
+        let out = match fs {
+            "ext4" | "ext3" | "ext2" => {
+                // tune2fs refuses to change the UUID of a file system not checked since it
+                // was last mounted (a copy of a mounted MV never is); e2fsck also replays the
+                // journal of a copy taken while the MV was mounted.
+                let fsck = process::run(
+                    &v.name,
+                    "e2fsck before new UUID",
+                    &argv(&["e2fsck", "-f", "-y", device]),
+                    FSCK_TIMEOUT_MS,
+                )
+                .await?;
+                if fsck.exit_code.is_none_or(|c| c >= 4) {
+                    return Err(os_err(
+                        &v.name,
+                        "e2fsck before new UUID",
+                        format!(
+                            "exit {:?}: {}; repair the copy with `volume check --repair`, then mount again",
+                            fsck.exit_code,
+                            process::tail(&fsck.stdout, 400)
+                        ),
+                    ));
+                }
+                process::run(
+                    &v.name,
+                    "tune2fs -U random",
+                    &argv(&["tune2fs", "-U", "random", device]),
+                    OS_COMMAND_TIMEOUT_MS,
+                )
+                .await?
+            }
+            "xfs" => {
+                process::run(
+                    &v.name,
+                    "xfs_admin -U generate",
+                    &argv(&["xfs_admin", "-U", "generate", device]),
+                    OS_COMMAND_TIMEOUT_MS,
+                )
+                .await?
+            }
+            other => {
+                return Err(HostError::Unsupported {
+                    operation: format!("new identity for {other}"),
+                    reason: "only ext2/3/4 and xfs are handled; mount with ignore-duplicate".into(),
+                });
+            }
+        };
+        // The tools do not always say they failed (xfs_admin exits 0 after an error): the
+        // identity on the device is what counts.
+        let now = blkid(&v.name, device, "UUID").await?;
+        if out.exit_code != Some(0) || now.as_deref() == Some(old) || now.is_none() {
+            return Err(os_err(
+                &v.name,
+                "new file-system identity",
+                format!(
+                    "{} exited {:?} and the id is {} (was {old}): {}",
+                    out.command,
+                    out.exit_code,
+                    now.as_deref().unwrap_or("unreadable"),
+                    process::tail(&format!("{}{}", out.stdout, out.stderr), 600)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn require_mounted(&self, v: &VolumeConfig, op: &str) -> Result<String, HostError> {
         self.mounted_at(v)?.ok_or_else(|| HostError::WrongState {
             volume: v.name.clone(),
@@ -445,67 +519,34 @@ impl Backend for LinuxBackend {
         if req.read_only {
             options.push("ro".into());
         }
-        if let Some(uuid) = blkid(&v.name, device, "UUID").await? {
-            let clash = duplicate_mounted(&v.name, device, &uuid, &mounts).await?;
-            if let Some(other) = clash {
-                match (req.identity, fs.as_str()) {
-                    (MountIdentity::Keep, _) => {
-                        return Err(HostError::DuplicateIdentity {
-                            volume: v.name.clone(),
-                            fs_id: uuid,
-                            other,
-                        });
-                    }
-                    (MountIdentity::IgnoreDuplicate, "xfs") => options.push("nouuid".into()),
-                    (MountIdentity::IgnoreDuplicate, _) => {}
-                    (MountIdentity::New, "ext4" | "ext3" | "ext2") => {
-                        // tune2fs refuses to change the UUID of a file system not checked
-                        // since it was last mounted (a copy of a mounted MV never is).
-                        let fsck = process::run(
-                            &v.name,
-                            "e2fsck before new UUID",
-                            &argv(&["e2fsck", "-f", "-y", device]),
-                            FSCK_TIMEOUT_MS,
-                        )
-                        .await?;
-                        if fsck.exit_code.is_none_or(|c| c >= 4) {
-                            return Err(os_err(
-                                &v.name,
-                                "e2fsck before new UUID",
-                                format!(
-                                    "exit {:?}: {}",
-                                    fsck.exit_code,
-                                    process::tail(&fsck.stdout, 400)
-                                ),
-                            ));
+        let uuid = blkid(&v.name, device, "UUID").await?;
+        match (req.identity, uuid) {
+            // Always a new identity, whether or not a duplicate is mounted right now (the MV
+            // may be unmounted for a static point and come back).
+            (MountIdentity::New, Some(old)) => self.new_identity(v, device, &fs, &old).await?,
+            (MountIdentity::New, None) => {
+                return Err(HostError::WrongState {
+                    volume: v.name.clone(),
+                    operation: "mount with a new identity".into(),
+                    state: format!("no file-system id found on {device}"),
+                });
+            }
+            (identity, Some(uuid)) => {
+                if let Some(other) = duplicate_mounted(&v.name, device, &uuid, &mounts).await? {
+                    match (identity, fs.as_str()) {
+                        (MountIdentity::IgnoreDuplicate, "xfs") => options.push("nouuid".into()),
+                        (MountIdentity::IgnoreDuplicate, _) => {}
+                        _ => {
+                            return Err(HostError::DuplicateIdentity {
+                                volume: v.name.clone(),
+                                fs_id: uuid,
+                                other,
+                            });
                         }
-                        process::run_ok(
-                            &v.name,
-                            "tune2fs -U random",
-                            &argv(&["tune2fs", "-U", "random", device]),
-                            OS_COMMAND_TIMEOUT_MS,
-                        )
-                        .await?;
-                    }
-                    (MountIdentity::New, "xfs") => {
-                        process::run_ok(
-                            &v.name,
-                            "xfs_admin -U generate",
-                            &argv(&["xfs_admin", "-U", "generate", device]),
-                            OS_COMMAND_TIMEOUT_MS,
-                        )
-                        .await?;
-                    }
-                    (MountIdentity::New, other_fs) => {
-                        return Err(HostError::Unsupported {
-                            operation: format!("new identity for {other_fs}"),
-                            reason:
-                                "only ext2/3/4 and xfs are handled; mount with ignore-duplicate"
-                                    .into(),
-                        });
                     }
                 }
             }
+            (_, None) => {}
         }
         let mut cmd = argv(&["mount", "-t", &fs]);
         if !options.is_empty() {

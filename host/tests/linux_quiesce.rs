@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::loopdev::{Fixture, require};
-use stillpoint_host::{Host, HostError, MountRequest};
+use stillpoint_host::{Host, HostError, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
 
 const EXT4: (&str, &[&str]) = ("ext4", &["mkfs.ext4", "-q"]);
 const XFS: (&str, &[&str]) = ("xfs", &["mkfs.xfs", "-q", "-f"]);
@@ -67,4 +67,89 @@ async fn ext4_a_refused_freeze_keeps_the_other_tools_freeze() {
 async fn xfs_a_refused_freeze_keeps_the_other_tools_freeze() {
     require!("losetup", "mkfs.xfs", "blkid", "fsfreeze");
     a_refused_freeze_keeps_the_other_tools_freeze(XFS).await;
+}
+
+fn unmount_quiesce(volume: &str, limit_ms: u64) -> QuiesceRequest {
+    QuiesceRequest {
+        volume: volume.into(),
+        mode: QuiesceMode::Unmount,
+        limit_ms: Some(limit_ms),
+        owner: "test".into(),
+    }
+}
+
+fn identity(identity: MountIdentity) -> MountRequest {
+    MountRequest {
+        identity,
+        ..Default::default()
+    }
+}
+
+/// Defect 3: while the MV is unmounted for a static point, `--identity new` gives the copy a
+/// new identity, and a copy mounted as is never keeps the MV from remounting.
+async fn a_copy_never_keeps_the_production_volume_from_remounting(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (mv_dev, mv_mp) = fx.volume("mv", fs.1);
+    {
+        let host = fx.agent(&[("mv", &mv_dev, &mv_mp, fs.0)]).await;
+        host.mount("mv", &MountRequest::default()).await.unwrap();
+        std::fs::write(mv_mp.join("data.txt"), b"static point").unwrap();
+        host.unmount("mv", false).await.unwrap();
+    }
+    let (rv_dev, rv_mp) = fx.copy("mv", "rv");
+    let (rv2_dev, rv2_mp) = fx.copy("mv", "rv2");
+    let host = fx
+        .agent(&[
+            ("mv", &mv_dev, &mv_mp, fs.0),
+            ("rv", &rv_dev, &rv_mp, fs.0),
+            ("rv2", &rv2_dev, &rv2_mp, fs.0),
+        ])
+        .await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let mv_id = host.volume("mv").await.unwrap().fs_id;
+    assert!(mv_id.is_some());
+
+    host.quiesce(&unmount_quiesce("mv", 60_000)).await.unwrap();
+    let rv = host
+        .mount("rv", &identity(MountIdentity::New))
+        .await
+        .unwrap();
+    assert_ne!(
+        rv.fs_id, mv_id,
+        "{}: --identity new kept the MV's identity",
+        fs.0
+    );
+    assert_eq!(
+        std::fs::read(rv_mp.join("data.txt")).unwrap(),
+        b"static point"
+    );
+    host.release("mv", None).await.unwrap();
+    host.unmount("rv", false).await.unwrap();
+
+    // A copy mounted as is while the MV is away: the MV's remount still wins.
+    host.quiesce(&unmount_quiesce("mv", 60_000)).await.unwrap();
+    host.mount("rv2", &MountRequest::default()).await.unwrap();
+    let released = host.release("mv", None).await;
+    assert!(
+        released.is_ok(),
+        "{}: the copy kept the MV from remounting: {released:?}",
+        fs.0
+    );
+    let mv = host.volume("mv").await.unwrap();
+    assert_eq!(mv.mounted_at.as_deref(), Some(mv_mp.to_str().unwrap()));
+    assert!(host.quiesces().await.unwrap().is_empty());
+    host.unmount("rv2", false).await.unwrap();
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_copy_never_keeps_the_production_volume_from_remounting() {
+    require!("losetup", "mkfs.ext4", "blkid", "tune2fs", "e2fsck");
+    a_copy_never_keeps_the_production_volume_from_remounting(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_copy_never_keeps_the_production_volume_from_remounting() {
+    require!("losetup", "mkfs.xfs", "blkid", "xfs_admin", "xfs_repair");
+    a_copy_never_keeps_the_production_volume_from_remounting(XFS).await;
 }
