@@ -89,6 +89,17 @@ fn arm(inner: &Arc<Inner>, dogs: &Watchdogs, volume: &str, quiesce_id: u64) {
     dogs.push(task.abort_handle());
 }
 
+/// The error of a quiesce that could not be complete before its deadline.
+fn past_deadline(volume: &str, what: &str) -> HostError {
+    HostError::Refused {
+        volume: volume.into(),
+        rule: "S4 (quiesce deadline)".into(),
+        reason: format!(
+            "{what} was not done before the quiesce's deadline; the quiesce is undone (ask for a longer limit, or make the stop hook faster)"
+        ),
+    }
+}
+
 /// A join error of a detached operation as a host error.
 fn detached_failed(volume: &str, operation: &str, e: tokio::task::JoinError) -> HostError {
     HostError::OsError {
@@ -351,7 +362,7 @@ impl Inner {
                 };
                 self.backend.mount(cfg, mount_point, &production).await?;
                 let start_hook = if *apps_stopped && cfg.start.is_some() {
-                    Some(self.hook(cfg, HookKind::Start).await?)
+                    Some(self.hook(cfg, HookKind::Start, None).await?)
                 } else {
                     None
                 };
@@ -395,7 +406,14 @@ impl Inner {
         Ok(())
     }
 
-    async fn hook(&self, cfg: &VolumeConfig, kind: HookKind) -> Result<HookOutput, HostError> {
+    /// Runs a configured hook for at most its timeout, or until `deadline_unix_ms` if that
+    /// comes first (a stop hook inside a quiesce window).
+    async fn hook(
+        &self,
+        cfg: &VolumeConfig,
+        kind: HookKind,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<HookOutput, HostError> {
         let hook = match kind {
             HookKind::Stop => cfg.stop.as_ref(),
             HookKind::Start => cfg.start.as_ref(),
@@ -409,17 +427,34 @@ impl Inner {
                 ),
             });
         };
+        let timeout_ms = match deadline_unix_ms {
+            Some(d) => hook.timeout_ms.min(d.saturating_sub(now_unix_ms())),
+            None => hook.timeout_ms,
+        };
+        if timeout_ms == 0 {
+            return Err(past_deadline(&cfg.name, &format!("{} hook", kind.as_str())));
+        }
+        let capped = timeout_ms < hook.timeout_ms;
         if let Some(app) = &hook.app {
-            return self.backend.run_app(cfg, app, kind, hook.timeout_ms).await;
+            return self.backend.run_app(cfg, app, kind, timeout_ms).await;
         }
         let argv = hook.command.clone().unwrap_or_default();
-        let out = process::run(
+        let out = match process::run(
             &cfg.name,
             &format!("{} hook", kind.as_str()),
             &argv,
-            hook.timeout_ms,
+            timeout_ms,
         )
-        .await?;
+        .await
+        {
+            Err(HostError::TimedOut { .. }) if capped => {
+                return Err(past_deadline(
+                    &cfg.name,
+                    &format!("{} hook (killed at the deadline)", kind.as_str()),
+                ));
+            }
+            other => other?,
+        };
         if out.exit_code != Some(0) {
             return Err(HostError::HookFailed {
                 volume: cfg.name.clone(),
@@ -633,7 +668,7 @@ impl Host for Agent {
 
     async fn run_hook(&self, volume: &str, hook: HookKind) -> Result<HookOutput, HostError> {
         let cfg = self.inner.cfg(volume)?;
-        self.inner.hook(cfg, hook).await
+        self.inner.hook(cfg, hook, None).await
     }
 
     async fn quiesces(&self) -> Result<Vec<QuiesceRecord>, HostError> {
@@ -740,12 +775,19 @@ async fn quiesce_detached(
             }
             QuiesceMode::Unmount => {
                 if cfg.stop.is_some() {
-                    inner.hook(cfg, HookKind::Stop).await?;
+                    inner
+                        .hook(cfg, HookKind::Stop, Some(rec.deadline_unix_ms))
+                        .await?;
                 }
                 inner.backend.flush(cfg).await?;
                 inner.backend.unmount(cfg, false).await.map(|_| ())
             }
+        }?;
+        // S4: a quiesce that was not complete before its deadline is no quiesce.
+        if now_unix_ms() >= rec.deadline_unix_ms {
+            return Err(past_deadline(&req.volume, "the quiesce"));
         }
+        Ok(())
     }
     .await;
     if let Err(e) = acted {

@@ -38,7 +38,9 @@
 //! thaw with SIGTERM). Run the agent under its systemd unit (`node/systemd/`), which restarts it. A release that arrives after the
 //! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
-//! error is returned; nothing stays quiesced because of an error. Quiesce and release run on
+//! error is returned; nothing stays quiesced because of an error. The stop hook, flush,
+//! unmount and freeze all count against the window: the stop hook is killed at the deadline,
+//! and a quiesce not complete before its deadline fails (S4) and is undone. Quiesce and release run on
 //! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
 //! quiesced without its watchdog.
 //!

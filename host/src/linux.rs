@@ -567,7 +567,13 @@ impl Backend for LinuxBackend {
         let mp = self.require_mounted(v, "freeze")?;
         let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
         let frozen = tokio::task::spawn_blocking(move || {
-            Guard::freeze(root, deadline_unix_ms, SYSCALL_TIMEOUT_MS)
+            // The freeze may not outlast the window it opens.
+            let left_ms = deadline_unix_ms.saturating_sub(crate::process::now_unix_ms());
+            Guard::freeze(
+                root,
+                deadline_unix_ms,
+                SYSCALL_TIMEOUT_MS.min(left_ms.max(1)),
+            )
         })
         .await
         .map_err(|e| os_err(&v.name, "FIFREEZE", e))?;

@@ -153,3 +153,46 @@ async fn xfs_a_copy_never_keeps_the_production_volume_from_remounting() {
     require!("losetup", "mkfs.xfs", "blkid", "xfs_admin", "xfs_repair");
     a_copy_never_keeps_the_production_volume_from_remounting(XFS).await;
 }
+
+/// Defect 7: the stop hook's time counts against the quiesce window. A quiesce that cannot be
+/// complete before its deadline fails, and is undone, instead of reporting success late.
+async fn a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let started = fx.dir.path().join("start-hook-ran");
+    let extra = format!(
+        "stop = {{ command = [\"sleep\", \"3\"] }}\nstart = {{ command = [\"touch\", \"{}\"] }}\n",
+        started.display()
+    );
+    let host = fx.agent_with(&[("mv", &dev, &mp, fs.0)], &extra).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let result = host.quiesce(&unmount_quiesce("mv", 1_000)).await;
+    let took_ms = t0.elapsed().as_millis();
+    assert!(
+        result.is_err(),
+        "{}: a 1000 ms quiesce with a 3 s stop hook succeeded after {took_ms} ms: {result:?}",
+        fs.0
+    );
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert!(took_ms < 2_900, "{}: failed only after {took_ms} ms", fs.0);
+    // Undone: mounted, applications started again, nothing held.
+    let v = host.volume("mv").await.unwrap();
+    assert_eq!(v.mounted_at.as_deref(), Some(mp.to_str().unwrap()));
+    assert!(host.quiesces().await.unwrap().is_empty());
+    assert!(started.exists(), "the start hook ran as part of the undo");
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone() {
+    require!("losetup", "mkfs.ext4", "blkid", "sleep", "touch");
+    a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone() {
+    require!("losetup", "mkfs.xfs", "blkid", "sleep", "touch");
+    a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone(XFS).await;
+}
