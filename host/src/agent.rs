@@ -155,6 +155,8 @@ impl Agent {
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
+        // Before anything else runs: what a dead agent left running (freeze guards, hooks).
+        agent.inner.end_orphans().await?;
         agent.recover().await?;
         Ok(agent)
     }
@@ -162,7 +164,6 @@ impl Agent {
     /// Resumes every quiesce in the journal that this process did not take: they were left
     /// by an agent that died. Returns what it did (also in [`Host::resumes`]).
     pub async fn recover(&self) -> Result<Vec<ResumeRecord>, HostError> {
-        self.inner.end_orphans().await?;
         let mut done = Vec::new();
         for rec in self.inner.journal.quiesces()? {
             if lock_std(&self.inner.armed).contains(&rec.quiesce_id) {
@@ -439,14 +440,29 @@ impl Inner {
             return self.backend.run_app(cfg, app, kind, timeout_ms).await;
         }
         let argv = hook.command.clone().unwrap_or_default();
-        let out = match process::run(
-            &cfg.name,
-            &format!("{} hook", kind.as_str()),
-            &argv,
-            timeout_ms,
-        )
-        .await
-        {
+        let running = process::start(&cfg.name, &format!("{} hook", kind.as_str()), &argv)?;
+        // Recorded while it runs, so an agent that dies meanwhile has it (and its whole
+        // process group) ended by its successor before that runs anything.
+        let record = ProcessRecord {
+            pid: running.pid,
+            start_ticks: guard::start_ticks(running.pid).unwrap_or(0),
+            volume: cfg.name.clone(),
+            quiesce_id: None,
+            role: ProcessRole::Hook {
+                kind: kind.as_str().into(),
+            },
+            started_at_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.journal.put_process(&record) {
+            running.kill_group();
+            return Err(e.into());
+        }
+        // Nothing may outlive a stop hook; a start hook may leave the application running.
+        let finished = running.finish(timeout_ms, kind == HookKind::Stop).await;
+        if let Err(e) = self.journal.remove_process(record.pid) {
+            tracing::warn!(volume = %cfg.name, pid = record.pid, error = %e, "cannot forget the finished hook in the journal");
+        }
+        let out = match finished {
             Err(HostError::TimedOut { .. }) if capped => {
                 return Err(past_deadline(
                     &cfg.name,

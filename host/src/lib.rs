@@ -35,7 +35,10 @@
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
 //! it cannot vouch that the quiesce held while it was down; first it ends what the dead agent
 //! left running (its freeze guards, found in the journal by pid and start time, are told to
-//! thaw with SIGTERM). Run the agent under its systemd unit (`node/systemd/`), which restarts it. A release that arrives after the
+//! thaw with SIGTERM; hooks that were running are killed with their whole process group, so
+//! no start hook runs while a dead agent's stop hook is still alive). Every hook is recorded in
+//! the journal while it runs; whatever a stop hook leaves in its process group when it exits
+//! is killed (a start hook may leave the application running). Run the agent under its systemd unit (`node/systemd/`), which restarts it. A release that arrives after the
 //! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
 //! error is returned; nothing stays quiesced because of an error. The stop hook, flush,

@@ -331,3 +331,117 @@ fn xfs_a_killed_agents_freeze_ends_at_its_deadline() {
     require!("losetup", "mkfs.xfs", "blkid", "dd", "fsfreeze");
     a_killed_agents_freeze_ends_at_its_deadline(XFS);
 }
+
+/// Kills the processes whose pids a test's hooks wrote into files, whatever happens.
+struct KillPids(Vec<PathBuf>);
+
+impl Drop for KillPids {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Ok(p) = std::fs::read_to_string(f) {
+                let _ = Command::new("kill").args(["-9", p.trim()]).status();
+            }
+        }
+    }
+}
+
+fn alive(pid_file: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    // A zombie (exited, not yet reaped) is not alive.
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+/// Issue 10 defect 6: an agent killed during a stop hook does not orphan the hook: the hook
+/// and its child are ended before the restarted agent runs the start hook.
+fn a_killed_agents_stop_hook_is_ended_before_the_start_hook(fs: (&str, &[&str])) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v = volume(d, "mv", fs.1);
+    let (stop_pid, child_pid, log) = (d.join("stop.pid"), d.join("child.pid"), d.join("start.log"));
+    let _cleanup = KillPids(vec![stop_pid.clone(), child_pid.clone()]);
+    // The start hook records whether the stop hook or its child still runs (a zombie, exited
+    // and waiting for its new parent to reap it, does not count).
+    let start_sh = d.join("start.sh");
+    std::fs::write(
+        &start_sh,
+        format!(
+            "for f in {sp} {cp}; do\n\
+             st=$(awk '{{print $3}}' /proc/$(cat $f)/stat 2>/dev/null)\n\
+             if [ -n \"$st\" ] && [ \"$st\" != Z ]; then echo ALIVE >> {log}; exit 0; fi\n\
+             done\n\
+             echo DEAD >> {log}\n",
+            sp = stop_pid.display(),
+            cp = child_pid.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let extra = format!(
+        "unmount_ms_max = 600000\n\
+         stop = {{ command = [\"sh\", \"-c\", \"echo $$ > {sp}; sleep 300 & echo $! > {cp}; wait\"] }}\n\
+         start = {{ command = [\"sh\", \"{start}\"] }}\n",
+        sp = stop_pid.display(),
+        cp = child_pid.display(),
+        start = start_sh.display()
+    );
+    let mut site = Site::start(d, &[("mv", &v, fs.0, &extra)]);
+    site.volume_ok(&["mount", "mv"]);
+    let quiesce = Proc(
+        Command::new(BIN)
+            .args([
+                "volume",
+                "quiesce",
+                "mv",
+                "--node",
+                "h1",
+                "--endpoint",
+                &site.endpoint,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    site.wait_for("the stop hook and its child to run", || {
+        (alive(&stop_pid) && alive(&child_pid)).then_some(())
+    });
+    site.kill_agent();
+    drop(quiesce);
+    site.spawn();
+    site.wait_for("the restarted agent to run the start hook", || {
+        std::fs::read_to_string(&log).ok().filter(|s| !s.is_empty())
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        seen.trim(),
+        "DEAD",
+        "{}: the start hook ran while the dead agent's stop hook was alive\nagent log:\n{}",
+        fs.0,
+        site.log()
+    );
+    assert!(!alive(&stop_pid), "{}: the stop hook survived", fs.0);
+    assert!(
+        !alive(&child_pid),
+        "{}: the stop hook's child survived",
+        fs.0
+    );
+    site.volume_ok(&["unmount", "mv"]);
+}
+
+#[test]
+fn ext4_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
+    require!("losetup", "mkfs.ext4", "blkid", "sh", "sleep");
+    a_killed_agents_stop_hook_is_ended_before_the_start_hook(EXT4);
+}
+
+#[test]
+fn xfs_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
+    require!("losetup", "mkfs.xfs", "blkid", "sh", "sleep");
+    a_killed_agents_stop_hook_is_ended_before_the_start_hook(XFS);
+}
