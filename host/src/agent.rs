@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stillpoint_storage::journal::{Journal, ProcessRecord, ProcessRole};
+use stillpoint_storage::journal::{AttentionRecord, Journal, ProcessRecord, ProcessRole};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 
@@ -26,7 +26,9 @@ use crate::backend::Backend;
 use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::{self, Ended, Guard};
-use crate::limits::{RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS};
+use crate::limits::{
+    RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX, START_HOOK_ATTEMPTS_MAX,
+};
 use crate::process::{self, now_unix_ms};
 use crate::sim::SimBackend;
 
@@ -49,6 +51,28 @@ struct Inner {
     armed: StdMutex<HashSet<u64>>,
     /// Freeze guards of the freezes this process holds, by quiesce id.
     guards: StdMutex<HashMap<u64, Guard>>,
+}
+
+/// Why undoing a quiesce failed.
+enum ResumeFailed {
+    /// The volume itself could not be resumed (thaw or mount): still quiesced.
+    Volume(HostError),
+    /// The volume is mounted again, but the start hook failed: applications are not running.
+    StartHook(HostError),
+}
+
+impl From<HostError> for ResumeFailed {
+    fn from(e: HostError) -> Self {
+        ResumeFailed::Volume(e)
+    }
+}
+
+impl From<ResumeFailed> for HostError {
+    fn from(e: ResumeFailed) -> Self {
+        match e {
+            ResumeFailed::Volume(e) | ResumeFailed::StartHook(e) => e,
+        }
+    }
 }
 
 /// What undoing a quiesce did.
@@ -249,11 +273,14 @@ impl Inner {
         reason: &str,
         attempts: u32,
     ) -> Option<ResumeRecord> {
-        let mut last_err = None;
+        let mut last_err: Option<HostError> = None;
         let mut rec = None;
+        let mut start_hook_failures = 0;
+        let mut pause_ms = RESUME_RETRY_MS;
         for attempt in 1..=attempts.max(1) {
             if attempt > 1 {
-                tokio::time::sleep(Duration::from_millis(RESUME_RETRY_MS)).await;
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(RESUME_RETRY_MS_MAX);
             }
             let lock = match self.lock_of(volume) {
                 Ok(l) => l,
@@ -283,7 +310,25 @@ impl Inner {
                     }
                     Err(e) => last_err = Some(e.into()),
                 },
-                Err(e) => {
+                Err(ResumeFailed::StartHook(e)) => {
+                    start_hook_failures += 1;
+                    tracing::warn!(%volume, attempt, error = %e, "start hook failed during the automatic resume");
+                    if start_hook_failures < START_HOOK_ATTEMPTS_MAX {
+                        last_err = Some(e);
+                        continue;
+                    }
+                    // Bounded: the volume is mounted; end the quiesce with that outcome.
+                    let outcome = match self.end_with_start_hook_failure(r, &e, start_hook_failures)
+                    {
+                        Ok(outcome) => outcome,
+                        Err(j) => {
+                            last_err = Some(j);
+                            continue;
+                        }
+                    };
+                    return Some(self.log_resume(r, reason, Some(outcome)));
+                }
+                Err(ResumeFailed::Volume(e)) => {
                     tracing::warn!(%volume, attempt, error = %e, "automatic resume failed");
                     last_err = Some(e);
                 }
@@ -291,6 +336,32 @@ impl Inner {
         }
         let r = rec?;
         Some(self.log_resume(&r, reason, last_err.map(|e| e.to_string())))
+    }
+
+    /// Ends a quiesce whose volume is mounted again but whose start hook kept failing: the
+    /// record is removed (every command works on the volume again) and the outcome waits on
+    /// the volume for an operator's acknowledgement. Returns the outcome in words.
+    fn end_with_start_hook_failure(
+        &self,
+        r: &QuiesceRecord,
+        e: &HostError,
+        attempts: u32,
+    ) -> Result<String, HostError> {
+        let outcome = format!(
+            "resumed (mounted again) but the start hook failed ({attempts} attempt(s)): {e}; \
+             the applications are not running: start them, then acknowledge with `stillpoint volume ack --node <node> {}`",
+            r.volume
+        );
+        self.journal.put_attention(&AttentionRecord {
+            volume: r.volume.clone(),
+            quiesce_id: r.quiesce_id,
+            at_unix_ms: now_unix_ms(),
+            message: outcome.clone(),
+        })?;
+        self.journal.remove_quiesce(&r.volume)?;
+        lock_std(&self.armed).remove(&r.quiesce_id);
+        tracing::error!(volume = %r.volume, quiesce_id = r.quiesce_id, %outcome, "quiesce ended with a failed start hook");
+        Ok(outcome)
     }
 
     /// Logs (and journals) that the agent resumed a quiesce by itself.
@@ -318,7 +389,7 @@ impl Inner {
     }
 
     /// Undoes a quiesce: thaw, or remount and start the applications. Idempotent.
-    async fn resume(&self, rec: &QuiesceRecord) -> Result<Resumed, HostError> {
+    async fn resume(&self, rec: &QuiesceRecord) -> Result<Resumed, ResumeFailed> {
         let cfg = self.cfg(&rec.volume)?;
         match &rec.kind {
             QuiesceKind::Freeze => {
@@ -363,7 +434,11 @@ impl Inner {
                 };
                 self.backend.mount(cfg, mount_point, &production).await?;
                 let start_hook = if *apps_stopped && cfg.start.is_some() {
-                    Some(self.hook(cfg, HookKind::Start, None).await?)
+                    Some(
+                        self.hook(cfg, HookKind::Start, None)
+                            .await
+                            .map_err(ResumeFailed::StartHook)?,
+                    )
                 } else {
                     None
                 };
@@ -523,6 +598,13 @@ impl Inner {
                 info.holders = seen.holders;
             }
             Err(e) => info.problem = Some(e.to_string()),
+        }
+        if let Some(a) = self.journal.attention(&cfg.name)? {
+            let note = format!("ATTENTION (since {} ms): {}", a.at_unix_ms, a.message);
+            info.problem = Some(match info.problem.take() {
+                Some(p) => format!("{note}; {p}"),
+                None => note,
+            });
         }
         Ok(info)
     }
@@ -694,6 +776,15 @@ impl Host for Agent {
     async fn resumes(&self) -> Result<Vec<ResumeRecord>, HostError> {
         Ok(self.inner.journal.resumes()?)
     }
+
+    async fn acknowledge(&self, volume: &str) -> Result<Option<String>, HostError> {
+        self.inner.cfg(volume)?;
+        Ok(self
+            .inner
+            .journal
+            .remove_attention(volume)?
+            .map(|a| a.message))
+    }
 }
 
 impl Inner {
@@ -812,8 +903,16 @@ async fn quiesce_detached(
         // guard that froze before a later step failed is in `guards`: resume thaws through it.
         let froze = lock_std(&inner.guards).contains_key(&rec.quiesce_id);
         let undo = match req.mode {
-            QuiesceMode::Unmount => inner.resume(&rec).await.map(|_| ()),
-            QuiesceMode::Freeze if froze => inner.resume(&rec).await.map(|_| ()),
+            QuiesceMode::Unmount => inner
+                .resume(&rec)
+                .await
+                .map(|_| ())
+                .map_err(HostError::from),
+            QuiesceMode::Freeze if froze => inner
+                .resume(&rec)
+                .await
+                .map(|_| ())
+                .map_err(HostError::from),
             QuiesceMode::Freeze => Ok(()),
         };
         match undo {
@@ -853,7 +952,15 @@ async fn release_detached(
             });
         }
     };
-    let resumed = inner.resume(&rec).await?;
+    let resumed = match inner.resume(&rec).await {
+        Ok(r) => r,
+        Err(ResumeFailed::StartHook(e)) => {
+            // Mounted again; a start hook that fails must not leave a quiesce nobody can clear.
+            inner.end_with_start_hook_failure(&rec, &e, 1)?;
+            return Err(e);
+        }
+        Err(ResumeFailed::Volume(e)) => return Err(e),
+    };
     inner.journal.remove_quiesce(volume)?;
     lock_std(&inner.armed).remove(&rec.quiesce_id);
     if resumed.guard_thawed_first {

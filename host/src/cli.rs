@@ -146,6 +146,13 @@ pub enum VolumeCommand {
         #[arg(value_parser = ["stop", "start"])]
         kind: String,
     },
+    /// Acknowledge what waits for an operator on the volume (shown as ATTENTION in `list`),
+    /// e.g. a start hook that failed when the agent resumed the volume by itself.
+    Ack {
+        #[command(flatten)]
+        target: Target,
+        volume: String,
+    },
     /// Quiesces held, and volumes the agent resumed by itself (and why).
     Quiesces {
         #[command(flatten)]
@@ -199,6 +206,7 @@ impl VolumeCommand {
             | VolumeCommand::Freeze { target, .. }
             | VolumeCommand::Quiesce { target, .. }
             | VolumeCommand::Release { target, .. }
+            | VolumeCommand::Ack { target, .. }
             | VolumeCommand::Thaw { target, .. }
             | VolumeCommand::Check { target, .. }
             | VolumeCommand::Rescan { target }
@@ -376,6 +384,17 @@ impl VolumeCommand {
                         r.volume, r.quiesce_id, r.held_ms
                     )
                 });
+            }
+            VolumeCommand::Ack { target, volume } => {
+                let acked = host.acknowledge(&volume).await?;
+                print(
+                    target.output,
+                    &serde_json::json!({"volume": volume, "acknowledged": acked}),
+                    |_| match &acked {
+                        Some(m) => format!("{volume}: acknowledged: {m}\n"),
+                        None => format!("{volume}: nothing was waiting for acknowledgement\n"),
+                    },
+                );
             }
             VolumeCommand::Thaw { target, volume } => {
                 let r = host.thaw(&volume).await?;

@@ -38,7 +38,12 @@
 //! thaw with SIGTERM; hooks that were running are killed with their whole process group, so
 //! no start hook runs while a dead agent's stop hook is still alive). Every hook is recorded in
 //! the journal while it runs; whatever a stop hook leaves in its process group when it exits
-//! is killed (a start hook may leave the application running). Run the agent under its systemd unit (`node/systemd/`), which restarts it. A release that arrives after the
+//! is killed (a start hook may leave the application running). Run the agent under its systemd unit (`node/systemd/`), which restarts it. Failed resumes are retried with a
+//! doubling pause (bounded). A start hook that keeps failing is tried at most
+//! [`limits::START_HOOK_ATTEMPTS_MAX`] times: the volume stays mounted, the quiesce ends with
+//! that outcome (resume log), and the volume shows it as ATTENTION until an operator runs
+//! [`Host::acknowledge`] (`volume ack`); a release whose start hook fails ends the same way.
+//! A release that arrives after the
 //! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
 //! error is returned; nothing stays quiesced because of an error. The stop hook, flush,

@@ -6,6 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::loopdev::{Fixture, require};
+use common::wait_until;
 use stillpoint_host::{Host, HostError, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
 
 const EXT4: (&str, &[&str]) = ("ext4", &["mkfs.ext4", "-q"]);
@@ -195,4 +196,62 @@ async fn ext4_a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undo
 async fn xfs_a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone() {
     require!("losetup", "mkfs.xfs", "blkid", "sleep", "touch");
     a_quiesce_that_cannot_finish_before_its_deadline_fails_and_is_undone(XFS).await;
+}
+
+/// Defect 5: a start hook that keeps failing during the automatic resume is retried a bounded
+/// number of times; the quiesce then ends with that outcome, surfaced on the volume until an
+/// operator acknowledges it, and every command works on the volume again.
+async fn a_failing_start_hook_ends_the_quiesce_with_its_outcome(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let count = fx.dir.path().join("start-hook-runs");
+    let extra = format!(
+        "stop = {{ command = [\"true\"] }}\nstart = {{ command = [\"sh\", \"-c\", \"echo run >> {}; echo app will not start >&2; exit 3\"] }}\n",
+        count.display()
+    );
+    let host = fx.agent_with(&[("mv", &dev, &mp, fs.0)], &extra).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    host.quiesce(&unmount_quiesce("mv", 500)).await.unwrap();
+    wait_until(
+        "the agent ends the quiesce after the start hook kept failing",
+        || async { host.quiesces().await.unwrap().is_empty() },
+    )
+    .await;
+    let runs = std::fs::read_to_string(&count).unwrap().lines().count();
+    assert!(runs <= 3, "{}: the start hook ran {runs} times", fs.0);
+    let v = host.volume("mv").await.unwrap();
+    assert_eq!(v.mounted_at.as_deref(), Some(mp.to_str().unwrap()));
+    let problem = v.problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains("start hook") && problem.contains("app will not start"),
+        "{}: the outcome is not surfaced on the volume: {v:?}",
+        fs.0
+    );
+    let last = host.resumes().await.unwrap().pop().unwrap();
+    assert!(
+        last.error
+            .as_deref()
+            .is_some_and(|e| e.contains("start hook")),
+        "{last:?}"
+    );
+    let acked = host.acknowledge("mv").await.unwrap();
+    assert!(acked.is_some_and(|m| m.contains("start hook")));
+    assert_eq!(host.volume("mv").await.unwrap().problem, None);
+    assert_eq!(host.acknowledge("mv").await.unwrap(), None);
+    // Commands work on the volume again.
+    host.freeze("mv", Some(5_000), "test").await.unwrap();
+    host.thaw("mv").await.unwrap();
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_failing_start_hook_ends_the_quiesce_with_its_outcome() {
+    require!("losetup", "mkfs.ext4", "blkid", "sh", "true");
+    a_failing_start_hook_ends_the_quiesce_with_its_outcome(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_failing_start_hook_ends_the_quiesce_with_its_outcome() {
+    require!("losetup", "mkfs.xfs", "blkid", "sh", "true");
+    a_failing_start_hook_ends_the_quiesce_with_its_outcome(XFS).await;
 }

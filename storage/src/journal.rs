@@ -37,6 +37,8 @@ const RESUME_TREE: &str = "journal/resume";
 const STEP_TREE: &str = "journal/steps";
 /// Tree holding [`ProcessRecord`]s (freeze guards, running hooks) keyed by pid.
 const PROCESS_TREE: &str = "journal/processes";
+/// Tree holding [`AttentionRecord`]s keyed by volume: outcomes an operator must acknowledge.
+const ATTENTION_TREE: &str = "journal/attention";
 
 /// What went wrong with the journal, sorted by what the caller does next.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,17 @@ pub struct ResumeRecord {
     pub error: Option<String>,
 }
 
+/// Something that went wrong with a volume that no command shows any more (the quiesce it
+/// concerns has ended): kept until an operator acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionRecord {
+    pub volume: String,
+    pub quiesce_id: u64,
+    pub at_unix_ms: u64,
+    /// What happened and what to do, in words an operator reads.
+    pub message: String,
+}
+
 /// What a process the agent started on the host's behalf is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProcessRole {
@@ -196,6 +209,7 @@ pub struct Journal {
     resume: sled::Tree,
     steps: sled::Tree,
     processes: sled::Tree,
+    attention: sled::Tree,
 }
 
 impl std::fmt::Debug for Journal {
@@ -252,6 +266,7 @@ impl Journal {
             resume: db.open_tree(RESUME_TREE)?,
             steps: db.open_tree(STEP_TREE)?,
             processes: db.open_tree(PROCESS_TREE)?,
+            attention: db.open_tree(ATTENTION_TREE)?,
         })
     }
 
@@ -337,6 +352,31 @@ impl Journal {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Records (or replaces) what an operator must acknowledge about a volume, durably.
+    pub fn put_attention(&self, record: &AttentionRecord) -> Result<(), JournalError> {
+        self.attention
+            .insert(record.volume.as_bytes(), encode(record))?;
+        self.flush()
+    }
+
+    /// What is waiting for an operator's acknowledgement on `volume`, if anything.
+    pub fn attention(&self, volume: &str) -> Result<Option<AttentionRecord>, JournalError> {
+        match self.attention.get(volume.as_bytes())? {
+            Some(v) => Ok(Some(decode(ATTENTION_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes (acknowledges) what was waiting on `volume`, durably; returns it.
+    pub fn remove_attention(&self, volume: &str) -> Result<Option<AttentionRecord>, JournalError> {
+        let old = self.attention.remove(volume.as_bytes())?;
+        self.flush()?;
+        match old {
+            Some(v) => Ok(Some(decode(ATTENTION_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// Records a process the agent started (a freeze guard, a hook), durably.
