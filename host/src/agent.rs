@@ -402,7 +402,7 @@ impl Inner {
                         guard_thawed_first: false,
                     });
                 };
-                let pid = g.pid;
+                let (pid, ticks) = (g.pid, g.start_ticks);
                 let ended = tokio::task::spawn_blocking(move || g.thaw())
                     .await
                     .unwrap_or_else(|e| Ended::Silent(format!("the thaw task failed: {e}")));
@@ -413,6 +413,11 @@ impl Inner {
                 }
                 if ended != Ended::Thawed {
                     self.backend.thaw(cfg).await?;
+                }
+                // The guard holds the file system's root open until it exits: wait for that,
+                // so an unmount right after the release is not refused as busy.
+                if !crate::process::wait_gone(pid, ticks).await {
+                    tracing::warn!(volume = %rec.volume, pid, "the freeze guard did not exit after thawing");
                 }
                 if let Err(e) = self.journal.remove_process(pid) {
                     tracing::warn!(volume = %rec.volume, pid, error = %e, "cannot forget the freeze guard in the journal");
