@@ -15,7 +15,9 @@
 //!   with holders found in `/proc`, mount with options, RV copies with duplicate identity (ext4:
 //!   new UUID via tune2fs; XFS: `nouuid` or `xfs_admin -U generate`), e2fsck / xfs_repair, blkid,
 //!   and hooks as commands (systemctl or anything). `identity new` always gives the copy a new
-//!   identity and checks on the device that it took (or fails); the production volume's
+//!   identity and checks on the device that it took (or fails); an XFS copy taken while its
+//!   MV was mounted or frozen has its log replayed first (mounted with nouuid on a private
+//!   temporary directory, unmounted), for a new identity and for `check`; the production volume's
 //!   remount after a static point always wins over a copy carrying its identity.
 //!
 //! ## Quiesce that ends by itself (S4)

@@ -309,13 +309,23 @@ impl LinuxBackend {
                 .await?
             }
             "xfs" => {
-                process::run(
-                    &v.name,
-                    "xfs_admin -U generate",
-                    &argv(&["xfs_admin", "-U", "generate", device]),
-                    OS_COMMAND_TIMEOUT_MS,
-                )
-                .await?
+                let cmd = argv(&["xfs_admin", "-U", "generate", device]);
+                let admin = || {
+                    process::run(
+                        &v.name,
+                        "xfs_admin -U generate",
+                        &cmd,
+                        OS_COMMAND_TIMEOUT_MS,
+                    )
+                };
+                let out = admin().await?;
+                if xfs_log_dirty(&out) {
+                    // A copy taken while the MV was mounted or frozen: replay its log first.
+                    replay_xfs_log(&v.name, device).await?;
+                    admin().await?
+                } else {
+                    out
+                }
             }
             other => {
                 return Err(HostError::Unsupported {
@@ -665,7 +675,15 @@ impl Backend for LinuxBackend {
                 (_, false) => (argv(&["e2fsck", "-f", "-n", device]), &[0], &[]),
                 (_, true) => (argv(&["e2fsck", "-f", "-y", device]), &[0, 1, 2], &[1, 2]),
             };
-        let out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+        let mut out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+        let mut replayed = "";
+        if fs == "xfs" && out.exit_code != Some(0) && xfs_log_dirty(&out) {
+            // A copy taken while its MV was mounted or frozen carries a log to replay;
+            // xfs_repair refuses it (and -L would throw it away). Replay it, then check.
+            replay_xfs_log(&v.name, device).await?;
+            out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+            replayed = "(the file system's log was replayed first, by mounting it with nouuid and unmounting it)\n";
+        }
         let code = out.exit_code.unwrap_or(-1);
         if code >= 8 || (fs == "xfs" && code == 2) {
             return Err(os_err(
@@ -681,7 +699,7 @@ impl Backend for LinuxBackend {
             volume: v.name.clone(),
             clean: clean_codes.contains(&code),
             repaired: repaired_codes.contains(&code),
-            output: format!("{}{}", out.stdout, out.stderr),
+            output: format!("{replayed}{}{}", out.stdout, out.stderr),
         })
     }
 
@@ -697,6 +715,56 @@ impl Backend for LinuxBackend {
             reason: "the linux backend runs hooks as commands only".into(),
         })
     }
+}
+
+/// Whether an XFS tool refused to work because the file system's log needs replaying (the
+/// tools may say so and still exit 0).
+fn xfs_log_dirty(out: &HookOutput) -> bool {
+    let text = format!("{}{}", out.stdout, out.stderr);
+    text.contains("valuable metadata changes in a log") || text.contains("needs to be replayed")
+}
+
+/// Replays an unmounted XFS file system's log: mounts it (nouuid: it may be a copy of a
+/// mounted MV) on a private temporary directory and unmounts it.
+async fn replay_xfs_log(volume: &str, device: &str) -> Result<(), HostError> {
+    let dir = std::env::temp_dir().join(format!(
+        "stillpoint-replay-{}-{}",
+        std::process::id(),
+        crate::process::now_unix_ms()
+    ));
+    std::fs::create_dir(&dir)
+        .map_err(|e| os_err(volume, &format!("mkdir {}", dir.display()), e))?;
+    let d = dir.display().to_string();
+    let mounted = process::run_ok(
+        volume,
+        "mount to replay the XFS log",
+        &argv(&["mount", "-t", "xfs", "-o", "nouuid", device, &d]),
+        OS_COMMAND_TIMEOUT_MS,
+    )
+    .await;
+    let unmounted = match &mounted {
+        Ok(_) => process::run_ok(
+            volume,
+            "unmount after log replay",
+            &argv(&["umount", &d]),
+            OS_COMMAND_TIMEOUT_MS,
+        )
+        .await
+        .map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(e) = mounted {
+        return Err(os_err(
+            volume,
+            "replay of the XFS log",
+            format!(
+                "{e}; the log cannot be replayed by mounting. `volume check --repair` cannot fix this either: \
+                 only `xfs_repair -L {device}` can, and it DISCARDS the log's last changes (take a new copy instead if you can)"
+            ),
+        ));
+    }
+    unmounted
 }
 
 /// Another mounted device carrying file-system id `uuid`, if any.

@@ -255,3 +255,71 @@ async fn xfs_a_failing_start_hook_ends_the_quiesce_with_its_outcome() {
     require!("losetup", "mkfs.xfs", "blkid", "sh", "true");
     a_failing_start_hook_ends_the_quiesce_with_its_outcome(XFS).await;
 }
+
+/// Defect 4: a copy taken while the MV was frozen (its log not clean on XFS) mounts with a new
+/// identity on the MV's host, and `check` / `check --repair` work on such a copy.
+async fn a_copy_taken_while_frozen_gets_a_new_identity_and_checks(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (mv_dev, mv_mp) = fx.volume("mv", fs.1);
+    let (rv_dev, rv_mp, rv2_dev, rv2_mp);
+    {
+        let host = fx.agent(&[("mv", &mv_dev, &mv_mp, fs.0)]).await;
+        host.mount("mv", &MountRequest::default()).await.unwrap();
+        std::fs::write(mv_mp.join("data.txt"), b"static point").unwrap();
+        host.freeze("mv", Some(30_000), "test").await.unwrap();
+        (rv_dev, rv_mp) = fx.copy("mv", "rv");
+        (rv2_dev, rv2_mp) = fx.copy("mv", "rv2");
+        host.thaw("mv").await.unwrap();
+    }
+    let host = fx
+        .agent(&[
+            ("mv", &mv_dev, &mv_mp, fs.0),
+            ("rv", &rv_dev, &rv_mp, fs.0),
+            ("rv2", &rv2_dev, &rv2_mp, fs.0),
+        ])
+        .await;
+    let mv_id = host.volume("mv").await.unwrap().fs_id;
+    let rv = host.mount("rv", &identity(MountIdentity::New)).await;
+    let rv = match rv {
+        Ok(rv) => rv,
+        Err(e) => panic!(
+            "{}: mount of a copy taken while frozen with a new identity failed: {e}",
+            fs.0
+        ),
+    };
+    assert_ne!(rv.fs_id, mv_id, "{}: the identity did not change", fs.0);
+    assert_eq!(
+        std::fs::read(rv_mp.join("data.txt")).unwrap(),
+        b"static point"
+    );
+    host.unmount("rv", false).await.unwrap();
+
+    // The other copy, checked before any mount: a verdict, and a repair that works.
+    let check = host.check("rv2", false).await;
+    assert!(
+        check.as_ref().is_ok_and(|r| r.clean),
+        "{}: check of a copy taken while frozen: {check:?}",
+        fs.0
+    );
+    let repaired = host.check("rv2", true).await;
+    assert!(
+        repaired.as_ref().is_ok_and(|r| r.clean),
+        "{}: check --repair of a copy taken while frozen: {repaired:?} (check said {check:?})",
+        fs.0
+    );
+    let again = host.check("rv2", false).await.unwrap();
+    assert!(again.clean, "{}: {}", fs.0, again.output);
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_copy_taken_while_frozen_gets_a_new_identity_and_checks() {
+    require!("losetup", "mkfs.ext4", "blkid", "tune2fs", "e2fsck");
+    a_copy_taken_while_frozen_gets_a_new_identity_and_checks(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_copy_taken_while_frozen_gets_a_new_identity_and_checks() {
+    require!("losetup", "mkfs.xfs", "blkid", "xfs_admin", "xfs_repair");
+    a_copy_taken_while_frozen_gets_a_new_identity_and_checks(XFS).await;
+}
