@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stillpoint_storage::journal::Journal;
+use stillpoint_storage::journal::{AttentionRecord, Journal, ProcessRecord, ProcessRole};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 
@@ -25,7 +25,10 @@ use crate::api::{
 use crate::backend::Backend;
 use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
-use crate::limits::{RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS};
+use crate::guard::{self, Ended, Guard};
+use crate::limits::{
+    RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX, START_HOOK_ATTEMPTS_MAX,
+};
 use crate::process::{self, now_unix_ms};
 use crate::sim::SimBackend;
 
@@ -46,6 +49,38 @@ struct Inner {
     locks: HashMap<String, Arc<Mutex<()>>>,
     /// Quiesce ids this process took or re-armed, so `recover` leaves them alone.
     armed: StdMutex<HashSet<u64>>,
+    /// Freeze guards of the freezes this process holds, by quiesce id.
+    guards: StdMutex<HashMap<u64, Guard>>,
+}
+
+/// Why undoing a quiesce failed.
+enum ResumeFailed {
+    /// The volume itself could not be resumed (thaw or mount): still quiesced.
+    Volume(HostError),
+    /// The volume is mounted again, but the start hook failed: applications are not running.
+    StartHook(HostError),
+}
+
+impl From<HostError> for ResumeFailed {
+    fn from(e: HostError) -> Self {
+        ResumeFailed::Volume(e)
+    }
+}
+
+impl From<ResumeFailed> for HostError {
+    fn from(e: ResumeFailed) -> Self {
+        match e {
+            ResumeFailed::Volume(e) | ResumeFailed::StartHook(e) => e,
+        }
+    }
+}
+
+/// What undoing a quiesce did.
+struct Resumed {
+    start_hook: Option<HookOutput>,
+    /// The freeze guard had already thawed by itself (its deadline, or a signal): the
+    /// quiesce did not hold until now.
+    guard_thawed_first: bool,
 }
 
 /// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
@@ -76,6 +111,17 @@ fn arm(inner: &Arc<Inner>, dogs: &Watchdogs, volume: &str, quiesce_id: u64) {
     // Forget finished watchdogs so the list does not grow without bound.
     dogs.retain(|h| !h.is_finished());
     dogs.push(task.abort_handle());
+}
+
+/// The error of a quiesce that could not be complete before its deadline.
+fn past_deadline(volume: &str, what: &str) -> HostError {
+    HostError::Refused {
+        volume: volume.into(),
+        rule: "S4 (quiesce deadline)".into(),
+        reason: format!(
+            "{what} was not done before the quiesce's deadline; the quiesce is undone (ask for a longer limit, or make the stop hook faster)"
+        ),
+    }
 }
 
 /// A join error of a detached operation as a host error.
@@ -129,9 +175,12 @@ impl Agent {
                 backend,
                 locks,
                 armed: StdMutex::new(HashSet::new()),
+                guards: StdMutex::new(HashMap::new()),
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
+        // Before anything else runs: what a dead agent left running (freeze guards, hooks).
+        agent.inner.end_orphans().await?;
         agent.recover().await?;
         Ok(agent)
     }
@@ -224,11 +273,14 @@ impl Inner {
         reason: &str,
         attempts: u32,
     ) -> Option<ResumeRecord> {
-        let mut last_err = None;
+        let mut last_err: Option<HostError> = None;
         let mut rec = None;
+        let mut start_hook_failures = 0;
+        let mut pause_ms = RESUME_RETRY_MS;
         for attempt in 1..=attempts.max(1) {
             if attempt > 1 {
-                tokio::time::sleep(Duration::from_millis(RESUME_RETRY_MS)).await;
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(RESUME_RETRY_MS_MAX);
             }
             let lock = match self.lock_of(volume) {
                 Ok(l) => l,
@@ -258,22 +310,72 @@ impl Inner {
                     }
                     Err(e) => last_err = Some(e.into()),
                 },
-                Err(e) => {
+                Err(ResumeFailed::StartHook(e)) => {
+                    start_hook_failures += 1;
+                    tracing::warn!(%volume, attempt, error = %e, "start hook failed during the automatic resume");
+                    if start_hook_failures < START_HOOK_ATTEMPTS_MAX {
+                        last_err = Some(e);
+                        continue;
+                    }
+                    // Bounded: the volume is mounted; end the quiesce with that outcome.
+                    let outcome = match self.end_with_start_hook_failure(r, &e, start_hook_failures)
+                    {
+                        Ok(outcome) => outcome,
+                        Err(j) => {
+                            last_err = Some(j);
+                            continue;
+                        }
+                    };
+                    return Some(self.log_resume(r, reason, Some(outcome)));
+                }
+                Err(ResumeFailed::Volume(e)) => {
                     tracing::warn!(%volume, attempt, error = %e, "automatic resume failed");
                     last_err = Some(e);
                 }
             }
         }
         let r = rec?;
+        Some(self.log_resume(&r, reason, last_err.map(|e| e.to_string())))
+    }
+
+    /// Ends a quiesce whose volume is mounted again but whose start hook kept failing: the
+    /// record is removed (every command works on the volume again) and the outcome waits on
+    /// the volume for an operator's acknowledgement. Returns the outcome in words.
+    fn end_with_start_hook_failure(
+        &self,
+        r: &QuiesceRecord,
+        e: &HostError,
+        attempts: u32,
+    ) -> Result<String, HostError> {
+        let outcome = format!(
+            "resumed (mounted again) but the start hook failed ({attempts} attempt(s)): {e}; \
+             the applications are not running: start them, then acknowledge with `stillpoint volume ack --node <node> {}`",
+            r.volume
+        );
+        self.journal.put_attention(&AttentionRecord {
+            volume: r.volume.clone(),
+            quiesce_id: r.quiesce_id,
+            at_unix_ms: now_unix_ms(),
+            message: outcome.clone(),
+        })?;
+        self.journal.remove_quiesce(&r.volume)?;
+        lock_std(&self.armed).remove(&r.quiesce_id);
+        tracing::error!(volume = %r.volume, quiesce_id = r.quiesce_id, %outcome, "quiesce ended with a failed start hook");
+        Ok(outcome)
+    }
+
+    /// Logs (and journals) that the agent resumed a quiesce by itself.
+    fn log_resume(&self, r: &QuiesceRecord, reason: &str, error: Option<String>) -> ResumeRecord {
+        let (volume, quiesce_id) = (&r.volume, r.quiesce_id);
         let out = ResumeRecord {
-            volume: volume.to_string(),
+            volume: volume.clone(),
             quiesce_id,
             kind: r.kind.clone(),
             owner: r.owner.clone(),
             taken_at_unix_ms: r.taken_at_unix_ms,
             resumed_at_unix_ms: now_unix_ms(),
             reason: reason.to_string(),
-            error: last_err.map(|e| e.to_string()),
+            error,
         };
         match &out.error {
             None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
@@ -283,34 +385,116 @@ impl Inner {
         if let Err(e) = self.journal.push_resume(&out) {
             tracing::error!(%volume, error = %e, "cannot log the automatic resume");
         }
-        Some(out)
+        out
     }
 
     /// Undoes a quiesce: thaw, or remount and start the applications. Idempotent.
-    async fn resume(&self, rec: &QuiesceRecord) -> Result<Option<HookOutput>, HostError> {
+    async fn resume(&self, rec: &QuiesceRecord) -> Result<Resumed, ResumeFailed> {
         let cfg = self.cfg(&rec.volume)?;
         match &rec.kind {
             QuiesceKind::Freeze => {
-                self.backend.thaw(cfg).await?;
-                Ok(None)
+                let held = lock_std(&self.guards).remove(&rec.quiesce_id);
+                let Some(g) = held else {
+                    // No guard of ours (sim, or the agent restarted and ended it): thaw.
+                    self.backend.thaw(cfg).await?;
+                    return Ok(Resumed {
+                        start_hook: None,
+                        guard_thawed_first: false,
+                    });
+                };
+                let (pid, ticks) = (g.pid, g.start_ticks);
+                let ended = tokio::task::spawn_blocking(move || g.thaw())
+                    .await
+                    .unwrap_or_else(|e| Ended::Silent(format!("the thaw task failed: {e}")));
+                let guard_thawed_first = ended == Ended::ByItself;
+                if let Ended::Silent(why) = &ended {
+                    // The guard was killed or is stuck: thaw ourselves (it froze for us).
+                    tracing::warn!(volume = %rec.volume, pid, reason = %why, "freeze guard silent; thawing directly");
+                }
+                if ended != Ended::Thawed {
+                    self.backend.thaw(cfg).await?;
+                }
+                // The guard holds the file system's root open until it exits: wait for that,
+                // so an unmount right after the release is not refused as busy.
+                if !crate::process::wait_gone(pid, ticks).await {
+                    tracing::warn!(volume = %rec.volume, pid, "the freeze guard did not exit after thawing");
+                }
+                if let Err(e) = self.journal.remove_process(pid) {
+                    tracing::warn!(volume = %rec.volume, pid, error = %e, "cannot forget the freeze guard in the journal");
+                }
+                Ok(Resumed {
+                    start_hook: None,
+                    guard_thawed_first,
+                })
             }
             QuiesceKind::Unmount {
                 mount_point,
                 apps_stopped,
             } => {
-                self.backend
-                    .mount(cfg, mount_point, &MountRequest::default())
-                    .await?;
-                if *apps_stopped && cfg.start.is_some() {
-                    Ok(Some(self.hook(cfg, HookKind::Start).await?))
+                // The production volume's remount wins: a copy carrying its identity that was
+                // mounted meanwhile does not keep it out (XFS: nouuid; ext4 needs nothing).
+                let production = MountRequest {
+                    identity: crate::api::MountIdentity::IgnoreDuplicate,
+                    ..MountRequest::default()
+                };
+                self.backend.mount(cfg, mount_point, &production).await?;
+                let start_hook = if *apps_stopped && cfg.start.is_some() {
+                    Some(
+                        self.hook(cfg, HookKind::Start, None)
+                            .await
+                            .map_err(ResumeFailed::StartHook)?,
+                    )
                 } else {
-                    Ok(None)
-                }
+                    None
+                };
+                Ok(Resumed {
+                    start_hook,
+                    guard_thawed_first: false,
+                })
             }
         }
     }
 
-    async fn hook(&self, cfg: &VolumeConfig, kind: HookKind) -> Result<HookOutput, HostError> {
+    /// Ends what a dead agent left running, before anything else is done: freeze guards are
+    /// asked to thaw (SIGTERM; they thaw by the descriptor they froze) and waited for.
+    async fn end_orphans(&self) -> Result<(), HostError> {
+        for p in self.journal.processes()? {
+            if p.quiesce_id
+                .is_some_and(|id| lock_std(&self.armed).contains(&id))
+            {
+                continue;
+            }
+            if guard::same_process(p.pid, p.start_ticks) {
+                let signal = match p.role {
+                    ProcessRole::FreezeGuard => libc::SIGTERM,
+                    ProcessRole::Hook { .. } => libc::SIGKILL,
+                };
+                let target = match p.role {
+                    ProcessRole::FreezeGuard => p.pid as i32,
+                    // A hook leads its own process group: end all of it.
+                    ProcessRole::Hook { .. } => -(p.pid as i32),
+                };
+                tracing::warn!(volume = %p.volume, pid = p.pid, role = ?p.role, "ending a process left by an agent that died");
+                // SAFETY: kill(2) on a process (group) we recorded and identified by start time.
+                unsafe { libc::kill(target, signal) };
+                let gone = crate::process::wait_gone(p.pid, p.start_ticks).await;
+                if !gone {
+                    tracing::error!(volume = %p.volume, pid = p.pid, "process left by a dead agent does not end");
+                }
+            }
+            self.journal.remove_process(p.pid)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a configured hook for at most its timeout, or until `deadline_unix_ms` if that
+    /// comes first (a stop hook inside a quiesce window).
+    async fn hook(
+        &self,
+        cfg: &VolumeConfig,
+        kind: HookKind,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<HookOutput, HostError> {
         let hook = match kind {
             HookKind::Stop => cfg.stop.as_ref(),
             HookKind::Start => cfg.start.as_ref(),
@@ -324,17 +508,49 @@ impl Inner {
                 ),
             });
         };
+        let timeout_ms = match deadline_unix_ms {
+            Some(d) => hook.timeout_ms.min(d.saturating_sub(now_unix_ms())),
+            None => hook.timeout_ms,
+        };
+        if timeout_ms == 0 {
+            return Err(past_deadline(&cfg.name, &format!("{} hook", kind.as_str())));
+        }
+        let capped = timeout_ms < hook.timeout_ms;
         if let Some(app) = &hook.app {
-            return self.backend.run_app(cfg, app, kind, hook.timeout_ms).await;
+            return self.backend.run_app(cfg, app, kind, timeout_ms).await;
         }
         let argv = hook.command.clone().unwrap_or_default();
-        let out = process::run(
-            &cfg.name,
-            &format!("{} hook", kind.as_str()),
-            &argv,
-            hook.timeout_ms,
-        )
-        .await?;
+        let running = process::start(&cfg.name, &format!("{} hook", kind.as_str()), &argv)?;
+        // Recorded while it runs, so an agent that dies meanwhile has it (and its whole
+        // process group) ended by its successor before that runs anything.
+        let record = ProcessRecord {
+            pid: running.pid,
+            start_ticks: guard::start_ticks(running.pid).unwrap_or(0),
+            volume: cfg.name.clone(),
+            quiesce_id: None,
+            role: ProcessRole::Hook {
+                kind: kind.as_str().into(),
+            },
+            started_at_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.journal.put_process(&record) {
+            running.kill_group();
+            return Err(e.into());
+        }
+        // Nothing may outlive a stop hook; a start hook may leave the application running.
+        let finished = running.finish(timeout_ms, kind == HookKind::Stop).await;
+        if let Err(e) = self.journal.remove_process(record.pid) {
+            tracing::warn!(volume = %cfg.name, pid = record.pid, error = %e, "cannot forget the finished hook in the journal");
+        }
+        let out = match finished {
+            Err(HostError::TimedOut { .. }) if capped => {
+                return Err(past_deadline(
+                    &cfg.name,
+                    &format!("{} hook (killed at the deadline)", kind.as_str()),
+                ));
+            }
+            other => other?,
+        };
         if out.exit_code != Some(0) {
             return Err(HostError::HookFailed {
                 volume: cfg.name.clone(),
@@ -387,6 +603,13 @@ impl Inner {
                 info.holders = seen.holders;
             }
             Err(e) => info.problem = Some(e.to_string()),
+        }
+        if let Some(a) = self.journal.attention(&cfg.name)? {
+            let note = format!("ATTENTION (since {} ms): {}", a.at_unix_ms, a.message);
+            info.problem = Some(match info.problem.take() {
+                Some(p) => format!("{note}; {p}"),
+                None => note,
+            });
         }
         Ok(info)
     }
@@ -491,6 +714,33 @@ impl Host for Agent {
         }
         rec.extended_ms_total = total;
         rec.deadline_unix_ms += extra_ms;
+        // The guard first: if it already thawed, the quiesce is lost, whatever the journal says.
+        let held = lock_std(&inner.guards).remove(&quiesce_id);
+        if let Some(g) = held {
+            let deadline = rec.deadline_unix_ms;
+            let (g, told) = tokio::task::spawn_blocking(move || {
+                let told = g.extend(deadline);
+                (g, told)
+            })
+            .await
+            .map_err(|e| detached_failed(volume, "extend", e))?;
+            lock_std(&inner.guards).insert(quiesce_id, g);
+            if let Err(ended) = told {
+                let reason = format!(
+                    "the freeze guard could not be extended ({ended:?}); the volume was thawed"
+                );
+                let old = inner.journal.quiesce(volume)?.unwrap_or(rec);
+                inner.resume(&old).await?;
+                inner.journal.remove_quiesce(volume)?;
+                lock_std(&inner.armed).remove(&quiesce_id);
+                inner.log_resume(&old, &reason, None);
+                return Err(HostError::QuiesceLost {
+                    volume: volume.into(),
+                    quiesce_id,
+                    reason,
+                });
+            }
+        }
         inner.journal.put_quiesce(&rec)?;
         Ok(rec)
     }
@@ -521,7 +771,7 @@ impl Host for Agent {
 
     async fn run_hook(&self, volume: &str, hook: HookKind) -> Result<HookOutput, HostError> {
         let cfg = self.inner.cfg(volume)?;
-        self.inner.hook(cfg, hook).await
+        self.inner.hook(cfg, hook, None).await
     }
 
     async fn quiesces(&self) -> Result<Vec<QuiesceRecord>, HostError> {
@@ -530,6 +780,15 @@ impl Host for Agent {
 
     async fn resumes(&self) -> Result<Vec<ResumeRecord>, HostError> {
         Ok(self.inner.journal.resumes()?)
+    }
+
+    async fn acknowledge(&self, volume: &str) -> Result<Option<String>, HostError> {
+        self.inner.cfg(volume)?;
+        Ok(self
+            .inner
+            .journal
+            .remove_attention(volume)?
+            .map(|a| a.message))
     }
 }
 
@@ -611,19 +870,57 @@ async fn quiesce_detached(
     inner.journal.put_quiesce(&rec)?;
     let acted: Result<(), HostError> = async {
         match req.mode {
-            QuiesceMode::Freeze => inner.backend.freeze(cfg).await,
+            QuiesceMode::Freeze => {
+                if let Some(g) = inner.backend.freeze(cfg, rec.deadline_unix_ms).await? {
+                    let proc_rec = ProcessRecord {
+                        pid: g.pid,
+                        start_ticks: g.start_ticks,
+                        volume: rec.volume.clone(),
+                        quiesce_id: Some(rec.quiesce_id),
+                        role: ProcessRole::FreezeGuard,
+                        started_at_unix_ms: now_unix_ms(),
+                    };
+                    lock_std(&inner.guards).insert(rec.quiesce_id, g);
+                    inner.journal.put_process(&proc_rec)?;
+                }
+                Ok(())
+            }
             QuiesceMode::Unmount => {
                 if cfg.stop.is_some() {
-                    inner.hook(cfg, HookKind::Stop).await?;
+                    inner
+                        .hook(cfg, HookKind::Stop, Some(rec.deadline_unix_ms))
+                        .await?;
                 }
                 inner.backend.flush(cfg).await?;
                 inner.backend.unmount(cfg, false).await.map(|_| ())
             }
+        }?;
+        // S4: a quiesce that was not complete before its deadline is no quiesce.
+        if now_unix_ms() >= rec.deadline_unix_ms {
+            return Err(past_deadline(&req.volume, "the quiesce"));
         }
+        Ok(())
     }
     .await;
     if let Err(e) = acted {
-        match inner.resume(&rec).await {
+        // A failed freeze froze nothing of ours (a refusal, e.g. EBUSY because another tool
+        // froze it, is left alone; a freeze still in the kernel is undone by its guard). A
+        // guard that froze before a later step failed is in `guards`: resume thaws through it.
+        let froze = lock_std(&inner.guards).contains_key(&rec.quiesce_id);
+        let undo = match req.mode {
+            QuiesceMode::Unmount => inner
+                .resume(&rec)
+                .await
+                .map(|_| ())
+                .map_err(HostError::from),
+            QuiesceMode::Freeze if froze => inner
+                .resume(&rec)
+                .await
+                .map(|_| ())
+                .map_err(HostError::from),
+            QuiesceMode::Freeze => Ok(()),
+        };
+        match undo {
             Ok(_) => {
                 inner.journal.remove_quiesce(&req.volume)?;
             }
@@ -660,13 +957,32 @@ async fn release_detached(
             });
         }
     };
-    let start_hook = inner.resume(&rec).await?;
+    let resumed = match inner.resume(&rec).await {
+        Ok(r) => r,
+        Err(ResumeFailed::StartHook(e)) => {
+            // Mounted again; a start hook that fails must not leave a quiesce nobody can clear.
+            inner.end_with_start_hook_failure(&rec, &e, 1)?;
+            return Err(e);
+        }
+        Err(ResumeFailed::Volume(e)) => return Err(e),
+    };
     inner.journal.remove_quiesce(volume)?;
     lock_std(&inner.armed).remove(&rec.quiesce_id);
+    if resumed.guard_thawed_first {
+        // The guard reached the deadline (or was told to stop) before this release: the
+        // quiesce did not hold until now, so the copy is not a static point.
+        let reason = "the freeze guard thawed the volume by itself (deadline reached, or it was signalled) before the release arrived";
+        inner.log_resume(&rec, reason, None);
+        return Err(HostError::QuiesceLost {
+            volume: volume.into(),
+            quiesce_id: rec.quiesce_id,
+            reason: reason.into(),
+        });
+    }
     Ok(ReleaseReport {
         volume: volume.into(),
         quiesce_id: rec.quiesce_id,
         held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
-        start_hook,
+        start_hook: resumed.start_hook,
     })
 }

@@ -169,6 +169,10 @@ pub trait Host: Send + Sync {
     async fn quiesces(&self) -> Result<Vec<QuiesceRecord>, HostError>;
     /// Volumes the host resumed by itself, oldest first.
     async fn resumes(&self) -> Result<Vec<ResumeRecord>, HostError>;
+    /// Acknowledges what was waiting for an operator on `volume` (e.g. a start hook that
+    /// failed when the agent resumed it), so the volume no longer shows it. Returns what was
+    /// acknowledged, if anything.
+    async fn acknowledge(&self, volume: &str) -> Result<Option<String>, HostError>;
 
     /// Freeze with a deadline: [`Host::quiesce`] in [`QuiesceMode::Freeze`].
     async fn freeze(

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::api::{HookKind, Host, MountIdentity, MountRequest};
+use crate::api::{HookKind, Host, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
 use crate::device::FileDevice;
 use crate::error::HostError;
 use crate::grpc::HostClient;
@@ -41,6 +41,16 @@ pub enum IdentityArg {
     Keep,
     New,
     IgnoreDuplicate,
+}
+
+/// Which quiesce `volume quiesce` takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuiesceModeArg {
+    /// Stop hook, flush, unmount: the static point of the seeds.
+    #[default]
+    Unmount,
+    /// Freeze writes (the volume stays mounted).
+    Freeze,
 }
 
 /// `stillpoint volume <op> --node NAME VOLUME`.
@@ -88,6 +98,27 @@ pub enum VolumeCommand {
         #[arg(long)]
         limit_ms: Option<u64>,
     },
+    /// Take a quiesce with a deadline: by default the static point (stop hook, flush,
+    /// unmount), or `--mode freeze`. The agent resumes it by itself at the deadline.
+    Quiesce {
+        #[command(flatten)]
+        target: Target,
+        volume: String,
+        #[arg(long, value_enum, default_value_t = QuiesceModeArg::Unmount)]
+        mode: QuiesceModeArg,
+        /// Deadline in ms (default and maximum: the volume's unmount_ms_max or freeze_ms_max).
+        #[arg(long)]
+        limit_ms: Option<u64>,
+    },
+    /// End a quiesce (remount and start applications, or thaw). With --quiesce-id, fails
+    /// (exit 7) if that quiesce already ended without its owner: the copy is not consistent.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        volume: String,
+        #[arg(long)]
+        quiesce_id: Option<u64>,
+    },
     /// End the volume's quiesce (thaw; or remount and start applications).
     Thaw {
         #[command(flatten)]
@@ -114,6 +145,13 @@ pub enum VolumeCommand {
         volume: String,
         #[arg(value_parser = ["stop", "start"])]
         kind: String,
+    },
+    /// Acknowledge what waits for an operator on the volume (shown as ATTENTION in `list`),
+    /// e.g. a start hook that failed when the agent resumed the volume by itself.
+    Ack {
+        #[command(flatten)]
+        target: Target,
+        volume: String,
     },
     /// Quiesces held, and volumes the agent resumed by itself (and why).
     Quiesces {
@@ -166,6 +204,9 @@ impl VolumeCommand {
             | VolumeCommand::Unmount { target, .. }
             | VolumeCommand::Mount { target, .. }
             | VolumeCommand::Freeze { target, .. }
+            | VolumeCommand::Quiesce { target, .. }
+            | VolumeCommand::Release { target, .. }
+            | VolumeCommand::Ack { target, .. }
             | VolumeCommand::Thaw { target, .. }
             | VolumeCommand::Check { target, .. }
             | VolumeCommand::Rescan { target }
@@ -303,6 +344,57 @@ impl VolumeCommand {
                         q.deadline_unix_ms - q.taken_at_unix_ms
                     )
                 });
+            }
+            VolumeCommand::Quiesce {
+                target,
+                volume,
+                mode,
+                limit_ms,
+            } => {
+                let q = host
+                    .quiesce(&QuiesceRequest {
+                        volume,
+                        mode: match mode {
+                            QuiesceModeArg::Unmount => QuiesceMode::Unmount,
+                            QuiesceModeArg::Freeze => QuiesceMode::Freeze,
+                        },
+                        limit_ms,
+                        owner: "cli".into(),
+                    })
+                    .await?;
+                print(target.output, &q, |q| {
+                    format!(
+                        "{}: quiesced ({:?}) as quiesce #{}; the agent resumes it by itself in {} ms unless released\n",
+                        q.volume,
+                        q.kind,
+                        q.quiesce_id,
+                        q.deadline_unix_ms - q.taken_at_unix_ms
+                    )
+                });
+            }
+            VolumeCommand::Release {
+                target,
+                volume,
+                quiesce_id,
+            } => {
+                let r = host.release(&volume, quiesce_id).await?;
+                print(target.output, &r, |r| {
+                    format!(
+                        "{}: quiesce #{} released after {} ms\n",
+                        r.volume, r.quiesce_id, r.held_ms
+                    )
+                });
+            }
+            VolumeCommand::Ack { target, volume } => {
+                let acked = host.acknowledge(&volume).await?;
+                print(
+                    target.output,
+                    &serde_json::json!({"volume": volume, "acknowledged": acked}),
+                    |_| match &acked {
+                        Some(m) => format!("{volume}: acknowledged: {m}\n"),
+                        None => format!("{volume}: nothing was waiting for acknowledgement\n"),
+                    },
+                );
             }
             VolumeCommand::Thaw { target, volume } => {
                 let r = host.thaw(&volume).await?;

@@ -62,7 +62,7 @@ pub enum HostError {
     /// The file system carries the identity (UUID) of one already mounted here: an RV copy of
     /// an MV. Mount it with a new identity (ext4) or ignoring the duplicate (XFS nouuid).
     #[error(
-        "volume {volume} has file-system id {fs_id} already mounted from {other}; mount it with identity=new (or ignore-duplicate for XFS)"
+        "volume {volume} has file-system id {fs_id}, already mounted from {other}: if {volume} is a copy, mount it with --identity new (or ignore-duplicate); if it is the production volume, unmount the copy first or mount with --identity ignore-duplicate (never give the production volume a new identity)"
     )]
     DuplicateIdentity {
         volume: String,

@@ -332,6 +332,16 @@ impl HostAgent for HostService {
                 .collect(),
         })
     }
+
+    async fn acknowledge(&self, r: Request<pb::VolumeRef>) -> Rpc<pb::AckReply> {
+        let volume = r.into_inner().volume;
+        reply(self.host.acknowledge(&volume).await, |acknowledged| {
+            pb::AckReply {
+                volume: volume.clone(),
+                acknowledged,
+            }
+        })
+    }
 }
 
 /// A remote agent's host operations, as a [`Host`].
@@ -570,5 +580,16 @@ impl Host for HostClient {
                 })
             })
             .collect()
+    }
+
+    async fn acknowledge(&self, volume: &str) -> Result<Option<String>, HostError> {
+        let r = self
+            .client()
+            .acknowledge(req(pb::VolumeRef {
+                volume: volume.into(),
+            }))
+            .await
+            .map_err(from_status)?;
+        Ok(r.into_inner().acknowledged)
     }
 }

@@ -14,7 +14,11 @@
 //! - **linux** (`LinuxBackend`, chosen with [`Engine::Linux`]): syncfs, FIFREEZE/FITHAW, umount2
 //!   with holders found in `/proc`, mount with options, RV copies with duplicate identity (ext4:
 //!   new UUID via tune2fs; XFS: `nouuid` or `xfs_admin -U generate`), e2fsck / xfs_repair, blkid,
-//!   and hooks as commands (systemctl or anything).
+//!   and hooks as commands (systemctl or anything). `identity new` always gives the copy a new
+//!   identity and checks on the device that it took (or fails); an XFS copy taken while its
+//!   MV was mounted or frozen has its log replayed first (mounted with nouuid on a private
+//!   temporary directory, unmounted), for a new identity and for `check`; the production volume's
+//!   remount after a static point always wins over a copy carrying its identity.
 //!
 //! ## Quiesce that ends by itself (S4)
 //!
@@ -23,19 +27,37 @@
 //! unmount 120 s; see [`limits`]). The quiesce record goes into the agent's journal
 //! (`stillpoint_storage::journal`, sled) *before* the volume is touched. A watchdog task per
 //! quiesce resumes the volume (thaw, or remount + start hook) when the deadline passes without
-//! release or extension, and logs that it did and why ([`Host::resumes`]). An agent that dies
+//! release or extension, and logs that it did and why ([`Host::resumes`]). On linux a freeze
+//! is taken by a freeze guard (`guard`): a small process the agent forks per freeze, in its
+//! own session, that performs FIFREEZE itself and thaws at the deadline unless the agent
+//! releases or extends it, so the deadline holds even while the agent is dead (measured: a
+//! blocked writer goes through 26-27 ms after the deadline with the agent SIGKILLed). Because
+//! the guard is the process that froze, a freeze the kernel refuses (another tool froze the
+//! file system) is never followed by a thaw of someone else's freeze. An agent that dies
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
-//! it cannot vouch that the quiesce held while it was down. A release that arrives after the
+//! it cannot vouch that the quiesce held while it was down; first it ends what the dead agent
+//! left running (its freeze guards, found in the journal by pid and start time, are told to
+//! thaw with SIGTERM; hooks that were running are killed with their whole process group, so
+//! no start hook runs while a dead agent's stop hook is still alive). Every hook is recorded in
+//! the journal while it runs; whatever a stop hook leaves in its process group when it exits
+//! is killed (a start hook may leave the application running). Run the agent under its systemd unit (`node/systemd/`), which restarts it. Failed resumes are retried with a
+//! doubling pause (bounded). A start hook that keeps failing is tried at most
+//! [`limits::START_HOOK_ATTEMPTS_MAX`] times: the volume stays mounted, the quiesce ends with
+//! that outcome (resume log), and the volume shows it as ATTENTION until an operator runs
+//! [`Host::acknowledge`] (`volume ack`); a release whose start hook fails ends the same way.
+//! A release that arrives after the
 //! agent resumed by itself fails with [`HostError::QuiesceLost`], so the job driver never
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
-//! error is returned; nothing stays quiesced because of an error. Quiesce and release run on
+//! error is returned; nothing stays quiesced because of an error. The stop hook, flush,
+//! unmount and freeze all count against the window: the stop hook is killed at the deadline,
+//! and a quiesce not complete before its deadline fails (S4) and is undone. Quiesce and release run on
 //! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
 //! quiesced without its watchdog.
 //!
 //! ## Modules
 //!
 //! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`], quiesce records, watchdog,
-//!   hooks; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
+//!   hooks; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
@@ -56,6 +78,8 @@
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
 //! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
 //!   60 s) is configuration for the job driver; the host does not wait by itself.
+//! - A freeze guard is recorded in the journal just after it is forked: an agent killed in
+//!   between leaves a guard its successor does not know; it still thaws at its deadline.
 //! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves
 //!   them. Fencing tokens of steps are checked by the step executor through the journal, not
 //!   by this crate.
@@ -68,6 +92,7 @@ mod config;
 mod device;
 mod error;
 mod grpc;
+mod guard;
 pub mod limits;
 mod linux;
 mod process;

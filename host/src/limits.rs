@@ -29,8 +29,15 @@ pub const FSCK_TIMEOUT_MS: u64 = 3_600_000;
 pub const SYSCALL_TIMEOUT_MS: u64 = 120_000;
 /// Grace between SIGTERM and SIGKILL for holders of a force-unmounted volume.
 pub const HOLDER_TERM_GRACE_MS: u64 = 5_000;
-/// Pause between attempts to resume a volume whose automatic resume failed.
+/// First pause between attempts to resume a volume whose automatic resume failed; doubled
+/// after each failure up to [`RESUME_RETRY_MS_MAX`].
 pub const RESUME_RETRY_MS: u64 = 1_000;
+/// Longest pause between two attempts to resume a volume.
+pub const RESUME_RETRY_MS_MAX: u64 = 30_000;
+/// Attempts at the start hook when the agent resumes a volume by itself. After that the volume
+/// stays mounted, the quiesce ends with the hook's failure, and the volume shows it until an
+/// operator acknowledges it (`volume ack`).
+pub const START_HOOK_ATTEMPTS_MAX: u32 = 3;
 /// Attempts to resume before giving up until the agent's next start (record kept).
 pub const RESUME_ATTEMPTS_MAX: u32 = 30;
 /// Block size of sim volumes' write-back cache.
@@ -41,3 +48,6 @@ pub const SIM_CACHE_BLOCKS_MAX_DEFAULT: usize = 32;
 pub const RPC_TIMEOUT_MS: u64 = 3_700_000;
 /// Timeout of connecting to a host agent.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long a starting agent waits for a process left by a dead agent (a freeze guard asked
+/// to thaw, a hook group killed) to end before it goes on.
+pub const ORPHAN_END_MS: u64 = 10_000;

@@ -17,15 +17,12 @@ use crate::api::{CheckReport, HookKind, HookOutput, MountIdentity, MountRequest}
 use crate::backend::{Backend, Seen};
 use crate::config::{FsType, VolumeConfig};
 use crate::error::{Holder, HostError};
+use crate::guard::{FITHAW, FreezeFailed, Guard};
 use crate::limits::{
     FSCK_TIMEOUT_MS, HOLDER_TERM_GRACE_MS, OS_COMMAND_TIMEOUT_MS, SYSCALL_TIMEOUT_MS,
 };
 use crate::process;
 
-/// `_IOWR('X', 119, int)` from linux/fs.h.
-const FIFREEZE: u64 = 0xC004_5877;
-/// `_IOWR('X', 120, int)` from linux/fs.h.
-const FITHAW: u64 = 0xC004_5878;
 /// Pause between looks at /proc while waiting for terminated holders to let go.
 const HOLDER_POLL_MS: u64 = 50;
 
@@ -272,6 +269,90 @@ impl LinuxBackend {
             .map(|m| m.mount_point))
     }
 
+    /// Gives the (unmounted) file system on `device` a new identity and checks that it took.
+    async fn new_identity(
+        &self,
+        v: &VolumeConfig,
+        device: &str,
+        fs: &str,
+        old: &str,
+    ) -> Result<(), HostError> {
+        let out = match fs {
+            "ext4" | "ext3" | "ext2" => {
+                // tune2fs refuses to change the UUID of a file system not checked since it
+                // was last mounted (a copy of a mounted MV never is); e2fsck also replays the
+                // journal of a copy taken while the MV was mounted.
+                let fsck = process::run(
+                    &v.name,
+                    "e2fsck before new UUID",
+                    &argv(&["e2fsck", "-f", "-y", device]),
+                    FSCK_TIMEOUT_MS,
+                )
+                .await?;
+                if fsck.exit_code.is_none_or(|c| c >= 4) {
+                    return Err(os_err(
+                        &v.name,
+                        "e2fsck before new UUID",
+                        format!(
+                            "exit {:?}: {}; repair the copy with `volume check --repair`, then mount again",
+                            fsck.exit_code,
+                            process::tail(&fsck.stdout, 400)
+                        ),
+                    ));
+                }
+                process::run(
+                    &v.name,
+                    "tune2fs -U random",
+                    &argv(&["tune2fs", "-U", "random", device]),
+                    OS_COMMAND_TIMEOUT_MS,
+                )
+                .await?
+            }
+            "xfs" => {
+                let cmd = argv(&["xfs_admin", "-U", "generate", device]);
+                let admin = || {
+                    process::run(
+                        &v.name,
+                        "xfs_admin -U generate",
+                        &cmd,
+                        OS_COMMAND_TIMEOUT_MS,
+                    )
+                };
+                let out = admin().await?;
+                if xfs_log_dirty(&out) {
+                    // A copy taken while the MV was mounted or frozen: replay its log first.
+                    replay_xfs_log(&v.name, device).await?;
+                    admin().await?
+                } else {
+                    out
+                }
+            }
+            other => {
+                return Err(HostError::Unsupported {
+                    operation: format!("new identity for {other}"),
+                    reason: "only ext2/3/4 and xfs are handled; mount with ignore-duplicate".into(),
+                });
+            }
+        };
+        // The tools do not always say they failed (xfs_admin exits 0 after an error): the
+        // identity on the device is what counts.
+        let now = blkid(&v.name, device, "UUID").await?;
+        if out.exit_code != Some(0) || now.as_deref() == Some(old) || now.is_none() {
+            return Err(os_err(
+                &v.name,
+                "new file-system identity",
+                format!(
+                    "{} exited {:?} and the id is {} (was {old}): {}",
+                    out.command,
+                    out.exit_code,
+                    now.as_deref().unwrap_or("unreadable"),
+                    process::tail(&format!("{}{}", out.stdout, out.stderr), 600)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn require_mounted(&self, v: &VolumeConfig, op: &str) -> Result<String, HostError> {
         self.mounted_at(v)?.ok_or_else(|| HostError::WrongState {
             volume: v.name.clone(),
@@ -448,67 +529,34 @@ impl Backend for LinuxBackend {
         if req.read_only {
             options.push("ro".into());
         }
-        if let Some(uuid) = blkid(&v.name, device, "UUID").await? {
-            let clash = duplicate_mounted(&v.name, device, &uuid, &mounts).await?;
-            if let Some(other) = clash {
-                match (req.identity, fs.as_str()) {
-                    (MountIdentity::Keep, _) => {
-                        return Err(HostError::DuplicateIdentity {
-                            volume: v.name.clone(),
-                            fs_id: uuid,
-                            other,
-                        });
-                    }
-                    (MountIdentity::IgnoreDuplicate, "xfs") => options.push("nouuid".into()),
-                    (MountIdentity::IgnoreDuplicate, _) => {}
-                    (MountIdentity::New, "ext4" | "ext3" | "ext2") => {
-                        // tune2fs refuses to change the UUID of a file system not checked
-                        // since it was last mounted (a copy of a mounted MV never is).
-                        let fsck = process::run(
-                            &v.name,
-                            "e2fsck before new UUID",
-                            &argv(&["e2fsck", "-f", "-y", device]),
-                            FSCK_TIMEOUT_MS,
-                        )
-                        .await?;
-                        if fsck.exit_code.is_none_or(|c| c >= 4) {
-                            return Err(os_err(
-                                &v.name,
-                                "e2fsck before new UUID",
-                                format!(
-                                    "exit {:?}: {}",
-                                    fsck.exit_code,
-                                    process::tail(&fsck.stdout, 400)
-                                ),
-                            ));
+        let uuid = blkid(&v.name, device, "UUID").await?;
+        match (req.identity, uuid) {
+            // Always a new identity, whether or not a duplicate is mounted right now (the MV
+            // may be unmounted for a static point and come back).
+            (MountIdentity::New, Some(old)) => self.new_identity(v, device, &fs, &old).await?,
+            (MountIdentity::New, None) => {
+                return Err(HostError::WrongState {
+                    volume: v.name.clone(),
+                    operation: "mount with a new identity".into(),
+                    state: format!("no file-system id found on {device}"),
+                });
+            }
+            (identity, Some(uuid)) => {
+                if let Some(other) = duplicate_mounted(&v.name, device, &uuid, &mounts).await? {
+                    match (identity, fs.as_str()) {
+                        (MountIdentity::IgnoreDuplicate, "xfs") => options.push("nouuid".into()),
+                        (MountIdentity::IgnoreDuplicate, _) => {}
+                        _ => {
+                            return Err(HostError::DuplicateIdentity {
+                                volume: v.name.clone(),
+                                fs_id: uuid,
+                                other,
+                            });
                         }
-                        process::run_ok(
-                            &v.name,
-                            "tune2fs -U random",
-                            &argv(&["tune2fs", "-U", "random", device]),
-                            OS_COMMAND_TIMEOUT_MS,
-                        )
-                        .await?;
-                    }
-                    (MountIdentity::New, "xfs") => {
-                        process::run_ok(
-                            &v.name,
-                            "xfs_admin -U generate",
-                            &argv(&["xfs_admin", "-U", "generate", device]),
-                            OS_COMMAND_TIMEOUT_MS,
-                        )
-                        .await?;
-                    }
-                    (MountIdentity::New, other_fs) => {
-                        return Err(HostError::Unsupported {
-                            operation: format!("new identity for {other_fs}"),
-                            reason:
-                                "only ext2/3/4 and xfs are handled; mount with ignore-duplicate"
-                                    .into(),
-                        });
                     }
                 }
             }
+            (_, None) => {}
         }
         let mut cmd = argv(&["mount", "-t", &fs]);
         if !options.is_empty() {
@@ -521,20 +569,53 @@ impl Backend for LinuxBackend {
         Ok(())
     }
 
-    async fn freeze(&self, v: &VolumeConfig) -> Result<(), HostError> {
+    async fn freeze(
+        &self,
+        v: &VolumeConfig,
+        deadline_unix_ms: u64,
+    ) -> Result<Option<Guard>, HostError> {
         let mp = self.require_mounted(v, "freeze")?;
-        match blocking(&v.name, "FIFREEZE", move || ioctl_dir(&mp, FIFREEZE)).await? {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(HostError::WrongState {
-                volume: v.name.clone(),
-                operation: "freeze".into(),
-                state: "already frozen (by someone else: `fsfreeze -u` it, or wait)".into(),
-            }),
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Err(HostError::Unsupported {
-                operation: format!("freeze of {}", v.name),
-                reason: "the file system does not support freezing; quiesce by unmount".into(),
-            }),
-            Err(e) => Err(os_err(&v.name, "FIFREEZE", e)),
+        let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
+        let frozen = tokio::task::spawn_blocking(move || {
+            // The freeze may not outlast the window it opens.
+            let left_ms = deadline_unix_ms.saturating_sub(crate::process::now_unix_ms());
+            Guard::freeze(
+                root,
+                deadline_unix_ms,
+                SYSCALL_TIMEOUT_MS.min(left_ms.max(1)),
+            )
+        })
+        .await
+        .map_err(|e| os_err(&v.name, "FIFREEZE", e))?;
+        match frozen {
+            Ok(guard) => Ok(Some(guard)),
+            Err(FreezeFailed::Refused(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(HostError::WrongState {
+                    volume: v.name.clone(),
+                    operation: "freeze".into(),
+                    state: format!(
+                        "already frozen by someone else (another tool froze {mp}; its freeze is left alone: `fsfreeze -u {mp}` ends it)"
+                    ),
+                })
+            }
+            Err(FreezeFailed::Refused(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                Err(HostError::Unsupported {
+                    operation: format!("freeze of {}", v.name),
+                    reason: "the file system does not support freezing; quiesce by unmount".into(),
+                })
+            }
+            Err(FreezeFailed::Refused(e)) | Err(FreezeFailed::Spawn(e)) => {
+                Err(os_err(&v.name, "FIFREEZE", e))
+            }
+            Err(FreezeFailed::TimedOut(guard)) => {
+                // The guard thaws as soon as its freeze completes.
+                guard.thaw_when_frozen();
+                Err(HostError::TimedOut {
+                    volume: v.name.clone(),
+                    what: "FIFREEZE (the freeze guard thaws it if it completes)".into(),
+                    timeout_ms: SYSCALL_TIMEOUT_MS,
+                })
+            }
         }
     }
 
@@ -594,7 +675,15 @@ impl Backend for LinuxBackend {
                 (_, false) => (argv(&["e2fsck", "-f", "-n", device]), &[0], &[]),
                 (_, true) => (argv(&["e2fsck", "-f", "-y", device]), &[0, 1, 2], &[1, 2]),
             };
-        let out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+        let mut out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+        let mut replayed = "";
+        if fs == "xfs" && out.exit_code != Some(0) && xfs_log_dirty(&out) {
+            // A copy taken while its MV was mounted or frozen carries a log to replay;
+            // xfs_repair refuses it (and -L would throw it away). Replay it, then check.
+            replay_xfs_log(&v.name, device).await?;
+            out = process::run(&v.name, "file-system check", &cmd, FSCK_TIMEOUT_MS).await?;
+            replayed = "(the file system's log was replayed first, by mounting it with nouuid and unmounting it)\n";
+        }
         let code = out.exit_code.unwrap_or(-1);
         if code >= 8 || (fs == "xfs" && code == 2) {
             return Err(os_err(
@@ -610,7 +699,7 @@ impl Backend for LinuxBackend {
             volume: v.name.clone(),
             clean: clean_codes.contains(&code),
             repaired: repaired_codes.contains(&code),
-            output: format!("{}{}", out.stdout, out.stderr),
+            output: format!("{replayed}{}{}", out.stdout, out.stderr),
         })
     }
 
@@ -626,6 +715,56 @@ impl Backend for LinuxBackend {
             reason: "the linux backend runs hooks as commands only".into(),
         })
     }
+}
+
+/// Whether an XFS tool refused to work because the file system's log needs replaying (the
+/// tools may say so and still exit 0).
+fn xfs_log_dirty(out: &HookOutput) -> bool {
+    let text = format!("{}{}", out.stdout, out.stderr);
+    text.contains("valuable metadata changes in a log") || text.contains("needs to be replayed")
+}
+
+/// Replays an unmounted XFS file system's log: mounts it (nouuid: it may be a copy of a
+/// mounted MV) on a private temporary directory and unmounts it.
+async fn replay_xfs_log(volume: &str, device: &str) -> Result<(), HostError> {
+    let dir = std::env::temp_dir().join(format!(
+        "stillpoint-replay-{}-{}",
+        std::process::id(),
+        crate::process::now_unix_ms()
+    ));
+    std::fs::create_dir(&dir)
+        .map_err(|e| os_err(volume, &format!("mkdir {}", dir.display()), e))?;
+    let d = dir.display().to_string();
+    let mounted = process::run_ok(
+        volume,
+        "mount to replay the XFS log",
+        &argv(&["mount", "-t", "xfs", "-o", "nouuid", device, &d]),
+        OS_COMMAND_TIMEOUT_MS,
+    )
+    .await;
+    let unmounted = match &mounted {
+        Ok(_) => process::run_ok(
+            volume,
+            "unmount after log replay",
+            &argv(&["umount", &d]),
+            OS_COMMAND_TIMEOUT_MS,
+        )
+        .await
+        .map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(e) = mounted {
+        return Err(os_err(
+            volume,
+            "replay of the XFS log",
+            format!(
+                "{e}; the log cannot be replayed by mounting. `volume check --repair` cannot fix this either: \
+                 only `xfs_repair -L {device}` can, and it DISCARDS the log's last changes (take a new copy instead if you can)"
+            ),
+        ));
+    }
+    unmounted
 }
 
 /// Another mounted device carrying file-system id `uuid`, if any.

@@ -63,6 +63,24 @@ pub(crate) async fn run(
     argv: &[String],
     timeout_ms: u64,
 ) -> Result<HookOutput, HostError> {
+    start(volume, what, argv)?.finish(timeout_ms, false).await
+}
+
+/// A command started in its own process group (pgid = its pid), being read.
+pub(crate) struct Running {
+    volume: String,
+    what: String,
+    argv: Vec<String>,
+    child: tokio::process::Child,
+    /// Process id, which is also the process group id.
+    pub pid: u32,
+    started: Instant,
+    out: Option<Capture>,
+    err: Option<Capture>,
+}
+
+/// Starts `argv` (no shell) in a process group of its own, its output captured.
+pub(crate) fn start(volume: &str, what: &str, argv: &[String]) -> Result<Running, HostError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(HostError::OsError {
             volume: volume.into(),
@@ -84,40 +102,80 @@ pub(crate) async fn run(
             operation: what.into(),
             detail: format!("cannot start {program:?}: {e}"),
         })?;
-    let pgid = child.id();
+    let pid = child.id().unwrap_or(0);
     let out = capture(child.stdout.take());
     let err = capture(child.stderr.take());
-    let status = match tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(HostError::OsError {
-                volume: volume.into(),
-                operation: what.into(),
-                detail: format!("waiting for {program:?}: {e}"),
-            });
-        }
-        Err(_) => {
-            if let Some(pid) = pgid {
-                // SAFETY: kill(2) with a negative pid signals the process group we created.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
-            return Err(HostError::TimedOut {
-                volume: volume.into(),
-                what: format!("{what} {argv:?}"),
-                timeout_ms,
-            });
-        }
-    };
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(OUTPUT_DRAIN_MS);
-    let (stdout, stderr) = tokio::join!(collect(out, drain_until), collect(err, drain_until));
-    Ok(HookOutput {
-        command: argv.join(" "),
-        exit_code: status.code(),
-        stdout,
-        stderr,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+    Ok(Running {
+        volume: volume.into(),
+        what: what.into(),
+        argv: argv.to_vec(),
+        child,
+        pid,
+        started,
+        out,
+        err,
     })
+}
+
+impl Running {
+    /// Kills the command's whole process group.
+    pub(crate) fn kill_group(&self) {
+        if self.pid > 0 {
+            // SAFETY: kill(2) with a negative pid signals the process group we created.
+            unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };
+        }
+    }
+
+    /// Waits for the command to exit, at most `timeout_ms` (then its whole process group is
+    /// killed). With `end_group`, whatever the command left running in its process group when
+    /// it exited is killed too (nothing may outlive a stop hook); otherwise it is left (a
+    /// start hook may start the application that way) but not waited for.
+    pub(crate) async fn finish(
+        mut self,
+        timeout_ms: u64,
+        end_group: bool,
+    ) -> Result<HookOutput, HostError> {
+        let status = match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.child.wait(),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.kill_group();
+                return Err(HostError::OsError {
+                    volume: self.volume.clone(),
+                    operation: self.what.clone(),
+                    detail: format!("waiting for {:?}: {e}", self.argv[0]),
+                });
+            }
+            Err(_) => {
+                self.kill_group();
+                let _ = self.child.wait().await;
+                return Err(HostError::TimedOut {
+                    volume: self.volume.clone(),
+                    what: format!("{} {:?}", self.what, self.argv),
+                    timeout_ms,
+                });
+            }
+        };
+        if end_group {
+            self.kill_group();
+        }
+        let drain_until = tokio::time::Instant::now() + Duration::from_millis(OUTPUT_DRAIN_MS);
+        let (stdout, stderr) = tokio::join!(
+            collect(self.out.take(), drain_until),
+            collect(self.err.take(), drain_until)
+        );
+        Ok(HookOutput {
+            command: self.argv.join(" "),
+            exit_code: status.code(),
+            stdout,
+            stderr,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        })
+    }
 }
 
 /// Like [`run`], but a non-zero exit is an [`HostError::OsError`] carrying stderr.
@@ -158,4 +216,19 @@ pub(crate) fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Waits (bounded by [`crate::limits::ORPHAN_END_MS`]) until the process `pid` that started at
+/// `start_ticks` is gone; returns whether it is.
+pub(crate) async fn wait_gone(pid: u32, start_ticks: u64) -> bool {
+    let until = Instant::now() + Duration::from_millis(crate::limits::ORPHAN_END_MS);
+    loop {
+        if !crate::guard::same_process(pid, start_ticks) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -27,6 +27,7 @@ use crate::backend::Backend;
 use crate::config::VolumeConfig;
 use crate::device::BlockDevice;
 use crate::error::{Holder, HostError};
+use crate::guard::Guard;
 use crate::limits::{SIM_BLOCK_BYTES, SIM_CACHE_BLOCKS_MAX_DEFAULT};
 use crate::workload;
 
@@ -541,7 +542,11 @@ impl Backend for SimBackend {
         Ok(())
     }
 
-    async fn freeze(&self, v: &VolumeConfig) -> Result<(), HostError> {
+    async fn freeze(
+        &self,
+        v: &VolumeConfig,
+        _deadline_unix_ms: u64,
+    ) -> Result<Option<Guard>, HostError> {
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;
         if s.mounted_at.is_none() {
@@ -561,7 +566,7 @@ impl Backend for SimBackend {
         vol.flush(&mut s).await?;
         s.frozen = true;
         vol.frozen_tx.send_replace(true);
-        Ok(())
+        Ok(None)
     }
 
     async fn thaw(&self, v: &VolumeConfig) -> Result<(), HostError> {

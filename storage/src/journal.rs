@@ -35,6 +35,10 @@ const QUIESCE_TREE: &str = "journal/quiesce";
 const RESUME_TREE: &str = "journal/resume";
 /// Tree holding [`StepRecord`]s keyed by job, step index and attempt.
 const STEP_TREE: &str = "journal/steps";
+/// Tree holding [`ProcessRecord`]s (freeze guards, running hooks) keyed by pid.
+const PROCESS_TREE: &str = "journal/processes";
+/// Tree holding [`AttentionRecord`]s keyed by volume: outcomes an operator must acknowledge.
+const ATTENTION_TREE: &str = "journal/attention";
 
 /// What went wrong with the journal, sorted by what the caller does next.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,42 @@ pub struct ResumeRecord {
     pub error: Option<String>,
 }
 
+/// Something that went wrong with a volume that no command shows any more (the quiesce it
+/// concerns has ended): kept until an operator acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionRecord {
+    pub volume: String,
+    pub quiesce_id: u64,
+    pub at_unix_ms: u64,
+    /// What happened and what to do, in words an operator reads.
+    pub message: String,
+}
+
+/// What a process the agent started on the host's behalf is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessRole {
+    /// The freeze guard of quiesce `quiesce_id`: it froze the volume and thaws it at the
+    /// deadline. A restarted agent asks it to thaw (SIGTERM) and ends it.
+    FreezeGuard,
+    /// A stop or start hook (`kind`), leader of its own process group (pgid = pid). A hook
+    /// whose record outlives its agent is killed with its whole group at the next start.
+    Hook { kind: String },
+}
+
+/// A process the agent started and must not lose track of if it dies: recorded while the
+/// process runs, removed when it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with `pid`, tells the
+    /// process from a later one that reused its pid.
+    pub start_ticks: u64,
+    pub volume: String,
+    pub quiesce_id: Option<u64>,
+    pub role: ProcessRole,
+    pub started_at_unix_ms: u64,
+}
+
 /// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
 /// (term, attempt): a higher term is a newer leader; within a term, a higher attempt is a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -168,6 +208,8 @@ pub struct Journal {
     quiesce: sled::Tree,
     resume: sled::Tree,
     steps: sled::Tree,
+    processes: sled::Tree,
+    attention: sled::Tree,
 }
 
 impl std::fmt::Debug for Journal {
@@ -223,6 +265,8 @@ impl Journal {
             quiesce: db.open_tree(QUIESCE_TREE)?,
             resume: db.open_tree(RESUME_TREE)?,
             steps: db.open_tree(STEP_TREE)?,
+            processes: db.open_tree(PROCESS_TREE)?,
+            attention: db.open_tree(ATTENTION_TREE)?,
         })
     }
 
@@ -308,6 +352,55 @@ impl Journal {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Records (or replaces) what an operator must acknowledge about a volume, durably.
+    pub fn put_attention(&self, record: &AttentionRecord) -> Result<(), JournalError> {
+        self.attention
+            .insert(record.volume.as_bytes(), encode(record))?;
+        self.flush()
+    }
+
+    /// What is waiting for an operator's acknowledgement on `volume`, if anything.
+    pub fn attention(&self, volume: &str) -> Result<Option<AttentionRecord>, JournalError> {
+        match self.attention.get(volume.as_bytes())? {
+            Some(v) => Ok(Some(decode(ATTENTION_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes (acknowledges) what was waiting on `volume`, durably; returns it.
+    pub fn remove_attention(&self, volume: &str) -> Result<Option<AttentionRecord>, JournalError> {
+        let old = self.attention.remove(volume.as_bytes())?;
+        self.flush()?;
+        match old {
+            Some(v) => Ok(Some(decode(ATTENTION_TREE, volume.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a process the agent started (a freeze guard, a hook), durably.
+    pub fn put_process(&self, record: &ProcessRecord) -> Result<(), JournalError> {
+        self.processes
+            .insert(record.pid.to_be_bytes(), encode(record))?;
+        self.flush()
+    }
+
+    /// Forgets the process `pid` once it ended, durably.
+    pub fn remove_process(&self, pid: u32) -> Result<(), JournalError> {
+        self.processes.remove(pid.to_be_bytes())?;
+        self.flush()
+    }
+
+    /// Every process recorded as running.
+    pub fn processes(&self) -> Result<Vec<ProcessRecord>, JournalError> {
+        self.processes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(PROCESS_TREE, &k, &v)
+            })
+            .collect()
     }
 
     /// The latest record of a job step (highest attempt, any term), if any.

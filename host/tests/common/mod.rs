@@ -1,6 +1,8 @@
 //! Shared helpers for the host crate's integration tests.
 #![allow(dead_code)]
 
+pub mod loopdev;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
