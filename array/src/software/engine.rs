@@ -1,0 +1,166 @@
+//! The copy engine: one task per pair moving the `copy` bitmap's blocks between MV and RV.
+
+use super::*;
+
+pub(super) enum Dir {
+    MvToRv,
+    RvToMv,
+}
+
+impl Inner {
+    pub(super) fn start_engine(this: &Arc<Self>, slot: &Arc<PairSlot>) {
+        let h = tokio::spawn(Inner::engine(this.clone(), slot.clone()));
+        *lock(&slot.engine) = Some(h);
+    }
+
+    /// Copies one run between the MV and the RV; the caller holds the MV's I/O lock. A DDR run
+    /// goes file to file on a blocking thread (it can take milliseconds; the runtime's workers
+    /// stay free for host I/O on other LDs); an RDR run crosses the link.
+    pub(super) async fn copy_run(
+        self: &Arc<Self>,
+        id: &PairId,
+        mv: &Arc<Ld>,
+        dir: &Dir,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        if id.kind() == PairKind::Ddr {
+            let rv = self.ld(id.rv.ld)?.clone();
+            let (src, dst) = match dir {
+                Dir::MvToRv => (mv.clone(), rv),
+                Dir::RvToMv => (rv, mv.clone()),
+            };
+            let name = self.name.clone();
+            return match tokio::task::spawn_blocking(move || src.copy_to(&dst, &name, off, len))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(ArrayError::Unreachable {
+                    target: format!("array {}", self.name),
+                    detail: format!("copy thread did not finish: {e}"),
+                }),
+            };
+        }
+        match dir {
+            Dir::MvToRv => {
+                let d = mv.read_at(&self.name, off, len)?;
+                self.rv_write(id, off, &d).await
+            }
+            Dir::RvToMv => {
+                let d = self.rv_read(id, off, len).await?;
+                mv.write_at(&self.name, off, &d)
+            }
+        }
+    }
+
+    /// Longest run in blocks and the pace (bytes/s, 0 = unpaced) for a copy's next run; read per
+    /// run so `set_copy_pace` takes effect at once.
+    pub(super) fn run_shape(&self) -> (u64, u64) {
+        let pace = self.pace_bytes_per_s.load(Ordering::SeqCst);
+        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
+        if pace > 0 {
+            // Keep each paced run short so the pace is smooth and writes are not starved.
+            run_bytes = run_bytes.min(pace / 10);
+        }
+        ((run_bytes / self.block_bytes).max(1), pace)
+    }
+
+    pub(super) async fn engine(this: Arc<Self>, slot: Arc<PairSlot>) {
+        let mut cursor = 0u64;
+        let mut last_persist = tokio::time::Instant::now();
+        loop {
+            if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut completed = None;
+            let plan = {
+                let mut r = lock(&slot.rec);
+                let dir = match r.state.sync {
+                    _ if r.state.abnormal_suspend => None,
+                    SyncState::RstExec => Some(Dir::RvToMv),
+                    SyncState::RplExec
+                    | SyncState::RplSync
+                    | SyncState::RstSync
+                    | SyncState::SepExec => Some(Dir::MvToRv),
+                    _ => None,
+                };
+                match dir {
+                    None => None,
+                    Some(d) => match r.copy.next_set(cursor) {
+                        Some(b) => Some((d, b, r.id.clone())),
+                        None => {
+                            if r.complete_copy() {
+                                completed = Some((r.id.clone(), r.state));
+                            }
+                            None
+                        }
+                    },
+                }
+            };
+            if let Some((id, st)) = completed {
+                if let Err(e) = this.persist_pair_durable(&slot).await {
+                    tracing::error!(pair = %id, error = %e, "cannot persist pair state");
+                }
+                this.push_access(&slot).await;
+                this.emit(&id, Some(st), "copy complete");
+                continue;
+            }
+            let Some((dir, start, id)) = plan else {
+                let _ =
+                    tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified()).await;
+                continue;
+            };
+            let Ok(mv) = this.ld(id.mv.ld).cloned() else {
+                return;
+            };
+            let (run_blocks_max, pace) = this.run_shape();
+            let res = {
+                let _g = mv.io.lock().await;
+                // Re-read the run under the MV lock: a copy-before-write may have taken blocks.
+                let n = {
+                    let r = lock(&slot.rec);
+                    let mut n = 0;
+                    while n < run_blocks_max && r.copy.get(start + n) {
+                        n += 1;
+                    }
+                    n
+                };
+                if n == 0 {
+                    Ok(0)
+                } else {
+                    let off = start * this.block_bytes;
+                    let len = n * this.block_bytes;
+                    let r = this.copy_run(&id, &mv, &dir, off, len).await;
+                    r.map(|_| {
+                        let mut rec = lock(&slot.rec);
+                        for b in start..start + n {
+                            rec.copy.clear(b);
+                        }
+                        rec.copied_blocks += n;
+                        n
+                    })
+                }
+            };
+            match res {
+                Ok(n) => {
+                    cursor = start + n.max(1);
+                    if pace > 0 && n > 0 {
+                        let secs = (n * this.block_bytes) as f64 / pace as f64;
+                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    }
+                    if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
+                        // Clearing bits is persisted lazily: a lost clear only recopies a block.
+                        let _ = this.persist_pair(&slot, false);
+                        last_persist = tokio::time::Instant::now();
+                    }
+                }
+                Err(e) => {
+                    this.after_copy_error(&slot, &e).await;
+                    let _ = tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified())
+                        .await;
+                }
+            }
+        }
+    }
+}
