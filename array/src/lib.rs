@@ -21,7 +21,10 @@
 //!   (activity, sync state, copy control, RV access, abnormal suspend) is an enum with named
 //!   transitions that check their preconditions; see [`SyncState`] for the transition table and
 //!   [`Rule`] for the pairing rules (same capacity and format, ≤ 4 RVs per MV, ≤ 3 DDR RVs,
-//!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated).
+//!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated, a restore
+//!   only while every other pair of its MV is separated: one restore per MV at a time, no
+//!   replicate of a sibling while it copies, and the restored blocks become MV-side
+//!   differences of every sibling pair).
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
 //!   [`COPY_RUN_BYTES_MAX`], holding the MV's I/O lock for each run, at the configured
 //!   `copy_pace_bytes_per_s` ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR

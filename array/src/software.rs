@@ -524,6 +524,7 @@ impl Inner {
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
         self.check_pair_op_vs_copies(id, what)?;
+        self.check_pair_op_vs_siblings(id, what)?;
         let blocks = lock(&slot.rec).copy.len();
         // Dry run first so a refused operation does not consume the RV's difference record.
         {
@@ -540,9 +541,20 @@ impl Inner {
             }
             Bitmap::new(blocks)
         };
-        {
+        let restoring = {
             let mut r = lock(&slot.rec);
             f(&mut r, &rv_dirty)?;
+            (r.state.sync == SyncState::RstExec).then(|| r.copy.clone())
+        };
+        if let Some(restored) = restoring {
+            // Every block the restore brings into the MV differs from the other RVs of the MV
+            // (all separated, by rule): durable as their MV-side difference before it lands.
+            for s in self.pairs_of_mv(id.mv.ld) {
+                if !Arc::ptr_eq(&s, &slot) {
+                    lock(&s.rec).mv_dirty.union_with(&restored);
+                    self.persist_pair(&s, false)?;
+                }
+            }
         }
         self.persist_pair_durable(&slot).await?;
         self.push_access(&slot).await;
@@ -550,6 +562,37 @@ impl Inner {
         let info = self.info_of(&slot);
         self.emit(id, Some(info.state), what);
         Ok(info)
+    }
+
+    /// A restore writes the MV beneath every other pair of it: it starts only when all of them
+    /// are separated (so at most one restore runs per MV), and while it copies no other pair may
+    /// start copying the half-restored MV.
+    fn check_pair_op_vs_siblings(&self, id: &PairId, what: &str) -> Result<()> {
+        for s in self.pairs_of_mv(id.mv.ld) {
+            let r = lock(&s.rec);
+            if &r.id == id {
+                continue;
+            }
+            if what == "restore" && !r.is_separated_family() {
+                return Err(ArrayError::refused(
+                    Rule::RestoreNeedsOtherPairsSeparated,
+                    format!(
+                        "restore of {id} needs every other pair of MV {} separated; {} is {}",
+                        id.mv, r.id, r.state
+                    ),
+                ));
+            }
+            if what == "replicate" && r.state.sync == SyncState::RstExec {
+                return Err(ArrayError::refused(
+                    Rule::RestoreNeedsOtherPairsSeparated,
+                    format!(
+                        "MV {} is being restored from {} ({}); replicate {id} once it is done",
+                        id.mv, r.id.rv, r.state
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn wait(
