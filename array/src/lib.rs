@@ -60,10 +60,19 @@
 //!   restore onto a parent with attached copies is refused. Operations from the wrong state
 //!   fail with [`ArrayError::CopyWrongState`] naming the copy's state; host I/O on a detached
 //!   copy (or one copying to its parent) is refused by rule `copy-access`.
-//! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). A bit that
-//!   becomes set is flushed before the write that set it is acknowledged; cleared bits are
-//!   persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a killed array recopies at most a few runs
-//!   and never forgets a difference. On start, every record is validated; a record that does not
+//! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). Host writes
+//!   follow a write-intent discipline, as Linux md's write-intent bitmap does: every bit that
+//!   tells a later copy about a write (`mv_dirty`, `copy`, the RV role's dirty bitmap, and for
+//!   a mirrored write the pair's `intent` bitmap) is set and flushed *before* the write lands
+//!   on the LD; a bit already set costs no flush, so the price is one metadata flush per newly
+//!   dirtied block, not per write. `intent` marks blocks a mirrored (sync) write may have
+//!   reached on one side only; the engine clears it lazily every
+//!   [`WRITE_INTENT_CLEAR_INTERVAL`] while no write is in flight, and on start every bit
+//!   left in it becomes a block to copy (or an MV-side difference) again. Copy-before-write
+//!   clears are flushed before the write too, so a restart never copies an old block over a
+//!   newer one. Bits the engine clears are persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a
+//!   killed array recopies at most a few runs and never forgets a difference (tested by
+//!   killing `stillpoint array serve` with SIGKILL at random moments, `node/tests/array_crash.rs`). On start, every record is validated; a record that does not
 //!   decode or does not fit the configured LDs stops the array with
 //!   [`ArrayError::CorruptMetadata`] instead of starting empty. Copies that were running resume.
 //!   Business copy records (sled tree `copies`) are stricter, because a *cleared* `pending` or
@@ -144,6 +153,9 @@ pub const MAX_RV_ARRAYS_PER_MV: u32 = 2;
 pub const COPY_RUN_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// How often a running copy persists its cleared bits.
 pub const COPY_PERSIST_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a pair's write-intent bits are cleared (lazily persisted) once their writes are
+/// complete; a block written again within it costs no metadata flush.
+pub const WRITE_INTENT_CLEAR_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an idle copy engine sleeps before rechecking without a wake-up.
 pub const ENGINE_IDLE_RECHECK: Duration = Duration::from_millis(500);
 /// How often a waiter rechecks the state even without an event.

@@ -16,7 +16,7 @@ use crate::api::{Array, PeerReply, PeerRequest};
 use crate::bitmap::Bitmap;
 use crate::config::ArrayConfig;
 use crate::error::{ArrayError, Result, Rule};
-use crate::pair::{PairRec, wait_reached};
+use crate::pair::{PairRec, WriteThen, wait_reached};
 use crate::types::*;
 
 mod copies;
@@ -181,12 +181,15 @@ impl SoftwareArray {
         for kv in pairs_tree.iter() {
             let (k, v) = kv.map_err(|e| corrupt(e.to_string()))?;
             let key = String::from_utf8_lossy(&k).to_string();
-            let rec: PairRec =
+            let mut rec: PairRec =
                 serde_json::from_slice(&v).map_err(|e| corrupt(format!("pairs/{key}: {e}")))?;
             let Some(l) = lds.get(&rec.id.mv.ld) else {
                 return Err(corrupt(format!("pairs/{key}: MV LD is not in the config")));
             };
-            for b in [&rec.copy, &rec.mv_dirty] {
+            if rec.intent.len() == 0 {
+                rec.intent = Bitmap::new(blocks_of(l));
+            }
+            for b in [&rec.copy, &rec.mv_dirty, &rec.intent] {
                 b.validate(blocks_of(l))
                     .map_err(|e| corrupt(format!("pairs/{key}: {e}")))?;
             }
@@ -234,6 +237,13 @@ impl SoftwareArray {
             closed: AtomicBool::new(false),
         });
         let slots: Vec<_> = lock(&inner.pairs).values().cloned().collect();
+        for s in &slots {
+            // A crash may have cut mirrored writes short: their blocks become differences,
+            // durable before any host write can land (write intent).
+            if lock(&s.rec).recover_intent() {
+                inner.persist_pair_durable(s).await?;
+            }
+        }
         for s in slots {
             Inner::start_engine(&inner, &s);
         }

@@ -69,9 +69,14 @@ impl Inner {
     pub(super) async fn engine(this: Arc<Self>, slot: Arc<PairSlot>) {
         let mut cursor = 0u64;
         let mut last_persist = tokio::time::Instant::now();
+        let mut last_intent_clear = tokio::time::Instant::now();
         loop {
             if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
                 return;
+            }
+            if last_intent_clear.elapsed() >= crate::WRITE_INTENT_CLEAR_INTERVAL {
+                this.clear_write_intent(&slot).await;
+                last_intent_clear = tokio::time::Instant::now();
             }
             let mut completed = None;
             let plan = {
@@ -162,5 +167,21 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Clears the write-intent bits of a pair (lazily persisted, like md's bitmap daemon): the
+    /// MV's I/O lock excludes a mirrored write in flight, so every set bit's write is complete
+    /// on both sides or recorded in `copy`.
+    async fn clear_write_intent(self: &Arc<Self>, slot: &PairSlot) {
+        if lock(&slot.rec).intent.count() == 0 {
+            return;
+        }
+        let mv_ld = lock(&slot.rec).id.mv.ld;
+        let Ok(mv) = self.ld(mv_ld).cloned() else {
+            return;
+        };
+        let _g = mv.io.lock().await;
+        lock(&slot.rec).intent.clear_all();
+        let _ = self.persist_pair(slot, false);
     }
 }

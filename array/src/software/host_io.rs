@@ -137,6 +137,7 @@ impl Inner {
                 Ok(Some(data))
             }
             Some(data) => {
+                let mut moved = false;
                 if let (Some(m), Some(s)) = (&mv_ld, &ddr_slot) {
                     for b in pending {
                         let boff = b * self.block_bytes;
@@ -145,10 +146,12 @@ impl Inner {
                         let mut r = lock(&s.rec);
                         if r.copy.clear(b) {
                             r.copied_blocks += 1;
+                            moved = true;
                         }
                     }
                 }
-                ld.write_at(&self.name, off, data)?;
+                // Write intent on the RV side: the dirty bit is durable before the write lands,
+                // and so are cleared copy bits (else the engine would copy over the write).
                 let new = {
                     let mut roles = lock(&self.roles);
                     roles
@@ -156,10 +159,14 @@ impl Inner {
                         .map(|r| r.dirty.set_range(b0, b1))
                         .unwrap_or(0)
                 };
-                if new > 0 {
+                if new > 0 || moved {
                     self.persist_role(ld.number)?;
+                    if let Some(s) = &ddr_slot {
+                        self.persist_pair(s, false)?;
+                    }
                     self.flush().await?;
                 }
+                ld.write_at(&self.name, off, data)?;
                 if let Some(s) = &ddr_slot {
                     s.wake.notify_one();
                 }
@@ -203,16 +210,61 @@ impl Inner {
         let _g = ld.io.lock().await;
         let slots = self.pairs_of_mv(n);
         // Before the write: keep images that must not see it.
+        let mut need_flush = self.copy_before_write(&slots, &ld, b0, b1).await?;
+        // Write intent: every bit that tells a later copy about this write is set and durable
+        // before the write lands on the MV (bits already set cost nothing).
+        let mut mirror = Vec::new();
         for slot in &slots {
+            let (then, new) = lock(&slot.rec).mark_host_write(b0, b1, self.backlog_max);
+            if new > 0 || need_flush {
+                self.persist_pair(slot, false)?;
+            }
+            need_flush |= new > 0;
+            match then {
+                WriteThen::Record => slot.wake.notify_one(),
+                WriteThen::Mirror => mirror.push(slot),
+            }
+        }
+        if need_flush {
+            self.flush().await?;
+        }
+        self.before_parent_write(&ld, off, len, None).await?;
+        ld.write_at(&self.name, off, data)?;
+        // After the write: mirror it where the state and copy control say so.
+        for slot in mirror {
+            let id = lock(&slot.rec).id.clone();
+            if let Err(e) = self.rv_write(&id, off, data).await {
+                lock(&slot.rec).mirror_failed(b0, b1);
+                // The pair leaves its copy state (suspend/fault) and is persisted durably; the
+                // intent bit covers the block until then.
+                self.after_copy_error(slot, &e).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy-before-write for the blocks `[b0, b1)` a host write is about to change: a pair in
+    /// `sep/exec` first gets the separate instant's block on the RV; a pair in `rst/exec`
+    /// first pulls the restored block into the MV (a partial write must land on it). Returns
+    /// true when bits were cleared (the caller flushes before the write lands: a crash must not let
+    /// the engine move the block again over the write).
+    async fn copy_before_write(
+        self: &Arc<Self>,
+        slots: &[Arc<PairSlot>],
+        ld: &Arc<Ld>,
+        b0: u64,
+        b1: u64,
+    ) -> Result<bool> {
+        let mut moved = false;
+        for slot in slots {
             let (st, id, pending) = {
                 let r = lock(&slot.rec);
                 let p: Vec<u64> = (b0..b1).filter(|&b| r.copy.get(b)).collect();
                 (r.state, r.id.clone(), p)
             };
-            if st.abnormal_suspend || pending.is_empty() {
-                continue;
-            }
             let dir = match st.sync {
+                _ if pending.is_empty() => continue,
+                _ if st.abnormal_suspend => continue,
                 // Copy-before-write: the RV gets the separate instant's block first.
                 SyncState::SepExec => Dir::MvToRv,
                 // Copy-on-write from the RV: the MV must hold the restored block before a
@@ -220,100 +272,22 @@ impl Inner {
                 SyncState::RstExec => Dir::RvToMv,
                 _ => continue,
             };
-            let mut res: Result<()> = Ok(());
             for &b in &pending {
                 let boff = b * self.block_bytes;
                 // The same move the copy engine makes (we hold the MV's I/O lock, as it does).
-                res = self.copy_run(&id, &ld, &dir, boff, self.block_bytes).await;
-                if res.is_err() {
+                if let Err(e) = self.copy_run(&id, ld, &dir, boff, self.block_bytes).await {
+                    // The pair leaves its copy state (fault/suspend); the MV write goes on.
+                    self.after_copy_error(slot, &e).await;
                     break;
                 }
                 let mut rec = lock(&slot.rec);
                 if rec.copy.clear(b) {
                     rec.copied_blocks += 1;
+                    moved = true;
                 }
             }
-            if let Err(e) = res {
-                // The pair leaves its copy state (fault/suspend); the MV write goes on.
-                self.after_copy_error(slot, &e).await;
-            }
         }
-        self.before_parent_write(&ld, off, len, None).await?;
-        ld.write_at(&self.name, off, data)?;
-        // After the write: mirror it or record it, per state and copy control.
-        let mut need_flush = false;
-        for slot in &slots {
-            enum Then {
-                Nothing,
-                Mirror,
-            }
-            let then = {
-                let mut r = lock(&slot.rec);
-                let st = r.state;
-                let backlog_max = self.backlog_max;
-                match st.sync {
-                    SyncState::Separated
-                    | SyncState::Cancel
-                    | SyncState::Fault
-                    | SyncState::SepExec => {
-                        need_flush |= r.mv_dirty.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RstExec if st.activity == Activity::RestoreProtect => {
-                        need_flush |= r.mv_dirty.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RstExec => Then::Mirror,
-                    _ if st.abnormal_suspend => {
-                        need_flush |= r.copy.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RplExec => {
-                        need_flush |= r.copy.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RplSync | SyncState::RstSync => match st.copy_control {
-                        CopyControl::Sync => Then::Mirror,
-                        CopyControl::Background => {
-                            need_flush |= r.copy.set_range(b0, b1) > 0;
-                            Then::Nothing
-                        }
-                        CopyControl::SemiSync => {
-                            let new = (b0..b1).filter(|&b| !r.copy.get(b)).count() as u64;
-                            if r.copy.count() + new <= backlog_max {
-                                need_flush |= r.copy.set_range(b0, b1) > 0;
-                                r.backlog_high_water_blocks =
-                                    r.backlog_high_water_blocks.max(r.copy.count());
-                                Then::Nothing
-                            } else {
-                                Then::Mirror
-                            }
-                        }
-                    },
-                }
-            };
-            match then {
-                Then::Nothing => slot.wake.notify_one(),
-                Then::Mirror => {
-                    let id = lock(&slot.rec).id.clone();
-                    if let Err(e) = self.rv_write(&id, off, data).await {
-                        {
-                            let mut r = lock(&slot.rec);
-                            r.copy.set_range(b0, b1);
-                        }
-                        self.after_copy_error(slot, &e).await;
-                        need_flush = true;
-                    }
-                }
-            }
-            if need_flush {
-                self.persist_pair(slot, true)?;
-            }
-        }
-        if need_flush {
-            self.flush().await?;
-        }
-        Ok(())
+        Ok(moved)
     }
 }
 
