@@ -83,7 +83,12 @@
 //!   state; peers are in-process arrays ([`PeerHandle`]) or served arrays named in the config
 //!   (reached with [`RemoteArray`]). The RV's array serves array-to-array requests
 //!   ([`PeerRequest`]). A link fault puts copying pairs into abnormal suspend; MV writes go on
-//!   and accumulate in `copy`; a replicate once the link is back resumes them.
+//!   and accumulate in `copy`; a replicate once the link is back resumes them. A separate
+//!   suspended in `sep/exec` needs no operation: its engine retries and the separate completes
+//!   once the link is back (after a restart too); forced separate ends it at once (`cancel`).
+//!   Copy-before-write is never skipped: while the RV cannot be reached, a host write to a
+//!   block the separate has not copied yet is refused (`Unreachable`, nothing changed) rather
+//!   than overwriting the separate instant's data.
 //! - **Events.** [`Array::events`] streams every pair state change ([`PairEvent`]) and every
 //!   business-copy state change ([`CopyEvent`]) from the moment of subscription; a subscriber
 //!   that falls more than [`EVENT_CHANNEL_CAPACITY`] behind skips ahead (query to resync).
@@ -114,6 +119,8 @@
 //! - Taking the RV's difference record at replicate/restore clears it on the RV side before the
 //!   MV side has persisted the merge; a crash in that window loses RV-side differences.
 //! - Host I/O on an LD takes one lock per LD; concurrent I/O to one LD is serialised.
+//! - While an RDR separate is suspended in `sep/exec`, host writes to the MV blocks it has not
+//!   copied yet are refused until the link is back or the pair is force-separated.
 //! - If the link is down when a pair's RV access changes, the RV keeps its old access until the
 //!   link comes back (re-pushed on link up).
 

@@ -290,16 +290,21 @@ impl PairRec {
         }
     }
 
-    /// Forced separate: stop at once; whatever was not copied counts as difference.
+    /// Forced separate: stop at once; whatever was not copied counts as difference. Also the
+    /// way out of a separate that cannot finish (`sep/exec`, e.g. with the link down).
     pub fn enter_cancel(&mut self) -> Result<()> {
         if !matches!(
             self.state.sync,
-            SyncState::RplExec | SyncState::RplSync | SyncState::RstExec | SyncState::RstSync
+            SyncState::RplExec
+                | SyncState::RplSync
+                | SyncState::RstExec
+                | SyncState::RstSync
+                | SyncState::SepExec
         ) {
             return Err(wrong(
                 self,
                 "forced separate",
-                "rpl/exec, rpl/sync, rst/exec or rst/sync",
+                "rpl/exec, rpl/sync, sep/exec, rst/exec or rst/sync",
             ));
         }
         self.start_op("forced-separate");
@@ -406,6 +411,10 @@ fn check_copy_control(kind: PairKind, cc: CopyControl) -> Result<()> {
 /// reached without another operation, None keep waiting.
 pub(crate) fn wait_reached(cond: WaitCondition, s: &PairState) -> Option<bool> {
     use SyncState::*;
+    if s.abnormal_suspend && s.sync == SepExec && cond != WaitCondition::Sync {
+        // A suspended separate finishes by itself once the link is back.
+        return None;
+    }
     if s.abnormal_suspend {
         // Nothing moves until a replicate after the link is back.
         return Some(cond == WaitCondition::Done);

@@ -676,6 +676,8 @@ impl Inner {
                     .collect();
                 for s in slots {
                     self.push_access(&s).await;
+                    // A suspended separate resumes by itself now.
+                    s.wake.notify_one();
                 }
             }
         }

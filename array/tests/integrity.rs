@@ -1,7 +1,10 @@
 //! Data-integrity regressions of issue 9: what one pair does to the MV must never leave another
-//! pair of the same MV believing its RV is equal when it is not.
+//! pair of the same MV believing its RV is equal when it is not; an RDR separate always has a
+//! way out.
 
 mod common;
+
+use std::sync::Arc;
 
 use common::*;
 use stillpoint_array::*;
@@ -110,4 +113,130 @@ async fn one_restore_per_mv_at_a_time() {
         .unwrap();
     assert_eq!(read_all(&a, 0, CAP).await, read_all(&a, 1, CAP).await);
     assert_every_rv_equals_mv(&a, &[2], "after the restore").await;
+}
+
+// ---- RDR --------------------------------------------------------------------------------
+
+fn rdr_lds() -> Vec<LdConfig> {
+    (0..2).map(|n| ld(n, CAP, "NX")).collect()
+}
+
+async fn open_a(dir: &std::path::Path, b: &SoftwareArray, link: Arc<Link>) -> SoftwareArray {
+    let peer = PeerHandle {
+        name: "B".into(),
+        array: Arc::new(b.clone()),
+        link,
+    };
+    SoftwareArray::open(&config(dir, "A", rdr_lds(), 0), vec![peer])
+        .await
+        .unwrap()
+}
+
+async fn two(dir: &std::path::Path, latency_ms: u64) -> (SoftwareArray, SoftwareArray) {
+    let b = SoftwareArray::open(&config(dir, "B", rdr_lds(), 0), vec![])
+        .await
+        .unwrap();
+    let a = open_a(dir, &b, Arc::new(Link::new(latency_ms, 0))).await;
+    (a, b)
+}
+
+fn background() -> ReplicateOptions {
+    ReplicateOptions {
+        copy_control: CopyControl::Background,
+        wait_timeout_ms: Some(WAIT_MS),
+        ..Default::default()
+    }
+}
+
+/// An RDR pair in `sep/exec` with the link down (abnormal suspend); returns the MV image of
+/// the separate instant.
+async fn suspended_separate(a: &SoftwareArray) -> Vec<u8> {
+    let p = rdr(0, 0);
+    a.pair_set(&p).await.unwrap();
+    a.replicate(&p, &background()).await.unwrap();
+    // Background writes while the copy crawls: all 32 blocks are pending at the separate.
+    a.set_copy_pace(BLOCK);
+    let image = pattern(5, CAP as usize);
+    a.write("h", 0, 0, &image).await.unwrap();
+    let no_wait = SeparateOptions {
+        wait_timeout_ms: None,
+        ..Default::default()
+    };
+    let s = a.separate(&p, &no_wait).await.unwrap();
+    assert_eq!(s.state.sync, SyncState::SepExec, "{s:?}");
+    a.inject_fault(&Fault::LinkDown { peer: "B".into() })
+        .await
+        .unwrap();
+    let s = a.pair_query(&p).await.unwrap();
+    assert!(s.state.abnormal_suspend, "{s:?}");
+    assert!(s.copy_diff_blocks > 4, "{s:?}");
+    image
+}
+
+#[tokio::test]
+async fn suspended_rdr_separate_finishes_when_the_link_is_back_and_keeps_its_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two(dir.path(), 0).await;
+    let image = suspended_separate(&a).await;
+    // A host write to a block not yet copied must not overwrite the separate instant: with
+    // the RV unreachable it is refused (nothing changed, retry later).
+    let tail = CAP - BLOCK;
+    let e = a.write("h", 0, tail, &pattern(6, BLOCK as usize)).await;
+    assert!(
+        matches!(e, Err(ArrayError::Unreachable { .. })),
+        "write to a pending block of a suspended separate: {e:?}"
+    );
+    a.inject_fault(&Fault::LinkUp { peer: "B".into() })
+        .await
+        .unwrap();
+    a.set_copy_pace(0);
+    let s = a
+        .wait(&rdr(0, 0), WaitCondition::Sep, WAIT_MS)
+        .await
+        .expect("the separate finishes once the link is back");
+    assert_eq!(s.state.sync, SyncState::Separated, "{s:?}");
+    assert!(!s.state.abnormal_suspend, "{s:?}");
+    assert!(
+        read_all(&b, 0, CAP).await == image,
+        "RV holds the separate instant's bytes"
+    );
+}
+
+#[tokio::test]
+async fn suspended_rdr_separate_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two(dir.path(), 0).await;
+    let image = suspended_separate(&a).await;
+    a.close().await.unwrap();
+    drop(a);
+    let a = open_a(dir.path(), &b, Arc::new(Link::new(0, 0))).await;
+    let s = a
+        .wait(&rdr(0, 0), WaitCondition::Sep, WAIT_MS)
+        .await
+        .expect("the separate finishes after a restart");
+    assert_eq!(s.state.sync, SyncState::Separated, "{s:?}");
+    assert!(read_all(&b, 0, CAP).await == image);
+}
+
+#[tokio::test]
+async fn forced_separate_is_a_way_out_of_a_suspended_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two(dir.path(), 0).await;
+    suspended_separate(&a).await;
+    let s = a
+        .forced_separate(&rdr(0, 0))
+        .await
+        .expect("forced separate from sep/exec + abnormal suspend");
+    assert_eq!(s.state.sync, SyncState::Cancel, "{s:?}");
+    // The MV is writable again; every block not copied is a difference.
+    a.write("h", 0, CAP - BLOCK, &pattern(7, BLOCK as usize))
+        .await
+        .unwrap();
+    a.inject_fault(&Fault::LinkUp { peer: "B".into() })
+        .await
+        .unwrap();
+    a.set_copy_pace(0);
+    a.replicate(&rdr(0, 0), &background()).await.unwrap();
+    a.separate(&rdr(0, 0), &sep_opts()).await.unwrap();
+    assert!(read_all(&b, 0, CAP).await == read_all(&a, 0, CAP).await);
 }

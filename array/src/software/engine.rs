@@ -82,12 +82,13 @@ impl Inner {
             let plan = {
                 let mut r = lock(&slot.rec);
                 let dir = match r.state.sync {
+                    // A suspended separate retries by itself: the link may be back.
+                    SyncState::SepExec => Some(Dir::MvToRv),
                     _ if r.state.abnormal_suspend => None,
                     SyncState::RstExec => Some(Dir::RvToMv),
-                    SyncState::RplExec
-                    | SyncState::RplSync
-                    | SyncState::RstSync
-                    | SyncState::SepExec => Some(Dir::MvToRv),
+                    SyncState::RplExec | SyncState::RplSync | SyncState::RstSync => {
+                        Some(Dir::MvToRv)
+                    }
                     _ => None,
                 };
                 match dir {
@@ -96,6 +97,7 @@ impl Inner {
                         Some(b) => Some((d, b, r.id.clone())),
                         None => {
                             if r.complete_copy() {
+                                r.state.abnormal_suspend = false;
                                 completed = Some((r.id.clone(), r.state));
                             }
                             None
@@ -150,6 +152,16 @@ impl Inner {
             match res {
                 Ok(n) => {
                     cursor = start + n.max(1);
+                    let resumed = n > 0 && {
+                        let mut r = lock(&slot.rec);
+                        std::mem::replace(&mut r.state.abnormal_suspend, false)
+                    };
+                    if resumed {
+                        // The link is back: the suspended separate goes on by itself.
+                        let _ = this.persist_pair_durable(&slot).await;
+                        let st = lock(&slot.rec).state;
+                        this.emit(&id, Some(st), "link back: separate resumes");
+                    }
                     if pace > 0 && n > 0 {
                         let secs = (n * this.block_bytes) as f64 / pace as f64;
                         tokio::time::sleep(Duration::from_secs_f64(secs)).await;

@@ -245,8 +245,9 @@ impl Inner {
 
     /// Copy-before-write for the blocks `[b0, b1)` a host write is about to change: a pair in
     /// `sep/exec` first gets the separate instant's block on the RV; a pair in `rst/exec`
-    /// first pulls the restored block into the MV (a partial write must land on it). Returns
-    /// true when bits were cleared (the caller flushes before the write lands: a crash must not let
+    /// first pulls the restored block into the MV (a partial write must land on it). When the
+    /// move fails the write is refused: the old block is still needed elsewhere. Returns true
+    /// when bits were cleared (the caller flushes before the write lands: a crash must not let
     /// the engine move the block again over the write).
     async fn copy_before_write(
         self: &Arc<Self>,
@@ -264,11 +265,8 @@ impl Inner {
             };
             let dir = match st.sync {
                 _ if pending.is_empty() => continue,
-                _ if st.abnormal_suspend => continue,
-                // Copy-before-write: the RV gets the separate instant's block first.
+                // Also when suspended: the write must not overwrite the separate instant.
                 SyncState::SepExec => Dir::MvToRv,
-                // Copy-on-write from the RV: the MV must hold the restored block before a
-                // partial write lands on it.
                 SyncState::RstExec => Dir::RvToMv,
                 _ => continue,
             };
@@ -276,9 +274,12 @@ impl Inner {
                 let boff = b * self.block_bytes;
                 // The same move the copy engine makes (we hold the MV's I/O lock, as it does).
                 if let Err(e) = self.copy_run(&id, ld, &dir, boff, self.block_bytes).await {
-                    // The pair leaves its copy state (fault/suspend); the MV write goes on.
                     self.after_copy_error(slot, &e).await;
-                    break;
+                    if lock(&slot.rec).copy.get(b) {
+                        return Err(e);
+                    }
+                    // The pair left its copy state (fault): the block is a difference now.
+                    continue;
                 }
                 let mut rec = lock(&slot.rec);
                 if rec.copy.clear(b) {
