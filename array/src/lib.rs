@@ -26,10 +26,13 @@
 //!   replicate of a sibling while it copies, and the restored blocks become MV-side
 //!   differences of every sibling pair).
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
-//!   [`COPY_RUN_BYTES_MAX`], holding the MV's I/O lock for each run, at the configured
-//!   `copy_pace_bytes_per_s` ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR
-//!   run moves file to file inside the kernel (`copy_file_range`, as `cp` does) on a blocking
-//!   thread; an RDR run is read and sent over the link. When the bitmap empties in an `exec`
+//!   [`COPY_RUN_BYTES_MAX`] at the configured `copy_pace_bytes_per_s`
+//!   ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
+//!   inside the kernel (`copy_file_range`, as `cp` does) on a blocking thread, holding the MV's
+//!   I/O lock, as does a restore run. An RDR run MV→RV holds the MV's I/O lock only to read its
+//!   blocks, not while they cross the link, so background and semi-sync writes return at local
+//!   speed; a host write to a block of a run in flight re-marks it (the run does not clear its
+//!   bit and the block is sent again with its newer content). When the bitmap empties in an `exec`
 //!   state the pair moves on (`rpl/exec`→`rpl/sync`, `sep/exec`→`separated`, `rst/exec`→
 //!   `rst/sync` or, for protect, `separated`).
 //! - **Copy control.** In `rpl/sync`, a sync pair writes MV and RV before acknowledging; a

@@ -35,6 +35,12 @@ pub(crate) struct PairRec {
     /// (`recover_intent`). Records from before this field load it empty.
     #[serde(default)]
     pub intent: Bitmap,
+    /// Blocks `[start, end)` of the run the engine is sending without the MV's I/O lock.
+    #[serde(skip)]
+    pub run: Option<(u64, u64)>,
+    /// Blocks of that run a host write touched meanwhile: the run must not clear them.
+    #[serde(skip)]
+    pub rerun: Vec<u64>,
     /// RV access to apply when a `sep/exec` with rvuse complete finishes.
     pub access_after_separate: RvAccess,
     /// Whether the running separate was `rvuse immediate`.
@@ -69,6 +75,8 @@ impl PairRec {
             copy: Bitmap::new(blocks),
             mv_dirty: Bitmap::full(blocks),
             intent: Bitmap::new(blocks),
+            run: None,
+            rerun: Vec::new(),
             access_after_separate: RvAccess::Rw,
             rv_use: RvUse::Complete,
             copy_total_blocks: 0,
@@ -246,11 +254,19 @@ impl PairRec {
         true
     }
 
+    /// A host write touched `[b0, b1)`: blocks of the run in flight must be sent again.
+    pub fn note_write(&mut self, b0: u64, b1: u64) {
+        if let Some((r0, r1)) = self.run {
+            self.rerun.extend(b0.max(r0)..b1.min(r1));
+        }
+    }
+
     /// Records a host write to `[b0, b1)` before it lands on the MV and says what follows it.
     /// Returns how many bits became set: if any, the record must be durable before the write
     /// lands (write intent); bits already set need no flush.
     pub fn mark_host_write(&mut self, b0: u64, b1: u64, backlog_max: u64) -> (WriteThen, u64) {
         use SyncState::*;
+        self.note_write(b0, b1);
         let st = self.state;
         match st.sync {
             Separated | Cancel | Fault | SepExec => {

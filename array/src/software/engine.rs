@@ -122,32 +122,11 @@ impl Inner {
                 return;
             };
             let (run_blocks_max, pace) = this.run_shape();
-            let res = {
-                let _g = mv.io.lock().await;
-                // Re-read the run under the MV lock: a copy-before-write may have taken blocks.
-                let n = {
-                    let r = lock(&slot.rec);
-                    let mut n = 0;
-                    while n < run_blocks_max && r.copy.get(start + n) {
-                        n += 1;
-                    }
-                    n
-                };
-                if n == 0 {
-                    Ok(0)
-                } else {
-                    let off = start * this.block_bytes;
-                    let len = n * this.block_bytes;
-                    let r = this.copy_run(&id, &mv, &dir, off, len).await;
-                    r.map(|_| {
-                        let mut rec = lock(&slot.rec);
-                        for b in start..start + n {
-                            rec.copy.clear(b);
-                        }
-                        rec.copied_blocks += n;
-                        n
-                    })
-                }
+            let res = if id.kind() == PairKind::Rdr && matches!(dir, Dir::MvToRv) {
+                this.send_run(&slot, &id, &mv, start, run_blocks_max).await
+            } else {
+                this.local_run(&slot, &id, &mv, &dir, start, run_blocks_max)
+                    .await
             };
             match res {
                 Ok(n) => {
@@ -179,6 +158,80 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Length of the run starting at `start`: consecutive blocks still set in `copy`.
+    fn run_len(slot: &PairSlot, start: u64, run_blocks_max: u64) -> u64 {
+        let r = lock(&slot.rec);
+        let mut n = 0;
+        while n < run_blocks_max && r.copy.get(start + n) {
+            n += 1;
+        }
+        n
+    }
+
+    /// A run that moves data on this array (DDR) or into the MV (restore): under the MV's I/O
+    /// lock from start to end, so no host write interleaves.
+    async fn local_run(
+        self: &Arc<Self>,
+        slot: &PairSlot,
+        id: &PairId,
+        mv: &Arc<Ld>,
+        dir: &Dir,
+        start: u64,
+        run_blocks_max: u64,
+    ) -> Result<u64> {
+        let _g = mv.io.lock().await;
+        // Re-read the run under the MV lock: a copy-before-write may have taken blocks.
+        let n = Self::run_len(slot, start, run_blocks_max);
+        if n == 0 {
+            return Ok(0);
+        }
+        let (off, len) = (start * self.block_bytes, n * self.block_bytes);
+        self.copy_run(id, mv, dir, off, len).await?;
+        let mut rec = lock(&slot.rec);
+        for b in start..start + n {
+            rec.copy.clear(b);
+        }
+        rec.copied_blocks += n;
+        Ok(n)
+    }
+
+    /// An RDR run MV→RV: the MV's I/O lock is held only to read the blocks, not while they
+    /// cross the link, so host writes go on at local speed. A host write to a block of the run
+    /// meanwhile re-marks it (`PairRec::note_write`): the run does not clear it and the block
+    /// is sent again with its newer content.
+    async fn send_run(
+        self: &Arc<Self>,
+        slot: &PairSlot,
+        id: &PairId,
+        mv: &Arc<Ld>,
+        start: u64,
+        run_blocks_max: u64,
+    ) -> Result<u64> {
+        let (n, data) = {
+            let _g = mv.io.lock().await;
+            let n = Self::run_len(slot, start, run_blocks_max);
+            if n == 0 {
+                return Ok(0);
+            }
+            let data = mv.read_at(&self.name, start * self.block_bytes, n * self.block_bytes)?;
+            let mut r = lock(&slot.rec);
+            r.run = Some((start, start + n));
+            r.rerun.clear();
+            (n, data)
+        };
+        let sent = self.rv_write(id, start * self.block_bytes, &data).await;
+        let mut rec = lock(&slot.rec);
+        rec.run = None;
+        let rerun = std::mem::take(&mut rec.rerun);
+        sent?;
+        for b in start..start + n {
+            if !rerun.contains(&b) && rec.copy.clear(b) {
+                rec.copied_blocks += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Clears the write-intent bits of a pair (lazily persisted, like md's bitmap daemon): the
