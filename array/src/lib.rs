@@ -170,6 +170,22 @@ pub const WRITE_INTENT_CLEAR_INTERVAL: Duration = Duration::from_secs(2);
 pub const ENGINE_IDLE_RECHECK: Duration = Duration::from_millis(500);
 /// How often a waiter rechecks the state even without an event.
 pub const WAIT_RECHECK: Duration = Duration::from_millis(200);
+/// Longest wait a caller may ask for (7 days): every user-given duration is checked against it
+/// before anything is applied, so no deadline computation can overflow.
+pub const WAIT_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// Refuses a wait longer than [`WAIT_TIMEOUT_MS_MAX`] as bad input.
+pub(crate) fn check_wait_ms(ms: Option<u64>) -> Result<()> {
+    match ms {
+        Some(t) if t > WAIT_TIMEOUT_MS_MAX => Err(ArrayError::InvalidInput {
+            detail: format!(
+                "wait timeout {t} ms exceeds the maximum of {WAIT_TIMEOUT_MS_MAX} ms (7 days)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Largest single host read or write.
 pub const IO_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// Bound on one array-to-array request.

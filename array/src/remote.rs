@@ -69,6 +69,7 @@ impl RemoteArray {
     async fn call(&self, c: Call) -> Result<Answer> {
         let op = format!("{c:?}").chars().take(80).collect::<String>();
         let mutates = c.mutates();
+        crate::check_wait_ms(Some(c.wait_ms()))?;
         let mut req = tonic::Request::new(pb::CallRequest { body: encode(&c) });
         req.set_timeout(crate::CALL_TIMEOUT + Duration::from_millis(c.wait_ms()));
         let reply = self

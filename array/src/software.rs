@@ -756,6 +756,7 @@ impl Array for SoftwareArray {
     }
 
     async fn replicate(&self, id: &PairId, o: &ReplicateOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "replicate", true, |r, d| r.begin_replicate(o, d))
@@ -767,6 +768,7 @@ impl Array for SoftwareArray {
     }
 
     async fn separate(&self, id: &PairId, o: &SeparateOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "separate", false, |r, _| r.begin_separate(o))
@@ -778,6 +780,7 @@ impl Array for SoftwareArray {
     }
 
     async fn restore(&self, id: &PairId, o: &RestoreOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "restore", true, |r, d| r.begin_restore(o, d))
@@ -795,6 +798,7 @@ impl Array for SoftwareArray {
     }
 
     async fn wait(&self, id: &PairId, cond: WaitCondition, timeout_ms: u64) -> Result<PairInfo> {
+        crate::check_wait_ms(Some(timeout_ms))?;
         self.inner.wait(id, cond, timeout_ms).await
     }
 
@@ -835,6 +839,7 @@ impl Array for SoftwareArray {
     }
 
     async fn copy_to_parent(&self, copy: u32, wait_timeout_ms: Option<u64>) -> Result<CopyInfo> {
+        crate::check_wait_ms(wait_timeout_ms)?;
         self.inner.copy_to_parent(copy, wait_timeout_ms).await
     }
 

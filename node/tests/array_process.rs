@@ -300,3 +300,78 @@ async fn killed_array_process_keeps_business_copy_images() {
     assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&expect));
     assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&copy_img));
 }
+
+fn cli_at(addr: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("STILLPOINT_ARRAY", addr)
+        .env_remove("STILLPOINT_ENDPOINT")
+        .output()
+        .expect("run CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Issue 9, defect 5: a user-given duration beyond the bound is a clear input error (exit 2)
+/// before anything is applied, never a panic (exit 101); the help states the bound.
+#[tokio::test]
+async fn huge_timeouts_are_refused_as_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array.toml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    write_config(&cfg, &dir.path().join("data"), port, 0);
+    let _child = spawn_array(&cfg);
+    let a = connect(&addr).await;
+    a.pair_set(&pair(0, 1)).await.unwrap();
+    let huge = "18446744073709551615";
+    let pair_args = ["--mv", "0", "--rv", "1"];
+    for cmd in [
+        vec!["pair", "wait", "--cond", "sep", "--timeout", huge],
+        vec!["pair", "replicate", "--wait", "--timeout", huge],
+        vec!["pair", "separate", "--wait", "--timeout", huge],
+        vec!["pair", "restore", "--wait", "--timeout", huge],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(pair_args);
+        let (code, text) = cli_at(&addr, &args);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("--timeout"),
+            "{args:?} names the flag: {text}"
+        );
+    }
+    // Nothing was applied: the pair is still separated.
+    let p = a.pair_query(&pair(0, 1)).await.unwrap();
+    assert_eq!(p.state.sync, SyncState::Separated, "{p:?}");
+    a.pair_unset(&pair(0, 1)).await.unwrap();
+    a.copy_create(0, 1, true).await.unwrap();
+    let (code, text) = cli_at(
+        &addr,
+        &[
+            "copy",
+            "to-parent",
+            "--copy",
+            "1",
+            "--wait",
+            "--timeout",
+            huge,
+        ],
+    );
+    assert_eq!(code, Some(2), "copy to-parent: {text}");
+    let (code, text) = cli_at(&addr, &["pair", "wait", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("604800"), "help states the bound: {text}");
+    // The API bounds the wait too: a client asking for u64::MAX ms gets an input error.
+    let e = a.copy_to_parent(1, Some(u64::MAX)).await.unwrap_err();
+    assert!(matches!(e, ArrayError::InvalidInput { .. }), "{e}");
+    let e = a
+        .wait(&pair(0, 1), WaitCondition::Sep, u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ArrayError::InvalidInput { .. }), "{e}");
+}
