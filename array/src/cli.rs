@@ -58,6 +58,8 @@ impl Target {
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum ArrayCommand {
     /// Run a software array as its own process (gRPC control and data API) until Ctrl-C.
+    /// Prints "serving on" once the array has opened; exits 6 if the listen address or the
+    /// data dir is unusable, 2 if the config is wrong (the message names file and field).
     Serve {
         /// Array config file (TOML).
         #[arg(long)]
@@ -417,15 +419,15 @@ impl ArrayCommand {
                 let cfg = ArrayConfig::load(&config)?;
                 let listener = tokio::net::TcpListener::bind(&cfg.listen)
                     .await
-                    .map_err(|e| ArrayError::Config {
-                        path: config.display().to_string(),
-                        detail: format!("listen = {:?}: {e}", cfg.listen),
+                    .map_err(|e| ArrayError::CannotStart {
+                        what: format!("listen = {:?} in {}", cfg.listen, config.display()),
+                        detail: e.to_string(),
                     })?;
-                eprintln!("array {} serving on {}", cfg.name, cfg.listen);
-                crate::serve(cfg, listener, async {
+                let serving = format!("array {} serving on {}", cfg.name, cfg.listen);
+                let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+                };
+                crate::serve_when_open(cfg, listener, shutdown, || eprintln!("{serving}")).await?;
                 Ok(ExitCode::SUCCESS)
             }
             ArrayCommand::ExampleConfig => {

@@ -126,6 +126,10 @@ pub enum ArrayError {
         "metadata corrupt in {path}: {detail}; the array refuses to start rather than forget pairs"
     )]
     CorruptMetadata { path: String, detail: String },
+    /// The array cannot start: its data dir or listen address is unusable (missing
+    /// permission, not a directory, address in use); fix the named path or address.
+    #[error("cannot start: {what}: {detail}")]
+    CannotStart { what: String, detail: String },
     /// A logical disk failed (injected or real disk error); repair it, then re-replicate.
     #[error("LD {ld} of array {array} failed: {detail}")]
     DeviceFailed {

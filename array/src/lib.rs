@@ -26,8 +26,9 @@
 //!   replicate of a sibling while it copies, and the restored blocks become MV-side
 //!   differences of every sibling pair).
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
-//!   [`COPY_RUN_BYTES_MAX`] at the configured `copy_pace_bytes_per_s`
-//!   ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
+//!   [`COPY_RUN_BYTES_MAX`]. The configured `copy_pace_bytes_per_s` is the array's: all its
+//!   pairs and business copies together keep to it, each run booking its share of one
+//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
 //!   inside the kernel (`copy_file_range`, as `cp` does) on a blocking thread, holding the MV's
 //!   I/O lock, as does a restore run. An RDR run MV→RV holds the MV's I/O lock only to read its
 //!   blocks, not while they cross the link, so background and semi-sync writes return at local
@@ -143,7 +144,7 @@ pub use api::{Array, PeerReply, PeerRequest};
 pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
 pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
-pub use server::{serve, serve_array};
+pub use server::{serve, serve_array, serve_when_open};
 pub use software::{Link, PeerHandle, SoftwareArray};
 pub use types::*;
 

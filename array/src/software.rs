@@ -54,6 +54,8 @@ struct Inner {
     block_bytes: u64,
     /// Copy pace of every engine (0 = unpaced); changed at runtime by `set_copy_pace`.
     pace_bytes_per_s: AtomicU64,
+    /// When the array-wide copy schedule has room for the next run (see `pace`).
+    pace_next: Mutex<tokio::time::Instant>,
     backlog_max: u64,
     lds: BTreeMap<u32, Arc<Ld>>,
     db: sled::Db,
@@ -93,7 +95,11 @@ impl SoftwareArray {
             path: cfg.name.clone(),
             detail,
         })?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ArrayError::io(&cfg.data_dir, e))?;
+        let unusable = |path: &std::path::Path, e: std::io::Error| ArrayError::CannotStart {
+            what: format!("data dir {}", cfg.data_dir.display()),
+            detail: format!("{}: {e}", path.display()),
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| unusable(&cfg.data_dir, e))?;
         let mut lds = BTreeMap::new();
         for l in &cfg.lds {
             let path = cfg.data_dir.join(format!("ld-{}.img", l.number));
@@ -103,7 +109,7 @@ impl SoftwareArray {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| ArrayError::io(&path, e))?;
+                .map_err(|e| unusable(&path, e))?;
             let len = file.metadata().map_err(|e| ArrayError::io(&path, e))?.len();
             if len == 0 {
                 file.set_len(l.capacity_bytes)
@@ -221,6 +227,7 @@ impl SoftwareArray {
             name: cfg.name.clone(),
             block_bytes: cfg.block_bytes,
             pace_bytes_per_s: AtomicU64::new(cfg.copy_pace_bytes_per_s),
+            pace_next: Mutex::new(tokio::time::Instant::now()),
             backlog_max: cfg.semi_sync_backlog_blocks_max.max(1),
             lds,
             db,
@@ -259,9 +266,9 @@ impl SoftwareArray {
         self.inner.peers.get(peer).map(|(_, l)| l.clone())
     }
 
-    /// Changes the copy pace of every pair and business copy from its next run on (the config's
-    /// `copy_pace_bytes_per_s`; 0 copies as fast as the disk goes). Not persisted: a restart
-    /// takes the configured pace again.
+    /// Changes the array's copy pace from the next run on (the config's `copy_pace_bytes_per_s`,
+    /// shared by all pairs and business copies of the array together; 0 copies as fast as the
+    /// disk goes). Not persisted: a restart takes the configured pace again.
     pub fn set_copy_pace(&self, bytes_per_s: u64) {
         self.inner
             .pace_bytes_per_s

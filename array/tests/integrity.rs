@@ -116,6 +116,31 @@ async fn one_restore_per_mv_at_a_time() {
     assert_every_rv_equals_mv(&a, &[2], "after the restore").await;
 }
 
+#[tokio::test]
+async fn copy_pace_is_shared_by_every_copy_of_the_array() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MiB/s for the whole array; two pairs copy 2 MiB each.
+    let pace = 2 * 1024 * 1024;
+    let a = ddr_array(dir.path(), pace).await;
+    let started = std::time::Instant::now();
+    for rv in [1, 2] {
+        a.pair_set(&pair(0, rv)).await.unwrap();
+        let o = ReplicateOptions::default();
+        a.replicate(&pair(0, rv), &o).await.unwrap();
+    }
+    for rv in [1, 2] {
+        a.wait(&pair(0, rv), WaitCondition::Sync, WAIT_MS)
+            .await
+            .unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    // 4 MiB at 2 MiB/s is 2 s; a per-pair pace would finish in about 1 s.
+    assert!(
+        took >= 1.6,
+        "two pairs copied 4 MiB in {took:.2} s: faster than the array's pace of 2 MiB/s"
+    );
+}
+
 // ---- RDR --------------------------------------------------------------------------------
 
 fn rdr_lds() -> Vec<LdConfig> {

@@ -375,3 +375,62 @@ async fn huge_timeouts_are_refused_as_bad_input() {
         .unwrap_err();
     assert!(matches!(e, ArrayError::InvalidInput { .. }), "{e}");
 }
+
+/// Issue 9, defect 6: `array serve` with an unusable listen address or data dir exits 6 and
+/// never claims to be serving; a malformed peer endpoint names the file and the field.
+#[test]
+fn serve_start_failures_exit_6_and_name_what() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each start must fail on its own; one still running after 60 s is killed and fails.
+    let serve = |cfg: &std::path::Path| {
+        let mut child = Command::new(BIN)
+            .args(["array", "serve", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().expect("poll serve").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("serve output");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Listen address in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.path().join("busy.toml");
+    write_config(&cfg, &dir.path().join("data1"), port, 0);
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(6), "listen address in use: {err}");
+    assert!(err.contains("listen"), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+    // Data dir is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let cfg = dir.path().join("file.toml");
+    write_config(&cfg, &file, free_port(), 0);
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(6), "data dir unusable: {err}");
+    assert!(!err.contains("serving on"), "{err}");
+    // Malformed peer endpoint.
+    let cfg = dir.path().join("peer.toml");
+    write_config(&cfg, &dir.path().join("data3"), free_port(), 0);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += "[[peer]]\nname = \"B\"\nendpoint = \"http://[::1\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(2), "bad peer endpoint: {err}");
+    assert!(
+        err.contains("peer.toml") && err.contains("peer[0].endpoint"),
+        "names file and field: {err}"
+    );
+}

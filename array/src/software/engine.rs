@@ -121,7 +121,7 @@ impl Inner {
             let Ok(mv) = this.ld(id.mv.ld).cloned() else {
                 return;
             };
-            let (run_blocks_max, pace) = this.run_shape();
+            let (run_blocks_max, _) = this.run_shape();
             let res = if id.kind() == PairKind::Rdr && matches!(dir, Dir::MvToRv) {
                 this.send_run(&slot, &id, &mv, start, run_blocks_max).await
             } else {
@@ -141,10 +141,7 @@ impl Inner {
                         let st = lock(&slot.rec).state;
                         this.emit(&id, Some(st), "link back: separate resumes");
                     }
-                    if pace > 0 && n > 0 {
-                        let secs = (n * this.block_bytes) as f64 / pace as f64;
-                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                    }
+                    this.pace(n * this.block_bytes).await;
                     if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
                         // Clearing bits is persisted lazily: a lost clear only recopies a block.
                         let _ = this.persist_pair(&slot, false);
@@ -248,5 +245,23 @@ impl Inner {
         let _g = mv.io.lock().await;
         lock(&slot.rec).intent.clear_all();
         let _ = self.persist_pair(slot, false);
+    }
+
+    /// Sleeps so that all copies of the array together keep to the copy pace (bytes/s): each
+    /// run books its share of one array-wide schedule.
+    pub(super) async fn pace(&self, bytes: u64) {
+        let pace = self.pace_bytes_per_s.load(Ordering::SeqCst);
+        if pace == 0 || bytes == 0 {
+            return;
+        }
+        let until = {
+            let mut next = lock(&self.pace_next);
+            let now = tokio::time::Instant::now();
+            // Idle time is not saved up for a burst later.
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / pace as f64);
+            *next
+        };
+        tokio::time::sleep_until(until).await;
     }
 }
