@@ -16,6 +16,12 @@
 //!    to the MV of a sync DDR pair in `rpl/sync`, interleaved one by one so load noise hits
 //!    both alike.
 //!
+//! 4. **RDR write latency per copy mode**: 64 KiB writes to the MV of a pair between two
+//!    in-process arrays joined by a link of `STILLPOINT_BENCH_LINK_MS` (default 200 ms), in
+//!    sync, semi-sync (backlog bound 64 blocks), background and separated: sync pays the link
+//!    on every write, the asynchronous modes must stay at local speed (the copy engine sends
+//!    its runs without holding the MV's I/O lock).
+//!
 //! Knobs (environment): `STILLPOINT_BENCH_LD_MIB` (LD size, default 1024),
 //! `STILLPOINT_BENCH_ROUNDS` (initial-copy rounds, default 3), `STILLPOINT_BENCH_WRITES`
 //! (latency samples per LD, default 3000), `STILLPOINT_BENCH_DIR` (parent of the temp dir,
@@ -497,6 +503,7 @@ async fn run(dir: &Path, ld_bytes: u64, rounds: usize, writes: usize) -> String 
         us(sync.mean) - us(plain.mean)
     );
     a.close().await.expect("close");
+    let rdr = rdr_latency(dir).await;
 
     // Summary and targets.
     println!("\n== targets ==");
@@ -557,7 +564,97 @@ async fn run(dir: &Path, ld_bytes: u64, rounds: usize, writes: usize) -> String 
         us(plain.p99),
         us(sync.p50),
         us(sync.p99),
-    )
+    ) + &rdr
+}
+
+/// Section 4: `RDR_WRITES` writes of 64 KiB to distinct blocks of an RDR pair's MV in each copy
+/// mode; returns the summary fields.
+async fn rdr_latency(dir: &Path) -> String {
+    const RDR_WRITES: u64 = 10;
+    let link_ms: u64 = env_or("STILLPOINT_BENCH_LINK_MS", 200);
+    println!("\n== 4. 64 KiB write latency of an RDR pair's MV, link {link_ms} ms ==");
+    let ld_bytes = 64 * MIB;
+    let cfg = |name: &str| ArrayConfig {
+        name: name.into(),
+        data_dir: dir.join(format!("rdr-{name}")),
+        listen: "127.0.0.1:0".into(),
+        block_bytes: DEFAULT_BLOCK_BYTES,
+        copy_pace_bytes_per_s: 0,
+        semi_sync_backlog_blocks_max: DEFAULT_SEMI_SYNC_BACKLOG_BLOCKS_MAX,
+        lds: vec![LdConfig {
+            number: 0,
+            name: "RDR".into(),
+            capacity_bytes: ld_bytes,
+            format: "NX".into(),
+            hosts: vec!["*".into()],
+        }],
+        peers: vec![],
+    };
+    let b = SoftwareArray::open(&cfg("B"), vec![])
+        .await
+        .expect("open B");
+    let peer = PeerHandle {
+        name: "B".into(),
+        array: std::sync::Arc::new(b.clone()),
+        link: std::sync::Arc::new(Link::new(link_ms, 0)),
+    };
+    let a = SoftwareArray::open(&cfg("A"), vec![peer])
+        .await
+        .expect("open A");
+    let p = PairId {
+        mv: LdRef {
+            array: "A".into(),
+            ld: 0,
+        },
+        rv: LdRef {
+            array: "B".into(),
+            ld: 0,
+        },
+    };
+    a.pair_set(&p).await.expect("set RDR pair");
+    let mut rng = Rng::new(4);
+    let mut fields = String::new();
+    let modes = [
+        ("sync", Some(CopyControl::Sync)),
+        ("semi-sync", Some(CopyControl::SemiSync)),
+        ("background", Some(CopyControl::Background)),
+        ("separated", None),
+    ];
+    for (round, (name, cc)) in modes.into_iter().enumerate() {
+        if let Some(cc) = cc {
+            let o = ReplicateOptions {
+                copy_control: cc,
+                ..replicate_opts(CopyRange::Difference)
+            };
+            a.replicate(&p, &o).await.expect("replicate RDR");
+        }
+        let mut took = vec![];
+        let t0 = Instant::now();
+        for i in 0..RDR_WRITES {
+            let off = (round as u64 * RDR_WRITES + i) * DEFAULT_BLOCK_BYTES;
+            let data = rng.bytes(DEFAULT_BLOCK_BYTES as usize);
+            let t = Instant::now();
+            a.write("bench", 0, off, &data).await.expect("RDR write");
+            took.push(t.elapsed());
+        }
+        let total = t0.elapsed();
+        let l = Latency::of(took);
+        println!(
+            "{name:>10}: {RDR_WRITES} writes in {:.3} s; p50={:.1} ms max={:.1} ms",
+            total.as_secs_f64(),
+            ms(l.p50),
+            ms(l.max)
+        );
+        fields += &format!(" rdr_{}_total_ms={:.0}", name.replace('-', "_"), ms(total));
+        if cc.is_some() {
+            a.separate(&p, &separate_opts())
+                .await
+                .expect("separate RDR");
+        }
+    }
+    a.close().await.expect("close A");
+    b.close().await.expect("close B");
+    fields
 }
 
 fn main() {

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// A fixed-length set of block indexes with an O(1) population count.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The default is the empty set of length 0 (a field missing from an older record).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Bitmap {
     words: Vec<u64>,
     len: u64,

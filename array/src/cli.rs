@@ -7,7 +7,9 @@
 //! and `--output table|json` (tables by default). Pairs are named with `--mv LD` (an LD of the
 //! array addressed, or `ARRAY:LD`) and `--rv LD` (`LD` on the same array for DDR, `ARRAY:LD` for
 //! RDR). Operations with `--wait` show a progress bar on a terminal while the copy runs and give
-//! up after `--timeout` seconds (the operation itself goes on).
+//! up after `--timeout` seconds (the operation itself goes on). Every `--timeout` is bounded to
+//! [`TIMEOUT_S_MAX`] (7 days): a larger value is bad input (exit 2) before anything is applied,
+//! and the API refuses waits beyond [`crate::WAIT_TIMEOUT_MS_MAX`] the same way.
 //!
 //! Errors come back as [`ArrayError`]; the binary turns them into its one exit-code table
 //! (`stillpoint_node::error::exit`, listed in the README), shared with the cluster and volume
@@ -56,6 +58,8 @@ impl Target {
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum ArrayCommand {
     /// Run a software array as its own process (gRPC control and data API) until Ctrl-C.
+    /// Prints "serving on" once the array has opened; exits 6 if the listen address or the
+    /// data dir is unusable, 2 if the config is wrong (the message names file and field).
     Serve {
         /// Array config file (TOML).
         #[arg(long)]
@@ -206,9 +210,25 @@ pub struct WaitArgs {
     /// Wait until the operation's copy completes.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Give up waiting after this many seconds (0 to 604800, i.e. at most 7 days).
+    #[arg(long, default_value_t = 3600, value_parser = timeout_s)]
     pub timeout: u64,
+}
+
+/// Longest `--timeout` in seconds (the API's [`crate::WAIT_TIMEOUT_MS_MAX`], 7 days).
+pub const TIMEOUT_S_MAX: u64 = crate::WAIT_TIMEOUT_MS_MAX / 1000;
+
+/// Parses a `--timeout` in seconds, bounded so no deadline can overflow.
+fn timeout_s(v: &str) -> Result<u64, String> {
+    let s: u64 = v
+        .parse()
+        .map_err(|_| format!("{v:?} is not a whole number of seconds"))?;
+    if s > TIMEOUT_S_MAX {
+        return Err(format!(
+            "{s} s is more than the maximum of {TIMEOUT_S_MAX} s (7 days)"
+        ));
+    }
+    Ok(s)
 }
 
 /// `stillpoint pair ...`
@@ -303,8 +323,8 @@ pub enum PairCommand {
         /// Condition.
         #[arg(long, value_enum, default_value_t = WaitCondition::Sync)]
         cond: WaitCondition,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Give up after this many seconds (0 to 604800, i.e. at most 7 days).
+        #[arg(long, default_value_t = 3600, value_parser = timeout_s)]
         timeout: u64,
     },
 }
@@ -399,15 +419,15 @@ impl ArrayCommand {
                 let cfg = ArrayConfig::load(&config)?;
                 let listener = tokio::net::TcpListener::bind(&cfg.listen)
                     .await
-                    .map_err(|e| ArrayError::Config {
-                        path: config.display().to_string(),
-                        detail: format!("listen = {:?}: {e}", cfg.listen),
+                    .map_err(|e| ArrayError::CannotStart {
+                        what: format!("listen = {:?} in {}", cfg.listen, config.display()),
+                        detail: e.to_string(),
                     })?;
-                eprintln!("array {} serving on {}", cfg.name, cfg.listen);
-                crate::serve(cfg, listener, async {
+                let serving = format!("array {} serving on {}", cfg.name, cfg.listen);
+                let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+                };
+                crate::serve_when_open(cfg, listener, shutdown, || eprintln!("{serving}")).await?;
                 Ok(ExitCode::SUCCESS)
             }
             ArrayCommand::ExampleConfig => {

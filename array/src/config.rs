@@ -19,7 +19,9 @@ pub struct ArrayConfig {
     /// Unit of difference tracking and copying; LD capacities must be multiples of it.
     #[serde(default = "default_block_bytes")]
     pub block_bytes: u64,
-    /// Background copy pace (the seed's per-array copy level); 0 copies as fast as the disk goes.
+    /// Background copy pace of the whole array (the seed's per-array copy level): all pairs and
+    /// business copies of the array together copy at most this many bytes per second; 0 copies
+    /// as fast as the disk goes.
     #[serde(default)]
     pub copy_pace_bytes_per_s: u64,
     /// Semi-sync backlog bound: beyond this many un-reflected blocks a write turns synchronous.
@@ -143,6 +145,8 @@ impl ArrayConfig {
                     p.name
                 ));
             }
+            crate::remote::check_endpoint(&p.endpoint)
+                .map_err(|e| format!("peer[{i}].endpoint = {:?}: {e}", p.endpoint))?;
         }
         Ok(())
     }
@@ -156,7 +160,8 @@ data_dir = "/var/lib/stillpoint/array0"
 listen = "127.0.0.1:7600"
 # unit of difference tracking and copying
 block_bytes = 65536
-# background copy pace; 0 = as fast as the disk allows
+# background copy pace of the whole array (all pairs and business copies together);
+# 0 = as fast as the disk allows
 copy_pace_bytes_per_s = 0
 # semi-sync (RDR) turns synchronous beyond this many un-reflected blocks
 semi_sync_backlog_blocks_max = 64

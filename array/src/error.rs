@@ -47,6 +47,10 @@ pub enum Rule {
     /// A pair restore onto an MV that has attached business copies is refused: the restore
     /// writes the MV beneath the copies' copy-before-write.
     PairRestoreNeedsDetachedCopies,
+    /// A restore needs every other pair of its MV separated (separated, cancel, fault), so at
+    /// most one restore runs per MV and no other pair mirrors or copies the MV meanwhile; the
+    /// blocks it restores become MV-side differences of those other pairs.
+    RestoreNeedsOtherPairsSeparated,
 }
 
 impl std::fmt::Display for Rule {
@@ -70,6 +74,7 @@ impl std::fmt::Display for Rule {
             Rule::CopyAccess => "copy-access",
             Rule::CopyToParentNeedsSeparatedPairs => "copy-to-parent-needs-separated-pairs",
             Rule::PairRestoreNeedsDetachedCopies => "pair-restore-needs-detached-copies",
+            Rule::RestoreNeedsOtherPairsSeparated => "restore-needs-other-pairs-separated",
         };
         f.write_str(s)
     }
@@ -121,6 +126,10 @@ pub enum ArrayError {
         "metadata corrupt in {path}: {detail}; the array refuses to start rather than forget pairs"
     )]
     CorruptMetadata { path: String, detail: String },
+    /// The array cannot start: its data dir or listen address is unusable (missing
+    /// permission, not a directory, address in use); fix the named path or address.
+    #[error("cannot start: {what}: {detail}")]
+    CannotStart { what: String, detail: String },
     /// A logical disk failed (injected or real disk error); repair it, then re-replicate.
     #[error("LD {ld} of array {array} failed: {detail}")]
     DeviceFailed {

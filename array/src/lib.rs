@@ -21,12 +21,19 @@
 //!   (activity, sync state, copy control, RV access, abnormal suspend) is an enum with named
 //!   transitions that check their preconditions; see [`SyncState`] for the transition table and
 //!   [`Rule`] for the pairing rules (same capacity and format, ≤ 4 RVs per MV, ≤ 3 DDR RVs,
-//!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated).
+//!   ≤ 2 arrays, a single DDR layer, one role per LD, unset only when separated, a restore
+//!   only while every other pair of its MV is separated: one restore per MV at a time, no
+//!   replicate of a sibling while it copies, and the restored blocks become MV-side
+//!   differences of every sibling pair).
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
-//!   [`COPY_RUN_BYTES_MAX`], holding the MV's I/O lock for each run, at the configured
-//!   `copy_pace_bytes_per_s` ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR
-//!   run moves file to file inside the kernel (`copy_file_range`, as `cp` does) on a blocking
-//!   thread; an RDR run is read and sent over the link. When the bitmap empties in an `exec`
+//!   [`COPY_RUN_BYTES_MAX`]. The configured `copy_pace_bytes_per_s` is the array's: all its
+//!   pairs and business copies together keep to it, each run booking its share of one
+//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
+//!   inside the kernel (`copy_file_range`, as `cp` does) on a blocking thread, holding the MV's
+//!   I/O lock, as does a restore run. An RDR run MV→RV holds the MV's I/O lock only to read its
+//!   blocks, not while they cross the link, so background and semi-sync writes return at local
+//!   speed; a host write to a block of a run in flight re-marks it (the run does not clear its
+//!   bit and the block is sent again with its newer content). When the bitmap empties in an `exec`
 //!   state the pair moves on (`rpl/exec`→`rpl/sync`, `sep/exec`→`separated`, `rst/exec`→
 //!   `rst/sync` or, for protect, `separated`).
 //! - **Copy control.** In `rpl/sync`, a sync pair writes MV and RV before acknowledging; a
@@ -57,10 +64,19 @@
 //!   restore onto a parent with attached copies is refused. Operations from the wrong state
 //!   fail with [`ArrayError::CopyWrongState`] naming the copy's state; host I/O on a detached
 //!   copy (or one copying to its parent) is refused by rule `copy-access`.
-//! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). A bit that
-//!   becomes set is flushed before the write that set it is acknowledged; cleared bits are
-//!   persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a killed array recopies at most a few runs
-//!   and never forgets a difference. On start, every record is validated; a record that does not
+//! - **Persistence.** Pair records and RV roles are JSON in sled (`data_dir/meta`). Host writes
+//!   follow a write-intent discipline, as Linux md's write-intent bitmap does: every bit that
+//!   tells a later copy about a write (`mv_dirty`, `copy`, the RV role's dirty bitmap, and for
+//!   a mirrored write the pair's `intent` bitmap) is set and flushed *before* the write lands
+//!   on the LD; a bit already set costs no flush, so the price is one metadata flush per newly
+//!   dirtied block, not per write. `intent` marks blocks a mirrored (sync) write may have
+//!   reached on one side only; the engine clears it lazily every
+//!   [`WRITE_INTENT_CLEAR_INTERVAL`] while no write is in flight, and on start every bit
+//!   left in it becomes a block to copy (or an MV-side difference) again. Copy-before-write
+//!   clears are flushed before the write too, so a restart never copies an old block over a
+//!   newer one. Bits the engine clears are persisted lazily ([`COPY_PERSIST_INTERVAL`]), so a
+//!   killed array recopies at most a few runs and never forgets a difference (tested by
+//!   killing `stillpoint array serve` with SIGKILL at random moments, `node/tests/array_crash.rs`). On start, every record is validated; a record that does not
 //!   decode or does not fit the configured LDs stops the array with
 //!   [`ArrayError::CorruptMetadata`] instead of starting empty. Copies that were running resume.
 //!   Business copy records (sled tree `copies`) are stricter, because a *cleared* `pending` or
@@ -71,7 +87,12 @@
 //!   state; peers are in-process arrays ([`PeerHandle`]) or served arrays named in the config
 //!   (reached with [`RemoteArray`]). The RV's array serves array-to-array requests
 //!   ([`PeerRequest`]). A link fault puts copying pairs into abnormal suspend; MV writes go on
-//!   and accumulate in `copy`; a replicate once the link is back resumes them.
+//!   and accumulate in `copy`; a replicate once the link is back resumes them. A separate
+//!   suspended in `sep/exec` needs no operation: its engine retries and the separate completes
+//!   once the link is back (after a restart too); forced separate ends it at once (`cancel`).
+//!   Copy-before-write is never skipped: while the RV cannot be reached, a host write to a
+//!   block the separate has not copied yet is refused (`Unreachable`, nothing changed) rather
+//!   than overwriting the separate instant's data.
 //! - **Events.** [`Array::events`] streams every pair state change ([`PairEvent`]) and every
 //!   business-copy state change ([`CopyEvent`]) from the moment of subscription; a subscriber
 //!   that falls more than [`EVENT_CHANNEL_CAPACITY`] behind skips ahead (query to resync).
@@ -102,6 +123,8 @@
 //! - Taking the RV's difference record at replicate/restore clears it on the RV side before the
 //!   MV side has persisted the merge; a crash in that window loses RV-side differences.
 //! - Host I/O on an LD takes one lock per LD; concurrent I/O to one LD is serialised.
+//! - While an RDR separate is suspended in `sep/exec`, host writes to the MV blocks it has not
+//!   copied yet are refused until the link is back or the pair is force-separated.
 //! - If the link is down when a pair's RV access changes, the RV keeps its old access until the
 //!   link comes back (re-pushed on link up).
 
@@ -121,7 +144,7 @@ pub use api::{Array, PeerReply, PeerRequest};
 pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
 pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
-pub use server::{serve, serve_array};
+pub use server::{serve, serve_array, serve_when_open};
 pub use software::{Link, PeerHandle, SoftwareArray};
 pub use types::*;
 
@@ -141,10 +164,29 @@ pub const MAX_RV_ARRAYS_PER_MV: u32 = 2;
 pub const COPY_RUN_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// How often a running copy persists its cleared bits.
 pub const COPY_PERSIST_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a pair's write-intent bits are cleared (lazily persisted) once their writes are
+/// complete; a block written again within it costs no metadata flush.
+pub const WRITE_INTENT_CLEAR_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an idle copy engine sleeps before rechecking without a wake-up.
 pub const ENGINE_IDLE_RECHECK: Duration = Duration::from_millis(500);
 /// How often a waiter rechecks the state even without an event.
 pub const WAIT_RECHECK: Duration = Duration::from_millis(200);
+/// Longest wait a caller may ask for (7 days): every user-given duration is checked against it
+/// before anything is applied, so no deadline computation can overflow.
+pub const WAIT_TIMEOUT_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+/// Refuses a wait longer than [`WAIT_TIMEOUT_MS_MAX`] as bad input.
+pub(crate) fn check_wait_ms(ms: Option<u64>) -> Result<()> {
+    match ms {
+        Some(t) if t > WAIT_TIMEOUT_MS_MAX => Err(ArrayError::InvalidInput {
+            detail: format!(
+                "wait timeout {t} ms exceeds the maximum of {WAIT_TIMEOUT_MS_MAX} ms (7 days)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Largest single host read or write.
 pub const IO_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// Bound on one array-to-array request.

@@ -12,6 +12,14 @@ use crate::bitmap::Bitmap;
 use crate::error::{ArrayError, Result, Rule};
 use crate::types::*;
 
+/// What follows a host write on the MV for one pair.
+pub(crate) enum WriteThen {
+    /// Recorded in a bitmap; the copy engine or a later replicate moves it.
+    Record,
+    /// Written to the RV too before the host gets its answer.
+    Mirror,
+}
+
 /// Persisted state of one pair.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PairRec {
@@ -21,6 +29,18 @@ pub(crate) struct PairRec {
     pub copy: Bitmap,
     /// Blocks the MV changed (or that were left uncopied) while separated.
     pub mv_dirty: Bitmap,
+    /// Write intent (as Linux md's write-intent bitmap): blocks a mirrored host write may have
+    /// reached on one side only. Set and flushed before the MV write lands, cleared lazily by
+    /// the engine once no write is in flight; on open every bit becomes a difference again
+    /// (`recover_intent`). Records from before this field load it empty.
+    #[serde(default)]
+    pub intent: Bitmap,
+    /// Blocks `[start, end)` of the run the engine is sending without the MV's I/O lock.
+    #[serde(skip)]
+    pub run: Option<(u64, u64)>,
+    /// Blocks of that run a host write touched meanwhile: the run must not clear them.
+    #[serde(skip)]
+    pub rerun: Vec<u64>,
     /// RV access to apply when a `sep/exec` with rvuse complete finishes.
     pub access_after_separate: RvAccess,
     /// Whether the running separate was `rvuse immediate`.
@@ -54,6 +74,9 @@ impl PairRec {
             },
             copy: Bitmap::new(blocks),
             mv_dirty: Bitmap::full(blocks),
+            intent: Bitmap::new(blocks),
+            run: None,
+            rerun: Vec::new(),
             access_after_separate: RvAccess::Rw,
             rv_use: RvUse::Complete,
             copy_total_blocks: 0,
@@ -210,16 +233,94 @@ impl PairRec {
         Ok(())
     }
 
-    /// Forced separate: stop at once; whatever was not copied counts as difference.
+    /// After a crash: a block in `intent` may hold a mirrored write on one side only. It
+    /// becomes a block to copy (copying states) or an MV-side difference (separated states).
+    /// Returns true when anything changed.
+    pub fn recover_intent(&mut self) -> bool {
+        let n = self.intent.len();
+        if self.intent.count() == 0 {
+            return false;
+        }
+        let intent = std::mem::replace(&mut self.intent, Bitmap::new(n));
+        if self.is_separated_family() {
+            self.mv_dirty.union_with(&intent);
+        } else {
+            self.copy.union_with(&intent);
+            if self.state.sync == SyncState::SepExec {
+                // Kept as a difference too: the block may have changed after the separate.
+                self.mv_dirty.union_with(&intent);
+            }
+        }
+        true
+    }
+
+    /// A host write touched `[b0, b1)`: blocks of the run in flight must be sent again.
+    pub fn note_write(&mut self, b0: u64, b1: u64) {
+        if let Some((r0, r1)) = self.run {
+            self.rerun.extend(b0.max(r0)..b1.min(r1));
+        }
+    }
+
+    /// Records a host write to `[b0, b1)` before it lands on the MV and says what follows it.
+    /// Returns how many bits became set: if any, the record must be durable before the write
+    /// lands (write intent); bits already set need no flush.
+    pub fn mark_host_write(&mut self, b0: u64, b1: u64, backlog_max: u64) -> (WriteThen, u64) {
+        use SyncState::*;
+        self.note_write(b0, b1);
+        let st = self.state;
+        match st.sync {
+            Separated | Cancel | Fault | SepExec => {
+                (WriteThen::Record, self.mv_dirty.set_range(b0, b1))
+            }
+            RstExec if st.activity == Activity::RestoreProtect => {
+                (WriteThen::Record, self.mv_dirty.set_range(b0, b1))
+            }
+            RstExec => (WriteThen::Mirror, self.intent.set_range(b0, b1)),
+            _ if st.abnormal_suspend => (WriteThen::Record, self.copy.set_range(b0, b1)),
+            RplExec => (WriteThen::Record, self.copy.set_range(b0, b1)),
+            RplSync | RstSync => match st.copy_control {
+                CopyControl::Sync => (WriteThen::Mirror, self.intent.set_range(b0, b1)),
+                CopyControl::Background => (WriteThen::Record, self.copy.set_range(b0, b1)),
+                CopyControl::SemiSync => {
+                    let new = (b0..b1).filter(|&b| !self.copy.get(b)).count() as u64;
+                    if self.copy.count() + new <= backlog_max {
+                        let set = self.copy.set_range(b0, b1);
+                        self.backlog_high_water_blocks =
+                            self.backlog_high_water_blocks.max(self.copy.count());
+                        (WriteThen::Record, set)
+                    } else {
+                        (WriteThen::Mirror, self.intent.set_range(b0, b1))
+                    }
+                }
+            },
+        }
+    }
+
+    /// A mirrored write did not reach the RV: the blocks still differ.
+    pub fn mirror_failed(&mut self, b0: u64, b1: u64) {
+        if self.state.sync == SyncState::RstExec {
+            // `copy` runs RV→MV here; the MV-side difference is kept for the next copy.
+            self.mv_dirty.set_range(b0, b1);
+        } else {
+            self.copy.set_range(b0, b1);
+        }
+    }
+
+    /// Forced separate: stop at once; whatever was not copied counts as difference. Also the
+    /// way out of a separate that cannot finish (`sep/exec`, e.g. with the link down).
     pub fn enter_cancel(&mut self) -> Result<()> {
         if !matches!(
             self.state.sync,
-            SyncState::RplExec | SyncState::RplSync | SyncState::RstExec | SyncState::RstSync
+            SyncState::RplExec
+                | SyncState::RplSync
+                | SyncState::RstExec
+                | SyncState::RstSync
+                | SyncState::SepExec
         ) {
             return Err(wrong(
                 self,
                 "forced separate",
-                "rpl/exec, rpl/sync, rst/exec or rst/sync",
+                "rpl/exec, rpl/sync, sep/exec, rst/exec or rst/sync",
             ));
         }
         self.start_op("forced-separate");
@@ -326,6 +427,10 @@ fn check_copy_control(kind: PairKind, cc: CopyControl) -> Result<()> {
 /// reached without another operation, None keep waiting.
 pub(crate) fn wait_reached(cond: WaitCondition, s: &PairState) -> Option<bool> {
     use SyncState::*;
+    if s.abnormal_suspend && s.sync == SepExec && cond != WaitCondition::Sync {
+        // A suspended separate finishes by itself once the link is back.
+        return None;
+    }
     if s.abnormal_suspend {
         // Nothing moves until a replicate after the link is back.
         return Some(cond == WaitCondition::Done);

@@ -27,6 +27,18 @@ fn normalise(endpoint: &str) -> String {
     }
 }
 
+/// Checks that `endpoint` (`HOST:PORT` or `http://HOST:PORT`) is a usable gRPC endpoint.
+pub(crate) fn check_endpoint(endpoint: &str) -> std::result::Result<(), String> {
+    let url = normalise(endpoint);
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| format!("not a URI: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("no host (expected HOST:PORT or http://HOST:PORT)".into());
+    }
+    tonic::transport::Endpoint::from_shared(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 impl RemoteArray {
     /// Connects now, failing with `Unreachable` if the array does not answer.
     pub async fn connect(endpoint: &str) -> Result<RemoteArray> {
@@ -69,6 +81,7 @@ impl RemoteArray {
     async fn call(&self, c: Call) -> Result<Answer> {
         let op = format!("{c:?}").chars().take(80).collect::<String>();
         let mutates = c.mutates();
+        crate::check_wait_ms(Some(c.wait_ms()))?;
         let mut req = tonic::Request::new(pb::CallRequest { body: encode(&c) });
         req.set_timeout(crate::CALL_TIMEOUT + Duration::from_millis(c.wait_ms()));
         let reply = self

@@ -22,7 +22,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ArrayError> {
+    serve_when_open(config, listener, shutdown, || {}).await
+}
+
+/// [`serve`], calling `ready` once the array has opened (data dir, LDs and metadata usable)
+/// and right before it answers requests.
+pub async fn serve_when_open(
+    config: ArrayConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), ArrayError> {
     let array = SoftwareArray::open(&config, vec![]).await?;
+    ready();
     let arc: Arc<dyn Array> = Arc::new(array.clone());
     let res = serve_array(arc, listener, shutdown).await;
     array.close().await?;

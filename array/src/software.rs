@@ -16,168 +16,19 @@ use crate::api::{Array, PeerReply, PeerRequest};
 use crate::bitmap::Bitmap;
 use crate::config::ArrayConfig;
 use crate::error::{ArrayError, Result, Rule};
-use crate::pair::{PairRec, wait_reached};
+use crate::pair::{PairRec, WriteThen, wait_reached};
 use crate::types::*;
 
 mod copies;
+mod engine;
+mod host_io;
+mod ld;
+mod peer;
 
-/// Link between this array and a peer: latency, bandwidth and up/down, applied to every
-/// replication request that crosses it.
-#[derive(Debug)]
-pub struct Link {
-    up: AtomicBool,
-    latency_ms: AtomicU64,
-    bandwidth_bytes_per_s: AtomicU64,
-}
-
-impl Link {
-    /// A link that is up.
-    pub fn new(latency_ms: u64, bandwidth_bytes_per_s: u64) -> Self {
-        Link {
-            up: AtomicBool::new(true),
-            latency_ms: AtomicU64::new(latency_ms),
-            bandwidth_bytes_per_s: AtomicU64::new(bandwidth_bytes_per_s),
-        }
-    }
-
-    async fn cross(&self, peer: &str, bytes: u64) -> Result<()> {
-        let down = || ArrayError::Unreachable {
-            target: format!("array {peer}"),
-            detail: "link is down".into(),
-        };
-        if !self.up.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        let bw = self.bandwidth_bytes_per_s.load(Ordering::Relaxed);
-        let mut delay = Duration::from_millis(self.latency_ms.load(Ordering::Relaxed));
-        if bw > 0 {
-            delay += Duration::from_secs_f64(bytes as f64 / bw as f64);
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        if !self.up.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        Ok(())
-    }
-}
-
-/// An in-process (or remote) peer array reached through a link.
-pub struct PeerHandle {
-    /// The peer's array name.
-    pub name: String,
-    /// The peer itself.
-    pub array: Arc<dyn Array>,
-    /// The link to it.
-    pub link: Arc<Link>,
-}
-
-struct Ld {
-    number: u32,
-    name: String,
-    capacity_bytes: u64,
-    format: String,
-    hosts: Vec<String>,
-    path: PathBuf,
-    file: File,
-    /// Serialises I/O and copies touching this LD (MV lock is always taken before RV lock).
-    io: tokio::sync::Mutex<()>,
-    failed: AtomicBool,
-}
-
-impl Ld {
-    fn fail_err(&self, array: &str) -> ArrayError {
-        ArrayError::DeviceFailed {
-            array: array.into(),
-            ld: self.number,
-            detail: "LD failed (fault injected or disk error)".into(),
-        }
-    }
-    fn read_at(&self, array: &str, off: u64, len: u64) -> Result<Vec<u8>> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(self.fail_err(array));
-        }
-        let mut buf = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut buf, off)
-            .map_err(|e| ArrayError::io(&self.path, e))?;
-        Ok(buf)
-    }
-    fn write_at(&self, array: &str, off: u64, data: &[u8]) -> Result<()> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(self.fail_err(array));
-        }
-        self.file
-            .write_all_at(data, off)
-            .map_err(|e| ArrayError::io(&self.path, e))
-    }
-    /// Copies `[off, off + len)` of this LD to the same range of `dst`. Blocking: run it on a
-    /// blocking thread. The bytes move inside the kernel (`copy_file_range`, as `cp` does: no
-    /// user-space buffer, no zero-filling); where the kernel cannot, through one buffer. Like
-    /// `write_at`, nothing is fsynced.
-    fn copy_to(&self, dst: &Ld, array: &str, off: u64, len: u64) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        for ld in [self, dst] {
-            if ld.failed.load(Ordering::SeqCst) {
-                return Err(ld.fail_err(array));
-            }
-        }
-        let mut done = 0u64;
-        while done < len {
-            let mut off_in = (off + done) as libc::loff_t;
-            let mut off_out = off_in;
-            // SAFETY: both descriptors are open files owned by `self` and `dst`; the offsets
-            // are valid pointers for the duration of the call.
-            let n = unsafe {
-                libc::copy_file_range(
-                    self.file.as_raw_fd(),
-                    &mut off_in,
-                    dst.file.as_raw_fd(),
-                    &mut off_out,
-                    (len - done) as usize,
-                    0,
-                )
-            };
-            if n > 0 {
-                done += n as u64;
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match (n, e.raw_os_error()) {
-                (0, _) => {
-                    return Err(ArrayError::io(
-                        &self.path,
-                        format!("unexpected end of file at {}", off + done),
-                    ));
-                }
-                (_, Some(libc::EINTR)) => continue,
-                (
-                    _,
-                    Some(
-                        libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL | libc::EPERM,
-                    ),
-                ) => return self.copy_by_buffer(dst, array, off + done, len - done),
-                _ => return Err(ArrayError::io(&dst.path, e)),
-            }
-        }
-        Ok(())
-    }
-    /// `copy_to` through user space, for filesystems without in-kernel copies.
-    fn copy_by_buffer(&self, dst: &Ld, array: &str, off: u64, len: u64) -> Result<()> {
-        let mut buf = vec![0u8; len.min(crate::COPY_RUN_BYTES_MAX) as usize];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            self.file
-                .read_exact_at(&mut buf[..n], off + done)
-                .map_err(|e| ArrayError::io(&self.path, e))?;
-            dst.write_at(array, off + done, &buf[..n])?;
-            done += n as u64;
-        }
-        Ok(())
-    }
-}
+use engine::Dir;
+use host_io::overlay;
+use ld::Ld;
+pub use peer::{Link, PeerHandle};
 
 /// RV role of one of our LDs, persisted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -203,6 +54,8 @@ struct Inner {
     block_bytes: u64,
     /// Copy pace of every engine (0 = unpaced); changed at runtime by `set_copy_pace`.
     pace_bytes_per_s: AtomicU64,
+    /// When the array-wide copy schedule has room for the next run (see `pace`).
+    pace_next: Mutex<tokio::time::Instant>,
     backlog_max: u64,
     lds: BTreeMap<u32, Arc<Ld>>,
     db: sled::Db,
@@ -242,7 +95,11 @@ impl SoftwareArray {
             path: cfg.name.clone(),
             detail,
         })?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ArrayError::io(&cfg.data_dir, e))?;
+        let unusable = |path: &std::path::Path, e: std::io::Error| ArrayError::CannotStart {
+            what: format!("data dir {}", cfg.data_dir.display()),
+            detail: format!("{}: {e}", path.display()),
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| unusable(&cfg.data_dir, e))?;
         let mut lds = BTreeMap::new();
         for l in &cfg.lds {
             let path = cfg.data_dir.join(format!("ld-{}.img", l.number));
@@ -252,7 +109,7 @@ impl SoftwareArray {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| ArrayError::io(&path, e))?;
+                .map_err(|e| unusable(&path, e))?;
             let len = file.metadata().map_err(|e| ArrayError::io(&path, e))?.len();
             if len == 0 {
                 file.set_len(l.capacity_bytes)
@@ -330,12 +187,15 @@ impl SoftwareArray {
         for kv in pairs_tree.iter() {
             let (k, v) = kv.map_err(|e| corrupt(e.to_string()))?;
             let key = String::from_utf8_lossy(&k).to_string();
-            let rec: PairRec =
+            let mut rec: PairRec =
                 serde_json::from_slice(&v).map_err(|e| corrupt(format!("pairs/{key}: {e}")))?;
             let Some(l) = lds.get(&rec.id.mv.ld) else {
                 return Err(corrupt(format!("pairs/{key}: MV LD is not in the config")));
             };
-            for b in [&rec.copy, &rec.mv_dirty] {
+            if rec.intent.len() == 0 {
+                rec.intent = Bitmap::new(blocks_of(l));
+            }
+            for b in [&rec.copy, &rec.mv_dirty, &rec.intent] {
                 b.validate(blocks_of(l))
                     .map_err(|e| corrupt(format!("pairs/{key}: {e}")))?;
             }
@@ -367,6 +227,7 @@ impl SoftwareArray {
             name: cfg.name.clone(),
             block_bytes: cfg.block_bytes,
             pace_bytes_per_s: AtomicU64::new(cfg.copy_pace_bytes_per_s),
+            pace_next: Mutex::new(tokio::time::Instant::now()),
             backlog_max: cfg.semi_sync_backlog_blocks_max.max(1),
             lds,
             db,
@@ -383,6 +244,13 @@ impl SoftwareArray {
             closed: AtomicBool::new(false),
         });
         let slots: Vec<_> = lock(&inner.pairs).values().cloned().collect();
+        for s in &slots {
+            // A crash may have cut mirrored writes short: their blocks become differences,
+            // durable before any host write can land (write intent).
+            if lock(&s.rec).recover_intent() {
+                inner.persist_pair_durable(s).await?;
+            }
+        }
         for s in slots {
             Inner::start_engine(&inner, &s);
         }
@@ -398,9 +266,9 @@ impl SoftwareArray {
         self.inner.peers.get(peer).map(|(_, l)| l.clone())
     }
 
-    /// Changes the copy pace of every pair and business copy from its next run on (the config's
-    /// `copy_pace_bytes_per_s`; 0 copies as fast as the disk goes). Not persisted: a restart
-    /// takes the configured pace again.
+    /// Changes the array's copy pace from the next run on (the config's `copy_pace_bytes_per_s`,
+    /// shared by all pairs and business copies of the array together; 0 copies as fast as the
+    /// disk goes). Not persisted: a restart takes the configured pace again.
     pub fn set_copy_pace(&self, bytes_per_s: u64) {
         self.inner
             .pace_bytes_per_s
@@ -424,11 +292,6 @@ impl SoftwareArray {
         self.inner.close_copies().await?;
         self.inner.flush().await
     }
-}
-
-enum Dir {
-    MvToRv,
-    RvToMv,
 }
 
 impl Inner {
@@ -537,753 +400,6 @@ impl Inner {
     }
 
     // ---- peer side (RV role) -------------------------------------------------------------
-
-    fn peer_of(&self, array: &str) -> Result<(&Arc<dyn Array>, &Arc<Link>)> {
-        self.peers.get(array).map(|(a, l)| (a, l)).ok_or_else(|| {
-            ArrayError::not_found(format!("peer array {array} (no link configured)"))
-        })
-    }
-
-    /// Sends a peer request to the RV's array: directly for DDR, over the link for RDR.
-    async fn to_rv(self: &Arc<Self>, rv_array: &str, req: PeerRequest) -> Result<PeerReply> {
-        if rv_array == self.name {
-            return self.peer_op(req).await;
-        }
-        let (arr, link) = self.peer_of(rv_array)?;
-        let bytes = match &req {
-            PeerRequest::Write { data, .. } => data.len() as u64,
-            PeerRequest::Read { len, .. } => *len,
-            _ => 0,
-        };
-        link.cross(rv_array, bytes).await?;
-        match tokio::time::timeout(crate::PEER_CALL_TIMEOUT, arr.peer(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(ArrayError::Unreachable {
-                target: format!("array {rv_array}"),
-                detail: format!("no answer within {:?}", crate::PEER_CALL_TIMEOUT),
-            }),
-        }
-    }
-
-    async fn peer_op(&self, req: PeerRequest) -> Result<PeerReply> {
-        self.check_open()?;
-        match req {
-            PeerRequest::Claim {
-                rv,
-                mv,
-                capacity_bytes,
-                format,
-            } => {
-                let ld = self.ld(rv)?;
-                if ld.capacity_bytes != capacity_bytes {
-                    return Err(ArrayError::refused(
-                        Rule::SameCapacity,
-                        format!(
-                            "MV {mv} has {capacity_bytes} bytes, RV {}:{rv} has {}",
-                            self.name, ld.capacity_bytes
-                        ),
-                    ));
-                }
-                if ld.format != format {
-                    return Err(ArrayError::refused(
-                        Rule::SameFormat,
-                        format!(
-                            "MV {mv} is {format}, RV {}:{rv} is {}",
-                            self.name, ld.format
-                        ),
-                    ));
-                }
-                {
-                    let mut roles = lock(&self.roles);
-                    if let Some(r) = roles.get(&rv) {
-                        return Err(ArrayError::refused(
-                            Rule::OneRolePerLd,
-                            format!("LD {}:{rv} is already the RV of {}", self.name, r.mv),
-                        ));
-                    }
-                    self.check_rv_vs_copies(rv)?;
-                    let is_mv = lock(&self.pairs).keys().any(|p| p.mv.ld == rv);
-                    if is_mv {
-                        let rule = if mv.array == self.name {
-                            Rule::SingleDdrLayer
-                        } else {
-                            Rule::OneRolePerLd
-                        };
-                        return Err(ArrayError::refused(
-                            rule,
-                            format!("LD {}:{rv} is an MV and cannot also be an RV", self.name),
-                        ));
-                    }
-                    let blocks = ld.capacity_bytes / self.block_bytes;
-                    roles.insert(
-                        rv,
-                        RoleRec {
-                            mv,
-                            access: RvAccess::Rw,
-                            dirty: Bitmap::new(blocks),
-                        },
-                    );
-                }
-                self.persist_role(rv)?;
-                self.flush().await?;
-                Ok(PeerReply::Ok)
-            }
-            PeerRequest::Release { rv, mv } => {
-                let removed = {
-                    let mut roles = lock(&self.roles);
-                    match roles.get(&rv) {
-                        Some(r) if r.mv == mv => roles.remove(&rv).is_some(),
-                        _ => false,
-                    }
-                };
-                if removed {
-                    self.persist_role(rv)?;
-                    self.flush().await?;
-                }
-                Ok(PeerReply::Ok)
-            }
-            PeerRequest::SetAccess { rv, mv, access } => {
-                {
-                    let mut roles = lock(&self.roles);
-                    let r = roles.get_mut(&rv).filter(|r| r.mv == mv).ok_or_else(|| {
-                        ArrayError::not_found(format!("RV role of {}:{rv} for {mv}", self.name))
-                    })?;
-                    r.access = access;
-                }
-                self.persist_role(rv)?;
-                self.flush().await?;
-                Ok(PeerReply::Ok)
-            }
-            PeerRequest::TakeDirty { rv, mv } => {
-                let bits = {
-                    let mut roles = lock(&self.roles);
-                    let r = roles.get_mut(&rv).filter(|r| r.mv == mv).ok_or_else(|| {
-                        ArrayError::not_found(format!("RV role of {}:{rv} for {mv}", self.name))
-                    })?;
-                    let mut v = Vec::new();
-                    let mut i = 0;
-                    while let Some(b) = r.dirty.next_set(i) {
-                        if b < i {
-                            break;
-                        }
-                        v.push(b);
-                        i = b + 1;
-                    }
-                    r.dirty.clear_all();
-                    v
-                };
-                self.persist_role(rv)?;
-                Ok(PeerReply::Dirty(bits))
-            }
-            PeerRequest::Write { rv, offset, data } => {
-                let ld = self.ld(rv)?.clone();
-                self.check_range(&ld, offset, data.len() as u64)?;
-                let _g = ld.io.lock().await;
-                ld.write_at(&self.name, offset, &data)?;
-                Ok(PeerReply::Ok)
-            }
-            PeerRequest::Read { rv, offset, len } => {
-                let ld = self.ld(rv)?.clone();
-                self.check_range(&ld, offset, len)?;
-                let _g = ld.io.lock().await;
-                Ok(PeerReply::Data(ld.read_at(&self.name, offset, len)?))
-            }
-        }
-    }
-
-    fn check_range(&self, ld: &Ld, off: u64, len: u64) -> Result<()> {
-        if len > crate::IO_BYTES_MAX {
-            return Err(ArrayError::invalid(format!(
-                "I/O of {len} bytes exceeds the {} byte limit per request",
-                crate::IO_BYTES_MAX
-            )));
-        }
-        if off
-            .checked_add(len)
-            .is_none_or(|end| end > ld.capacity_bytes)
-        {
-            return Err(ArrayError::invalid(format!(
-                "range {off}+{len} is beyond LD {} capacity {}",
-                ld.number, ld.capacity_bytes
-            )));
-        }
-        Ok(())
-    }
-
-    async fn rv_write(self: &Arc<Self>, id: &PairId, off: u64, data: &[u8]) -> Result<()> {
-        if id.kind() == PairKind::Ddr {
-            // The MV io lock held by the caller excludes host I/O on a DDR RV.
-            return self.ld(id.rv.ld)?.write_at(&self.name, off, data);
-        }
-        self.to_rv(
-            &id.rv.array,
-            PeerRequest::Write {
-                rv: id.rv.ld,
-                offset: off,
-                data: data.to_vec(),
-            },
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn rv_read(self: &Arc<Self>, id: &PairId, off: u64, len: u64) -> Result<Vec<u8>> {
-        if id.kind() == PairKind::Ddr {
-            return self.ld(id.rv.ld)?.read_at(&self.name, off, len);
-        }
-        match self
-            .to_rv(
-                &id.rv.array,
-                PeerRequest::Read {
-                    rv: id.rv.ld,
-                    offset: off,
-                    len,
-                },
-            )
-            .await?
-        {
-            PeerReply::Data(d) if d.len() as u64 == len => Ok(d),
-            other => Err(ArrayError::OutcomeUnknown {
-                op: "replication read".into(),
-                detail: format!("peer answered {other:?}"),
-            }),
-        }
-    }
-
-    async fn push_access(self: &Arc<Self>, slot: &PairSlot) {
-        // The access is read under the push lock, so the last push carries the newest state.
-        let _ordered = slot.access_push.lock().await;
-        let (id, access) = {
-            let r = lock(&slot.rec);
-            (r.id.clone(), r.state.rv_access)
-        };
-        let req = PeerRequest::SetAccess {
-            rv: id.rv.ld,
-            mv: id.mv.clone(),
-            access,
-        };
-        if let Err(e) = self.to_rv(&id.rv.array, req).await {
-            // Re-pushed when the link comes back (LinkUp) or at the next operation.
-            tracing::warn!(pair = %id, error = %e, "could not set RV access on the RV's array");
-        }
-    }
-
-    async fn take_rv_dirty(self: &Arc<Self>, id: &PairId, blocks: u64) -> Result<Bitmap> {
-        let req = PeerRequest::TakeDirty {
-            rv: id.rv.ld,
-            mv: id.mv.clone(),
-        };
-        let mut b = Bitmap::new(blocks);
-        match self.to_rv(&id.rv.array, req).await? {
-            PeerReply::Dirty(v) => {
-                for i in v {
-                    b.set(i);
-                }
-                Ok(b)
-            }
-            other => Err(ArrayError::OutcomeUnknown {
-                op: "take RV differences".into(),
-                detail: format!("peer answered {other:?}"),
-            }),
-        }
-    }
-
-    /// Reacts to an error of a copy to/from the RV: a link fault suspends the pair, an LD
-    /// failure separates it (fault). Returns true when the state changed.
-    fn on_copy_error(&self, slot: &PairSlot, e: &ArrayError) -> Option<&'static str> {
-        let mut r = lock(&slot.rec);
-        match e {
-            ArrayError::Unreachable { .. } if r.id.kind() == PairKind::Rdr => r
-                .enter_abnormal_suspend()
-                .then_some("link fault: abnormal suspend"),
-            ArrayError::DeviceFailed { .. } | ArrayError::Io { .. } => {
-                r.enter_fault();
-                Some("copy fault: failure separation")
-            }
-            _ => None,
-        }
-    }
-
-    async fn after_copy_error(self: &Arc<Self>, slot: &PairSlot, e: &ArrayError) {
-        if let Some(reason) = self.on_copy_error(slot, e) {
-            tracing::warn!(array = %self.name, error = %e, "{reason}");
-            let _ = self.persist_pair_durable(slot).await;
-            let (id, st) = {
-                let r = lock(&slot.rec);
-                (r.id.clone(), r.state)
-            };
-            if st.sync == SyncState::Fault {
-                self.push_access(slot).await;
-            }
-            self.emit(&id, Some(st), reason);
-        }
-    }
-
-    // ---- copy engine -----------------------------------------------------------------------
-
-    fn start_engine(this: &Arc<Self>, slot: &Arc<PairSlot>) {
-        let h = tokio::spawn(Inner::engine(this.clone(), slot.clone()));
-        *lock(&slot.engine) = Some(h);
-    }
-
-    /// Copies one run between the MV and the RV; the caller holds the MV's I/O lock. A DDR run
-    /// goes file to file on a blocking thread (it can take milliseconds; the runtime's workers
-    /// stay free for host I/O on other LDs); an RDR run crosses the link.
-    async fn copy_run(
-        self: &Arc<Self>,
-        id: &PairId,
-        mv: &Arc<Ld>,
-        dir: &Dir,
-        off: u64,
-        len: u64,
-    ) -> Result<()> {
-        if id.kind() == PairKind::Ddr {
-            let rv = self.ld(id.rv.ld)?.clone();
-            let (src, dst) = match dir {
-                Dir::MvToRv => (mv.clone(), rv),
-                Dir::RvToMv => (rv, mv.clone()),
-            };
-            let name = self.name.clone();
-            return match tokio::task::spawn_blocking(move || src.copy_to(&dst, &name, off, len))
-                .await
-            {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => Err(ArrayError::Unreachable {
-                    target: format!("array {}", self.name),
-                    detail: format!("copy thread did not finish: {e}"),
-                }),
-            };
-        }
-        match dir {
-            Dir::MvToRv => {
-                let d = mv.read_at(&self.name, off, len)?;
-                self.rv_write(id, off, &d).await
-            }
-            Dir::RvToMv => {
-                let d = self.rv_read(id, off, len).await?;
-                mv.write_at(&self.name, off, &d)
-            }
-        }
-    }
-
-    /// Longest run in blocks and the pace (bytes/s, 0 = unpaced) for a copy's next run; read per
-    /// run so `set_copy_pace` takes effect at once.
-    fn run_shape(&self) -> (u64, u64) {
-        let pace = self.pace_bytes_per_s.load(Ordering::SeqCst);
-        let mut run_bytes = crate::COPY_RUN_BYTES_MAX;
-        if pace > 0 {
-            // Keep each paced run short so the pace is smooth and writes are not starved.
-            run_bytes = run_bytes.min(pace / 10);
-        }
-        ((run_bytes / self.block_bytes).max(1), pace)
-    }
-
-    async fn engine(this: Arc<Self>, slot: Arc<PairSlot>) {
-        let mut cursor = 0u64;
-        let mut last_persist = tokio::time::Instant::now();
-        loop {
-            if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
-                return;
-            }
-            let mut completed = None;
-            let plan = {
-                let mut r = lock(&slot.rec);
-                let dir = match r.state.sync {
-                    _ if r.state.abnormal_suspend => None,
-                    SyncState::RstExec => Some(Dir::RvToMv),
-                    SyncState::RplExec
-                    | SyncState::RplSync
-                    | SyncState::RstSync
-                    | SyncState::SepExec => Some(Dir::MvToRv),
-                    _ => None,
-                };
-                match dir {
-                    None => None,
-                    Some(d) => match r.copy.next_set(cursor) {
-                        Some(b) => Some((d, b, r.id.clone())),
-                        None => {
-                            if r.complete_copy() {
-                                completed = Some((r.id.clone(), r.state));
-                            }
-                            None
-                        }
-                    },
-                }
-            };
-            if let Some((id, st)) = completed {
-                if let Err(e) = this.persist_pair_durable(&slot).await {
-                    tracing::error!(pair = %id, error = %e, "cannot persist pair state");
-                }
-                this.push_access(&slot).await;
-                this.emit(&id, Some(st), "copy complete");
-                continue;
-            }
-            let Some((dir, start, id)) = plan else {
-                let _ =
-                    tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified()).await;
-                continue;
-            };
-            let Ok(mv) = this.ld(id.mv.ld).cloned() else {
-                return;
-            };
-            let (run_blocks_max, pace) = this.run_shape();
-            let res = {
-                let _g = mv.io.lock().await;
-                // Re-read the run under the MV lock: a copy-before-write may have taken blocks.
-                let n = {
-                    let r = lock(&slot.rec);
-                    let mut n = 0;
-                    while n < run_blocks_max && r.copy.get(start + n) {
-                        n += 1;
-                    }
-                    n
-                };
-                if n == 0 {
-                    Ok(0)
-                } else {
-                    let off = start * this.block_bytes;
-                    let len = n * this.block_bytes;
-                    let r = this.copy_run(&id, &mv, &dir, off, len).await;
-                    r.map(|_| {
-                        let mut rec = lock(&slot.rec);
-                        for b in start..start + n {
-                            rec.copy.clear(b);
-                        }
-                        rec.copied_blocks += n;
-                        n
-                    })
-                }
-            };
-            match res {
-                Ok(n) => {
-                    cursor = start + n.max(1);
-                    if pace > 0 && n > 0 {
-                        let secs = (n * this.block_bytes) as f64 / pace as f64;
-                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                    }
-                    if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
-                        // Clearing bits is persisted lazily: a lost clear only recopies a block.
-                        let _ = this.persist_pair(&slot, false);
-                        last_persist = tokio::time::Instant::now();
-                    }
-                }
-                Err(e) => {
-                    this.after_copy_error(&slot, &e).await;
-                    let _ = tokio::time::timeout(crate::ENGINE_IDLE_RECHECK, slot.wake.notified())
-                        .await;
-                }
-            }
-        }
-    }
-
-    // ---- host I/O --------------------------------------------------------------------------
-
-    fn check_host(&self, ld: &Ld, host: &str) -> Result<()> {
-        if ld.hosts.iter().any(|h| h == "*" || h == host) {
-            return Ok(());
-        }
-        Err(ArrayError::refused(
-            Rule::AccessList,
-            format!(
-                "host {host:?} is not on the access list of LD {}:{}",
-                self.name, ld.number
-            ),
-        ))
-    }
-
-    fn pairs_of_mv(&self, ld: u32) -> Vec<Arc<PairSlot>> {
-        lock(&self.pairs)
-            .iter()
-            .filter(|(k, _)| k.mv.ld == ld)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    async fn host_read(
-        self: &Arc<Self>,
-        host: &str,
-        n: u32,
-        off: u64,
-        len: u64,
-    ) -> Result<Vec<u8>> {
-        self.check_open()?;
-        let ld = self.ld(n)?.clone();
-        self.check_host(&ld, host)?;
-        self.check_range(&ld, off, len)?;
-        if let Some(c) = self.copy_slot(n) {
-            return self.copy_host_read(&c, &ld, off, len).await;
-        }
-        let role = lock(&self.roles).get(&n).cloned();
-        if let Some(role) = role {
-            if !matches!(role.access, RvAccess::Rw | RvAccess::Ro) {
-                return Err(ArrayError::refused(
-                    Rule::RvAccess,
-                    format!(
-                        "LD {}:{n} is an RV with access {}: no reads",
-                        self.name, role.access
-                    ),
-                ));
-            }
-            return self
-                .rv_host_io(&ld, &role, off, len, None)
-                .await
-                .map(|d| d.unwrap_or_default());
-        }
-        let _g = ld.io.lock().await;
-        let mut data = ld.read_at(&self.name, off, len)?;
-        // During rst/exec the MV already shows the RV's content: pending blocks come from the RV.
-        for slot in self.pairs_of_mv(n) {
-            let (pending, id) = {
-                let r = lock(&slot.rec);
-                if r.state.sync != SyncState::RstExec {
-                    continue;
-                }
-                let (b0, b1) = self.blocks(off, len);
-                (
-                    (b0..b1).filter(|&b| r.copy.get(b)).collect::<Vec<_>>(),
-                    r.id.clone(),
-                )
-            };
-            for b in pending {
-                let (boff, blen) = (b * self.block_bytes, self.block_bytes);
-                let src = self.rv_read(&id, boff, blen).await?;
-                overlay(&mut data, off, &src, boff);
-            }
-        }
-        self.parent_read_overlay(&ld, off, &mut data).await?;
-        Ok(data)
-    }
-
-    /// Host I/O on an LD that is an RV. For a DDR RV in `sep/exec` the blocks still pending
-    /// hold the separate instant's content on the MV: reads take them from there, writes first
-    /// copy them over.
-    async fn rv_host_io(
-        self: &Arc<Self>,
-        ld: &Arc<Ld>,
-        role: &RoleRec,
-        off: u64,
-        len: u64,
-        write: Option<&[u8]>,
-    ) -> Result<Option<Vec<u8>>> {
-        let ddr_slot = (role.mv.array == self.name)
-            .then(|| {
-                lock(&self.pairs)
-                    .get(&PairId {
-                        mv: role.mv.clone(),
-                        rv: LdRef {
-                            array: self.name.clone(),
-                            ld: ld.number,
-                        },
-                    })
-                    .cloned()
-            })
-            .flatten();
-        let mv_ld = match &ddr_slot {
-            Some(_) => Some(self.ld(role.mv.ld)?.clone()),
-            None => None,
-        };
-        let _mg = match &mv_ld {
-            Some(m) => Some(m.io.lock().await),
-            None => None,
-        };
-        let _g = ld.io.lock().await;
-        let (b0, b1) = self.blocks(off, len);
-        let pending: Vec<u64> = match &ddr_slot {
-            Some(s) => {
-                let r = lock(&s.rec);
-                if r.state.sync == SyncState::SepExec {
-                    (b0..b1).filter(|&b| r.copy.get(b)).collect()
-                } else {
-                    vec![]
-                }
-            }
-            None => vec![],
-        };
-        match write {
-            None => {
-                let mut data = ld.read_at(&self.name, off, len)?;
-                if let Some(m) = &mv_ld {
-                    for b in pending {
-                        let src = m.read_at(&self.name, b * self.block_bytes, self.block_bytes)?;
-                        overlay(&mut data, off, &src, b * self.block_bytes);
-                    }
-                }
-                Ok(Some(data))
-            }
-            Some(data) => {
-                if let (Some(m), Some(s)) = (&mv_ld, &ddr_slot) {
-                    for b in pending {
-                        let boff = b * self.block_bytes;
-                        let src = m.read_at(&self.name, boff, self.block_bytes)?;
-                        ld.write_at(&self.name, boff, &src)?;
-                        let mut r = lock(&s.rec);
-                        if r.copy.clear(b) {
-                            r.copied_blocks += 1;
-                        }
-                    }
-                }
-                ld.write_at(&self.name, off, data)?;
-                let new = {
-                    let mut roles = lock(&self.roles);
-                    roles
-                        .get_mut(&ld.number)
-                        .map(|r| r.dirty.set_range(b0, b1))
-                        .unwrap_or(0)
-                };
-                if new > 0 {
-                    self.persist_role(ld.number)?;
-                    self.flush().await?;
-                }
-                if let Some(s) = &ddr_slot {
-                    s.wake.notify_one();
-                }
-                Ok(None)
-            }
-        }
-    }
-
-    async fn host_write(self: &Arc<Self>, host: &str, n: u32, off: u64, data: &[u8]) -> Result<()> {
-        self.check_open()?;
-        let ld = self.ld(n)?.clone();
-        self.check_host(&ld, host)?;
-        let len = data.len() as u64;
-        self.check_range(&ld, off, len)?;
-        if let Some(c) = self.copy_slot(n) {
-            return self.copy_host_write(&c, &ld, off, data).await;
-        }
-        let role = lock(&self.roles).get(&n).cloned();
-        if let Some(role) = role {
-            if role.access != RvAccess::Rw {
-                return Err(ArrayError::refused(
-                    Rule::RvAccess,
-                    format!(
-                        "LD {}:{n} is an RV with access {}: no writes",
-                        self.name, role.access
-                    ),
-                ));
-            }
-            return self
-                .rv_host_io(&ld, &role, off, len, Some(data))
-                .await
-                .map(|_| ());
-        }
-        let (b0, b1) = self.blocks(off, len);
-        let _g = ld.io.lock().await;
-        let slots = self.pairs_of_mv(n);
-        // Before the write: keep images that must not see it.
-        for slot in &slots {
-            let (st, id, pending) = {
-                let r = lock(&slot.rec);
-                let p: Vec<u64> = (b0..b1).filter(|&b| r.copy.get(b)).collect();
-                (r.state, r.id.clone(), p)
-            };
-            if st.abnormal_suspend || pending.is_empty() {
-                continue;
-            }
-            let dir = match st.sync {
-                // Copy-before-write: the RV gets the separate instant's block first.
-                SyncState::SepExec => Dir::MvToRv,
-                // Copy-on-write from the RV: the MV must hold the restored block before a
-                // partial write lands on it.
-                SyncState::RstExec => Dir::RvToMv,
-                _ => continue,
-            };
-            let mut res: Result<()> = Ok(());
-            for &b in &pending {
-                let boff = b * self.block_bytes;
-                // The same move the copy engine makes (we hold the MV's I/O lock, as it does).
-                res = self.copy_run(&id, &ld, &dir, boff, self.block_bytes).await;
-                if res.is_err() {
-                    break;
-                }
-                let mut rec = lock(&slot.rec);
-                if rec.copy.clear(b) {
-                    rec.copied_blocks += 1;
-                }
-            }
-            if let Err(e) = res {
-                // The pair leaves its copy state (fault/suspend); the MV write goes on.
-                self.after_copy_error(slot, &e).await;
-            }
-        }
-        self.before_parent_write(&ld, off, len, None).await?;
-        ld.write_at(&self.name, off, data)?;
-        // After the write: mirror it or record it, per state and copy control.
-        let mut need_flush = false;
-        for slot in &slots {
-            enum Then {
-                Nothing,
-                Mirror,
-            }
-            let then = {
-                let mut r = lock(&slot.rec);
-                let st = r.state;
-                let backlog_max = self.backlog_max;
-                match st.sync {
-                    SyncState::Separated
-                    | SyncState::Cancel
-                    | SyncState::Fault
-                    | SyncState::SepExec => {
-                        need_flush |= r.mv_dirty.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RstExec if st.activity == Activity::RestoreProtect => {
-                        need_flush |= r.mv_dirty.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RstExec => Then::Mirror,
-                    _ if st.abnormal_suspend => {
-                        need_flush |= r.copy.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RplExec => {
-                        need_flush |= r.copy.set_range(b0, b1) > 0;
-                        Then::Nothing
-                    }
-                    SyncState::RplSync | SyncState::RstSync => match st.copy_control {
-                        CopyControl::Sync => Then::Mirror,
-                        CopyControl::Background => {
-                            need_flush |= r.copy.set_range(b0, b1) > 0;
-                            Then::Nothing
-                        }
-                        CopyControl::SemiSync => {
-                            let new = (b0..b1).filter(|&b| !r.copy.get(b)).count() as u64;
-                            if r.copy.count() + new <= backlog_max {
-                                need_flush |= r.copy.set_range(b0, b1) > 0;
-                                r.backlog_high_water_blocks =
-                                    r.backlog_high_water_blocks.max(r.copy.count());
-                                Then::Nothing
-                            } else {
-                                Then::Mirror
-                            }
-                        }
-                    },
-                }
-            };
-            match then {
-                Then::Nothing => slot.wake.notify_one(),
-                Then::Mirror => {
-                    let id = lock(&slot.rec).id.clone();
-                    if let Err(e) = self.rv_write(&id, off, data).await {
-                        {
-                            let mut r = lock(&slot.rec);
-                            r.copy.set_range(b0, b1);
-                        }
-                        self.after_copy_error(slot, &e).await;
-                        need_flush = true;
-                    }
-                }
-            }
-            if need_flush {
-                self.persist_pair(slot, true)?;
-            }
-        }
-        if need_flush {
-            self.flush().await?;
-        }
-        Ok(())
-    }
 
     // ---- control ---------------------------------------------------------------------------
 
@@ -1425,6 +541,7 @@ impl Inner {
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
         self.check_pair_op_vs_copies(id, what)?;
+        self.check_pair_op_vs_siblings(id, what)?;
         let blocks = lock(&slot.rec).copy.len();
         // Dry run first so a refused operation does not consume the RV's difference record.
         {
@@ -1441,9 +558,20 @@ impl Inner {
             }
             Bitmap::new(blocks)
         };
-        {
+        let restoring = {
             let mut r = lock(&slot.rec);
             f(&mut r, &rv_dirty)?;
+            (r.state.sync == SyncState::RstExec).then(|| r.copy.clone())
+        };
+        if let Some(restored) = restoring {
+            // Every block the restore brings into the MV differs from the other RVs of the MV
+            // (all separated, by rule): durable as their MV-side difference before it lands.
+            for s in self.pairs_of_mv(id.mv.ld) {
+                if !Arc::ptr_eq(&s, &slot) {
+                    lock(&s.rec).mv_dirty.union_with(&restored);
+                    self.persist_pair(&s, false)?;
+                }
+            }
         }
         self.persist_pair_durable(&slot).await?;
         self.push_access(&slot).await;
@@ -1451,6 +579,37 @@ impl Inner {
         let info = self.info_of(&slot);
         self.emit(id, Some(info.state), what);
         Ok(info)
+    }
+
+    /// A restore writes the MV beneath every other pair of it: it starts only when all of them
+    /// are separated (so at most one restore runs per MV), and while it copies no other pair may
+    /// start copying the half-restored MV.
+    fn check_pair_op_vs_siblings(&self, id: &PairId, what: &str) -> Result<()> {
+        for s in self.pairs_of_mv(id.mv.ld) {
+            let r = lock(&s.rec);
+            if &r.id == id {
+                continue;
+            }
+            if what == "restore" && !r.is_separated_family() {
+                return Err(ArrayError::refused(
+                    Rule::RestoreNeedsOtherPairsSeparated,
+                    format!(
+                        "restore of {id} needs every other pair of MV {} separated; {} is {}",
+                        id.mv, r.id, r.state
+                    ),
+                ));
+            }
+            if what == "replicate" && r.state.sync == SyncState::RstExec {
+                return Err(ArrayError::refused(
+                    Rule::RestoreNeedsOtherPairsSeparated,
+                    format!(
+                        "MV {} is being restored from {} ({}); replicate {id} once it is done",
+                        id.mv, r.id.rv, r.state
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn wait(
@@ -1524,24 +683,13 @@ impl Inner {
                     .collect();
                 for s in slots {
                     self.push_access(&s).await;
+                    // A suspended separate resumes by itself now.
+                    s.wake.notify_one();
                 }
             }
         }
         Ok(())
     }
-}
-
-/// Copies `src` (which starts at absolute offset `src_off`) over the overlapping part of `dst`
-/// (which starts at `dst_off`).
-fn overlay(dst: &mut [u8], dst_off: u64, src: &[u8], src_off: u64) {
-    let lo = dst_off.max(src_off);
-    let hi = (dst_off + dst.len() as u64).min(src_off + src.len() as u64);
-    if lo >= hi {
-        return;
-    }
-    let d = (lo - dst_off) as usize..(hi - dst_off) as usize;
-    let s = (lo - src_off) as usize..(hi - src_off) as usize;
-    dst[d].copy_from_slice(&src[s]);
 }
 
 #[async_trait::async_trait]
@@ -1615,6 +763,7 @@ impl Array for SoftwareArray {
     }
 
     async fn replicate(&self, id: &PairId, o: &ReplicateOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "replicate", true, |r, d| r.begin_replicate(o, d))
@@ -1626,6 +775,7 @@ impl Array for SoftwareArray {
     }
 
     async fn separate(&self, id: &PairId, o: &SeparateOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "separate", false, |r, _| r.begin_separate(o))
@@ -1637,6 +787,7 @@ impl Array for SoftwareArray {
     }
 
     async fn restore(&self, id: &PairId, o: &RestoreOptions) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
             .operate(id, "restore", true, |r, d| r.begin_restore(o, d))
@@ -1654,6 +805,7 @@ impl Array for SoftwareArray {
     }
 
     async fn wait(&self, id: &PairId, cond: WaitCondition, timeout_ms: u64) -> Result<PairInfo> {
+        crate::check_wait_ms(Some(timeout_ms))?;
         self.inner.wait(id, cond, timeout_ms).await
     }
 
@@ -1694,6 +846,7 @@ impl Array for SoftwareArray {
     }
 
     async fn copy_to_parent(&self, copy: u32, wait_timeout_ms: Option<u64>) -> Result<CopyInfo> {
+        crate::check_wait_ms(wait_timeout_ms)?;
         self.inner.copy_to_parent(copy, wait_timeout_ms).await
     }
 

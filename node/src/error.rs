@@ -272,7 +272,7 @@ pub fn array_exit_code(e: &stillpoint_array::ArrayError) -> u8 {
         A::Unreachable { .. } => exit::UNREACHABLE,
         A::NotFound { .. } => exit::NOT_FOUND,
         A::InvalidInput { .. } | A::Config { .. } => exit::BAD_INPUT,
-        A::CorruptMetadata { .. } => exit::CANNOT_START,
+        A::CorruptMetadata { .. } | A::CannotStart { .. } => exit::CANNOT_START,
         A::DeviceFailed { .. } | A::Io { .. } => exit::OTHER,
     }
 }

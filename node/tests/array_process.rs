@@ -300,3 +300,137 @@ async fn killed_array_process_keeps_business_copy_images() {
     assert_eq!(crc(&read_all(&a, 0, CAP).await), crc(&expect));
     assert_eq!(crc(&read_all(&a, 1, CAP).await), crc(&copy_img));
 }
+
+fn cli_at(addr: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("STILLPOINT_ARRAY", addr)
+        .env_remove("STILLPOINT_ENDPOINT")
+        .output()
+        .expect("run CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Issue 9, defect 5: a user-given duration beyond the bound is a clear input error (exit 2)
+/// before anything is applied, never a panic (exit 101); the help states the bound.
+#[tokio::test]
+async fn huge_timeouts_are_refused_as_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("array.toml");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    write_config(&cfg, &dir.path().join("data"), port, 0);
+    let _child = spawn_array(&cfg);
+    let a = connect(&addr).await;
+    a.pair_set(&pair(0, 1)).await.unwrap();
+    let huge = "18446744073709551615";
+    let pair_args = ["--mv", "0", "--rv", "1"];
+    for cmd in [
+        vec!["pair", "wait", "--cond", "sep", "--timeout", huge],
+        vec!["pair", "replicate", "--wait", "--timeout", huge],
+        vec!["pair", "separate", "--wait", "--timeout", huge],
+        vec!["pair", "restore", "--wait", "--timeout", huge],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(pair_args);
+        let (code, text) = cli_at(&addr, &args);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("--timeout"),
+            "{args:?} names the flag: {text}"
+        );
+    }
+    // Nothing was applied: the pair is still separated.
+    let p = a.pair_query(&pair(0, 1)).await.unwrap();
+    assert_eq!(p.state.sync, SyncState::Separated, "{p:?}");
+    a.pair_unset(&pair(0, 1)).await.unwrap();
+    a.copy_create(0, 1, true).await.unwrap();
+    let (code, text) = cli_at(
+        &addr,
+        &[
+            "copy",
+            "to-parent",
+            "--copy",
+            "1",
+            "--wait",
+            "--timeout",
+            huge,
+        ],
+    );
+    assert_eq!(code, Some(2), "copy to-parent: {text}");
+    let (code, text) = cli_at(&addr, &["pair", "wait", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("604800"), "help states the bound: {text}");
+    // The API bounds the wait too: a client asking for u64::MAX ms gets an input error.
+    let e = a.copy_to_parent(1, Some(u64::MAX)).await.unwrap_err();
+    assert!(matches!(e, ArrayError::InvalidInput { .. }), "{e}");
+    let e = a
+        .wait(&pair(0, 1), WaitCondition::Sep, u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ArrayError::InvalidInput { .. }), "{e}");
+}
+
+/// Issue 9, defect 6: `array serve` with an unusable listen address or data dir exits 6 and
+/// never claims to be serving; a malformed peer endpoint names the file and the field.
+#[test]
+fn serve_start_failures_exit_6_and_name_what() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each start must fail on its own; one still running after 60 s is killed and fails.
+    let serve = |cfg: &std::path::Path| {
+        let mut child = Command::new(BIN)
+            .args(["array", "serve", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().expect("poll serve").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("serve output");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Listen address in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.path().join("busy.toml");
+    write_config(&cfg, &dir.path().join("data1"), port, 0);
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(6), "listen address in use: {err}");
+    assert!(err.contains("listen"), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+    // Data dir is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let cfg = dir.path().join("file.toml");
+    write_config(&cfg, &file, free_port(), 0);
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(6), "data dir unusable: {err}");
+    assert!(!err.contains("serving on"), "{err}");
+    // Malformed peer endpoint.
+    let cfg = dir.path().join("peer.toml");
+    write_config(&cfg, &dir.path().join("data3"), free_port(), 0);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += "[[peer]]\nname = \"B\"\nendpoint = \"http://[::1\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let (code, err) = serve(&cfg);
+    assert_eq!(code, Some(2), "bad peer endpoint: {err}");
+    assert!(
+        err.contains("peer.toml") && err.contains("peer[0].endpoint"),
+        "names file and field: {err}"
+    );
+}

@@ -910,7 +910,7 @@ impl Inner {
         let mut cursor = 0u64;
         let mut last_persist = tokio::time::Instant::now();
         loop {
-            let (run_blocks_max, pace) = this.run_shape();
+            let (run_blocks_max, _) = this.run_shape();
             if slot.stop.load(Ordering::SeqCst) || this.closed.load(Ordering::SeqCst) {
                 return;
             }
@@ -1011,10 +1011,7 @@ impl Inner {
             match res {
                 Ok(n) => {
                     cursor = start + n.max(1);
-                    if pace > 0 && n > 0 {
-                        let secs = (n * this.block_bytes) as f64 / pace as f64;
-                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                    }
+                    this.pace(n * this.block_bytes).await;
                     if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
                         // Lazy, like pairs: a lost clear only recopies blocks whose source is
                         // unchanged; writes that rely on a clear flush it first (`unsynced`).
