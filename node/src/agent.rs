@@ -279,7 +279,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         identity: identity.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let peer = RaftPeerServer::new(PeerService::new(raft, identity))
+    let peer = RaftPeerServer::new(PeerService::new(raft, identity, context.state.clone()))
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService::new(context.clone()))
@@ -376,6 +376,7 @@ pub async fn run_on(
 ) -> Result<(), NodeError> {
     let agent = start(config, listener).await?;
     let raft = agent.raft().clone();
+    let mut removed = agent.context.identity.removed_signal();
     tokio::select! {
         _ = shutdown => {
             tracing::info!("shutting down");
@@ -385,6 +386,12 @@ pub async fn run_on(
             tracing::error!(%cause, "raft stopped on a fatal error; stopping the agent so that a supervisor restarts it");
             agent.shutdown_after_fatal().await;
             Err(NodeError::RaftStopped { cause })
+        }
+        told = removed.wait_for(|r| r.is_some()) => {
+            let by = told.ok().and_then(|r| r.clone()).unwrap_or_else(|| "a member".into());
+            tracing::error!(%by, "this node was removed from the cluster; stopping its raft role and exiting");
+            agent.shutdown().await?;
+            Err(NodeError::Removed { by })
         }
     }
 }

@@ -91,6 +91,14 @@ pub enum NodeError {
     #[error("raft stopped on a fatal error, the agent must be restarted: {cause}")]
     RaftStopped { cause: String },
 
+    /// The cluster removed this node (a member said so when it campaigned); the agent stopped.
+    /// Do not restart it as is: to bring the server back, give it a new node_id, start it with
+    /// `--new` and `stillpoint cluster add` it.
+    #[error(
+        "this node was removed from the cluster (told by {by}); its raft role has stopped. To bring the server back, give it a new node_id, start it with --new and add it with `stillpoint cluster add`"
+    )]
+    Removed { by: String },
+
     /// Anything the remote agent reported that fits none of the above.
     #[error("{address} answered {code:?}: {message}")]
     Remote {
@@ -131,6 +139,7 @@ impl NodeError {
             NodeError::Array(e) => array_exit_code(e),
             NodeError::RaftStopped { .. } => exit::RAFT_STOPPED,
             NodeError::Raft(_) | NodeError::Remote { .. } => exit::OTHER,
+            NodeError::Removed { .. } => exit::REMOVED,
         }
     }
 
@@ -174,6 +183,7 @@ impl NodeError {
             | NodeError::Storage(_)
             | NodeError::Raft(_)
             | NodeError::RaftStopped { .. }
+            | NodeError::Removed { .. }
             | NodeError::Host(_)
             | NodeError::Array(_)
             | NodeError::Remote { .. } => Status::internal(message),
@@ -260,6 +270,8 @@ pub mod exit {
     /// disk full, I/O error, a flush that did not finish; or the core panicked). stderr names
     /// the cause; fix it, and let the supervisor start the agent again.
     pub const RAFT_STOPPED: u8 = 9;
+    /// The agent stopped because the cluster removed its node: do not restart it as is.
+    pub const REMOVED: u8 = 10;
 }
 
 /// Exit code of an array command's error.

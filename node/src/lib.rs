@@ -39,7 +39,11 @@
 //! - Transport is plain HTTP/2: mutual TLS and roles (view / backup / restore rights) are not
 //!   built yet.
 //! - Cluster membership changes go through the leader; the CLI follows the leader hint.
-//! - A removed agent keeps running until stopped; it no longer receives log entries.
+//! - A removed voter stops (exit 10, [`error::exit::REMOVED`]) when a member it asks for a
+//!   vote tells it it was removed; a removed learner never asks, so it keeps running (idle,
+//!   unregistered) until stopped.
+//! - The client API has no caller identity until mutual TLS: `Propose` limits *what* may be
+//!   proposed ([`stillpoint_coordinator::Command::proposable_by_clients`]), not who proposes.
 
 pub mod agent;
 pub mod cli;

@@ -32,10 +32,11 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stillpoint_coordinator::{Member, NodeId, Raft, TypeConfig};
+use stillpoint_coordinator::{ClusterState, Member, NodeId, Raft, TypeConfig};
 use stillpoint_proto::raft::raft_peer_client::RaftPeerClient;
 use stillpoint_proto::raft::raft_peer_server::RaftPeer;
 use stillpoint_proto::raft::{RaftReply, RaftRequest};
+use stillpoint_storage::StateMachineStore;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -47,6 +48,8 @@ pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How often a refused raft message is logged per kind of refusal (peers retry several times a
 /// second; the first message says all).
 const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
+/// Metadata key on a refusal telling the sender it was removed from the cluster (its node id).
+pub const REMOVED_KEY: &str = "x-stillpoint-removed";
 
 /// This agent's identity as the transport sees it: its node id, its data dir incarnation and,
 /// once known, its cluster.
@@ -61,6 +64,9 @@ pub struct ClusterIdentity {
     /// Serialises adoptions: the first messages of a new cluster arrive concurrently, and the
     /// identity file is replaced through one temporary file.
     adopting: tokio::sync::Mutex<()>,
+    /// Set when a member refused this agent's raft message because the cluster removed it:
+    /// who said so. The agent stops on it ([`crate::agent::run_on`]).
+    removed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl ClusterIdentity {
@@ -76,7 +82,25 @@ impl ClusterIdentity {
             cluster_id: RwLock::new(cluster_id),
             data_dir,
             adopting: tokio::sync::Mutex::new(()),
+            removed: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Records that `by` told this agent it was removed from the cluster (first report wins).
+    pub fn told_removed(&self, by: String) {
+        self.removed.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(by);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Becomes `Some(who told)` once this agent learns it was removed from the cluster.
+    pub fn removed_signal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.removed.subscribe()
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -234,7 +258,18 @@ impl PeerClient {
                     timeout: ttl,
                 }));
             }
-            Ok(Err(status)) => return Err(self.status_to_rpc_error(status)),
+            Ok(Err(status)) => {
+                let removed = status
+                    .metadata()
+                    .get(REMOVED_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<NodeId>().ok());
+                if removed == Some(self.identity.node_id) {
+                    self.identity
+                        .told_removed(format!("node {} at {}", self.target, self.address));
+                }
+                return Err(self.status_to_rpc_error(status));
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload)
@@ -298,6 +333,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct PeerService {
     pub raft: Raft,
     pub identity: Arc<ClusterIdentity>,
+    /// The replicated registry, to recognise a sender the cluster removed.
+    state: StateMachineStore<TypeConfig, ClusterState>,
     /// When a refusal was last logged, so a peer retrying at heartbeat rate does not flood it.
     last_refusal_logged: Mutex<Option<Instant>>,
 }
@@ -321,6 +358,11 @@ pub enum EnvelopeRefusal {
         sender: NodeId,
         recorded: u64,
         sent: u64,
+    },
+    /// The sender is not in this agent's membership and the registry marks it removed: a
+    /// removed member still campaigning. It is told so, and stops.
+    SenderRemoved {
+        sender: NodeId,
     },
 }
 
@@ -347,6 +389,15 @@ impl EnvelopeRefusal {
             } => Status::failed_precondition(format!(
                 "node {sender} sent incarnation {sent:016x}, but the membership records node {sender} with incarnation {recorded:016x}: that agent is not the member the cluster admitted (its data dir was lost or replaced); remove node {sender} and add it again under a new node_id"
             )),
+            EnvelopeRefusal::SenderRemoved { sender } => {
+                let mut status = Status::failed_precondition(format!(
+                    "node {sender} was removed from the cluster; it must stop (add the server again under a new node_id to bring it back)"
+                ));
+                if let Ok(v) = sender.to_string().parse() {
+                    status.metadata_mut().insert(REMOVED_KEY, v);
+                }
+                status
+            }
         }
     }
 }
@@ -357,6 +408,7 @@ pub fn check_envelope(
     me: NodeId,
     my_incarnation: u64,
     membership: &openraft::Membership<NodeId, Member>,
+    sender_deregistered: bool,
 ) -> Result<(), EnvelopeRefusal> {
     if req.target_node_id != me {
         return Err(EnvelopeRefusal::WrongNode {
@@ -374,6 +426,11 @@ pub fn check_envelope(
             expected: req.target_incarnation,
         });
     }
+    if sender_deregistered && membership.get_node(&req.sender_node_id).is_none() {
+        return Err(EnvelopeRefusal::SenderRemoved {
+            sender: req.sender_node_id,
+        });
+    }
     // A sender this agent does not know yet (it is new here, or this agent is a fresh learner
     // without the membership) cannot be checked; the sender's own check above still holds.
     if let Some(member) = membership.get_node(&req.sender_node_id)
@@ -389,10 +446,15 @@ pub fn check_envelope(
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, identity: Arc<ClusterIdentity>) -> Self {
+    pub fn new(
+        raft: Raft,
+        identity: Arc<ClusterIdentity>,
+        state: StateMachineStore<TypeConfig, ClusterState>,
+    ) -> Self {
         PeerService {
             raft,
             identity,
+            state,
             last_refusal_logged: Mutex::new(None),
         }
     }
@@ -407,11 +469,17 @@ impl PeerService {
             .membership_config
             .membership()
             .clone();
+        let sender_deregistered = self.state.read(|s| {
+            s.nodes
+                .get(&req.sender_node_id)
+                .is_some_and(|r| r.deregistered_at_ms.is_some())
+        });
         if let Err(refusal) = check_envelope(
             req,
             self.identity.node_id,
             self.identity.incarnation,
             &membership,
+            sender_deregistered,
         ) {
             let status = refusal.to_status();
             self.log_refusal(&status);
@@ -507,10 +575,13 @@ mod tests {
     #[test]
     fn a_message_for_or_from_another_incarnation_is_refused() {
         let m = membership();
-        assert_eq!(check_envelope(&request(1, 11, 2, 22), 2, 22, &m), Ok(()));
+        assert_eq!(
+            check_envelope(&request(1, 11, 2, 22), 2, 22, &m, false),
+            Ok(())
+        );
         // This agent is node 2 on a new data dir: the cluster admitted incarnation 22.
         assert!(matches!(
-            check_envelope(&request(1, 11, 2, 22), 2, 99, &m),
+            check_envelope(&request(1, 11, 2, 22), 2, 99, &m, false),
             Err(EnvelopeRefusal::NotThisIncarnation {
                 expected: 22,
                 mine: 99,
@@ -519,7 +590,7 @@ mod tests {
         ));
         // Node 1 came back on a new data dir and asks node 2 for its vote.
         assert!(matches!(
-            check_envelope(&request(1, 77, 2, 22), 2, 22, &m),
+            check_envelope(&request(1, 77, 2, 22), 2, 22, &m, false),
             Err(EnvelopeRefusal::SenderIncarnation {
                 recorded: 11,
                 sent: 77,
@@ -527,10 +598,22 @@ mod tests {
             })
         ));
         // A sender this agent does not know yet (a new leader seen by a fresh learner) passes.
-        assert_eq!(check_envelope(&request(5, 55, 2, 22), 2, 22, &m), Ok(()));
+        assert_eq!(
+            check_envelope(&request(5, 55, 2, 22), 2, 22, &m, false),
+            Ok(())
+        );
         assert!(matches!(
-            check_envelope(&request(1, 11, 3, 22), 2, 22, &m),
+            check_envelope(&request(1, 11, 3, 22), 2, 22, &m, false),
             Err(EnvelopeRefusal::WrongNode { .. })
         ));
+        // A removed member (not in the membership, deregistered) is told; a member is not.
+        assert_eq!(
+            check_envelope(&request(5, 55, 2, 22), 2, 22, &m, true),
+            Err(EnvelopeRefusal::SenderRemoved { sender: 5 })
+        );
+        assert_eq!(
+            check_envelope(&request(1, 11, 2, 22), 2, 22, &m, true),
+            Ok(())
+        );
     }
 }

@@ -272,3 +272,38 @@ fn propose_refuses_internal_commands_and_a_rewritten_address() {
     assert_eq!(nodes["1"]["address"], endpoint.as_str(), "{nodes}");
     assert!(nodes["1"]["deregistered_at_ms"].is_null(), "{nodes}");
 }
+
+/// A voter removed from the cluster learns it when it campaigns: it stops, saying so, and exits
+/// with the documented code 10 instead of campaigning forever.
+#[test]
+fn a_removed_voter_learns_it_was_removed_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agents, _configs, endpoints) = three_voters(dir.path(), 0);
+    let leader = wait_for("three registered voters and a leader", WAIT, || {
+        let nodes = nodes_json(&endpoints[0])?;
+        let status = status_json(&endpoints[0], true)?;
+        (active_ids(&nodes).len() == 3)
+            .then(|| status["leader_id"].as_u64())
+            .flatten()
+    });
+    let removed = (1..=3).find(|id| *id != leader).unwrap();
+    let out = stillpoint(&[
+        "cluster",
+        "remove",
+        "--endpoint",
+        &endpoints[leader as usize - 1],
+        &removed.to_string(),
+    ]);
+    assert!(out.status.success(), "remove: {}", stderr(&out));
+    let slot = removed as usize - 1;
+    let child = agents.0[slot].as_mut().unwrap();
+    let status = wait_exit(child, WAIT);
+    agents.0[slot] = None;
+    let log = std::fs::read_to_string(_configs[slot].with_extension("log")).unwrap_or_default();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(10),
+        "the removed voter must stop and exit 10; its log:\n{log}"
+    );
+    assert!(log.contains("removed from the cluster"), "{log}");
+}

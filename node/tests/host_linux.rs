@@ -172,7 +172,8 @@ impl Site {
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
         let child = Command::new(BIN)
-            .args(["agent", "--config", self.config.to_str().unwrap()])
+            // Started once, as a brand-new node (its data dir is created by --new).
+            .args(["agent", "--config", self.config.to_str().unwrap(), "--new"])
             .env("RUST_LOG", "info,openraft=error")
             .stdout(Stdio::null())
             .stderr(log)

@@ -139,6 +139,9 @@ pub struct ProcessCluster {
     pub children: Vec<Option<Child>>,
     /// Slots currently paused with SIGSTOP (resumed before they are killed on drop).
     paused: Vec<bool>,
+    /// Slots started at least once: the first start is a brand-new node (`--new`), later ones
+    /// restart it from its own data dir.
+    started: Vec<bool>,
 }
 
 impl ProcessCluster {
@@ -172,6 +175,7 @@ impl ProcessCluster {
             endpoints,
             children: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
+            started: vec![false; n],
         };
         for slot in 0..n {
             cluster.spawn(slot);
@@ -198,9 +202,13 @@ impl ProcessCluster {
             .append(true)
             .open(self.log_path(slot))
             .expect("open agent log");
-        let child = Command::new(BIN)
-            .args(["agent", "--config"])
-            .arg(&self.configs[slot])
+        let mut command = Command::new(BIN);
+        command.args(["agent", "--config"]).arg(&self.configs[slot]);
+        if !self.started[slot] {
+            command.arg("--new");
+            self.started[slot] = true;
+        }
+        let child = command
             .env("RUST_LOG", "info,openraft=error")
             .stdout(Stdio::null())
             .stderr(log)
