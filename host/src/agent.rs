@@ -27,7 +27,8 @@ use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::{self, Ended, Guard};
 use crate::limits::{
-    RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX, START_HOOK_ATTEMPTS_MAX,
+    JOURNAL_WRITE_TIMEOUT_MS, RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX,
+    START_HOOK_ATTEMPTS_MAX,
 };
 use crate::process::{self, now_unix_ms};
 use crate::sim::SimBackend;
@@ -111,6 +112,26 @@ fn arm(inner: &Arc<Inner>, dogs: &Watchdogs, volume: &str, quiesce_id: u64) {
     // Forget finished watchdogs so the list does not grow without bound.
     dogs.retain(|h| !h.is_finished());
     dogs.push(task.abort_handle());
+}
+
+/// The resume log entry for quiesce `r`, logged as it is made.
+fn resume_record(r: &QuiesceRecord, reason: &str, error: Option<String>) -> ResumeRecord {
+    let (volume, quiesce_id) = (&r.volume, r.quiesce_id);
+    match &error {
+        None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
+        Some(e) => tracing::error!(%volume, quiesce_id, reason, error = %e,
+            "resuming the volume did not fully succeed"),
+    }
+    ResumeRecord {
+        volume: volume.clone(),
+        quiesce_id,
+        kind: r.kind.clone(),
+        owner: r.owner.clone(),
+        taken_at_unix_ms: r.taken_at_unix_ms,
+        resumed_at_unix_ms: now_unix_ms(),
+        reason: reason.to_string(),
+        error,
+    }
 }
 
 /// The error of a quiesce that could not be complete before its deadline.
@@ -219,6 +240,57 @@ impl Agent {
 }
 
 impl Inner {
+    /// Runs a journal write (sled flush + fdatasync) on the blocking pool, bounded by
+    /// [`JOURNAL_WRITE_TIMEOUT_MS`]: a slow disk never stalls the runtime's workers, and a
+    /// write that does not complete in time is an error (treat it as not written).
+    async fn jw<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Journal) -> Result<T, stillpoint_storage::journal::JournalError>
+        + Send
+        + 'static,
+    ) -> Result<T, HostError> {
+        let journal = self.journal.clone();
+        let task = tokio::task::spawn_blocking(move || write(&journal));
+        match tokio::time::timeout(Duration::from_millis(JOURNAL_WRITE_TIMEOUT_MS), task).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(e)) => Err(HostError::Journal(format!(
+                "the journal write's task failed: {e}"
+            ))),
+            Err(_) => Err(HostError::Journal(format!(
+                "a journal write did not complete within {JOURNAL_WRITE_TIMEOUT_MS} ms (treat it as not written); check the disk holding the agent's data directory"
+            ))),
+        }
+    }
+
+    async fn put_quiesce(&self, rec: &QuiesceRecord) -> Result<(), HostError> {
+        let rec = rec.clone();
+        self.jw(move |j| j.put_quiesce(&rec)).await
+    }
+
+    async fn remove_quiesce(&self, volume: &str) -> Result<Option<QuiesceRecord>, HostError> {
+        let volume = volume.to_string();
+        self.jw(move |j| j.remove_quiesce(&volume)).await
+    }
+
+    async fn push_resume(&self, rec: &ResumeRecord) -> Result<(), HostError> {
+        let rec = rec.clone();
+        self.jw(move |j| j.push_resume(&rec)).await
+    }
+
+    async fn put_process(&self, rec: &ProcessRecord) -> Result<(), HostError> {
+        let rec = rec.clone();
+        self.jw(move |j| j.put_process(&rec)).await
+    }
+
+    async fn remove_process(&self, pid: u32) -> Result<(), HostError> {
+        self.jw(move |j| j.remove_process(pid)).await
+    }
+
+    async fn remove_attention(&self, volume: &str) -> Result<Option<AttentionRecord>, HostError> {
+        let volume = volume.to_string();
+        self.jw(move |j| j.remove_attention(&volume)).await
+    }
+
     fn cfg(&self, volume: &str) -> Result<&VolumeConfig, HostError> {
         self.config.volume(volume)
     }
@@ -302,14 +374,13 @@ impl Inner {
             };
             let Some(r) = rec.as_ref() else { continue };
             match self.resume(r).await {
-                Ok(_) => match self.journal.remove_quiesce(volume) {
-                    Ok(_) => {
-                        lock_std(&self.armed).remove(&quiesce_id);
-                        last_err = None;
-                        break;
+                Ok(_) => {
+                    let out = resume_record(r, reason, None);
+                    match self.end_quiesce(r, Some(&out), None).await {
+                        Ok(()) => return Some(out),
+                        Err(e) => last_err = Some(e),
                     }
-                    Err(e) => last_err = Some(e.into()),
-                },
+                }
                 Err(ResumeFailed::StartHook(e)) => {
                     start_hook_failures += 1;
                     tracing::warn!(%volume, attempt, error = %e, "start hook failed during the automatic resume");
@@ -318,15 +389,13 @@ impl Inner {
                         continue;
                     }
                     // Bounded: the volume is mounted; end the quiesce with that outcome.
-                    let outcome = match self.end_with_start_hook_failure(r, &e, start_hook_failures)
+                    match self
+                        .end_with_start_hook_failure(r, &e, start_hook_failures, Some(reason))
+                        .await
                     {
-                        Ok(outcome) => outcome,
-                        Err(j) => {
-                            last_err = Some(j);
-                            continue;
-                        }
-                    };
-                    return Some(self.log_resume(r, reason, Some(outcome)));
+                        Ok(out) => return out,
+                        Err(j) => last_err = Some(j),
+                    }
                 }
                 Err(ResumeFailed::Volume(e)) => {
                     tracing::warn!(%volume, attempt, error = %e, "automatic resume failed");
@@ -335,55 +404,75 @@ impl Inner {
             }
         }
         let r = rec?;
-        Some(self.log_resume(&r, reason, last_err.map(|e| e.to_string())))
+        Some(
+            self.log_resume(&r, reason, last_err.map(|e| e.to_string()))
+                .await,
+        )
     }
 
     /// Ends a quiesce whose volume is mounted again but whose start hook kept failing: the
     /// record is removed (every command works on the volume again) and the outcome waits on
-    /// the volume for an operator's acknowledgement. Returns the outcome in words.
-    fn end_with_start_hook_failure(
+    /// the volume for an operator's acknowledgement. With `auto_reason` (the agent resumed it
+    /// by itself), the resume log gets the outcome too, and its record is returned.
+    async fn end_with_start_hook_failure(
         &self,
         r: &QuiesceRecord,
         e: &HostError,
         attempts: u32,
-    ) -> Result<String, HostError> {
+        auto_reason: Option<&str>,
+    ) -> Result<Option<ResumeRecord>, HostError> {
         let outcome = format!(
             "resumed (mounted again) but the start hook failed ({attempts} attempt(s)): {e}; \
              the applications are not running: start them, then acknowledge with `stillpoint volume ack --node <node> {}`",
             r.volume
         );
-        self.journal.put_attention(&AttentionRecord {
+        let attention = AttentionRecord {
             volume: r.volume.clone(),
             quiesce_id: r.quiesce_id,
             at_unix_ms: now_unix_ms(),
             message: outcome.clone(),
-        })?;
-        self.journal.remove_quiesce(&r.volume)?;
-        lock_std(&self.armed).remove(&r.quiesce_id);
+        };
+        let logged = auto_reason.map(|reason| resume_record(r, reason, Some(outcome.clone())));
+        self.end_quiesce(r, logged.as_ref(), Some(attention))
+            .await?;
         tracing::error!(volume = %r.volume, quiesce_id = r.quiesce_id, %outcome, "quiesce ended with a failed start hook");
-        Ok(outcome)
+        Ok(logged)
+    }
+
+    /// Ends a quiesce record in one journal write: first the resume log entry and the
+    /// attention record (if any), then the removal, so whoever sees the quiesce gone also
+    /// sees why.
+    async fn end_quiesce(
+        &self,
+        r: &QuiesceRecord,
+        logged: Option<&ResumeRecord>,
+        attention: Option<AttentionRecord>,
+    ) -> Result<(), HostError> {
+        let (logged, volume) = (logged.cloned(), r.volume.clone());
+        self.jw(move |j| {
+            if let Some(l) = &logged {
+                j.push_resume(l)?;
+            }
+            if let Some(a) = &attention {
+                j.put_attention(a)?;
+            }
+            j.remove_quiesce(&volume)
+        })
+        .await?;
+        lock_std(&self.armed).remove(&r.quiesce_id);
+        Ok(())
     }
 
     /// Logs (and journals) that the agent resumed a quiesce by itself.
-    fn log_resume(&self, r: &QuiesceRecord, reason: &str, error: Option<String>) -> ResumeRecord {
-        let (volume, quiesce_id) = (&r.volume, r.quiesce_id);
-        let out = ResumeRecord {
-            volume: volume.clone(),
-            quiesce_id,
-            kind: r.kind.clone(),
-            owner: r.owner.clone(),
-            taken_at_unix_ms: r.taken_at_unix_ms,
-            resumed_at_unix_ms: now_unix_ms(),
-            reason: reason.to_string(),
-            error,
-        };
-        match &out.error {
-            None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
-            Some(e) => tracing::error!(%volume, quiesce_id, reason, error = %e,
-                "could not resume the volume; it may still be quiesced"),
-        }
-        if let Err(e) = self.journal.push_resume(&out) {
-            tracing::error!(%volume, error = %e, "cannot log the automatic resume");
+    async fn log_resume(
+        &self,
+        r: &QuiesceRecord,
+        reason: &str,
+        error: Option<String>,
+    ) -> ResumeRecord {
+        let out = resume_record(r, reason, error);
+        if let Err(e) = self.push_resume(&out).await {
+            tracing::error!(volume = %r.volume, error = %e, "cannot log the automatic resume");
         }
         out
     }
@@ -419,7 +508,7 @@ impl Inner {
                 if !crate::process::wait_gone(pid, ticks).await {
                     tracing::warn!(volume = %rec.volume, pid, "the freeze guard did not exit after thawing");
                 }
-                if let Err(e) = self.journal.remove_process(pid) {
+                if let Err(e) = self.remove_process(pid).await {
                     tracing::warn!(volume = %rec.volume, pid, error = %e, "cannot forget the freeze guard in the journal");
                 }
                 Ok(Resumed {
@@ -482,7 +571,7 @@ impl Inner {
                     tracing::error!(volume = %p.volume, pid = p.pid, "process left by a dead agent does not end");
                 }
             }
-            self.journal.remove_process(p.pid)?;
+            self.remove_process(p.pid).await?;
         }
         Ok(())
     }
@@ -533,13 +622,13 @@ impl Inner {
             },
             started_at_unix_ms: now_unix_ms(),
         };
-        if let Err(e) = self.journal.put_process(&record) {
+        if let Err(e) = self.put_process(&record).await {
             running.kill_group();
-            return Err(e.into());
+            return Err(e);
         }
         // Nothing may outlive a stop hook; a start hook may leave the application running.
         let finished = running.finish(timeout_ms, kind == HookKind::Stop).await;
-        if let Err(e) = self.journal.remove_process(record.pid) {
+        if let Err(e) = self.remove_process(record.pid).await {
             tracing::warn!(volume = %cfg.name, pid = record.pid, error = %e, "cannot forget the finished hook in the journal");
         }
         let out = match finished {
@@ -731,9 +820,8 @@ impl Host for Agent {
                 );
                 let old = inner.journal.quiesce(volume)?.unwrap_or(rec);
                 inner.resume(&old).await?;
-                inner.journal.remove_quiesce(volume)?;
-                lock_std(&inner.armed).remove(&quiesce_id);
-                inner.log_resume(&old, &reason, None);
+                let logged = resume_record(&old, &reason, None);
+                inner.end_quiesce(&old, Some(&logged), None).await?;
                 return Err(HostError::QuiesceLost {
                     volume: volume.into(),
                     quiesce_id,
@@ -741,7 +829,7 @@ impl Host for Agent {
                 });
             }
         }
-        inner.journal.put_quiesce(&rec)?;
+        inner.put_quiesce(&rec).await?;
         Ok(rec)
     }
 
@@ -786,8 +874,8 @@ impl Host for Agent {
         self.inner.cfg(volume)?;
         Ok(self
             .inner
-            .journal
-            .remove_attention(volume)?
+            .remove_attention(volume)
+            .await?
             .map(|a| a.message))
     }
 }
@@ -867,7 +955,7 @@ async fn quiesce_detached(
         extended_ms_total: 0,
     };
     // Durable before the volume is touched: a crash from here on is resumed at start.
-    inner.journal.put_quiesce(&rec)?;
+    inner.put_quiesce(&rec).await?;
     let acted: Result<(), HostError> = async {
         match req.mode {
             QuiesceMode::Freeze => {
@@ -881,7 +969,7 @@ async fn quiesce_detached(
                         started_at_unix_ms: now_unix_ms(),
                     };
                     lock_std(&inner.guards).insert(rec.quiesce_id, g);
-                    inner.journal.put_process(&proc_rec)?;
+                    inner.put_process(&proc_rec).await?;
                 }
                 Ok(())
             }
@@ -922,7 +1010,7 @@ async fn quiesce_detached(
         };
         match undo {
             Ok(_) => {
-                inner.journal.remove_quiesce(&req.volume)?;
+                inner.remove_quiesce(&req.volume).await?;
             }
             Err(undo) => {
                 tracing::error!(volume = %req.volume, error = %undo,
@@ -961,24 +1049,24 @@ async fn release_detached(
         Ok(r) => r,
         Err(ResumeFailed::StartHook(e)) => {
             // Mounted again; a start hook that fails must not leave a quiesce nobody can clear.
-            inner.end_with_start_hook_failure(&rec, &e, 1)?;
+            inner.end_with_start_hook_failure(&rec, &e, 1, None).await?;
             return Err(e);
         }
         Err(ResumeFailed::Volume(e)) => return Err(e),
     };
-    inner.journal.remove_quiesce(volume)?;
-    lock_std(&inner.armed).remove(&rec.quiesce_id);
     if resumed.guard_thawed_first {
         // The guard reached the deadline (or was told to stop) before this release: the
         // quiesce did not hold until now, so the copy is not a static point.
         let reason = "the freeze guard thawed the volume by itself (deadline reached, or it was signalled) before the release arrived";
-        inner.log_resume(&rec, reason, None);
+        let logged = resume_record(&rec, reason, None);
+        inner.end_quiesce(&rec, Some(&logged), None).await?;
         return Err(HostError::QuiesceLost {
             volume: volume.into(),
             quiesce_id: rec.quiesce_id,
             reason: reason.into(),
         });
     }
+    inner.end_quiesce(&rec, None, None).await?;
     Ok(ReleaseReport {
         volume: volume.into(),
         quiesce_id: rec.quiesce_id,

@@ -75,6 +75,8 @@
 //!   built-in database integration.
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
+//! - Journal writes run on the blocking pool, bounded by [`limits::JOURNAL_WRITE_TIMEOUT_MS`];
+//!   journal reads (in memory in sled, no sync) still run on the caller's task.
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
 //! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
 //!   60 s) is configuration for the job driver; the host does not wait by itself.

@@ -51,3 +51,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long a starting agent waits for a process left by a dead agent (a freeze guard asked
 /// to thaw, a hook group killed) to end before it goes on.
 pub const ORPHAN_END_MS: u64 = 10_000;
+/// Longest a journal write (sled flush + fdatasync, on the blocking pool) may take before the
+/// operation fails as not written.
+pub const JOURNAL_WRITE_TIMEOUT_MS: u64 = 30_000;

@@ -211,7 +211,7 @@ async fn a_failing_start_hook_ends_the_quiesce_with_its_outcome(fs: (&str, &[&st
     );
     let host = fx.agent_with(&[("mv", &dev, &mp, fs.0)], &extra).await;
     host.mount("mv", &MountRequest::default()).await.unwrap();
-    host.quiesce(&unmount_quiesce("mv", 500)).await.unwrap();
+    host.quiesce(&unmount_quiesce("mv", 3_000)).await.unwrap();
     wait_until(
         "the agent ends the quiesce after the start hook kept failing",
         || async { host.quiesces().await.unwrap().is_empty() },
