@@ -56,8 +56,8 @@
 //!
 //! ## Modules
 //!
-//! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`], quiesce records, watchdog,
-//!   hooks; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
+//! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`] and quiesce records; `resume`: the watchdog, automatic resume,
+//!   hooks, orphans, journal writes; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
@@ -98,6 +98,7 @@ mod guard;
 pub mod limits;
 mod linux;
 mod process;
+mod resume;
 mod sim;
 mod workload;
 
