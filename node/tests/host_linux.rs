@@ -129,6 +129,18 @@ struct Site {
 impl Site {
     /// `volumes`: (name, volume, fs, extra TOML lines for the volume).
     fn start(dir: &Path, volumes: &[(&str, &Volume, &str, &str)]) -> Site {
+        let site = Site::start_unregistered(dir, volumes);
+        site.wait_for("the node to be registered", || {
+            site.cli(&["volume", "list", "--node", "h1"])
+                .status
+                .success()
+                .then_some(())
+        });
+        site
+    }
+
+    /// As `start`, returning as soon as `cluster init` answered.
+    fn start_unregistered(dir: &Path, volumes: &[(&str, &Volume, &str, &str)]) -> Site {
         let port = free_port();
         let mut text = format!(
             "node_id = 1\nname = \"h1\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nroles = [\"business\"]\n\
@@ -160,12 +172,6 @@ impl Site {
         });
         let init = site.cli(&["cluster", "init", "--member", &site.endpoint.clone()]);
         assert!(init.status.success(), "init: {}", stderr(&init));
-        site.wait_for("the node to be registered", || {
-            site.cli(&["volume", "list", "--node", "h1"])
-                .status
-                .success()
-                .then_some(())
-        });
         site
     }
 
@@ -444,4 +450,26 @@ fn ext4_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
 fn xfs_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
     require!("losetup", "mkfs.xfs", "blkid", "sh", "sleep");
     a_killed_agents_stop_hook_is_ended_before_the_start_hook(XFS);
+}
+
+/// Issue 10 defect 8: right after `cluster init`, `volume list --node NAME` waits briefly for
+/// the node to register instead of answering "no node named ... (known: )".
+#[test]
+fn a_volume_command_right_after_init_finds_the_node() {
+    require!("losetup", "mkfs.ext4", "blkid");
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume(dir.path(), "mv", EXT4.1);
+    let site = Site::start_unregistered(dir.path(), &[("mv", &v, EXT4.0, "")]);
+    let out = site.cli(&["volume", "list", "--node", "h1"]);
+    assert!(
+        out.status.success(),
+        "volume list right after init exited {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mv"));
+    // A name that never registers is still refused, naming what is known.
+    let out = site.cli(&["volume", "list", "--node", "nobody"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("h1"), "{}", stderr(&out));
 }
