@@ -80,6 +80,8 @@
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
 //! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
 //!   60 s) is configuration for the job driver; the host does not wait by itself.
+//! - A freeze guard holds the frozen file system's root directory open (it thaws by that
+//!   descriptor), so `volume list` shows it (`sp-freeze-guard`) as a holder while frozen.
 //! - A freeze guard is recorded in the journal just after it is forked: an agent killed in
 //!   between leaves a guard its successor does not know; it still thaws at its deadline.
 //! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves

@@ -473,3 +473,66 @@ fn a_volume_command_right_after_init_finds_the_node() {
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(stderr(&out).contains("h1"), "{}", stderr(&out));
 }
+
+/// Live processes named `sp-freeze-guard` that hold `mp` (the root of the file system they
+/// froze) open.
+fn guards(mp: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.contains("(sp-freeze-guard)") && !s.contains("(sp-freeze-guard) Z")
+            })
+        })
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == mp))
+        })
+        .collect()
+}
+
+/// Issue 10 defect 2, second half: an agent restarted before the deadline finds the dead
+/// agent's freeze guard through its journal, thaws at once (it cannot vouch for the freeze) and
+/// ends the guard.
+fn a_restarted_agent_ends_the_dead_agents_freeze_guard(fs: (&str, &[&str])) {
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume(dir.path(), "mv", fs.1);
+    let mut site = Site::start(dir.path(), &[("mv", &v, fs.0, "")]);
+    site.volume_ok(&["mount", "mv"]);
+    site.volume_ok(&["freeze", "mv", "--limit-ms", "60000"]);
+    let ours = guards(&v.mp);
+    assert_eq!(ours.len(), 1, "one freeze guard per freeze: {ours:?}");
+    let mut w = writer(&v.mp.join("after-freeze"));
+    site.kill_agent();
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "frozen while the agent is dead"
+    );
+    site.spawn();
+    site.wait_for("the restarted agent to thaw", || {
+        w.0.try_wait().unwrap().map(|_| ())
+    });
+    site.wait_for("the dead agent's guard to end", || {
+        guards(&v.mp).is_empty().then_some(())
+    });
+    let out = site.volume_ok(&["quiesces", "--output", "json"]);
+    assert!(out.contains("restarted"), "{out}");
+    site.volume_ok(&["unmount", "mv"]);
+}
+
+#[test]
+fn ext4_a_restarted_agent_ends_the_dead_agents_freeze_guard() {
+    require!("losetup", "mkfs.ext4", "blkid", "dd");
+    a_restarted_agent_ends_the_dead_agents_freeze_guard(EXT4);
+}
+
+#[test]
+fn xfs_a_restarted_agent_ends_the_dead_agents_freeze_guard() {
+    require!("losetup", "mkfs.xfs", "blkid", "dd");
+    a_restarted_agent_ends_the_dead_agents_freeze_guard(XFS);
+}
