@@ -288,14 +288,22 @@ fn a_killed_agents_freeze_ends_at_its_deadline(fs: (&str, &[&str])) -> u64 {
         .as_u64()
         .expect("deadline in the freeze's answer");
     let mut w = writer(&v.mp.join("after-freeze"));
+    let guard = guards(&v.mp);
+    assert_eq!(guard.len(), 1, "one freeze guard: {guard:?}");
     site.kill_agent();
     assert!(
         w.0.try_wait().unwrap().is_none(),
         "the writer finished although the file system is frozen"
     );
-    // Poll the writer often, within a generous bound, to time the thaw.
+    // Poll the guard and the writer often, within a generous bound, to time the thaw: the
+    // guard exits right after its FITHAW returns; the writer then still has to fsync.
     let bound = deadline + 30_000;
+    let mut guard_gone_at = None;
     let finished_at = loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", guard[0]));
+        if guard_gone_at.is_none() && stat.ok().is_none_or(|s| s.contains(") Z")) {
+            guard_gone_at = Some(now_unix_ms());
+        }
         if w.0.try_wait().unwrap().is_some() {
             break now_unix_ms();
         }
@@ -318,8 +326,11 @@ fn a_killed_agents_freeze_ends_at_its_deadline(fs: (&str, &[&str])) -> u64 {
         deadline - finished_at
     );
     let late = finished_at.saturating_sub(deadline);
+    let guard_late = guard_gone_at
+        .map(|t| t.saturating_sub(deadline).to_string())
+        .unwrap_or_else(|| "?".into());
     eprintln!(
-        "MEASURED {}: writer released {late} ms after the freeze deadline (agent SIGKILLed, not restarted)",
+        "MEASURED {}: guard thawed and exited {guard_late} ms, blocked writer done {late} ms after the freeze deadline (agent SIGKILLed, not restarted)",
         fs.0
     );
     assert!(late < 2_000, "{}: thawed {late} ms late", fs.0);
