@@ -1,6 +1,6 @@
 //! The agent's host half: [`Agent`] implements [`Host`] over a backend, adding what every
 //! backend needs: quiesce records in the journal, the deadline watchdog, hooks, and undo when
-//! a quiesce fails half-way.
+//! a quiesce fails half-way (the watchdog, resume, hooks and journal writes are in `resume`).
 //!
 //! A quiesce's life: the record is written (durably) *before* the volume is touched, the
 //! volume is quiesced, a watchdog task sleeps until the deadline. Release or the watchdog
@@ -11,10 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use stillpoint_storage::journal::{AttentionRecord, Journal, ProcessRecord, ProcessRole};
+use stillpoint_storage::journal::{Journal, ProcessRecord, ProcessRole};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 
@@ -25,11 +24,9 @@ use crate::api::{
 use crate::backend::Backend;
 use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
-use crate::guard::{self, Ended, Guard};
-use crate::limits::{
-    RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX, START_HOOK_ATTEMPTS_MAX,
-};
-use crate::process::{self, now_unix_ms};
+use crate::guard::Guard;
+use crate::process::now_unix_ms;
+use crate::resume::{ResumeFailed, resume_record};
 use crate::sim::SimBackend;
 
 /// Which backend an [`Agent`] drives.
@@ -40,47 +37,17 @@ pub enum Engine {
     Linux,
 }
 
-struct Inner {
-    config: HostConfig,
-    backend: Arc<dyn Backend>,
-    journal: Journal,
+pub(crate) struct Inner {
+    pub(crate) config: HostConfig,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) journal: Journal,
     /// One lock per volume: operations on a volume (including the watchdog's resume) never
     /// interleave.
-    locks: HashMap<String, Arc<Mutex<()>>>,
+    pub(crate) locks: HashMap<String, Arc<Mutex<()>>>,
     /// Quiesce ids this process took or re-armed, so `recover` leaves them alone.
-    armed: StdMutex<HashSet<u64>>,
+    pub(crate) armed: StdMutex<HashSet<u64>>,
     /// Freeze guards of the freezes this process holds, by quiesce id.
-    guards: StdMutex<HashMap<u64, Guard>>,
-}
-
-/// Why undoing a quiesce failed.
-enum ResumeFailed {
-    /// The volume itself could not be resumed (thaw or mount): still quiesced.
-    Volume(HostError),
-    /// The volume is mounted again, but the start hook failed: applications are not running.
-    StartHook(HostError),
-}
-
-impl From<HostError> for ResumeFailed {
-    fn from(e: HostError) -> Self {
-        ResumeFailed::Volume(e)
-    }
-}
-
-impl From<ResumeFailed> for HostError {
-    fn from(e: ResumeFailed) -> Self {
-        match e {
-            ResumeFailed::Volume(e) | ResumeFailed::StartHook(e) => e,
-        }
-    }
-}
-
-/// What undoing a quiesce did.
-struct Resumed {
-    start_hook: Option<HookOutput>,
-    /// The freeze guard had already thawed by itself (its deadline, or a signal): the
-    /// quiesce did not hold until now.
-    guard_thawed_first: bool,
+    pub(crate) guards: StdMutex<HashMap<u64, Guard>>,
 }
 
 /// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
@@ -114,7 +81,7 @@ fn arm(inner: &Arc<Inner>, dogs: &Watchdogs, volume: &str, quiesce_id: u64) {
 }
 
 /// The error of a quiesce that could not be complete before its deadline.
-fn past_deadline(volume: &str, what: &str) -> HostError {
+pub(crate) fn past_deadline(volume: &str, what: &str) -> HostError {
     HostError::Refused {
         volume: volume.into(),
         rule: "S4 (quiesce deadline)".into(),
@@ -133,7 +100,7 @@ fn detached_failed(volume: &str, operation: &str, e: tokio::task::JoinError) -> 
     }
 }
 
-fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -219,351 +186,13 @@ impl Agent {
 }
 
 impl Inner {
-    fn cfg(&self, volume: &str) -> Result<&VolumeConfig, HostError> {
+    pub(crate) fn cfg(&self, volume: &str) -> Result<&VolumeConfig, HostError> {
         self.config.volume(volume)
     }
 
-    fn lock_of(&self, volume: &str) -> Result<Arc<Mutex<()>>, HostError> {
+    pub(crate) fn lock_of(&self, volume: &str) -> Result<Arc<Mutex<()>>, HostError> {
         self.cfg(volume)?;
         Ok(self.locks[volume].clone())
-    }
-
-    /// Sleeps until the quiesce's deadline (re-reading it, since extensions move it) and
-    /// resumes the volume if the quiesce is still held then.
-    async fn watch(self: Arc<Self>, volume: String, quiesce_id: u64) {
-        let mut journal_errors = 0;
-        loop {
-            let rec = match self.journal.quiesce(&volume) {
-                Ok(Some(r)) if r.quiesce_id == quiesce_id => r,
-                Ok(_) => return,
-                Err(e) => {
-                    journal_errors += 1;
-                    tracing::error!(%volume, error = %e, "watchdog cannot read the journal");
-                    if journal_errors > RESUME_ATTEMPTS_MAX {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(RESUME_RETRY_MS)).await;
-                    continue;
-                }
-            };
-            let now = now_unix_ms();
-            if now >= rec.deadline_unix_ms {
-                let reason = format!(
-                    "deadline passed: quiesced by {} for {} ms (limit {} ms incl. {} ms extension) \
-                     with neither release nor extension",
-                    rec.owner,
-                    now - rec.taken_at_unix_ms,
-                    rec.deadline_unix_ms - rec.taken_at_unix_ms,
-                    rec.extended_ms_total
-                );
-                self.auto_resume(&volume, quiesce_id, &reason, RESUME_ATTEMPTS_MAX)
-                    .await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(rec.deadline_unix_ms - now)).await;
-        }
-    }
-
-    /// Resumes a quiesce nobody released, logging it in the journal. Returns the resume
-    /// record, or `None` if the quiesce was no longer held.
-    async fn auto_resume(
-        &self,
-        volume: &str,
-        quiesce_id: u64,
-        reason: &str,
-        attempts: u32,
-    ) -> Option<ResumeRecord> {
-        let mut last_err: Option<HostError> = None;
-        let mut rec = None;
-        let mut start_hook_failures = 0;
-        let mut pause_ms = RESUME_RETRY_MS;
-        for attempt in 1..=attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                pause_ms = (pause_ms * 2).min(RESUME_RETRY_MS_MAX);
-            }
-            let lock = match self.lock_of(volume) {
-                Ok(l) => l,
-                Err(e) => {
-                    // The volume left the config; the record can only be reported.
-                    last_err = Some(e);
-                    rec = self.journal.quiesce(volume).ok().flatten();
-                    break;
-                }
-            };
-            let _g = lock.lock().await;
-            rec = match self.journal.quiesce(volume) {
-                Ok(Some(r)) if r.quiesce_id == quiesce_id => Some(r),
-                Ok(_) => return None,
-                Err(e) => {
-                    last_err = Some(e.into());
-                    continue;
-                }
-            };
-            let Some(r) = rec.as_ref() else { continue };
-            match self.resume(r).await {
-                Ok(_) => match self.journal.remove_quiesce(volume) {
-                    Ok(_) => {
-                        lock_std(&self.armed).remove(&quiesce_id);
-                        last_err = None;
-                        break;
-                    }
-                    Err(e) => last_err = Some(e.into()),
-                },
-                Err(ResumeFailed::StartHook(e)) => {
-                    start_hook_failures += 1;
-                    tracing::warn!(%volume, attempt, error = %e, "start hook failed during the automatic resume");
-                    if start_hook_failures < START_HOOK_ATTEMPTS_MAX {
-                        last_err = Some(e);
-                        continue;
-                    }
-                    // Bounded: the volume is mounted; end the quiesce with that outcome.
-                    let outcome = match self.end_with_start_hook_failure(r, &e, start_hook_failures)
-                    {
-                        Ok(outcome) => outcome,
-                        Err(j) => {
-                            last_err = Some(j);
-                            continue;
-                        }
-                    };
-                    return Some(self.log_resume(r, reason, Some(outcome)));
-                }
-                Err(ResumeFailed::Volume(e)) => {
-                    tracing::warn!(%volume, attempt, error = %e, "automatic resume failed");
-                    last_err = Some(e);
-                }
-            }
-        }
-        let r = rec?;
-        Some(self.log_resume(&r, reason, last_err.map(|e| e.to_string())))
-    }
-
-    /// Ends a quiesce whose volume is mounted again but whose start hook kept failing: the
-    /// record is removed (every command works on the volume again) and the outcome waits on
-    /// the volume for an operator's acknowledgement. Returns the outcome in words.
-    fn end_with_start_hook_failure(
-        &self,
-        r: &QuiesceRecord,
-        e: &HostError,
-        attempts: u32,
-    ) -> Result<String, HostError> {
-        let outcome = format!(
-            "resumed (mounted again) but the start hook failed ({attempts} attempt(s)): {e}; \
-             the applications are not running: start them, then acknowledge with `stillpoint volume ack --node <node> {}`",
-            r.volume
-        );
-        self.journal.put_attention(&AttentionRecord {
-            volume: r.volume.clone(),
-            quiesce_id: r.quiesce_id,
-            at_unix_ms: now_unix_ms(),
-            message: outcome.clone(),
-        })?;
-        self.journal.remove_quiesce(&r.volume)?;
-        lock_std(&self.armed).remove(&r.quiesce_id);
-        tracing::error!(volume = %r.volume, quiesce_id = r.quiesce_id, %outcome, "quiesce ended with a failed start hook");
-        Ok(outcome)
-    }
-
-    /// Logs (and journals) that the agent resumed a quiesce by itself.
-    fn log_resume(&self, r: &QuiesceRecord, reason: &str, error: Option<String>) -> ResumeRecord {
-        let (volume, quiesce_id) = (&r.volume, r.quiesce_id);
-        let out = ResumeRecord {
-            volume: volume.clone(),
-            quiesce_id,
-            kind: r.kind.clone(),
-            owner: r.owner.clone(),
-            taken_at_unix_ms: r.taken_at_unix_ms,
-            resumed_at_unix_ms: now_unix_ms(),
-            reason: reason.to_string(),
-            error,
-        };
-        match &out.error {
-            None => tracing::warn!(%volume, quiesce_id, reason, "resumed the volume by itself"),
-            Some(e) => tracing::error!(%volume, quiesce_id, reason, error = %e,
-                "could not resume the volume; it may still be quiesced"),
-        }
-        if let Err(e) = self.journal.push_resume(&out) {
-            tracing::error!(%volume, error = %e, "cannot log the automatic resume");
-        }
-        out
-    }
-
-    /// Undoes a quiesce: thaw, or remount and start the applications. Idempotent.
-    async fn resume(&self, rec: &QuiesceRecord) -> Result<Resumed, ResumeFailed> {
-        let cfg = self.cfg(&rec.volume)?;
-        match &rec.kind {
-            QuiesceKind::Freeze => {
-                let held = lock_std(&self.guards).remove(&rec.quiesce_id);
-                let Some(g) = held else {
-                    // No guard of ours (sim, or the agent restarted and ended it): thaw.
-                    self.backend.thaw(cfg).await?;
-                    return Ok(Resumed {
-                        start_hook: None,
-                        guard_thawed_first: false,
-                    });
-                };
-                let (pid, ticks) = (g.pid, g.start_ticks);
-                let ended = tokio::task::spawn_blocking(move || g.thaw())
-                    .await
-                    .unwrap_or_else(|e| Ended::Silent(format!("the thaw task failed: {e}")));
-                let guard_thawed_first = ended == Ended::ByItself;
-                if let Ended::Silent(why) = &ended {
-                    // The guard was killed or is stuck: thaw ourselves (it froze for us).
-                    tracing::warn!(volume = %rec.volume, pid, reason = %why, "freeze guard silent; thawing directly");
-                }
-                if ended != Ended::Thawed {
-                    self.backend.thaw(cfg).await?;
-                }
-                // The guard holds the file system's root open until it exits: wait for that,
-                // so an unmount right after the release is not refused as busy.
-                if !crate::process::wait_gone(pid, ticks).await {
-                    tracing::warn!(volume = %rec.volume, pid, "the freeze guard did not exit after thawing");
-                }
-                if let Err(e) = self.journal.remove_process(pid) {
-                    tracing::warn!(volume = %rec.volume, pid, error = %e, "cannot forget the freeze guard in the journal");
-                }
-                Ok(Resumed {
-                    start_hook: None,
-                    guard_thawed_first,
-                })
-            }
-            QuiesceKind::Unmount {
-                mount_point,
-                apps_stopped,
-            } => {
-                // The production volume's remount wins: a copy carrying its identity that was
-                // mounted meanwhile does not keep it out (XFS: nouuid; ext4 needs nothing).
-                let production = MountRequest {
-                    identity: crate::api::MountIdentity::IgnoreDuplicate,
-                    ..MountRequest::default()
-                };
-                self.backend.mount(cfg, mount_point, &production).await?;
-                let start_hook = if *apps_stopped && cfg.start.is_some() {
-                    Some(
-                        self.hook(cfg, HookKind::Start, None)
-                            .await
-                            .map_err(ResumeFailed::StartHook)?,
-                    )
-                } else {
-                    None
-                };
-                Ok(Resumed {
-                    start_hook,
-                    guard_thawed_first: false,
-                })
-            }
-        }
-    }
-
-    /// Ends what a dead agent left running, before anything else is done: freeze guards are
-    /// asked to thaw (SIGTERM; they thaw by the descriptor they froze) and waited for.
-    async fn end_orphans(&self) -> Result<(), HostError> {
-        for p in self.journal.processes()? {
-            if p.quiesce_id
-                .is_some_and(|id| lock_std(&self.armed).contains(&id))
-            {
-                continue;
-            }
-            if guard::same_process(p.pid, p.start_ticks) {
-                let signal = match p.role {
-                    ProcessRole::FreezeGuard => libc::SIGTERM,
-                    ProcessRole::Hook { .. } => libc::SIGKILL,
-                };
-                let target = match p.role {
-                    ProcessRole::FreezeGuard => p.pid as i32,
-                    // A hook leads its own process group: end all of it.
-                    ProcessRole::Hook { .. } => -(p.pid as i32),
-                };
-                tracing::warn!(volume = %p.volume, pid = p.pid, role = ?p.role, "ending a process left by an agent that died");
-                // SAFETY: kill(2) on a process (group) we recorded and identified by start time.
-                unsafe { libc::kill(target, signal) };
-                let gone = crate::process::wait_gone(p.pid, p.start_ticks).await;
-                if !gone {
-                    tracing::error!(volume = %p.volume, pid = p.pid, "process left by a dead agent does not end");
-                }
-            }
-            self.journal.remove_process(p.pid)?;
-        }
-        Ok(())
-    }
-
-    /// Runs a configured hook for at most its timeout, or until `deadline_unix_ms` if that
-    /// comes first (a stop hook inside a quiesce window).
-    async fn hook(
-        &self,
-        cfg: &VolumeConfig,
-        kind: HookKind,
-        deadline_unix_ms: Option<u64>,
-    ) -> Result<HookOutput, HostError> {
-        let hook = match kind {
-            HookKind::Stop => cfg.stop.as_ref(),
-            HookKind::Start => cfg.start.as_ref(),
-        };
-        let Some(hook) = hook else {
-            return Err(HostError::Unsupported {
-                operation: format!("{} hook of volume {}", kind.as_str(), cfg.name),
-                reason: format!(
-                    "none is configured; add `{} = {{ command = [..] }}` to the volume in node.toml",
-                    kind.as_str()
-                ),
-            });
-        };
-        let timeout_ms = match deadline_unix_ms {
-            Some(d) => hook.timeout_ms.min(d.saturating_sub(now_unix_ms())),
-            None => hook.timeout_ms,
-        };
-        if timeout_ms == 0 {
-            return Err(past_deadline(&cfg.name, &format!("{} hook", kind.as_str())));
-        }
-        let capped = timeout_ms < hook.timeout_ms;
-        if let Some(app) = &hook.app {
-            return self.backend.run_app(cfg, app, kind, timeout_ms).await;
-        }
-        let argv = hook.command.clone().unwrap_or_default();
-        let running = process::start(&cfg.name, &format!("{} hook", kind.as_str()), &argv)?;
-        // Recorded while it runs, so an agent that dies meanwhile has it (and its whole
-        // process group) ended by its successor before that runs anything.
-        let record = ProcessRecord {
-            pid: running.pid,
-            start_ticks: guard::start_ticks(running.pid).unwrap_or(0),
-            volume: cfg.name.clone(),
-            quiesce_id: None,
-            role: ProcessRole::Hook {
-                kind: kind.as_str().into(),
-            },
-            started_at_unix_ms: now_unix_ms(),
-        };
-        if let Err(e) = self.journal.put_process(&record) {
-            running.kill_group();
-            return Err(e.into());
-        }
-        // Nothing may outlive a stop hook; a start hook may leave the application running.
-        let finished = running.finish(timeout_ms, kind == HookKind::Stop).await;
-        if let Err(e) = self.journal.remove_process(record.pid) {
-            tracing::warn!(volume = %cfg.name, pid = record.pid, error = %e, "cannot forget the finished hook in the journal");
-        }
-        let out = match finished {
-            Err(HostError::TimedOut { .. }) if capped => {
-                return Err(past_deadline(
-                    &cfg.name,
-                    &format!("{} hook (killed at the deadline)", kind.as_str()),
-                ));
-            }
-            other => other?,
-        };
-        if out.exit_code != Some(0) {
-            return Err(HostError::HookFailed {
-                volume: cfg.name.clone(),
-                hook: kind.as_str().into(),
-                command: out.command.clone(),
-                status: match out.exit_code {
-                    Some(c) => format!("exit code {c}"),
-                    None => "a signal".into(),
-                },
-                stderr_tail: process::tail(&out.stderr, 400),
-            });
-        }
-        Ok(out)
     }
 
     fn refuse_if_quiesced(&self, volume: &str, operation: &str) -> Result<(), HostError> {
@@ -731,9 +360,8 @@ impl Host for Agent {
                 );
                 let old = inner.journal.quiesce(volume)?.unwrap_or(rec);
                 inner.resume(&old).await?;
-                inner.journal.remove_quiesce(volume)?;
-                lock_std(&inner.armed).remove(&quiesce_id);
-                inner.log_resume(&old, &reason, None);
+                let logged = resume_record(&old, &reason, None);
+                inner.end_quiesce(&old, Some(&logged), None).await?;
                 return Err(HostError::QuiesceLost {
                     volume: volume.into(),
                     quiesce_id,
@@ -741,7 +369,7 @@ impl Host for Agent {
                 });
             }
         }
-        inner.journal.put_quiesce(&rec)?;
+        inner.put_quiesce(&rec).await?;
         Ok(rec)
     }
 
@@ -786,8 +414,8 @@ impl Host for Agent {
         self.inner.cfg(volume)?;
         Ok(self
             .inner
-            .journal
-            .remove_attention(volume)?
+            .remove_attention(volume)
+            .await?
             .map(|a| a.message))
     }
 }
@@ -867,7 +495,7 @@ async fn quiesce_detached(
         extended_ms_total: 0,
     };
     // Durable before the volume is touched: a crash from here on is resumed at start.
-    inner.journal.put_quiesce(&rec)?;
+    inner.put_quiesce(&rec).await?;
     let acted: Result<(), HostError> = async {
         match req.mode {
             QuiesceMode::Freeze => {
@@ -881,7 +509,7 @@ async fn quiesce_detached(
                         started_at_unix_ms: now_unix_ms(),
                     };
                     lock_std(&inner.guards).insert(rec.quiesce_id, g);
-                    inner.journal.put_process(&proc_rec)?;
+                    inner.put_process(&proc_rec).await?;
                 }
                 Ok(())
             }
@@ -922,7 +550,7 @@ async fn quiesce_detached(
         };
         match undo {
             Ok(_) => {
-                inner.journal.remove_quiesce(&req.volume)?;
+                inner.remove_quiesce(&req.volume).await?;
             }
             Err(undo) => {
                 tracing::error!(volume = %req.volume, error = %undo,
@@ -961,24 +589,24 @@ async fn release_detached(
         Ok(r) => r,
         Err(ResumeFailed::StartHook(e)) => {
             // Mounted again; a start hook that fails must not leave a quiesce nobody can clear.
-            inner.end_with_start_hook_failure(&rec, &e, 1)?;
+            inner.end_with_start_hook_failure(&rec, &e, 1, None).await?;
             return Err(e);
         }
         Err(ResumeFailed::Volume(e)) => return Err(e),
     };
-    inner.journal.remove_quiesce(volume)?;
-    lock_std(&inner.armed).remove(&rec.quiesce_id);
     if resumed.guard_thawed_first {
         // The guard reached the deadline (or was told to stop) before this release: the
         // quiesce did not hold until now, so the copy is not a static point.
         let reason = "the freeze guard thawed the volume by itself (deadline reached, or it was signalled) before the release arrived";
-        inner.log_resume(&rec, reason, None);
+        let logged = resume_record(&rec, reason, None);
+        inner.end_quiesce(&rec, Some(&logged), None).await?;
         return Err(HostError::QuiesceLost {
             volume: volume.into(),
             quiesce_id: rec.quiesce_id,
             reason: reason.into(),
         });
     }
+    inner.end_quiesce(&rec, None, None).await?;
     Ok(ReleaseReport {
         volume: volume.into(),
         quiesce_id: rec.quiesce_id,

@@ -56,8 +56,8 @@
 //!
 //! ## Modules
 //!
-//! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`], quiesce records, watchdog,
-//!   hooks; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
+//! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`] and quiesce records; `resume`: the watchdog, automatic resume,
+//!   hooks, orphans, journal writes; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
@@ -75,9 +75,13 @@
 //!   built-in database integration.
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
+//! - Journal writes run on the blocking pool, bounded by [`limits::JOURNAL_WRITE_TIMEOUT_MS`];
+//!   journal reads (in memory in sled, no sync) still run on the caller's task.
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
 //! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
 //!   60 s) is configuration for the job driver; the host does not wait by itself.
+//! - A freeze guard holds the frozen file system's root directory open (it thaws by that
+//!   descriptor), so `volume list` shows it (`sp-freeze-guard`) as a holder while frozen.
 //! - A freeze guard is recorded in the journal just after it is forked: an agent killed in
 //!   between leaves a guard its successor does not know; it still thaws at its deadline.
 //! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves
@@ -96,6 +100,7 @@ mod guard;
 pub mod limits;
 mod linux;
 mod process;
+mod resume;
 mod sim;
 mod workload;
 

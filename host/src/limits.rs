@@ -19,8 +19,10 @@ pub const HOOK_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const HOOK_TIMEOUT_MS_CEILING: u64 = 3_600_000;
 /// Captured hook/command output kept per stream (the tail beyond this is dropped).
 pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
-/// How long to wait for a command's output pipes to close after the command exited.
-pub const OUTPUT_DRAIN_MS: u64 = 2_000;
+/// How long to wait for a command's output pipes to close after the command exited. A pipe
+/// still open then is held by a process the command left behind (a start hook's daemon): its
+/// output is cut short rather than waited for.
+pub const OUTPUT_DRAIN_MS: u64 = 200;
 /// Time allowed for quick system commands (blkid, mount, tune2fs, udevadm).
 pub const OS_COMMAND_TIMEOUT_MS: u64 = 60_000;
 /// Time allowed for a file-system check or repair.
@@ -51,3 +53,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long a starting agent waits for a process left by a dead agent (a freeze guard asked
 /// to thaw, a hook group killed) to end before it goes on.
 pub const ORPHAN_END_MS: u64 = 10_000;
+/// Longest a journal write (sled flush + fdatasync, on the blocking pool) may take before the
+/// operation fails as not written.
+pub const JOURNAL_WRITE_TIMEOUT_MS: u64 = 30_000;

@@ -52,6 +52,12 @@ async fn a_freeze_is_thawed_at_its_deadline_and_after_an_agent_restart() {
         async move { done == Some(true) }
     })
     .await;
+    // The freeze guard thaws at the deadline; the agent's watchdog logs the resume at the same
+    // moment, not necessarily before the writer goes through.
+    wait_until("the agent logs the deadline resume", || async {
+        !host.resumes().await.unwrap().is_empty()
+    })
+    .await;
     let r = host.resumes().await.unwrap();
     assert!(r[0].reason.contains("deadline passed"), "{r:?}");
 

@@ -211,7 +211,7 @@ async fn a_failing_start_hook_ends_the_quiesce_with_its_outcome(fs: (&str, &[&st
     );
     let host = fx.agent_with(&[("mv", &dev, &mp, fs.0)], &extra).await;
     host.mount("mv", &MountRequest::default()).await.unwrap();
-    host.quiesce(&unmount_quiesce("mv", 500)).await.unwrap();
+    host.quiesce(&unmount_quiesce("mv", 3_000)).await.unwrap();
     wait_until(
         "the agent ends the quiesce after the start hook kept failing",
         || async { host.quiesces().await.unwrap().is_empty() },
@@ -322,4 +322,72 @@ async fn ext4_a_copy_taken_while_frozen_gets_a_new_identity_and_checks() {
 async fn xfs_a_copy_taken_while_frozen_gets_a_new_identity_and_checks() {
     require!("losetup", "mkfs.xfs", "blkid", "xfs_admin", "xfs_repair");
     a_copy_taken_while_frozen_gets_a_new_identity_and_checks(XFS).await;
+}
+
+/// Defect 8 (hooks): a hook that leaves a background child holding its output does not keep
+/// the agent waiting for that output, and nothing a stop hook started survives it.
+async fn a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let (start_pid, stop_pid) = (
+        fx.dir.path().join("start-child.pid"),
+        fx.dir.path().join("stop-child.pid"),
+    );
+    struct KillPids(Vec<std::path::PathBuf>);
+    impl Drop for KillPids {
+        fn drop(&mut self) {
+            for f in &self.0 {
+                if let Ok(p) = std::fs::read_to_string(f) {
+                    let _ = Command::new("kill").args(["-9", p.trim()]).status();
+                }
+            }
+        }
+    }
+    let _cleanup = KillPids(vec![start_pid.clone(), stop_pid.clone()]);
+    let extra = format!(
+        "start = {{ command = [\"sh\", \"-c\", \"sleep 30 & echo $! > {}; echo started\"] }}\n\
+         stop = {{ command = [\"sh\", \"-c\", \"sleep 30 & echo $! > {}; echo stopping\"] }}\n",
+        start_pid.display(),
+        stop_pid.display()
+    );
+    let host = fx.agent_with(&[("mv", &dev, &mp, fs.0)], &extra).await;
+    let out = host
+        .run_hook("mv", stillpoint_host::HookKind::Start)
+        .await
+        .unwrap();
+    assert!(out.stdout.contains("started"), "{out:?}");
+    assert!(
+        out.elapsed_ms < 1_500,
+        "{}: a start hook that exits at once took {} ms (its child holds the output)",
+        fs.0,
+        out.elapsed_ms
+    );
+    let out = host
+        .run_hook("mv", stillpoint_host::HookKind::Stop)
+        .await
+        .unwrap();
+    assert!(
+        out.elapsed_ms < 1_500,
+        "{}: stop hook took {} ms",
+        fs.0,
+        out.elapsed_ms
+    );
+    let child = std::fs::read_to_string(&stop_pid).unwrap();
+    wait_until("the stop hook's child is gone", || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.trim()));
+        async move { stat.is_err() || stat.is_ok_and(|s| s.contains(") Z")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ext4_a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook() {
+    require!("losetup", "mkfs.ext4", "sh", "sleep");
+    a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook() {
+    require!("losetup", "mkfs.xfs", "sh", "sleep");
+    a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook(XFS).await;
 }

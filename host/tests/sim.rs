@@ -12,7 +12,8 @@ use stillpoint_host::{
     record_offset, verify,
 };
 
-const MV_BYTES: u64 = 4 * 1024 * 1024;
+/// Room for ~21 800 records: the paced writer does not fill it within any test.
+const MV_BYTES: u64 = 32 * 1024 * 1024;
 
 struct World {
     _dir: tempfile::TempDir,
@@ -59,7 +60,10 @@ async fn world(records_max: Option<u64>, extra: &str) -> World {
     sim.attach("LD-MV", mv.clone()).await.unwrap();
     let rv = Arc::new(FileDevice::create(&path.join("rv.img"), MV_BYTES).unwrap());
     sim.attach("LD-RV", rv).await.unwrap();
-    let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", records_max, None);
+    // Paced: with journal writes off the runtime the writer no longer stalls while the agent
+    // flushes its journal, and unpaced it would fill the volume in moments.
+    let pace = Some(std::time::Duration::from_millis(1));
+    let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", records_max, pace);
     sim.register_app("workload", workload.clone());
     World {
         _dir: dir,

@@ -243,8 +243,49 @@ async fn run_volume(endpoint: &str, command: stillpoint_host::cli::VolumeCommand
     }
 }
 
-/// The address of the live agent registered as `name`.
+/// How long a volume command waits for a node name to appear in the registry: agents
+/// register a moment after `cluster init` (or after they join).
+const REGISTRY_WAIT_MS: u64 = 5_000;
+/// Pause between looks at the registry while waiting.
+const REGISTRY_POLL_MS: u64 = 200;
+
+/// The address of the live agent registered as `name`, waiting up to [`REGISTRY_WAIT_MS`] for
+/// it to register.
 pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeError> {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(REGISTRY_WAIT_MS);
+    loop {
+        let nodes = registry(endpoint).await?;
+        if let Some(r) = nodes
+            .values()
+            .find(|r| r.name == name && r.deregistered_at_ms.is_none())
+        {
+            return Ok(r.address.clone());
+        }
+        if std::time::Instant::now() >= until {
+            let known: Vec<&str> = nodes
+                .values()
+                .filter(|r| r.deregistered_at_ms.is_none())
+                .map(|r| r.name.as_str())
+                .collect();
+            return Err(NodeError::NotFound(if known.is_empty() {
+                format!(
+                    "no node named {name:?} is registered: no node has registered yet (agents register a moment after `cluster init` or joining; is the cluster initialised?); see `stillpoint cluster nodes`"
+                )
+            } else {
+                format!(
+                    "no node named {name:?} is registered (known: {}); see `stillpoint cluster nodes`",
+                    known.join(", ")
+                )
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(REGISTRY_POLL_MS)).await;
+    }
+}
+
+/// The node registry as the agent at `endpoint` has applied it.
+async fn registry(
+    endpoint: &str,
+) -> Result<std::collections::BTreeMap<u64, stillpoint_coordinator::NodeRecord>, NodeError> {
     let reply = Client::new(endpoint)
         .on_endpoint("registry", |mut g| async move {
             g.query(QueryRequest {
@@ -254,24 +295,8 @@ pub async fn resolve_node(endpoint: &str, name: &str) -> Result<String, NodeErro
             .await
         })
         .await?;
-    let nodes: std::collections::BTreeMap<u64, stillpoint_coordinator::NodeRecord> =
-        serde_json::from_slice(&reply.json)
-            .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable registry: {e}")))?;
-    nodes
-        .values()
-        .find(|r| r.name == name && r.deregistered_at_ms.is_none())
-        .map(|r| r.address.clone())
-        .ok_or_else(|| {
-            let known: Vec<&str> = nodes
-                .values()
-                .filter(|r| r.deregistered_at_ms.is_none())
-                .map(|r| r.name.as_str())
-                .collect();
-            NodeError::NotFound(format!(
-                "no node named {name:?} is registered (known: {}); see `stillpoint cluster nodes`",
-                known.join(", ")
-            ))
-        })
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable registry: {e}")))
 }
 
 async fn run_agent(path: PathBuf, new: bool) -> Result<(), NodeError> {

@@ -129,6 +129,18 @@ struct Site {
 impl Site {
     /// `volumes`: (name, volume, fs, extra TOML lines for the volume).
     fn start(dir: &Path, volumes: &[(&str, &Volume, &str, &str)]) -> Site {
+        let site = Site::start_unregistered(dir, volumes);
+        site.wait_for("the node to be registered", || {
+            site.cli(&["volume", "list", "--node", "h1"])
+                .status
+                .success()
+                .then_some(())
+        });
+        site
+    }
+
+    /// As `start`, returning as soon as `cluster init` answered.
+    fn start_unregistered(dir: &Path, volumes: &[(&str, &Volume, &str, &str)]) -> Site {
         let port = free_port();
         let mut text = format!(
             "node_id = 1\nname = \"h1\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nroles = [\"business\"]\n\
@@ -160,12 +172,6 @@ impl Site {
         });
         let init = site.cli(&["cluster", "init", "--member", &site.endpoint.clone()]);
         assert!(init.status.success(), "init: {}", stderr(&init));
-        site.wait_for("the node to be registered", || {
-            site.cli(&["volume", "list", "--node", "h1"])
-                .status
-                .success()
-                .then_some(())
-        });
         site
     }
 
@@ -283,14 +289,22 @@ fn a_killed_agents_freeze_ends_at_its_deadline(fs: (&str, &[&str])) -> u64 {
         .as_u64()
         .expect("deadline in the freeze's answer");
     let mut w = writer(&v.mp.join("after-freeze"));
+    let guard = guards(&v.mp);
+    assert_eq!(guard.len(), 1, "one freeze guard: {guard:?}");
     site.kill_agent();
     assert!(
         w.0.try_wait().unwrap().is_none(),
         "the writer finished although the file system is frozen"
     );
-    // Poll the writer often, within a generous bound, to time the thaw.
+    // Poll the guard and the writer often, within a generous bound, to time the thaw: the
+    // guard exits right after its FITHAW returns; the writer then still has to fsync.
     let bound = deadline + 30_000;
+    let mut guard_gone_at = None;
     let finished_at = loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", guard[0]));
+        if guard_gone_at.is_none() && stat.ok().is_none_or(|s| s.contains(") Z")) {
+            guard_gone_at = Some(now_unix_ms());
+        }
         if w.0.try_wait().unwrap().is_some() {
             break now_unix_ms();
         }
@@ -313,8 +327,11 @@ fn a_killed_agents_freeze_ends_at_its_deadline(fs: (&str, &[&str])) -> u64 {
         deadline - finished_at
     );
     let late = finished_at.saturating_sub(deadline);
+    let guard_late = guard_gone_at
+        .map(|t| t.saturating_sub(deadline).to_string())
+        .unwrap_or_else(|| "?".into());
     eprintln!(
-        "MEASURED {}: writer released {late} ms after the freeze deadline (agent SIGKILLed, not restarted)",
+        "MEASURED {}: guard thawed and exited {guard_late} ms, blocked writer done {late} ms after the freeze deadline (agent SIGKILLed, not restarted)",
         fs.0
     );
     assert!(late < 2_000, "{}: thawed {late} ms late", fs.0);
@@ -445,4 +462,89 @@ fn ext4_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
 fn xfs_a_killed_agents_stop_hook_is_ended_before_the_start_hook() {
     require!("losetup", "mkfs.xfs", "blkid", "sh", "sleep");
     a_killed_agents_stop_hook_is_ended_before_the_start_hook(XFS);
+}
+
+/// Issue 10 defect 8: right after `cluster init`, `volume list --node NAME` waits briefly for
+/// the node to register instead of answering "no node named ... (known: )".
+#[test]
+fn a_volume_command_right_after_init_finds_the_node() {
+    require!("losetup", "mkfs.ext4", "blkid");
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume(dir.path(), "mv", EXT4.1);
+    let site = Site::start_unregistered(dir.path(), &[("mv", &v, EXT4.0, "")]);
+    let out = site.cli(&["volume", "list", "--node", "h1"]);
+    assert!(
+        out.status.success(),
+        "volume list right after init exited {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mv"));
+    // A name that never registers is still refused, naming what is known.
+    let out = site.cli(&["volume", "list", "--node", "nobody"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("h1"), "{}", stderr(&out));
+}
+
+/// Live processes named `sp-freeze-guard` that hold `mp` (the root of the file system they
+/// froze) open.
+fn guards(mp: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.contains("(sp-freeze-guard)") && !s.contains("(sp-freeze-guard) Z")
+            })
+        })
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == mp))
+        })
+        .collect()
+}
+
+/// Issue 10 defect 2, second half: an agent restarted before the deadline finds the dead
+/// agent's freeze guard through its journal, thaws at once (it cannot vouch for the freeze) and
+/// ends the guard.
+fn a_restarted_agent_ends_the_dead_agents_freeze_guard(fs: (&str, &[&str])) {
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume(dir.path(), "mv", fs.1);
+    let mut site = Site::start(dir.path(), &[("mv", &v, fs.0, "")]);
+    site.volume_ok(&["mount", "mv"]);
+    site.volume_ok(&["freeze", "mv", "--limit-ms", "60000"]);
+    let ours = guards(&v.mp);
+    assert_eq!(ours.len(), 1, "one freeze guard per freeze: {ours:?}");
+    let mut w = writer(&v.mp.join("after-freeze"));
+    site.kill_agent();
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "frozen while the agent is dead"
+    );
+    site.spawn();
+    site.wait_for("the restarted agent to thaw", || {
+        w.0.try_wait().unwrap().map(|_| ())
+    });
+    site.wait_for("the dead agent's guard to end", || {
+        guards(&v.mp).is_empty().then_some(())
+    });
+    let out = site.volume_ok(&["quiesces", "--output", "json"]);
+    assert!(out.contains("restarted"), "{out}");
+    site.volume_ok(&["unmount", "mv"]);
+}
+
+#[test]
+fn ext4_a_restarted_agent_ends_the_dead_agents_freeze_guard() {
+    require!("losetup", "mkfs.ext4", "blkid", "dd");
+    a_restarted_agent_ends_the_dead_agents_freeze_guard(EXT4);
+}
+
+#[test]
+fn xfs_a_restarted_agent_ends_the_dead_agents_freeze_guard() {
+    require!("losetup", "mkfs.xfs", "blkid", "dd");
+    a_restarted_agent_ends_the_dead_agents_freeze_guard(XFS);
 }

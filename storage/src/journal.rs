@@ -20,7 +20,12 @@
 //! the same discipline as the raft log, so a record survives a power loss too. A journal opened
 //! on a bare database with [`Journal::open`] (tests, tools) only has sled's flush, which ends
 //! in `sync_file_range`: it survives a crash of the process but not a power loss. Calls block
-//! the calling thread for the flush (sub-millisecond to a few ms on local disks).
+//! the calling thread for the flush (sub-millisecond to a few ms on local disks, unbounded on
+//! a failing one): async callers run writes on the blocking pool under a timeout (the host
+//! agent does). [`Journal::begin_step`] checks and records in one sled transaction (over the
+//! step records and `journal/steps-latest`, the newest token begun per step), so two requests
+//! for the same step never both start it. A record that cannot be encoded is an error
+//! ([`JournalError::Encode`]), never an empty value.
 //!
 //! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
 //! encoding); the resume log is never trimmed here (its owner may call
@@ -35,6 +40,9 @@ const QUIESCE_TREE: &str = "journal/quiesce";
 const RESUME_TREE: &str = "journal/resume";
 /// Tree holding [`StepRecord`]s keyed by job, step index and attempt.
 const STEP_TREE: &str = "journal/steps";
+/// Tree holding the newest [`FencingToken`] begun per (job, step): the compare point that
+/// makes [`Journal::begin_step`] atomic.
+const STEP_LATEST_TREE: &str = "journal/steps-latest";
 /// Tree holding [`ProcessRecord`]s (freeze guards, running hooks) keyed by pid.
 const PROCESS_TREE: &str = "journal/processes";
 /// Tree holding [`AttentionRecord`]s keyed by volume: outcomes an operator must acknowledge.
@@ -53,6 +61,9 @@ pub enum JournalError {
         "journal write could not be made durable (check the agent data directory's disk, then retry): {0}"
     )]
     NotDurable(String),
+    /// A record could not be encoded; nothing was written. A bug in the agent: report it.
+    #[error("journal record could not be encoded, nothing was written (a bug; report it): {0}")]
+    Encode(String),
     /// A record on disk does not decode. Written by another version, or damaged; the record is
     /// named so an operator can inspect or remove it.
     #[error("journal record {key} in tree {tree} is unreadable ({reason}); inspect or remove it")]
@@ -208,6 +219,7 @@ pub struct Journal {
     quiesce: sled::Tree,
     resume: sled::Tree,
     steps: sled::Tree,
+    steps_latest: sled::Tree,
     processes: sled::Tree,
     attention: sled::Tree,
 }
@@ -242,9 +254,8 @@ fn decode<T: for<'de> Deserialize<'de>>(
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs to JSON cannot fail (no maps with non-string keys).
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, JournalError> {
+    serde_json::to_vec(value).map_err(|e| JournalError::Encode(e.to_string()))
 }
 
 impl Journal {
@@ -265,6 +276,7 @@ impl Journal {
             quiesce: db.open_tree(QUIESCE_TREE)?,
             resume: db.open_tree(RESUME_TREE)?,
             steps: db.open_tree(STEP_TREE)?,
+            steps_latest: db.open_tree(STEP_LATEST_TREE)?,
             processes: db.open_tree(PROCESS_TREE)?,
             attention: db.open_tree(ATTENTION_TREE)?,
         })
@@ -290,7 +302,7 @@ impl Journal {
     /// Records (or replaces) the quiesce of `record.volume`, durably.
     pub fn put_quiesce(&self, record: &QuiesceRecord) -> Result<(), JournalError> {
         self.quiesce
-            .insert(record.volume.as_bytes(), encode(record))?;
+            .insert(record.volume.as_bytes(), encode(record)?)?;
         self.flush()
     }
 
@@ -326,7 +338,7 @@ impl Journal {
     /// Appends to the log of automatic resumes, durably.
     pub fn push_resume(&self, record: &ResumeRecord) -> Result<(), JournalError> {
         let seq = self.db.generate_id()?;
-        self.resume.insert(seq.to_be_bytes(), encode(record))?;
+        self.resume.insert(seq.to_be_bytes(), encode(record)?)?;
         self.flush()
     }
 
@@ -357,7 +369,7 @@ impl Journal {
     /// Records (or replaces) what an operator must acknowledge about a volume, durably.
     pub fn put_attention(&self, record: &AttentionRecord) -> Result<(), JournalError> {
         self.attention
-            .insert(record.volume.as_bytes(), encode(record))?;
+            .insert(record.volume.as_bytes(), encode(record)?)?;
         self.flush()
     }
 
@@ -382,7 +394,7 @@ impl Journal {
     /// Records a process the agent started (a freeze guard, a hook), durably.
     pub fn put_process(&self, record: &ProcessRecord) -> Result<(), JournalError> {
         self.processes
-            .insert(record.pid.to_be_bytes(), encode(record))?;
+            .insert(record.pid.to_be_bytes(), encode(record)?)?;
         self.flush()
     }
 
@@ -447,33 +459,83 @@ impl Journal {
         token: FencingToken,
         now_unix_ms: u64,
     ) -> Result<StepBegin, JournalError> {
-        if let Some(latest) = self.latest_step(token.job_id, token.step_index)? {
-            if latest.token == token {
-                return Ok(StepBegin::AlreadyRecorded(latest));
-            }
-            if token.order() < latest.token.order() {
-                return Err(JournalError::StaleToken {
-                    job_id: token.job_id,
-                    step_index: token.step_index,
-                    term: token.term,
-                    attempt: token.attempt,
-                    seen_term: latest.token.term,
-                    seen_attempt: latest.token.attempt,
-                });
-            }
-        }
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
         let rec = StepRecord {
             token,
             outcome: StepOutcome::Started,
             started_at_unix_ms: now_unix_ms,
             finished_at_unix_ms: None,
         };
-        self.steps.insert(
-            step_key(token.job_id, token.step_index, token.attempt),
-            encode(&rec),
-        )?;
-        self.flush()?;
-        Ok(StepBegin::Started(rec))
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        let latest_key = key[..12].to_vec();
+        let (rec_bytes, token_bytes) = (encode(&rec)?, encode(&token)?);
+        // A journal written before the latest-token tree existed: seed it from the records.
+        if self.steps_latest.get(&latest_key)?.is_none()
+            && let Some(old) = self.latest_step(token.job_id, token.step_index)?
+        {
+            let _ = self.steps_latest.compare_and_swap(
+                &latest_key,
+                None as Option<&[u8]>,
+                Some(encode(&old.token)?),
+            )?;
+        }
+        /// What the transaction found.
+        enum Found {
+            Started,
+            Same,
+            Newer(FencingToken),
+        }
+        // Check and insert in one transaction over both trees: two requests for the same step
+        // cannot both see "nothing recorded" and both start it.
+        let found = (&self.steps, &self.steps_latest).transaction(|(steps, latest)| {
+            if let Some(cur) = latest.get(&latest_key)? {
+                let cur: FencingToken = serde_json::from_slice(&cur).map_err(|e| {
+                    ConflictableTransactionError::Abort(JournalError::Corrupt {
+                        tree: STEP_LATEST_TREE,
+                        key: format!("{:?}", latest_key),
+                        reason: e.to_string(),
+                    })
+                })?;
+                if cur == token {
+                    return Ok(Found::Same);
+                }
+                if token.order() < cur.order() {
+                    return Ok(Found::Newer(cur));
+                }
+            }
+            latest.insert(latest_key.as_slice(), token_bytes.as_slice())?;
+            steps.insert(&key[..], rec_bytes.as_slice())?;
+            Ok(Found::Started)
+        });
+        let found = match found {
+            Ok(f) => f,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        match found {
+            Found::Started => {
+                self.flush()?;
+                Ok(StepBegin::Started(rec))
+            }
+            Found::Same => match self.step(&token)? {
+                Some(r) => Ok(StepBegin::AlreadyRecorded(r)),
+                None => Err(JournalError::Corrupt {
+                    tree: STEP_TREE,
+                    key: format!("{key:?}"),
+                    reason: "the step's token is recorded as begun but its record is missing"
+                        .into(),
+                }),
+            },
+            Found::Newer(seen) => Err(JournalError::StaleToken {
+                job_id: token.job_id,
+                step_index: token.step_index,
+                term: token.term,
+                attempt: token.attempt,
+                seen_term: seen.term,
+                seen_attempt: seen.attempt,
+            }),
+        }
     }
 
     /// Records the outcome of a step begun with [`Journal::begin_step`], durably.
@@ -494,7 +556,7 @@ impl Journal {
             started_at_unix_ms: started,
             finished_at_unix_ms: Some(now_unix_ms),
         };
-        self.steps.insert(key, encode(&rec))?;
+        self.steps.insert(key, encode(&rec)?)?;
         self.flush()?;
         Ok(rec)
     }
@@ -645,6 +707,56 @@ mod tests {
         );
         assert_eq!(j.latest_step(7, 3).unwrap().unwrap().token, token(3, 1));
         assert_eq!(j.latest_step(7, 4).unwrap(), None);
+    }
+
+    /// A value whose serialization fails, as a record with a map keyed by non-strings would.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("this value cannot be encoded"))
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_is_an_error_not_an_empty_value() {
+        match encode(&Unencodable) {
+            Err(e @ JournalError::Encode(_)) => {
+                assert!(e.to_string().contains("cannot be encoded"), "{e}")
+            }
+            other => panic!("an unencodable record became {other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrent_begins_of_one_step_start_it_once() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        for step in 0..20u32 {
+            let token = FencingToken {
+                term: 1,
+                job_id: 9,
+                step_index: step,
+                attempt: 0,
+            };
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let started: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (j, barrier) = (j.clone(), barrier.clone());
+                        s.spawn(move || {
+                            barrier.wait();
+                            matches!(j.begin_step(token, 1).unwrap(), StepBegin::Started(_))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap() as usize)
+                    .sum()
+            });
+            assert_eq!(started, 1, "step {step} was started {started} times");
+        }
     }
 
     #[test]
