@@ -270,8 +270,9 @@ async fn forced_separate_is_a_way_out_of_a_suspended_separate() {
 #[tokio::test]
 async fn asynchronous_rdr_writes_do_not_wait_for_the_link() {
     let dir = tempfile::tempdir().unwrap();
-    // Every run the engine sends spends 1 s on the link.
-    let latency_ms = 1000;
+    // Every run the engine sends spends 2 s on the link; the bound below leaves 1 s for four
+    // local writes on a loaded machine.
+    let latency_ms = 2000;
     let (a, b) = two(dir.path(), latency_ms).await;
     let p = rdr(0, 0);
     a.pair_set(&p).await.unwrap();

@@ -5,7 +5,8 @@
 //!
 //! The randomized test reads `STILLPOINT_CRASH_ITERATIONS` (default 3) and `STILLPOINT_CRASH_SEED`
 //! (default: from the clock) and prints the seed first, so a failure reproduces with
-//! `STILLPOINT_CRASH_SEED=<seed> cargo nextest run -p stillpoint-node --test array_crash`.
+//! `STILLPOINT_CRASH_SEED=<seed> cargo test -p stillpoint-node --test array_crash`. The README
+//! (array section) has the 200-iteration command.
 
 #[path = "../../array/tests/common/mod.rs"]
 mod common;
@@ -344,6 +345,12 @@ async fn randomized_kills_never_lose_a_difference() {
     }
     let started = std::time::Instant::now();
     for it in 0..iterations {
+        if it > 0 && it % 20 == 0 {
+            println!(
+                "{it} iterations clean after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let w = start_writers(&p.addr, 0, BIG, seed.wrapping_add(it));
         let ops_seed = rng.r#gen::<u64>();
         let ctl_addr = p.addr.clone();
