@@ -508,3 +508,57 @@ start = { command = ["sh", "-c", "sleep 3 & echo started"] }"#,
     );
     assert!(out.elapsed_ms < 3000, "{out:?}");
 }
+
+/// Issue 8, defect 5: a journal write (sled flush + fdatasync) stalls its thread for as long as
+/// the disk does. On a single-threaded runtime, a stalled write run inline would stop every other
+/// task of the agent (watchdogs, RPCs); run on the blocking pool, the runtime keeps going.
+#[test]
+fn a_slow_journal_write_does_not_stall_the_agents_runtime() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    const WRITE_DELAY_MS: u64 = 1_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let w = world(None, "").await;
+        let db = open_db(&w.dir.join("db")).await;
+        let journal = Journal::open(&db)
+            .unwrap()
+            .with_write_delay(Duration::from_millis(WRITE_DELAY_MS));
+        let host = Agent::start(w.config.clone(), journal, Engine::Sim(w.sim.clone()))
+            .await
+            .unwrap();
+        host.mount("mv1", &MountRequest::default()).await.unwrap();
+        let (gap_ms_max, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let ticker = tokio::spawn({
+            let (gap_ms_max, stop) = (gap_ms_max.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let before = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    gap_ms_max.fetch_max(before.elapsed().as_millis() as u64, Ordering::SeqCst);
+                }
+            }
+        });
+        let started = Instant::now();
+        let rec = host.freeze("mv1", None, "test").await.unwrap();
+        let took = started.elapsed();
+        host.release("mv1", Some(rec.quiesce_id)).await.unwrap();
+        stop.store(true, Ordering::SeqCst);
+        ticker.await.unwrap();
+        assert!(
+            took >= Duration::from_millis(WRITE_DELAY_MS),
+            "the freeze journals before it acts, so it waits for the slow write (took {took:?})"
+        );
+        let gap = gap_ms_max.load(Ordering::SeqCst);
+        assert!(
+            gap < WRITE_DELAY_MS / 2,
+            "the agent's runtime stalled {gap} ms while a journal write was slow"
+        );
+    });
+}

@@ -222,6 +222,9 @@ pub struct Journal {
     steps_latest: sled::Tree,
     processes: sled::Tree,
     attention: sled::Tree,
+    /// Test-only stall before every durable write ([`Journal::with_write_delay`]).
+    #[cfg(feature = "fault-injection")]
+    write_delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for Journal {
@@ -279,10 +282,22 @@ impl Journal {
             steps_latest: db.open_tree(STEP_LATEST_TREE)?,
             processes: db.open_tree(PROCESS_TREE)?,
             attention: db.open_tree(ATTENTION_TREE)?,
+            #[cfg(feature = "fault-injection")]
+            write_delay: std::time::Duration::ZERO,
         })
     }
 
+    /// Test-only (feature `fault-injection`): every durable write blocks its thread this long
+    /// first, as a stalling disk would.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_write_delay(mut self, delay: std::time::Duration) -> Journal {
+        self.write_delay = delay;
+        self
+    }
+
     fn flush(&self) -> Result<(), JournalError> {
+        #[cfg(feature = "fault-injection")]
+        std::thread::sleep(self.write_delay);
         match &self.disk {
             Some(disk) => disk
                 .flush_blocking()
