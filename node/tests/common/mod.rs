@@ -134,18 +134,10 @@ pub fn status_json(endpoint: &str, consistent: bool) -> Option<serde_json::Value
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Polls `probe` until it yields `Some`, for at most `bound`.
-pub fn wait_for<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + bound;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
+/// Polls `probe` until it yields `Some`, for at most `bound`; panics naming `what` otherwise.
+pub fn wait_for<T>(what: &str, bound: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    poll_until(bound, probe)
+        .unwrap_or_else(|| panic!("timed out after {bound:?} waiting for {what}"))
 }
 
 /// Waits (bounded) for a child to exit; kills it and returns None if it is still running.

@@ -8,54 +8,13 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stillpoint");
-
-/// Bound on any wait for a condition (a loaded 2-core machine).
-pub const WAIT: Duration = Duration::from_secs(60);
-
-/// Runs the CLI with `args`, with nothing inherited that would redirect it.
-pub fn stillpoint(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("STILLPOINT_ENDPOINT")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run stillpoint")
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-/// Polls `probe` until it yields `Some`, for at most `bound`; panics naming `what` otherwise.
-pub fn wait_for<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + bound;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {bound:?} waiting for {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
+// The operator-level basics are shared with the other process tests.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{BIN, WAIT, free_port, stderr, stillpoint, wait_for};
 
 /// Sends `signal` (e.g. "STOP", "CONT", "KILL") to `pid`.
 pub fn signal(pid: u32, signal: &str) {
