@@ -435,10 +435,11 @@ impl ClusterService {
         }
         let (json, applied) = match req.what.as_str() {
             "registry" => self.ctx.state.read(|s| serde_json::to_vec(&s.nodes)),
+            "inventory" => self.ctx.state.read(|s| serde_json::to_vec(&s.inventory)),
             "state" => self.ctx.state.read(serde_json::to_vec),
             other => {
                 return Err(NodeError::Invalid(format!(
-                    "unknown query {other:?}: expected \"registry\" or \"state\""
+                    "unknown query {other:?}: expected \"registry\", \"inventory\" or \"state\""
                 )));
             }
         }

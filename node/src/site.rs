@@ -384,19 +384,32 @@ pub fn operator() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
-/// The replicated state, read with a quorum's confirmation.
-async fn read_state(client: &Client) -> Result<ClusterState, NodeError> {
+/// One view of the replicated state (`registry`, `inventory`), read with a quorum's
+/// confirmation. Never the whole state: it carries the job history.
+async fn query<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    what: &str,
+) -> Result<T, NodeError> {
     let reply = client
         .on_leader("query", |mut c| async move {
             c.query(stillpoint_proto::cluster::QueryRequest {
-                what: "state".into(),
+                what: what.into(),
                 consistent: true,
             })
             .await
         })
         .await?;
     serde_json::from_slice(&reply.json)
-        .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable state: {e}")))
+        .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable {what}: {e}")))
+}
+
+/// The registry and inventory, which is all validating an inventory needs.
+async fn read_site(client: &Client) -> Result<ClusterState, NodeError> {
+    Ok(ClusterState {
+        nodes: query(client, "registry").await?,
+        inventory: query(client, "inventory").await?,
+        ..ClusterState::default()
+    })
 }
 
 /// `stillpoint apply -f FILE [--dry-run] [--prune]`.
@@ -413,7 +426,7 @@ pub async fn run_apply(
     })?;
     let inventory = parse(&text, file)?;
     if dry_run {
-        let state = read_state(client).await?;
+        let state = read_site(client).await?;
         let (merged, changes) = state.inventory.merged(&inventory, prune);
         let errors = merged.validate(&state);
         if !errors.is_empty() {
@@ -445,7 +458,7 @@ pub async fn run_apply(
 
 /// `stillpoint inventory show`.
 pub async fn run_show(client: &Client, output: OutputFormat) -> Result<(), NodeError> {
-    let inv = read_state(client).await?.inventory;
+    let inv: Inventory = query(client, "inventory").await?;
     if output == OutputFormat::Json {
         println!("{}", json(&inv));
         return Ok(());

@@ -9,7 +9,7 @@ use stillpoint_coordinator::job::{JobKind, JobState};
 use stillpoint_coordinator::{Command, Response};
 use stillpoint_node::NodeError;
 use stillpoint_node::output::OutputFormat;
-use stillpoint_node::site::run_apply;
+use stillpoint_node::site::{run_apply, run_show};
 use stillpoint_tests::{TestCluster, fast_raft};
 
 /// agent1 is a business node, agent2 a backup node, agent3 a management node.
@@ -108,6 +108,9 @@ async fn a_site_file_is_applied_replicated_and_guarded() {
     run_apply(&client, OutputFormat::Table, &good, true, false)
         .await
         .expect("dry run");
+    run_show(&client, OutputFormat::Json)
+        .await
+        .expect("inventory show");
     let before = cluster.state(leader).inventory;
     run_apply(&client, OutputFormat::Table, &good, false, false)
         .await
