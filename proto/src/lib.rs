@@ -7,6 +7,7 @@
 //! - [`cluster`]: the client API every agent serves (identity, membership, status, proposals).
 //! - [`array`]: control and data API of a disk array served over the network.
 //! - [`host`]: host operations an agent performs on its volumes.
+//! - [`job`]: steps of jobs, from the leader's driver to the agent that executes them.
 //!
 //! Conversions between these wire types and the domain types live next to the domain types'
 //! users (`node::wire`), in one module per service, never scattered through handlers.
@@ -32,4 +33,8 @@ pub mod array {
 
 pub mod host {
     tonic::include_proto!("stillpoint.host");
+}
+
+pub mod job {
+    tonic::include_proto!("stillpoint.job");
 }

@@ -41,6 +41,7 @@
 mod decide;
 mod plan;
 mod step;
+pub mod wire;
 
 use std::collections::BTreeSet;
 
@@ -229,16 +230,7 @@ impl Job {
     pub fn resources(&self) -> BTreeSet<String> {
         self.steps
             .iter()
-            .filter_map(|s| match &s.call {
-                StepCall::Replicate { pair }
-                | StepCall::Separate { pair }
-                | StepCall::AwaitSeparated { pair } => Some(format!("pair:{pair}")),
-                StepCall::FreeRv { volume }
-                | StepCall::Quiesce { volume, .. }
-                | StepCall::Release { volume, .. }
-                | StepCall::MountRv { volume } => Some(format!("volume:{volume}")),
-                StepCall::RunBackup { .. } => None,
-            })
+            .filter_map(|s| wire::step_resource(&s.call))
             .collect()
     }
 
