@@ -106,6 +106,7 @@ fn site(retained: u32) -> Inventory {
 fn result_of(call: &StepCall, quiesce_id: u64) -> StepResult {
     match call {
         StepCall::FreeRv { .. } => StepResult::RvFreed,
+        StepCall::SetPair { .. } => StepResult::PairSet,
         StepCall::Replicate { .. } => StepResult::InSync,
         StepCall::Quiesce { .. } => StepResult::Quiesced { quiesce_id },
         StepCall::Separate { .. } => StepResult::SeparateAccepted,

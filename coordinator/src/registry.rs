@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
-use crate::job::{JobKind, StepLimits, plan_backup};
+use crate::job::{JobKind, StepLimits, plan_backup, plan_prepare};
 use crate::{Command, JobTable, NodeId, Response};
 
 /// What a host does on the site; an agent may play several.
@@ -145,7 +145,7 @@ impl ClusterState {
         }
         // S5: what an unfinished job uses stays as it is until the job ends.
         for job in self.jobs.unfinished() {
-            let JobKind::Backup { group } = &job.kind;
+            let group = job.kind.group();
             let used = job.resources();
             let touched = changes.iter().find(|c| {
                 let (kind, name) = c.what.split_once(' ').unwrap_or((&c.what, ""));
@@ -171,8 +171,7 @@ impl ClusterState {
         at_ms: u64,
         no_queue: bool,
     ) -> Response {
-        let JobKind::Backup { group } = kind;
-        let group = match self.inventory.resolve_group(group) {
+        let group = match self.inventory.resolve_group(kind.group()) {
             Ok(g) => g,
             Err(e) => return Response::InventoryInvalid { errors: vec![e] },
         };
@@ -180,7 +179,11 @@ impl ClusterState {
         if !errors.is_empty() {
             return Response::InventoryInvalid { errors };
         }
-        let steps = plan_backup(&group, &StepLimits::default());
+        let limits = StepLimits::default();
+        let steps = match kind {
+            JobKind::Backup { .. } => plan_backup(&group, &limits),
+            JobKind::Prepare { .. } => plan_prepare(&group, &limits),
+        };
         self.jobs
             .submit(kind.clone(), steps, submitted_by, at_ms, no_queue)
     }

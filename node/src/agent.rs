@@ -142,6 +142,8 @@ pub struct RunningAgent {
     shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     registration: JoinHandle<()>,
+    /// Drives jobs while this agent leads ([`crate::driver`]).
+    driver: JoinHandle<()>,
 }
 
 impl RunningAgent {
@@ -161,8 +163,11 @@ impl RunningAgent {
         }
         let _ = self.shutdown_tx.send(true);
         self.registration.abort();
-        // Wait until the task is gone: it holds handles on the data dir that a restart reopens.
+        self.driver.abort();
+        // Wait until the tasks are gone: they hold handles on the data dir that a restart
+        // reopens.
         let _ = self.registration.await;
+        let _ = self.driver.await;
         let served = self.server.await;
         self.context
             .raft
@@ -306,7 +311,8 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
                 },
             ),
     );
-    let registration = tokio::spawn(keep_registered(context.clone(), shutdown_rx));
+    let registration = tokio::spawn(keep_registered(context.clone(), shutdown_rx.clone()));
+    let driver = tokio::spawn(crate::driver::run(context.clone(), shutdown_rx));
     Ok(RunningAgent {
         context,
         local_addr,
@@ -314,6 +320,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         shutdown_tx,
         server,
         registration,
+        driver,
     })
 }
 

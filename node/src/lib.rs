@@ -52,6 +52,7 @@ pub mod cluster_service;
 pub mod config;
 pub mod deadlines;
 pub mod demo;
+pub mod driver;
 pub mod error;
 pub mod output;
 pub mod peer;

@@ -152,6 +152,7 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
 fn describe(step: &Step) -> String {
     let what = match &step.call {
         StepCall::FreeRv { volume } => format!("free RV {volume}"),
+        StepCall::SetPair { pair } => format!("set pair {pair}"),
         StepCall::Replicate { pair } => format!("replicate {pair}"),
         StepCall::Quiesce { volume, .. } => format!("quiesce {volume}"),
         StepCall::Separate { pair } => format!("separate {pair}"),
@@ -340,12 +341,16 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
         actions.extend(send(job, s, term));
     }
     if job.steps.iter().all(Step::is_settled) {
-        let label = job.label().unwrap_or(CopyLabel::CrashConsistent {
-            why: "the plan has no static point".into(),
-        });
-        actions.push(Action::Record(JobEvent::Ended {
-            end: JobEnd::Done { label },
-        }));
+        let end = if job.kind.makes_copy() {
+            JobEnd::Done {
+                label: job.label().unwrap_or(CopyLabel::CrashConsistent {
+                    why: "the plan has no static point".into(),
+                }),
+            }
+        } else {
+            JobEnd::Finished
+        };
+        actions.push(Action::Record(JobEvent::Ended { end }));
     }
     actions
 }

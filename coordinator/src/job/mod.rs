@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use stillpoint_storage::journal::FencingToken;
 
 pub use decide::{Action, Dispatch, Finding, Observed, PairSync, decide, resolve};
-pub use plan::{StepLimits, plan_backup};
+pub use plan::{StepLimits, plan_backup, plan_prepare};
 pub use step::{
     Phase, Step, StepCall, StepEvent, StepId, StepResult, StepState, StepTarget, TransitionError,
 };
@@ -69,7 +69,25 @@ pub const STEP_ATTEMPTS_MAX: u32 = 5;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
+    /// Split-mirror backup of a group (BRIEF §3.1): a copy on the RVs, labelled.
     Backup { group: String },
+    /// Preparing a group's volumes: set every pair on its array and run the first whole-volume
+    /// replicate until in sync. Makes no copy.
+    Prepare { group: String },
+}
+
+impl JobKind {
+    /// The group the job acts on.
+    pub fn group(&self) -> &str {
+        match self {
+            JobKind::Backup { group } | JobKind::Prepare { group } => group,
+        }
+    }
+
+    /// Whether the job ends with a copy on the RVs (and so a label).
+    pub fn makes_copy(&self) -> bool {
+        matches!(self, JobKind::Backup { .. })
+    }
 }
 
 /// What a finished copy can be relied on for (S3).
@@ -86,9 +104,18 @@ pub enum CopyLabel {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "end", rename_all = "snake_case")]
 pub enum JobEnd {
-    Done { label: CopyLabel },
-    Failed { reason: String },
-    Cancelled { by: String },
+    /// A backup made its copy, labelled.
+    Done {
+        label: CopyLabel,
+    },
+    /// A job that makes no copy (prepare) did everything it planned.
+    Finished,
+    Failed {
+        reason: String,
+    },
+    Cancelled {
+        by: String,
+    },
 }
 
 /// Where a job stands.

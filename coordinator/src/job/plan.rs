@@ -171,3 +171,46 @@ pub fn plan_backup(group: &Group, limits: &StepLimits) -> Vec<Step> {
     }
     steps
 }
+
+/// The steps of preparing `group`'s volumes (the seeds' "preparing volumes"): free every RV,
+/// set every pair on its array, and run the first replicate — a whole-volume copy, since a
+/// freshly set pair has no common content yet — until every pair is in sync. Pairs go in
+/// parallel; each pair's steps in order.
+pub fn plan_prepare(group: &Group, limits: &StepLimits) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for m in &group.members {
+        let free = steps.len() as StepId;
+        steps.push(Step::new(
+            free,
+            Phase::Prepare,
+            StepTarget::Node(m.rv.node.clone()),
+            StepCall::FreeRv {
+                volume: m.rv.clone(),
+            },
+            vec![],
+            limits.host_step_ms,
+        ));
+        let set = free + 1;
+        steps.push(Step::new(
+            set,
+            Phase::Prepare,
+            StepTarget::Array(m.mv_ld.array.clone()),
+            StepCall::SetPair {
+                pair: m.pair.clone(),
+            },
+            vec![free],
+            limits.separate_ms,
+        ));
+        steps.push(Step::new(
+            set + 1,
+            Phase::Prepare,
+            StepTarget::Array(m.mv_ld.array.clone()),
+            StepCall::Replicate {
+                pair: m.pair.clone(),
+            },
+            vec![set],
+            limits.replicate_ms,
+        ));
+    }
+    steps
+}

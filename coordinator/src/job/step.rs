@@ -51,6 +51,8 @@ pub enum Phase {
 pub enum StepCall {
     /// Backup node: stop the RV's users, flush, unmount it (done if already unmounted).
     FreeRv { volume: VolumeRef },
+    /// Array: set the pair (done if it is already set as this pair).
+    SetPair { pair: String },
     /// Array: replicate the pair (difference, sync) and wait until it is in `rpl/sync`.
     Replicate { pair: String },
     /// Business node: quiesce the MV with a deadline.
@@ -83,6 +85,7 @@ pub enum StepCall {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum StepResult {
     RvFreed,
+    PairSet,
     InSync,
     Quiesced {
         /// The host's id for this quiesce, which its release names.

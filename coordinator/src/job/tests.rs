@@ -106,6 +106,12 @@ impl World {
                 self.rv_mounted.remove(volume);
                 Ok(StepResult::RvFreed)
             }
+            StepCall::SetPair { pair } => {
+                self.pairs
+                    .entry(pair.clone())
+                    .or_insert(PairSync::Separated);
+                Ok(StepResult::PairSet)
+            }
             StepCall::Replicate { pair } => {
                 assert!(
                     !self.rv_mounted.contains(&member(pair).rv),
@@ -198,9 +204,13 @@ struct Faults {
 /// driver's copy at once and reach the log behind it; a leader change keeps only a committed
 /// prefix of them, and the new leader starts from that with its takeover events.
 fn drive(g: &Group, world: &mut World, seed: u64, faults: &Faults) -> Job {
+    drive_job(g, job(g), world, seed, faults)
+}
+
+/// [`drive`] for any planned job.
+fn drive_job(g: &Group, plan: Job, world: &mut World, seed: u64, faults: &Faults) -> Job {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     world.quiesce_lost_pct = faults.quiesce_lost_pct;
-    let plan = job(g);
     let mut log: Vec<(JobEvent, u64)> = Vec::new();
     let mut committed = 0;
     let mut current = plan.clone();
@@ -608,4 +618,47 @@ fn a_group_names_every_broken_rule_with_its_path() {
     ];
     assert_eq!(errors, want);
     assert!(group(2, 1).validate(&registry).is_empty());
+}
+
+#[test]
+fn preparing_a_group_sets_every_pair_and_replicates_it_once_whatever_the_faults() {
+    let g = group(3, 2);
+    let faults = Faults {
+        lost_reply_pct: 15,
+        leader_change_pct: 10,
+        quiesce_lost_pct: 0,
+    };
+    for seed in 0..200 {
+        let plan = Job::new(
+            9,
+            JobKind::Prepare {
+                group: g.name.clone(),
+            },
+            "test".into(),
+            0,
+            plan_prepare(&g, &StepLimits::default()),
+        );
+        assert!(plan.steps.iter().all(|s| s.phase == Phase::Prepare));
+        let mut world = World::default();
+        let done = drive_job(&g, plan, &mut world, seed, &faults);
+        assert!(
+            matches!(
+                done.state,
+                JobState::Ended {
+                    end: JobEnd::Finished,
+                    ..
+                }
+            ),
+            "seed {seed}: {:?}",
+            done.state
+        );
+        for m in &g.members {
+            assert_eq!(
+                world.pairs.get(&m.pair),
+                Some(&PairSync::InSync),
+                "seed {seed}"
+            );
+        }
+        assert!(world.quiesced.is_empty(), "a prepare quiesces nothing");
+    }
 }

@@ -45,7 +45,8 @@ pub fn quiesce_owner(token: &FencingToken) -> String {
 /// locks use ([`super::Job::resources`]); `None` for a step that touches no pair or volume.
 pub fn step_resource(call: &StepCall) -> Option<String> {
     match call {
-        StepCall::Replicate { pair }
+        StepCall::SetPair { pair }
+        | StepCall::Replicate { pair }
         | StepCall::Separate { pair }
         | StepCall::AwaitSeparated { pair } => Some(format!("pair:{pair}")),
         StepCall::FreeRv { volume }

@@ -1,0 +1,559 @@
+//! The job driver: on the leader only, it moves every unfinished job forward by performing what
+//! [`stillpoint_coordinator::job::decide`] says and proposing what came back.
+//!
+//! ## Life
+//! It starts when this agent becomes leader of a term and stops the moment it is not (a new
+//! term, another leader, shutdown): everything it had in flight is dropped, and the next
+//! leader takes over from the log. On start it waits until its state machine has applied
+//! everything committed before its term ([`openraft::Raft::ensure_linearizable`]), then
+//! records a takeover on every unfinished job ([`Job::takeover_events`]): each step recorded
+//! as dispatched becomes unknown and is probed before anything is sent, and every other step
+//! is probed before its first send in this term, because the previous leader did not wait for
+//! a commit before sending.
+//!
+//! ## Deciding apart from doing
+//! All decisions are the coordinator's pure functions (`decide`, `resolve`); this module keeps
+//! a local copy of each job, performs the actions, and applies every event to the copy at once
+//! (so the next decision sees it) while proposing it to the log behind, in order, through one
+//! proposer task. Nothing here waits for a commit before sending a step: a leader that dies
+//! with events unproposed leaves steps its successor finds by asking. If the log refuses an
+//! event the copy accepted, or a proposal fails, the driver drops its copies and takes over
+//! again from the log (in the same term if it still leads).
+//!
+//! ## Caveats
+//! - Array steps go to the first registered control node of the array (by name), always the
+//!   same one, so a new leader asks the agent holding the step's journal; if that agent is
+//!   down, the job waits (its steps stay unknown) until it is back. Failing over array steps to
+//!   another control node needs the executor recorded per attempt: not built yet.
+//! - Deadlines are the leader's wall clock (`at_ms` of the dispatch plus the step's timeout).
+
+mod send;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder};
+use stillpoint_coordinator::job::{
+    Action, Dispatch, Finding, Job, JobEvent, JobId, JobState, StepId, StepState, StepTarget,
+    decide, resolve,
+};
+use stillpoint_coordinator::{Command, Response};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+pub use send::{REPLY_WITHIN_MS, executor_address};
+
+use crate::agent::{AgentContext, now_ms};
+
+/// How often the driver looks at its jobs when nothing else woke it (deadlines, new jobs).
+const TICK_MS: u64 = 200;
+/// First and longest pause between two probes of the same step that found nothing settled.
+const PROBE_BACKOFF_MIN_MS: u64 = 200;
+const PROBE_BACKOFF_MAX_MS: u64 = 5_000;
+/// Pause before leading again after a takeover failed (a proposal that did not commit).
+const RETAKE_PAUSE_MS: u64 = 500;
+/// Rounds of decide → perform per wake-up: each round acts on what the last one recorded.
+const DECIDE_ROUNDS_MAX: usize = 16;
+
+/// Runs until `shutdown`: leads jobs whenever this agent is the leader.
+pub async fn run(ctx: Arc<AgentContext>, mut shutdown: watch::Receiver<bool>) {
+    let me = ctx.node_id();
+    let mut metrics = ctx.raft.metrics();
+    loop {
+        let term = loop {
+            let m = metrics.borrow_and_update().clone();
+            if m.current_leader == Some(me) && m.state.is_leader() {
+                break m.current_term;
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        let mut watch_lost = ctx.raft.metrics();
+        let lost = async move {
+            let _ = watch_lost
+                .wait_for(|m| m.current_leader != Some(me) || m.current_term != term)
+                .await;
+        };
+        tracing::info!(term, "driver: leading jobs");
+        let mut failed = false;
+        tokio::select! {
+            result = lead(&ctx, term) => {
+                if let Err(e) = result {
+                    tracing::warn!(term, error = %e, "driver: taking over again");
+                    failed = true;
+                }
+            }
+            _ = lost => tracing::info!(term, "driver: no longer the leader; stops"),
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(RETAKE_PAUSE_MS)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// What a task sent to an executor brought back.
+enum Reply {
+    Executed {
+        job: JobId,
+        step: StepId,
+        token: stillpoint_coordinator::job::FencingToken,
+        result: Result<Finding, String>,
+    },
+    Probed {
+        job: JobId,
+        step: StepId,
+        token: stillpoint_coordinator::job::FencingToken,
+        result: Result<Finding, String>,
+    },
+}
+
+/// Why the proposer stopped.
+enum ProposerStop {
+    Failed(String),
+    Refused { job: JobId, rule: String },
+}
+
+/// One leadership term's driving.
+struct Lead<'a> {
+    ctx: &'a AgentContext,
+    term: u64,
+    /// The driver's copy of every unfinished job (ahead of the log by what is unproposed).
+    jobs: BTreeMap<JobId, Job>,
+    dispatching: BTreeSet<(JobId, StepId)>,
+    probing: BTreeSet<(JobId, StepId)>,
+    /// Per step: (earliest next probe, current backoff), after a probe that settled nothing.
+    probe_backoff: BTreeMap<(JobId, StepId), (u64, u64)>,
+    tasks: JoinSet<Reply>,
+    proposals: mpsc::UnboundedSender<Command>,
+    /// Targets that could not be resolved, so the warning is said once per target.
+    unresolved_said: BTreeSet<String>,
+}
+
+async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
+    ctx.raft
+        .ensure_linearizable()
+        .await
+        .map_err(|e| format!("cannot confirm leadership before taking over: {e}"))?;
+    let (proposals, queue) = mpsc::unbounded_channel();
+    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
+    let mut proposer = JoinSet::new();
+    proposer.spawn(propose_in_order(ctx.raft.clone(), queue, stop_tx));
+    let mut lead = Lead {
+        ctx,
+        term,
+        jobs: BTreeMap::new(),
+        dispatching: BTreeSet::new(),
+        probing: BTreeSet::new(),
+        probe_backoff: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        proposals,
+        unresolved_said: BTreeSet::new(),
+    };
+    lead.take_over();
+    let mut applied = ctx.raft.metrics();
+    loop {
+        lead.sync_from_state();
+        lead.act();
+        tokio::select! {
+            Some(reply) = lead.tasks.join_next() => match reply {
+                Ok(reply) => lead.on_reply(reply),
+                Err(e) => tracing::error!(error = %e, "driver: a send task failed"),
+            },
+            Some(stop) = stop_rx.recv() => return Err(match stop {
+                ProposerStop::Failed(e) => format!("a proposal failed: {e}"),
+                ProposerStop::Refused { job, rule } => format!(
+                    "the log refused an event of job {job} the driver's copy accepted ({rule})"
+                ),
+            }),
+            changed = applied.changed() => if changed.is_err() {
+                return Err("raft stopped".into());
+            },
+            _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
+        }
+    }
+}
+
+/// Proposes the driver's events one after another, in the order they were recorded.
+async fn propose_in_order(
+    raft: stillpoint_coordinator::Raft,
+    mut queue: mpsc::UnboundedReceiver<Command>,
+    stop: mpsc::UnboundedSender<ProposerStop>,
+) {
+    let bound = Duration::from_millis(crate::agent::PROPOSE_TIMEOUT_MS);
+    while let Some(command) = queue.recv().await {
+        let job = match &command {
+            Command::Job { job_id, .. } => *job_id,
+            _ => 0,
+        };
+        match tokio::time::timeout(bound, raft.client_write(command)).await {
+            Err(_) => {
+                let _ = stop.send(ProposerStop::Failed(format!(
+                    "not committed within {} ms",
+                    bound.as_millis()
+                )));
+                return;
+            }
+            Ok(Err(e)) => {
+                let _ = stop.send(ProposerStop::Failed(e.to_string()));
+                return;
+            }
+            Ok(Ok(reply)) => {
+                if let Response::Refused { rule } = reply.data {
+                    let _ = stop.send(ProposerStop::Refused { job, rule });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Lead<'_> {
+    /// Loads every unfinished job from the applied state and records the takeover.
+    fn take_over(&mut self) {
+        let jobs: Vec<Job> = self
+            .ctx
+            .state
+            .read(|s| s.jobs.unfinished().cloned().collect());
+        for job in jobs {
+            let id = job.id;
+            let queued = matches!(job.state, JobState::Queued { .. });
+            self.jobs.insert(id, job);
+            if !queued {
+                let events = self.jobs[&id].takeover_events(self.term);
+                for event in events {
+                    self.record(id, event);
+                }
+            }
+        }
+        if !self.jobs.is_empty() {
+            tracing::info!(
+                term = self.term,
+                jobs = self.jobs.len(),
+                "driver: took over unfinished jobs"
+            );
+        }
+    }
+
+    /// Applies `event` to the copy of job `id` and proposes it. An event the copy refuses is a
+    /// bug in the decisions: said loudly, not proposed.
+    fn record(&mut self, id: JobId, event: JobEvent) -> bool {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        let at_ms = now_ms();
+        if let Err(e) = job.record(&event, at_ms) {
+            tracing::error!(job = id, error = %e, ?event, "driver: an event its own job copy refuses (a bug); not proposed");
+            return false;
+        }
+        tracing::debug!(job = id, ?event, "driver: recorded");
+        let _ = self.proposals.send(Command::Job {
+            job_id: id,
+            event,
+            at_ms,
+        });
+        true
+    }
+
+    /// Brings in what changed in the log without the driver: new jobs, jobs started from the
+    /// queue, cancel requests, queued jobs cancelled; forgets jobs the log shows ended.
+    fn sync_from_state(&mut self) {
+        let local: Vec<JobId> = self.jobs.keys().copied().collect();
+        let (unfinished, known): (Vec<JobId>, Vec<(JobId, Option<JobState>)>) =
+            self.ctx.state.read(|s| {
+                (
+                    s.jobs
+                        .unfinished()
+                        .map(|j| j.id)
+                        .filter(|id| !self.jobs.contains_key(id))
+                        .collect(),
+                    local
+                        .iter()
+                        .map(|id| (*id, s.jobs.jobs.get(id).map(|j| j.state.clone())))
+                        .collect(),
+                )
+            });
+        for id in unfinished {
+            if let Some(job) = self.ctx.state.read(|s| s.jobs.jobs.get(&id).cloned()) {
+                tracing::info!(job = id, "driver: new job");
+                self.jobs.insert(id, job);
+            }
+        }
+        for (id, in_log) in known {
+            let Some(mine) = self.jobs.get(&id).map(|j| j.state.clone()) else {
+                continue;
+            };
+            match (mine, in_log) {
+                // Ended here and in the log, or forgotten by the log's retention.
+                (JobState::Ended { .. }, Some(JobState::Ended { .. }) | None) => self.forget(id),
+                // Started from the queue, or cancelled while queued, by the log alone.
+                (JobState::Queued { .. }, Some(s)) if !matches!(s, JobState::Queued { .. }) => {
+                    match self.ctx.state.read(|s| s.jobs.jobs.get(&id).cloned()) {
+                        Some(job) if !job.is_ended() => {
+                            self.jobs.insert(id, job);
+                        }
+                        _ => self.forget(id),
+                    }
+                }
+                (JobState::Running, Some(JobState::Cancelling { by })) => {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        let _ = job.record(&JobEvent::CancelRequested { by }, now_ms());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn forget(&mut self, id: JobId) {
+        self.jobs.remove(&id);
+        self.probe_backoff.retain(|(j, _), _| *j != id);
+    }
+
+    /// Decides and performs, job by job, until nothing new comes of it.
+    fn act(&mut self) {
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            for _ in 0..DECIDE_ROUNDS_MAX {
+                let Some(job) = self.jobs.get(&id) else { break };
+                let actions = decide(job, self.term, now_ms());
+                let mut progressed = false;
+                for action in actions {
+                    progressed |= self.perform(id, action);
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Performs one action; true if it changed the job's copy.
+    fn perform(&mut self, id: JobId, action: Action) -> bool {
+        match action {
+            Action::Record(event) => self.record(id, event),
+            Action::Dispatch(d) => self.dispatch(id, d),
+            Action::Probe {
+                step,
+                token,
+                target,
+            } => {
+                self.probe(id, step, token, target);
+                false
+            }
+        }
+    }
+
+    fn resolve_target(&mut self, target: &StepTarget) -> Option<String> {
+        let found = self.ctx.state.read(|s| send::executor_address(s, target));
+        match found {
+            Ok(address) => {
+                self.unresolved_said.remove(&format!("{target:?}"));
+                Some(address)
+            }
+            Err(why) => {
+                if self.unresolved_said.insert(format!("{target:?}")) {
+                    tracing::warn!(?target, %why, "driver: nobody to send steps of this target to; waiting");
+                }
+                None
+            }
+        }
+    }
+
+    fn dispatch(&mut self, id: JobId, d: Dispatch) -> bool {
+        if self.dispatching.contains(&(id, d.step)) {
+            return false;
+        }
+        let Some(address) = self.resolve_target(&d.target) else {
+            return false;
+        };
+        let pair = self.ctx.state.read(|s| send::pair_of(s, &d.call));
+        let (step, token) = (d.step, d.token);
+        if !self.record(id, JobEvent::Dispatched { step, token }) {
+            return false;
+        }
+        let deadline_ms = match &self.jobs[&id].steps[step as usize].state {
+            StepState::Dispatched { deadline_ms, .. } => *deadline_ms,
+            _ => now_ms(),
+        };
+        tracing::info!(job = id, step, term = token.term, attempt = token.attempt, call = ?d.call, %address, "driver: dispatch");
+        let order = StepOrder {
+            dispatch: d,
+            pair,
+            reply_within_ms: REPLY_WITHIN_MS,
+        };
+        self.dispatching.insert((id, step));
+        self.tasks.spawn(async move {
+            let result = send::execute(&address, &order, deadline_ms).await;
+            Reply::Executed {
+                job: id,
+                step,
+                token,
+                result,
+            }
+        });
+        true
+    }
+
+    fn probe(
+        &mut self,
+        id: JobId,
+        step: StepId,
+        token: stillpoint_coordinator::job::FencingToken,
+        target: StepTarget,
+    ) {
+        let key = (id, step);
+        if self.probing.contains(&key) {
+            return;
+        }
+        if self
+            .probe_backoff
+            .get(&key)
+            .is_some_and(|(next, _)| now_ms() < *next)
+        {
+            return;
+        }
+        let Some(address) = self.resolve_target(&target) else {
+            self.back_off(key);
+            return;
+        };
+        let Some(call) = self
+            .jobs
+            .get(&id)
+            .and_then(|j| j.steps.get(step as usize))
+            .map(|s| s.call.clone())
+        else {
+            return;
+        };
+        let pair = self.ctx.state.read(|s| send::pair_of(s, &call));
+        let order = ProbeOrder {
+            step,
+            token,
+            target,
+            call,
+            pair,
+        };
+        self.probing.insert(key);
+        self.tasks.spawn(async move {
+            let result = send::probe(&address, &order).await;
+            Reply::Probed {
+                job: id,
+                step,
+                token,
+                result,
+            }
+        });
+    }
+
+    fn back_off(&mut self, key: (JobId, StepId)) {
+        let backoff = self
+            .probe_backoff
+            .get(&key)
+            .map(|(_, b)| (b * 2).min(PROBE_BACKOFF_MAX_MS))
+            .unwrap_or(PROBE_BACKOFF_MIN_MS);
+        self.probe_backoff
+            .insert(key, (now_ms() + backoff, backoff));
+    }
+
+    /// Turns what an executor said into the job's next event.
+    fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Executed {
+                job,
+                step,
+                token,
+                result,
+            } => {
+                self.dispatching.remove(&(job, step));
+                let Some(s) = self.jobs.get(&job).and_then(|j| j.steps.get(step as usize)) else {
+                    return;
+                };
+                let event = match (&s.state, result) {
+                    (StepState::Dispatched { token: t, .. }, result) if *t == token => match result
+                    {
+                        Ok(Finding::Finished {
+                            token,
+                            outcome: Ok(result),
+                        }) => {
+                            tracing::info!(job, step, ?result, "driver: step done");
+                            Some(JobEvent::Completed {
+                                step,
+                                token,
+                                result,
+                            })
+                        }
+                        Ok(Finding::Finished {
+                            token,
+                            outcome: Err(reason),
+                        }) => {
+                            tracing::warn!(job, step, %reason, "driver: step failed");
+                            Some(JobEvent::Failed {
+                                step,
+                                token,
+                                reason,
+                            })
+                        }
+                        Ok(other) => Some(JobEvent::LostTrack {
+                            step,
+                            token,
+                            why: format!("the executor answered {}", finding_name(&other)),
+                        }),
+                        Err(why) => {
+                            tracing::warn!(job, step, %why, "driver: outcome unknown; will ask");
+                            Some(JobEvent::LostTrack { step, token, why })
+                        }
+                    },
+                    (StepState::Unknown { token: t, .. }, Ok(found)) if *t == token => {
+                        resolve(s, &found)
+                    }
+                    _ => None,
+                };
+                if let Some(event) = event {
+                    self.record(job, event);
+                }
+            }
+            Reply::Probed {
+                job,
+                step,
+                token,
+                result,
+            } => {
+                let key = (job, step);
+                self.probing.remove(&key);
+                let Some(s) = self.jobs.get(&job).and_then(|j| j.steps.get(step as usize)) else {
+                    return;
+                };
+                if !matches!(&s.state, StepState::Unknown { token: t, .. } if *t == token) {
+                    return;
+                }
+                match result.map(|found| resolve(s, &found)) {
+                    Ok(Some(event)) => {
+                        tracing::info!(job, step, ?event, "driver: probe settled the step");
+                        self.probe_backoff.remove(&key);
+                        self.record(job, event);
+                    }
+                    Ok(None) => self.back_off(key),
+                    Err(why) => {
+                        tracing::debug!(job, step, %why, "driver: probe got no answer; will ask again");
+                        self.back_off(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finding_name(f: &Finding) -> &'static str {
+    match f {
+        Finding::NotRecorded => "that it has no record of it",
+        Finding::Finished { .. } => "with an outcome",
+        Finding::Interrupted { .. } => "that it was interrupted (the agent restarted)",
+        Finding::Running { .. } => "that it is still running past the step's deadline",
+    }
+}
