@@ -14,7 +14,7 @@ const JOB_WITHIN: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_on_two_business_nodes_is_backed_up_consistently_by_the_cluster() {
-    let site = JobSite::start("unmount", 30_000).await;
+    let site = JobSite::start(SiteLayout::spread(3)).await;
     let job = site.submit_backup().await;
     let end = site.wait_ended(job, JOB_WITHIN).await;
     assert!(is_consistent(&end), "ended {end:?}\n{}", site.logs());

@@ -145,31 +145,6 @@ impl ProcessCluster {
         cluster
     }
 
-    /// Starts agents from configs already written (under `dir`), with their endpoints; returns
-    /// once every agent answers.
-    pub fn from_configs(
-        dir: tempfile::TempDir,
-        configs: Vec<PathBuf>,
-        endpoints: Vec<String>,
-    ) -> ProcessCluster {
-        let n = configs.len();
-        let mut cluster = ProcessCluster {
-            dir,
-            configs,
-            endpoints,
-            children: (0..n).map(|_| None).collect(),
-            paused: vec![false; n],
-            started: vec![false; n],
-        };
-        for slot in 0..n {
-            cluster.spawn(slot);
-        }
-        for slot in 0..n {
-            cluster.wait_answering(slot);
-        }
-        cluster
-    }
-
     pub fn log_path(&self, slot: usize) -> PathBuf {
         self.dir.path().join(format!("agent{}.log", slot + 1))
     }

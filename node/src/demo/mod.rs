@@ -1,0 +1,285 @@
+//! `stillpoint demo`: a local site on the embedded defaults, for a first look at a backup the
+//! cluster drives — and survives its leader's death in the middle of.
+//!
+//! The demo starts, as child processes of this binary on loopback ([`site::LocalSite`]): the
+//! software array `A1` and four agents — `mgmt1` (management, the array's control path),
+//! `db1` and `db2` (business servers, one MV each with an application writing checksummed
+//! records), `backup1` (backup server, both RVs). They form one cluster; the site file is
+//! applied; `group prepare payroll` sets both pairs and runs their first copy as a cluster job.
+//! Then the backup of group `payroll` is submitted as a job, and once the MVs are quiesced the
+//! demo **SIGKILLs the leader's agent** and restarts it: the new leader takes the job over,
+//! asks the executors what became of the steps in flight, and finishes. The timeline of every
+//! step is printed as the replicated log records it, and at the end the verifier reads both
+//! RVs through the array: every record intact and none missing, or the demo fails. When the
+//! killed agent held an MV quiesced, its restart resumed the MV by itself, the static point did
+//! not hold, and the job re-ran it as a new round before labelling the copy consistent.
+//!
+//! `--hold` keeps the site running so other `stillpoint` commands can be pointed at it.
+
+pub mod site;
+mod timeline;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use stillpoint_coordinator::job::{CopyLabel, Job, JobEnd, JobKind, JobState, StepCall, StepState};
+use stillpoint_coordinator::{ClusterState, Command, Response};
+use stillpoint_proto::cluster::{QueryRequest, StatusRequest};
+
+use crate::error::NodeError;
+use crate::output::OutputFormat;
+use site::{AGENTS, LocalSite, SiteLayout};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the site running until Ctrl-C, printing the endpoints to use.
+    #[arg(long)]
+    pub hold: bool,
+    /// Keep data and logs under this dir (default: a temporary dir removed at exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Do not kill the leader during the backup.
+    #[arg(long)]
+    pub no_kill: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Bound on each job of the demo, failover included.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub async fn run(args: DemoArgs) -> Result<(), NodeError> {
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| NodeError::Invalid(format!("cannot create {}: {e}", d.display())))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()
+                .map_err(|e| NodeError::Invalid(format!("cannot create a temporary dir: {e}")))?;
+            temp.path().to_path_buf()
+        }
+    };
+    let bin = std::env::current_exe()
+        .map_err(|e| NodeError::Invalid(format!("cannot find this program's path: {e}")))?;
+    let json = args.output == OutputFormat::Json;
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    eprintln!(
+        "starting software array A1 and agents {} as processes on loopback (data and logs in {}) ...",
+        AGENTS.map(|(n, _)| n).join(", "),
+        dir.display()
+    );
+    let site = LocalSite::start(&bin, &dir, SiteLayout::spread(2)).await?;
+    let outcome = drive(site, &dir, &args, &say).await;
+    if let Err(e) = &outcome {
+        eprintln!("the demo failed: {e}\nagent logs are in {}", dir.display());
+        if args.dir.is_none() {
+            // Keep the evidence: the temporary dir would be removed.
+            let kept = std::env::temp_dir().join(format!("stillpoint-demo-{}", std::process::id()));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&dir)
+                .arg(&kept)
+                .status();
+            eprintln!("(copied to {})", kept.display());
+        }
+    }
+    outcome
+}
+
+async fn drive(
+    mut site: LocalSite,
+    dir: &std::path::Path,
+    args: &DemoArgs,
+    say: &dyn Fn(String),
+) -> Result<(), NodeError> {
+    let status = site
+        .client()
+        .on_leader("status", |mut c| async move {
+            c.status(StatusRequest { consistent: true }).await
+        })
+        .await?;
+    print!("{}", crate::status::render(&status, args.output));
+    if args.output == OutputFormat::Json {
+        println!();
+    }
+    let site_file = dir.join("site.toml");
+    std::fs::write(&site_file, site.layout.site_toml())
+        .map_err(|e| NodeError::Invalid(format!("cannot write the site file: {e}")))?;
+    crate::site::run_apply(
+        &site.client(),
+        OutputFormat::Table,
+        &site_file,
+        false,
+        false,
+    )
+    .await?;
+    site.start_applications().await?;
+    say("\napplications app0 on db1:mv0 and app1 on db2:mv1 are writing; preparing the pairs (group prepare payroll):".into());
+    let prepare = submit(
+        &site,
+        JobKind::Prepare {
+            group: "payroll".into(),
+        },
+    )
+    .await?;
+    let end = follow(&mut site, prepare, None, say).await?;
+    if end != JobEnd::Finished {
+        return Err(NodeError::Invalid(format!(
+            "group prepare did not finish: {end:?}"
+        )));
+    }
+    // Let the applications write for a moment on mirrored volumes, as they would all day.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    say(
+        "\nbackup of group payroll (2 pairs on db1 and db2, RVs on backup1), as a cluster job:"
+            .into(),
+    );
+    let backup = submit(
+        &site,
+        JobKind::Backup {
+            group: "payroll".into(),
+        },
+    )
+    .await?;
+    let kill_when = (!args.no_kill).then_some(KillPoint::MvsQuiesced);
+    let end = follow(&mut site, backup, kill_when, say).await?;
+    let label = match &end {
+        JobEnd::Done { label } => label.clone(),
+        other => {
+            return Err(NodeError::Invalid(format!(
+                "the backup did not complete: {other:?}"
+            )));
+        }
+    };
+    match &label {
+        CopyLabel::Consistent => say("copy labelled CONSISTENT: every MV was held at its static point while every pair separated".into()),
+        CopyLabel::CrashConsistent { why } => say(format!("copy labelled crash-consistent: {why}")),
+    }
+    let mut torn = false;
+    for (i, p) in site.layout.pairs.clone().iter().enumerate() {
+        let report = site.verify_rv(i).await?;
+        torn |= !report.torn.is_empty() || !report.gaps.is_empty();
+        say(format!(
+            "verifier on backup1:{} ({}): {} records intact, {} torn/corrupt, {} missing",
+            p.rv_volume,
+            p.pair,
+            report.intact_count,
+            report.torn.len(),
+            report.gaps.len()
+        ));
+    }
+    if torn && label == CopyLabel::Consistent {
+        return Err(NodeError::Invalid(
+            "a copy labelled consistent has torn or missing records".into(),
+        ));
+    }
+    if args.hold {
+        eprintln!(
+            "\nthe site is running; try:\n  export STILLPOINT_ENDPOINT={} STILLPOINT_ARRAY={}\n  stillpoint cluster status\n  stillpoint volume list --node backup1\n  stillpoint pair list\nCtrl-C stops it.",
+            site.endpoints[0], site.array_address
+        );
+        crate::cli::shutdown_signal().await;
+    }
+    site.stop().await;
+    Ok(())
+}
+
+/// When the demo kills the leader.
+#[derive(Clone, Copy, Debug)]
+enum KillPoint {
+    /// Once every MV's quiesce is recorded done: inside the freeze window.
+    MvsQuiesced,
+}
+
+async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
+    let command = Command::SubmitJob {
+        kind,
+        submitted_by: "demo".into(),
+        at_ms: crate::agent::now_ms(),
+        no_queue: false,
+    };
+    match site.client().propose(&command).await?.0 {
+        Response::JobAccepted { job_id, .. } => Ok(job_id),
+        Response::Refused { rule } => Err(NodeError::Refused(rule)),
+        other => Err(NodeError::Invalid(format!(
+            "the job was not accepted: {other:?}"
+        ))),
+    }
+}
+
+async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
+    let reply = site
+        .client()
+        .on_endpoint("query", |mut c| async move {
+            c.query(QueryRequest {
+                what: "state".into(),
+                consistent: false,
+            })
+            .await
+        })
+        .await
+        .ok()?;
+    let state: ClusterState = serde_json::from_slice(&reply.json).ok()?;
+    state.jobs.jobs.get(&id).cloned()
+}
+
+/// Prints the job's timeline as the log records it until it ends; kills the leader once at
+/// `kill`, restarting it at once.
+async fn follow(
+    site: &mut LocalSite,
+    id: u64,
+    mut kill: Option<KillPoint>,
+    say: &dyn Fn(String),
+) -> Result<JobEnd, NodeError> {
+    let started = tokio::time::Instant::now();
+    let mut printed = timeline::Printed::default();
+    loop {
+        if let Some(job) = job_of(site, id).await {
+            for line in printed.new_lines(&job) {
+                say(line);
+            }
+            if let JobState::Ended { end, .. } = &job.state {
+                return Ok(end.clone());
+            }
+            if let Some(KillPoint::MvsQuiesced) = kill {
+                let quiesced = job
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.call, StepCall::Quiesce { .. }));
+                let all = quiesced.clone().count();
+                if all > 0
+                    && quiesced
+                        .filter(|s| matches!(s.state, StepState::Done { .. }))
+                        .count()
+                        == all
+                {
+                    let leader = site.leader().await?;
+                    site.kill(leader).await;
+                    say(format!(
+                        "          >>> SIGKILL the leader's agent ({}) inside the freeze window; restarting it",
+                        AGENTS[leader].0
+                    ));
+                    site.spawn(leader)?;
+                    kill = None;
+                }
+            }
+        }
+        if started.elapsed() > JOB_TIMEOUT {
+            return Err(NodeError::Timeout {
+                what: format!("job {id} to end"),
+                ms: JOB_TIMEOUT.as_millis() as u64,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,448 @@
+//! A local site of processes, for the demo and the job tests: the software array `A1` and four
+//! agents — `mgmt1` (management, control path to A1), `db1` and `db2` (business), `backup1`
+//! (backup) — each a child process of the `stillpoint` binary on loopback with its own config,
+//! data dir and log file under one dir. All four agents are voters.
+//!
+//! Every MV carries the sim file system with a workload application (`app<N>`) that writes
+//! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
+//! [`LocalSite::verify_rv`] reads an RV through the array with the workload's verifier.
+//!
+//! Children are killed when the site is dropped, pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use stillpoint_array::{Array, RemoteArray};
+use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest};
+use tokio::process::{Child, Command};
+
+use crate::config::ArrayEndpoint;
+use crate::error::NodeError;
+use crate::volumes::ArrayLdDevice;
+
+/// The agents, by slot: name and role.
+pub const AGENTS: [(&str, &str); 4] = [
+    ("mgmt1", "management"),
+    ("db1", "business"),
+    ("db2", "business"),
+    ("backup1", "backup"),
+];
+pub const MGMT1: usize = 0;
+pub const DB1: usize = 1;
+pub const DB2: usize = 2;
+pub const BACKUP1: usize = 3;
+
+/// One pair of the site's group: its MV on a business node, its RV on `backup1`.
+#[derive(Clone, Debug)]
+pub struct PairLayout {
+    pub pair: String,
+    /// Slot of the MV's business node.
+    pub mv_node: usize,
+    pub mv_volume: String,
+    pub mv_ld: u32,
+    pub rv_volume: String,
+    pub rv_ld: u32,
+}
+
+/// What the site holds: the pairs of group `payroll` and how they are quiesced.
+#[derive(Clone, Debug)]
+pub struct SiteLayout {
+    pub pairs: Vec<PairLayout>,
+    /// `unmount` or `freeze`.
+    pub quiesce: String,
+    pub quiesce_ms_max: u64,
+    /// Capacity of every LD.
+    pub ld_bytes: u64,
+    /// Raft timings (`[raft]` body) of every agent.
+    pub raft_toml: String,
+}
+
+impl SiteLayout {
+    /// `n` pairs spread over db1 and db2 (pair `i` on db1 when `i` is even), LDs `2i` (MV) and
+    /// `2i + 1` (RV).
+    pub fn spread(n: u32) -> SiteLayout {
+        SiteLayout {
+            pairs: (0..n)
+                .map(|i| PairLayout {
+                    pair: format!("p{i}"),
+                    mv_node: if i % 2 == 0 { DB1 } else { DB2 },
+                    mv_volume: format!("mv{i}"),
+                    mv_ld: 2 * i,
+                    rv_volume: format!("rv{i}"),
+                    rv_ld: 2 * i + 1,
+                })
+                .collect(),
+            quiesce: "unmount".into(),
+            quiesce_ms_max: 30_000,
+            ld_bytes: 4 * 1024 * 1024,
+            raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
+        }
+    }
+
+    fn array_toml(&self, dir: &Path, address: &str) -> String {
+        let mut text = format!(
+            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\n",
+            dir.join("array").display().to_string()
+        );
+        for p in &self.pairs {
+            text += &format!(
+                "[[ld]]\nnumber = {}\nname = \"MV{}\"\ncapacity_bytes = {}\nhosts = [\"{}\"]\n\
+                 [[ld]]\nnumber = {}\nname = \"RV{}\"\ncapacity_bytes = {}\nhosts = [\"backup1\"]\n",
+                p.mv_ld,
+                p.mv_ld,
+                self.ld_bytes,
+                AGENTS[p.mv_node].0,
+                p.rv_ld,
+                p.rv_ld,
+                self.ld_bytes
+            );
+        }
+        text
+    }
+
+    fn host_toml(&self, slot: usize) -> String {
+        let mut text =
+            String::from("[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = 2\n");
+        for (i, p) in self.pairs.iter().enumerate() {
+            if p.mv_node == slot {
+                text += &format!(
+                    "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/{}/{}\"\nstop = {{ app = \"app{i}\" }}\nstart = {{ app = \"app{i}\" }}\n",
+                    p.mv_volume, p.mv_ld, AGENTS[slot].0, p.mv_volume
+                );
+            }
+            if slot == BACKUP1 {
+                text += &format!(
+                    "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/backup1/{}\"\n",
+                    p.rv_volume, p.rv_ld, p.rv_volume
+                );
+            }
+        }
+        text
+    }
+
+    /// The site file: the array (control path from mgmt1), pairs, volumes and group `payroll`.
+    pub fn site_toml(&self) -> String {
+        let mut text = String::from("[[arrays]]\nname = \"A1\"\ncontrol_nodes = [\"mgmt1\"]\n");
+        for p in &self.pairs {
+            text += &format!(
+                "[[pairs]]\nname = \"{}\"\nmv = \"A1:{}\"\nrv = \"A1:{}\"\nkind = \"ddr\"\n\
+                 [[volumes]]\nnode = \"{}\"\nname = \"{}\"\nld = \"A1:{}\"\n\
+                 [[volumes]]\nnode = \"backup1\"\nname = \"{}\"\nld = \"A1:{}\"\n",
+                p.pair,
+                p.mv_ld,
+                p.rv_ld,
+                AGENTS[p.mv_node].0,
+                p.mv_volume,
+                p.mv_ld,
+                p.rv_volume,
+                p.rv_ld
+            );
+        }
+        text += "[[groups]]\nname = \"payroll\"\n";
+        for p in &self.pairs {
+            text += &format!(
+                "[[groups.members]]\npair = \"{}\"\nmv = \"{}:{}\"\nrv = \"backup1:{}\"\nquiesce = \"{}\"\nquiesce_ms_max = {}\n",
+                p.pair,
+                AGENTS[p.mv_node].0,
+                p.mv_volume,
+                p.rv_volume,
+                self.quiesce,
+                self.quiesce_ms_max
+            );
+        }
+        text
+    }
+}
+
+/// The running site.
+pub struct LocalSite {
+    pub layout: SiteLayout,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub array_address: String,
+    pub array: Option<Child>,
+    pub endpoints: Vec<String>,
+    pub configs: Vec<PathBuf>,
+    pub agents: Vec<Option<Child>>,
+    /// Slots started at least once (a later start is a restart, without `--new`).
+    started: Vec<bool>,
+}
+
+async fn free_loopback_address() -> Result<String, NodeError> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| NodeError::Listen {
+            address: "127.0.0.1:0".into(),
+            source,
+        })?;
+    let a = l.local_addr().map_err(|source| NodeError::Listen {
+        address: "127.0.0.1:0".into(),
+        source,
+    })?;
+    Ok(a.to_string())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), NodeError> {
+    std::fs::write(path, text)
+        .map_err(|e| NodeError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File, NodeError> {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| NodeError::Invalid(format!("cannot open {}: {e}", path.display())))
+}
+
+/// Bound on forming the site (processes starting, an election, registrations).
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl LocalSite {
+    /// Writes every config under `dir`, starts the array (formatting each MV with the sim file
+    /// system) and the agents; forms the cluster. The pairs are not set: that is `group
+    /// prepare`'s job (or [`LocalSite::set_pairs`]).
+    pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
+        let array_address = free_loopback_address().await?;
+        let array_cfg = dir.join("array.toml");
+        write(&array_cfg, &layout.array_toml(dir, &array_address))?;
+        let array = Command::new(bin)
+            .args(["array", "serve", "--config"])
+            .arg(&array_cfg)
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.join("array.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))?;
+        let mut site = LocalSite {
+            layout,
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            array_address,
+            array: Some(array),
+            endpoints: Vec::new(),
+            configs: Vec::new(),
+            agents: Vec::new(),
+            started: Vec::new(),
+        };
+        let remote = site.connect_array().await?;
+        drop(remote);
+        for p in site.layout.pairs.clone() {
+            let device = ArrayLdDevice::new(&site.array_endpoint(), p.mv_ld, AGENTS[p.mv_node].0);
+            stillpoint_host::SimBackend::format(&device).await?;
+        }
+        for (slot, (name, role)) in AGENTS.iter().enumerate() {
+            let address = free_loopback_address().await?;
+            let host = if slot == MGMT1 {
+                String::new()
+            } else {
+                site.layout.host_toml(slot)
+            };
+            let text = format!(
+                "node_id = {}\nname = \"{name}\"\nlisten = \"{address}\"\ndata_dir = {:?}\nroles = [\"{role}\"]\n\
+                 [[arrays]]\nname = \"A1\"\nendpoint = \"{}\"\n[raft]\n{}{host}",
+                slot + 1,
+                dir.join(format!("data-{name}")).display().to_string(),
+                site.array_address,
+                site.layout.raft_toml,
+            );
+            let path = dir.join(format!("{name}.toml"));
+            write(&path, &text)?;
+            site.configs.push(path);
+            site.endpoints.push(address);
+            site.agents.push(None);
+            site.started.push(false);
+        }
+        for slot in 0..AGENTS.len() {
+            site.spawn(slot)?;
+        }
+        let client = crate::Client::new(site.endpoints[0].clone());
+        let members = site.endpoints.clone();
+        crate::wait::until("the agents to answer", FORM_TIMEOUT, || {
+            let (client, members) = (client.clone(), members.clone());
+            async move {
+                client
+                    .on_endpoint("init", |mut c| {
+                        let member_addresses = members.clone();
+                        async move {
+                            c.init(stillpoint_proto::cluster::InitRequest {
+                                member_addresses,
+                                cluster_id: String::new(),
+                            })
+                            .await
+                        }
+                    })
+                    .await
+                    .ok()
+            }
+        })
+        .await?;
+        let probe = crate::Client::new(site.endpoints[0].clone());
+        crate::wait::until("every agent to register", FORM_TIMEOUT, || {
+            let probe = probe.clone();
+            async move {
+                let reply = probe
+                    .on_endpoint("query", |mut c| async move {
+                        c.query(stillpoint_proto::cluster::QueryRequest {
+                            what: "registry".into(),
+                            consistent: false,
+                        })
+                        .await
+                    })
+                    .await
+                    .ok()?;
+                let nodes: serde_json::Value = serde_json::from_slice(&reply.json).ok()?;
+                (nodes.as_object()?.len() == AGENTS.len()).then_some(())
+            }
+        })
+        .await?;
+        Ok(site)
+    }
+
+    pub fn array_endpoint(&self) -> ArrayEndpoint {
+        ArrayEndpoint {
+            name: "A1".into(),
+            endpoint: self.array_address.clone(),
+        }
+    }
+
+    pub async fn connect_array(&self) -> Result<RemoteArray, NodeError> {
+        let address = self.array_address.clone();
+        crate::wait::until("the array to answer", FORM_TIMEOUT, || {
+            let address = address.clone();
+            async move {
+                let a = RemoteArray::connect(&address).await.ok()?;
+                a.info().await.ok().map(|_| a)
+            }
+        })
+        .await
+    }
+
+    pub fn log_path(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", AGENTS[slot].0))
+    }
+
+    /// Starts agent `slot` (again: without `--new` after its first start).
+    pub fn spawn(&mut self, slot: usize) -> Result<(), NodeError> {
+        let mut command = Command::new(&self.bin);
+        command.args(["agent", "--config"]).arg(&self.configs[slot]);
+        if !self.started[slot] {
+            command.arg("--new");
+        }
+        let child = command
+            .env(
+                "RUST_LOG",
+                std::env::var("STILLPOINT_SITE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=error".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.log_path(slot))?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NodeError::Invalid(format!("cannot start {}: {e}", AGENTS[slot].0)))?;
+        self.started[slot] = true;
+        self.agents[slot] = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs agent `slot` and reaps it.
+    pub async fn kill(&mut self, slot: usize) {
+        if let Some(mut child) = self.agents[slot].take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The process id of agent `slot`, if it runs.
+    pub fn pid(&self, slot: usize) -> Option<u32> {
+        self.agents[slot].as_ref().and_then(|c| c.id())
+    }
+
+    /// A client that follows the leader from any running agent.
+    pub fn client(&self) -> crate::Client {
+        let slot = (0..AGENTS.len())
+            .find(|s| self.agents[*s].is_some())
+            .unwrap_or(0);
+        crate::Client::new(self.endpoints[slot].clone())
+    }
+
+    pub fn host(&self, slot: usize) -> Result<HostClient, NodeError> {
+        Ok(HostClient::new(crate::peer::channel_to(
+            &self.endpoints[slot],
+        )?))
+    }
+
+    /// The leader's slot, as agent `asking` sees it.
+    pub async fn leader(&self) -> Result<usize, NodeError> {
+        let client = self.client();
+        let status = client
+            .on_leader("status", |mut c| async move {
+                c.status(stillpoint_proto::cluster::StatusRequest { consistent: true })
+                    .await
+            })
+            .await?;
+        status
+            .leader_id
+            .map(|id| id as usize - 1)
+            .ok_or_else(|| NodeError::Invalid("no leader".into()))
+    }
+
+    /// Mounts every MV and starts its application through its start hook.
+    pub async fn start_applications(&self) -> Result<(), NodeError> {
+        for p in &self.layout.pairs {
+            let host = self.host(p.mv_node)?;
+            let volume = p.mv_volume.clone();
+            crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
+                let (host, volume) = (host.clone(), volume.clone());
+                async move {
+                    host.volume(&volume)
+                        .await
+                        .ok()
+                        .filter(|v| v.problem.is_none())
+                }
+            })
+            .await?;
+            host.mount(
+                &volume,
+                &MountRequest {
+                    mount_point: None,
+                    identity: MountIdentity::Keep,
+                    read_only: false,
+                },
+            )
+            .await?;
+            host.run_hook(&volume, stillpoint_host::HookKind::Start)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the RV of pair `i` through the array with the workload's verifier.
+    pub async fn verify_rv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
+        let p = &self.layout.pairs[i];
+        let device = ArrayLdDevice::new(&self.array_endpoint(), p.rv_ld, "backup1");
+        Ok(stillpoint_host::verify(&device).await?)
+    }
+
+    /// Stops every agent gracefully (SIGTERM, so held quiesces are resumed), then the array.
+    pub async fn stop(mut self) {
+        for slot in 0..self.agents.len() {
+            if let Some(mut child) = self.agents[slot].take() {
+                if let Some(pid) = child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status();
+                }
+                if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        if let Some(mut array) = self.array.take() {
+            let _ = array.kill().await;
+        }
+    }
+}
