@@ -353,6 +353,21 @@ impl LocalSite {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, ...) to agent `slot`.
+    pub fn signal(&self, slot: usize, signal: &str) -> Result<(), NodeError> {
+        let pid = self
+            .pid(slot)
+            .ok_or_else(|| NodeError::Invalid(format!("{} is not running", AGENTS[slot].0)))?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .map_err(|e| NodeError::Invalid(format!("cannot run kill: {e}")))?;
+        if !status.success() {
+            return Err(NodeError::Invalid(format!("kill -{signal} {pid} failed")));
+        }
+        Ok(())
+    }
+
     /// The process id of agent `slot`, if it runs.
     pub fn pid(&self, slot: usize) -> Option<u32> {
         self.agents[slot].as_ref().and_then(|c| c.id())

@@ -42,7 +42,7 @@ use stillpoint_coordinator::{Command, Response};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use send::{REPLY_WITHIN_MS, executor_address};
+pub use send::{REPLY_WITHIN_MS, execute_once, executor_address};
 
 use crate::agent::{AgentContext, now_ms};
 
