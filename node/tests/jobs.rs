@@ -63,7 +63,7 @@ async fn a_group_on_two_business_nodes_is_backed_up_consistently_by_the_cluster(
     // Every RV is mounted on the backup node, with a new file-system identity.
     let rvs = site
         .site
-        .host(BACKUP1)
+        .host(site.site.layout.backup_slot())
         .unwrap()
         .list_volumes()
         .await
@@ -100,7 +100,7 @@ async fn the_leader_killed_at_every_step_boundary_the_backup_still_ends_consiste
                     let leader = site.site.leader().await.expect("leader");
                     site.site.kill(leader).await;
                     site.site.spawn(leader).expect("restart");
-                    killed = Some((done_steps(job), AGENTS[leader].0));
+                    killed = Some((done_steps(job), site.site.name(leader)));
                 }
             }
             assert!(tokio::time::Instant::now() < deadline, "job {id} stalled");
@@ -176,10 +176,10 @@ async fn a_job_survives_a_full_cluster_restart() {
         assert!(tokio::time::Instant::now() < deadline, "the job stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for slot in 0..AGENTS.len() {
+    for slot in 0..site.site.agents.len() {
         site.site.kill(slot).await;
     }
-    for slot in 0..AGENTS.len() {
+    for slot in 0..site.site.agents.len() {
         site.site.spawn(slot).expect("restart");
     }
     let end = site.wait_ended(id, JOB_WITHIN).await;
@@ -210,7 +210,7 @@ async fn a_lost_reply_is_resolved_by_asking_not_by_doing_it_again() {
     let old = site.site.leader().await.expect("leader");
     site.site.signal(old, "STOP").unwrap();
     // A new leader among the others.
-    let others: Vec<usize> = (0..AGENTS.len()).filter(|s| *s != old).collect();
+    let others: Vec<usize> = (0..site.site.agents.len()).filter(|s| *s != old).collect();
     let new = loop {
         let client = stillpoint_node::Client::new(site.site.endpoints[others[0]].clone());
         if let Ok(s) = client
@@ -315,7 +315,9 @@ async fn a_deposed_leaders_late_step_is_refused() {
     let StepCall::Quiesce { volume, .. } = &q2.call else {
         unreachable!()
     };
-    let slot = AGENTS.iter().position(|(n, _)| *n == volume.node).unwrap();
+    let slot = (0..site.site.agents.len())
+        .find(|s| site.site.name(*s) == volume.node)
+        .unwrap();
     let refused = stillpoint_node::driver::execute_once(&site.site.endpoints[slot], &order).await;
     let why = refused.expect_err("a step under a deposed leader's term was executed");
     assert!(

@@ -29,7 +29,7 @@ use stillpoint_proto::cluster::{QueryRequest, StatusRequest};
 
 use crate::error::NodeError;
 use crate::output::OutputFormat;
-use site::{AGENTS, LocalSite, SiteLayout};
+use site::{LocalSite, SiteLayout};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -73,12 +73,18 @@ pub async fn run(args: DemoArgs) -> Result<(), NodeError> {
             println!("{line}");
         }
     };
+    let layout = SiteLayout::spread(2);
     eprintln!(
         "starting software array A1 and agents {} as processes on loopback (data and logs in {}) ...",
-        AGENTS.map(|(n, _)| n).join(", "),
+        layout
+            .agents()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         dir.display()
     );
-    let site = LocalSite::start(&bin, &dir, SiteLayout::spread(2)).await?;
+    let site = LocalSite::start(&bin, &dir, layout).await?;
     let outcome = drive(site, &dir, &args, &say).await;
     if let Err(e) = &outcome {
         eprintln!("the demo failed: {e}\nagent logs are in {}", dir.display());
@@ -267,7 +273,7 @@ async fn follow(
                     site.kill(leader).await;
                     say(format!(
                         "          >>> SIGKILL the leader's agent ({}) inside the freeze window; restarting it",
-                        AGENTS[leader].0
+                        site.name(leader)
                     ));
                     site.spawn(leader)?;
                     kill = None;

@@ -1,7 +1,8 @@
-//! A local site of processes, for the demo and the job tests: the software array `A1` and four
-//! agents — `mgmt1` (management, control path to A1), `db1` and `db2` (business), `backup1`
-//! (backup) — each a child process of the `stillpoint` binary on loopback with its own config,
-//! data dir and log file under one dir. All four agents are voters.
+//! A local site of processes, for the demo, the job tests and benches: the software array `A1`
+//! and agents `mgmt1` (management, control path to A1), `db1`..`dbN` (business; two unless
+//! the layout says otherwise) and `backup1` (backup) — each a child process of the
+//! `stillpoint` binary on loopback with its own config, data dir and log file under one dir.
+//! Every agent is a voter.
 //!
 //! Every MV carries the sim file system with a workload application (`app<N>`) that writes
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
@@ -21,17 +22,11 @@ use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
 use crate::volumes::ArrayLdDevice;
 
-/// The agents, by slot: name and role.
-pub const AGENTS: [(&str, &str); 4] = [
-    ("mgmt1", "management"),
-    ("db1", "business"),
-    ("db2", "business"),
-    ("backup1", "backup"),
-];
+/// Slots of the agents every layout has; `backup1` comes after the business nodes
+/// ([`SiteLayout::backup_slot`]).
 pub const MGMT1: usize = 0;
 pub const DB1: usize = 1;
 pub const DB2: usize = 2;
-pub const BACKUP1: usize = 3;
 
 /// One pair of the site's group: its MV on a business node, its RV on `backup1`.
 #[derive(Clone, Debug)]
@@ -56,17 +51,26 @@ pub struct SiteLayout {
     pub ld_bytes: u64,
     /// Raft timings (`[raft]` body) of every agent.
     pub raft_toml: String,
+    /// Business nodes `db1`..`dbN`.
+    pub business_nodes: usize,
 }
 
 impl SiteLayout {
     /// `n` pairs spread over db1 and db2 (pair `i` on db1 when `i` is even), LDs `2i` (MV) and
     /// `2i + 1` (RV).
     pub fn spread(n: u32) -> SiteLayout {
+        SiteLayout::spread_over(n, 2)
+    }
+
+    /// `n` pairs spread over `nodes` business nodes in turn.
+    pub fn spread_over(n: u32, nodes: usize) -> SiteLayout {
+        let nodes = nodes.max(1);
         SiteLayout {
+            business_nodes: nodes,
             pairs: (0..n)
                 .map(|i| PairLayout {
                     pair: format!("p{i}"),
-                    mv_node: if i % 2 == 0 { DB1 } else { DB2 },
+                    mv_node: DB1 + i as usize % nodes,
                     mv_volume: format!("mv{i}"),
                     mv_ld: 2 * i,
                     rv_volume: format!("rv{i}"),
@@ -78,6 +82,27 @@ impl SiteLayout {
             ld_bytes: 4 * 1024 * 1024,
             raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
         }
+    }
+
+    /// Every agent by slot: name and role.
+    pub fn agents(&self) -> Vec<(String, &'static str)> {
+        let mut agents = vec![("mgmt1".to_string(), "management")];
+        agents.extend((1..=self.business_nodes).map(|i| (format!("db{i}"), "business")));
+        agents.push(("backup1".to_string(), "backup"));
+        agents
+    }
+
+    /// The backup node's slot.
+    pub fn backup_slot(&self) -> usize {
+        self.business_nodes + 1
+    }
+
+    /// The name of the agent in `slot`.
+    pub fn name(&self, slot: usize) -> String {
+        self.agents()
+            .get(slot)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
     }
 
     fn array_toml(&self, dir: &Path, address: &str) -> String {
@@ -92,7 +117,7 @@ impl SiteLayout {
                 p.mv_ld,
                 p.mv_ld,
                 self.ld_bytes,
-                AGENTS[p.mv_node].0,
+                self.name(p.mv_node),
                 p.rv_ld,
                 p.rv_ld,
                 self.ld_bytes
@@ -108,10 +133,13 @@ impl SiteLayout {
             if p.mv_node == slot {
                 text += &format!(
                     "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/{}/{}\"\nstop = {{ app = \"app{i}\" }}\nstart = {{ app = \"app{i}\" }}\n",
-                    p.mv_volume, p.mv_ld, AGENTS[slot].0, p.mv_volume
+                    p.mv_volume,
+                    p.mv_ld,
+                    self.name(slot),
+                    p.mv_volume
                 );
             }
-            if slot == BACKUP1 {
+            if slot == self.backup_slot() {
                 text += &format!(
                     "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/backup1/{}\"\n",
                     p.rv_volume, p.rv_ld, p.rv_volume
@@ -132,7 +160,7 @@ impl SiteLayout {
                 p.pair,
                 p.mv_ld,
                 p.rv_ld,
-                AGENTS[p.mv_node].0,
+                self.name(p.mv_node),
                 p.mv_volume,
                 p.mv_ld,
                 p.rv_volume,
@@ -144,7 +172,7 @@ impl SiteLayout {
             text += &format!(
                 "[[groups.members]]\npair = \"{}\"\nmv = \"{}:{}\"\nrv = \"backup1:{}\"\nquiesce = \"{}\"\nquiesce_ms_max = {}\n",
                 p.pair,
-                AGENTS[p.mv_node].0,
+                self.name(p.mv_node),
                 p.mv_volume,
                 p.rv_volume,
                 self.quiesce,
@@ -229,10 +257,10 @@ impl LocalSite {
         let remote = site.connect_array().await?;
         drop(remote);
         for p in site.layout.pairs.clone() {
-            let device = ArrayLdDevice::new(&site.array_endpoint(), p.mv_ld, AGENTS[p.mv_node].0);
+            let device = ArrayLdDevice::new(&site.array_endpoint(), p.mv_ld, &site.name(p.mv_node));
             stillpoint_host::SimBackend::format(&device).await?;
         }
-        for (slot, (name, role)) in AGENTS.iter().enumerate() {
+        for (slot, (name, role)) in site.layout.agents().into_iter().enumerate() {
             let address = free_loopback_address().await?;
             let host = if slot == MGMT1 {
                 String::new()
@@ -254,7 +282,7 @@ impl LocalSite {
             site.agents.push(None);
             site.started.push(false);
         }
-        for slot in 0..AGENTS.len() {
+        for slot in 0..site.agents.len() {
             site.spawn(slot)?;
         }
         let client = crate::Client::new(site.endpoints[0].clone());
@@ -279,6 +307,7 @@ impl LocalSite {
         })
         .await?;
         let probe = crate::Client::new(site.endpoints[0].clone());
+        let count = site.agents.len();
         crate::wait::until("every agent to register", FORM_TIMEOUT, || {
             let probe = probe.clone();
             async move {
@@ -293,7 +322,7 @@ impl LocalSite {
                     .await
                     .ok()?;
                 let nodes: serde_json::Value = serde_json::from_slice(&reply.json).ok()?;
-                (nodes.as_object()?.len() == AGENTS.len()).then_some(())
+                (nodes.as_object()?.len() == count).then_some(())
             }
         })
         .await?;
@@ -319,8 +348,13 @@ impl LocalSite {
         .await
     }
 
+    /// The name of the agent in `slot`.
+    pub fn name(&self, slot: usize) -> String {
+        self.layout.name(slot)
+    }
+
     pub fn log_path(&self, slot: usize) -> PathBuf {
-        self.dir.join(format!("{}.log", AGENTS[slot].0))
+        self.dir.join(format!("{}.log", self.name(slot)))
     }
 
     /// Starts agent `slot` (again: without `--new` after its first start).
@@ -340,7 +374,7 @@ impl LocalSite {
             .stderr(log_file(&self.log_path(slot))?)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| NodeError::Invalid(format!("cannot start {}: {e}", AGENTS[slot].0)))?;
+            .map_err(|e| NodeError::Invalid(format!("cannot start {}: {e}", self.name(slot))))?;
         self.started[slot] = true;
         self.agents[slot] = Some(child);
         Ok(())
@@ -357,7 +391,7 @@ impl LocalSite {
     pub fn signal(&self, slot: usize, signal: &str) -> Result<(), NodeError> {
         let pid = self
             .pid(slot)
-            .ok_or_else(|| NodeError::Invalid(format!("{} is not running", AGENTS[slot].0)))?;
+            .ok_or_else(|| NodeError::Invalid(format!("{} is not running", self.name(slot))))?;
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &pid.to_string()])
             .status()
@@ -375,7 +409,7 @@ impl LocalSite {
 
     /// A client that follows the leader from any running agent.
     pub fn client(&self) -> crate::Client {
-        let slot = (0..AGENTS.len())
+        let slot = (0..self.agents.len())
             .find(|s| self.agents[*s].is_some())
             .unwrap_or(0);
         crate::Client::new(self.endpoints[slot].clone())

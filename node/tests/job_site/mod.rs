@@ -11,7 +11,7 @@ use std::time::Duration;
 mod common;
 pub use common::{BIN, WAIT, stderr, stillpoint};
 
-pub use stillpoint_node::demo::site::{AGENTS, BACKUP1, DB1, DB2, LocalSite, MGMT1, SiteLayout};
+pub use stillpoint_node::demo::site::{DB1, DB2, LocalSite, MGMT1, SiteLayout};
 
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::job::{CopyLabel, Job, JobEnd, JobKind, JobState};
@@ -133,13 +133,13 @@ impl JobSite {
 
     /// The tail of every agent's log, for a failure message.
     pub fn logs(&self) -> String {
-        (0..AGENTS.len())
+        (0..self.site.agents.len())
             .map(|s| {
                 let log = std::fs::read_to_string(self.site.log_path(s)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 format!(
                     "--- {} (last 40 lines) ---\n{}",
-                    AGENTS[s].0,
+                    self.site.name(s),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             })
@@ -169,14 +169,14 @@ impl JobSite {
     /// MVs still quiesced on their (running) hosts.
     pub async fn quiesced_mvs(&self) -> Vec<String> {
         let mut held = Vec::new();
-        for slot in [DB1, DB2] {
+        for slot in DB1..self.site.layout.backup_slot() {
             if self.site.agents[slot].is_none() {
                 continue;
             }
             if let Ok(q) = self.site.host(slot).expect("host").quiesces().await {
                 held.extend(
                     q.into_iter()
-                        .map(|q| format!("{}:{}", AGENTS[slot].0, q.volume)),
+                        .map(|q| format!("{}:{}", self.site.name(slot), q.volume)),
                 );
             }
         }
