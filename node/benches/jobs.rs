@@ -1,0 +1,251 @@
+//! Job benchmarks on a local site of `stillpoint` processes (array + agents on loopback, the
+//! same site as the job tests):
+//!
+//! 1. **Freeze window** through the cluster vs the same quiesce → separate → release run
+//!    directly against the same host agents and array, for 1 pair on 1 business node and 8
+//!    pairs on 4 business nodes. Through the cluster, the window is what the leader recorded:
+//!    from the first quiesce it sent to the last release it heard back (the final round); run
+//!    directly, from sending the quiesces to the last release reply, with every call of a
+//!    phase sent at once, as the driver does. The overhead is the difference of the medians
+//!    (and of the p99s).
+//! 2. **Job resumption** after the leader's agent is SIGKILLed in the middle of a job: from
+//!    the kill to the first step the new leader sends (its dispatch time in the log).
+//!
+//! Run: `cargo bench -p stillpoint-node --bench jobs`. `STILLPOINT_BENCH_RUNS` (default 50)
+//! runs per freeze-window configuration and method, `STILLPOINT_BENCH_KILLS` (default 20)
+//! kills. Raft timings are the site's: heartbeat 100 ms, election timeout 300–500 ms.
+//! Bounded: every job waits at most 3 minutes.
+
+#[path = "../tests/job_site/mod.rs"]
+mod job_site;
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use job_site::*;
+use stillpoint_array::{Array, LdRef, PairId, ReplicateOptions, SeparateOptions};
+use stillpoint_coordinator::job::{Job, StepCall, StepState};
+use stillpoint_host::{Host, QuiesceMode, QuiesceRequest};
+
+const JOB_WITHIN: Duration = Duration::from_secs(180);
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&v, 0.5), percentile(&v, 0.99));
+    println!(
+        "{name}: n={} min={:.1} ms p50={p50:.1} ms p99={p99:.1} ms max={:.1} ms",
+        v.len(),
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+    (p50, p99)
+}
+
+/// The freeze window of the job's last round as the leader recorded it, in ms.
+fn recorded_window_ms(job: &Job) -> Option<f64> {
+    let last = |call: fn(&StepCall) -> bool, pick: fn(&StepState) -> bool| -> Vec<u64> {
+        job.steps
+            .iter()
+            .filter(|s| call(&s.call))
+            .filter_map(|s| s.history.iter().rev().find(|e| pick(&e.state)))
+            .map(|e| e.at_ms)
+            .collect()
+    };
+    let sent = last(
+        |c| matches!(c, StepCall::Quiesce { .. }),
+        |s| matches!(s, StepState::Dispatched { .. }),
+    );
+    let released = last(
+        |c| matches!(c, StepCall::Release { .. }),
+        |s| matches!(s, StepState::Done { .. }),
+    );
+    Some((*released.iter().max()? as f64) - (*sent.iter().min()? as f64))
+}
+
+fn pair_id(mv: u32, rv: u32) -> PairId {
+    let ld = |ld| LdRef {
+        array: "A1".into(),
+        ld,
+    };
+    PairId {
+        mv: ld(mv),
+        rv: ld(rv),
+    }
+}
+
+/// One freeze window run by hand: free the RVs and bring every pair to sync (not timed), then
+/// quiesce every MV at once, separate every pair at once, release every MV at once (timed).
+async fn direct_window_ms(site: &JobSite) -> f64 {
+    let s = &site.site;
+    let array = s.connect_array().await.expect("array");
+    let backup = s.host(s.layout.backup_slot()).expect("host");
+    for p in &s.layout.pairs {
+        let _ = backup.unmount(&p.rv_volume, false).await;
+        array
+            .replicate(
+                &pair_id(p.mv_ld, p.rv_ld),
+                &ReplicateOptions {
+                    wait_timeout_ms: Some(60_000),
+                    ..ReplicateOptions::default()
+                },
+            )
+            .await
+            .expect("replicate");
+    }
+    let hosts: Vec<_> = s
+        .layout
+        .pairs
+        .iter()
+        .map(|p| (s.host(p.mv_node).expect("host"), p.clone()))
+        .collect();
+    let start = Instant::now();
+    let mode = if s.layout.quiesce == "freeze" {
+        QuiesceMode::Freeze
+    } else {
+        QuiesceMode::Unmount
+    };
+    let quiesces = join_all(hosts.iter().map(|(h, p)| async move {
+        let request = QuiesceRequest {
+            volume: p.mv_volume.clone(),
+            mode,
+            limit_ms: Some(s.layout.quiesce_ms_max),
+            owner: "bench".into(),
+        };
+        h.quiesce(&request).await
+    }))
+    .await;
+    let separates = join_all(s.layout.pairs.iter().map(|p| {
+        let array = &array;
+        async move {
+            array
+                .separate(&pair_id(p.mv_ld, p.rv_ld), &SeparateOptions::default())
+                .await
+        }
+    }))
+    .await;
+    let releases = join_all(hosts.iter().zip(&quiesces).map(|((h, p), q)| {
+        let id = q.as_ref().ok().map(|q| q.quiesce_id);
+        h.release(&p.mv_volume, id)
+    }))
+    .await;
+    let elapsed = start.elapsed().as_secs_f64() * 1e3;
+    for r in quiesces
+        .iter()
+        .map(|q| q.as_ref().map(|_| ()).map_err(|e| e.to_string()))
+    {
+        r.expect("quiesce");
+    }
+    for r in separates {
+        r.expect("separate");
+    }
+    for r in releases {
+        r.expect("release");
+    }
+    elapsed
+}
+
+async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
+    println!(
+        "--- freeze window, {pairs} pair(s) on {nodes} business node(s), {runs} runs each ---"
+    );
+    let site = JobSite::start(SiteLayout::spread_over(pairs, nodes)).await;
+    let (mut cluster, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let id = site.submit_backup().await;
+        site.wait_ended(id, JOB_WITHIN).await;
+        let job = site.job(id).await.expect("job");
+        if let Some(w) = recorded_window_ms(&job) {
+            cluster.push(w);
+        }
+        direct.push(direct_window_ms(&site).await);
+    }
+    let (c50, c99) = summary("  through the cluster", cluster);
+    let (d50, d99) = summary("  direct             ", direct);
+    println!(
+        "  overhead: p50 {:.1} ms, p99 {:.1} ms (target p50 <= 3 ms: {})",
+        c50 - d50,
+        c99 - d99,
+        if c50 - d50 <= 3.0 { "met" } else { "NOT met" }
+    );
+    site.site.stop().await;
+}
+
+async fn resumption(kills: usize) {
+    println!("--- job resumption after a leader SIGKILL, {kills} kills ---");
+    let mut site = JobSite::start(SiteLayout::spread(3)).await;
+    let mut samples = Vec::new();
+    for _ in 0..kills {
+        let id = site.submit_backup().await;
+        // Kill once the RVs are free: replicates, the freeze window and the rest are ahead.
+        let deadline = Instant::now() + JOB_WITHIN;
+        loop {
+            let job = site.job(id).await.expect("job");
+            let freed = job
+                .steps
+                .iter()
+                .filter(|s| matches!(s.call, StepCall::FreeRv { .. }))
+                .all(|s| matches!(s.state, StepState::Done { .. }));
+            if freed || job.is_ended() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let leader = site.site.leader().await.expect("leader");
+        let killed_at_ms = stillpoint_node::agent::now_ms();
+        site.site.kill(leader).await;
+        site.site.spawn(leader).expect("restart");
+        site.wait_ended(id, JOB_WITHIN).await;
+        let job = site.job(id).await.expect("job");
+        let old_term = job.takeover_term.unwrap_or(0);
+        let first_new = job
+            .steps
+            .iter()
+            .flat_map(|s| s.history.iter())
+            .filter(|e| e.at_ms >= killed_at_ms)
+            .filter_map(|e| match &e.state {
+                StepState::Dispatched { token, .. } if token.term >= old_term => Some(e.at_ms),
+                _ => None,
+            })
+            .min();
+        match first_new {
+            Some(at) => samples.push((at - killed_at_ms) as f64),
+            None => println!("  (job {id} ended without a step sent after the kill)"),
+        }
+    }
+    let (_, p99) = summary("  kill -> next step dispatched", samples);
+    println!(
+        "  target p99 <= 1500 ms: {}",
+        if p99 <= 1500.0 { "met" } else { "NOT met" }
+    );
+    site.site.stop().await;
+}
+
+fn main() {
+    let runs = env_count("STILLPOINT_BENCH_RUNS", 50);
+    let kills = env_count("STILLPOINT_BENCH_KILLS", 20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        freeze_window(1, 1, runs).await;
+        freeze_window(8, 4, runs).await;
+        resumption(kills).await;
+    });
+}
