@@ -6,7 +6,7 @@
 //! one-pair backup jobs to their end through `decide` with an executor that succeeds at once,
 //! each event applied as its own log entry. At each size it prints the latency of applying a
 //! job submission and of a step event (p50/p99 over `STILLPOINT_BENCH_SAMPLES` samples, default
-//! 2000), the process's resident memory, the snapshot's size and build time, and the data
+//! 2000), the process's resident memory, the snapshot's size and build time, how long the build holds the state's lock (its copy), and the data
 //! dir's size after the snapshot.
 
 use std::path::Path;
@@ -257,7 +257,7 @@ fn main() {
             "apply cost against history: one-pair backup jobs, each event its own entry, {samples} samples per size"
         );
         println!(
-            "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9} {:>13} {:>11} {:>11}",
+            "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9} {:>13} {:>11} {:>9} {:>11}",
             "history",
             "submit p50",
             "submit p99",
@@ -266,6 +266,7 @@ fn main() {
             "RSS MiB",
             "snapshot MiB",
             "build ms",
+            "lock ms",
             "dir MiB"
         );
         let mut now_ms = 1_000;
@@ -282,13 +283,18 @@ fn main() {
                 submits.push(s);
                 events.extend(e);
             }
+            // What a snapshot holds the state's lock for: the copy it encodes afterwards.
+            let locked = Instant::now();
+            let copy = log.sm.read(|s| s.clone());
+            let lock = locked.elapsed();
+            drop(copy);
             let mut builder = log.sm.get_snapshot_builder().await;
             let started = Instant::now();
             let snapshot = builder.build_snapshot().await.expect("snapshot");
             let build = started.elapsed();
             let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
             println!(
-                "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9.1} {:>13.1} {:>11.0} {:>11.1}",
+                "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9.1} {:>13.1} {:>11.0} {:>9.1} {:>11.1}",
                 size,
                 us(percentile(&mut submits, 0.5)),
                 us(percentile(&mut submits, 0.99)),
@@ -297,6 +303,7 @@ fn main() {
                 rss_mib(),
                 snapshot.snapshot.get_ref().len() as f64 / (1 << 20) as f64,
                 build.as_secs_f64() * 1e3,
+                lock.as_secs_f64() * 1e3,
                 dir_bytes(dir.path()) as f64 / (1 << 20) as f64,
             );
         }
