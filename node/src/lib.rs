@@ -15,8 +15,14 @@
 //! - [`deadlines`]: how long each request may take on the agent and in the client.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
 //! - [`site`]: the site file (`site.toml`) into the replicated inventory; `apply`, `inventory show`.
+//! - [`driver`]: on the leader only, moves every unfinished job forward: performs what the
+//!   coordinator's pure `decide` says (send a step, ask about a step, record an event), applies
+//!   each event to its own copy at once and proposes it behind, in order; takes jobs over with
+//!   probes after a leader change.
+//! - [`demo`]: `stillpoint demo`, a local site of processes (array and agents) running a
+//!   backup job through a leader kill; its [`demo::site`] is also the job tests' site.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
-//! - [`cli`], [`demo`], [`status`], [`output`]: the command line.
+//! - [`cli`], [`status`], [`output`]: the command line.
 //!
 //! ## Startup order, and why
 //! The listen address is bound before the data dir is opened, so "port in use" touches nothing
