@@ -230,7 +230,7 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 impl LocalSite {
     /// Writes every config under `dir`, starts the array (formatting each MV with the sim file
     /// system) and the agents; forms the cluster. The pairs are not set: that is `group
-    /// prepare`'s job (or [`LocalSite::set_pairs`]).
+    /// prepare`'s job.
     pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
         let array_address = free_loopback_address().await?;
         let array_cfg = dir.join("array.toml");
