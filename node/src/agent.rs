@@ -254,7 +254,9 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         cluster_id,
         config.data_dir.clone(),
     ));
-    let host = crate::volumes::start(&config, &store).await?;
+    // One journal for the agent: the host half's quiesces and the step executor's records.
+    let journal = store.journal().map_err(stillpoint_host::HostError::from)?;
+    let host = crate::volumes::start(&config, journal.clone()).await?;
     let log_store = store.log_store::<TypeConfig>()?;
     let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
     let raft_config = Arc::new(config.openraft_config()?);
@@ -285,6 +287,11 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     let cluster = ClusterServer::new(ClusterService::new(context.clone()))
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
+    let executor = crate::executor::Executor::new(
+        context.clone(),
+        journal,
+        host.clone().map(|h| h as Arc<dyn stillpoint_host::Host>),
+    );
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -293,6 +300,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
             ))
             .add_service(peer)
             .add_service(cluster)
+            .add_service(executor.into_server())
             .add_optional_service(
                 host.clone()
                     .map(|h| stillpoint_host::HostService::new(h).into_server()),
