@@ -139,6 +139,8 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// The host half, when `[host]` is configured (its watchdogs live as long as it does).
     pub host: Option<Arc<stillpoint_host::Agent>>,
+    /// The step executor this agent serves.
+    pub executor: Arc<crate::executor::Executor>,
     shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     registration: JoinHandle<()>,
@@ -156,6 +158,9 @@ impl RunningAgent {
     /// Resumes every volume this agent holds quiesced, then stops serving, stops raft and
     /// flushes the data dir.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        // Steps cut short now are reported interrupted after the restart (their records say
+        // begun, no outcome); ending them first lets nothing act on a volume being resumed.
+        self.executor.stop();
         if let Some(host) = &self.host {
             resume_before_exit(host.as_ref()).await;
         }
@@ -300,7 +305,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
             ))
             .add_service(peer)
             .add_service(cluster)
-            .add_service(executor.into_server())
+            .add_service(executor.clone().into_server())
             .add_optional_service(
                 host.clone()
                     .map(|h| stillpoint_host::HostService::new(h).into_server()),
@@ -319,6 +324,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         context,
         local_addr,
         host,
+        executor,
         shutdown_tx,
         server,
         registration,

@@ -84,6 +84,16 @@ impl Site {
         db1.run_hook("data", HookKind::Start).await.unwrap();
     }
 
+    /// Stops agent `i` gracefully and starts it again on its data dir and address.
+    async fn restart(&mut self, i: usize) {
+        let agent = self.agents.remove(i);
+        let config = agent.context.config.clone();
+        agent.shutdown().await.unwrap();
+        let listener = stillpoint_node::agent::bind(&config).await.unwrap();
+        let agent = stillpoint_node::start(config, listener).await.unwrap();
+        self.agents.insert(i, agent);
+    }
+
     async fn stop(self) {
         for a in self.agents {
             a.shutdown().await.unwrap();
@@ -472,5 +482,59 @@ async fn a_release_after_the_quiesce_expired_reports_it_did_not_hold() {
             held_throughout: false
         }
     );
+    site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cut_short_by_an_agent_restart_is_reported_interrupted_not_run_again() {
+    let mut site = Site::start().await;
+    // Above any term an election during the restart may reach on a quiet loopback cluster.
+    let term = site.term() + 5;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("started");
+    let script = format!("echo started >> {}; sleep 30", file.display());
+    let token = tok(term, 30, 0, 1);
+    let mut long = order(
+        token,
+        StepCall::RunBackup {
+            command: vec!["sh".into(), "-c".into(), script],
+            timeout_ms: 60_000,
+        },
+    );
+    long.reply_within_ms = 50;
+    assert_eq!(
+        execute(&site.addr(2), &long).await.unwrap(),
+        Finding::Running { token }
+    );
+    poll("the backup command to start", || async {
+        file.exists().then_some(())
+    })
+    .await;
+    site.restart(2).await;
+    let backup1 = site.addr(2);
+    // The same order again: begun, no outcome, nobody runs it now. Not run a second time.
+    long.reply_within_ms = 30_000;
+    let again = poll("the restarted agent to answer", || async {
+        execute(&backup1, &long).await.ok()
+    })
+    .await;
+    assert_eq!(
+        again,
+        Finding::Interrupted {
+            token,
+            observed: None
+        }
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "started\n");
+    // A probe says the same (and fences the token).
+    let p = probe_order(&long, token);
+    assert_eq!(
+        probe(&backup1, &p).await.unwrap(),
+        Finding::Interrupted {
+            token,
+            observed: None
+        }
+    );
+    assert_refused(execute(&backup1, &long).await, "fenced");
     site.stop().await;
 }

@@ -50,6 +50,7 @@ pub mod client;
 pub mod host_steps;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -116,6 +117,10 @@ pub struct Executor {
     arrays: StdMutex<HashMap<String, RemoteArray>>,
     /// Tokens being begun or run in this process, with the channel their outcome arrives on.
     running: Claims,
+    /// The tasks running steps, to end them when the agent stops.
+    tasks: StdMutex<HashMap<FencingToken, tokio::task::AbortHandle>>,
+    /// Set by [`Executor::stop`]: no new step begins.
+    stopped: AtomicBool,
 }
 
 /// Removes a token's claim when its holder (a begin that did not start, or the step's task)
@@ -128,6 +133,7 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         lock(&self.exec.running).remove(&self.token);
+        lock(&self.exec.tasks).remove(&self.token);
     }
 }
 
@@ -163,6 +169,8 @@ impl Executor {
             host,
             arrays: StdMutex::new(HashMap::new()),
             running: StdMutex::new(HashMap::new()),
+            tasks: StdMutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -304,9 +312,32 @@ impl Executor {
         })
     }
 
+    /// Ends every step running in this process (the agent is stopping): their records stay
+    /// `Started`, so after the restart they are reported `Interrupted` with their target's
+    /// state. A backup command is killed with its task. No new step begins afterwards.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = lock(&self.tasks).drain().collect();
+        for (token, task) in tasks {
+            tracing::warn!(
+                job = token.job_id,
+                step = token.step_index,
+                attempt = token.attempt,
+                "the agent is stopping: the step is cut short and will be reported interrupted"
+            );
+            task.abort();
+        }
+    }
+
     /// `Execute`: see the module essay.
     pub async fn execute(self: &Arc<Self>, order: StepOrder) -> Result<Finding, Status> {
         let token = order.dispatch.token;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "agent {} is stopping: send the step again once it is back",
+                self.ctx.config.name
+            )));
+        }
         if token.step_index != order.dispatch.step {
             return Err(Status::invalid_argument(format!(
                 "the token is for step {}, the order for step {}",
@@ -342,7 +373,12 @@ impl Executor {
                 }
                 StepBegin::Started(_) => {
                     let rx = tx.subscribe();
-                    tokio::spawn(self.clone().run(order, tx, claim));
+                    {
+                        // Under the lock the task's end takes to remove itself: no stale handle.
+                        let mut tasks = lock(&self.tasks);
+                        let task = tokio::spawn(self.clone().run(order, tx, claim));
+                        tasks.insert(token, task.abort_handle());
+                    }
                     return match Self::await_end(token, rx, wait).await {
                         Some(reply) => reply,
                         None => Err(Status::internal(
