@@ -274,6 +274,12 @@ async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_fr
 
     let separate = order(t(4), StepCall::Separate { pair: "p0".into() });
     assert_eq!(done(&db1, &separate).await, StepResult::SeparateAccepted);
+    // A later attempt of an accepted separate reports it (the array is not asked again).
+    let separate_again = order(tok(term, 1, 4, 2), StepCall::Separate { pair: "p0".into() });
+    assert_eq!(
+        done(&site.addr(0), &separate_again).await,
+        StepResult::SeparateAccepted
+    );
     let mut release = order(
         t(5),
         StepCall::Release {
@@ -321,6 +327,15 @@ async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_fr
         "the RV copy is not consistent: {}",
         check.output
     );
+    // Mounted again through a check-first mount: clean, so nothing to repair.
+    let mut checked_mount = order(t(9), StepCall::MountRv { volume: rv.clone() });
+    checked_mount.dispatch.check_first = true;
+    assert_eq!(
+        done(&backup1, &checked_mount).await,
+        StepResult::RvMounted { repaired: false }
+    );
+    let info = site.host(2).volume("rv").await.unwrap();
+    assert!(info.mounted_at.is_some(), "{info:?}");
     site.stop().await;
 }
 
@@ -437,6 +452,22 @@ async fn stale_fenced_and_out_of_term_tokens_are_refused_and_a_probe_reports_wha
         .await,
         &format!("job {job}"),
     );
+    // A hooks-only quiesce is not executed yet, and says so.
+    let hooks_only = order(
+        tok(term + 2, 15, 0, 1),
+        StepCall::Quiesce {
+            volume: vol("db1", "data"),
+            method: QuiesceMethod::HooksOnly,
+            limit_ms: 10_000,
+        },
+    );
+    match execute(&site.addr(1), &hooks_only).await.unwrap() {
+        Finding::Finished {
+            outcome: Err(reason),
+            ..
+        } => assert!(reason.contains("not supported"), "{reason}"),
+        other => panic!("a hooks-only quiesce: {other:?}"),
+    }
     // A step for another node is refused, naming it.
     assert_refused(
         execute(&site.addr(1), &free(tok(term + 2, 14, 0, 1))).await,
