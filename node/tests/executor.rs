@@ -8,11 +8,11 @@ use stillpoint_array::{Array, RemoteArray};
 use stillpoint_coordinator::inventory::{
     CopyControl, LdRef, PairSpec, QuiesceMethod, ReplicationKind, VolumeRef,
 };
-use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder};
+use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder, quiesce_owner};
 use stillpoint_coordinator::job::{
-    Dispatch, FencingToken, Finding, StepCall, StepResult, StepTarget,
+    Dispatch, FencingToken, Finding, Observed, PairSync, StepCall, StepResult, StepTarget,
 };
-use stillpoint_host::{HookKind, Host, MountIdentity, MountRequest};
+use stillpoint_host::{HookKind, Host, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
 use stillpoint_node::demo::{DemoArray, start_local_cluster};
 use stillpoint_node::executor::client::{execute, probe};
 use stillpoint_node::{NodeError, RunningAgent};
@@ -567,5 +567,128 @@ async fn a_step_cut_short_by_an_agent_restart_is_reported_interrupted_not_run_ag
         }
     );
     assert_refused(execute(&backup1, &long).await, "fenced");
+    site.stop().await;
+}
+
+/// What a crash between the journal's "begun" and the step's outcome leaves behind, recreated
+/// on a live agent: the record says begun, no task runs it, and the target shows (or not) the
+/// step's effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_shows() {
+    let site = Site::start().await;
+    site.run_business().await;
+    let array = RemoteArray::connect(&site.array.address).await.unwrap();
+    let id = stillpoint_node::executor::array_steps::pair_id(&pair());
+    array.pair_set(&id).await.unwrap();
+    // A new pair starts separated: bring it to sync, as the job's replicate does.
+    let synced = array
+        .replicate(
+            &id,
+            &stillpoint_array::ReplicateOptions {
+                wait_timeout_ms: Some(WAIT.as_millis() as u64),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(synced.state.sync, stillpoint_array::SyncState::RplSync);
+    let term = site.term() + 1;
+    let db1 = site.addr(1);
+    let mv = vol("db1", "data");
+    let begun = |i: usize, t: FencingToken, resource: &str| {
+        let journal = site.agents[i].executor.journal();
+        assert!(matches!(
+            journal.begin_step(t, Some(resource), 1).unwrap(),
+            stillpoint_storage::journal::StepBegin::Started(_)
+        ));
+    };
+
+    // A quiesce begun whose host holds the quiesce under that attempt's owner.
+    let q = tok(term, 40, 0, 1);
+    begun(1, q, "volume:db1:data");
+    let held = site
+        .host(1)
+        .quiesce(&QuiesceRequest {
+            volume: "data".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: Some(30_000),
+            owner: quiesce_owner(&q),
+        })
+        .await
+        .unwrap();
+    let quiesce = |t| {
+        order(
+            t,
+            StepCall::Quiesce {
+                volume: mv.clone(),
+                method: QuiesceMethod::Unmount,
+                limit_ms: 30_000,
+            },
+        )
+    };
+    let seen = Finding::Interrupted {
+        token: q,
+        observed: Some(Observed::Volume {
+            quiesce_id: Some(held.quiesce_id),
+        }),
+    };
+    assert_eq!(execute(&db1, &quiesce(q)).await.unwrap(), seen);
+    assert_eq!(
+        probe(&db1, &probe_order(&quiesce(q), q)).await.unwrap(),
+        seen
+    );
+    // Another attempt begun that took nothing: the host holds no quiesce of its owner.
+    let q2 = tok(term, 41, 0, 1);
+    begun(1, q2, "volume:db1:data");
+    assert_eq!(
+        probe(&db1, &probe_order(&quiesce(q2), q2)).await.unwrap(),
+        Finding::Interrupted {
+            token: q2,
+            observed: Some(Observed::Volume { quiesce_id: None })
+        }
+    );
+    site.host(1)
+        .release("data", Some(held.quiesce_id))
+        .await
+        .unwrap();
+
+    // A separate begun: whether it reached the array is what the pair shows.
+    let s = tok(term, 40, 1, 1);
+    let separate = order(s, StepCall::Separate { pair: "p0".into() });
+    begun(0, s, "pair:p0");
+    let before = probe(&site.addr(0), &probe_order(&separate, s))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            before,
+            Finding::Interrupted {
+                observed: Some(Observed::Pair {
+                    sync: PairSync::Replicating | PairSync::InSync
+                }),
+                ..
+            }
+        ),
+        "{before:?}"
+    );
+    array
+        .separate(&id, &stillpoint_array::SeparateOptions::default())
+        .await
+        .unwrap();
+    let after = probe(&site.addr(0), &probe_order(&separate, s))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            after,
+            Finding::Interrupted {
+                observed: Some(Observed::Pair {
+                    sync: PairSync::Separating | PairSync::Separated
+                }),
+                ..
+            }
+        ),
+        "{after:?}"
+    );
     site.stop().await;
 }

@@ -181,6 +181,12 @@ impl Executor {
             .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
     }
 
+    /// The agent's journal the executor records steps in (for inspection, and for tests that
+    /// recreate what a crash mid-step leaves behind).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     pub(crate) fn host(&self) -> Result<&Arc<dyn Host>, String> {
         self.host
             .as_ref()
