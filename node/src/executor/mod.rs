@@ -44,6 +44,10 @@
 //!   [`array_steps::ARRAY_WAIT_MS`], not by the step's own timeout, which the order does not
 //!   carry: past the driver's deadline a probe reports the step `Running`.
 //! - The RV mount does not start RV users (no hooks for that yet).
+//! - Step records, fences and term floors are kept for good in the journal (a few hundred
+//!   bytes per step); trimming them with the job history's retention is not built yet.
+//! - A probe answers `Running` while another request of the same token is between its begin
+//!   and its answer; the driver asks again.
 
 pub mod array_steps;
 pub mod client;
