@@ -139,6 +139,8 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// The host half, when `[host]` is configured (its watchdogs live as long as it does).
     pub host: Option<Arc<stillpoint_host::Agent>>,
+    /// The step executor this agent serves.
+    pub executor: Arc<crate::executor::Executor>,
     shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     registration: JoinHandle<()>,
@@ -158,6 +160,9 @@ impl RunningAgent {
     /// Resumes every volume this agent holds quiesced, then stops serving, stops raft and
     /// flushes the data dir.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        // Steps cut short now are reported interrupted after the restart (their records say
+        // begun, no outcome); ending them first lets nothing act on a volume being resumed.
+        self.executor.stop();
         if let Some(host) = &self.host {
             resume_before_exit(host.as_ref()).await;
         }
@@ -259,7 +264,9 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         cluster_id,
         config.data_dir.clone(),
     ));
-    let host = crate::volumes::start(&config, &store).await?;
+    // One journal for the agent: the host half's quiesces and the step executor's records.
+    let journal = store.journal().map_err(stillpoint_host::HostError::from)?;
+    let host = crate::volumes::start(&config, journal.clone()).await?;
     let log_store = store.log_store::<TypeConfig>()?;
     let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
     let raft_config = Arc::new(config.openraft_config()?);
@@ -290,6 +297,11 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     let cluster = ClusterServer::new(ClusterService::new(context.clone()))
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
+    let executor = crate::executor::Executor::new(
+        context.clone(),
+        journal,
+        host.clone().map(|h| h as Arc<dyn stillpoint_host::Host>),
+    );
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -298,6 +310,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
             ))
             .add_service(peer)
             .add_service(cluster)
+            .add_service(executor.clone().into_server())
             .add_optional_service(
                 host.clone()
                     .map(|h| stillpoint_host::HostService::new(h).into_server()),
@@ -317,6 +330,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         context,
         local_addr,
         host,
+        executor,
         shutdown_tx,
         server,
         registration,

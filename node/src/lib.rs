@@ -14,6 +14,10 @@
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
 //! - [`deadlines`]: how long each request may take on the agent and in the client.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
+//! - [`executor`]: the step executor every agent serves (`stillpoint.job.StepExecutor`): runs
+//!   the steps of jobs the leader's driver sends (host steps on its own host half, array steps
+//!   on the arrays of its `[[arrays]]`), fenced and journaled in the agent's one journal, and
+//!   answers probes; [`executor::client`] is the driver's side.
 //! - [`site`]: the site file (`site.toml`) into the replicated inventory; `apply`, `inventory show`.
 //! - [`driver`]: on the leader only, moves every unfinished job forward: performs what the
 //!   coordinator's pure `decide` says (send a step, ask about a step, record an event), applies
@@ -32,6 +36,14 @@
 //! to another node or cluster is refused with nothing written. The incarnation travels in the
 //! raft membership and in every peer message ([`peer`]), so a node that lost its data cannot
 //! vote or be counted under its old id.
+//!
+//! ## Steps of jobs, fenced (S6)
+//! The agent refuses a step whose token is from a term older than its own raft term, older
+//! than one it accepted for the same job or the same pair or volume, or fenced by a probe;
+//! it records the token durably before acting and the outcome before any reply shows it, so a
+//! re-sent token is answered from its journal and never executed twice, and a step cut short by
+//! a restart is reported `Interrupted` with what its target looks like now (see [`executor`]).
+//! The host half and the executor share one journal handle, opened once at start.
 //!
 //! ## When raft or its storage fails
 //! openraft stops its core on a fatal error (a failed or timed-out write to the data dir, a
@@ -60,6 +72,7 @@ pub mod deadlines;
 pub mod demo;
 pub mod driver;
 pub mod error;
+pub mod executor;
 pub mod output;
 pub mod peer;
 pub mod raft_health;

@@ -130,11 +130,13 @@ pub fn validate(config: &NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the host half of the agent, when `[host]` is configured. Sim volumes are attached in
-/// the background, with a bounded retry, so an array that starts after the agent is fine.
+/// Starts the host half of the agent, when `[host]` is configured, on `journal` (the agent's
+/// one journal, [`stillpoint_storage::Store::journal`], shared with the step executor). Sim
+/// volumes are attached in the background, with a bounded retry, so an array that starts after
+/// the agent is fine.
 pub async fn start(
     config: &NodeConfig,
-    store: &stillpoint_storage::Store,
+    journal: stillpoint_storage::journal::Journal,
 ) -> Result<Option<Arc<stillpoint_host::Agent>>, NodeError> {
     let Some(host) = config.host.clone() else {
         return Ok(None);
@@ -177,11 +179,6 @@ pub async fn start(
             Engine::Sim(sim)
         }
     };
-    let agent = stillpoint_host::Agent::start(
-        host,
-        store.journal().map_err(stillpoint_host::HostError::from)?,
-        engine,
-    )
-    .await?;
+    let agent = stillpoint_host::Agent::start(host, journal, engine).await?;
     Ok(Some(agent))
 }

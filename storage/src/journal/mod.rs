@@ -13,6 +13,12 @@
 //!   job this agent executed under which fencing token, and with what outcome. The step executor
 //!   uses them for idempotency (S6): a step already done under a token is answered from the
 //!   journal instead of being done twice, and a token older than one already seen is refused.
+//! - **Fences and term floors** (`journal/step-fences`, `journal/job-terms`,
+//!   `journal/resource-terms`): the newest token a probe asked about per step, and the newest
+//!   leader term seen per job and per resource (`pair:NAME`, `volume:NODE:VOLUME`). A deposed
+//!   leader's late send is refused because a newer term was already accepted for its job or
+//!   for what it acts on, or because the new leader asked about that step ([`Journal::fence_step`]);
+//!   the step code lives in `steps.rs`.
 //!
 //! Every write is made durable before the call returns: a quiesce taken without a record that
 //! outlives the agent would be a quiesce nobody resumes after a crash. A journal opened with
@@ -23,8 +29,9 @@
 //! the calling thread for the flush (sub-millisecond to a few ms on local disks, unbounded on
 //! a failing one): async callers run writes on the blocking pool under a timeout (the host
 //! agent does). [`Journal::begin_step`] checks and records in one sled transaction (over the
-//! step records and `journal/steps-latest`, the newest token begun per step), so two requests
-//! for the same step never both start it. A record that cannot be encoded is an error
+//! step records, `journal/steps-latest` — the newest token begun per step —, the fences and the
+//! term floors), so two requests for the same step never both start it and a refusal writes
+//! nothing. A record that cannot be encoded is an error
 //! ([`JournalError::Encode`]), never an empty value.
 //!
 //! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
@@ -33,6 +40,10 @@
 //! raft writes pending in the same database.
 
 use serde::{Deserialize, Serialize};
+
+mod steps;
+
+pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
 
 /// Tree holding one [`QuiesceRecord`] per quiesced volume.
 const QUIESCE_TREE: &str = "journal/quiesce";
@@ -43,6 +54,14 @@ const STEP_TREE: &str = "journal/steps";
 /// Tree holding the newest [`FencingToken`] begun per (job, step): the compare point that
 /// makes [`Journal::begin_step`] atomic.
 const STEP_LATEST_TREE: &str = "journal/steps-latest";
+/// Tree holding, per (job, step), the newest token a probe asked about: it and anything older
+/// of that step are refused from then on.
+const STEP_FENCE_TREE: &str = "journal/step-fences";
+/// Tree holding, per job, the newest leader term that sent or asked about any of its steps.
+const JOB_TERM_TREE: &str = "journal/job-terms";
+/// Tree holding, per resource (`pair:NAME`, `volume:NODE:VOLUME`), the newest term a step on it
+/// was begun in, whatever the job.
+const RESOURCE_TERM_TREE: &str = "journal/resource-terms";
 /// Tree holding [`ProcessRecord`]s (freeze guards, running hooks) keyed by pid.
 const PROCESS_TREE: &str = "journal/processes";
 /// Tree holding [`AttentionRecord`]s keyed by volume: outcomes an operator must acknowledge.
@@ -85,6 +104,37 @@ pub enum JournalError {
         attempt: u32,
         seen_term: u64,
         seen_attempt: u32,
+    },
+    /// The token's term is older than one this agent already accepted for the same job or the
+    /// same resource (`scope` says which): the sender was deposed by a newer leader, which now
+    /// drives the job (S6). Refuse; the sender stops sending and the current leader goes on.
+    #[error(
+        "stale term for job {job_id} step {step_index}: the token is from term {term}, but {scope} \
+         was already driven in term {floor_term}; the sender is a deposed leader: stop sending, \
+         the leader of term {floor_term} or newer drives the job (refused by S6)"
+    )]
+    StaleTerm {
+        job_id: u64,
+        step_index: u32,
+        term: u64,
+        scope: String,
+        floor_term: u64,
+    },
+    /// A probe asked about this token (or a later one of the step) and fenced it: the asker
+    /// settles the step from the probe's answer, so the token is never begun any more. Send the
+    /// step again under a new attempt if it still has to run.
+    #[error(
+        "fenced token for job {job_id} step {step_index}: term {term} attempt {attempt} is at or \
+         below term {fence_term} attempt {fence_attempt}, which a probe asked about; it is never \
+         begun now: send a new attempt if the step still has to run (refused by S6)"
+    )]
+    Fenced {
+        job_id: u64,
+        step_index: u32,
+        term: u64,
+        attempt: u32,
+        fence_term: u64,
+        fence_attempt: u32,
     },
 }
 
@@ -173,43 +223,6 @@ pub struct ProcessRecord {
     pub started_at_unix_ms: u64,
 }
 
-/// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
-/// (term, attempt): a higher term is a newer leader; within a term, a higher attempt is a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FencingToken {
-    pub term: u64,
-    pub job_id: u64,
-    pub step_index: u32,
-    pub attempt: u32,
-}
-
-impl FencingToken {
-    fn order(&self) -> (u64, u32) {
-        (self.term, self.attempt)
-    }
-}
-
-/// Where a step stands in this agent's journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StepOutcome {
-    /// Begun, no outcome recorded: the agent died or is still working. Resolve by inspecting
-    /// the host, never by assuming either way.
-    Started,
-    /// Finished; `detail` is the executor's own encoding of the result.
-    Done { detail: String },
-    /// Finished with an error the executor reported back.
-    Failed { reason: String },
-}
-
-/// One executed step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub token: FencingToken,
-    pub outcome: StepOutcome,
-    pub started_at_unix_ms: u64,
-    pub finished_at_unix_ms: Option<u64>,
-}
-
 /// The agent's journal, over named trees of the agent's one sled database.
 #[derive(Clone)]
 pub struct Journal {
@@ -220,6 +233,9 @@ pub struct Journal {
     resume: sled::Tree,
     steps: sled::Tree,
     steps_latest: sled::Tree,
+    step_fences: sled::Tree,
+    job_terms: sled::Tree,
+    resource_terms: sled::Tree,
     processes: sled::Tree,
     attention: sled::Tree,
     /// Test-only stall before every durable write ([`Journal::with_write_delay`]).
@@ -233,16 +249,6 @@ impl std::fmt::Debug for Journal {
             .field("fdatasync", &self.disk.is_some())
             .finish_non_exhaustive()
     }
-}
-
-fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
-    // Big-endian so sled's byte order is (job, step, attempt) order and a prefix scan over
-    // (job, step) finds every attempt of that step.
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&job_id.to_be_bytes());
-    k[8..12].copy_from_slice(&step_index.to_be_bytes());
-    k[12..].copy_from_slice(&attempt.to_be_bytes());
-    k
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(
@@ -280,6 +286,9 @@ impl Journal {
             resume: db.open_tree(RESUME_TREE)?,
             steps: db.open_tree(STEP_TREE)?,
             steps_latest: db.open_tree(STEP_LATEST_TREE)?,
+            step_fences: db.open_tree(STEP_FENCE_TREE)?,
+            job_terms: db.open_tree(JOB_TERM_TREE)?,
+            resource_terms: db.open_tree(RESOURCE_TERM_TREE)?,
             processes: db.open_tree(PROCESS_TREE)?,
             attention: db.open_tree(ATTENTION_TREE)?,
             #[cfg(feature = "fault-injection")]
@@ -429,176 +438,11 @@ impl Journal {
             })
             .collect()
     }
-
-    /// The latest record of a job step (highest attempt, any term), if any.
-    pub fn latest_step(
-        &self,
-        job_id: u64,
-        step_index: u32,
-    ) -> Result<Option<StepRecord>, JournalError> {
-        let mut prefix = Vec::with_capacity(12);
-        prefix.extend_from_slice(&job_id.to_be_bytes());
-        prefix.extend_from_slice(&step_index.to_be_bytes());
-        let mut best: Option<StepRecord> = None;
-        for kv in self.steps.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let rec: StepRecord = decode(STEP_TREE, &k, &v)?;
-            if best
-                .as_ref()
-                .is_none_or(|b| rec.token.order() > b.token.order())
-            {
-                best = Some(rec);
-            }
-        }
-        Ok(best)
-    }
-
-    /// The record of exactly this token's attempt, if any.
-    pub fn step(&self, token: &FencingToken) -> Result<Option<StepRecord>, JournalError> {
-        let key = step_key(token.job_id, token.step_index, token.attempt);
-        match self.steps.get(key)? {
-            Some(v) => {
-                let rec: StepRecord = decode(STEP_TREE, &key, &v)?;
-                Ok((rec.token == *token).then_some(rec))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Records that the step is starting under `token`, durably, before the executor touches
-    /// anything. Refuses a token older than the newest one recorded for the step (S6). If this
-    /// exact token was already recorded, returns that record instead of starting again, so the
-    /// executor can answer a repeated request from the journal.
-    pub fn begin_step(
-        &self,
-        token: FencingToken,
-        now_unix_ms: u64,
-    ) -> Result<StepBegin, JournalError> {
-        use sled::Transactional;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let rec = StepRecord {
-            token,
-            outcome: StepOutcome::Started,
-            started_at_unix_ms: now_unix_ms,
-            finished_at_unix_ms: None,
-        };
-        let key = step_key(token.job_id, token.step_index, token.attempt);
-        let latest_key = key[..12].to_vec();
-        let (rec_bytes, token_bytes) = (encode(&rec)?, encode(&token)?);
-        // A journal written before the latest-token tree existed: seed it from the records.
-        if self.steps_latest.get(&latest_key)?.is_none()
-            && let Some(old) = self.latest_step(token.job_id, token.step_index)?
-        {
-            let _ = self.steps_latest.compare_and_swap(
-                &latest_key,
-                None as Option<&[u8]>,
-                Some(encode(&old.token)?),
-            )?;
-        }
-        /// What the transaction found.
-        enum Found {
-            Started,
-            Same,
-            Newer(FencingToken),
-        }
-        // Check and insert in one transaction over both trees: two requests for the same step
-        // cannot both see "nothing recorded" and both start it.
-        let found = (&self.steps, &self.steps_latest).transaction(|(steps, latest)| {
-            if let Some(cur) = latest.get(&latest_key)? {
-                let cur: FencingToken = serde_json::from_slice(&cur).map_err(|e| {
-                    ConflictableTransactionError::Abort(JournalError::Corrupt {
-                        tree: STEP_LATEST_TREE,
-                        key: format!("{:?}", latest_key),
-                        reason: e.to_string(),
-                    })
-                })?;
-                if cur == token {
-                    return Ok(Found::Same);
-                }
-                if token.order() < cur.order() {
-                    return Ok(Found::Newer(cur));
-                }
-            }
-            latest.insert(latest_key.as_slice(), token_bytes.as_slice())?;
-            steps.insert(&key[..], rec_bytes.as_slice())?;
-            Ok(Found::Started)
-        });
-        let found = match found {
-            Ok(f) => f,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
-        match found {
-            Found::Started => {
-                self.flush()?;
-                Ok(StepBegin::Started(rec))
-            }
-            Found::Same => match self.step(&token)? {
-                Some(r) => Ok(StepBegin::AlreadyRecorded(r)),
-                None => Err(JournalError::Corrupt {
-                    tree: STEP_TREE,
-                    key: format!("{key:?}"),
-                    reason: "the step's token is recorded as begun but its record is missing"
-                        .into(),
-                }),
-            },
-            Found::Newer(seen) => Err(JournalError::StaleToken {
-                job_id: token.job_id,
-                step_index: token.step_index,
-                term: token.term,
-                attempt: token.attempt,
-                seen_term: seen.term,
-                seen_attempt: seen.attempt,
-            }),
-        }
-    }
-
-    /// Records the outcome of a step begun with [`Journal::begin_step`], durably.
-    pub fn finish_step(
-        &self,
-        token: FencingToken,
-        outcome: StepOutcome,
-        now_unix_ms: u64,
-    ) -> Result<StepRecord, JournalError> {
-        let key = step_key(token.job_id, token.step_index, token.attempt);
-        let started = match self.step(&token)? {
-            Some(r) => r.started_at_unix_ms,
-            None => now_unix_ms,
-        };
-        let rec = StepRecord {
-            token,
-            outcome,
-            started_at_unix_ms: started,
-            finished_at_unix_ms: Some(now_unix_ms),
-        };
-        self.steps.insert(key, encode(&rec)?)?;
-        self.flush()?;
-        Ok(rec)
-    }
-}
-
-/// What [`Journal::begin_step`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepBegin {
-    /// Nothing recorded for this token: the caller executes the step.
-    Started(StepRecord),
-    /// This exact token was recorded before: answer from the record (and if it is still
-    /// `Started`, resolve the outcome by inspecting the host first).
-    AlreadyRecorded(StepRecord),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn token(term: u64, attempt: u32) -> FencingToken {
-        FencingToken {
-            term,
-            job_id: 7,
-            step_index: 3,
-            attempt,
-        }
-    }
 
     fn quiesce(volume: &str) -> QuiesceRecord {
         QuiesceRecord {
@@ -677,53 +521,6 @@ mod tests {
         assert_eq!(names, vec!["v3", "v4"]);
     }
 
-    #[test]
-    fn steps_are_idempotent_and_stale_tokens_refused() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let j = Journal::open(&db).unwrap();
-        assert!(matches!(
-            j.begin_step(token(2, 0), 10).unwrap(),
-            StepBegin::Started(_)
-        ));
-        // The same token again is answered from the journal, not started twice.
-        match j.begin_step(token(2, 0), 11).unwrap() {
-            StepBegin::AlreadyRecorded(r) => assert_eq!(r.outcome, StepOutcome::Started),
-            other => panic!("expected AlreadyRecorded, got {other:?}"),
-        }
-        j.finish_step(
-            token(2, 0),
-            StepOutcome::Done {
-                detail: "ok".into(),
-            },
-            20,
-        )
-        .unwrap();
-        match j.begin_step(token(2, 0), 21).unwrap() {
-            StepBegin::AlreadyRecorded(r) => {
-                assert_eq!(
-                    r.outcome,
-                    StepOutcome::Done {
-                        detail: "ok".into()
-                    }
-                );
-                assert_eq!(r.started_at_unix_ms, 10);
-            }
-            other => panic!("expected AlreadyRecorded, got {other:?}"),
-        }
-        // A newer leader's retry supersedes; after that, the old term is stale.
-        assert!(matches!(
-            j.begin_step(token(3, 1), 30).unwrap(),
-            StepBegin::Started(_)
-        ));
-        let err = j.begin_step(token(2, 2), 31).unwrap_err();
-        assert!(
-            matches!(err, JournalError::StaleToken { seen_term: 3, .. }),
-            "{err}"
-        );
-        assert_eq!(j.latest_step(7, 3).unwrap().unwrap().token, token(3, 1));
-        assert_eq!(j.latest_step(7, 4).unwrap(), None);
-    }
-
     /// A value whose serialization fails, as a record with a map keyed by non-strings would.
     struct Unencodable;
 
@@ -740,37 +537,6 @@ mod tests {
                 assert!(e.to_string().contains("cannot be encoded"), "{e}")
             }
             other => panic!("an unencodable record became {other:?}"),
-        }
-    }
-
-    #[test]
-    fn concurrent_begins_of_one_step_start_it_once() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let j = Journal::open(&db).unwrap();
-        for step in 0..20u32 {
-            let token = FencingToken {
-                term: 1,
-                job_id: 9,
-                step_index: step,
-                attempt: 0,
-            };
-            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
-            let started: usize = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..8)
-                    .map(|_| {
-                        let (j, barrier) = (j.clone(), barrier.clone());
-                        s.spawn(move || {
-                            barrier.wait();
-                            matches!(j.begin_step(token, 1).unwrap(), StepBegin::Started(_))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap() as usize)
-                    .sum()
-            });
-            assert_eq!(started, 1, "step {step} was started {started} times");
         }
     }
 

@@ -1,0 +1,183 @@
+//! Array steps: what an agent with a control path to an array does on it for a step (the
+//! leader never reaches an array itself unless it is such an agent). Each is idempotent: a pair
+//! already in sync is in sync, a separate already accepted is accepted.
+//!
+//! Every call has a timeout; a transport failure or a timeout is "outcome unknown"
+//! ([`StepEnd::Unknown`]), never a failure: the driver probes, and the pair's state settles it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use stillpoint_array::{
+    Array, ArrayError, LdRef, PairId, PairInfo, ReplicateOptions, SeparateOptions, SyncState,
+    WaitCondition,
+};
+use stillpoint_coordinator::inventory::{CopyControl, PairSpec};
+use stillpoint_coordinator::job::wire::StepOrder;
+use stillpoint_coordinator::job::{StepCall, StepResult};
+
+use super::{Executor, StepEnd};
+
+/// Longest an array step waits for the pair to reach the state it needs (sync, separated).
+/// The order does not carry the step's own timeout; past the driver's deadline a probe
+/// reports the step running, and it ends here at the latest.
+pub const ARRAY_WAIT_MS: u64 = 6 * 3_600_000;
+
+/// Time an array call may take beyond the wait it asks for (the array's own call bound plus
+/// a margin), before its outcome is unknown.
+const ARRAY_CALL_MARGIN_MS: u64 =
+    stillpoint_array::CALL_TIMEOUT.as_millis() as u64 + crate::deadlines::CLIENT_MARGIN_MS;
+
+/// The array's id of an inventory pair.
+pub fn pair_id(pair: &PairSpec) -> PairId {
+    PairId {
+        mv: LdRef {
+            array: pair.mv.array.clone(),
+            ld: pair.mv.ld,
+        },
+        rv: LdRef {
+            array: pair.rv.array.clone(),
+            ld: pair.rv.ld,
+        },
+    }
+}
+
+/// An array error as a step's end.
+fn array_end(what: &str, e: ArrayError) -> StepEnd {
+    match e {
+        ArrayError::OutcomeUnknown { .. } | ArrayError::Unreachable { .. } => {
+            StepEnd::Unknown(format!("{what}: {e}"))
+        }
+        e => StepEnd::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// Runs one array call that waits up to `wait_ms`, bounded by that plus the call margin.
+async fn call<T>(
+    what: &str,
+    wait_ms: u64,
+    f: impl Future<Output = Result<T, ArrayError>>,
+) -> Result<T, StepEnd> {
+    let bound_ms = wait_ms + ARRAY_CALL_MARGIN_MS;
+    match tokio::time::timeout(Duration::from_millis(bound_ms), f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(array_end(what, e)),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "{what}: no answer within {bound_ms} ms"
+        ))),
+    }
+}
+
+pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
+    let Some(pair) = &order.pair else {
+        return StepEnd::Failed("an array step's order must carry its pair".into());
+    };
+    let array = match exec.array(&pair.mv.array) {
+        Ok(a) => a,
+        Err(e) => return StepEnd::Failed(e),
+    };
+    let result = match &order.dispatch.call {
+        StepCall::Replicate { .. } => replicate(&array, pair).await,
+        StepCall::Separate { .. } => separate(&array, pair).await,
+        StepCall::AwaitSeparated { .. } => await_separated(&array, pair).await,
+        _ => Err(StepEnd::Failed("a host step is not an array step".into())),
+    };
+    match result {
+        Ok(r) => StepEnd::Done(r),
+        Err(end) => end,
+    }
+}
+
+/// The pair's state, or a failure telling the operator to prepare the group if it is not set.
+async fn query(array: &dyn Array, pair: &PairSpec, id: &PairId) -> Result<PairInfo, StepEnd> {
+    let what = format!("querying pair {} ({id})", pair.name);
+    let bound_ms = ARRAY_CALL_MARGIN_MS;
+    match tokio::time::timeout(Duration::from_millis(bound_ms), array.pair_query(id)).await {
+        Ok(Ok(info)) => Ok(info),
+        Ok(Err(ArrayError::NotFound { .. })) => Err(StepEnd::Failed(format!(
+            "pair {} ({id}) is not set on array {}: run `stillpoint group prepare` for its group first",
+            pair.name, pair.mv.array
+        ))),
+        Ok(Err(e)) => Err(array_end(&what, e)),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "{what}: no answer within {bound_ms} ms"
+        ))),
+    }
+}
+
+/// Replicate (difference) and wait until `rpl/sync`; at once if it already is.
+async fn replicate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+    let id = pair_id(pair);
+    let info = query(array, pair, &id).await?;
+    let what = format!("replicating pair {} ({id})", pair.name);
+    let info = match info.state.sync {
+        SyncState::RplSync if !info.state.abnormal_suspend => return Ok(StepResult::InSync),
+        // A replicate already running (an earlier attempt): wait for it.
+        SyncState::RplExec if !info.state.abnormal_suspend => {
+            call(
+                &what,
+                ARRAY_WAIT_MS,
+                array.wait(&id, WaitCondition::Sync, ARRAY_WAIT_MS),
+            )
+            .await?
+        }
+        _ => {
+            let options = ReplicateOptions {
+                copy_control: match pair.copy_control {
+                    CopyControl::Sync => stillpoint_array::CopyControl::Sync,
+                    CopyControl::SemiSync => stillpoint_array::CopyControl::SemiSync,
+                    CopyControl::Background => stillpoint_array::CopyControl::Background,
+                },
+                wait_timeout_ms: Some(ARRAY_WAIT_MS),
+                ..ReplicateOptions::default()
+            };
+            call(&what, ARRAY_WAIT_MS, array.replicate(&id, &options)).await?
+        }
+    };
+    if info.state.sync == SyncState::RplSync {
+        Ok(StepResult::InSync)
+    } else {
+        Err(StepEnd::Failed(format!(
+            "{what}: the pair is {} instead of rpl/sync",
+            info.state
+        )))
+    }
+}
+
+/// Separate without waiting: done once the array accepted it (`sep/exec` or `separated`).
+async fn separate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+    let id = pair_id(pair);
+    let info = query(array, pair, &id).await?;
+    if matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
+        return Ok(StepResult::SeparateAccepted);
+    }
+    let what = format!("separating pair {} ({id})", pair.name);
+    let info = call(&what, 0, array.separate(&id, &SeparateOptions::default())).await?;
+    match info.state.sync {
+        SyncState::SepExec | SyncState::Separated => Ok(StepResult::SeparateAccepted),
+        _ => Err(StepEnd::Failed(format!(
+            "{what}: the array answered {} instead of sep/exec or separated",
+            info.state
+        ))),
+    }
+}
+
+/// Wait until the pair is `separated` (S1: only then may its RV be mounted).
+async fn await_separated(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+    let id = pair_id(pair);
+    let what = format!("waiting for pair {} ({id}) to be separated", pair.name);
+    let info = call(
+        &what,
+        ARRAY_WAIT_MS,
+        array.wait(&id, WaitCondition::Sep, ARRAY_WAIT_MS),
+    )
+    .await?;
+    if info.state.sync == SyncState::Separated {
+        Ok(StepResult::Separated)
+    } else {
+        Err(StepEnd::Failed(format!(
+            "{what}: the pair is {}",
+            info.state
+        )))
+    }
+}

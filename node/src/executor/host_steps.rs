@@ -1,0 +1,290 @@
+//! Host steps: what the agent of a business or backup node does on its own host half for a
+//! step. Each is idempotent: sent again after it took effect, it reports the effect.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::process::Stdio;
+use std::time::Duration;
+
+use stillpoint_coordinator::inventory::QuiesceMethod;
+use stillpoint_coordinator::job::wire::{StepOrder, quiesce_owner};
+use stillpoint_coordinator::job::{FencingToken, StepCall, StepResult};
+use stillpoint_host::{Host, HostError, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{Executor, StepEnd};
+
+/// Longest one host call may take before its effect is taken as unknown. Generous: host calls
+/// carry their own bounds (hooks, system commands), this only guards against a call that hangs.
+pub const HOST_CALL_MS: u64 = 3_600_000;
+
+/// How many lines of a backup command's stderr a failure reports.
+pub const STDERR_TAIL_LINES: usize = 20;
+
+/// Longest line of stderr kept (a command printing binary junk does not fill the journal).
+const STDERR_LINE_BYTES_MAX: usize = 512;
+
+/// A host error as a step's end: a timeout's effect is unknown; anything else the host refused
+/// or failed, having undone what it started.
+fn host_end(what: &str, e: HostError) -> StepEnd {
+    match e {
+        HostError::TimedOut { .. } | HostError::Unreachable(_) => {
+            StepEnd::Unknown(format!("{what}: {e}"))
+        }
+        e => StepEnd::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// Runs one host call under [`HOST_CALL_MS`].
+async fn call<T>(what: &str, f: impl Future<Output = Result<T, HostError>>) -> Result<T, StepEnd> {
+    match tokio::time::timeout(Duration::from_millis(HOST_CALL_MS), f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(host_end(what, e)),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "{what} did not finish within {HOST_CALL_MS} ms"
+        ))),
+    }
+}
+
+/// The owner prefix every attempt of the step shares (see [`quiesce_owner`]).
+fn step_owner_prefix(token: &FencingToken) -> String {
+    format!("job {} step {} attempt ", token.job_id, token.step_index)
+}
+
+pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
+    let host = match exec.host() {
+        Ok(h) => h.as_ref(),
+        Err(e) => return StepEnd::Failed(e),
+    };
+    let d = &order.dispatch;
+    let result = match &d.call {
+        StepCall::FreeRv { volume } => free_rv(host, &volume.volume).await,
+        StepCall::Quiesce {
+            volume,
+            method,
+            limit_ms,
+        } => quiesce(host, &volume.volume, *method, *limit_ms, &d.token).await,
+        StepCall::Release { volume, .. } => release(host, &volume.volume, d.quiesce_id).await,
+        StepCall::MountRv { volume } => mount_rv(host, &volume.volume, d.check_first).await,
+        StepCall::RunBackup {
+            command,
+            timeout_ms,
+        } => run_backup(command, *timeout_ms).await,
+        StepCall::Replicate { .. }
+        | StepCall::Separate { .. }
+        | StepCall::AwaitSeparated { .. } => {
+            Err(StepEnd::Failed("an array step is not a host step".into()))
+        }
+    };
+    match result {
+        Ok(r) => StepEnd::Done(r),
+        Err(end) => end,
+    }
+}
+
+/// Backup node: flush and unmount the RV (not forced: a busy RV fails naming its holders).
+async fn free_rv(host: &dyn Host, volume: &str) -> Result<StepResult, StepEnd> {
+    let info = call(&format!("reading RV {volume}"), host.volume(volume)).await?;
+    if info.mounted_at.is_none() {
+        return Ok(StepResult::RvFreed);
+    }
+    call(&format!("flushing RV {volume}"), host.flush(volume)).await?;
+    call(
+        &format!("unmounting RV {volume}"),
+        host.unmount(volume, false),
+    )
+    .await?;
+    Ok(StepResult::RvFreed)
+}
+
+/// Business node: quiesce the MV under this attempt's owner, with the step's deadline. A
+/// quiesce an attempt of this step already holds on the volume is reported, not taken twice.
+async fn quiesce(
+    host: &dyn Host,
+    volume: &str,
+    method: QuiesceMethod,
+    limit_ms: u64,
+    token: &FencingToken,
+) -> Result<StepResult, StepEnd> {
+    let mode = match method {
+        QuiesceMethod::Unmount => QuiesceMode::Unmount,
+        QuiesceMethod::Freeze => QuiesceMode::Freeze,
+        QuiesceMethod::HooksOnly => {
+            return Err(StepEnd::Failed(format!(
+                "quiesce method hooks_only for MV {volume} is not supported by the step executor yet: use unmount or freeze for it in the site file"
+            )));
+        }
+    };
+    let held = call(&format!("listing quiesces of {volume}"), host.quiesces()).await?;
+    let prefix = step_owner_prefix(token);
+    if let Some(q) = held
+        .iter()
+        .find(|q| q.volume == volume && q.owner.starts_with(&prefix))
+    {
+        return Ok(StepResult::Quiesced {
+            quiesce_id: q.quiesce_id,
+        });
+    }
+    let rec = call(
+        &format!("quiescing MV {volume}"),
+        host.quiesce(&QuiesceRequest {
+            volume: volume.to_string(),
+            mode,
+            limit_ms: Some(limit_ms),
+            owner: quiesce_owner(token),
+        }),
+    )
+    .await?;
+    Ok(StepResult::Quiesced {
+        quiesce_id: rec.quiesce_id,
+    })
+}
+
+/// Business node: end the quiesce the step's quiesce took. A quiesce the host no longer holds
+/// (it resumed the volume by itself: deadline, restart) did not hold throughout.
+async fn release(
+    host: &dyn Host,
+    volume: &str,
+    quiesce_id: Option<u64>,
+) -> Result<StepResult, StepEnd> {
+    let Some(id) = quiesce_id else {
+        return Err(StepEnd::Failed(format!(
+            "release of MV {volume}: the order names no quiesce id (its quiesce step has no result)"
+        )));
+    };
+    let what = format!("releasing quiesce {id} of MV {volume}");
+    match tokio::time::timeout(
+        Duration::from_millis(HOST_CALL_MS),
+        host.release(volume, Some(id)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(StepResult::Released {
+            held_throughout: true,
+        }),
+        Ok(Err(HostError::QuiesceLost { reason, .. })) => {
+            tracing::warn!(volume, quiesce_id = id, %reason, "the quiesce did not hold until its release");
+            Ok(StepResult::Released {
+                held_throughout: false,
+            })
+        }
+        Ok(Err(e)) => Err(host_end(&what, e)),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "{what} did not finish within {HOST_CALL_MS} ms"
+        ))),
+    }
+}
+
+/// Backup node: rescan (the RV's LD becomes visible once separated), check and repair first
+/// when asked, then mount with a new file-system identity (the RV is a copy of its MV).
+async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<StepResult, StepEnd> {
+    call("rescanning devices", host.rescan()).await?;
+    let info = call(&format!("reading RV {volume}"), host.volume(volume)).await?;
+    if info.mounted_at.is_some() {
+        return Ok(StepResult::RvMounted { repaired: false });
+    }
+    let mut repaired = false;
+    if check_first {
+        let report = call(
+            &format!("checking and repairing RV {volume}"),
+            host.check(volume, true),
+        )
+        .await?;
+        if !report.clean {
+            return Err(StepEnd::Failed(format!(
+                "the file system of RV {volume} is not clean after repair: {}",
+                report.output.trim()
+            )));
+        }
+        repaired = report.repaired;
+    }
+    call(
+        &format!("mounting RV {volume} with a new identity"),
+        host.mount(
+            volume,
+            &MountRequest {
+                mount_point: None,
+                identity: MountIdentity::New,
+                read_only: false,
+            },
+        ),
+    )
+    .await?;
+    Ok(StepResult::RvMounted { repaired })
+}
+
+/// Backup node: runs the backup command (no shell), killed after `timeout_ms`. Exit 0 is done;
+/// anything else fails naming the exit status and the end of its stderr.
+pub async fn run_backup(command: &[String], timeout_ms: u64) -> Result<StepResult, StepEnd> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(StepEnd::Failed("the backup command is empty".into()));
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            StepEnd::Failed(format!("cannot start the backup command {program:?}: {e}"))
+        })?;
+    let stderr = child.stderr.take();
+    let tail = tokio::spawn(async move {
+        let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+        let Some(stderr) = stderr else {
+            return tail;
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(mut line)) = lines.next_line().await {
+            if line.len() > STDERR_LINE_BYTES_MAX {
+                let mut cut = STDERR_LINE_BYTES_MAX;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+            }
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail
+    });
+    let status = match tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(StepEnd::Failed(format!(
+                "waiting for the backup command {program:?} failed: {e}"
+            )));
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            tail.abort();
+            return Err(StepEnd::Failed(format!(
+                "the backup command {program:?} did not finish within {timeout_ms} ms and was killed"
+            )));
+        }
+    };
+    // The pipe closes when the command exits (unless a child of it keeps it open): bounded.
+    let mut tail = tail;
+    let tail = match tokio::time::timeout(Duration::from_secs(5), &mut tail).await {
+        Ok(Ok(lines)) => lines,
+        _ => {
+            tail.abort();
+            VecDeque::new()
+        }
+    };
+    let tail: Vec<String> = tail.into_iter().collect();
+    match status.code() {
+        Some(0) => Ok(StepResult::BackupRan { exit_code: 0 }),
+        Some(code) => Err(StepEnd::Failed(format!(
+            "the backup command {program:?} exited with code {code}; stderr ends: {}",
+            tail.join("\n")
+        ))),
+        None => Err(StepEnd::Failed(format!(
+            "the backup command {program:?} was ended by a signal ({status}); stderr ends: {}",
+            tail.join("\n")
+        ))),
+    }
+}

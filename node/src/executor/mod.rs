@@ -1,0 +1,644 @@
+//! The step executor: the `stillpoint.job.StepExecutor` service every agent serves, which runs
+//! the steps of jobs the leader's driver sends it, fenced and journaled.
+//!
+//! ## One order, in this order
+//! An `Execute(order)` is checked before anything is touched: its token must not be from a
+//! term older than this agent's own raft term (a deposed leader's late send), and its target
+//! must be this agent (`StepTarget::Node` = this node's name; `StepTarget::Array` = an array in
+//! this node's `[[arrays]]`). Then [`Journal::begin_step`] records the token durably, on the
+//! blocking pool under [`JOURNAL_OP_MS`], refusing a fenced token, a token older than one begun
+//! for the step, and a term older than one accepted for the job or for the step's resource
+//! (`pair:NAME`, `volume:NODE:VOLUME`). Only a begun token runs, on its own task: the reply
+//! waits for it up to `reply_within_ms` and says `Finished` or `Running`. The task journals the
+//! outcome ([`Journal::finish_step`]) **before** any reply can show it, so an outcome a driver
+//! saw is one the agent will report again after a crash.
+//!
+//! ## Asking again
+//! A token begun before is never run again: its record answers (`Finished`); a record with no
+//! outcome is either running in this process (wait, then `Running`) or was cut short by a
+//! restart (`Interrupted`, with what the target looks like now: for a quiesce, the quiesce the
+//! host holds under that attempt's owner; for a separate, the pair's sync state). A `Probe`
+//! first fences its token ([`Journal::fence_step`]: from then on that token and older attempts
+//! of the step are refused, and the job's term floor rises to the token's term), then reports
+//! the newest record of the asked attempt or a later one, or `NotRecorded`. A refusal is a
+//! `FAILED_PRECONDITION` status saying why; a step whose effect is unknown (an array call that
+//! timed out, a host command killed by its timeout, an outcome that could not be journaled) is a
+//! `DEADLINE_EXCEEDED` "outcome unknown" status, never `Failed`: the driver probes, and the
+//! record, still `Started`, answers `Interrupted` with the target's state.
+//!
+//! ## Steps
+//! Host steps ([`host_steps`]) run on this agent's own host half; array steps
+//! ([`array_steps`]) on the array's control path named in node.toml. Each is idempotent: sent
+//! again after it took effect, it reports the effect (an RV already unmounted is freed, a pair
+//! already in sync is in sync, a separate already accepted is accepted, an RV already mounted
+//! is mounted). [`client`] is the driver's side of the service.
+//!
+//! ## Caveats
+//! - `hooks_only` quiesces are not executed yet (the step fails saying so); unmount and freeze
+//!   are.
+//! - A release whose quiesce is gone is reported as not held throughout, even when an earlier
+//!   attempt of the same release ended it before its outcome was journaled: the host cannot
+//!   tell that from a quiesce it resumed by itself, and the safe side of S3 is
+//!   crash-consistent.
+//! - Waits on the array (replicate to sync, wait for separated) are bounded by
+//!   [`array_steps::ARRAY_WAIT_MS`], not by the step's own timeout, which the order does not
+//!   carry: past the driver's deadline a probe reports the step `Running`.
+//! - The RV mount does not start RV users (no hooks for that yet).
+//! - Step records, fences and term floors are kept for good in the journal (a few hundred
+//!   bytes per step); trimming them with the job history's retention is not built yet.
+//! - A probe answers `Running` while another request of the same token is between its begin
+//!   and its answer; the driver asks again.
+
+pub mod array_steps;
+pub mod client;
+pub mod host_steps;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use stillpoint_array::{Array, RemoteArray};
+use stillpoint_coordinator::inventory::PairSpec;
+use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder, quiesce_owner, step_resource};
+use stillpoint_coordinator::job::{
+    FencingToken, Finding, Observed, PairSync, StepCall, StepResult, StepTarget,
+};
+use stillpoint_host::Host;
+use stillpoint_proto::job as pb;
+use stillpoint_proto::job::step_executor_server::{StepExecutor, StepExecutorServer};
+use stillpoint_storage::journal::{Journal, JournalError, StepBegin, StepOutcome, StepRecord};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{AgentContext, now_ms};
+
+/// Longest a journal operation (sled transaction + flush + fdatasync, on the blocking pool) may
+/// take before the request fails; a write that did not finish in time may still land, so a
+/// timed-out begin is "outcome unknown", not "not begun".
+pub const JOURNAL_OP_MS: u64 = 30_000;
+
+/// Longest an `Execute` holds its reply for the outcome, whatever the order asks; above it the
+/// gRPC server's own cap would cut the request.
+pub const REPLY_WITHIN_MS_MAX: u64 = 60_000;
+
+/// Longest a read made to describe an interrupted step (host quiesces, pair state) may take.
+pub(crate) const OBSERVE_MS: u64 = 10_000;
+
+/// How many times an `Execute` re-reads a token that another request was beginning and gave up.
+const CLAIM_ROUNDS_MAX: u32 = 3;
+
+/// How a step ended on its executor, before it is journaled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepEnd {
+    Done(StepResult),
+    /// The executor could not do it; nothing to undo beyond what the plan does next.
+    Failed(String),
+    /// Maybe done, maybe not (a call timed out, a command was killed): never journaled as an
+    /// outcome; the driver probes and the target's state settles it.
+    Unknown(String),
+}
+
+/// What a running step's waiters receive.
+#[derive(Clone, Debug)]
+enum TaskEnd {
+    /// Journaled: the outcome is the step's.
+    Recorded(Result<StepResult, String>),
+    /// Not journaled: the effect is unknown.
+    Unknown(String),
+}
+
+/// Where a running token's end arrives, and who sends it.
+type EndRx = watch::Receiver<Option<TaskEnd>>;
+type EndTx = watch::Sender<Option<TaskEnd>>;
+type Claims = StdMutex<HashMap<FencingToken, EndRx>>;
+
+/// The executor's state: what it runs on, and the steps running in this process.
+pub struct Executor {
+    ctx: Arc<AgentContext>,
+    journal: Journal,
+    host: Option<Arc<dyn Host>>,
+    arrays: StdMutex<HashMap<String, RemoteArray>>,
+    /// Tokens being begun or run in this process, with the channel their outcome arrives on.
+    running: Claims,
+    /// The tasks running steps, to end them when the agent stops.
+    tasks: StdMutex<HashMap<FencingToken, tokio::task::AbortHandle>>,
+    /// Set by [`Executor::stop`]: no new step begins.
+    stopped: AtomicBool,
+}
+
+/// Removes a token's claim when its holder (a begin that did not start, or the step's task)
+/// is done; waiters whose channel closed without an outcome read the journal again.
+struct Claim {
+    exec: Arc<Executor>,
+    token: FencingToken,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.exec.running).remove(&self.token);
+        lock(&self.exec.tasks).remove(&self.token);
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `found` is the asked attempt, as sent in its term or an earlier one, or a later attempt
+/// (the rule of `stillpoint_coordinator::job::resolve`, which settles the step from it).
+pub fn supersedes_or_is(found: &FencingToken, asked: &FencingToken) -> bool {
+    found.attempt > asked.attempt || (found.attempt == asked.attempt && found.term <= asked.term)
+}
+
+fn refused(e: impl std::fmt::Display) -> Status {
+    Status::failed_precondition(e.to_string())
+}
+
+fn outcome_unknown(what: impl std::fmt::Display) -> Status {
+    Status::deadline_exceeded(format!(
+        "outcome unknown: {what}; probe the step before sending it again"
+    ))
+}
+
+impl Executor {
+    pub fn new(
+        ctx: Arc<AgentContext>,
+        journal: Journal,
+        host: Option<Arc<dyn Host>>,
+    ) -> Arc<Executor> {
+        Arc::new(Executor {
+            ctx,
+            journal,
+            host,
+            arrays: StdMutex::new(HashMap::new()),
+            running: StdMutex::new(HashMap::new()),
+            tasks: StdMutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The gRPC service over this executor.
+    pub fn into_server(self: Arc<Self>) -> StepExecutorServer<StepExecutorService> {
+        StepExecutorServer::new(StepExecutorService { exec: self })
+            .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// The agent's journal the executor records steps in (for inspection, and for tests that
+    /// recreate what a crash mid-step leaves behind).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(crate) fn host(&self) -> Result<&Arc<dyn Host>, String> {
+        self.host
+            .as_ref()
+            .ok_or_else(|| format!("agent {} has no [host] section", self.ctx.config.name))
+    }
+
+    /// The control path to `array`, from this agent's `[[arrays]]`.
+    pub(crate) fn array(&self, array: &str) -> Result<RemoteArray, String> {
+        if let Some(a) = lock(&self.arrays).get(array) {
+            return Ok(a.clone());
+        }
+        let endpoint = self
+            .ctx
+            .config
+            .arrays
+            .iter()
+            .find(|a| a.name == array)
+            .ok_or_else(|| format!("array {array} is not in this agent's [[arrays]]"))?;
+        let remote = RemoteArray::lazy(&endpoint.endpoint)
+            .map_err(|e| format!("array {array} at {}: {e}", endpoint.endpoint))?;
+        lock(&self.arrays).insert(array.to_string(), remote.clone());
+        Ok(remote)
+    }
+
+    /// Runs `op` on the journal on the blocking pool, bounded by [`JOURNAL_OP_MS`]. A fencing
+    /// refusal is `FAILED_PRECONDITION`; a timeout is "outcome unknown" (it may still land).
+    async fn journal_op<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        op: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let journal = self.journal.clone();
+        let task = tokio::task::spawn_blocking(move || op(&journal));
+        match tokio::time::timeout(Duration::from_millis(JOURNAL_OP_MS), task).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(
+                e @ (JournalError::StaleToken { .. }
+                | JournalError::StaleTerm { .. }
+                | JournalError::Fenced { .. }),
+            ))) => Err(refused(e)),
+            Ok(Ok(Err(e))) => Err(Status::internal(format!("{what}: {e}"))),
+            Ok(Err(e)) => Err(Status::internal(format!("{what}: the task failed: {e}"))),
+            Err(_) => Err(outcome_unknown(format!(
+                "{what} did not complete within {JOURNAL_OP_MS} ms (check the disk holding the agent's data directory)"
+            ))),
+        }
+    }
+
+    /// Refuses a token from a term older than this agent's own: its sender was deposed.
+    fn check_term(&self, token: &FencingToken) -> Result<(), Status> {
+        let current = self.ctx.raft.metrics().borrow().current_term;
+        if token.term < current {
+            return Err(refused(format!(
+                "stale term for job {} step {}: the order is from term {}, but agent {} is already in term {}; \
+                 its sender was deposed, the leader of term {} or newer drives the job (refused by S6)",
+                token.job_id, token.step_index, token.term, self.ctx.config.name, current, current
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a step that is not this agent's to execute.
+    fn check_target(&self, target: &StepTarget, call: &StepCall) -> Result<(), Status> {
+        let me = &self.ctx.config.name;
+        let host_step = !matches!(
+            call,
+            StepCall::Replicate { .. }
+                | StepCall::Separate { .. }
+                | StepCall::AwaitSeparated { .. }
+        );
+        match target {
+            StepTarget::Node(node) if node != me => Err(refused(format!(
+                "the step is for node {node}, this agent is {me}: send it to {node}'s agent"
+            ))),
+            StepTarget::Node(_) if !host_step => Err(refused(format!(
+                "an array step was sent to node {me} as a host step: it targets an array"
+            ))),
+            StepTarget::Node(_) => self.host().map(|_| ()).map_err(refused),
+            StepTarget::Array(array) if host_step => Err(refused(format!(
+                "a host step was sent to array {array}: it targets a node"
+            ))),
+            StepTarget::Array(array) => {
+                if self.ctx.config.arrays.iter().any(|a| &a.name == array) {
+                    Ok(())
+                } else {
+                    Err(refused(format!(
+                        "agent {me} has no control path to array {array} (not in its [[arrays]]): send the step to an agent that has"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Claims `token` for this request, or returns the channel of whoever holds it.
+    fn claim(self: &Arc<Self>, token: FencingToken) -> Result<(Claim, EndTx), EndRx> {
+        let mut running = lock(&self.running);
+        if let Some(rx) = running.get(&token) {
+            return Err(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        running.insert(token, rx);
+        Ok((
+            Claim {
+                exec: self.clone(),
+                token,
+            },
+            tx,
+        ))
+    }
+
+    /// Waits up to `wait` for a running token's end. `None`: the holder gave up without one
+    /// (read the journal again).
+    async fn await_end(
+        token: FencingToken,
+        mut rx: watch::Receiver<Option<TaskEnd>>,
+        wait: Duration,
+    ) -> Option<Result<Finding, Status>> {
+        let end = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Err(_) => return Some(Ok(Finding::Running { token })),
+            Ok(Err(_)) => return None,
+            Ok(Ok(end)) => end.clone()?,
+        };
+        Some(match end {
+            TaskEnd::Recorded(outcome) => Ok(Finding::Finished { token, outcome }),
+            TaskEnd::Unknown(why) => Err(outcome_unknown(format!(
+                "job {} step {} attempt {} (term {}): {why}",
+                token.job_id, token.step_index, token.attempt, token.term
+            ))),
+        })
+    }
+
+    /// Ends every step running in this process (the agent is stopping): their records stay
+    /// `Started`, so after the restart they are reported `Interrupted` with their target's
+    /// state. A backup command is killed with its task. No new step begins afterwards.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = lock(&self.tasks).drain().collect();
+        for (token, task) in tasks {
+            tracing::warn!(
+                job = token.job_id,
+                step = token.step_index,
+                attempt = token.attempt,
+                "the agent is stopping: the step is cut short and will be reported interrupted"
+            );
+            task.abort();
+        }
+    }
+
+    /// `Execute`: see the module essay.
+    pub async fn execute(self: &Arc<Self>, order: StepOrder) -> Result<Finding, Status> {
+        let token = order.dispatch.token;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "agent {} is stopping: send the step again once it is back",
+                self.ctx.config.name
+            )));
+        }
+        if token.step_index != order.dispatch.step {
+            return Err(Status::invalid_argument(format!(
+                "the token is for step {}, the order for step {}",
+                token.step_index, order.dispatch.step
+            )));
+        }
+        self.check_term(&token)?;
+        self.check_target(&order.dispatch.target, &order.dispatch.call)?;
+        check_pair(&order.dispatch.target, order.pair.as_ref())?;
+        let wait = Duration::from_millis(order.reply_within_ms.min(REPLY_WITHIN_MS_MAX));
+        for _ in 0..CLAIM_ROUNDS_MAX {
+            let (claim, tx) = match self.claim(token) {
+                Ok(claimed) => claimed,
+                Err(rx) => match Self::await_end(token, rx, wait).await {
+                    Some(reply) => return reply,
+                    None => continue,
+                },
+            };
+            let resource = step_resource(&order.dispatch.call);
+            let begun = self
+                .journal_op("beginning the step in the journal", move |j| {
+                    j.begin_step(token, resource.as_deref(), now_ms())
+                })
+                .await?;
+            match begun {
+                StepBegin::AlreadyRecorded(rec) => {
+                    // We hold the claim: nobody in this process runs it.
+                    let answer = self
+                        .answer_from(&rec, &order.dispatch.call, order.pair.as_ref())
+                        .await;
+                    drop(claim);
+                    return answer;
+                }
+                StepBegin::Started(_) => {
+                    let rx = tx.subscribe();
+                    {
+                        // Under the lock the task's end takes to remove itself: no stale handle.
+                        let mut tasks = lock(&self.tasks);
+                        let task = tokio::spawn(self.clone().run(order, tx, claim));
+                        tasks.insert(token, task.abort_handle());
+                    }
+                    return match Self::await_end(token, rx, wait).await {
+                        Some(reply) => reply,
+                        None => Err(Status::internal(
+                            "the step's task ended without an outcome (a bug; report it)",
+                        )),
+                    };
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "job {} step {}: the token is being begun by another request; ask again",
+            token.job_id, token.step_index
+        )))
+    }
+
+    /// The step's task: run it, journal the outcome, then let the waiters see it.
+    async fn run(
+        self: Arc<Self>,
+        order: StepOrder,
+        tx: watch::Sender<Option<TaskEnd>>,
+        claim: Claim,
+    ) {
+        let token = order.dispatch.token;
+        let end = match &order.dispatch.call {
+            StepCall::Replicate { .. }
+            | StepCall::Separate { .. }
+            | StepCall::AwaitSeparated { .. } => array_steps::run(&self, &order).await,
+            _ => host_steps::run(&self, &order).await,
+        };
+        let (outcome, recorded) = match end {
+            StepEnd::Done(result) => match serde_json::to_string(&result) {
+                Ok(detail) => (StepOutcome::Done { detail }, Ok(result)),
+                Err(e) => (
+                    StepOutcome::Failed {
+                        reason: format!("the result could not be encoded (a bug): {e}"),
+                    },
+                    Err(format!("the result could not be encoded (a bug): {e}")),
+                ),
+            },
+            StepEnd::Failed(reason) => (
+                StepOutcome::Failed {
+                    reason: reason.clone(),
+                },
+                Err(reason),
+            ),
+            StepEnd::Unknown(why) => {
+                tracing::warn!(job = token.job_id, step = token.step_index, attempt = token.attempt, %why, "step outcome unknown");
+                let _ = tx.send(Some(TaskEnd::Unknown(why)));
+                drop(claim);
+                return;
+            }
+        };
+        let finished = self
+            .journal_op("journaling the step's outcome", move |j| {
+                j.finish_step(token, outcome, now_ms())
+            })
+            .await;
+        let end = match finished {
+            Ok(_) => TaskEnd::Recorded(recorded),
+            Err(e) => TaskEnd::Unknown(format!(
+                "the step ran ({recorded:?}) but its outcome could not be journaled: {}",
+                e.message()
+            )),
+        };
+        let _ = tx.send(Some(end));
+        drop(claim);
+    }
+
+    /// The answer a record gives when no task of this process runs its token: its outcome,
+    /// or, with none (the agent restarted mid-step, or the outcome was unknown), what the
+    /// target looks like now.
+    async fn answer_from(
+        &self,
+        rec: &StepRecord,
+        call: &StepCall,
+        pair: Option<&PairSpec>,
+    ) -> Result<Finding, Status> {
+        let token = rec.token;
+        match &rec.outcome {
+            StepOutcome::Done { detail } => {
+                let result: StepResult = serde_json::from_str(detail).map_err(|e| {
+                    Status::internal(format!(
+                        "the journal's record of job {} step {} attempt {} is unreadable ({e}); inspect the agent's journal",
+                        token.job_id, token.step_index, token.attempt
+                    ))
+                })?;
+                Ok(Finding::Finished {
+                    token,
+                    outcome: Ok(result),
+                })
+            }
+            StepOutcome::Failed { reason } => Ok(Finding::Finished {
+                token,
+                outcome: Err(reason.clone()),
+            }),
+            StepOutcome::Started => Ok(Finding::Interrupted {
+                token,
+                observed: self.observe(call, &token, pair).await,
+            }),
+        }
+    }
+
+    /// What the target of an interrupted step looks like now, for the steps whose resolution
+    /// needs it; `None` when it cannot be read (the driver asks again later).
+    async fn observe(
+        &self,
+        call: &StepCall,
+        token: &FencingToken,
+        pair: Option<&PairSpec>,
+    ) -> Option<Observed> {
+        let bound = Duration::from_millis(OBSERVE_MS);
+        match call {
+            StepCall::Quiesce { volume, .. } => {
+                let host = self.host().ok()?;
+                let held = tokio::time::timeout(bound, host.quiesces())
+                    .await
+                    .ok()?
+                    .ok()?;
+                let owner = quiesce_owner(token);
+                let quiesce_id = held
+                    .iter()
+                    .find(|q| q.volume == volume.volume && q.owner == owner)
+                    .map(|q| q.quiesce_id);
+                Some(Observed::Volume { quiesce_id })
+            }
+            StepCall::Separate { .. } => {
+                let pair = pair?;
+                let array = self.array(&pair.mv.array).ok()?;
+                let id = array_steps::pair_id(pair);
+                let info = tokio::time::timeout(bound, array.pair_query(&id))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(Observed::Pair {
+                    sync: pair_sync(&info.state),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// `Probe`: see the module essay.
+    pub async fn probe(self: &Arc<Self>, order: ProbeOrder) -> Result<Finding, Status> {
+        let asked = order.token;
+        if asked.step_index != order.step {
+            return Err(Status::invalid_argument(format!(
+                "the token is for step {}, the probe for step {}",
+                asked.step_index, order.step
+            )));
+        }
+        self.check_target(&order.target, &order.call)?;
+        check_pair(&order.target, order.pair.as_ref())?;
+        self.journal_op("fencing the step in the journal", move |j| {
+            j.fence_step(asked)
+        })
+        .await?;
+        let records = self
+            .journal_op("reading the step's records", move |j| {
+                j.step_records(asked.job_id, asked.step_index)
+            })
+            .await?;
+        let Some(found) = records
+            .into_iter()
+            .filter(|r| supersedes_or_is(&r.token, &asked))
+            .max_by_key(|r| (r.token.attempt, r.token.term))
+        else {
+            return Ok(Finding::NotRecorded);
+        };
+        if found.outcome == StepOutcome::Started {
+            if lock(&self.running).contains_key(&found.token) {
+                return Ok(Finding::Running { token: found.token });
+            }
+            // Its task may have finished between the two reads: the journal has the last word
+            // (a task journals before it lets go of its claim).
+            let token = found.token;
+            if let Some(again) = self
+                .journal_op("reading the step's record", move |j| j.step(&token))
+                .await?
+            {
+                return self
+                    .answer_from(&again, &order.call, order.pair.as_ref())
+                    .await;
+            }
+        }
+        self.answer_from(&found, &order.call, order.pair.as_ref())
+            .await
+    }
+}
+
+/// An array step's order carries its pair, whose MV is on the target array (pair operations
+/// go to the MV's array).
+fn check_pair(target: &StepTarget, pair: Option<&PairSpec>) -> Result<(), Status> {
+    match (target, pair) {
+        (StepTarget::Array(array), None) => Err(Status::invalid_argument(format!(
+            "an array step for {array} must carry its pair"
+        ))),
+        (StepTarget::Array(array), Some(p)) if p.mv.array != *array => {
+            Err(Status::invalid_argument(format!(
+                "pair {} has its MV on array {}, but the step targets array {array}",
+                p.name, p.mv.array
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A pair's state as a step's resolution needs it.
+pub fn pair_sync(state: &stillpoint_array::PairState) -> PairSync {
+    use stillpoint_array::SyncState;
+    match state.sync {
+        _ if state.abnormal_suspend => PairSync::Other(state.to_string()),
+        SyncState::RplExec => PairSync::Replicating,
+        SyncState::RplSync => PairSync::InSync,
+        SyncState::SepExec => PairSync::Separating,
+        SyncState::Separated => PairSync::Separated,
+        _ => PairSync::Other(state.to_string()),
+    }
+}
+
+/// The tonic service.
+pub struct StepExecutorService {
+    exec: Arc<Executor>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(json)
+        .map_err(|e| Status::invalid_argument(format!("the {what} is not valid JSON of it: {e}")))
+}
+
+fn reply(finding: Finding) -> Result<Response<pb::StepReply>, Status> {
+    let finding_json = serde_json::to_vec(&finding)
+        .map_err(|e| Status::internal(format!("the finding could not be encoded (a bug): {e}")))?;
+    Ok(Response::new(pb::StepReply { finding_json }))
+}
+
+#[tonic::async_trait]
+impl StepExecutor for StepExecutorService {
+    async fn execute(
+        &self,
+        request: Request<pb::StepOrderMessage>,
+    ) -> Result<Response<pb::StepReply>, Status> {
+        let order: StepOrder = decode(&request.into_inner().json, "step order")?;
+        reply(self.exec.execute(order).await?)
+    }
+
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeOrderMessage>,
+    ) -> Result<Response<pb::StepReply>, Status> {
+        let order: ProbeOrder = decode(&request.into_inner().json, "probe order")?;
+        reply(self.exec.probe(order).await?)
+    }
+}

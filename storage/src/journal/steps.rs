@@ -1,0 +1,567 @@
+//! Step records and fencing: see the module essay in [`super`].
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    JOB_TERM_TREE, Journal, JournalError, RESOURCE_TERM_TREE, STEP_FENCE_TREE, STEP_LATEST_TREE,
+    STEP_TREE, decode, encode,
+};
+
+/// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
+/// (term, attempt): a higher term is a newer leader; within a term, a higher attempt is a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FencingToken {
+    pub term: u64,
+    pub job_id: u64,
+    pub step_index: u32,
+    pub attempt: u32,
+}
+
+impl FencingToken {
+    fn order(&self) -> (u64, u32) {
+        (self.term, self.attempt)
+    }
+}
+
+/// Where a step stands in this agent's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    /// Begun, no outcome recorded: the agent died or is still working. Resolve by inspecting
+    /// the host, never by assuming either way.
+    Started,
+    /// Finished; `detail` is the executor's own encoding of the result.
+    Done { detail: String },
+    /// Finished with an error the executor reported back.
+    Failed { reason: String },
+}
+
+/// One executed step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub token: FencingToken,
+    pub outcome: StepOutcome,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: Option<u64>,
+}
+
+fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
+    // Big-endian so sled's byte order is (job, step, attempt) order and a prefix scan over
+    // (job, step) finds every attempt of that step.
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&job_id.to_be_bytes());
+    k[8..12].copy_from_slice(&step_index.to_be_bytes());
+    k[12..].copy_from_slice(&attempt.to_be_bytes());
+    k
+}
+
+/// A term stored as 8 big-endian bytes.
+fn term_value(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64, JournalError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| JournalError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("a term is 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+impl Journal {
+    /// Every record of a job step (each attempt begun on this agent), in attempt order.
+    pub fn step_records(
+        &self,
+        job_id: u64,
+        step_index: u32,
+    ) -> Result<Vec<StepRecord>, JournalError> {
+        let mut prefix = Vec::with_capacity(12);
+        prefix.extend_from_slice(&job_id.to_be_bytes());
+        prefix.extend_from_slice(&step_index.to_be_bytes());
+        self.steps
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(STEP_TREE, &k, &v)
+            })
+            .collect()
+    }
+
+    /// The latest record of a job step (highest (term, attempt)), if any.
+    pub fn latest_step(
+        &self,
+        job_id: u64,
+        step_index: u32,
+    ) -> Result<Option<StepRecord>, JournalError> {
+        Ok(self
+            .step_records(job_id, step_index)?
+            .into_iter()
+            .max_by_key(|r| r.token.order()))
+    }
+
+    /// The record of exactly this token's attempt, if any.
+    pub fn step(&self, token: &FencingToken) -> Result<Option<StepRecord>, JournalError> {
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        match self.steps.get(key)? {
+            Some(v) => {
+                let rec: StepRecord = decode(STEP_TREE, &key, &v)?;
+                Ok((rec.token == *token).then_some(rec))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records that the step is starting under `token`, durably, before the executor touches
+    /// anything. `resource` is what the step acts on (`pair:NAME`, `volume:NODE:VOLUME`; `None`
+    /// for a step that touches neither). Refused (S6), in this order, with what to do in the
+    /// error:
+    /// - [`JournalError::Fenced`]: a probe asked about this token or a later one of the step;
+    /// - [`JournalError::StaleToken`]: a newer token (term, attempt) was begun for the step;
+    /// - [`JournalError::StaleTerm`]: a step of the same job, or any step of any job on the
+    ///   same resource, was begun (or for the job, probed) in a newer term.
+    ///
+    /// If this exact token was begun before (and not fenced since), returns that record instead
+    /// of starting again, so the executor answers a repeated request from the journal. Checks
+    /// and records happen in one sled transaction: two requests never both start a step, and a
+    /// refusal changes nothing.
+    pub fn begin_step(
+        &self,
+        token: FencingToken,
+        resource: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<StepBegin, JournalError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let rec = StepRecord {
+            token,
+            outcome: StepOutcome::Started,
+            started_at_unix_ms: now_unix_ms,
+            finished_at_unix_ms: None,
+        };
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        let latest_key = key[..12].to_vec();
+        let job_key = token.job_id.to_be_bytes();
+        let (rec_bytes, token_bytes) = (encode(&rec)?, encode(&token)?);
+        // A journal written before the latest-token tree existed: seed it from the records.
+        if self.steps_latest.get(&latest_key)?.is_none()
+            && let Some(old) = self.latest_step(token.job_id, token.step_index)?
+        {
+            let _ = self.steps_latest.compare_and_swap(
+                &latest_key,
+                None as Option<&[u8]>,
+                Some(encode(&old.token)?),
+            )?;
+        }
+        /// What the transaction found.
+        enum Found {
+            Started,
+            Same,
+            Refused(JournalError),
+        }
+        let abort = ConflictableTransactionError::Abort;
+        let trees = (
+            &self.steps,
+            &self.steps_latest,
+            &self.step_fences,
+            &self.job_terms,
+            &self.resource_terms,
+        );
+        let found = trees.transaction(|(steps, latest, fences, jobs, resources)| {
+            if let Some(f) = fences.get(&latest_key)? {
+                let fence: FencingToken =
+                    decode(STEP_FENCE_TREE, &latest_key, &f).map_err(abort)?;
+                if token.order() <= fence.order() {
+                    return Ok(Found::Refused(JournalError::Fenced {
+                        job_id: token.job_id,
+                        step_index: token.step_index,
+                        term: token.term,
+                        attempt: token.attempt,
+                        fence_term: fence.term,
+                        fence_attempt: fence.attempt,
+                    }));
+                }
+            }
+            if let Some(cur) = latest.get(&latest_key)? {
+                let cur: FencingToken =
+                    decode(STEP_LATEST_TREE, &latest_key, &cur).map_err(abort)?;
+                if cur == token {
+                    return Ok(Found::Same);
+                }
+                if token.order() < cur.order() {
+                    return Ok(Found::Refused(JournalError::StaleToken {
+                        job_id: token.job_id,
+                        step_index: token.step_index,
+                        term: token.term,
+                        attempt: token.attempt,
+                        seen_term: cur.term,
+                        seen_attempt: cur.attempt,
+                    }));
+                }
+            }
+            let stale = |scope: String, floor_term: u64| {
+                Ok(Found::Refused(JournalError::StaleTerm {
+                    job_id: token.job_id,
+                    step_index: token.step_index,
+                    term: token.term,
+                    scope,
+                    floor_term,
+                }))
+            };
+            let job_floor = match jobs.get(job_key)? {
+                Some(v) => term_value(JOB_TERM_TREE, &job_key, &v).map_err(abort)?,
+                None => 0,
+            };
+            if token.term < job_floor {
+                return stale(format!("job {}", token.job_id), job_floor);
+            }
+            if let Some(resource) = resource
+                && let Some(v) = resources.get(resource.as_bytes())?
+            {
+                let floor =
+                    term_value(RESOURCE_TERM_TREE, resource.as_bytes(), &v).map_err(abort)?;
+                if token.term < floor {
+                    return stale(format!("resource {resource} (by any job)"), floor);
+                }
+            }
+            latest.insert(latest_key.as_slice(), token_bytes.as_slice())?;
+            steps.insert(&key[..], rec_bytes.as_slice())?;
+            let term = token.term.to_be_bytes();
+            if token.term > job_floor {
+                jobs.insert(&job_key[..], &term[..])?;
+            }
+            if let Some(resource) = resource {
+                // Not below the stored floor: checked above.
+                resources.insert(resource.as_bytes(), &term[..])?;
+            }
+            Ok(Found::Started)
+        });
+        let found = match found {
+            Ok(f) => f,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        match found {
+            Found::Started => {
+                self.flush()?;
+                Ok(StepBegin::Started(rec))
+            }
+            Found::Same => match self.step(&token)? {
+                Some(r) => Ok(StepBegin::AlreadyRecorded(r)),
+                None => Err(JournalError::Corrupt {
+                    tree: STEP_TREE,
+                    key: format!("{key:?}"),
+                    reason: "the step's token is recorded as begun but its record is missing"
+                        .into(),
+                }),
+            },
+            Found::Refused(e) => Err(e),
+        }
+    }
+
+    /// Records, durably, that a probe asked about `token`: from now on [`Journal::begin_step`]
+    /// refuses it and every older token (term, attempt) of its step, so what the probe reports
+    /// stays true; and the job's term floor rises to `token.term`, so a deposed leader's late
+    /// sends for the job's other steps are refused too. Fences only rise: asking about an older
+    /// token than one already fenced changes nothing.
+    pub fn fence_step(&self, token: FencingToken) -> Result<(), JournalError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let latest_key = step_key(token.job_id, token.step_index, token.attempt)[..12].to_vec();
+        let job_key = token.job_id.to_be_bytes();
+        let token_bytes = encode(&token)?;
+        let abort = ConflictableTransactionError::Abort;
+        let done = (&self.step_fences, &self.job_terms).transaction(|(fences, jobs)| {
+            let raise = match fences.get(&latest_key)? {
+                Some(f) => {
+                    let fence: FencingToken =
+                        decode(STEP_FENCE_TREE, &latest_key, &f).map_err(abort)?;
+                    token.order() > fence.order()
+                }
+                None => true,
+            };
+            if raise {
+                fences.insert(latest_key.as_slice(), token_bytes.as_slice())?;
+            }
+            let job_floor = match jobs.get(job_key)? {
+                Some(v) => term_value(JOB_TERM_TREE, &job_key, &v).map_err(abort)?,
+                None => 0,
+            };
+            if token.term > job_floor {
+                jobs.insert(&job_key[..], &token.term.to_be_bytes()[..])?;
+            }
+            Ok(())
+        });
+        match done {
+            Ok(()) => self.flush(),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// The newest token a probe fenced for this step, if any.
+    pub fn step_fence(
+        &self,
+        job_id: u64,
+        step_index: u32,
+    ) -> Result<Option<FencingToken>, JournalError> {
+        let key = step_key(job_id, step_index, 0)[..12].to_vec();
+        match self.step_fences.get(&key)? {
+            Some(v) => Ok(Some(decode(STEP_FENCE_TREE, &key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the outcome of a step begun with [`Journal::begin_step`], durably.
+    pub fn finish_step(
+        &self,
+        token: FencingToken,
+        outcome: StepOutcome,
+        now_unix_ms: u64,
+    ) -> Result<StepRecord, JournalError> {
+        let key = step_key(token.job_id, token.step_index, token.attempt);
+        let started = match self.step(&token)? {
+            Some(r) => r.started_at_unix_ms,
+            None => now_unix_ms,
+        };
+        let rec = StepRecord {
+            token,
+            outcome,
+            started_at_unix_ms: started,
+            finished_at_unix_ms: Some(now_unix_ms),
+        };
+        self.steps.insert(key, encode(&rec)?)?;
+        self.flush()?;
+        Ok(rec)
+    }
+}
+
+/// What [`Journal::begin_step`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepBegin {
+    /// Nothing recorded for this token: the caller executes the step.
+    Started(StepRecord),
+    /// This exact token was recorded before: answer from the record (and if it is still
+    /// `Started`, resolve the outcome by inspecting the host first).
+    AlreadyRecorded(StepRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(term: u64, attempt: u32) -> FencingToken {
+        at(7, 3, term, attempt)
+    }
+
+    fn at(job_id: u64, step_index: u32, term: u64, attempt: u32) -> FencingToken {
+        FencingToken {
+            term,
+            job_id,
+            step_index,
+            attempt,
+        }
+    }
+
+    fn journal() -> Journal {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        Journal::open(&db).unwrap()
+    }
+
+    fn started(j: &Journal, t: FencingToken, resource: Option<&str>) -> bool {
+        matches!(j.begin_step(t, resource, 1).unwrap(), StepBegin::Started(_))
+    }
+
+    #[test]
+    fn a_term_older_than_one_accepted_for_the_job_is_refused_for_its_other_steps() {
+        let j = journal();
+        assert!(started(&j, at(7, 0, 3, 1), Some("volume:b1:rv")));
+        // A deposed leader (term 2) sends another step of the same job: refused.
+        let err = j.begin_step(at(7, 1, 2, 1), None, 2).unwrap_err();
+        assert!(
+            matches!(&err, JournalError::StaleTerm { floor_term: 3, scope, .. } if scope == "job 7"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("deposed leader"), "{err}");
+        // Nothing was recorded for the refused token; the same term goes on.
+        assert_eq!(j.latest_step(7, 1).unwrap(), None);
+        assert!(started(&j, at(7, 1, 3, 1), None));
+        // Another job is not affected by job 7's floor.
+        assert!(started(&j, at(8, 0, 2, 1), None));
+    }
+
+    #[test]
+    fn a_term_older_than_one_accepted_for_the_resource_is_refused_whatever_the_job() {
+        let j = journal();
+        assert!(started(&j, at(7, 2, 5, 1), Some("pair:p0")));
+        // Job 8 from term 4 on the same pair: refused, naming the resource.
+        let err = j
+            .begin_step(at(8, 0, 4, 1), Some("pair:p0"), 2)
+            .unwrap_err();
+        assert!(
+            matches!(&err, JournalError::StaleTerm { floor_term: 5, scope, .. } if scope.contains("pair:p0")),
+            "{err}"
+        );
+        // On another pair, or touching no resource, term 4 is fine.
+        assert!(started(&j, at(8, 0, 4, 1), Some("pair:p1")));
+        assert!(started(&j, at(9, 0, 4, 1), None));
+        // The same term on the resource is fine (a later step of a job of that leader).
+        assert!(started(&j, at(10, 0, 5, 1), Some("pair:p0")));
+    }
+
+    #[test]
+    fn a_fenced_token_and_older_attempts_are_refused_and_a_later_attempt_accepted() {
+        let j = journal();
+        assert!(started(&j, token(2, 1), None));
+        j.fence_step(token(3, 2)).unwrap();
+        assert_eq!(j.step_fence(7, 3).unwrap(), Some(token(3, 2)));
+        for t in [token(3, 2), token(2, 2), token(3, 1), token(2, 1)] {
+            let err = j.begin_step(t, None, 2).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    JournalError::Fenced {
+                        fence_term: 3,
+                        fence_attempt: 2,
+                        ..
+                    }
+                ),
+                "{t:?}: {err}"
+            );
+        }
+        // The fence raised the job's floor: a term-2 send for another step is refused.
+        let err = j.begin_step(at(7, 4, 2, 1), None, 3).unwrap_err();
+        assert!(
+            matches!(err, JournalError::StaleTerm { floor_term: 3, .. }),
+            "{err}"
+        );
+        // An older question does not lower the fence.
+        j.fence_step(token(2, 1)).unwrap();
+        assert_eq!(j.step_fence(7, 3).unwrap(), Some(token(3, 2)));
+        // The asker's next attempt goes ahead.
+        assert!(started(&j, token(3, 3), None));
+    }
+
+    #[test]
+    fn fences_and_floors_survive_reopening_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(&sled::open(dir.path()).unwrap()).unwrap();
+            assert!(started(&j, at(1, 0, 4, 1), Some("pair:p0")));
+            j.fence_step(at(2, 0, 6, 1)).unwrap();
+        }
+        let j = Journal::open(&sled::open(dir.path()).unwrap()).unwrap();
+        assert!(matches!(
+            j.begin_step(at(3, 0, 3, 1), Some("pair:p0"), 1),
+            Err(JournalError::StaleTerm { floor_term: 4, .. })
+        ));
+        assert!(matches!(
+            j.begin_step(at(2, 0, 6, 1), None, 1),
+            Err(JournalError::Fenced { .. })
+        ));
+        assert!(matches!(
+            j.begin_step(at(2, 1, 5, 1), None, 1),
+            Err(JournalError::StaleTerm { floor_term: 6, .. })
+        ));
+    }
+
+    #[test]
+    fn a_resent_identical_token_is_answered_from_the_journal_even_after_newer_terms() {
+        let j = journal();
+        assert!(started(&j, at(7, 0, 3, 1), Some("pair:p0")));
+        j.finish_step(
+            at(7, 0, 3, 1),
+            StepOutcome::Done {
+                detail: "in sync".into(),
+            },
+            5,
+        )
+        .unwrap();
+        // A newer term drove another job on the pair and another step of the job since.
+        assert!(started(&j, at(8, 0, 4, 1), Some("pair:p0")));
+        assert!(started(&j, at(7, 1, 4, 1), None));
+        // The identical token re-sent: answered from the record, not begun again.
+        match j.begin_step(at(7, 0, 3, 1), Some("pair:p0"), 9).unwrap() {
+            StepBegin::AlreadyRecorded(r) => assert_eq!(
+                r.outcome,
+                StepOutcome::Done {
+                    detail: "in sync".into()
+                }
+            ),
+            other => panic!("expected AlreadyRecorded, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn steps_are_idempotent_and_stale_tokens_refused() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        assert!(matches!(
+            j.begin_step(token(2, 0), None, 10).unwrap(),
+            StepBegin::Started(_)
+        ));
+        // The same token again is answered from the journal, not started twice.
+        match j.begin_step(token(2, 0), None, 11).unwrap() {
+            StepBegin::AlreadyRecorded(r) => assert_eq!(r.outcome, StepOutcome::Started),
+            other => panic!("expected AlreadyRecorded, got {other:?}"),
+        }
+        j.finish_step(
+            token(2, 0),
+            StepOutcome::Done {
+                detail: "ok".into(),
+            },
+            20,
+        )
+        .unwrap();
+        match j.begin_step(token(2, 0), None, 21).unwrap() {
+            StepBegin::AlreadyRecorded(r) => {
+                assert_eq!(
+                    r.outcome,
+                    StepOutcome::Done {
+                        detail: "ok".into()
+                    }
+                );
+                assert_eq!(r.started_at_unix_ms, 10);
+            }
+            other => panic!("expected AlreadyRecorded, got {other:?}"),
+        }
+        // A newer leader's retry supersedes; after that, the old term is stale.
+        assert!(matches!(
+            j.begin_step(token(3, 1), None, 30).unwrap(),
+            StepBegin::Started(_)
+        ));
+        let err = j.begin_step(token(2, 2), None, 31).unwrap_err();
+        assert!(
+            matches!(err, JournalError::StaleToken { seen_term: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(j.latest_step(7, 3).unwrap().unwrap().token, token(3, 1));
+        assert_eq!(j.latest_step(7, 4).unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_begins_of_one_step_start_it_once() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(&db).unwrap();
+        for step in 0..20u32 {
+            let token = FencingToken {
+                term: 1,
+                job_id: 9,
+                step_index: step,
+                attempt: 0,
+            };
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let started: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (j, barrier) = (j.clone(), barrier.clone());
+                        s.spawn(move || {
+                            barrier.wait();
+                            matches!(j.begin_step(token, None, 1).unwrap(), StepBegin::Started(_))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap() as usize)
+                    .sum()
+            });
+            assert_eq!(started, 1, "step {step} was started {started} times");
+        }
+    }
+}
