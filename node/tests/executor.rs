@@ -151,7 +151,8 @@ fn pair() -> PairSpec {
 
 fn target_of(call: &StepCall) -> StepTarget {
     match call {
-        StepCall::Replicate { .. }
+        StepCall::SetPair { .. }
+        | StepCall::Replicate { .. }
         | StepCall::Separate { .. }
         | StepCall::AwaitSeparated { .. } => StepTarget::Array("A1".into()),
         StepCall::FreeRv { volume }
@@ -165,7 +166,10 @@ fn target_of(call: &StepCall) -> StepTarget {
 fn order(token: FencingToken, call: StepCall) -> StepOrder {
     let pair = matches!(
         call,
-        StepCall::Replicate { .. } | StepCall::Separate { .. } | StepCall::AwaitSeparated { .. }
+        StepCall::SetPair { .. }
+            | StepCall::Replicate { .. }
+            | StepCall::Separate { .. }
+            | StepCall::AwaitSeparated { .. }
     )
     .then(pair);
     StepOrder {

@@ -16,8 +16,11 @@
 //!
 //! `--hold` keeps the site running so other `stillpoint` commands can be pointed at it.
 
+pub mod inprocess;
 pub mod site;
 mod timeline;
+
+pub use inprocess::{DemoArray, start_local_cluster};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -77,6 +77,7 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
         Err(e) => return StepEnd::Failed(e),
     };
     let result = match &order.dispatch.call {
+        StepCall::SetPair { .. } => set_pair(&array, pair).await,
         StepCall::Replicate { .. } => replicate(&array, pair).await,
         StepCall::Separate { .. } => separate(&array, pair).await,
         StepCall::AwaitSeparated { .. } => await_separated(&array, pair).await,
@@ -103,6 +104,26 @@ async fn query(array: &dyn Array, pair: &PairSpec, id: &PairId) -> Result<PairIn
             "{what}: no answer within {bound_ms} ms"
         ))),
     }
+}
+
+/// Set the pair on its array; done at once if it is already set (as this pair: a pair is
+/// named by its MV and RV).
+async fn set_pair(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+    let id = pair_id(pair);
+    let what = format!("setting pair {} ({id})", pair.name);
+    let bound_ms = ARRAY_CALL_MARGIN_MS;
+    match tokio::time::timeout(Duration::from_millis(bound_ms), array.pair_query(&id)).await {
+        Ok(Ok(_)) => return Ok(StepResult::PairSet),
+        Ok(Err(ArrayError::NotFound { .. })) => {}
+        Ok(Err(e)) => return Err(array_end(&what, e)),
+        Err(_) => {
+            return Err(StepEnd::Unknown(format!(
+                "{what}: no answer within {bound_ms} ms"
+            )));
+        }
+    }
+    call(&what, 0, array.pair_set(&id)).await?;
+    Ok(StepResult::PairSet)
 }
 
 /// Replicate (difference) and wait until `rpl/sync`; at once if it already is.

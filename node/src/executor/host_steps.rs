@@ -70,7 +70,8 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
             command,
             timeout_ms,
         } => run_backup(command, *timeout_ms).await,
-        StepCall::Replicate { .. }
+        StepCall::SetPair { .. }
+        | StepCall::Replicate { .. }
         | StepCall::Separate { .. }
         | StepCall::AwaitSeparated { .. } => {
             Err(StepEnd::Failed("an array step is not a host step".into()))

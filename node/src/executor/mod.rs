@@ -257,7 +257,8 @@ impl Executor {
         let me = &self.ctx.config.name;
         let host_step = !matches!(
             call,
-            StepCall::Replicate { .. }
+            StepCall::SetPair { .. }
+                | StepCall::Replicate { .. }
                 | StepCall::Separate { .. }
                 | StepCall::AwaitSeparated { .. }
         );
@@ -413,7 +414,8 @@ impl Executor {
     ) {
         let token = order.dispatch.token;
         let end = match &order.dispatch.call {
-            StepCall::Replicate { .. }
+            StepCall::SetPair { .. }
+            | StepCall::Replicate { .. }
             | StepCall::Separate { .. }
             | StepCall::AwaitSeparated { .. } => array_steps::run(&self, &order).await,
             _ => host_steps::run(&self, &order).await,
