@@ -208,7 +208,7 @@ async fn resumption(kills: usize) {
         let leader = site.site.leader().await.expect("leader");
         let killed_at_ms = stillpoint_node::agent::now_ms();
         site.site.kill(leader).await;
-        site.site.spawn(leader).expect("restart");
+        site.site.restart(leader).await.expect("restart");
         site.wait_ended(id, JOB_WITHIN).await;
         let job = site.job(id).await.expect("job");
         let old_term = job.takeover_term.unwrap_or(0);

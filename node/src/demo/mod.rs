@@ -278,7 +278,7 @@ async fn follow(
                         "          >>> SIGKILL the leader's agent ({}) inside the freeze window; restarting it",
                         site.name(leader)
                     ));
-                    site.spawn(leader)?;
+                    site.restart(leader).await?;
                     kill = None;
                 }
             }

@@ -421,47 +421,94 @@ impl LocalSite {
         )?))
     }
 
-    /// The leader's slot, as agent `asking` sees it.
+    /// The leader's slot, as a running agent that answers sees it, confirmed by the leader
+    /// with a quorum; waits (bounded) while there is none.
     pub async fn leader(&self) -> Result<usize, NodeError> {
-        let client = self.client();
-        let status = client
-            .on_leader("status", |mut c| async move {
-                c.status(stillpoint_proto::cluster::StatusRequest { consistent: true })
-                    .await
-            })
-            .await?;
-        status
-            .leader_id
-            .map(|id| id as usize - 1)
-            .ok_or_else(|| NodeError::Invalid("no leader".into()))
+        let endpoints: Vec<String> = (0..self.agents.len())
+            .filter(|s| self.agents[*s].is_some())
+            .map(|s| self.endpoints[s].clone())
+            .collect();
+        crate::wait::until("a leader", FORM_TIMEOUT, || {
+            let endpoints = endpoints.clone();
+            async move {
+                for endpoint in endpoints {
+                    let status = crate::Client::new(endpoint)
+                        .on_leader("status", |mut c| async move {
+                            c.status(stillpoint_proto::cluster::StatusRequest { consistent: true })
+                                .await
+                        })
+                        .await;
+                    if let Ok(Some(id)) = status.map(|s| s.leader_id) {
+                        return Some(id as usize - 1);
+                    }
+                }
+                None
+            }
+        })
+        .await
     }
 
     /// Mounts every MV and starts its application through its start hook.
     pub async fn start_applications(&self) -> Result<(), NodeError> {
-        for p in &self.layout.pairs {
-            let host = self.host(p.mv_node)?;
+        for slot in DB1..self.layout.backup_slot() {
+            self.boot_host(slot).await?;
+        }
+        Ok(())
+    }
+
+    /// What a host's boot does for the MVs of business node `slot`: mounts each one that is
+    /// not mounted and starts its application (fstab and the init system, on a real server).
+    /// Waits for the agent to answer and every volume to be attached first.
+    async fn boot_host(&self, slot: usize) -> Result<(), NodeError> {
+        let host = self.host(slot)?;
+        for p in self.layout.pairs.iter().filter(|p| p.mv_node == slot) {
             let volume = p.mv_volume.clone();
-            crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
-                let (host, volume) = (host.clone(), volume.clone());
-                async move {
-                    host.volume(&volume)
-                        .await
-                        .ok()
-                        .filter(|v| v.problem.is_none())
+            let info =
+                crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
+                    let (host, volume) = (host.clone(), volume.clone());
+                    async move {
+                        host.volume(&volume)
+                            .await
+                            .ok()
+                            .filter(|v| v.problem.is_none())
+                    }
+                })
+                .await?;
+            if info.mounted_at.is_some() {
+                continue;
+            }
+            let mounted = host
+                .mount(
+                    &volume,
+                    &MountRequest {
+                        mount_point: None,
+                        identity: MountIdentity::Keep,
+                        read_only: false,
+                    },
+                )
+                .await;
+            if let Err(e) = mounted {
+                // A job may have quiesced it again since: then its release brings it back.
+                match host.volume(&volume).await {
+                    Ok(v) if v.quiesce.is_some() || v.mounted_at.is_some() => continue,
+                    _ => return Err(e.into()),
                 }
-            })
-            .await?;
-            host.mount(
-                &volume,
-                &MountRequest {
-                    mount_point: None,
-                    identity: MountIdentity::Keep,
-                    read_only: false,
-                },
-            )
-            .await?;
+            }
             host.run_hook(&volume, stillpoint_host::HookKind::Start)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts agent `slot` again after it was killed, and brings its host back the way a
+    /// reboot would: the agent's own start resumes any quiesce it held (S4); then every MV
+    /// still unmounted is mounted and its application started ([`LocalSite::boot_host`]).
+    /// With the `sim` backend, mounts and applications live in the agent's process, so killing
+    /// the agent is a reboot of its host.
+    pub async fn restart(&mut self, slot: usize) -> Result<(), NodeError> {
+        self.spawn(slot)?;
+        if (DB1..self.layout.backup_slot()).contains(&slot) {
+            self.boot_host(slot).await?;
         }
         Ok(())
     }

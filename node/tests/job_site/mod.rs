@@ -57,6 +57,7 @@ impl JobSite {
         site
     }
 
+    /// Submits a job through any agent that answers (agents may be restarting).
     pub async fn submit(&self, kind: JobKind) -> u64 {
         let command = Command::SubmitJob {
             kind,
@@ -64,14 +65,18 @@ impl JobSite {
             at_ms: stillpoint_node::agent::now_ms(),
             no_queue: false,
         };
-        match self
-            .site
-            .client()
-            .propose(&command)
-            .await
-            .expect("submit")
-            .0
-        {
+        let command = &command;
+        let response = wait_async("an agent to accept the job", || async move {
+            for endpoint in &self.site.endpoints {
+                let client = stillpoint_node::Client::new(endpoint.clone());
+                if let Ok((r, _)) = client.propose(command).await {
+                    return Some(r);
+                }
+            }
+            None
+        })
+        .await;
+        match response {
             Response::JobAccepted { job_id, .. } => job_id,
             other => panic!("the job was not accepted: {other:?}"),
         }
@@ -84,21 +89,23 @@ impl JobSite {
         .await
     }
 
-    /// The replicated state as a running agent applied it.
+    /// The replicated state as a running agent that answers applied it.
     pub async fn state(&self) -> Option<ClusterState> {
-        let reply = self
-            .site
-            .client()
-            .on_endpoint("query", |mut c| async move {
-                c.query(QueryRequest {
-                    what: "state".into(),
-                    consistent: false,
+        for endpoint in &self.site.endpoints {
+            let reply = stillpoint_node::Client::new(endpoint.clone())
+                .on_endpoint("query", |mut c| async move {
+                    c.query(QueryRequest {
+                        what: "state".into(),
+                        consistent: false,
+                    })
+                    .await
                 })
-                .await
-            })
-            .await
-            .ok()?;
-        serde_json::from_slice(&reply.json).ok()
+                .await;
+            if let Ok(reply) = reply {
+                return serde_json::from_slice(&reply.json).ok();
+            }
+        }
+        None
     }
 
     pub async fn job(&self, id: u64) -> Option<Job> {
@@ -191,4 +198,23 @@ pub fn is_consistent(end: &JobEnd) -> bool {
             label: CopyLabel::Consistent
         }
     )
+}
+
+/// Polls `f` until it yields, bounded by [`WAIT`].
+pub async fn wait_async<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
