@@ -240,10 +240,12 @@ fn the_demo_takes_a_consistent_backup_copy() {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", stderr(&out));
     for expected in [
         "Leader",
-        "backup1",
-        "separate A1:0->A1:1: separated",
+        "set pair p1",
+        "SIGKILL the leader's agent",
+        "leads now; it takes the job over",
+        "copy labelled CONSISTENT",
+        "verifier on backup1:rv0 (p0)",
         "0 torn/corrupt, 0 missing",
-        "mount rv read-only",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }

@@ -7,8 +7,9 @@
 //! records), `backup1` (backup server, both RVs). They form one cluster; the site file is
 //! applied; `group prepare payroll` sets both pairs and runs their first copy as a cluster job.
 //! Then the backup of group `payroll` is submitted as a job, and once the MVs are quiesced the
-//! demo **SIGKILLs the leader's agent** and restarts it: the new leader takes the job over,
-//! asks the executors what became of the steps in flight, and finishes. The timeline of every
+//! demo **SIGKILLs the leader's agent**, waits until another agent leads, and restarts the
+//! killed one: the new leader takes the job over, asks the executors what became of the steps
+//! in flight, and finishes. The timeline of every
 //! step is printed as the replicated log records it, and at the end the verifier reads both
 //! RVs through the array: every record intact and none missing, or the demo fails. When the
 //! killed agent held an MV quiesced, its restart resumed the MV by itself, the static point did
@@ -227,12 +228,13 @@ async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
 }
 
 async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
+    // Read from the leader, confirmed by a quorum: never an older copy than printed already.
     let reply = site
         .client()
-        .on_endpoint("query", |mut c| async move {
+        .on_leader("query", |mut c| async move {
             c.query(QueryRequest {
                 what: "state".into(),
-                consistent: false,
+                consistent: true,
             })
             .await
         })
@@ -275,7 +277,15 @@ async fn follow(
                     let leader = site.leader().await?;
                     site.kill(leader).await;
                     say(format!(
-                        "          >>> SIGKILL the leader's agent ({}) inside the freeze window; restarting it",
+                        "          >>> SIGKILL the leader's agent ({}) inside the freeze window",
+                        site.name(leader)
+                    ));
+                    // Restarted at once, it could lead again in its own term (its vote is
+                    // committed); kept down until another agent leads, the job changes hands.
+                    let new = site.leader().await?;
+                    say(format!(
+                        "          >>> {} leads now; it takes the job over; restarting {}",
+                        site.name(new),
                         site.name(leader)
                     ));
                     site.restart(leader).await?;

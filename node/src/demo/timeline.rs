@@ -70,7 +70,8 @@ impl Printed {
         }
         for s in &job.steps {
             let seen = self.per_step.entry(s.id).or_default();
-            for e in &s.history[*seen..] {
+            // A copy read from an agent that lags may have less history than printed already.
+            for e in s.history.get(*seen..).unwrap_or_default() {
                 let at = e.at_ms.saturating_sub(job.submitted_at_ms);
                 lines.push((
                     at,
@@ -83,7 +84,7 @@ impl Printed {
                     ),
                 ));
             }
-            *seen = s.history.len();
+            *seen = (*seen).max(s.history.len());
         }
         lines.sort_by_key(|(at, _)| *at);
         lines.into_iter().map(|(_, l)| l).collect()
