@@ -696,3 +696,71 @@ async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_sho
     );
     site.stop().await;
 }
+
+/// Issue 11 item 4: once a new leader is elected, a step sent under the old leader's term is
+/// refused by every agent that has seen the new term, naming both terms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_late_step_is_refused_after_an_election() {
+    let mut site = Site::start().await;
+    let old_term = site.term();
+    let leader = poll("a leader", || async {
+        site.agents[0]
+            .context
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+    })
+    .await;
+    let slot = site
+        .agents
+        .iter()
+        .position(|a| a.node_id() == leader)
+        .unwrap();
+    site.agents.remove(slot).shutdown().await.unwrap();
+    let new_term = poll("a new leader in a newer term", || async {
+        let m = site.agents[0].context.raft.metrics().borrow().clone();
+        (m.current_leader.is_some_and(|l| l != leader) && m.current_term > old_term)
+            .then_some(m.current_term)
+    })
+    .await;
+    // A surviving agent with a host half, and its volume.
+    let (i, node, volume) = site
+        .agents
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.context.config.name.as_str() {
+            "db1" => Some((i, "db1", "data")),
+            "backup1" => Some((i, "backup1", "rv")),
+            _ => None,
+        })
+        .unwrap();
+    let addr = site.agents[i].local_addr.to_string();
+    poll("the survivor to see the new term", || async {
+        (site.agents[i].context.raft.metrics().borrow().current_term >= new_term).then_some(())
+    })
+    .await;
+    let free = |t| {
+        order(
+            t,
+            StepCall::FreeRv {
+                volume: vol(node, volume),
+            },
+        )
+    };
+    match execute(&addr, &free(tok(old_term, 50, 0, 1))).await {
+        Err(NodeError::Refused(m)) => {
+            assert!(
+                m.contains(&format!("term {old_term}")) && m.contains("deposed"),
+                "{m}"
+            )
+        }
+        other => panic!("a deposed leader's step was not refused: {other:?}"),
+    }
+    // The new leader's attempt of the same step goes ahead.
+    assert_eq!(
+        done(&addr, &free(tok(new_term, 50, 0, 2))).await,
+        StepResult::RvFreed
+    );
+    site.stop().await;
+}
