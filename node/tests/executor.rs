@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct Site {
     _dir: tempfile::TempDir,
-    array: DemoArray,
+    array: Option<DemoArray>,
     agents: Vec<RunningAgent>,
 }
 
@@ -35,7 +35,7 @@ impl Site {
             .unwrap();
         let site = Site {
             _dir: dir,
-            array,
+            array: Some(array),
             agents,
         };
         for (i, volume) in [(1, "data"), (2, "rv")] {
@@ -53,6 +53,10 @@ impl Site {
 
     fn host(&self, i: usize) -> std::sync::Arc<stillpoint_host::Agent> {
         self.agents[i].host.clone().expect("agent has a host half")
+    }
+
+    fn array_address(&self) -> String {
+        self.array.as_ref().expect("the array runs").address.clone()
     }
 
     fn addr(&self, i: usize) -> String {
@@ -98,7 +102,9 @@ impl Site {
         for a in self.agents {
             a.shutdown().await.unwrap();
         }
-        self.array.stop().await.unwrap();
+        if let Some(array) = self.array {
+            array.stop().await.unwrap();
+        }
     }
 }
 
@@ -221,7 +227,7 @@ fn assert_refused(r: Result<Finding, NodeError>, needle: &str) {
 async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_from_the_journal() {
     let site = Site::start().await;
     site.run_business().await;
-    let array = RemoteArray::connect(&site.array.address).await.unwrap();
+    let array = RemoteArray::connect(&site.array_address()).await.unwrap();
     let id = stillpoint_node::executor::array_steps::pair_id(&pair());
     let (db1, backup1) = (site.addr(1), site.addr(2));
     let term = site.term();
@@ -581,7 +587,7 @@ async fn a_step_cut_short_by_an_agent_restart_is_reported_interrupted_not_run_ag
 async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_shows() {
     let site = Site::start().await;
     site.run_business().await;
-    let array = RemoteArray::connect(&site.array.address).await.unwrap();
+    let array = RemoteArray::connect(&site.array_address()).await.unwrap();
     let id = stillpoint_node::executor::array_steps::pair_id(&pair());
     array.pair_set(&id).await.unwrap();
     // A new pair starts separated: bring it to sync, as the job's replicate does.
@@ -693,6 +699,101 @@ async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_sho
             }
         ),
         "{after:?}"
+    );
+    site.stop().await;
+}
+
+/// Issue 11 item 4: once a new leader is elected, a step sent under the old leader's term is
+/// refused by every agent that has seen the new term, naming both terms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_late_step_is_refused_after_an_election() {
+    let mut site = Site::start().await;
+    let old_term = site.term();
+    let leader = poll("a leader", || async {
+        site.agents[0]
+            .context
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+    })
+    .await;
+    let slot = site
+        .agents
+        .iter()
+        .position(|a| a.node_id() == leader)
+        .unwrap();
+    site.agents.remove(slot).shutdown().await.unwrap();
+    let new_term = poll("a new leader in a newer term", || async {
+        let m = site.agents[0].context.raft.metrics().borrow().clone();
+        (m.current_leader.is_some_and(|l| l != leader) && m.current_term > old_term)
+            .then_some(m.current_term)
+    })
+    .await;
+    // A surviving agent with a host half, and its volume.
+    let (i, node, volume) = site
+        .agents
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.context.config.name.as_str() {
+            "db1" => Some((i, "db1", "data")),
+            "backup1" => Some((i, "backup1", "rv")),
+            _ => None,
+        })
+        .unwrap();
+    let addr = site.agents[i].local_addr.to_string();
+    poll("the survivor to see the new term", || async {
+        (site.agents[i].context.raft.metrics().borrow().current_term >= new_term).then_some(())
+    })
+    .await;
+    let free = |t| {
+        order(
+            t,
+            StepCall::FreeRv {
+                volume: vol(node, volume),
+            },
+        )
+    };
+    match execute(&addr, &free(tok(old_term, 50, 0, 1))).await {
+        Err(NodeError::Refused(m)) => {
+            assert!(
+                m.contains(&format!("term {old_term}")) && m.contains("deposed"),
+                "{m}"
+            )
+        }
+        other => panic!("a deposed leader's step was not refused: {other:?}"),
+    }
+    // The new leader's attempt of the same step goes ahead.
+    assert_eq!(
+        done(&addr, &free(tok(new_term, 50, 0, 2))).await,
+        StepResult::RvFreed
+    );
+    site.stop().await;
+}
+
+/// An array that cannot be reached makes the step's outcome unknown (an error reply the driver
+/// answers with a probe), never a failure; asked again, the begun token is reported
+/// interrupted, with nothing observed while the array stays unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_array_makes_the_outcome_unknown_not_failed() {
+    let mut site = Site::start().await;
+    site.array.take().unwrap().stop().await.unwrap();
+    let term = site.term();
+    let token = tok(term, 60, 0, 1);
+    let separate = order(token, StepCall::Separate { pair: "p0".into() });
+    let mgmt1 = site.addr(0);
+    match execute(&mgmt1, &separate).await {
+        Err(NodeError::OutcomeUnknown(m)) => assert!(m.contains("outcome unknown"), "{m}"),
+        other => panic!("a separate on an unreachable array: {other:?}"),
+    }
+    let interrupted = Finding::Interrupted {
+        token,
+        observed: None,
+    };
+    assert_eq!(execute(&mgmt1, &separate).await.unwrap(), interrupted);
+    assert_eq!(
+        probe(&mgmt1, &probe_order(&separate, token)).await.unwrap(),
+        interrupted
     );
     site.stop().await;
 }
