@@ -48,6 +48,10 @@ pub(crate) struct Inner {
     pub(crate) armed: StdMutex<HashSet<u64>>,
     /// Freeze guards of the freezes this process holds, by quiesce id.
     pub(crate) guards: StdMutex<HashMap<u64, Guard>>,
+    /// Quiesce ids found in the journal at start: taken by a previous run of the agent, which
+    /// died at an unknown point of them (before or after the flush, while they held or not).
+    /// Their owner's release is told they were lost, whatever state they are in by then.
+    pub(crate) inherited: StdMutex<HashSet<u64>>,
 }
 
 /// The host operations of one agent. Construct with [`Agent::start`]; use as `Arc<dyn Host>`.
@@ -143,6 +147,7 @@ impl Agent {
                 locks,
                 armed: StdMutex::new(HashSet::new()),
                 guards: StdMutex::new(HashMap::new()),
+                inherited: StdMutex::new(HashSet::new()),
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
         });
@@ -160,6 +165,7 @@ impl Agent {
             if lock_std(&self.inner.armed).contains(&rec.quiesce_id) {
                 continue;
             }
+            lock_std(&self.inner.inherited).insert(rec.quiesce_id);
             let reason = format!(
                 "the agent restarted while the volume was quiesced by {} (since {} ms, deadline {} ms); \
                  it cannot vouch the quiesce held while it was down, so it resumed the volume",
@@ -594,6 +600,19 @@ async fn release_detached(
         }
         Err(ResumeFailed::Volume(e)) => return Err(e),
     };
+    if lock_std(&inner.inherited).remove(&rec.quiesce_id) {
+        // Taken by a previous run of this agent that died holding it: nobody can vouch that
+        // it reached its static point (the flush) or held while the agent was down, even if
+        // resuming it at the start failed and the record stayed until this release.
+        let reason = "the agent restarted while the volume was quiesced (it could not resume it at start); it cannot vouch the quiesce held";
+        let logged = resume_record(&rec, reason, None);
+        inner.end_quiesce(&rec, Some(&logged), None).await?;
+        return Err(HostError::QuiesceLost {
+            volume: volume.into(),
+            quiesce_id: rec.quiesce_id,
+            reason: reason.into(),
+        });
+    }
     if resumed.guard_thawed_first {
         // The guard reached the deadline (or was told to stop) before this release: the
         // quiesce did not hold until now, so the copy is not a static point.

@@ -86,6 +86,17 @@ impl World {
         .await
         .unwrap()
     }
+    /// An agent on its own sim host, as a restarted agent process gets: nothing attached yet.
+    async fn agent_on(&self, sim: Arc<SimBackend>) -> Arc<Agent> {
+        let db = open_db(&self.dir.join("db")).await;
+        Agent::start(
+            self.config.clone(),
+            Journal::open(&db).unwrap(),
+            Engine::Sim(sim),
+        )
+        .await
+        .unwrap()
+    }
     fn written(&self) -> u64 {
         self.workload.records_written().unwrap_or(0)
     }
@@ -263,6 +274,52 @@ async fn an_agent_killed_while_unmounted_remounts_and_restarts_apps_after_restar
     assert!(
         r[0].reason.contains("restarted") && r[0].owner == "job 3",
         "{r:?}"
+    );
+}
+
+/// A quiesce the agent finds at its start was taken by a previous run of the agent, which
+/// died at an unknown point of it (before or after the flush): its owner's release must hear
+/// that it did not hold, even when resuming it at the start failed and the record is still
+/// there when the release comes (found by the cluster job tests: the release said "held
+/// throughout" and a copy with a torn record was labelled consistent).
+#[tokio::test]
+async fn a_quiesce_inherited_from_a_dead_agent_never_releases_as_held() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv1".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: Some(60_000),
+            owner: "job 3 step 4".into(),
+        })
+        .await
+        .unwrap();
+    drop(host);
+    // The restarted agent's host has not attached the MV's LD yet: resuming it fails.
+    let sim = SimBackend::new(7);
+    let app = Workload::new(sim.clone(), "/sim/mv1", "workload", None, None);
+    sim.register_app("workload", app);
+    let host = w.agent_on(sim.clone()).await;
+    let held = host.quiesces().await.unwrap();
+    assert_eq!(
+        held.len(),
+        1,
+        "the record stays while the resume fails: {held:?}"
+    );
+    sim.attach("LD-MV", w.mv.clone()).await.unwrap();
+    match host.release("mv1", Some(q.quiesce_id)).await {
+        Err(HostError::QuiesceLost { quiesce_id, .. }) => assert_eq!(quiesce_id, q.quiesce_id),
+        other => panic!("an inherited quiesce was released as held: {other:?}"),
+    }
+    assert!(
+        host.quiesces().await.unwrap().is_empty(),
+        "the volume was not resumed"
+    );
+    assert!(
+        host.volume("mv1").await.unwrap().mounted_at.is_some(),
+        "the release of a lost quiesce still resumes the volume"
     );
 }
 

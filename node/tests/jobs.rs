@@ -44,7 +44,22 @@ fn releases(job: &Job) -> Vec<bool> {
 async fn assert_rvs_intact(site: &JobSite, context: &str) {
     for (i, verified) in site.verify_rvs().await.into_iter().enumerate() {
         if let Err(e) = verified {
-            panic!("{context}: the RV of pair {i} is not a clean copy: {e}");
+            let last = site
+                .state()
+                .await
+                .and_then(|s| s.jobs.jobs.values().last().cloned());
+            let steps = last.map(|j| {
+                j.steps
+                    .iter()
+                    .map(|s| format!("{} {:?}: {:?}", s.id, s.call, s.history))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            panic!(
+                "{context}: the RV of pair {i} is not a clean copy: {e}\nlast job:\n{}\n{}",
+                steps.unwrap_or_default(),
+                site.logs()
+            );
         }
     }
 }

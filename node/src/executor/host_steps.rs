@@ -178,9 +178,28 @@ async fn release(
 
 /// Backup node: rescan (the RV's LD becomes visible once separated), check and repair first
 /// when asked, then mount with a new file-system identity (the RV is a copy of its MV).
+/// How long an RV mount waits for the RV's LD to become visible after its pair separated.
+const RV_VISIBLE_WAIT_MS: u64 = 30_000;
+/// Pause between two rescans while waiting for it.
+const RV_VISIBLE_RETRY_MS: u64 = 200;
+
 async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<StepResult, StepEnd> {
-    call("rescanning devices", host.rescan()).await?;
-    let info = call(&format!("reading RV {volume}"), host.volume(volume)).await?;
+    // The array opens the RV to its hosts as it separates, and a host sees that by rescanning;
+    // the array may lag its pair state by a moment, so look again (bounded) before failing.
+    let visible_by = tokio::time::Instant::now() + Duration::from_millis(RV_VISIBLE_WAIT_MS);
+    let info = loop {
+        call("rescanning devices", host.rescan()).await?;
+        let info = call(&format!("reading RV {volume}"), host.volume(volume)).await?;
+        match &info.problem {
+            None => break info,
+            Some(problem) if tokio::time::Instant::now() >= visible_by => {
+                return Err(StepEnd::Failed(format!(
+                    "RV {volume} is not usable on this host {RV_VISIBLE_WAIT_MS} ms after its pair separated: {problem}"
+                )));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(RV_VISIBLE_RETRY_MS)).await,
+        }
+    };
     if info.mounted_at.is_some() {
         return Ok(StepResult::RvMounted { repaired: false });
     }

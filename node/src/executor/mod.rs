@@ -11,7 +11,9 @@
 //! (`pair:NAME`, `volume:NODE:VOLUME`). Only a begun token runs, on its own task: the reply
 //! waits for it up to `reply_within_ms` and says `Finished` or `Running`. The task journals the
 //! outcome ([`Journal::finish_step`]) **before** any reply can show it, so an outcome a driver
-//! saw is one the agent will report again after a crash.
+//! saw is one the agent will report again after a crash — durably, except a quiesce's or a
+//! separate's (written without waiting for the disk flush, to keep flushes out of the freeze
+//! window): lost in a crash, they read back as interrupted and are settled from the target.
 //!
 //! ## Asking again
 //! A token begun before is never run again: its record answers (`Finished`); a record with no
@@ -444,9 +446,21 @@ impl Executor {
                 return;
             }
         };
+        // Inside the freeze window every durable write is a disk flush the business servers
+        // wait through. A quiesce's or a separate's outcome can be read back from its target
+        // after a crash (the host's quiesce record, the pair's state), so it is written without
+        // waiting for the flush; every other outcome is durable before any reply shows it.
+        let settled_by_target = matches!(
+            order.dispatch.call,
+            StepCall::Quiesce { .. } | StepCall::Separate { .. }
+        );
         let finished = self
             .journal_op("journaling the step's outcome", move |j| {
-                j.finish_step(token, outcome, now_ms())
+                if settled_by_target {
+                    j.finish_step_unflushed(token, outcome, now_ms())
+                } else {
+                    j.finish_step(token, outcome, now_ms())
+                }
             })
             .await;
         let end = match finished {

@@ -314,6 +314,22 @@ impl Journal {
         outcome: StepOutcome,
         now_unix_ms: u64,
     ) -> Result<StepRecord, JournalError> {
+        let rec = self.finish_step_unflushed(token, outcome, now_unix_ms)?;
+        self.flush()?;
+        Ok(rec)
+    }
+
+    /// As [`Journal::finish_step`], without waiting for the record to be durable (it becomes
+    /// durable with the next flush: sled's own, every few hundred ms, or any durable write).
+    /// Only for steps whose outcome can be read back from their target after a crash (a
+    /// quiesce from the host's quiesce records, a separate from the pair's state): a lost
+    /// record then shows the step begun and interrupted, and asking settles it from the target.
+    pub fn finish_step_unflushed(
+        &self,
+        token: FencingToken,
+        outcome: StepOutcome,
+        now_unix_ms: u64,
+    ) -> Result<StepRecord, JournalError> {
         let key = step_key(token.job_id, token.step_index, token.attempt);
         let started = match self.step(&token)? {
             Some(r) => r.started_at_unix_ms,
@@ -326,7 +342,6 @@ impl Journal {
             finished_at_unix_ms: Some(now_unix_ms),
         };
         self.steps.insert(key, encode(&rec)?)?;
-        self.flush()?;
         Ok(rec)
     }
 }
