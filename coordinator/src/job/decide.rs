@@ -323,21 +323,27 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
         return actions;
     }
 
-    for s in job.steps.iter().filter(|s| job.ready(s)) {
-        if s.attempts >= STEP_ATTEMPTS_MAX {
-            if !outstanding {
-                actions.push(Action::Record(JobEvent::Ended {
-                    end: JobEnd::Failed {
-                        reason: format!(
-                            "{} was sent {} times without taking effect",
-                            describe(s),
-                            s.attempts
-                        ),
-                    },
-                }));
-            }
-            return actions;
+    // A ready step that has used up its attempts fails the job: nothing else is sent, so the
+    // job never ends with an order of its own still out with an executor.
+    if let Some(s) = job
+        .steps
+        .iter()
+        .find(|s| job.ready(s) && s.attempts >= STEP_ATTEMPTS_MAX)
+    {
+        if !outstanding {
+            actions.push(Action::Record(JobEvent::Ended {
+                end: JobEnd::Failed {
+                    reason: format!(
+                        "{} was sent {} times without taking effect",
+                        describe(s),
+                        s.attempts
+                    ),
+                },
+            }));
         }
+        return actions;
+    }
+    for s in job.steps.iter().filter(|s| job.ready(s)) {
         actions.extend(send(job, s, term));
     }
     if job.steps.iter().all(Step::is_settled) {

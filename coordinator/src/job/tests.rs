@@ -662,3 +662,75 @@ fn preparing_a_group_sets_every_pair_and_replicates_it_once_whatever_the_faults(
         assert!(world.quiesced.is_empty(), "a prepare quiesces nothing");
     }
 }
+
+/// Found by the chaos simulator (stillpoint-chaos, seed 0 of `sim`): a step that had used up
+/// its attempts ended the job in the same decision that sent another ready step, so the job
+/// ended (and gave up its locks) with an order out, and the order's reply was refused.
+#[test]
+fn a_job_that_fails_on_a_worn_out_step_sends_nothing_else_in_the_same_decision() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    let (free0, free1, rep0, rep1) = (0, 1, 2, 3);
+    assert!(matches!(j.steps[rep0].call, StepCall::Replicate { .. }));
+    assert!(matches!(j.steps[rep1].call, StepCall::Replicate { .. }));
+    for s in [free0, free1] {
+        let t = j.steps[s].next_token(1, j.id);
+        j.record(
+            &JobEvent::Dispatched {
+                step: s as StepId,
+                token: t,
+            },
+            0,
+        )
+        .unwrap();
+        j.record(
+            &JobEvent::Completed {
+                step: s as StepId,
+                token: t,
+                result: StepResult::RvFreed,
+            },
+            0,
+        )
+        .unwrap();
+    }
+    // The second pair's replicate is sent and found not executed until it is worn out.
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        let t = j.steps[rep1].next_token(1, j.id);
+        let step = rep1 as StepId;
+        j.record(&JobEvent::Dispatched { step, token: t }, 0)
+            .unwrap();
+        j.record(
+            &JobEvent::LostTrack {
+                step,
+                token: t,
+                why: "timeout".into(),
+            },
+            0,
+        )
+        .unwrap();
+        j.record(&JobEvent::NotExecuted { step, token: t }, 0)
+            .unwrap();
+    }
+    let actions = decide(&j, 1, 0);
+    let sends = actions.iter().any(|a| matches!(a, Action::Dispatch(_)));
+    let ends = actions
+        .iter()
+        .any(|a| matches!(a, Action::Record(JobEvent::Ended { .. })));
+    assert!(ends, "{actions:?}");
+    assert!(
+        !sends,
+        "the job ends while one of its steps is being sent: {actions:?}"
+    );
+    // Performing them in order leaves no step out with an executor.
+    for a in actions {
+        if let Action::Record(e) = a {
+            j.record(&e, 1).unwrap();
+        }
+    }
+    assert!(j.is_ended());
+    assert!(
+        j.steps
+            .iter()
+            .all(|s| !matches!(s.state, StepState::Dispatched { .. }))
+    );
+}
