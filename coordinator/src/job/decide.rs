@@ -257,10 +257,18 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
 
     if let JobState::Cancelling { by } = &job.state {
         let releases = release_held(job);
+        // A release whose quiesce is still out (or unknown) is kept: if the quiesce turns out
+        // taken, the release is sent; if not, the release is skipped then.
         let skip: Vec<StepId> = job
             .steps
             .iter()
             .filter(|s| s.state == StepState::Pending && !releases.iter().any(|r| r.id == s.id))
+            .filter(|s| match &s.call {
+                StepCall::Release { quiesce_step, .. } => {
+                    !is_outstanding(&job.steps[*quiesce_step as usize])
+                }
+                _ => true,
+            })
             .map(|s| s.id)
             .collect();
         if !skip.is_empty() {

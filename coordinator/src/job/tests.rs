@@ -734,3 +734,133 @@ fn a_job_that_fails_on_a_worn_out_step_sends_nothing_else_in_the_same_decision()
             .all(|s| !matches!(s.state, StepState::Dispatched { .. }))
     );
 }
+
+/// Records every `Record` action of `decide` and completes every dispatch at once (releases
+/// report the quiesce held); returns the steps it dispatched.
+fn settle_decisions(j: &mut Job, now_ms: u64) -> Vec<StepId> {
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        let actions = decide(j, 1, now_ms);
+        if actions.is_empty() {
+            break;
+        }
+        for a in actions {
+            match a {
+                Action::Record(e) => j.record(&e, now_ms).unwrap(),
+                Action::Dispatch(d) => {
+                    sent.push(d.step);
+                    j.record(
+                        &JobEvent::Dispatched {
+                            step: d.step,
+                            token: d.token,
+                        },
+                        now_ms,
+                    )
+                    .unwrap();
+                    let result = match d.call {
+                        StepCall::Release { .. } => StepResult::Released {
+                            held_throughout: true,
+                        },
+                        other => panic!("only releases are sent after a cancel, not {other:?}"),
+                    };
+                    j.record(
+                        &JobEvent::Completed {
+                            step: d.step,
+                            token: d.token,
+                            result,
+                        },
+                        now_ms,
+                    )
+                    .unwrap();
+                }
+                Action::Probe { .. } => {}
+            }
+        }
+        if j.is_ended() {
+            break;
+        }
+    }
+    sent
+}
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 846): a cancel skipped the
+/// release of a quiesce whose outcome was still unknown; the quiesce then turned out to have
+/// been taken, and the job ended cancelled with the MV left quiesced until its deadline.
+#[test]
+fn a_cancel_keeps_the_release_of_a_quiesce_still_unknown_and_sends_it_if_it_was_taken() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    let id_of = |j: &Job, pred: &dyn Fn(&StepCall) -> bool| -> Vec<usize> {
+        j.steps
+            .iter()
+            .filter(|s| pred(&s.call))
+            .map(|s| s.id as usize)
+            .collect()
+    };
+    let prepare = id_of(&j, &|c| {
+        matches!(c, StepCall::FreeRv { .. } | StepCall::Replicate { .. })
+    });
+    let quiesces = id_of(&j, &|c| matches!(c, StepCall::Quiesce { .. }));
+    let releases = id_of(&j, &|c| matches!(c, StepCall::Release { .. }));
+    let done = |j: &mut Job, s: usize, result: StepResult| {
+        let t = j.steps[s].next_token(1, j.id);
+        let step = s as StepId;
+        j.record(&JobEvent::Dispatched { step, token: t }, 0)
+            .unwrap();
+        j.record(
+            &JobEvent::Completed {
+                step,
+                token: t,
+                result,
+            },
+            0,
+        )
+        .unwrap();
+    };
+    for &s in &prepare {
+        let result = match j.steps[s].call {
+            StepCall::FreeRv { .. } => StepResult::RvFreed,
+            _ => StepResult::InSync,
+        };
+        done(&mut j, s, result);
+    }
+    done(&mut j, quiesces[0], StepResult::Quiesced { quiesce_id: 1 });
+    // The second quiesce was sent; its outcome is unknown.
+    let t = j.steps[quiesces[1]].next_token(1, j.id);
+    let q1 = quiesces[1] as StepId;
+    j.record(&JobEvent::Dispatched { step: q1, token: t }, 0)
+        .unwrap();
+    j.record(
+        &JobEvent::LostTrack {
+            step: q1,
+            token: t,
+            why: "no answer".into(),
+        },
+        0,
+    )
+    .unwrap();
+    j.record(&JobEvent::CancelRequested { by: "ops".into() }, 1)
+        .unwrap();
+    let sent = settle_decisions(&mut j, 1);
+    assert_eq!(
+        sent,
+        vec![releases[0] as StepId],
+        "the held one is released"
+    );
+    assert!(!j.is_ended(), "not ended while a quiesce is unknown");
+    // Asking the host finds the quiesce was taken.
+    let found = Finding::Finished {
+        token: t,
+        outcome: Ok(StepResult::Quiesced { quiesce_id: 2 }),
+    };
+    let e = resolve(&j.steps[q1 as usize], &found).unwrap();
+    j.record(&e, 2).unwrap();
+    let sent = settle_decisions(&mut j, 2);
+    assert_eq!(
+        sent,
+        vec![releases[1] as StepId],
+        "the quiesce found taken is released before the job ends: {:?}",
+        j.steps[releases[1]].state
+    );
+    assert!(j.is_ended());
+}
