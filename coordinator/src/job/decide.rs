@@ -225,6 +225,26 @@ fn release_held(job: &Job) -> Vec<&Step> {
         .collect()
 }
 
+/// Ready steps a predecessor may have sent: a leader took the job over since each was last
+/// known not to be out. A job asks about them before it ends, so it never ends (and gives up
+/// its locks, S5) with one of its own steps still out with an executor.
+fn maybe_out(job: &Job) -> impl Iterator<Item = &Step> {
+    job.steps
+        .iter()
+        .filter(|s| job.ready(s) && job.must_ask_first(s))
+}
+
+/// Ends the job with `end`, unless a step may still be out: then asks about it first.
+fn end_or_ask(job: &Job, term: u64, end: JobEnd, actions: &mut Vec<Action>) {
+    let ask: Vec<&Step> = maybe_out(job).collect();
+    if ask.is_empty() {
+        actions.push(Action::Record(JobEvent::Ended { end }));
+    }
+    for s in ask {
+        actions.extend(send(job, s, term));
+    }
+}
+
 /// What to do next with `job`, as the leader of `term` at `now_ms`.
 pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
     if job.is_ended() || matches!(job.state, JobState::Queued { .. }) {
@@ -257,12 +277,16 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
 
     if let JobState::Cancelling { by } = &job.state {
         let releases = release_held(job);
+        let ask: Vec<&Step> = maybe_out(job)
+            .filter(|s| !releases.iter().any(|r| r.id == s.id))
+            .collect();
         // A release whose quiesce is still out (or unknown) is kept: if the quiesce turns out
         // taken, the release is sent; if not, the release is skipped then.
         let skip: Vec<StepId> = job
             .steps
             .iter()
             .filter(|s| s.state == StepState::Pending && !releases.iter().any(|r| r.id == s.id))
+            .filter(|s| !ask.iter().any(|a| a.id == s.id))
             .filter(|s| match &s.call {
                 StepCall::Release { quiesce_step, .. } => {
                     !is_outstanding(&job.steps[*quiesce_step as usize])
@@ -278,9 +302,16 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
             }));
         }
         if releases.is_empty() && !outstanding {
-            actions.push(Action::Record(JobEvent::Ended {
-                end: JobEnd::Cancelled { by: by.clone() },
-            }));
+            end_or_ask(
+                job,
+                term,
+                JobEnd::Cancelled { by: by.clone() },
+                &mut actions,
+            );
+        } else {
+            for s in ask {
+                actions.extend(send(job, s, term));
+            }
         }
         for r in releases {
             actions.extend(send(job, r, term));
@@ -301,9 +332,7 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
             return abort_round(job, failed, why, term, actions);
         }
         if !outstanding {
-            actions.push(Action::Record(JobEvent::Ended {
-                end: JobEnd::Failed { reason: why },
-            }));
+            end_or_ask(job, term, JobEnd::Failed { reason: why }, &mut actions);
         }
         return actions;
     }
@@ -339,15 +368,12 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
         .find(|s| job.ready(s) && s.attempts >= STEP_ATTEMPTS_MAX)
     {
         if !outstanding {
-            actions.push(Action::Record(JobEvent::Ended {
-                end: JobEnd::Failed {
-                    reason: format!(
-                        "{} was sent {} times without taking effect",
-                        describe(s),
-                        s.attempts
-                    ),
-                },
-            }));
+            let reason = format!(
+                "{} was sent {} times without taking effect",
+                describe(s),
+                s.attempts
+            );
+            end_or_ask(job, term, JobEnd::Failed { reason }, &mut actions);
         }
         return actions;
     }
@@ -402,9 +428,8 @@ fn abort_round(
             without_static_point: true,
         }
     } else {
-        JobEvent::Ended {
-            end: JobEnd::Failed { reason: why },
-        }
+        end_or_ask(job, term, JobEnd::Failed { reason: why }, &mut actions);
+        return actions;
     };
     actions.push(Action::Record(event));
     actions

@@ -864,3 +864,89 @@ fn a_cancel_keeps_the_release_of_a_quiesce_still_unknown_and_sends_it_if_it_was_
     );
     assert!(j.is_ended());
 }
+
+/// Completes step `s` of `j` under the next token of `term`.
+fn complete_step(j: &mut Job, s: usize, term: u64, result: StepResult) {
+    let t = j.steps[s].next_token(term, j.id);
+    let step = s as StepId;
+    j.record(&JobEvent::Dispatched { step, token: t }, 0)
+        .unwrap();
+    j.record(
+        &JobEvent::Completed {
+            step,
+            token: t,
+            result,
+        },
+        0,
+    )
+    .unwrap();
+}
+
+fn ends(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Record(JobEvent::Ended { .. })))
+}
+
+fn probed(actions: &[Action]) -> Vec<StepId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 567): a new leader ended a job
+/// (failed on a worn-out step) while another ready step might have been sent by its
+/// predecessor and was never asked about; the job's locks went to the next job, and the
+/// predecessor's replicate then took effect on a pair the next job owned (S5).
+#[test]
+fn after_a_takeover_a_job_does_not_fail_before_asking_about_steps_its_predecessor_may_have_sent() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    complete_step(&mut j, 0, 1, StepResult::RvFreed);
+    complete_step(&mut j, 1, 1, StepResult::RvFreed);
+    // Step 3 (replicate p1) is worn out in term 1.
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        let t = j.steps[3].next_token(1, j.id);
+        j.record(&JobEvent::Dispatched { step: 3, token: t }, 0)
+            .unwrap();
+        j.record(
+            &JobEvent::LostTrack {
+                step: 3,
+                token: t,
+                why: "timeout".into(),
+            },
+            0,
+        )
+        .unwrap();
+        j.record(&JobEvent::NotExecuted { step: 3, token: t }, 0)
+            .unwrap();
+    }
+    // Term 2 takes over; step 2 (replicate p0) is ready and may be out with the array.
+    for e in j.takeover_events(2) {
+        j.record(&e, 1).unwrap();
+    }
+    let actions = decide(&j, 2, 1);
+    assert!(!ends(&actions), "ended without asking: {actions:?}");
+    assert!(probed(&actions).contains(&2), "{actions:?}");
+}
+
+/// The same for a cancel: a step the predecessor may have sent is asked about, not skipped.
+#[test]
+fn after_a_takeover_a_cancel_asks_about_steps_its_predecessor_may_have_sent_before_ending() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    complete_step(&mut j, 0, 1, StepResult::RvFreed);
+    complete_step(&mut j, 1, 1, StepResult::RvFreed);
+    for e in j.takeover_events(2) {
+        j.record(&e, 1).unwrap();
+    }
+    j.record(&JobEvent::CancelRequested { by: "ops".into() }, 1)
+        .unwrap();
+    let actions = decide(&j, 2, 1);
+    assert!(!ends(&actions), "ended without asking: {actions:?}");
+    assert_eq!(probed(&actions), vec![2, 3], "{actions:?}");
+}
