@@ -234,8 +234,12 @@ fn maybe_out(job: &Job) -> impl Iterator<Item = &Step> {
         .filter(|s| job.ready(s) && job.must_ask_first(s))
 }
 
-/// Ends the job with `end`, unless a step may still be out: then asks about it first.
+/// Ends the job with `end`, unless a step may still be out: waits while any is outstanding,
+/// and asks about any its predecessor may have sent.
 fn end_or_ask(job: &Job, term: u64, end: JobEnd, actions: &mut Vec<Action>) {
+    if job.steps.iter().any(is_outstanding) {
+        return;
+    }
     let ask: Vec<&Step> = maybe_out(job).collect();
     if ask.is_empty() {
         actions.push(Action::Record(JobEvent::Ended { end }));

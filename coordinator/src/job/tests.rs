@@ -950,3 +950,92 @@ fn after_a_takeover_a_cancel_asks_about_steps_its_predecessor_may_have_sent_befo
     assert!(!ends(&actions), "ended without asking: {actions:?}");
     assert_eq!(probed(&actions), vec![2, 3], "{actions:?}");
 }
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 437): a static-point step failed
+/// in the last round and the job ended failed while a step of its publish phase (asked about
+/// after a takeover) was still unknown.
+#[test]
+fn a_job_failing_in_its_last_round_waits_for_its_unknown_publish_steps() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    let at = |call: fn(&StepCall) -> bool| -> Vec<usize> {
+        j.steps
+            .iter()
+            .filter(|s| call(&s.call))
+            .map(|s| s.id as usize)
+            .collect()
+    };
+    let frees = at(|c| matches!(c, StepCall::FreeRv { .. }));
+    let reps = at(|c| matches!(c, StepCall::Replicate { .. }));
+    let quiesces = at(|c| matches!(c, StepCall::Quiesce { .. }));
+    let seps = at(|c| matches!(c, StepCall::Separate { .. }));
+    let releases = at(|c| matches!(c, StepCall::Release { .. }));
+    let awaits = at(|c| matches!(c, StepCall::AwaitSeparated { .. }));
+    for &s in &frees {
+        complete_step(&mut j, s, 1, StepResult::RvFreed);
+    }
+    for &s in &reps {
+        complete_step(&mut j, s, 1, StepResult::InSync);
+    }
+    for (i, &s) in quiesces.iter().enumerate() {
+        complete_step(
+            &mut j,
+            s,
+            1,
+            StepResult::Quiesced {
+                quiesce_id: i as u64 + 1,
+            },
+        );
+    }
+    complete_step(&mut j, seps[0], 1, StepResult::SeparateAccepted);
+    let t = j.steps[seps[1]].next_token(1, j.id);
+    let failed = seps[1] as StepId;
+    j.record(
+        &JobEvent::Dispatched {
+            step: failed,
+            token: t,
+        },
+        0,
+    )
+    .unwrap();
+    j.record(
+        &JobEvent::Failed {
+            step: failed,
+            token: t,
+            reason: "abnormal suspend".into(),
+        },
+        0,
+    )
+    .unwrap();
+    for &s in &releases {
+        complete_step(
+            &mut j,
+            s,
+            1,
+            StepResult::Released {
+                held_throughout: true,
+            },
+        );
+    }
+    j.round = ROUNDS_MAX;
+    // The first pair's wait for separated is out, outcome unknown.
+    let t = j.steps[awaits[0]].next_token(1, j.id);
+    let step = awaits[0] as StepId;
+    j.record(&JobEvent::Dispatched { step, token: t }, 0)
+        .unwrap();
+    j.record(
+        &JobEvent::LostTrack {
+            step,
+            token: t,
+            why: "no answer".into(),
+        },
+        0,
+    )
+    .unwrap();
+    let actions = decide(&j, 1, 1);
+    assert!(
+        !ends(&actions),
+        "ended with step {step} unknown: {actions:?}"
+    );
+    assert_eq!(probed(&actions), vec![step]);
+}
