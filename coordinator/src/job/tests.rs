@@ -297,7 +297,11 @@ fn the_plan_orders_the_freeze_window_and_mounts_after_separated() {
         assert_eq!(q.after, replicates.iter().map(|s| s.id).collect::<Vec<_>>());
     }
     for s in &separates {
-        assert_eq!(s.after, quiesces.iter().map(|s| s.id).collect::<Vec<_>>());
+        let want: Vec<StepId> = replicates.iter().chain(&quiesces).map(|s| s.id).collect();
+        assert_eq!(
+            s.after, want,
+            "a separate waits for every replicate and quiesce"
+        );
         assert!(matches!(s.target, StepTarget::Array(ref a) if a == "A1"));
     }
     for r in &releases {
@@ -1038,4 +1042,43 @@ fn a_job_failing_in_its_last_round_waits_for_its_unknown_publish_steps() {
         "ended with step {step} unknown: {actions:?}"
     );
     assert_eq!(probed(&actions), vec![step]);
+}
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 620): in a round without a
+/// static point the quiesces are skipped, and the separates, which waited for the replicates
+/// only through the quiesces, were sent alongside the round's replicate; the replicate then
+/// ran on a pair whose RV had been mounted (S1, S2).
+#[test]
+fn a_round_without_a_static_point_still_separates_only_after_the_replicate() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    for s in 0..2 {
+        complete_step(&mut j, s, 1, StepResult::RvFreed);
+    }
+    for s in 2..4 {
+        complete_step(&mut j, s, 1, StepResult::InSync);
+    }
+    j.record(
+        &JobEvent::NewRound {
+            why: "a quiesce kept failing".into(),
+            without_static_point: true,
+        },
+        1,
+    )
+    .unwrap();
+    let sent: Vec<StepCall> = decide(&j, 1, 1)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Dispatch(d) => Some(d.call),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        sent.iter().any(|c| matches!(c, StepCall::Replicate { .. })),
+        "{sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|c| matches!(c, StepCall::Separate { .. })),
+        "a separate is sent while its pair's replicate is not done: {sent:?}"
+    );
 }
