@@ -94,7 +94,15 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
     // The executor may hold the asked attempt or a later one the log lost track of; either
     // way its record is the step's outcome. Anything older means the asked attempt never
     // reached it.
-    let same_attempt = |t: &FencingToken| t.supersedes_or_is(asked);
+    // A record from before the step's round was armed is an earlier round's, whatever its
+    // attempt (a deposed leader may have run a round the log never heard of): the pair has
+    // been replicated again since, so its replicate, separate or wait says nothing of this
+    // round, and its release ended another quiesce. A quiesce is the exception: the host holds
+    // it or not, and its release reports whether it held throughout (S3).
+    let earlier_round = |t: &FencingToken| {
+        t.term < step.armed_term && !matches!(step.call, StepCall::Quiesce { .. })
+    };
+    let same_attempt = |t: &FencingToken| t.supersedes_or_is(asked) && !earlier_round(t);
     let not_executed = JobEvent::NotExecuted {
         step: step.id,
         token: *asked,
@@ -111,6 +119,8 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
         {
             Some(not_executed)
         }
+        // Whichever attempt runs, wait for it to end: an earlier round's still running may
+        // yet act on the pair, so nothing is sent again before it has finished.
         Finding::Running { .. } => None,
         Finding::Finished {
             token,

@@ -387,6 +387,9 @@ impl Job {
     ) -> Result<(), JobError> {
         let job = self.id;
         let ids: Vec<StepId> = self.round_steps().collect();
+        // The leader recording the round took the job over in its term (or nobody did yet,
+        // and there is no earlier leader's send to tell apart).
+        let armed_term = self.takeover_term.unwrap_or(0);
         // All or nothing: refuse while any of them is outstanding.
         if let Some(s) = ids.iter().map(|&i| &self.steps[i as usize]).find(|s| {
             matches!(
@@ -406,7 +409,7 @@ impl Job {
         }
         for &i in &ids {
             let s = &mut self.steps[i as usize];
-            s.rearm(at_ms)
+            s.rearm(armed_term, at_ms)
                 .map_err(|source| JobError::Transition { job, source })?;
             let static_step = matches!(s.call, StepCall::Quiesce { .. } | StepCall::Release { .. });
             if without_static_point && static_step {

@@ -190,6 +190,11 @@ pub struct Step {
     /// change, a step not cleared in the new term is asked about before it is sent.
     #[serde(default)]
     pub cleared_term: u64,
+    /// The term of the leader that armed the step's current round (0 for the first round, or
+    /// if no leader had taken the job over yet). An executor's record from an older term is
+    /// from an earlier round — maybe one only a deposed leader ran — never this round's.
+    #[serde(default)]
+    pub armed_term: u64,
     pub state: StepState,
     /// Every state it entered, oldest first.
     pub history: Vec<StepEvent>,
@@ -213,6 +218,7 @@ impl Step {
             timeout_ms,
             attempts: 0,
             cleared_term: 0,
+            armed_term: 0,
             state: StepState::Pending,
             history: Vec::new(),
         }
@@ -386,15 +392,17 @@ impl Step {
         Ok(())
     }
 
-    /// Done | Failed | Skipped | Pending → Pending, for a new round of its phase. Refused while
-    /// an attempt is outstanding or unknown: a round is only re-run once all of it is settled.
-    pub fn rearm(&mut self, at_ms: u64) -> Result<(), TransitionError> {
+    /// Done | Failed | Skipped | Pending → Pending, for a new round of its phase armed by the
+    /// leader of `armed_term`. Refused while an attempt is outstanding or unknown: a round is
+    /// only re-run once all of it is settled.
+    pub fn rearm(&mut self, armed_term: u64, at_ms: u64) -> Result<(), TransitionError> {
         if matches!(
             self.state,
             StepState::Dispatched { .. } | StepState::Unknown { .. }
         ) {
             return Err(self.refuse("pending", " (an attempt is still outstanding)".into()));
         }
+        self.armed_term = self.armed_term.max(armed_term);
         if self.state != StepState::Pending {
             self.enter(StepState::Pending, at_ms);
         }

@@ -92,11 +92,15 @@ struct World {
 impl World {
     fn exec(&mut self, g: &Group, d: &Dispatch, rng: &mut Rng) -> Result<StepResult, String> {
         if let Some((seen, _)) = self.journal.get(&d.step) {
+            // The journal's rule: a token newer in (term, attempt) order than the last one
+            // begun (an earlier round's attempt may carry the same number from an older term).
             assert!(
-                seen.attempt < d.token.attempt,
-                "step {} executed twice (attempt {} after {})",
+                (seen.term, seen.attempt) < (d.token.term, d.token.attempt),
+                "step {} executed twice (term {} attempt {} after term {} attempt {})",
                 d.step,
+                d.token.term,
                 d.token.attempt,
+                seen.term,
                 seen.attempt
             );
         }
@@ -1081,4 +1085,64 @@ fn a_round_without_a_static_point_still_separates_only_after_the_replicate() {
         !sent.iter().any(|c| matches!(c, StepCall::Separate { .. })),
         "a separate is sent while its pair's replicate is not done: {sent:?}"
     );
+}
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 141): a deposed leader ran a
+/// round the log never heard of and separated a pair under attempt 1; the next leaders re-ran
+/// the round from the log (a fresh replicate), and asking about the separate's attempt 1
+/// found the deposed leader's, from before that replicate. The job took it for this round's
+/// separate and mounted the RV of a pair in sync (S1).
+#[test]
+fn an_outcome_recorded_before_the_round_was_armed_is_not_this_rounds() {
+    let g = group(1, 1);
+    let mut j = job(&g);
+    j.record(&JobEvent::TakenOver { term: 7 }, 0).unwrap();
+    j.record(
+        &JobEvent::NewRound {
+            why: "a quiesce failed".into(),
+            without_static_point: false,
+        },
+        0,
+    )
+    .unwrap();
+    j.record(&JobEvent::TakenOver { term: 8 }, 0).unwrap();
+    let sep = j
+        .steps
+        .iter()
+        .find(|s| matches!(s.call, StepCall::Separate { .. }))
+        .unwrap()
+        .id;
+    let asked = j.steps[sep as usize].next_token(8, j.id);
+    j.record(
+        &JobEvent::LostTrack {
+            step: sep,
+            token: asked,
+            why: "its predecessor may have sent it".into(),
+        },
+        1,
+    )
+    .unwrap();
+    // The executor's record: attempt 1, sent in term 5, before this round was armed in term 7.
+    let old = FencingToken { term: 5, ..asked };
+    let found = Finding::Finished {
+        token: old,
+        outcome: Ok(StepResult::SeparateAccepted),
+    };
+    assert_eq!(
+        resolve(&j.steps[sep as usize], &found),
+        Some(JobEvent::NotExecuted {
+            step: sep,
+            token: asked
+        })
+    );
+    // The same record from this round's leaders is this round's outcome.
+    let now = FencingToken { term: 7, ..asked };
+    let found = Finding::Finished {
+        token: now,
+        outcome: Ok(StepResult::SeparateAccepted),
+    };
+    assert!(matches!(
+        resolve(&j.steps[sep as usize], &found),
+        Some(JobEvent::Completed { .. })
+    ));
 }
