@@ -379,13 +379,13 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
     if let Some(s) = job
         .steps
         .iter()
-        .find(|s| job.ready(s) && s.attempts >= STEP_ATTEMPTS_MAX)
+        .find(|s| job.ready(s) && s.sent_in_round >= STEP_ATTEMPTS_MAX)
     {
         if !outstanding {
             let reason = format!(
                 "{} was sent {} times without taking effect",
                 describe(s),
-                s.attempts
+                s.sent_in_round
             );
             end_or_ask(job, term, JobEnd::Failed { reason }, &mut actions);
         }

@@ -62,7 +62,7 @@ pub type JobId = u64;
 /// without holding the business servers in repeated freezes.
 pub const ROUNDS_MAX: u32 = 2;
 
-/// How many times one step is sent before the job fails on it.
+/// How many times one step is sent in one round before the job fails on it.
 pub const STEP_ATTEMPTS_MAX: u32 = 5;
 
 /// What a job does.

@@ -183,8 +183,13 @@ pub struct Step {
     pub after: Vec<StepId>,
     /// How long the executor may take before the outcome is unknown.
     pub timeout_ms: u64,
-    /// Tokens issued so far; the next dispatch uses `attempts + 1`.
+    /// Tokens issued so far (sends, and questions a new leader asked before sending); the
+    /// next dispatch uses `attempts + 1`.
     pub attempts: u32,
+    /// Times the step was sent in its current round: what wears it out
+    /// ([`super::STEP_ATTEMPTS_MAX`]), not the tokens of earlier rounds or of questions.
+    #[serde(default)]
+    pub sent_in_round: u32,
     /// The newest term in which the step was known not to be out with anybody else (it was
     /// sent in that term, or asking its executor in that term found nothing). After a leader
     /// change, a step not cleared in the new term is asked about before it is sent.
@@ -217,6 +222,7 @@ impl Step {
             after,
             timeout_ms,
             attempts: 0,
+            sent_in_round: 0,
             cleared_term: 0,
             armed_term: 0,
             state: StepState::Pending,
@@ -294,6 +300,7 @@ impl Step {
             ));
         }
         self.attempts = token.attempt;
+        self.sent_in_round += 1;
         self.cleared_term = self.cleared_term.max(token.term);
         let deadline_ms = at_ms.saturating_add(self.timeout_ms);
         self.enter(StepState::Dispatched { token, deadline_ms }, at_ms);
@@ -403,6 +410,7 @@ impl Step {
             return Err(self.refuse("pending", " (an attempt is still outstanding)".into()));
         }
         self.armed_term = self.armed_term.max(armed_term);
+        self.sent_in_round = 0;
         if self.state != StepState::Pending {
             self.enter(StepState::Pending, at_ms);
         }

@@ -1146,3 +1146,51 @@ fn an_outcome_recorded_before_the_round_was_armed_is_not_this_rounds() {
         Some(JobEvent::Completed { .. })
     ));
 }
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 567): attempts counted over every
+/// round and every takeover's question, so a replicate that had taken effect in round 1 was
+/// "sent 5 times without taking effect" as soon as round 2 began, and the job failed.
+#[test]
+fn a_step_is_worn_out_by_its_sends_in_this_round_not_by_earlier_rounds_or_questions() {
+    let g = group(1, 1);
+    let mut j = job(&g);
+    complete_step(&mut j, 0, 1, StepResult::RvFreed);
+    // Round 1: the replicate is asked about after takeovers (tokens used, nothing sent), then
+    // sent and done.
+    for term in 2..6 {
+        j.record(&JobEvent::TakenOver { term }, 0).unwrap();
+        let t = j.steps[1].next_token(term, j.id);
+        j.record(
+            &JobEvent::LostTrack {
+                step: 1,
+                token: t,
+                why: "its predecessor may have sent it".into(),
+            },
+            0,
+        )
+        .unwrap();
+        j.record(&JobEvent::NotExecuted { step: 1, token: t }, 0)
+            .unwrap();
+    }
+    complete_step(&mut j, 1, 5, StepResult::InSync);
+    assert!(j.steps[1].attempts >= STEP_ATTEMPTS_MAX);
+    j.record(
+        &JobEvent::NewRound {
+            why: "a quiesce failed".into(),
+            without_static_point: false,
+        },
+        1,
+    )
+    .unwrap();
+    let actions = decide(&j, 5, 1);
+    assert!(
+        !ends(&actions),
+        "failed on a step it sent once: {actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Dispatch(d) if d.step == 1)),
+        "{actions:?}"
+    );
+}
