@@ -365,7 +365,9 @@ impl Job {
         }
     }
 
-    /// The replicate and static-point steps, which a new round sends again.
+    /// The steps a new round sends again: free the RVs, replicate, the static point, and the
+    /// wait for separated. The RVs are freed again because a deposed leader may have run a
+    /// round the log lost as far as mounting them (S2: no replicate onto a mounted RV).
     fn round_steps(&self) -> impl Iterator<Item = StepId> + '_ {
         self.steps
             .iter()
@@ -373,7 +375,9 @@ impl Job {
                 s.phase == Phase::StaticPoint
                     || matches!(
                         s.call,
-                        StepCall::Replicate { .. } | StepCall::AwaitSeparated { .. }
+                        StepCall::FreeRv { .. }
+                            | StepCall::Replicate { .. }
+                            | StepCall::AwaitSeparated { .. }
                     )
             })
             .map(|s| s.id)

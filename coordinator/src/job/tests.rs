@@ -1078,7 +1078,7 @@ fn a_round_without_a_static_point_still_separates_only_after_the_replicate() {
         })
         .collect();
     assert!(
-        sent.iter().any(|c| matches!(c, StepCall::Replicate { .. })),
+        sent.iter().any(|c| matches!(c, StepCall::FreeRv { .. })),
         "{sent:?}"
     );
     assert!(
@@ -1182,6 +1182,7 @@ fn a_step_is_worn_out_by_its_sends_in_this_round_not_by_earlier_rounds_or_questi
         1,
     )
     .unwrap();
+    complete_step(&mut j, 0, 5, StepResult::RvFreed);
     let actions = decide(&j, 5, 1);
     assert!(
         !ends(&actions),
@@ -1192,5 +1193,35 @@ fn a_step_is_worn_out_by_its_sends_in_this_round_not_by_earlier_rounds_or_questi
             .iter()
             .any(|a| matches!(a, Action::Dispatch(d) if d.step == 1)),
         "{actions:?}"
+    );
+}
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 1011): a deposed leader ran a
+/// whole round the log lost, up to mounting the RV; the next leader re-ran the round from its
+/// replicate and replicated onto the mounted RV (S2). A round now starts by freeing the RVs.
+#[test]
+fn a_new_round_frees_the_rvs_again_before_it_replicates() {
+    let g = group(1, 1);
+    let mut j = job(&g);
+    complete_step(&mut j, 0, 1, StepResult::RvFreed);
+    complete_step(&mut j, 1, 1, StepResult::InSync);
+    j.record(
+        &JobEvent::NewRound {
+            why: "a quiesce failed".into(),
+            without_static_point: false,
+        },
+        1,
+    )
+    .unwrap();
+    let sent: Vec<StepCall> = decide(&j, 1, 1)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Dispatch(d) => Some(d.call),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(sent.as_slice(), [StepCall::FreeRv { .. }]),
+        "the round starts by freeing the RV, not by replicating: {sent:?}"
     );
 }
