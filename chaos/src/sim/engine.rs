@@ -449,6 +449,8 @@ impl Sim {
                     work_key(&token),
                     Work {
                         dispatch: d,
+                        resource,
+                        begun_seq: seq,
                         done_at_ms: None,
                     },
                 );
@@ -546,6 +548,17 @@ impl Sim {
 
     fn on_exec(&mut self, a: usize, incarnation: u32, token: FencingToken) {
         if !self.agents[a].up || self.agents[a].incarnation != incarnation {
+            return;
+        }
+        if self.agents[a].waits_for_earlier(&token) {
+            self.schedule(
+                self.now + 100,
+                Ev::Exec {
+                    agent: a,
+                    incarnation,
+                    token,
+                },
+            );
             return;
         }
         let Some(work) = self.agents[a].work.get(&work_key(&token)).cloned() else {

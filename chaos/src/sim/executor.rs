@@ -74,6 +74,10 @@ pub enum Seen {
 #[derive(Clone, Debug)]
 pub struct Work {
     pub dispatch: Dispatch,
+    /// The pair or volume it acts on: one step at a time per resource, in the order begun.
+    pub resource: Option<String>,
+    /// When it was begun (the run's order of happenings).
+    pub begun_seq: u64,
     /// For a backup command: when it exits.
     pub done_at_ms: Option<u64>,
 }
@@ -221,6 +225,20 @@ impl Agent {
         {
             r.outcome = Some(outcome);
         }
+    }
+
+    /// Whether a step begun earlier on the same resource is still running here: the executor
+    /// runs one step at a time per pair or volume, in the order it began them, so a deposed
+    /// leader's step already under way finishes before a newer one touches the resource.
+    pub fn waits_for_earlier(&self, token: &FencingToken) -> bool {
+        let Some(w) = self.work.get(&work_key(token)) else {
+            return false;
+        };
+        w.resource.is_some()
+            && self
+                .work
+                .values()
+                .any(|o| o.resource == w.resource && o.begun_seq < w.begun_seq)
     }
 
     /// The agent dies: whatever it was executing stays begun, unfinished, in its journal.
