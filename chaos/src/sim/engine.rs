@@ -977,6 +977,7 @@ impl Sim {
             && self.pending_submits.is_empty()
             && self.committed == self.log.len()
             && self.applied.unfinished().next().is_none()
+            && self.world.still_quiesced().is_empty()
     }
 
     fn step(&mut self, ev: Ev) {
