@@ -9,6 +9,7 @@
 //! what it records goes nowhere, what it sends still reaches executors.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use stillpoint_coordinator::job::{
     Action, Dispatch, FencingToken, Finding, Job, JobEvent, JobId, JobState, StepCall, StepId,
@@ -31,7 +32,7 @@ const DECIDE_ROUNDS_MAX: usize = 16;
 pub(super) struct Rpc {
     pub nonce: u64,
     pub deadline_ms: u64,
-    pub dispatch: Dispatch,
+    pub dispatch: Rc<Dispatch>,
 }
 
 /// One leadership term's driver.
@@ -273,11 +274,11 @@ impl Sim {
                 token.attempt
             )
         });
-        self.send_order(term, id, d, deadline_ms);
+        self.send_order(term, id, Rc::new(d), deadline_ms);
         true
     }
 
-    fn send_order(&mut self, term: u64, id: JobId, d: Dispatch, deadline_ms: u64) {
+    fn send_order(&mut self, term: u64, id: JobId, d: Rc<Dispatch>, deadline_ms: u64) {
         self.nonce += 1;
         let nonce = self.nonce;
         let agent = self.agent_of(&d.target);

@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
 
 use stillpoint_coordinator::JobTable;
 use stillpoint_coordinator::Response;
@@ -60,6 +61,8 @@ pub(super) enum Entry {
         /// The proposing leader's term; 0 for a client's request (a cancel).
         term: u64,
     },
+    /// An entry already applied to the state (its content moved there).
+    Applied,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +77,7 @@ pub(super) enum Msg {
         term: u64,
         nonce: u64,
         job: JobId,
-        dispatch: Dispatch,
+        dispatch: Rc<Dispatch>,
     },
     Probe {
         term: u64,
@@ -92,7 +95,8 @@ pub(super) enum Ev {
     },
     Deliver {
         agent: usize,
-        msg: Msg,
+        /// Boxed: events are moved around the queue, and orders are large.
+        msg: Box<Msg>,
     },
     Reply {
         term: u64,
@@ -100,7 +104,7 @@ pub(super) enum Ev {
         step: StepId,
         nonce: u64,
         kind: RpcKind,
-        result: Result<Finding, String>,
+        result: Box<Result<Finding, String>>,
     },
     RpcTimeout {
         term: u64,
@@ -278,7 +282,13 @@ impl Sim {
 
     pub fn send(&mut self, agent: usize, msg: Msg) {
         if let Some(d) = self.net() {
-            self.schedule(self.now + d, Ev::Deliver { agent, msg });
+            self.schedule(
+                self.now + d,
+                Ev::Deliver {
+                    agent,
+                    msg: Box::new(msg),
+                },
+            );
         }
     }
 
@@ -300,7 +310,7 @@ impl Sim {
                     step,
                     nonce,
                     kind,
-                    result,
+                    result: Box::new(result),
                 },
             );
         }
@@ -325,7 +335,10 @@ impl Sim {
         while self.applied_idx < self.committed {
             let idx = self.applied_idx;
             self.applied_idx += 1;
-            match self.log[idx].clone() {
+            // Applied entries are never read again (the log is only cut above the commit
+            // point): the entry's content moves into the state instead of being copied.
+            match std::mem::replace(&mut self.log[idx], Entry::Applied) {
+                Entry::Applied => {}
                 Entry::Submit {
                     kind,
                     steps,
@@ -433,7 +446,7 @@ impl Sim {
         }
     }
 
-    fn on_order(&mut self, a: usize, term: u64, nonce: u64, job: JobId, d: Dispatch) {
+    fn on_order(&mut self, a: usize, term: u64, nonce: u64, job: JobId, d: Rc<Dispatch>) {
         let step = d.step;
         if !self.agents[a].up {
             let why = format!("{}: connection refused", self.agents[a].name);
@@ -994,7 +1007,7 @@ impl Sim {
                     self.act(term);
                 }
             }
-            Ev::Deliver { agent, msg } => match msg {
+            Ev::Deliver { agent, msg } => match *msg {
                 Msg::Order {
                     term,
                     nonce,
@@ -1016,7 +1029,7 @@ impl Sim {
                 nonce,
                 kind,
                 result,
-            } => self.on_reply(term, job, step, nonce, kind, Some(result)),
+            } => self.on_reply(term, job, step, nonce, kind, Some(*result)),
             Ev::RpcTimeout {
                 term,
                 job,

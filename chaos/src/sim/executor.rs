@@ -73,7 +73,7 @@ pub enum Seen {
 /// A step this life of the agent is executing.
 #[derive(Clone, Debug)]
 pub struct Work {
-    pub dispatch: Dispatch,
+    pub dispatch: std::rc::Rc<Dispatch>,
     /// The pair or volume it acts on: one step at a time per resource, in the order begun.
     pub resource: Option<String>,
     /// When it was begun (the run's order of happenings).
