@@ -89,33 +89,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed pipe (`| head`) ends the output, not the run's verdict.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn verdict(violations: u64) -> ExitCode {
+    if violations > 0 {
+        ExitCode::from(EXIT_VIOLATION)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn sim_command(args: SimArgs) -> ExitCode {
     let mut cfg = RunConfig::default();
     cfg.site.pairs_max = args.pairs_max;
     if let Some(seed) = args.seed {
         cfg.trace = args.trace;
-        println!("seed {seed}");
+        say(&format!("seed {seed}\n"));
         let report = sim::run(seed, &cfg);
+        let mut text = String::new();
         for line in &report.timeline {
-            println!("{line}");
+            text.push_str(line);
+            text.push('\n');
         }
         let mut summary = Summary::default();
         summary.add(&report);
-        print!("{}", summary.table());
+        text.push_str(&summary.table());
         for v in &report.violations {
-            println!("VIOLATION {} at {} ms: {}", v.prop.name(), v.at_ms, v.what);
+            text.push_str(&format!(
+                "VIOLATION {} at {} ms: {}\n",
+                v.prop.name(),
+                v.at_ms,
+                v.what
+            ));
         }
-        return if report.violations.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_VIOLATION)
-        };
+        say(&text);
+        return verdict(report.violations.len() as u64);
     }
     let end = args.start.saturating_add(args.seeds);
-    println!("seeds {}..{} ({} schedules)", args.start, end, args.seeds);
+    say(&format!(
+        "seeds {}..{} ({} schedules)\n",
+        args.start, end, args.seeds
+    ));
     let started = Instant::now();
     let deadline = args.time_budget.map(|b| started + b);
     let threads = args.threads.clamp(1, 64) as u64;
+    let mut panicked = 0;
     let summary = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|w| {
@@ -138,23 +161,39 @@ fn sim_command(args: SimArgs) -> ExitCode {
         for h in handles {
             match h.join() {
                 Ok(s) => total.merge(s),
-                Err(_) => eprintln!("a worker thread panicked (a bug in the simulator)"),
+                Err(_) => {
+                    eprintln!(
+                        "a worker thread panicked (a bug in the simulator); its seeds count as failed"
+                    );
+                    panicked += 1;
+                }
             }
         }
         total
     });
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "ran {} schedules in {:.1} s: {:.0} schedules/s on {} threads",
+    let mut text = format!(
+        "ran {} schedules in {:.1} s: {:.0} schedules/s on {} threads\n",
         summary.schedules,
         secs,
         summary.schedules as f64 / secs.max(1e-9),
         threads
     );
-    print!("{}", summary.table());
-    if summary.violations_total() > 0 {
-        ExitCode::from(EXIT_VIOLATION)
-    } else {
-        ExitCode::SUCCESS
+    text.push_str(&summary.table());
+    if let Some((seed, _)) = summary.failing.first() {
+        // The first failing seed's timeline, replayed (a seed reproduces its run exactly).
+        let traced = RunConfig {
+            trace: true,
+            ..cfg.clone()
+        };
+        text.push_str(&format!(
+            "\ntimeline of seed {seed} (replay: stillpoint-chaos sim --seed {seed} --trace):\n"
+        ));
+        for line in sim::run(*seed, &traced).timeline {
+            text.push_str(&line);
+            text.push('\n');
+        }
     }
+    say(&text);
+    verdict(summary.violations_total() + panicked)
 }
