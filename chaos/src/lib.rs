@@ -20,6 +20,18 @@
 //! the jobs they take only what a user sees: which were accepted, and how each ended.
 //! `FAULTS.md` lists every fault, when it strikes, and what the system promises then.
 //!
+//! ## What it found, and what it assumes
+//! Building it found eight defects in the job engine, each fixed in `coordinator` with a
+//! regression test that names the seed (see `coordinator/src/job/tests.rs`): a job that ended
+//! with an order still out; a cancel that left an MV quiesced; a job ending before asking about
+//! steps its predecessor may have sent (S5); a job failing in its last round with a publish
+//! step still unknown; a separate sent beside its round's replicate (S1/S2); a deposed
+//! leader's lost round taken for the current one (S1); a replicate onto an RV a lost round had
+//! mounted (S2); and attempts counted across rounds (jobs failing on steps that had worked). It also showed that
+//! fencing a token does not stop a step already under way: the simulated executor runs one
+//! step at a time per pair or volume, in the order it began them, and the real executor must
+//! do the same (`FAULTS.md`, "contracts").
+//!
 //! ## The process-level layer (not built yet)
 //! Real `stillpoint` processes, SIGKILL/SIGSTOP, partitions, software arrays and real file
 //! systems, judged by the same properties from independent records (issue 12, items 1–5). The

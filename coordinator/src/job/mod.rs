@@ -22,6 +22,15 @@
 //!   dispatched becomes unknown, and every other step is asked about before its first send in
 //!   the new term, because the predecessor did not wait for a log commit before sending and may
 //!   have gone further than the log shows.
+//! - A job never ends with one of its steps possibly out: it waits for every outstanding step,
+//!   and after a takeover it first asks about every ready step its predecessor may have sent
+//!   (S5: its locks pass to the next job only when nothing of it can still act).
+//! - A deposed leader may have run steps, even whole rounds, the log never heard of. A new
+//!   round remembers the term that armed it (`Step::armed_term`), and an executor's record from
+//!   before it is not taken for this round's replicate, separate, wait or release; a round
+//!   starts again by freeing the RVs, in case a lost round got as far as mounting them (S1, S2).
+//!   A step is worn out by its sends in the current round ([`STEP_ATTEMPTS_MAX`]), not by the
+//!   tokens of earlier rounds or a new leader's questions.
 //! - The copy's label is computed from the steps, not asserted: consistent only if, in the last
 //!   round of the static point, every quiesce was done before any separate was sent (the
 //!   dependencies), every separate accepted before any release was sent (same), and every
