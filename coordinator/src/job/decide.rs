@@ -94,13 +94,15 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
     // The executor may hold the asked attempt or a later one the log lost track of; either
     // way its record is the step's outcome. Anything older means the asked attempt never
     // reached it.
-    // A record from before the step's round was armed is an earlier round's, whatever its
-    // attempt (a deposed leader may have run a round the log never heard of): the pair has
-    // been replicated again since, so its replicate, separate or wait says nothing of this
-    // round, and its release ended another quiesce. A quiesce is the exception: the host holds
-    // it or not, and its release reports whether it held throughout (S3).
+    // A record from before the step's floor term is not its execution, whatever its attempt:
+    // it came before the step's round was armed (a deposed leader may have run a round the log
+    // never heard of) or before a step it waits for completed (a deposed leader may have sent
+    // it, e.g. a release abandoning its round, ahead of what this leader did since). Its
+    // replicate, separate, wait or release says nothing of this step's place in the plan. A
+    // quiesce is the exception: the host holds it or not, and its release reports whether it
+    // held throughout (S3).
     let earlier_round = |t: &FencingToken| {
-        t.term < step.armed_term && !matches!(step.call, StepCall::Quiesce { .. })
+        t.term < step.floor_term && !matches!(step.call, StepCall::Quiesce { .. })
     };
     let same_attempt = |t: &FencingToken| t.supersedes_or_is(asked) && !earlier_round(t);
     let not_executed = JobEvent::NotExecuted {

@@ -26,8 +26,10 @@
 //!   and after a takeover it first asks about every ready step its predecessor may have sent
 //!   (S5: its locks pass to the next job only when nothing of it can still act).
 //! - A deposed leader may have run steps, even whole rounds, the log never heard of. A new
-//!   round remembers the term that armed it (`Step::armed_term`), and an executor's record from
-//!   before it is not taken for this round's replicate, separate, wait or release; a round
+//!   round remembers the term that armed it, and a step the term its last dependency completed
+//!   under (`Step::floor_term`): an executor's record from before is not taken for its
+//!   replicate, separate, wait or release (it came before its round, or before what it waits
+//!   for, out of the plan's order); a round
 //!   starts again by freeing the RVs, in case a lost round got as far as mounting them (S1, S2).
 //!   A step is worn out by its sends in the current round ([`STEP_ATTEMPTS_MAX`]), not by the
 //!   tokens of earlier rounds or a new leader's questions.
@@ -297,10 +299,17 @@ impl Job {
                 step,
                 token,
                 result,
-            } => self
-                .step_mut(*step)?
-                .complete(*token, result.clone(), at_ms)
-                .map_err(wrap),
+            } => {
+                self.step_mut(*step)?
+                    .complete(*token, result.clone(), at_ms)
+                    .map_err(wrap)?;
+                // What waits for this step executes after it: nothing recorded under an older
+                // term can be its execution.
+                for s in self.steps.iter_mut().filter(|s| s.after.contains(step)) {
+                    s.floor_term = s.floor_term.max(token.term);
+                }
+                Ok(())
+            }
             JobEvent::Failed {
                 step,
                 token,

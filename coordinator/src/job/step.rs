@@ -195,11 +195,12 @@ pub struct Step {
     /// change, a step not cleared in the new term is asked about before it is sent.
     #[serde(default)]
     pub cleared_term: u64,
-    /// The term of the leader that armed the step's current round (0 for the first round, or
-    /// if no leader had taken the job over yet). An executor's record from an older term is
-    /// from an earlier round — maybe one only a deposed leader ran — never this round's.
+    /// No execution recorded under an older term is this step's: the leader of this term
+    /// armed the step's round (a record from before is an earlier round's, maybe one only a
+    /// deposed leader ran), or a step it waits for completed under this term (a record from
+    /// before came ahead of its dependencies, out of the plan's order).
     #[serde(default)]
-    pub armed_term: u64,
+    pub floor_term: u64,
     pub state: StepState,
     /// Every state it entered, oldest first.
     pub history: Vec<StepEvent>,
@@ -224,7 +225,7 @@ impl Step {
             attempts: 0,
             sent_in_round: 0,
             cleared_term: 0,
-            armed_term: 0,
+            floor_term: 0,
             state: StepState::Pending,
             history: Vec::new(),
         }
@@ -409,7 +410,7 @@ impl Step {
         ) {
             return Err(self.refuse("pending", " (an attempt is still outstanding)".into()));
         }
-        self.armed_term = self.armed_term.max(armed_term);
+        self.floor_term = self.floor_term.max(armed_term);
         self.sent_in_round = 0;
         if self.state != StepState::Pending {
             self.enter(StepState::Pending, at_ms);

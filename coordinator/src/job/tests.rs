@@ -1225,3 +1225,83 @@ fn a_new_round_frees_the_rvs_again_before_it_replicates() {
         "the round starts by freeing the RV, not by replicating: {sent:?}"
     );
 }
+
+/// Found by the chaos simulator (stillpoint-chaos `sim`, seed 303029 of the 1,000,000-seed
+/// run): a deposed leader released an MV (abandoning its round) before any separate; the new
+/// leader separated the pairs, then asked about the release and took the deposed leader's
+/// "released, held throughout" as its own. The copy was labelled consistent though the MV had
+/// been writable when the pairs were separated (S3).
+#[test]
+fn an_outcome_recorded_before_a_step_it_waits_for_completed_is_not_its_own() {
+    let g = group(2, 1);
+    let mut j = job(&g);
+    let at = |j: &Job, call: fn(&StepCall) -> bool| -> Vec<usize> {
+        j.steps
+            .iter()
+            .filter(|s| call(&s.call))
+            .map(|s| s.id as usize)
+            .collect()
+    };
+    let frees = at(&j, |c| matches!(c, StepCall::FreeRv { .. }));
+    let reps = at(&j, |c| matches!(c, StepCall::Replicate { .. }));
+    let quiesces = at(&j, |c| matches!(c, StepCall::Quiesce { .. }));
+    let seps = at(&j, |c| matches!(c, StepCall::Separate { .. }));
+    let releases = at(&j, |c| matches!(c, StepCall::Release { .. }));
+    for &s in &frees {
+        complete_step(&mut j, s, 3, StepResult::RvFreed);
+    }
+    for &s in &reps {
+        complete_step(&mut j, s, 3, StepResult::InSync);
+    }
+    for (i, &s) in quiesces.iter().enumerate() {
+        complete_step(
+            &mut j,
+            s,
+            3,
+            StepResult::Quiesced {
+                quiesce_id: i as u64 + 1,
+            },
+        );
+    }
+    // Term 6 takes over and separates both pairs.
+    j.record(&JobEvent::TakenOver { term: 6 }, 0).unwrap();
+    for &s in &seps {
+        complete_step(&mut j, s, 6, StepResult::SeparateAccepted);
+    }
+    let rel = releases[0];
+    let asked = j.steps[rel].next_token(6, j.id);
+    let step = rel as StepId;
+    j.record(
+        &JobEvent::LostTrack {
+            step,
+            token: asked,
+            why: "its predecessor may have sent it".into(),
+        },
+        0,
+    )
+    .unwrap();
+    // The executor's record: the deposed leader of term 4 released the MV, before term 6
+    // separated anything.
+    let found = Finding::Finished {
+        token: FencingToken { term: 4, ..asked },
+        outcome: Ok(StepResult::Released {
+            held_throughout: true,
+        }),
+    };
+    assert_eq!(
+        resolve(&j.steps[rel], &found),
+        Some(JobEvent::NotExecuted { step, token: asked }),
+        "a release from before the separates is not this release"
+    );
+    // A release recorded in term 6, after the separates, is.
+    let found = Finding::Finished {
+        token: FencingToken { term: 6, ..asked },
+        outcome: Ok(StepResult::Released {
+            held_throughout: true,
+        }),
+    };
+    assert!(matches!(
+        resolve(&j.steps[rel], &found),
+        Some(JobEvent::Completed { .. })
+    ));
+}
