@@ -21,13 +21,15 @@
 //! `FAULTS.md` lists every fault, when it strikes, and what the system promises then.
 //!
 //! ## What it found, and what it assumes
-//! Building it found eight defects in the job engine, each fixed in `coordinator` with a
+//! Building it found nine defects in the job engine, each fixed in `coordinator` with a
 //! regression test that names the seed (see `coordinator/src/job/tests.rs`): a job that ended
 //! with an order still out; a cancel that left an MV quiesced; a job ending before asking about
 //! steps its predecessor may have sent (S5); a job failing in its last round with a publish
 //! step still unknown; a separate sent beside its round's replicate (S1/S2); a deposed
 //! leader's lost round taken for the current one (S1); a replicate onto an RV a lost round had
-//! mounted (S2); and attempts counted across rounds (jobs failing on steps that had worked). It also showed that
+//! mounted (S2); attempts counted across rounds (jobs failing on steps that had worked); and a
+//! deposed leader's release, sent before the separates, taken as the release after them (S3,
+//! found only by the 1,000,000-seed run). It also showed that
 //! fencing a token does not stop a step already under way: the simulated executor runs one
 //! step at a time per pair or volume, in the order it began them, and the real executor must
 //! do the same (`FAULTS.md`, "contracts").
