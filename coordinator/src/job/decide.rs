@@ -94,7 +94,17 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
     // The executor may hold the asked attempt or a later one the log lost track of; either
     // way its record is the step's outcome. Anything older means the asked attempt never
     // reached it.
-    let same_attempt = |t: &FencingToken| t.supersedes_or_is(asked);
+    // A record from before the step's floor term is not its execution, whatever its attempt:
+    // it came before the step's round was armed (a deposed leader may have run a round the log
+    // never heard of) or before a step it waits for completed (a deposed leader may have sent
+    // it, e.g. a release abandoning its round, ahead of what this leader did since). Its
+    // replicate, separate, wait or release says nothing of this step's place in the plan. A
+    // quiesce is the exception: the host holds it or not, and its release reports whether it
+    // held throughout (S3).
+    let earlier_round = |t: &FencingToken| {
+        t.term < step.floor_term && !matches!(step.call, StepCall::Quiesce { .. })
+    };
+    let same_attempt = |t: &FencingToken| t.supersedes_or_is(asked) && !earlier_round(t);
     let not_executed = JobEvent::NotExecuted {
         step: step.id,
         token: *asked,
@@ -111,6 +121,8 @@ pub fn resolve(step: &Step, finding: &Finding) -> Option<JobEvent> {
         {
             Some(not_executed)
         }
+        // Whichever attempt runs, wait for it to end: an earlier round's still running may
+        // yet act on the pair, so nothing is sent again before it has finished.
         Finding::Running { .. } => None,
         Finding::Finished {
             token,
@@ -225,6 +237,30 @@ fn release_held(job: &Job) -> Vec<&Step> {
         .collect()
 }
 
+/// Ready steps a predecessor may have sent: a leader took the job over since each was last
+/// known not to be out. A job asks about them before it ends, so it never ends (and gives up
+/// its locks, S5) with one of its own steps still out with an executor.
+fn maybe_out(job: &Job) -> impl Iterator<Item = &Step> {
+    job.steps
+        .iter()
+        .filter(|s| job.ready(s) && job.must_ask_first(s))
+}
+
+/// Ends the job with `end`, unless a step may still be out: waits while any is outstanding,
+/// and asks about any its predecessor may have sent.
+fn end_or_ask(job: &Job, term: u64, end: JobEnd, actions: &mut Vec<Action>) {
+    if job.steps.iter().any(is_outstanding) {
+        return;
+    }
+    let ask: Vec<&Step> = maybe_out(job).collect();
+    if ask.is_empty() {
+        actions.push(Action::Record(JobEvent::Ended { end }));
+    }
+    for s in ask {
+        actions.extend(send(job, s, term));
+    }
+}
+
 /// What to do next with `job`, as the leader of `term` at `now_ms`.
 pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
     if job.is_ended() || matches!(job.state, JobState::Queued { .. }) {
@@ -257,10 +293,22 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
 
     if let JobState::Cancelling { by } = &job.state {
         let releases = release_held(job);
+        let ask: Vec<&Step> = maybe_out(job)
+            .filter(|s| !releases.iter().any(|r| r.id == s.id))
+            .collect();
+        // A release whose quiesce is still out (or unknown) is kept: if the quiesce turns out
+        // taken, the release is sent; if not, the release is skipped then.
         let skip: Vec<StepId> = job
             .steps
             .iter()
             .filter(|s| s.state == StepState::Pending && !releases.iter().any(|r| r.id == s.id))
+            .filter(|s| !ask.iter().any(|a| a.id == s.id))
+            .filter(|s| match &s.call {
+                StepCall::Release { quiesce_step, .. } => {
+                    !is_outstanding(&job.steps[*quiesce_step as usize])
+                }
+                _ => true,
+            })
             .map(|s| s.id)
             .collect();
         if !skip.is_empty() {
@@ -270,9 +318,16 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
             }));
         }
         if releases.is_empty() && !outstanding {
-            actions.push(Action::Record(JobEvent::Ended {
-                end: JobEnd::Cancelled { by: by.clone() },
-            }));
+            end_or_ask(
+                job,
+                term,
+                JobEnd::Cancelled { by: by.clone() },
+                &mut actions,
+            );
+        } else {
+            for s in ask {
+                actions.extend(send(job, s, term));
+            }
         }
         for r in releases {
             actions.extend(send(job, r, term));
@@ -293,9 +348,7 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
             return abort_round(job, failed, why, term, actions);
         }
         if !outstanding {
-            actions.push(Action::Record(JobEvent::Ended {
-                end: JobEnd::Failed { reason: why },
-            }));
+            end_or_ask(job, term, JobEnd::Failed { reason: why }, &mut actions);
         }
         return actions;
     }
@@ -323,21 +376,24 @@ pub fn decide(job: &Job, term: u64, now_ms: u64) -> Vec<Action> {
         return actions;
     }
 
-    for s in job.steps.iter().filter(|s| job.ready(s)) {
-        if s.attempts >= STEP_ATTEMPTS_MAX {
-            if !outstanding {
-                actions.push(Action::Record(JobEvent::Ended {
-                    end: JobEnd::Failed {
-                        reason: format!(
-                            "{} was sent {} times without taking effect",
-                            describe(s),
-                            s.attempts
-                        ),
-                    },
-                }));
-            }
-            return actions;
+    // A ready step that has used up its attempts fails the job: nothing else is sent, so the
+    // job never ends with an order of its own still out with an executor.
+    if let Some(s) = job
+        .steps
+        .iter()
+        .find(|s| job.ready(s) && s.sent_in_round >= STEP_ATTEMPTS_MAX)
+    {
+        if !outstanding {
+            let reason = format!(
+                "{} was sent {} times without taking effect",
+                describe(s),
+                s.sent_in_round
+            );
+            end_or_ask(job, term, JobEnd::Failed { reason }, &mut actions);
         }
+        return actions;
+    }
+    for s in job.steps.iter().filter(|s| job.ready(s)) {
         actions.extend(send(job, s, term));
     }
     if job.steps.iter().all(Step::is_settled) {
@@ -388,9 +444,8 @@ fn abort_round(
             without_static_point: true,
         }
     } else {
-        JobEvent::Ended {
-            end: JobEnd::Failed { reason: why },
-        }
+        end_or_ask(job, term, JobEnd::Failed { reason: why }, &mut actions);
+        return actions;
     };
     actions.push(Action::Record(event));
     actions

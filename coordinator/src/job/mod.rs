@@ -22,6 +22,17 @@
 //!   dispatched becomes unknown, and every other step is asked about before its first send in
 //!   the new term, because the predecessor did not wait for a log commit before sending and may
 //!   have gone further than the log shows.
+//! - A job never ends with one of its steps possibly out: it waits for every outstanding step,
+//!   and after a takeover it first asks about every ready step its predecessor may have sent
+//!   (S5: its locks pass to the next job only when nothing of it can still act).
+//! - A deposed leader may have run steps, even whole rounds, the log never heard of. A new
+//!   round remembers the term that armed it, and a step the term its last dependency completed
+//!   under (`Step::floor_term`): an executor's record from before is not taken for its
+//!   replicate, separate, wait or release (it came before its round, or before what it waits
+//!   for, out of the plan's order); a round
+//!   starts again by freeing the RVs, in case a lost round got as far as mounting them (S1, S2).
+//!   A step is worn out by its sends in the current round ([`STEP_ATTEMPTS_MAX`]), not by the
+//!   tokens of earlier rounds or a new leader's questions.
 //! - The copy's label is computed from the steps, not asserted: consistent only if, in the last
 //!   round of the static point, every quiesce was done before any separate was sent (the
 //!   dependencies), every separate accepted before any release was sent (same), and every
@@ -62,7 +73,7 @@ pub type JobId = u64;
 /// without holding the business servers in repeated freezes.
 pub const ROUNDS_MAX: u32 = 2;
 
-/// How many times one step is sent before the job fails on it.
+/// How many times one step is sent in one round before the job fails on it.
 pub const STEP_ATTEMPTS_MAX: u32 = 5;
 
 /// What a job does.
@@ -288,10 +299,17 @@ impl Job {
                 step,
                 token,
                 result,
-            } => self
-                .step_mut(*step)?
-                .complete(*token, result.clone(), at_ms)
-                .map_err(wrap),
+            } => {
+                self.step_mut(*step)?
+                    .complete(*token, result.clone(), at_ms)
+                    .map_err(wrap)?;
+                // What waits for this step executes after it: nothing recorded under an older
+                // term can be its execution.
+                for s in self.steps.iter_mut().filter(|s| s.after.contains(step)) {
+                    s.floor_term = s.floor_term.max(token.term);
+                }
+                Ok(())
+            }
             JobEvent::Failed {
                 step,
                 token,
@@ -365,7 +383,9 @@ impl Job {
         }
     }
 
-    /// The replicate and static-point steps, which a new round sends again.
+    /// The steps a new round sends again: free the RVs, replicate, the static point, and the
+    /// wait for separated. The RVs are freed again because a deposed leader may have run a
+    /// round the log lost as far as mounting them (S2: no replicate onto a mounted RV).
     fn round_steps(&self) -> impl Iterator<Item = StepId> + '_ {
         self.steps
             .iter()
@@ -373,7 +393,9 @@ impl Job {
                 s.phase == Phase::StaticPoint
                     || matches!(
                         s.call,
-                        StepCall::Replicate { .. } | StepCall::AwaitSeparated { .. }
+                        StepCall::FreeRv { .. }
+                            | StepCall::Replicate { .. }
+                            | StepCall::AwaitSeparated { .. }
                     )
             })
             .map(|s| s.id)
@@ -387,6 +409,9 @@ impl Job {
     ) -> Result<(), JobError> {
         let job = self.id;
         let ids: Vec<StepId> = self.round_steps().collect();
+        // The leader recording the round took the job over in its term (or nobody did yet,
+        // and there is no earlier leader's send to tell apart).
+        let armed_term = self.takeover_term.unwrap_or(0);
         // All or nothing: refuse while any of them is outstanding.
         if let Some(s) = ids.iter().map(|&i| &self.steps[i as usize]).find(|s| {
             matches!(
@@ -406,7 +431,7 @@ impl Job {
         }
         for &i in &ids {
             let s = &mut self.steps[i as usize];
-            s.rearm(at_ms)
+            s.rearm(armed_term, at_ms)
                 .map_err(|source| JobError::Transition { job, source })?;
             let static_step = matches!(s.call, StepCall::Quiesce { .. } | StepCall::Release { .. });
             if without_static_point && static_step {

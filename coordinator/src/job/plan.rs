@@ -99,7 +99,9 @@ pub fn plan_backup(group: &Group, limits: &StepLimits) -> Vec<Step> {
             )
         })
         .collect();
-    // Arrays: separate every pair at once, once every MV is quiesced (S3).
+    // Arrays: separate every pair at once, once every MV is quiesced (S3) and every pair in
+    // sync. The replicates are named too, not only reached through the quiesces: a round
+    // without a static point skips the quiesces, and its separates must still wait.
     let separate: Vec<StepId> = group
         .members
         .iter()
@@ -110,7 +112,7 @@ pub fn plan_backup(group: &Group, limits: &StepLimits) -> Vec<Step> {
                 StepCall::Separate {
                     pair: m.pair.clone(),
                 },
-                quiesce.clone(),
+                replicate.iter().chain(&quiesce).copied().collect(),
                 limits.separate_ms,
             )
         })

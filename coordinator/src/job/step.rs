@@ -183,13 +183,24 @@ pub struct Step {
     pub after: Vec<StepId>,
     /// How long the executor may take before the outcome is unknown.
     pub timeout_ms: u64,
-    /// Tokens issued so far; the next dispatch uses `attempts + 1`.
+    /// Tokens issued so far (sends, and questions a new leader asked before sending); the
+    /// next dispatch uses `attempts + 1`.
     pub attempts: u32,
+    /// Times the step was sent in its current round: what wears it out
+    /// ([`super::STEP_ATTEMPTS_MAX`]), not the tokens of earlier rounds or of questions.
+    #[serde(default)]
+    pub sent_in_round: u32,
     /// The newest term in which the step was known not to be out with anybody else (it was
     /// sent in that term, or asking its executor in that term found nothing). After a leader
     /// change, a step not cleared in the new term is asked about before it is sent.
     #[serde(default)]
     pub cleared_term: u64,
+    /// No execution recorded under an older term is this step's: the leader of this term
+    /// armed the step's round (a record from before is an earlier round's, maybe one only a
+    /// deposed leader ran), or a step it waits for completed under this term (a record from
+    /// before came ahead of its dependencies, out of the plan's order).
+    #[serde(default)]
+    pub floor_term: u64,
     pub state: StepState,
     /// Every state it entered, oldest first.
     pub history: Vec<StepEvent>,
@@ -212,7 +223,9 @@ impl Step {
             after,
             timeout_ms,
             attempts: 0,
+            sent_in_round: 0,
             cleared_term: 0,
+            floor_term: 0,
             state: StepState::Pending,
             history: Vec::new(),
         }
@@ -288,6 +301,7 @@ impl Step {
             ));
         }
         self.attempts = token.attempt;
+        self.sent_in_round += 1;
         self.cleared_term = self.cleared_term.max(token.term);
         let deadline_ms = at_ms.saturating_add(self.timeout_ms);
         self.enter(StepState::Dispatched { token, deadline_ms }, at_ms);
@@ -386,15 +400,18 @@ impl Step {
         Ok(())
     }
 
-    /// Done | Failed | Skipped | Pending → Pending, for a new round of its phase. Refused while
-    /// an attempt is outstanding or unknown: a round is only re-run once all of it is settled.
-    pub fn rearm(&mut self, at_ms: u64) -> Result<(), TransitionError> {
+    /// Done | Failed | Skipped | Pending → Pending, for a new round of its phase armed by the
+    /// leader of `armed_term`. Refused while an attempt is outstanding or unknown: a round is
+    /// only re-run once all of it is settled.
+    pub fn rearm(&mut self, armed_term: u64, at_ms: u64) -> Result<(), TransitionError> {
         if matches!(
             self.state,
             StepState::Dispatched { .. } | StepState::Unknown { .. }
         ) {
             return Err(self.refuse("pending", " (an attempt is still outstanding)".into()));
         }
+        self.floor_term = self.floor_term.max(armed_term);
+        self.sent_in_round = 0;
         if self.state != StepState::Pending {
             self.enter(StepState::Pending, at_ms);
         }

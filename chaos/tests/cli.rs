@@ -1,0 +1,60 @@
+//! The command line: the seed range comes first, a summary table follows, and the
+//! process-level harness says it is not built yet instead of pretending.
+
+use std::process::Command;
+
+fn chaos(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
+        .args(args)
+        .output()
+        .expect("the stillpoint-chaos binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sim_prints_the_seed_range_first_then_the_summary_and_exits_0_when_clean() {
+    let (code, out, err) = chaos(&["sim", "--seeds", "40", "--start", "100"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("seeds 100..140 (40 schedules)\n"), "{out}");
+    for want in [
+        "schedules/s",
+        "faults by kind:",
+        "jobs by outcome:",
+        "violations by property:",
+        "  S7 ",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn one_seed_replays_with_its_timeline() {
+    let (code, out, err) = chaos(&["sim", "--seed", "7", "--trace"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("seed 7\n"), "{out}");
+    assert!(out.contains("leader of term 1 elected"), "{out}");
+    let (_, again, _) = chaos(&["sim", "--seed", "7", "--trace"]);
+    assert_eq!(out, again, "the same seed prints the same run");
+}
+
+#[test]
+fn run_says_the_process_level_harness_is_not_built_and_exits_2() {
+    let (code, out, err) = chaos(&["run", "--schedules", "3"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("not built yet: needs the process-level harness"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn a_bad_time_budget_is_refused_with_its_value() {
+    let (code, _, err) = chaos(&["sim", "--seeds", "1", "--time-budget", "5x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("\"5x\""), "{err}");
+}
