@@ -117,14 +117,22 @@ async fn quiesce(
         }
     };
     let held = call(&format!("listing quiesces of {volume}"), host.quiesces()).await?;
+    let owner = quiesce_owner(token);
+    if let Some(q) = held.iter().find(|q| q.volume == volume && q.owner == owner) {
+        return Ok(StepResult::Quiesced {
+            quiesce_id: q.quiesce_id,
+        });
+    }
+    // An earlier attempt of this step still holds the volume (its reply was lost and asking
+    // found it not done, or the agent restarted under it): nobody vouches for that quiesce,
+    // so it is ended and a fresh one taken under this attempt, never adopted.
     let prefix = step_owner_prefix(token);
     if let Some(q) = held
         .iter()
         .find(|q| q.volume == volume && q.owner.starts_with(&prefix))
     {
-        return Ok(StepResult::Quiesced {
-            quiesce_id: q.quiesce_id,
-        });
+        let ended = host.release(volume, Some(q.quiesce_id)).await;
+        tracing::warn!(volume, quiesce_id = q.quiesce_id, owner = %q.owner, ?ended, "ended an earlier attempt's quiesce before quiescing again");
     }
     let rec = call(
         &format!("quiescing MV {volume}"),
