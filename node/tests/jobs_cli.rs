@@ -43,7 +43,7 @@ fn code(o: &Output) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_are_followed_catalogued_queued_refused_and_cancelled_with_scheduler_exit_codes() {
     // Job 1 is the group prepare the site runs first: it makes no copy.
-    let site = JobSite::start(SiteLayout::spread(1)).await;
+    let mut site = JobSite::start(SiteLayout::spread(1)).await;
     let ep = site.site.endpoints[0].clone();
     let ep = ep.as_str();
     let out = sp(&["copies", "list", "--endpoint", ep]).await;
@@ -56,7 +56,10 @@ async fn backups_are_followed_catalogued_queued_refused_and_cancelled_with_sched
     let out = sp(&["copies", "list", "--endpoint", ep, "--output", "json"]).await;
     assert_eq!(json(&out), serde_json::json!([]));
 
-    // A backup followed to its end: a consistent copy, exit 0, one JSON document.
+    // A backup followed to its end: a consistent copy, exit 0, one JSON document. Submitted
+    // through a follower, which may not have applied the job yet when the watch first asks.
+    let leader = site.site.leader().await.expect("a leader");
+    let follower = (0..site.site.agents.len()).find(|s| *s != leader).unwrap();
     let out = sp(&[
         "backup",
         "payroll",
@@ -64,7 +67,7 @@ async fn backups_are_followed_catalogued_queued_refused_and_cancelled_with_sched
         "--timeout",
         "120",
         "--endpoint",
-        ep,
+        &site.site.endpoints[follower],
         "--output",
         "json",
     ])
@@ -274,6 +277,87 @@ async fn backups_are_followed_catalogued_queued_refused_and_cancelled_with_sched
         json(&out).as_array().map(Vec::len),
         Some(1),
         "no copy from a cancelled job"
+    );
+
+    // A watch rides out the leader's death: job 6 is held at its first step (backup node
+    // paused), the leader that sent it is SIGKILLed, then the backup node resumes and the
+    // killed agent restarts; a new leader takes the job over and the watch, through a
+    // follower, follows it to its end.
+    site.site.signal(backup, "STOP").unwrap();
+    let out = sp(&["backup", "payroll", "--endpoint", ep, "--output", "json"]).await;
+    assert_eq!(code(&out), OK, "{}", stderr(&out));
+    assert_eq!(json(&out)["job_id"], 6);
+    let via_ep = ep.to_string();
+    // The first step is out to the paused backup node; the leader that sent it.
+    let deadline = std::time::Instant::now() + job_site::WAIT;
+    let leader = loop {
+        let out = sp(&[
+            "job",
+            "show",
+            "6",
+            "--endpoint",
+            &via_ep,
+            "--output",
+            "json",
+        ])
+        .await;
+        let step = (code(&out) == OK).then(|| json(&out)["steps"][0]["state"].clone());
+        if let Some(step) = step.filter(|s| s["state"] == "dispatched") {
+            let term = step["token"]["term"].as_u64().unwrap();
+            let status = sp(&[
+                "cluster",
+                "status",
+                "--consistent",
+                "--endpoint",
+                &via_ep,
+                "--output",
+                "json",
+            ])
+            .await;
+            let status = json(&status);
+            if status["term"] == term && status["leader_id"].is_u64() {
+                break status["leader_id"].as_u64().unwrap() as usize - 1;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job 6 never sent its first step"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(leader, backup, "a paused agent does not lead");
+    let via = (0..site.site.agents.len())
+        .find(|s| *s != leader && *s != backup)
+        .unwrap();
+    let via_ep = site.site.endpoints[via].clone();
+    let watch = {
+        let via_ep = via_ep.clone();
+        tokio::task::spawn_blocking(move || {
+            stillpoint(&[
+                "job",
+                "watch",
+                "6",
+                "--timeout",
+                "120",
+                "--endpoint",
+                &via_ep,
+            ])
+        })
+    };
+    site.site.kill(leader).await;
+    site.site.signal(backup, "CONT").unwrap();
+    site.site.spawn(leader).unwrap();
+    let out = watch.await.unwrap();
+    let text = stdout(&out);
+    println!("{text}");
+    assert_eq!(code(&out), OK, "{text}\n{}\n{}", stderr(&out), site.logs());
+    assert!(text.contains("job 6 ended: done, consistent"), "{text}");
+    // A new leader (or the restarted one, which openraft may let lead on in its own term)
+    // took the job over: the step that was out when the leader died became unknown and was
+    // asked about before anything else was sent.
+    assert!(
+        text.contains("step 0 free-rv backup1:rv0  dispatched → unknown (leader changed"),
+        "{text}"
     );
     site.site.stop().await;
 }

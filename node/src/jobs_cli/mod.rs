@@ -6,7 +6,8 @@
 //! (`jobs`, `job:ID`, `copies`, `copies:GROUP`; [`stillpoint_coordinator::views`]), never the
 //! whole state with its job history.
 //!
-//! `job watch` (and `backup --wait`) follow a job by polling `job:ID` on the leader, with a
+//! `job watch` (and `backup --wait`) follow a job by polling `job:ID` on the leader (confirmed
+//! by a quorum: a follower may not have applied a job it was just told about), with a
 //! pause that starts at [`WATCH_POLL_MS_MIN`] after a change and grows to
 //! [`WATCH_POLL_MS_MAX`] while nothing moves, and print every step change as one timeline
 //! line. They end when the job ends, with the exit code of its end

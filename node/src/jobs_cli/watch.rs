@@ -74,7 +74,7 @@ pub async fn watch(
     let mut failing_since: Option<Instant> = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let read = tokio::time::timeout(remaining, read_job(client, id, false))
+        let read = tokio::time::timeout(remaining, read_job(client, id, true))
             .await
             .map_err(|_| timed_out())?;
         match read {
