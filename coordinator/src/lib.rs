@@ -10,7 +10,9 @@
 //! driver: [`inventory`] (the pairs, volumes and groups a job is planned from, and their
 //! validation) and [`job`] (a backup's plan of steps, each step's life, fencing tokens, the
 //! events that change a job, the pure `decide` function that says what the leader does next,
-//! how an unknown step is resolved, and the copy's consistency label).
+//! how an unknown step is resolved, and the copy's consistency label). [`views`] computes
+//! what operators read about jobs: summaries without step histories, one job's timeline, and
+//! the catalogue of copies.
 //!
 //! ## Why `apply` is deterministic
 //!
@@ -47,6 +49,7 @@ pub mod inventory;
 pub mod job;
 mod jobs;
 mod registry;
+pub mod views;
 
 use std::io::Cursor;
 

@@ -184,8 +184,17 @@ impl ClusterState {
             JobKind::Backup { .. } => plan_backup(&group, &limits),
             JobKind::Prepare { .. } => plan_prepare(&group, &limits),
         };
-        self.jobs
-            .submit(kind.clone(), steps, submitted_by, at_ms, no_queue)
+        let response = self
+            .jobs
+            .submit(kind.clone(), steps, submitted_by, at_ms, no_queue);
+        // What the job works on, kept with it: the copy catalogue reads it after the inventory
+        // has moved on.
+        if let Response::JobAccepted { job_id, .. } = &response
+            && let Some(job) = self.jobs.jobs.get_mut(job_id)
+        {
+            job.pairs = group.members;
+        }
+        response
     }
 
     /// Records an agent's own description of itself. Only members may register (an agent that

@@ -317,3 +317,50 @@ fn replicas_applying_the_same_commands_reach_the_same_state() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn an_accepted_job_keeps_the_pairs_it_was_planned_from_after_the_inventory_changes() {
+    let mut s = registered();
+    assert!(matches!(
+        apply_inventory(&mut s, site(), false),
+        Response::InventoryApplied { .. }
+    ));
+    let Response::JobAccepted { job_id, .. } = submit(&mut s, "both", false) else {
+        panic!("not accepted")
+    };
+    let cancel = Command::Job {
+        job_id,
+        event: JobEvent::CancelRequested { by: "ops".into() },
+        at_ms: 3,
+    };
+    s.apply(&members(), &cancel);
+    // The job ends (as the driver records it once nothing is outstanding), then the inventory
+    // moves p1's RV to another LD.
+    s.apply(
+        &members(),
+        &Command::Job {
+            job_id,
+            event: JobEvent::Ended {
+                end: JobEnd::Cancelled { by: "ops".into() },
+            },
+            at_ms: 4,
+        },
+    );
+    let mut moved = site();
+    moved.pairs.get_mut("p1").unwrap().rv = ld(9);
+    moved.volumes.get_mut("backup1:rv1").unwrap().ld = ld(9);
+    assert!(matches!(
+        apply_inventory(&mut s, moved, false),
+        Response::InventoryApplied { .. }
+    ));
+    let pairs = &s.jobs.jobs[&job_id].pairs;
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[1].pair, "p1");
+    assert_eq!(pairs[1].mv_ld, ld(2));
+    assert_eq!(
+        pairs[1].rv_ld,
+        ld(3),
+        "as planned, not as the inventory says now"
+    );
+    assert_eq!(pairs[1].rv, vol("backup1", "rv1"));
+}

@@ -86,6 +86,15 @@ pub enum Command {
     /// The site inventory in force.
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// Back up a consistency group: submit a backup job to the cluster (queued behind a job
+    /// that holds its pairs, unless --no-queue); with --wait, follow it to its end.
+    Backup(crate::jobs_cli::BackupArgs),
+    /// Jobs the cluster holds: list, show, watch, cancel.
+    #[command(subcommand)]
+    Job(crate::jobs_cli::JobCommand),
+    /// The catalogue of backup copies (jobs that ended done), with their label and RVs.
+    #[command(subcommand)]
+    Copies(crate::jobs_cli::CopiesCommand),
     /// Start a local site (software array, 3 agents) on loopback and take one backup copy by hand.
     Demo(crate::demo::DemoArgs),
     /// Host operations on a node's volumes, performed by that node's agent.
@@ -192,6 +201,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Inventory(InventoryCommand::Show { client }) => {
             crate::site::run_show(&crate::Client::new(&client.endpoint), client.output).await
         }
+        Command::Backup(args) => return code_exit(crate::jobs_cli::run_backup(args).await),
+        Command::Job(c) => return code_exit(crate::jobs_cli::run_job(c).await),
+        Command::Copies(c) => return code_exit(crate::jobs_cli::run_copies(c).await),
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Volume { endpoint, command } => return run_volume(&endpoint, command).await,
         Command::Workload(c) => return host_exit(c.run().await),
@@ -203,6 +215,17 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A command that chooses its own exit code on success (a job's outcome).
+fn code_exit(result: Result<u8, NodeError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::error::{InitializeError, RaftError};
-use stillpoint_coordinator::{Command, Member, NodeId};
+use stillpoint_coordinator::{Command, Member, NodeId, views};
 use stillpoint_proto::cluster::cluster_server::Cluster;
 use stillpoint_proto::cluster::*;
 use tonic::{Request, Response, Status};
@@ -437,11 +437,37 @@ impl ClusterService {
             "registry" => self.ctx.state.read(|s| serde_json::to_vec(&s.nodes)),
             "inventory" => self.ctx.state.read(|s| serde_json::to_vec(&s.inventory)),
             "state" => self.ctx.state.read(serde_json::to_vec),
-            other => {
-                return Err(NodeError::Invalid(format!(
-                    "unknown query {other:?}: expected \"registry\", \"inventory\" or \"state\""
-                )));
-            }
+            "jobs" => self
+                .ctx
+                .state
+                .read(|s| serde_json::to_vec(&views::job_summaries(&s.jobs))),
+            "copies" => self
+                .ctx
+                .state
+                .read(|s| serde_json::to_vec(&views::catalogue(&s.jobs, None))),
+            other => match other.split_once(':') {
+                Some(("copies", group)) => self.ctx.state.read(|s| {
+                    serde_json::to_vec(&views::catalogue(&s.jobs, Some(group)))
+                }),
+                Some(("job", id)) => {
+                    let id: u64 = id.parse().map_err(|_| {
+                        NodeError::Invalid(format!("query {other:?}: {id:?} is not a job id"))
+                    })?;
+                    self.ctx
+                        .state
+                        .read(|s| s.jobs.jobs.get(&id).map(serde_json::to_vec))
+                        .ok_or_else(|| {
+                            NodeError::NotFound(format!(
+                                "no job {id}: it was never submitted, or it ended and was forgotten (the history keeps settings.jobs_retained_max ended jobs); see `stillpoint job list`"
+                            ))
+                        })?
+                }
+                _ => {
+                    return Err(NodeError::Invalid(format!(
+                        "unknown query {other:?}: expected \"registry\", \"inventory\", \"jobs\", \"job:ID\", \"copies\", \"copies:GROUP\" or \"state\""
+                    )));
+                }
+            },
         }
         .map(|j| (j, self.ctx.state.last_applied().map(|l| l.index)))
         .map_err(|e| NodeError::Raft(format!("cannot encode state: {e}")))?;

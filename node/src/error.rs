@@ -65,6 +65,11 @@ pub enum NodeError {
     #[error("{REFUSED_PREFIX}{0}")]
     Refused(String),
 
+    /// What was asked is not valid in the current state of its object (a job that has
+    /// already ended cannot be cancelled); nothing changed.
+    #[error("{0}")]
+    WrongState(String),
+
     /// The operation did not finish in time. Its outcome is unknown: query before retrying.
     #[error("timed out after {ms} ms {what}")]
     Timeout { what: String, ms: u64 },
@@ -129,6 +134,7 @@ impl NodeError {
         match self {
             NodeError::Config { .. } | NodeError::Invalid(_) => exit::BAD_INPUT,
             NodeError::Refused(_) => exit::REFUSED,
+            NodeError::WrongState(_) => exit::WRONG_STATE,
             NodeError::NotFound(_) => exit::NOT_FOUND,
             NodeError::Unreachable { .. }
             | NodeError::NotLeader { .. }
@@ -166,6 +172,7 @@ impl NodeError {
             }
             NodeError::Config { .. } | NodeError::Invalid(_) => Status::invalid_argument(message),
             NodeError::Refused(_) => Status::permission_denied(message),
+            NodeError::WrongState(_) => Status::failed_precondition(message),
             NodeError::NotFound(_) => Status::not_found(message),
             NodeError::Unreachable { .. } => Status::unavailable(message),
             NodeError::Timeout { .. } | NodeError::OutcomeUnknown(_) => {
@@ -254,7 +261,8 @@ pub mod exit {
     pub const OTHER: u8 = 1;
     /// Bad input: a config file or argument is wrong; the message names the file, field or flag.
     pub const BAD_INPUT: u8 = 2;
-    /// Refused by a rule (pairing rule, RV access, busy volume, S4 ceiling); nothing changed.
+    /// Refused by a rule (pairing rule, RV access, busy volume, S4 ceiling; a job whose pairs
+    /// another job holds, with `--no-queue`; a backup of an unknown group); nothing changed.
     pub const REFUSED: u8 = 3;
     /// No agent, leader, quorum or array reachable at the address given; nothing happened.
     pub const UNREACHABLE: u8 = 4;
@@ -262,9 +270,9 @@ pub mod exit {
     pub const TIMED_OUT: u8 = 5;
     /// The data dir or listen address is unusable (in use, another node's, corrupt).
     pub const CANNOT_START: u8 = 6;
-    /// The operation is not valid in the current state (pair, volume); nothing changed.
+    /// The operation is not valid in the current state (pair, volume, job); nothing changed.
     pub const WRONG_STATE: u8 = 7;
-    /// No such node, volume, LD or pair.
+    /// No such node, volume, LD, pair or job.
     pub const NOT_FOUND: u8 = 8;
     /// The agent stopped because its raft core hit a fatal error (its data dir's storage failed:
     /// disk full, I/O error, a flush that did not finish; or the core panicked). stderr names
@@ -272,6 +280,32 @@ pub mod exit {
     pub const RAFT_STOPPED: u8 = 9;
     /// The agent stopped because the cluster removed its node: do not restart it as is.
     pub const REMOVED: u8 = 10;
+    /// A backup job ended done, but its copy is only crash-consistent: the RVs were checked
+    /// (and repaired) before mounting; the reason is printed. (`backup --wait`, `job watch`,
+    /// `job show` of an ended job; done and consistent is 0.)
+    pub const DONE_CRASH_CONSISTENT: u8 = 11;
+    /// The job failed; the reason is printed, and `job show` has every step's state.
+    pub const JOB_FAILED: u8 = 12;
+    /// The job was cancelled (who asked is printed); no copy was recorded.
+    pub const JOB_CANCELLED: u8 = 13;
+}
+
+/// Exit code of a job that ended `end`: 0 done and consistent (or, for a job that makes no
+/// copy, finished), [`exit::DONE_CRASH_CONSISTENT`], [`exit::JOB_FAILED`] or
+/// [`exit::JOB_CANCELLED`].
+pub fn job_end_exit_code(end: &stillpoint_coordinator::job::JobEnd) -> u8 {
+    use stillpoint_coordinator::job::{CopyLabel, JobEnd};
+    match end {
+        JobEnd::Done {
+            label: CopyLabel::Consistent,
+        }
+        | JobEnd::Finished => 0,
+        JobEnd::Done {
+            label: CopyLabel::CrashConsistent { .. },
+        } => exit::DONE_CRASH_CONSISTENT,
+        JobEnd::Failed { .. } => exit::JOB_FAILED,
+        JobEnd::Cancelled { .. } => exit::JOB_CANCELLED,
+    }
 }
 
 /// Exit code of an array command's error.
@@ -307,5 +341,39 @@ pub fn host_exit_code(e: &stillpoint_host::HostError) -> u8 {
         | H::Device { .. }
         | H::Unsupported { .. }
         | H::Journal(_) => exit::OTHER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stillpoint_coordinator::job::{CopyLabel, JobEnd};
+
+    use super::*;
+
+    #[test]
+    fn a_jobs_end_maps_to_the_scheduler_exit_codes() {
+        let done = |label| JobEnd::Done { label };
+        assert_eq!(job_end_exit_code(&done(CopyLabel::Consistent)), 0);
+        assert_eq!(job_end_exit_code(&JobEnd::Finished), 0);
+        let crash = CopyLabel::CrashConsistent { why: "x".into() };
+        assert_eq!(job_end_exit_code(&done(crash)), 11);
+        let failed = JobEnd::Failed { reason: "x".into() };
+        assert_eq!(job_end_exit_code(&failed), 12);
+        let cancelled = JobEnd::Cancelled { by: "x".into() };
+        assert_eq!(job_end_exit_code(&cancelled), 13);
+        // The new codes follow the existing table without reusing any of its numbers.
+        assert_eq!(
+            [
+                exit::REMOVED,
+                exit::DONE_CRASH_CONSISTENT,
+                exit::JOB_FAILED,
+                exit::JOB_CANCELLED
+            ],
+            [10, 11, 12, 13]
+        );
+        assert_eq!(
+            NodeError::WrongState("x".into()).exit_code(),
+            exit::WRONG_STATE
+        );
     }
 }

@@ -25,6 +25,7 @@
 //!   probes after a leader change.
 //! - [`demo`]: `stillpoint demo`, a local site of processes (array and agents) running a
 //!   backup job through a leader kill; its [`demo::site`] is also the job tests' site.
+//! - [`jobs_cli`]: `backup`, `job list|show|watch|cancel`, `copies list`, over the job views.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
 //! - [`cli`], [`status`], [`output`]: the command line.
 //!
@@ -73,6 +74,7 @@ pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod executor;
+pub mod jobs_cli;
 pub mod output;
 pub mod peer;
 pub mod raft_health;

@@ -59,6 +59,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 pub use stillpoint_storage::journal::FencingToken;
 
+use crate::inventory::GroupMember;
+
 pub use decide::{Action, Dispatch, Finding, Observed, PairSync, decide, resolve};
 pub use plan::{StepLimits, plan_backup, plan_prepare};
 pub use step::{
@@ -228,6 +230,10 @@ pub struct Job {
     pub submitted_by: String,
     /// Proposer's wall clock, milliseconds since the Unix epoch.
     pub submitted_at_ms: u64,
+    /// The group's pairs with their volumes and LDs, as the inventory held them when the job
+    /// was planned: what the copy is of, still readable after the inventory changes.
+    #[serde(default)]
+    pub pairs: Vec<GroupMember>,
     pub steps: Vec<Step>,
     /// The round of the static point, from 1.
     pub round: u32,
@@ -251,6 +257,7 @@ impl Job {
             kind,
             submitted_by,
             submitted_at_ms,
+            pairs: Vec::new(),
             steps,
             round: 1,
             crash_consistent_why: None,
