@@ -92,6 +92,9 @@ pub enum Command {
     /// Jobs the cluster holds: list, show, watch, cancel.
     #[command(subcommand)]
     Job(crate::jobs_cli::JobCommand),
+    /// Consistency groups: `group prepare` sets their pairs and runs the first copy.
+    #[command(subcommand)]
+    Group(crate::jobs_cli::GroupCommand),
     /// The catalogue of backup copies (jobs that ended done), with their label and RVs.
     #[command(subcommand)]
     Copies(crate::jobs_cli::CopiesCommand),
@@ -203,6 +206,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Backup(args) => return code_exit(crate::jobs_cli::run_backup(args).await),
         Command::Job(c) => return code_exit(crate::jobs_cli::run_job(c).await),
+        Command::Group(c) => return code_exit(crate::jobs_cli::run_group(c).await),
         Command::Copies(c) => return code_exit(crate::jobs_cli::run_copies(c).await),
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Volume { endpoint, command } => return run_volume(&endpoint, command).await,

@@ -41,12 +41,12 @@ use crate::output::{OutputFormat, json};
 /// Longest `--timeout` of a watch, in seconds, and the bound when none is given (7 days).
 pub const WATCH_TIMEOUT_S_MAX: u64 = 7 * 24 * 3_600;
 
-/// `stillpoint backup GROUP`.
+/// `stillpoint backup GROUP`, `stillpoint group prepare GROUP`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The consistency group to back up (as `stillpoint inventory show` lists it).
+    /// The consistency group (as `stillpoint inventory show` lists it).
     pub group: String,
     /// Follow the job until it ends, printing each step; exit with the job's outcome.
     #[arg(long)]
@@ -178,10 +178,21 @@ pub async fn read_copies(
     }
 }
 
-/// A backup the cluster accepted.
+/// `stillpoint group ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Prepare the group's volumes as a job: free every RV, set every pair on its array, and
+    /// run the first whole-volume copy until every pair is in sync. Exits 0 once it finished
+    /// (with --wait).
+    Prepare(BackupArgs),
+}
+
+/// A job the cluster accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Accepted {
     pub job_id: JobId,
+    /// `backup` or `prepare`.
+    pub kind: &'static str,
     pub group: String,
     /// The job it queues behind, if any.
     pub waiting_for: Option<JobId>,
@@ -195,10 +206,21 @@ pub async fn submit_backup(
     group: &str,
     no_queue: bool,
 ) -> Result<Accepted, NodeError> {
+    let kind = JobKind::Backup {
+        group: group.to_string(),
+    };
+    submit(client, kind, no_queue).await
+}
+
+/// Proposes a job of `kind` through the leader; refusals as [`submit_backup`].
+pub async fn submit(client: &Client, kind: JobKind, no_queue: bool) -> Result<Accepted, NodeError> {
+    let (what, group) = match &kind {
+        JobKind::Backup { group } => ("backup", group.clone()),
+        JobKind::Prepare { group } => ("prepare", group.clone()),
+    };
+    let group = group.as_str();
     let command = Command::SubmitJob {
-        kind: JobKind::Backup {
-            group: group.to_string(),
-        },
+        kind,
         submitted_by: submitter().await,
         at_ms: crate::agent::now_ms(),
         no_queue,
@@ -207,7 +229,7 @@ pub async fn submit_backup(
         Ok((response, _)) => response,
         Err(NodeError::OutcomeUnknown(what)) => {
             return Err(NodeError::OutcomeUnknown(format!(
-                "{what}; `stillpoint job list` shows whether the backup of {group} was accepted"
+                "{what}; `stillpoint job list` shows whether the job on {group} was accepted"
             )));
         }
         Err(e) => return Err(e),
@@ -218,12 +240,13 @@ pub async fn submit_backup(
             waiting_for,
         } => Ok(Accepted {
             job_id,
+            kind: what,
             group: group.to_string(),
             waiting_for,
         }),
         Response::Refused { rule } => Err(NodeError::Refused(rule)),
         Response::InventoryInvalid { errors } => Err(NodeError::Refused(format!(
-            "cannot back up group {group:?}: {}",
+            "cannot {what} group {group:?}: {}",
             errors
                 .iter()
                 .map(|e| e.to_string())
@@ -231,16 +254,36 @@ pub async fn submit_backup(
                 .join("; ")
         ))),
         other => Err(NodeError::Invalid(format!(
-            "unexpected answer to a backup: {other:?}"
+            "unexpected answer to a {what}: {other:?}"
         ))),
     }
 }
 
 /// `stillpoint backup GROUP [--wait] [--no-queue]`: the exit code.
 pub async fn run_backup(args: BackupArgs) -> Result<u8, NodeError> {
+    let kind = JobKind::Backup {
+        group: args.group.clone(),
+    };
+    run_submit(kind, args).await
+}
+
+/// `stillpoint group ...`: the exit code.
+pub async fn run_group(command: GroupCommand) -> Result<u8, NodeError> {
+    match command {
+        GroupCommand::Prepare(args) => {
+            let kind = JobKind::Prepare {
+                group: args.group.clone(),
+            };
+            run_submit(kind, args).await
+        }
+    }
+}
+
+/// Submits a job and, with `--wait`, follows it to its end.
+async fn run_submit(kind: JobKind, args: BackupArgs) -> Result<u8, NodeError> {
     let client = Client::new(&args.client.endpoint);
     let output = args.client.output;
-    let accepted = submit_backup(&client, &args.group, args.no_queue).await?;
+    let accepted = submit(&client, kind, args.no_queue).await?;
     if !args.wait {
         if output == OutputFormat::Json {
             println!("{}", json(&accepted));
@@ -270,10 +313,13 @@ pub async fn run_backup(args: BackupArgs) -> Result<u8, NodeError> {
 fn accepted_text(a: &Accepted) -> String {
     match a.waiting_for {
         Some(holder) => format!(
-            "job {} accepted: backup of {}, queued behind job {holder} (it starts when job {holder} ends)",
-            a.job_id, a.group
+            "job {} accepted: {} of {}, queued behind job {holder} (it starts when job {holder} ends)",
+            a.job_id, a.kind, a.group
         ),
-        None => format!("job {} accepted: backup of {}, running", a.job_id, a.group),
+        None => format!(
+            "job {} accepted: {} of {}, running",
+            a.job_id, a.kind, a.group
+        ),
     }
 }
 
@@ -390,6 +436,7 @@ mod tests {
     fn acceptance_says_which_job_it_queues_behind() {
         let mut a = Accepted {
             job_id: 2,
+            kind: "backup",
             group: "payroll".into(),
             waiting_for: Some(1),
         };

@@ -43,13 +43,21 @@ impl JobSite {
             &site.site.endpoints[0],
         ]);
         assert!(out.status.success(), "apply the site: {}", stderr(&out));
-        let prepare = site
-            .submit(JobKind::Prepare {
-                group: "payroll".into(),
-            })
-            .await;
-        let end = site.wait_ended(prepare, WAIT).await;
-        assert_eq!(end, JobEnd::Finished, "group prepare\n{}", site.logs());
+        let out = stillpoint(&[
+            "group",
+            "prepare",
+            "payroll",
+            "--wait",
+            "--endpoint",
+            &site.site.endpoints[1],
+        ]);
+        assert!(
+            out.status.success(),
+            "group prepare payroll --wait: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out),
+            site.logs()
+        );
         site.site
             .start_applications()
             .await
