@@ -311,8 +311,14 @@ impl Job {
                     .complete(*token, result.clone(), at_ms)
                     .map_err(wrap)?;
                 // What waits for this step executes after it: nothing recorded under an older
-                // term can be its execution.
-                for s in self.steps.iter_mut().filter(|s| s.after.contains(step)) {
+                // term can be its execution. Not the backup command: it is not idempotent, and
+                // its mounts completing again (a no-op remount) must not have it run twice.
+                for s in self
+                    .steps
+                    .iter_mut()
+                    .filter(|s| s.after.contains(step))
+                    .filter(|s| !matches!(s.call, StepCall::RunBackup { .. }))
+                {
                     s.floor_term = s.floor_term.max(token.term);
                 }
                 Ok(())

@@ -1305,3 +1305,44 @@ fn an_outcome_recorded_before_a_step_it_waits_for_completed_is_not_its_own() {
         Some(JobEvent::Completed { .. })
     ));
 }
+
+/// Seen in the 1,000,000-seed run of stillpoint-chaos `sim` (seed 25904) after the rule above:
+/// a new leader remounted an RV its predecessor had mounted (a no-op) and then took the
+/// predecessor's backup command for one that came before its mounts, and ran it again.
+#[test]
+fn a_backup_command_its_predecessor_ran_is_not_run_again_after_a_no_op_remount() {
+    let g = group(1, 1);
+    let mut j = job(&g);
+    let backup = j
+        .steps
+        .iter()
+        .find(|s| matches!(s.call, StepCall::RunBackup { .. }))
+        .unwrap()
+        .id;
+    let mount = j
+        .steps
+        .iter()
+        .find(|s| matches!(s.call, StepCall::MountRv { .. }))
+        .unwrap()
+        .id as usize;
+    j.record(&JobEvent::TakenOver { term: 4 }, 0).unwrap();
+    complete_step(&mut j, mount, 4, StepResult::RvMounted { repaired: false });
+    let asked = j.steps[backup as usize].next_token(4, j.id);
+    j.record(
+        &JobEvent::LostTrack {
+            step: backup,
+            token: asked,
+            why: "its predecessor may have sent it".into(),
+        },
+        0,
+    )
+    .unwrap();
+    let found = Finding::Finished {
+        token: FencingToken { term: 2, ..asked },
+        outcome: Ok(StepResult::BackupRan { exit_code: 0 }),
+    };
+    assert!(matches!(
+        resolve(&j.steps[backup as usize], &found),
+        Some(JobEvent::Completed { .. })
+    ));
+}
