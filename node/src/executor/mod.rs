@@ -128,7 +128,17 @@ pub struct Executor {
     tasks: StdMutex<HashMap<FencingToken, tokio::task::AbortHandle>>,
     /// Set by [`Executor::stop`]: no new step begins.
     stopped: AtomicBool,
+    /// Per resource (`pair:NAME`, `volume:NODE:VOLUME`): taken around a step's begin, holding
+    /// the "done" signal of the last step begun on it. A step acts only once the step begun
+    /// before it on the same resource has ended, so steps on one pair or volume run one at a
+    /// time in the order the journal began them: fencing refuses a deposed leader's new step,
+    /// but cannot stop one already under way, and the newer leader's step must not overtake it.
+    resource_order: StdMutex<HashMap<String, ResourceTail>>,
 }
+
+/// Per resource, the "done" signal of the step begun last on it, behind a lock taken around
+/// each begin.
+type ResourceTail = Arc<tokio::sync::Mutex<Option<watch::Receiver<bool>>>>;
 
 /// Removes a token's claim when its holder (a begin that did not start, or the step's task)
 /// is done; waiters whose channel closed without an outcome read the journal again.
@@ -178,6 +188,7 @@ impl Executor {
             running: StdMutex::new(HashMap::new()),
             tasks: StdMutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
+            resource_order: StdMutex::new(HashMap::new()),
         })
     }
 
@@ -371,6 +382,16 @@ impl Executor {
                 },
             };
             let resource = step_resource(&order.dispatch.call);
+            let order_lock = resource.as_ref().map(|r| {
+                lock(&self.resource_order)
+                    .entry(r.clone())
+                    .or_default()
+                    .clone()
+            });
+            let mut tail = match &order_lock {
+                Some(m) => Some(m.clone().lock_owned().await),
+                None => None,
+            };
             let begun = self
                 .journal_op("beginning the step in the journal", move |j| {
                     j.begin_step(token, resource.as_deref(), now_ms())
@@ -387,10 +408,14 @@ impl Executor {
                 }
                 StepBegin::Started(_) => {
                     let rx = tx.subscribe();
+                    let (done_tx, done_rx) = watch::channel(false);
+                    let before = tail.as_mut().and_then(|t| t.replace(done_rx));
+                    drop(tail);
                     {
                         // Under the lock the task's end takes to remove itself: no stale handle.
                         let mut tasks = lock(&self.tasks);
-                        let task = tokio::spawn(self.clone().run(order, tx, claim));
+                        let task =
+                            tokio::spawn(self.clone().run(order, tx, claim, before, done_tx));
                         tasks.insert(token, task.abort_handle());
                     }
                     return match Self::await_end(token, rx, wait).await {
@@ -414,8 +439,15 @@ impl Executor {
         order: StepOrder,
         tx: watch::Sender<Option<TaskEnd>>,
         claim: Claim,
+        before: Option<watch::Receiver<bool>>,
+        done: watch::Sender<bool>,
     ) {
         let token = order.dispatch.token;
+        // The step begun before this one on the same resource ends first (its sender dropped
+        // counts as ended: its task is gone).
+        if let Some(mut before) = before {
+            let _ = before.wait_for(|ended| *ended).await;
+        }
         let end = match &order.dispatch.call {
             StepCall::SetPair { .. }
             | StepCall::Replicate { .. }
@@ -472,6 +504,7 @@ impl Executor {
         };
         let _ = tx.send(Some(end));
         drop(claim);
+        let _ = done.send(true);
     }
 }
 
