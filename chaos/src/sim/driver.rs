@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use stillpoint_coordinator::job::{
     Action, Dispatch, FencingToken, Finding, Job, JobEvent, JobId, JobState, StepCall, StepId,
-    StepState, StepTarget, decide, resolve,
+    StepState, StepTarget, answered, decide, resolve,
 };
 
 use super::engine::{
@@ -428,38 +428,7 @@ impl Sim {
                 else {
                     return;
                 };
-                let event = match (&s.state, result) {
-                    (StepState::Dispatched { token: t, .. }, result) if *t == token => {
-                        Some(match result {
-                            Ok(Finding::Finished {
-                                token,
-                                outcome: Ok(result),
-                            }) => JobEvent::Completed {
-                                step,
-                                token,
-                                result,
-                            },
-                            Ok(Finding::Finished {
-                                token,
-                                outcome: Err(reason),
-                            }) => JobEvent::Failed {
-                                step,
-                                token,
-                                reason,
-                            },
-                            Ok(other) => JobEvent::LostTrack {
-                                step,
-                                token,
-                                why: format!("the executor answered {}", finding_name(&other)),
-                            },
-                            Err(why) => JobEvent::LostTrack { step, token, why },
-                        })
-                    }
-                    (StepState::Unknown { token: t, .. }, Ok(found)) if *t == token => {
-                        resolve(s, &found)
-                    }
-                    _ => None,
-                };
+                let event = answered(s, &token, result);
                 if let Some(event) = event {
                     self.record(term, job, event);
                 }
@@ -497,15 +466,6 @@ impl Sim {
                 self.act(term);
             }
         }
-    }
-}
-
-fn finding_name(f: &Finding) -> &'static str {
-    match f {
-        Finding::NotRecorded => "that it has no record of it",
-        Finding::Finished { .. } => "with an outcome",
-        Finding::Interrupted { .. } => "that it was interrupted (the agent restarted)",
-        Finding::Running { .. } => "that it is still running past the step's deadline",
     }
 }
 

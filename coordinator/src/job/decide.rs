@@ -84,6 +84,59 @@ pub enum Finding {
     Running { token: FencingToken },
 }
 
+impl Finding {
+    /// What the executor said, as the end of "the executor answered ...".
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Finding::NotRecorded => "that it has no record of it",
+            Finding::Finished { .. } => "with an outcome",
+            Finding::Interrupted { .. } => "that it was interrupted (the agent restarted)",
+            Finding::Running { .. } => "that it is still running past the step's deadline",
+        }
+    }
+}
+
+/// The event an executor's answer to the send of `sent` makes of `step`, if any: an outcome
+/// while the step is still dispatched under that token; anything else (no answer, a refusal,
+/// "running" past the deadline, "interrupted") makes it unknown, to be asked about. An answer
+/// that arrives after the step became unknown under that token resolves it as a probe's
+/// finding would ([`resolve`]); a late answer about any other attempt changes nothing.
+pub fn answered(step: &Step, sent: &FencingToken, answer: Result<Finding, String>) -> Option<JobEvent> {
+    let id = step.id;
+    match (&step.state, answer) {
+        (StepState::Dispatched { token, .. }, answer) if token == sent => Some(match answer {
+            Ok(Finding::Finished {
+                token,
+                outcome: Ok(result),
+            }) => JobEvent::Completed {
+                step: id,
+                token,
+                result,
+            },
+            Ok(Finding::Finished {
+                token,
+                outcome: Err(reason),
+            }) => JobEvent::Failed {
+                step: id,
+                token,
+                reason,
+            },
+            Ok(other) => JobEvent::LostTrack {
+                step: id,
+                token: *sent,
+                why: format!("the executor answered {}", other.describe()),
+            },
+            Err(why) => JobEvent::LostTrack {
+                step: id,
+                token: *sent,
+                why,
+            },
+        }),
+        (StepState::Unknown { token, .. }, Ok(found)) if token == sent => resolve(step, &found),
+        _ => None,
+    }
+}
+
 /// How the unknown `step` resolves given what its executor said; `None` means it stays
 /// unknown (ask again later). Never guesses: an interrupted quiesce or separate is settled by
 /// what the host or array shows, and stays unknown while that cannot be read.

@@ -61,7 +61,7 @@ pub use stillpoint_storage::journal::FencingToken;
 
 use crate::inventory::GroupMember;
 
-pub use decide::{Action, Dispatch, Finding, Observed, PairSync, decide, resolve};
+pub use decide::{Action, Dispatch, Finding, Observed, PairSync, answered, decide, resolve};
 pub use plan::{StepLimits, plan_backup, plan_prepare};
 pub use step::{
     Phase, Step, StepCall, StepEvent, StepId, StepResult, StepState, StepTarget, TransitionError,

@@ -36,7 +36,7 @@ use std::time::Duration;
 use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder};
 use stillpoint_coordinator::job::{
     Action, Dispatch, Finding, Job, JobEvent, JobId, JobState, StepId, StepState, StepTarget,
-    decide, resolve,
+    answered, decide, resolve,
 };
 use stillpoint_coordinator::{Command, Response};
 use tokio::sync::{mpsc, watch};
@@ -474,46 +474,19 @@ impl Lead<'_> {
                 let Some(s) = self.jobs.get(&job).and_then(|j| j.steps.get(step as usize)) else {
                     return;
                 };
-                let event = match (&s.state, result) {
-                    (StepState::Dispatched { token: t, .. }, result) if *t == token => match result
-                    {
-                        Ok(Finding::Finished {
-                            token,
-                            outcome: Ok(result),
-                        }) => {
-                            tracing::info!(job, step, ?result, "driver: step done");
-                            Some(JobEvent::Completed {
-                                step,
-                                token,
-                                result,
-                            })
-                        }
-                        Ok(Finding::Finished {
-                            token,
-                            outcome: Err(reason),
-                        }) => {
-                            tracing::warn!(job, step, %reason, "driver: step failed");
-                            Some(JobEvent::Failed {
-                                step,
-                                token,
-                                reason,
-                            })
-                        }
-                        Ok(other) => Some(JobEvent::LostTrack {
-                            step,
-                            token,
-                            why: format!("the executor answered {}", finding_name(&other)),
-                        }),
-                        Err(why) => {
-                            tracing::warn!(job, step, %why, "driver: outcome unknown; will ask");
-                            Some(JobEvent::LostTrack { step, token, why })
-                        }
-                    },
-                    (StepState::Unknown { token: t, .. }, Ok(found)) if *t == token => {
-                        resolve(s, &found)
+                if let Err(why) = &result {
+                    tracing::warn!(job, step, %why, "driver: outcome unknown; will ask");
+                }
+                let event = answered(s, &token, result);
+                match &event {
+                    Some(JobEvent::Completed { result, .. }) => {
+                        tracing::info!(job, step, ?result, "driver: step done")
                     }
-                    _ => None,
-                };
+                    Some(JobEvent::Failed { reason, .. }) => {
+                        tracing::warn!(job, step, %reason, "driver: step failed")
+                    }
+                    _ => {}
+                }
                 if let Some(event) = event {
                     self.record(job, event);
                 }
@@ -546,14 +519,5 @@ impl Lead<'_> {
                 }
             }
         }
-    }
-}
-
-fn finding_name(f: &Finding) -> &'static str {
-    match f {
-        Finding::NotRecorded => "that it has no record of it",
-        Finding::Finished { .. } => "with an outcome",
-        Finding::Interrupted { .. } => "that it was interrupted (the agent restarted)",
-        Finding::Running { .. } => "that it is still running past the step's deadline",
     }
 }

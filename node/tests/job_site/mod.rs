@@ -97,14 +97,15 @@ impl JobSite {
         .await
     }
 
-    /// The replicated state as a running agent that answers applied it.
+    /// The replicated state as the leader applied it (confirmed by a quorum, so a job just
+    /// accepted is in it), asked through any running agent that answers.
     pub async fn state(&self) -> Option<ClusterState> {
         for endpoint in &self.site.endpoints {
             let reply = stillpoint_node::Client::new(endpoint.clone())
-                .on_endpoint("query", |mut c| async move {
+                .on_leader("query", |mut c| async move {
                     c.query(QueryRequest {
                         what: "state".into(),
-                        consistent: false,
+                        consistent: true,
                     })
                     .await
                 })
