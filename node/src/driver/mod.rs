@@ -49,8 +49,10 @@ use crate::agent::{AgentContext, now_ms};
 /// How often the driver looks at its jobs when nothing else woke it (deadlines, new jobs).
 const TICK_MS: u64 = 200;
 /// First and longest pause between two probes of the same step that found nothing settled.
-const PROBE_BACKOFF_MIN_MS: u64 = 200;
-const PROBE_BACKOFF_MAX_MS: u64 = 5_000;
+/// Short at first: right after a leader change the executor asked is often an agent that is
+/// restarting, and the job waits on its answer; growing by half each time after that.
+const PROBE_BACKOFF_MIN_MS: u64 = 100;
+const PROBE_BACKOFF_MAX_MS: u64 = 3_000;
 /// Pause before leading again after a takeover failed (a proposal that did not commit).
 const RETAKE_PAUSE_MS: u64 = 500;
 /// Rounds of decide → perform per wake-up: each round acts on what the last one recorded.
@@ -455,7 +457,7 @@ impl Lead<'_> {
         let backoff = self
             .probe_backoff
             .get(&key)
-            .map(|(_, b)| (b * 2).min(PROBE_BACKOFF_MAX_MS))
+            .map(|(_, b)| (b + b / 2).min(PROBE_BACKOFF_MAX_MS))
             .unwrap_or(PROBE_BACKOFF_MIN_MS);
         self.probe_backoff
             .insert(key, (now_ms() + backoff, backoff));
