@@ -101,7 +101,11 @@ impl Finding {
 /// "running" past the deadline, "interrupted") makes it unknown, to be asked about. An answer
 /// that arrives after the step became unknown under that token resolves it as a probe's
 /// finding would ([`resolve`]); a late answer about any other attempt changes nothing.
-pub fn answered(step: &Step, sent: &FencingToken, answer: Result<Finding, String>) -> Option<JobEvent> {
+pub fn answered(
+    step: &Step,
+    sent: &FencingToken,
+    answer: Result<Finding, String>,
+) -> Option<JobEvent> {
     let id = step.id;
     match (&step.state, answer) {
         (StepState::Dispatched { token, .. }, answer) if token == sent => Some(match answer {
