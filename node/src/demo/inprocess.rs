@@ -107,7 +107,8 @@ fn demo_array_endpoint(address: &str) -> ArrayEndpoint {
     }
 }
 
-async fn bind_loopback() -> Result<tokio::net::TcpListener, NodeError> {
+/// A listener on a free loopback port.
+pub(crate) async fn bind_loopback() -> Result<tokio::net::TcpListener, NodeError> {
     tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| NodeError::Listen {
@@ -116,7 +117,8 @@ async fn bind_loopback() -> Result<tokio::net::TcpListener, NodeError> {
         })
 }
 
-fn local_address(listener: &tokio::net::TcpListener) -> Result<String, NodeError> {
+/// The address `listener` is bound to, as `HOST:PORT`.
+pub(crate) fn local_address(listener: &tokio::net::TcpListener) -> Result<String, NodeError> {
     listener
         .local_addr()
         .map(|a| a.to_string())

@@ -18,6 +18,7 @@ use stillpoint_array::{Array, RemoteArray};
 use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest};
 use tokio::process::{Child, Command};
 
+use super::inprocess::{bind_loopback, local_address};
 use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
 use crate::volumes::ArrayLdDevice;
@@ -197,18 +198,9 @@ pub struct LocalSite {
     started: Vec<bool>,
 }
 
+/// A free loopback address for a child process to listen on (the port is released here).
 async fn free_loopback_address() -> Result<String, NodeError> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|source| NodeError::Listen {
-            address: "127.0.0.1:0".into(),
-            source,
-        })?;
-    let a = l.local_addr().map_err(|source| NodeError::Listen {
-        address: "127.0.0.1:0".into(),
-        source,
-    })?;
-    Ok(a.to_string())
+    local_address(&bind_loopback().await?)
 }
 
 fn write(path: &Path, text: &str) -> Result<(), NodeError> {

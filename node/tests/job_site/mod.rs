@@ -209,21 +209,13 @@ pub fn is_consistent(end: &JobEnd) -> bool {
     )
 }
 
-/// Polls `f` until it yields, bounded by [`WAIT`].
-pub async fn wait_async<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `f` until it yields, bounded by [`WAIT`] (the agents' own bounded wait).
+pub async fn wait_async<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stillpoint_node::wait::until(what, WAIT, f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
