@@ -2,226 +2,18 @@
 //! with RV `rv`) on the demo's software array, driven step by step through
 //! `stillpoint_node::executor::client` as the leader's driver does.
 
-use std::time::{Duration, Instant};
+mod executor_site;
 
+use executor_site::*;
 use stillpoint_array::{Array, RemoteArray};
-use stillpoint_coordinator::inventory::{
-    CopyControl, LdRef, PairSpec, QuiesceMethod, ReplicationKind, VolumeRef,
-};
-use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder, quiesce_owner};
+use stillpoint_coordinator::inventory::QuiesceMethod;
+use stillpoint_coordinator::job::wire::quiesce_owner;
 use stillpoint_coordinator::job::{
-    Dispatch, FencingToken, Finding, Observed, PairSync, StepCall, StepResult, StepTarget,
+    FencingToken, Finding, Observed, PairSync, StepCall, StepResult,
 };
-use stillpoint_host::{HookKind, Host, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
-use stillpoint_node::demo::{DemoArray, start_local_cluster};
+use stillpoint_host::{Host, QuiesceMode, QuiesceRequest};
+use stillpoint_node::NodeError;
 use stillpoint_node::executor::client::{execute, probe};
-use stillpoint_node::{NodeError, RunningAgent};
-
-/// Bound on any wait in these tests (a loaded 2-core machine).
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Site {
-    _dir: tempfile::TempDir,
-    array: Option<DemoArray>,
-    agents: Vec<RunningAgent>,
-}
-
-impl Site {
-    async fn start() -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let array = DemoArray::start(dir.path()).await.unwrap();
-        let agents = start_local_cluster(dir.path(), &array.address)
-            .await
-            .unwrap();
-        let site = Site {
-            _dir: dir,
-            array: Some(array),
-            agents,
-        };
-        for (i, volume) in [(1, "data"), (2, "rv")] {
-            let host = site.host(i);
-            poll(&format!("volume {volume} to attach"), || async {
-                host.volume(volume)
-                    .await
-                    .ok()
-                    .filter(|v| v.problem.is_none())
-            })
-            .await;
-        }
-        site
-    }
-
-    fn host(&self, i: usize) -> std::sync::Arc<stillpoint_host::Agent> {
-        self.agents[i].host.clone().expect("agent has a host half")
-    }
-
-    fn array_address(&self) -> String {
-        self.array.as_ref().expect("the array runs").address.clone()
-    }
-
-    fn addr(&self, i: usize) -> String {
-        self.agents[i].local_addr.to_string()
-    }
-
-    /// The highest raft term any agent is in: tokens from it are current everywhere.
-    fn term(&self) -> u64 {
-        self.agents
-            .iter()
-            .map(|a| a.context.raft.metrics().borrow().current_term)
-            .max()
-            .unwrap()
-    }
-
-    /// Mounts db1's MV and starts its writer, as the business server runs all day.
-    async fn run_business(&self) {
-        let db1 = self.host(1);
-        db1.mount(
-            "data",
-            &MountRequest {
-                mount_point: None,
-                identity: MountIdentity::Keep,
-                read_only: false,
-            },
-        )
-        .await
-        .unwrap();
-        db1.run_hook("data", HookKind::Start).await.unwrap();
-    }
-
-    /// Stops agent `i` gracefully and starts it again on its data dir and address.
-    async fn restart(&mut self, i: usize) {
-        let agent = self.agents.remove(i);
-        let config = agent.context.config.clone();
-        agent.shutdown().await.unwrap();
-        let listener = stillpoint_node::agent::bind(&config).await.unwrap();
-        let agent = stillpoint_node::start(config, listener).await.unwrap();
-        self.agents.insert(i, agent);
-    }
-
-    async fn stop(self) {
-        for a in self.agents {
-            a.shutdown().await.unwrap();
-        }
-        if let Some(array) = self.array {
-            array.stop().await.unwrap();
-        }
-    }
-}
-
-async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn tok(term: u64, job_id: u64, step_index: u32, attempt: u32) -> FencingToken {
-    FencingToken {
-        term,
-        job_id,
-        step_index,
-        attempt,
-    }
-}
-
-fn vol(node: &str, volume: &str) -> VolumeRef {
-    VolumeRef {
-        node: node.into(),
-        volume: volume.into(),
-    }
-}
-
-fn pair() -> PairSpec {
-    PairSpec {
-        name: "p0".into(),
-        mv: LdRef {
-            array: "A1".into(),
-            ld: 0,
-        },
-        rv: LdRef {
-            array: "A1".into(),
-            ld: 1,
-        },
-        kind: ReplicationKind::Ddr,
-        copy_control: CopyControl::Sync,
-    }
-}
-
-fn target_of(call: &StepCall) -> StepTarget {
-    match call {
-        StepCall::SetPair { .. }
-        | StepCall::Replicate { .. }
-        | StepCall::Separate { .. }
-        | StepCall::AwaitSeparated { .. } => StepTarget::Array("A1".into()),
-        StepCall::FreeRv { volume }
-        | StepCall::Quiesce { volume, .. }
-        | StepCall::Release { volume, .. }
-        | StepCall::MountRv { volume } => StepTarget::Node(volume.node.clone()),
-        StepCall::RunBackup { .. } => StepTarget::Node("backup1".into()),
-    }
-}
-
-fn order(token: FencingToken, call: StepCall) -> StepOrder {
-    let pair = matches!(
-        call,
-        StepCall::SetPair { .. }
-            | StepCall::Replicate { .. }
-            | StepCall::Separate { .. }
-            | StepCall::AwaitSeparated { .. }
-    )
-    .then(pair);
-    StepOrder {
-        dispatch: Dispatch {
-            step: token.step_index,
-            token,
-            target: target_of(&call),
-            call,
-            quiesce_id: None,
-            check_first: false,
-        },
-        pair,
-        reply_within_ms: 30_000,
-    }
-}
-
-fn probe_order(o: &StepOrder, token: FencingToken) -> ProbeOrder {
-    ProbeOrder {
-        step: token.step_index,
-        token,
-        target: o.dispatch.target.clone(),
-        call: o.dispatch.call.clone(),
-        pair: o.pair.clone(),
-    }
-}
-
-/// Sends `o` to `addr` and expects it done with a result.
-async fn done(addr: &str, o: &StepOrder) -> StepResult {
-    match execute(addr, o).await {
-        Ok(Finding::Finished {
-            token,
-            outcome: Ok(r),
-        }) => {
-            assert_eq!(token, o.dispatch.token);
-            r
-        }
-        other => panic!("{:?} was not done: {other:?}", o.dispatch.call),
-    }
-}
-
-fn assert_refused(r: Result<Finding, NodeError>, needle: &str) {
-    match r {
-        Err(NodeError::Refused(m)) => assert!(m.contains(needle), "{m}"),
-        other => panic!("expected a refusal mentioning {needle:?}, got {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_from_the_journal() {
@@ -795,6 +587,45 @@ async fn an_unreachable_array_makes_the_outcome_unknown_not_failed() {
     assert_eq!(
         probe(&mgmt1, &probe_order(&separate, token)).await.unwrap(),
         interrupted
+    );
+    site.stop().await;
+}
+
+/// A business host that is still booting (its agent answers, fstab has not mounted the MV yet)
+/// gets the job's quiesce: the step waits, bounded, for the MV to be mounted and then quiesces
+/// it, instead of failing the round and leaving the copy crash-consistent. (Seen in CI: the
+/// agent of db1 restarted mid-job and the new round's quiesce arrived before the boot mounted
+/// its MV.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiesce_sent_while_the_host_is_still_mounting_its_mv_waits_for_the_mount() {
+    let site = Site::start().await;
+    let db1 = site.addr(1);
+    let token = tok(site.term(), 40, 0, 1);
+    let mut quiesce = order(
+        token,
+        StepCall::Quiesce {
+            volume: vol("db1", "data"),
+            method: QuiesceMethod::Freeze,
+            limit_ms: 10_000,
+        },
+    );
+    quiesce.reply_within_ms = 50;
+    let first = execute(&db1, &quiesce).await.unwrap();
+    assert_eq!(
+        first,
+        Finding::Running { token },
+        "a quiesce of an MV not yet mounted must wait for the mount, not end"
+    );
+    site.run_business().await;
+    quiesce.reply_within_ms = 30_000;
+    let StepResult::Quiesced { quiesce_id } = done(&db1, &quiesce).await else {
+        panic!("no quiesce id")
+    };
+    let held = site.host(1).quiesces().await.unwrap();
+    assert!(
+        held.iter()
+            .any(|q| q.quiesce_id == quiesce_id && q.volume == "data"),
+        "{held:?}"
     );
     site.stop().await;
 }

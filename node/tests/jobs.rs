@@ -11,7 +11,7 @@ use std::time::Duration;
 use job_site::*;
 use stillpoint_coordinator::job::wire::StepOrder;
 use stillpoint_coordinator::job::{
-    CopyLabel, Dispatch, FencingToken, Job, JobEnd, StepCall, StepResult, StepState,
+    Dispatch, FencingToken, Job, JobEnd, StepCall, StepResult, StepState,
 };
 use stillpoint_host::Host;
 
@@ -107,11 +107,10 @@ async fn a_group_on_two_business_nodes_is_backed_up_consistently_by_the_cluster(
 /// (every step boundary of the plan in turn, as far as polling every 20 ms can see them). At
 /// even boundaries it is restarted at once (it may lead again in its own term: openraft keeps
 /// its committed vote); at odd ones only once another agent leads (a new term takes the job
-/// over). Every job ends done with the label the rules give: consistent (a kill inside the
-/// freeze window is followed by a second round), with clean RVs — or, only when the killed
-/// leader was a business node, crash-consistent because an MV could not be quiesced: with the
-/// `sim` backend a killed agent is a rebooted host, whose MVs are back only once its boot
-/// mounted them, and a quiesce sent before that is refused ("not mounted") in both rounds.
+/// over). Every job ends done and consistent (a kill inside the freeze window is followed by a
+/// second round), with clean RVs — also when the killed leader was a business node: with the
+/// `sim` backend a killed agent is a rebooted host, whose MVs are back only once its boot has
+/// mounted them, and a quiesce sent before that waits for the mount.
 /// No MV is left quiesced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_at_every_step_boundary_the_backup_still_ends_consistent() {
@@ -150,24 +149,14 @@ async fn the_leader_killed_at_every_step_boundary_the_backup_still_ends_consiste
         }
         let end = site.wait_ended(id, JOB_WITHIN).await;
         let job = site.job(id).await.expect("job");
-        let business = killed
-            .as_ref()
-            .is_some_and(|(_, name)| name.starts_with("db"));
-        let host_rebooting = matches!(
-            &end,
-            JobEnd::Done { label: CopyLabel::CrashConsistent { why } }
-                if business && why.contains("not mounted")
-        );
         assert!(
-            is_consistent(&end) || host_rebooting,
+            is_consistent(&end),
             "boundary {boundary} (killed {killed:?}): ended {end:?}, releases {:?}\n{}\n{}",
             releases(&job),
             freeze_window_history(&job),
             site.logs()
         );
-        if is_consistent(&end) {
-            assert_rvs_intact(&site, &format!("boundary {boundary}, killed {killed:?}")).await;
-        }
+        assert_rvs_intact(&site, &format!("boundary {boundary}, killed {killed:?}")).await;
         killed_at.push((boundary, killed, job.round, is_consistent(&end)));
     }
     eprintln!(

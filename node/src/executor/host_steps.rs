@@ -134,6 +134,9 @@ async fn quiesce(
         let ended = host.release(volume, Some(q.quiesce_id)).await;
         tracing::warn!(volume, quiesce_id = q.quiesce_id, owner = %q.owner, ?ended, "ended an earlier attempt's quiesce before quiescing again");
     }
+    if !held.iter().any(|q| q.volume == volume) {
+        wait_until_mounted(host, volume).await?;
+    }
     let rec = call(
         &format!("quiescing MV {volume}"),
         host.quiesce(&QuiesceRequest {
@@ -147,6 +150,34 @@ async fn quiesce(
     Ok(StepResult::Quiesced {
         quiesce_id: rec.quiesce_id,
     })
+}
+
+/// How long a quiesce waits for its MV to be mounted: a business host that has just booted
+/// answers before its fstab and init system have mounted the MV and started the application.
+const MV_MOUNTED_WAIT_MS: u64 = 30_000;
+/// Pause between two looks while waiting for it.
+const MV_MOUNTED_RETRY_MS: u64 = 200;
+
+/// Waits (bounded) until the MV is mounted. An MV nobody mounts within the bound fails the
+/// step naming it: a quiesce of an unmounted volume would vouch for nothing.
+async fn wait_until_mounted(host: &dyn Host, volume: &str) -> Result<(), StepEnd> {
+    let mounted_by = tokio::time::Instant::now() + Duration::from_millis(MV_MOUNTED_WAIT_MS);
+    loop {
+        let info = call(&format!("reading MV {volume}"), host.volume(volume)).await?;
+        if info.mounted_at.is_some() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= mounted_by {
+            return Err(StepEnd::Failed(format!(
+                "MV {volume} is not mounted on this host after waiting {MV_MOUNTED_WAIT_MS} ms: mount it (and start its application) before backing it up"
+            )));
+        }
+        tracing::debug!(
+            volume,
+            "waiting for the MV to be mounted before quiescing it"
+        );
+        tokio::time::sleep(Duration::from_millis(MV_MOUNTED_RETRY_MS)).await;
+    }
 }
 
 /// Business node: end the quiesce the step's quiesce took. A quiesce the host no longer holds
