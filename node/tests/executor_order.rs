@@ -1,0 +1,154 @@
+//! The step executor's ordering and retake rules, each shown on a live in-process site (mgmt1,
+//! db1 with MV `data`, backup1 with RV `rv`) by a test that fails without the rule:
+//!
+//! - steps on one volume run one at a time, in the order they began;
+//! - a later attempt of a quiesce never adopts the quiesce an earlier attempt took;
+//! - an RV mount waits (bounded) for the RV's LD to become visible to its host.
+
+mod executor_site;
+
+use executor_site::*;
+use stillpoint_array::{Array, RemoteArray};
+use stillpoint_coordinator::inventory::QuiesceMethod;
+use stillpoint_coordinator::job::wire::quiesce_owner;
+use stillpoint_coordinator::job::{Finding, StepCall, StepResult};
+use stillpoint_host::{Host, MountIdentity, MountRequest};
+use stillpoint_node::executor::client::execute;
+
+/// Mounts db1's MV `data` without starting its application.
+async fn mount_mv(site: &Site) {
+    site.host(1)
+        .mount(
+            "data",
+            &MountRequest {
+                mount_point: None,
+                identity: MountIdentity::Keep,
+                read_only: false,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// A quiesce waiting for its MV to be mounted is under way on `volume:db1:data`; a second
+/// step on the same volume, sent meanwhile, waits behind it instead of running beside it, and
+/// runs once the first has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_on_one_volume_run_one_at_a_time_in_the_order_they_began() {
+    let site = Site::start().await;
+    let db1 = site.addr(1);
+    let term = site.term();
+    let data = vol("db1", "data");
+    let first_token = tok(term, 70, 0, 1);
+    let mut first = order(
+        first_token,
+        StepCall::Quiesce {
+            volume: data.clone(),
+            method: QuiesceMethod::Unmount,
+            limit_ms: 30_000,
+        },
+    );
+    first.reply_within_ms = 50;
+    assert_eq!(
+        execute(&db1, &first).await.unwrap(),
+        Finding::Running { token: first_token },
+        "the quiesce waits for its MV to be mounted"
+    );
+    // Alone, this step would end at once (nothing is mounted, so nothing to free).
+    let second_token = tok(term, 71, 0, 1);
+    let mut second = order(second_token, StepCall::FreeRv { volume: data });
+    second.reply_within_ms = 50;
+    assert_eq!(
+        execute(&db1, &second).await.unwrap(),
+        Finding::Running {
+            token: second_token
+        },
+        "a step on a volume another step is working on must wait for it"
+    );
+    mount_mv(&site).await;
+    first.reply_within_ms = 30_000;
+    let StepResult::Quiesced { .. } = done(&db1, &first).await else {
+        panic!("the first step did not quiesce")
+    };
+    second.reply_within_ms = 30_000;
+    assert_eq!(done(&db1, &second).await, StepResult::RvFreed);
+    site.stop().await;
+}
+
+/// Attempt 1 of a quiesce took the MV (its reply was lost, say); attempt 2 of the same step
+/// must not vouch for a quiesce nobody can say held throughout: it ends attempt 1's and takes
+/// its own, under its own owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_attempt_of_a_quiesce_ends_the_earlier_attempts_quiesce_and_takes_its_own() {
+    let site = Site::start().await;
+    site.run_business().await;
+    let db1 = site.addr(1);
+    let term = site.term();
+    let quiesce = |attempt| {
+        order(
+            tok(term, 80, 0, attempt),
+            StepCall::Quiesce {
+                volume: vol("db1", "data"),
+                method: QuiesceMethod::Freeze,
+                limit_ms: 10_000,
+            },
+        )
+    };
+    let StepResult::Quiesced { quiesce_id: first } = done(&db1, &quiesce(1)).await else {
+        panic!("attempt 1 did not quiesce")
+    };
+    let StepResult::Quiesced { quiesce_id: second } = done(&db1, &quiesce(2)).await else {
+        panic!("attempt 2 did not quiesce")
+    };
+    assert_ne!(first, second, "attempt 2 adopted attempt 1's quiesce");
+    let held = site.host(1).quiesces().await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].quiesce_id, second);
+    assert_eq!(held[0].owner, quiesce_owner(&tok(term, 80, 0, 2)));
+    site.stop().await;
+}
+
+/// The backup host sees an RV only once its pair has separated (before that the array answers
+/// its I/O "not ready"). An RV mount that arrives first waits for it instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rv_mount_sent_before_the_rv_is_visible_waits_for_it() {
+    let site = Site::start().await;
+    let array = RemoteArray::connect(&site.array_address()).await.unwrap();
+    let id = stillpoint_node::executor::array_steps::pair_id(&pair());
+    array.pair_set(&id).await.unwrap();
+    let term = site.term();
+    let (mgmt1, backup1) = (site.addr(0), site.addr(2));
+    let rv = vol("backup1", "rv");
+    assert_eq!(
+        done(
+            &backup1,
+            &order(tok(term, 90, 0, 1), StepCall::FreeRv { volume: rv.clone() })
+        )
+        .await,
+        StepResult::RvFreed
+    );
+    let replicate = order(
+        tok(term, 90, 1, 1),
+        StepCall::Replicate { pair: "p0".into() },
+    );
+    assert_eq!(done(&mgmt1, &replicate).await, StepResult::InSync);
+    let mount_token = tok(term, 90, 2, 1);
+    let mut mount = order(mount_token, StepCall::MountRv { volume: rv });
+    mount.reply_within_ms = 50;
+    assert_eq!(
+        execute(&backup1, &mount).await.unwrap(),
+        Finding::Running { token: mount_token },
+        "the RV of a replicating pair is not visible: the mount must wait, not fail"
+    );
+    let separate = order(
+        tok(term, 91, 0, 1),
+        StepCall::Separate { pair: "p0".into() },
+    );
+    assert_eq!(done(&mgmt1, &separate).await, StepResult::SeparateAccepted);
+    mount.reply_within_ms = 30_000;
+    assert_eq!(
+        done(&backup1, &mount).await,
+        StepResult::RvMounted { repaired: false }
+    );
+    site.stop().await;
+}
