@@ -14,6 +14,8 @@ const REFUSED: i32 = 3;
 const TIMED_OUT: i32 = 5;
 const WRONG_STATE: i32 = 7;
 const NOT_FOUND: i32 = 8;
+const DONE_CRASH_CONSISTENT: i32 = 11;
+const JOB_FAILED: i32 = 12;
 const JOB_CANCELLED: i32 = 13;
 
 /// Runs the binary off the runtime's threads (the agents run on them).
@@ -359,5 +361,67 @@ async fn backups_are_followed_catalogued_queued_refused_and_cancelled_with_sched
         text.contains("step 0 free-rv backup1:rv0  dispatched → unknown (leader changed"),
         "{text}"
     );
+    site.site.stop().await;
+}
+
+/// A job scheduler tells a copy made without a static point (exit 11) and a failed job (exit
+/// 12) from a good copy by the exit code alone. The group asks for a freeze longer than the
+/// MV allows (S4 refuses the quiesce: the copy is crash-consistent, saying why); then the site
+/// file gives the group a backup command that fails (the job fails, naming its stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_without_a_static_point_exits_11_and_a_failed_backup_exits_12() {
+    let mut layout = SiteLayout::spread(1);
+    layout.quiesce = "freeze".into();
+    layout.quiesce_ms_max = 60_000; // the sim volume allows a freeze of at most 10 s
+    let site = JobSite::start(layout).await;
+    let ep = site.site.endpoints[0].clone();
+    let backup = || async {
+        sp(&[
+            "backup",
+            "payroll",
+            "--wait",
+            "--timeout",
+            "120",
+            "--endpoint",
+            &ep,
+            "--output",
+            "json",
+        ])
+        .await
+    };
+    let out = backup().await;
+    assert_eq!(
+        code(&out),
+        DONE_CRASH_CONSISTENT,
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let doc = json(&out);
+    assert_eq!(doc["exit_code"], DONE_CRASH_CONSISTENT, "{doc}");
+    let label = &doc["job"]["end"]["label"];
+    assert_eq!(label["label"], "crash_consistent", "{doc}");
+    assert!(
+        label["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("quiesce"),
+        "the label does not say why: {doc}"
+    );
+
+    let file = site.dir.path().join("site-with-command.toml");
+    let text = site.site.layout.site_toml()
+        + "[groups.backup_command]\nnode = \"backup1\"\n\
+           command = [\"sh\", \"-c\", \"echo tape drive offline >&2; exit 3\"]\n\
+           timeout_ms = 30000\n";
+    std::fs::write(&file, text).unwrap();
+    let out = sp(&["apply", "-f", file.to_str().unwrap(), "--endpoint", &ep]).await;
+    assert_eq!(code(&out), OK, "{}", stderr(&out));
+    let out = backup().await;
+    assert_eq!(code(&out), JOB_FAILED, "{}\n{}", stdout(&out), stderr(&out));
+    let doc = json(&out);
+    assert_eq!(doc["exit_code"], JOB_FAILED, "{doc}");
+    let reason = doc["job"]["end"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("tape drive offline"), "{doc}");
     site.site.stop().await;
 }
