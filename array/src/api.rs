@@ -30,6 +30,11 @@ pub trait Array: Send + Sync + 'static {
     async fn replicate(&self, id: &PairId, opts: &ReplicateOptions) -> Result<PairInfo>;
     /// Separate (from rpl/exec, rpl/sync, rst/sync).
     async fn separate(&self, id: &PairId, opts: &SeparateOptions) -> Result<PairInfo>;
+    /// Replicate or separate on behalf of the holder of `fence`: refused (rule
+    /// `fencing-token`) when a newer token has already acted on the pair; accepted, the token
+    /// becomes the pair's floor, durably, with the operation. Unfenced operations (operators)
+    /// neither check nor move the floor.
+    async fn fenced(&self, id: &PairId, fence: &FenceToken, op: &FencedOp) -> Result<PairInfo>;
     /// Restore RV→MV (from separated).
     async fn restore(&self, id: &PairId, opts: &RestoreOptions) -> Result<PairInfo>;
     /// Forced separate (state cancel) from any replicate/restore state, at once.

@@ -51,6 +51,9 @@ pub enum Rule {
     /// most one restore runs per MV and no other pair mirrors or copies the MV meanwhile; the
     /// blocks it restores become MV-side differences of those other pairs.
     RestoreNeedsOtherPairsSeparated,
+    /// A fenced pair operation whose token is older than the newest token that acted on the
+    /// pair: a newer attempt, job or leader has taken over (see [`crate::FenceToken`]).
+    FencingToken,
 }
 
 impl std::fmt::Display for Rule {
@@ -64,6 +67,7 @@ impl std::fmt::Display for Rule {
             Rule::SingleDdrLayer => "single-ddr-layer",
             Rule::OneRolePerLd => "one-role-per-ld",
             Rule::UnsetOnlyWhenSeparated => "unset-only-when-separated",
+            Rule::FencingToken => "fencing-token",
             Rule::SemiSyncRdrOnly => "semi-sync-rdr-only",
             Rule::RvuseImmediateDdrOnly => "rvuse-immediate-ddr-only",
             Rule::AccessList => "access-list",

@@ -49,6 +49,10 @@ pub(crate) struct PairRec {
     pub copied_blocks: u64,
     pub backlog_high_water_blocks: u64,
     pub last_op: Option<LastOperation>,
+    /// The newest fencing token that acted on the pair ([`FenceToken`]). Records from before
+    /// this field load it empty.
+    #[serde(default)]
+    pub fence_floor: Option<FenceToken>,
 }
 
 fn wrong(rec: &PairRec, op: &str, needs: &str) -> ArrayError {
@@ -87,7 +91,29 @@ impl PairRec {
                 started_unix_ms: now_unix_ms(),
                 ended_unix_ms: Some(now_unix_ms()),
             }),
+            fence_floor: None,
         }
+    }
+
+    /// Fencing: refuses `fence` when a newer token already acted on the pair, else makes it
+    /// the floor. No token (an operator's command) passes and leaves the floor as it is.
+    pub fn admit(&mut self, fence: Option<&FenceToken>) -> Result<()> {
+        let Some(token) = fence else {
+            return Ok(());
+        };
+        if let Some(floor) = &self.fence_floor
+            && token < floor
+        {
+            return Err(ArrayError::refused(
+                Rule::FencingToken,
+                format!(
+                    "pair {}: the operation of {token} is older than {floor}, which already acted on the pair (a newer attempt, job or leader took over)",
+                    self.id
+                ),
+            ));
+        }
+        self.fence_floor = Some(*token);
+        Ok(())
     }
 
     pub fn is_separated_family(&self) -> bool {

@@ -161,6 +161,10 @@ impl Array for RemoteArray {
     async fn separate(&self, id: &PairId, o: &SeparateOptions) -> Result<PairInfo> {
         self.pair(Call::Separate(id.clone(), o.clone())).await
     }
+    async fn fenced(&self, id: &PairId, fence: &FenceToken, op: &FencedOp) -> Result<PairInfo> {
+        self.pair(Call::Fenced(id.clone(), *fence, op.clone()))
+            .await
+    }
     async fn restore(&self, id: &PairId, o: &RestoreOptions) -> Result<PairInfo> {
         self.pair(Call::Restore(id.clone(), o.clone())).await
     }

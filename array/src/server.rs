@@ -94,6 +94,7 @@ impl Service {
             Call::PairQuery(id) => Answer::Pair(a.pair_query(&id).await?),
             Call::Replicate(id, o) => Answer::Pair(a.replicate(&id, &o).await?),
             Call::Separate(id, o) => Answer::Pair(a.separate(&id, &o).await?),
+            Call::Fenced(id, t, op) => Answer::Pair(a.fenced(&id, &t, &op).await?),
             Call::Restore(id, o) => Answer::Pair(a.restore(&id, &o).await?),
             Call::ForcedSeparate(id) => Answer::Pair(a.forced_separate(&id).await?),
             Call::Wait(id, c, t) => Answer::Pair(a.wait(&id, c, t).await?),

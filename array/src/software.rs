@@ -472,26 +472,17 @@ impl Array for SoftwareArray {
     }
 
     async fn replicate(&self, id: &PairId, o: &ReplicateOptions) -> Result<PairInfo> {
-        crate::check_wait_ms(o.wait_timeout_ms)?;
-        let info = self
-            .inner
-            .operate(id, "replicate", true, |r, d| r.begin_replicate(o, d))
-            .await?;
-        match o.wait_timeout_ms {
-            Some(t) => self.inner.wait(id, WaitCondition::Sync, t).await,
-            None => Ok(info),
-        }
+        self.replicate_fenced(id, o, None).await
     }
 
     async fn separate(&self, id: &PairId, o: &SeparateOptions) -> Result<PairInfo> {
-        crate::check_wait_ms(o.wait_timeout_ms)?;
-        let info = self
-            .inner
-            .operate(id, "separate", false, |r, _| r.begin_separate(o))
-            .await?;
-        match o.wait_timeout_ms {
-            Some(t) => self.inner.wait(id, WaitCondition::Sep, t).await,
-            None => Ok(info),
+        self.separate_fenced(id, o, None).await
+    }
+
+    async fn fenced(&self, id: &PairId, fence: &FenceToken, op: &FencedOp) -> Result<PairInfo> {
+        match op {
+            FencedOp::Replicate(o) => self.replicate_fenced(id, o, Some(fence)).await,
+            FencedOp::Separate(o) => self.separate_fenced(id, o, Some(fence)).await,
         }
     }
 
@@ -577,4 +568,46 @@ pub(crate) fn broadcast_stream<T: Clone + Send + 'static>(
             }
         }
     }))
+}
+
+impl SoftwareArray {
+    async fn replicate_fenced(
+        &self,
+        id: &PairId,
+        o: &ReplicateOptions,
+        fence: Option<&FenceToken>,
+    ) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
+        let info = self
+            .inner
+            .operate(id, "replicate", true, |r, d| {
+                r.admit(fence)?;
+                r.begin_replicate(o, d)
+            })
+            .await?;
+        match o.wait_timeout_ms {
+            Some(t) => self.inner.wait(id, WaitCondition::Sync, t).await,
+            None => Ok(info),
+        }
+    }
+
+    async fn separate_fenced(
+        &self,
+        id: &PairId,
+        o: &SeparateOptions,
+        fence: Option<&FenceToken>,
+    ) -> Result<PairInfo> {
+        crate::check_wait_ms(o.wait_timeout_ms)?;
+        let info = self
+            .inner
+            .operate(id, "separate", false, |r, _| {
+                r.admit(fence)?;
+                r.begin_separate(o)
+            })
+            .await?;
+        match o.wait_timeout_ms {
+            Some(t) => self.inner.wait(id, WaitCondition::Sep, t).await,
+            None => Ok(info),
+        }
+    }
 }

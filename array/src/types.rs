@@ -342,6 +342,45 @@ pub enum RestoreMode {
     Protect,
 }
 
+/// Who asks for a pair operation, for fencing: a step of a stillpoint job (the Raft term it
+/// was sent under, the job, the step, the attempt). Ordered by those fields in that order: the
+/// array refuses an operation whose token is older than the newest token that already acted on
+/// the pair, so an order that lingered on a cut-off control node never lands after a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FenceToken {
+    pub term: u64,
+    pub job: u64,
+    pub step: u32,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for FenceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "term {} job {} step {} attempt {}",
+            self.term, self.job, self.step, self.attempt
+        )
+    }
+}
+
+/// A pair operation that carries a [`FenceToken`] ([`crate::Array::fenced`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FencedOp {
+    Replicate(ReplicateOptions),
+    Separate(SeparateOptions),
+}
+
+impl FencedOp {
+    /// How long the operation may wait for its end state.
+    pub fn wait_timeout_ms(&self) -> Option<u64> {
+        match self {
+            FencedOp::Replicate(o) => o.wait_timeout_ms,
+            FencedOp::Separate(o) => o.wait_timeout_ms,
+        }
+    }
+}
+
 /// Options of Replicate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicateOptions {

@@ -18,6 +18,7 @@ pub(crate) enum Call {
     PairQuery(PairId),
     Replicate(PairId, ReplicateOptions),
     Separate(PairId, SeparateOptions),
+    Fenced(PairId, FenceToken, FencedOp),
     Restore(PairId, RestoreOptions),
     ForcedSeparate(PairId),
     Wait(PairId, WaitCondition, u64),
@@ -53,6 +54,7 @@ impl Call {
         match self {
             Call::Replicate(_, o) => o.wait_timeout_ms.unwrap_or(0),
             Call::Separate(_, o) => o.wait_timeout_ms.unwrap_or(0),
+            Call::Fenced(_, _, op) => op.wait_timeout_ms().unwrap_or(0),
             Call::Restore(_, o) => o.wait_timeout_ms.unwrap_or(0),
             Call::Wait(_, _, t) => *t,
             Call::CopyToParent(_, t) => t.unwrap_or(0),

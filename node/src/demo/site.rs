@@ -54,6 +54,8 @@ pub struct SiteLayout {
     pub raft_toml: String,
     /// Business nodes `db1`..`dbN`.
     pub business_nodes: usize,
+    /// Agents with a control path to the array, as the site file lists them.
+    pub control_nodes: Vec<String>,
 }
 
 impl SiteLayout {
@@ -81,6 +83,7 @@ impl SiteLayout {
             quiesce: "unmount".into(),
             quiesce_ms_max: 30_000,
             ld_bytes: 4 * 1024 * 1024,
+            control_nodes: vec!["mgmt1".into()],
             raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
         }
     }
@@ -150,9 +153,13 @@ impl SiteLayout {
         text
     }
 
-    /// The site file: the array (control path from mgmt1), pairs, volumes and group `payroll`.
+    /// The site file: the array (control path from the control nodes), pairs, volumes and group
+    /// `payroll`.
     pub fn site_toml(&self) -> String {
-        let mut text = String::from("[[arrays]]\nname = \"A1\"\ncontrol_nodes = [\"mgmt1\"]\n");
+        let mut text = format!(
+            "[[arrays]]\nname = \"A1\"\ncontrol_nodes = {:?}\n",
+            self.control_nodes
+        );
         for p in &self.pairs {
             text += &format!(
                 "[[pairs]]\nname = \"{}\"\nmv = \"A1:{}\"\nrv = \"A1:{}\"\nkind = \"ddr\"\n\

@@ -21,10 +21,15 @@
 //! again from the log (in the same term if it still leads).
 //!
 //! ## Caveats
-//! - Array steps go to the first registered control node of the array (by name), always the
-//!   same one, so a new leader asks the agent holding the step's journal; if that agent is
-//!   down, the job waits (its steps stay unknown) until it is back. Failing over array steps to
-//!   another control node needs the executor recorded per attempt: not built yet.
+//! - Array steps go to the first registered control node of the array (by name), so a new
+//!   leader first asks the agent most likely to hold the step's journal. When that agent does
+//!   not answer (unreachable, or a probe without an answer), the driver passes over it to the
+//!   next control node ([`Routes`]): asked about a token it never saw, that agent says "not
+//!   recorded" and the job sends a new attempt there. This is safe only because the array
+//!   fences its pair operations by token (`stillpoint_array::FenceToken`): the old attempt,
+//!   if it is still on the passed-over agent, is refused by the array once a newer token has
+//!   acted on the pair. Which agent is in use lives in the leader's memory; a new leader starts
+//!   from the first again.
 //! - Deadlines are the leader's wall clock (`at_ms` of the dispatch plus the step's timeout).
 
 mod send;
@@ -42,7 +47,7 @@ use stillpoint_coordinator::{Command, Response};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use send::{REPLY_WITHIN_MS, execute_once, executor_address};
+pub use send::{REPLY_WITHIN_MS, Routes, Unanswered, execute_once, executor_candidates};
 
 use crate::agent::{AgentContext, now_ms};
 
@@ -106,13 +111,17 @@ enum Reply {
         job: JobId,
         step: StepId,
         token: stillpoint_coordinator::job::FencingToken,
-        result: Result<Finding, String>,
+        target: StepTarget,
+        address: String,
+        result: Result<Finding, Unanswered>,
     },
     Probed {
         job: JobId,
         step: StepId,
         token: stillpoint_coordinator::job::FencingToken,
-        result: Result<Finding, String>,
+        target: StepTarget,
+        address: String,
+        result: Result<Finding, Unanswered>,
     },
 }
 
@@ -136,6 +145,8 @@ struct Lead<'a> {
     proposals: mpsc::UnboundedSender<Command>,
     /// Targets that could not be resolved, so the warning is said once per target.
     unresolved_said: BTreeSet<String>,
+    /// Which control node each array's steps go to.
+    routes: Routes,
 }
 
 async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
@@ -157,6 +168,7 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
         tasks: JoinSet::new(),
         proposals,
         unresolved_said: BTreeSet::new(),
+        routes: Routes::default(),
     };
     lead.take_over();
     let mut applied = ctx.raft.metrics();
@@ -353,7 +365,7 @@ impl Lead<'_> {
     }
 
     fn resolve_target(&mut self, target: &StepTarget) -> Option<String> {
-        let found = self.ctx.state.read(|s| send::executor_address(s, target));
+        let found = self.ctx.state.read(|s| self.routes.address(s, target));
         match found {
             Ok(address) => {
                 self.unresolved_said.remove(&format!("{target:?}"));
@@ -376,7 +388,7 @@ impl Lead<'_> {
             return false;
         };
         let pair = self.ctx.state.read(|s| send::pair_of(s, &d.call));
-        let (step, token) = (d.step, d.token);
+        let (step, token, target) = (d.step, d.token, d.target.clone());
         if !self.record(id, JobEvent::Dispatched { step, token }) {
             return false;
         }
@@ -397,6 +409,8 @@ impl Lead<'_> {
                 job: id,
                 step,
                 token,
+                target,
+                address,
                 result,
             }
         });
@@ -437,7 +451,7 @@ impl Lead<'_> {
         let order = ProbeOrder {
             step,
             token,
-            target,
+            target: target.clone(),
             call,
             pair,
         };
@@ -448,9 +462,24 @@ impl Lead<'_> {
                 job: id,
                 step,
                 token,
+                target,
+                address,
                 result,
             }
         });
+    }
+
+    /// The executor at `address` gave no answer for `target`: array steps move on to the
+    /// array's next control node.
+    fn pass_over(&mut self, target: &StepTarget, address: &str) {
+        let routes = &mut self.routes;
+        if let Some(next) = self
+            .ctx
+            .state
+            .read(|s| routes.pass_over(s, target, address))
+        {
+            tracing::warn!(?target, passed_over = %address, now = %next, "driver: a control node did not answer; array steps go to the next one");
+        }
     }
 
     fn back_off(&mut self, key: (JobId, StepId)) {
@@ -470,9 +499,15 @@ impl Lead<'_> {
                 job,
                 step,
                 token,
+                target,
+                address,
                 result,
             } => {
                 self.dispatching.remove(&(job, step));
+                if result.as_ref().is_err_and(|e| e.unreachable) {
+                    self.pass_over(&target, &address);
+                }
+                let result = result.map_err(|e| e.why);
                 let Some(s) = self.jobs.get(&job).and_then(|j| j.steps.get(step as usize)) else {
                     return;
                 };
@@ -497,10 +532,15 @@ impl Lead<'_> {
                 job,
                 step,
                 token,
+                target,
+                address,
                 result,
             } => {
                 let key = (job, step);
                 self.probing.remove(&key);
+                if result.is_err() {
+                    self.pass_over(&target, &address);
+                }
                 let Some(s) = self.jobs.get(&job).and_then(|j| j.steps.get(step as usize)) else {
                     return;
                 };

@@ -1,51 +1,104 @@
 //! The driver's side of talking to executors: where a step goes, and sending it or asking about
 //! it until there is an answer worth recording.
 
+use std::collections::BTreeMap;
+
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::inventory::PairSpec;
 use stillpoint_coordinator::job::wire::{ProbeOrder, StepOrder};
 use stillpoint_coordinator::job::{Finding, StepCall, StepTarget};
 
+use crate::error::NodeError;
+
 /// How long an executor holds an order before answering "running"; the driver then sends the
 /// same order again (answered from the executor's journal, never executed twice).
 pub const REPLY_WITHIN_MS: u64 = 10_000;
 
-/// The agent that executes steps of `target`, by address: a node's own agent; for an array, the
-/// first of its control nodes (by name) that is registered. Always the same agent for the same
-/// target while the registry and inventory stay as they are, so a new leader asks the agent
-/// that holds the step's journal. `None` when nobody registered can execute it (say why).
-pub fn executor_address(state: &ClusterState, target: &StepTarget) -> Result<String, String> {
+/// The agents that can execute steps of `target`, by name and address, in the order the driver
+/// tries them: a node's own agent; for an array, its registered control nodes in name
+/// order. `Err` says why nobody can.
+pub fn executor_candidates(
+    state: &ClusterState,
+    target: &StepTarget,
+) -> Result<Vec<(String, String)>, String> {
     let address_of = |name: &str| {
         state
             .node_by_name(name)
             .filter(|n| n.deregistered_at_ms.is_none())
-            .map(|n| n.address.clone())
+            .map(|n| (name.to_string(), n.address.clone()))
     };
     match target {
-        StepTarget::Node(name) => {
-            address_of(name).ok_or_else(|| format!("no registered agent named {name:?}"))
-        }
+        StepTarget::Node(name) => address_of(name)
+            .map(|c| vec![c])
+            .ok_or_else(|| format!("no registered agent named {name:?}")),
         StepTarget::Array(array) => {
             let spec = state
                 .inventory
                 .arrays
                 .get(array)
                 .ok_or_else(|| format!("array {array:?} is not in the inventory"))?;
-            spec.control_nodes
+            let found: Vec<(String, String)> = spec
+                .control_nodes
                 .iter()
-                .next()
-                .and_then(|n| address_of(n))
-                .ok_or_else(|| {
-                    format!(
-                        "the first control node of array {array:?} ({}) is not registered",
-                        spec.control_nodes
-                            .iter()
-                            .next()
-                            .map(String::as_str)
-                            .unwrap_or("none listed")
-                    )
-                })
+                .filter_map(|n| address_of(n))
+                .collect();
+            if found.is_empty() {
+                Err(format!(
+                    "no control node of array {array:?} ({}) is registered",
+                    spec.control_nodes
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            } else {
+                Ok(found)
+            }
         }
+    }
+}
+
+/// Where the driver sends the steps of each target. An array's steps go to its first
+/// registered control node until that agent fails to answer (unreachable, or a probe with no
+/// answer); then to the next, round the list. Safe because the array fences its pair
+/// operations by token: an order left on the agent passed over cannot land after one a newer
+/// attempt sent elsewhere, and asking the new agent about an old token finds it not recorded
+/// there, which the job answers with a new attempt.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Per array: how many control nodes were passed over so far.
+    passed_over: BTreeMap<String, usize>,
+}
+
+impl Routes {
+    /// The address to send `target`'s steps to now.
+    pub fn address(&self, state: &ClusterState, target: &StepTarget) -> Result<String, String> {
+        let candidates = executor_candidates(state, target)?;
+        let skip = match target {
+            StepTarget::Array(array) => self.passed_over.get(array).copied().unwrap_or(0),
+            StepTarget::Node(_) => 0,
+        };
+        Ok(candidates[skip % candidates.len()].1.clone())
+    }
+
+    /// The agent at `address` did not answer for `target`: if it is still the one in use,
+    /// pass over it to the next control node. Returns the agent now in use when it changed.
+    pub fn pass_over(
+        &mut self,
+        state: &ClusterState,
+        target: &StepTarget,
+        address: &str,
+    ) -> Option<String> {
+        let StepTarget::Array(array) = target else {
+            return None;
+        };
+        let candidates = executor_candidates(state, target).ok()?;
+        if candidates.len() < 2 || self.address(state, target).ok()? != address {
+            return None;
+        }
+        let skip = self.passed_over.entry(array.clone()).or_default();
+        *skip += 1;
+        Some(candidates[*skip % candidates.len()].0.clone())
     }
 }
 
@@ -60,12 +113,33 @@ pub fn pair_of(state: &ClusterState, call: &StepCall) -> Option<PairSpec> {
     }
 }
 
+/// Why an executor gave no answer: the outcome is unknown (asked about next). `unreachable`
+/// when the agent could not be reached at all.
+#[derive(Debug)]
+pub struct Unanswered {
+    pub why: String,
+    pub unreachable: bool,
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<NodeError> for Unanswered {
+    fn from(e: NodeError) -> Self {
+        Unanswered {
+            unreachable: matches!(e, NodeError::Unreachable { .. }),
+            why: e.to_string(),
+        }
+    }
+}
+
 /// Sends `order` once. An error means the outcome is unknown (not delivered, refused, or no
 /// answer in time): the caller records that and asks.
-pub async fn execute_once(address: &str, order: &StepOrder) -> Result<Finding, String> {
-    crate::executor::client::execute(address, order)
-        .await
-        .map_err(|e| e.to_string())
+pub async fn execute_once(address: &str, order: &StepOrder) -> Result<Finding, Unanswered> {
+    Ok(crate::executor::client::execute(address, order).await?)
 }
 
 /// Sends `order` and, while the executor says it is still running, sends it again, until
@@ -74,7 +148,7 @@ pub async fn execute(
     address: &str,
     order: &StepOrder,
     deadline_ms: u64,
-) -> Result<Finding, String> {
+) -> Result<Finding, Unanswered> {
     loop {
         let found = execute_once(address, order).await?;
         if matches!(found, Finding::Running { .. }) && crate::agent::now_ms() < deadline_ms {
@@ -85,8 +159,6 @@ pub async fn execute(
 }
 
 /// Asks about a token (and fences it).
-pub async fn probe(address: &str, order: &ProbeOrder) -> Result<Finding, String> {
-    crate::executor::client::probe(address, order)
-        .await
-        .map_err(|e| e.to_string())
+pub async fn probe(address: &str, order: &ProbeOrder) -> Result<Finding, Unanswered> {
+    Ok(crate::executor::client::probe(address, order).await?)
 }

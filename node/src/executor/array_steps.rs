@@ -4,17 +4,21 @@
 //!
 //! Every call has a timeout; a transport failure or a timeout is "outcome unknown"
 //! ([`StepEnd::Unknown`]), never a failure: the driver probes, and the pair's state settles it.
+//!
+//! Replicate and separate carry the step's token to the array as a fencing token
+//! ([`fence_of`]): the array refuses them once a newer token has acted on the pair, which is
+//! what lets the driver move a job's array steps to another control node (see the driver).
 
 use std::future::Future;
 use std::time::Duration;
 
 use stillpoint_array::{
-    Array, ArrayError, LdRef, PairId, PairInfo, ReplicateOptions, SeparateOptions, SyncState,
-    WaitCondition,
+    Array, ArrayError, FenceToken, FencedOp, LdRef, PairId, PairInfo, ReplicateOptions, Rule,
+    SeparateOptions, SyncState, WaitCondition,
 };
 use stillpoint_coordinator::inventory::{CopyControl, PairSpec};
 use stillpoint_coordinator::job::wire::StepOrder;
-use stillpoint_coordinator::job::{StepCall, StepResult};
+use stillpoint_coordinator::job::{FencingToken, StepCall, StepResult};
 
 use super::{Executor, StepEnd};
 
@@ -42,12 +46,30 @@ pub fn pair_id(pair: &PairSpec) -> PairId {
     }
 }
 
+/// The array's fencing token for a step's token: the array refuses an operation older than
+/// the newest that acted on the pair, so an order left on a cut-off control node never lands
+/// after the one a newer attempt sent through another control node.
+pub fn fence_of(token: &FencingToken) -> FenceToken {
+    FenceToken {
+        term: token.term,
+        job: token.job_id,
+        step: token.step_index,
+        attempt: token.attempt,
+    }
+}
+
 /// An array error as a step's end.
 fn array_end(what: &str, e: ArrayError) -> StepEnd {
     match e {
         ArrayError::OutcomeUnknown { .. } | ArrayError::Unreachable { .. } => {
             StepEnd::Unknown(format!("{what}: {e}"))
         }
+        ArrayError::Refused {
+            rule: Rule::FencingToken,
+            ..
+        } => StepEnd::Failed(format!(
+            "{what}: fenced by the array, a newer attempt, job or leader has acted on the pair since this order was sent ({e})"
+        )),
         e => StepEnd::Failed(format!("{what}: {e}")),
     }
 }
@@ -76,10 +98,11 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
         Ok(a) => a,
         Err(e) => return StepEnd::Failed(e),
     };
+    let fence = fence_of(&order.dispatch.token);
     let result = match &order.dispatch.call {
         StepCall::SetPair { .. } => set_pair(&array, pair).await,
-        StepCall::Replicate { .. } => replicate(&array, pair).await,
-        StepCall::Separate { .. } => separate(&array, pair).await,
+        StepCall::Replicate { .. } => replicate(&array, pair, &fence).await,
+        StepCall::Separate { .. } => separate(&array, pair, &fence).await,
         StepCall::AwaitSeparated { .. } => await_separated(&array, pair).await,
         _ => Err(StepEnd::Failed("a host step is not an array step".into())),
     };
@@ -127,7 +150,11 @@ async fn set_pair(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, Step
 }
 
 /// Replicate (difference) and wait until `rpl/sync`; at once if it already is.
-async fn replicate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+async fn replicate(
+    array: &dyn Array,
+    pair: &PairSpec,
+    fence: &FenceToken,
+) -> Result<StepResult, StepEnd> {
     let id = pair_id(pair);
     let info = query(array, pair, &id).await?;
     let what = format!("replicating pair {} ({id})", pair.name);
@@ -152,7 +179,8 @@ async fn replicate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, Ste
                 wait_timeout_ms: Some(ARRAY_WAIT_MS),
                 ..ReplicateOptions::default()
             };
-            call(&what, ARRAY_WAIT_MS, array.replicate(&id, &options)).await?
+            let op = FencedOp::Replicate(options);
+            call(&what, ARRAY_WAIT_MS, array.fenced(&id, fence, &op)).await?
         }
     };
     if info.state.sync == SyncState::RplSync {
@@ -166,14 +194,19 @@ async fn replicate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, Ste
 }
 
 /// Separate without waiting: done once the array accepted it (`sep/exec` or `separated`).
-async fn separate(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, StepEnd> {
+async fn separate(
+    array: &dyn Array,
+    pair: &PairSpec,
+    fence: &FenceToken,
+) -> Result<StepResult, StepEnd> {
     let id = pair_id(pair);
     let info = query(array, pair, &id).await?;
     if matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
         return Ok(StepResult::SeparateAccepted);
     }
     let what = format!("separating pair {} ({id})", pair.name);
-    let info = call(&what, 0, array.separate(&id, &SeparateOptions::default())).await?;
+    let op = FencedOp::Separate(SeparateOptions::default());
+    let info = call(&what, 0, array.fenced(&id, fence, &op)).await?;
     match info.state.sync {
         SyncState::SepExec | SyncState::Separated => Ok(StepResult::SeparateAccepted),
         _ => Err(StepEnd::Failed(format!(
