@@ -53,6 +53,10 @@ pub(crate) struct PairRec {
     /// this field load it empty.
     #[serde(default)]
     pub fence_floor: Option<FenceToken>,
+    /// The token of the last replicate or separate; `None` when an operator's unfenced
+    /// command did it (or none was done yet).
+    #[serde(default)]
+    pub acted_by: Option<FenceToken>,
 }
 
 fn wrong(rec: &PairRec, op: &str, needs: &str) -> ArrayError {
@@ -92,13 +96,16 @@ impl PairRec {
                 ended_unix_ms: Some(now_unix_ms()),
             }),
             fence_floor: None,
+            acted_by: None,
         }
     }
 
     /// Fencing: refuses `fence` when a newer token already acted on the pair, else makes it
     /// the floor. No token (an operator's command) passes and leaves the floor as it is.
+    /// Either way the pair records who acts on it ([`PairRec::acted_by`]).
     pub fn admit(&mut self, fence: Option<&FenceToken>) -> Result<()> {
         let Some(token) = fence else {
+            self.acted_by = None;
             return Ok(());
         };
         if let Some(floor) = &self.fence_floor
@@ -113,6 +120,7 @@ impl PairRec {
             ));
         }
         self.fence_floor = Some(*token);
+        self.acted_by = Some(*token);
         Ok(())
     }
 
@@ -424,6 +432,7 @@ impl PairRec {
             block_bytes,
             backlog_high_water_blocks: self.backlog_high_water_blocks,
             last_op: self.last_op.clone(),
+            acted_by: self.acted_by,
         }
     }
 }

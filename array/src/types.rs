@@ -302,6 +302,11 @@ pub struct PairInfo {
     pub backlog_high_water_blocks: u64,
     /// The last operation and its times.
     pub last_op: Option<LastOperation>,
+    /// Who did the last replicate or separate: its fencing token, or `None` for an operator's
+    /// unfenced command. A job step that finds the pair already separated uses it to tell its
+    /// own separate from someone else's.
+    #[serde(default)]
+    pub acted_by: Option<FenceToken>,
 }
 
 impl PairInfo {

@@ -473,8 +473,13 @@ async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_sho
         ),
         "{before:?}"
     );
+    // The separate reaches the array under the step's token, as the executor sends it.
     array
-        .separate(&id, &stillpoint_array::SeparateOptions::default())
+        .fenced(
+            &id,
+            &stillpoint_node::executor::array_steps::fence_of(&s),
+            &stillpoint_array::FencedOp::Separate(stillpoint_array::SeparateOptions::default()),
+        )
         .await
         .unwrap();
     let after = probe(&site.addr(0), &probe_order(&separate, s))

@@ -152,3 +152,75 @@ async fn an_rv_mount_sent_before_the_rv_is_visible_waits_for_it() {
     );
     site.stop().await;
 }
+
+/// A deposed leader separated the pair (its dispatch never reached the log) before this
+/// round's quiesce; the new leader's separate of the same step finds the pair already
+/// separated. That separation is not this round's static point: the step fails (and the job
+/// takes the static point again) instead of reporting the separate accepted, and a probe of
+/// an interrupted attempt does not count it either. (Found by the chaos simulator, seed 237,
+/// once it modelled journal writes lost in a crash.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_separated_by_an_older_leader_is_not_this_rounds_separate() {
+    use stillpoint_array::{FenceToken, FencedOp, SeparateOptions};
+    use stillpoint_coordinator::job::{Observed, PairSync};
+    use stillpoint_node::executor::client::probe;
+    let site = Site::start().await;
+    let array = RemoteArray::connect(&site.array_address()).await.unwrap();
+    let id = stillpoint_node::executor::array_steps::pair_id(&pair());
+    array.pair_set(&id).await.unwrap();
+    let mgmt1 = site.addr(0);
+    let old_term = site.term();
+    let term = old_term + 1;
+    let replicate = order(
+        tok(term, 95, 1, 1),
+        StepCall::Replicate { pair: "p0".into() },
+    );
+    assert_eq!(done(&mgmt1, &replicate).await, StepResult::InSync);
+    // The deposed leader's separate of step 3, straight to the array under its old term.
+    let old = FenceToken {
+        term: old_term,
+        job: 95,
+        step: 3,
+        attempt: 2,
+    };
+    array
+        .fenced(&id, &old, &FencedOp::Separate(SeparateOptions::default()))
+        .await
+        .expect_err("the replicate under the newer term fences the older leader");
+    // An operator's separate (no token) meanwhile.
+    array
+        .separate(&id, &SeparateOptions::default())
+        .await
+        .unwrap();
+    let separate = order(
+        tok(term, 95, 3, 1),
+        StepCall::Separate { pair: "p0".into() },
+    );
+    match execute(&mgmt1, &separate).await.unwrap() {
+        Finding::Finished {
+            outcome: Err(reason),
+            ..
+        } => assert!(reason.contains("not by this round's separate"), "{reason}"),
+        other => panic!("a separation nobody of this round did was taken as the step's: {other:?}"),
+    }
+    // Attempt 2, begun in the journal by an executor that then died before reaching the
+    // array: asked about, the separated pair is not reported as its doing.
+    let next = tok(term, 95, 3, 2);
+    let journal = site.agents[0].executor.journal();
+    assert!(matches!(
+        journal.begin_step(next, Some("pair:p0"), 1).unwrap(),
+        stillpoint_storage::journal::StepBegin::Started(_)
+    ));
+    let again = order(next, StepCall::Separate { pair: "p0".into() });
+    match probe(&mgmt1, &probe_order(&again, next)).await.unwrap() {
+        Finding::Interrupted {
+            observed:
+                Some(Observed::Pair {
+                    sync: PairSync::Other(why),
+                }),
+            ..
+        } => assert!(why.contains("not by this step"), "{why}"),
+        other => panic!("an interrupted separate took a separation it did not do: {other:?}"),
+    }
+    site.stop().await;
+}

@@ -15,7 +15,7 @@ use stillpoint_coordinator::job::{
 };
 
 use super::driver::Lead;
-use super::executor::{Agent, Begin, Seen, Work, work_key};
+use super::executor::{Agent, Begin, Seen, Work, begins_unflushed, work_key};
 use super::rng::Rng;
 use super::site::{Site, array_agent};
 use super::world::{PairState, Prop, World};
@@ -436,6 +436,11 @@ impl Sim {
                 let sync = match self.world.pair_state(pair, self.now) {
                     PairState::Replicating { .. } => PairSync::Replicating,
                     PairState::InSync => PairSync::InSync,
+                    PairState::Separating { .. } | PairState::Separated
+                        if !self.world.separated_by_step(pair, token) =>
+                    {
+                        PairSync::Other("separated, not by this step".into())
+                    }
                     PairState::Separating { .. } => PairSync::Separating,
                     PairState::Separated => PairSync::Separated,
                     other => PairSync::Other(other.name().to_string()),
@@ -456,7 +461,8 @@ impl Sim {
         let resource = step_resource(&d.call);
         let seq = self.world.next_seq();
         let token = d.token;
-        match self.agents[a].on_order(&token, resource.as_deref(), seq, self.now) {
+        let durable = !begins_unflushed(&d.call);
+        match self.agents[a].on_order(&token, resource.as_deref(), durable, seq, self.now) {
             Begin::Start => {
                 self.agents[a].work.insert(
                     work_key(&token),

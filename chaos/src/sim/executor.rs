@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use stillpoint_coordinator::job::{Dispatch, FencingToken, StepResult};
+use stillpoint_coordinator::job::{Dispatch, FencingToken, StepCall, StepResult};
 
 /// (term, attempt): the order of two tokens of one step, as the executor's journal keeps it.
 pub fn order(t: &FencingToken) -> (u64, u32) {
@@ -25,7 +25,7 @@ pub struct Record {
     pub outcome: Option<Result<StepResult, String>>,
 }
 
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 struct StepJournal {
     /// The newest token seen for the step (begun or asked about).
     fence: Option<(u64, u32)>,
@@ -98,6 +98,32 @@ pub struct Agent {
     pub slow_until_ms: u64,
     /// Mutation (tests only): keep no fences.
     pub no_fencing: bool,
+    /// What the journal holds on disk: the state at its last flush. A crash goes back to it
+    /// (sled writes not flushed are lost); the real agent flushes every begin and outcome but
+    /// those of the freeze window (a separate's and a release's begin and outcome, a
+    /// quiesce's outcome), and every probe's fence.
+    durable: Box<DurableJournal>,
+}
+
+/// The journal's contents as of a flush.
+#[derive(Clone, Debug, Default)]
+struct DurableJournal {
+    steps: BTreeMap<(u64, u32), StepJournal>,
+    job_fence: BTreeMap<u64, u64>,
+    resource_fence: BTreeMap<String, u64>,
+}
+
+/// Whether the real executor begins `call` without flushing the journal (the freeze window).
+pub fn begins_unflushed(call: &StepCall) -> bool {
+    matches!(call, StepCall::Separate { .. } | StepCall::Release { .. })
+}
+
+/// Whether the real executor records `call`'s outcome without flushing the journal.
+pub fn finishes_unflushed(call: &StepCall) -> bool {
+    matches!(
+        call,
+        StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
+    )
 }
 
 pub fn work_key(t: &FencingToken) -> (u64, u32, u32, u64) {
@@ -117,7 +143,17 @@ impl Agent {
             log: Vec::new(),
             slow_until_ms: 0,
             no_fencing: false,
+            durable: Box::default(),
         }
+    }
+
+    /// A durable write: everything recorded so far survives a crash.
+    fn flush(&mut self) {
+        *self.durable = DurableJournal {
+            steps: self.steps.clone(),
+            job_fence: self.job_fence.clone(),
+            resource_fence: self.resource_fence.clone(),
+        };
     }
 
     /// An order arrives under `token` for a step acting on `resource`.
@@ -125,6 +161,7 @@ impl Agent {
         &mut self,
         token: &FencingToken,
         resource: Option<&str>,
+        durable: bool,
         seq: u64,
         now_ms: u64,
     ) -> Begin {
@@ -186,6 +223,9 @@ impl Agent {
             kind: ExecKind::Begin,
             token: *token,
         });
+        if durable {
+            self.flush();
+        }
         Begin::Start
     }
 
@@ -204,6 +244,7 @@ impl Agent {
             let jf = self.job_fence.entry(token.job_id).or_default();
             *jf = (*jf).max(token.term);
         }
+        self.flush();
         let j = &self.steps[&key];
         match j.records.values().next_back() {
             None => Seen::Nothing,
@@ -217,13 +258,19 @@ impl Agent {
 
     /// Records the outcome of a step this life executed.
     pub fn finish(&mut self, token: &FencingToken, outcome: Result<StepResult, String>) {
-        self.work.remove(&work_key(token));
+        let durable = self
+            .work
+            .remove(&work_key(token))
+            .is_some_and(|w| !finishes_unflushed(&w.dispatch.call));
         if let Some(r) = self
             .steps
             .get_mut(&(token.job_id, token.step_index))
             .and_then(|j| j.records.get_mut(&(token.attempt, token.term)))
         {
             r.outcome = Some(outcome);
+        }
+        if durable {
+            self.flush();
         }
     }
 
@@ -241,11 +288,16 @@ impl Agent {
                 .any(|o| o.resource == w.resource && o.begun_seq < w.begun_seq)
     }
 
-    /// The agent dies: whatever it was executing stays begun, unfinished, in its journal.
+    /// The agent dies: whatever it was executing stays begun, unfinished, in its journal, as
+    /// far as the journal was flushed; what was not flushed is lost.
     pub fn crash(&mut self) {
         self.up = false;
         self.incarnation += 1;
         self.work.clear();
+        let d = &*self.durable;
+        self.steps = d.steps.clone();
+        self.job_fence = d.job_fence.clone();
+        self.resource_fence = d.resource_fence.clone();
     }
 }
 
@@ -267,22 +319,25 @@ mod tests {
         let mut a = Agent::new("x".into());
         assert!(matches!(a.on_probe(&t(2, 1), 1, 0), Seen::Nothing));
         assert!(matches!(
-            a.on_order(&t(2, 1), None, 2, 0),
+            a.on_order(&t(2, 1), None, true, 2, 0),
             Begin::Refused(_)
         ));
         assert!(matches!(
-            a.on_order(&t(1, 5), None, 3, 0),
+            a.on_order(&t(1, 5), None, true, 3, 0),
             Begin::Refused(_)
         ));
-        assert!(matches!(a.on_order(&t(2, 2), None, 4, 0), Begin::Start));
+        assert!(matches!(
+            a.on_order(&t(2, 2), None, true, 4, 0),
+            Begin::Start
+        ));
         // The same token again is answered, not begun.
         assert!(matches!(
-            a.on_order(&t(2, 2), None, 5, 0),
+            a.on_order(&t(2, 2), None, true, 5, 0),
             Begin::Interrupted
         ));
         a.finish(&t(2, 2), Ok(StepResult::PairSet));
         assert!(matches!(
-            a.on_order(&t(2, 2), None, 6, 0),
+            a.on_order(&t(2, 2), None, true, 6, 0),
             Begin::Finished(Ok(_))
         ));
         // Another step of the same job from an older term is refused too.
@@ -290,14 +345,17 @@ mod tests {
             step_index: 3,
             ..t(1, 1)
         };
-        assert!(matches!(a.on_order(&other, None, 7, 0), Begin::Refused(_)));
+        assert!(matches!(
+            a.on_order(&other, None, true, 7, 0),
+            Begin::Refused(_)
+        ));
         // A resource seen in a newer term refuses an older term, whatever the job.
         let newer = FencingToken {
             job_id: 9,
             ..t(5, 1)
         };
         assert!(matches!(
-            a.on_order(&newer, Some("pair:p0"), 8, 0),
+            a.on_order(&newer, Some("pair:p0"), true, 8, 0),
             Begin::Start
         ));
         let older = FencingToken {
@@ -305,7 +363,7 @@ mod tests {
             ..t(4, 1)
         };
         assert!(matches!(
-            a.on_order(&older, Some("pair:p0"), 9, 0),
+            a.on_order(&older, Some("pair:p0"), true, 9, 0),
             Begin::Refused(_)
         ));
     }

@@ -172,6 +172,9 @@ pub struct World {
     pub violations: Vec<Violation>,
     /// Mutation (tests only): a release always claims the quiesce held throughout.
     pub host_claims_held: bool,
+    /// Per pair, the token of the last replicate or separate that changed it (the software
+    /// array's `acted_by`).
+    pub acted_by: BTreeMap<String, FencingToken>,
 }
 
 impl World {
@@ -193,6 +196,7 @@ impl World {
             effects: Vec::new(),
             violations: Vec::new(),
             host_claims_held: false,
+            acted_by: BTreeMap::new(),
         };
         for (p, &sep) in site.pairs.iter().zip(initially_separated) {
             w.mounted.insert(p.mv.clone());
@@ -345,6 +349,7 @@ impl World {
                     },
                 );
                 self.log(now_ms, pair, ArrayOp::ReplicateStarted, Some(token));
+                self.acted_by.insert(pair.to_string(), token);
                 self.effect(now_ms, resource, Some(token), "replicate", true);
                 Ok(())
             }
@@ -362,6 +367,17 @@ impl World {
         let resource = format!("pair:{pair}");
         match st {
             PairState::Separating { .. } | PairState::Separated => {
+                // As the executor does: only this step's own separate, in this term, counts.
+                if !self.separated_by_step(pair, &token) {
+                    return Err(format!(
+                        "{pair} was already {} by {}, not by this round's separate",
+                        st.name(),
+                        self.acted_by
+                            .get(pair)
+                            .map(tok)
+                            .unwrap_or_else(|| "something else".into())
+                    ));
+                }
                 self.effect(now_ms, resource, Some(token), "separate", false);
                 Ok(())
             }
@@ -373,11 +389,20 @@ impl World {
                     },
                 );
                 self.log(now_ms, pair, ArrayOp::SeparateAccepted, Some(token));
+                self.acted_by.insert(pair.to_string(), token);
                 self.effect(now_ms, resource, Some(token), "separate", true);
                 Ok(())
             }
             other => Err(format!("{pair} cannot be separated from {}", other.name())),
         }
+    }
+
+    /// Whether the pair's last replicate or separate is `token`'s step under `token`'s term
+    /// (the executor's rule for a pair found already separated).
+    pub fn separated_by_step(&self, pair: &str, token: &FencingToken) -> bool {
+        self.acted_by.get(pair).is_some_and(|a| {
+            a.term == token.term && a.job_id == token.job_id && a.step_index == token.step_index
+        })
     }
 
     /// A copy fault on the pair's running copy (failure separation).

@@ -58,6 +58,23 @@ pub fn fence_of(token: &FencingToken) -> FenceToken {
     }
 }
 
+/// Whether the pair's last replicate or separate was sent by this step under this leader's
+/// term (any attempt): only then is a pair found separating or separated this round's
+/// separate. A leader sends a separate only once its round's quiesces are done, and a round
+/// starts with a replicate, so a separate of the same step and term is of this round; one of an
+/// older term (a deposed leader's, lost from the log), of another step, or an operator's is not.
+pub fn separated_by_this_step(acted_by: Option<&FenceToken>, fence: &FenceToken) -> bool {
+    acted_by.is_some_and(|a| a.term == fence.term && a.job == fence.job && a.step == fence.step)
+}
+
+/// Who `acted_by` names, for messages.
+pub fn actor(acted_by: Option<&FenceToken>) -> String {
+    match acted_by {
+        Some(t) => t.to_string(),
+        None => "an operator's command (no token)".into(),
+    }
+}
+
 /// An array error as a step's end.
 fn array_end(what: &str, e: ArrayError) -> StepEnd {
     match e {
@@ -202,7 +219,15 @@ async fn separate(
     let id = pair_id(pair);
     let info = query(array, pair, &id).await?;
     if matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
-        return Ok(StepResult::SeparateAccepted);
+        if separated_by_this_step(info.acted_by.as_ref(), fence) {
+            return Ok(StepResult::SeparateAccepted);
+        }
+        return Err(StepEnd::Failed(format!(
+            "pair {} ({id}) was already {} by {}, not by this round's separate: it does not hold this round's static point",
+            pair.name,
+            info.state,
+            actor(info.acted_by.as_ref())
+        )));
     }
     let what = format!("separating pair {} ({id})", pair.name);
     let op = FencedOp::Separate(SeparateOptions::default());

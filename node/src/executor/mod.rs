@@ -11,9 +11,13 @@
 //! (`pair:NAME`, `volume:NODE:VOLUME`). Only a begun token runs, on its own task: the reply
 //! waits for it up to `reply_within_ms` and says `Finished` or `Running`. The task journals the
 //! outcome ([`Journal::finish_step`]) **before** any reply can show it, so an outcome a driver
-//! saw is one the agent will report again after a crash — durably, except a quiesce's or a
-//! separate's (written without waiting for the disk flush, to keep flushes out of the freeze
-//! window): lost in a crash, they read back as interrupted and are settled from the target.
+//! saw is one the agent will report again after a crash — durably, except inside the freeze
+//! window, where no write waits for the disk flush: a quiesce's outcome, and a separate's and a
+//! release's begin and outcome ([`Journal::begin_step_unflushed`]). Lost in a crash, a record
+//! reads back as interrupted (settled from the target) or not recorded (a new attempt): a
+//! separate counts a pair already separated only when the array says an attempt of the same
+//! step under the same term did it (`acted_by`); a release whose quiesce is gone reports it not
+//! held throughout.
 //!
 //! ## Asking again
 //! A token begun before is never run again: its record answers (`Finished`); a record with no
@@ -392,9 +396,20 @@ impl Executor {
                 Some(m) => Some(m.clone().lock_owned().await),
                 None => None,
             };
+            // Inside the freeze window every durable write is a disk flush the business servers
+            // wait through: a separate and a release begin without waiting for it (see
+            // `Journal::begin_step_unflushed` for why a lost record is safe for them).
+            let in_window = matches!(
+                order.dispatch.call,
+                StepCall::Separate { .. } | StepCall::Release { .. }
+            );
             let begun = self
                 .journal_op("beginning the step in the journal", move |j| {
-                    j.begin_step(token, resource.as_deref(), now_ms())
+                    if in_window {
+                        j.begin_step_unflushed(token, resource.as_deref(), now_ms())
+                    } else {
+                        j.begin_step(token, resource.as_deref(), now_ms())
+                    }
                 })
                 .await?;
             match begun {
@@ -484,7 +499,7 @@ impl Executor {
         // waiting for the flush; every other outcome is durable before any reply shows it.
         let settled_by_target = matches!(
             order.dispatch.call,
-            StepCall::Quiesce { .. } | StepCall::Separate { .. }
+            StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
         );
         let finished = self
             .journal_op("journaling the step's outcome", move |j| {

@@ -81,9 +81,22 @@ impl Executor {
                     .await
                     .ok()?
                     .ok()?;
-                Some(Observed::Pair {
-                    sync: pair_sync(&info.state),
-                })
+                let sync = match pair_sync(&info.state) {
+                    PairSync::Separating | PairSync::Separated
+                        if !array_steps::separated_by_this_step(
+                            info.acted_by.as_ref(),
+                            &array_steps::fence_of(token),
+                        ) =>
+                    {
+                        PairSync::Other(format!(
+                            "{} by {}, not by this step",
+                            info.state,
+                            array_steps::actor(info.acted_by.as_ref())
+                        ))
+                    }
+                    sync => sync,
+                };
+                Some(Observed::Pair { sync })
             }
             _ => None,
         }

@@ -126,6 +126,31 @@ impl Journal {
         resource: Option<&str>,
         now_unix_ms: u64,
     ) -> Result<StepBegin, JournalError> {
+        self.begin(token, resource, now_unix_ms, true)
+    }
+
+    /// As [`Journal::begin_step`], without waiting for the record to be durable. Only for a
+    /// step whose every effect is settled by asking its target and whose resource is fenced
+    /// elsewhere, so that after a crash "not recorded" (the record lost) is answered safely by
+    /// a new attempt: a separate (idempotent on the pair's state, and the array fences pair
+    /// operations by token) and a release (a quiesce already ended reads as not held
+    /// throughout: the safe side of S3). Checks and in-memory records are the same.
+    pub fn begin_step_unflushed(
+        &self,
+        token: FencingToken,
+        resource: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<StepBegin, JournalError> {
+        self.begin(token, resource, now_unix_ms, false)
+    }
+
+    fn begin(
+        &self,
+        token: FencingToken,
+        resource: Option<&str>,
+        now_unix_ms: u64,
+        durable: bool,
+    ) -> Result<StepBegin, JournalError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         let rec = StepRecord {
@@ -238,7 +263,9 @@ impl Journal {
         };
         match found {
             Found::Started => {
-                self.flush()?;
+                if durable {
+                    self.flush()?;
+                }
                 Ok(StepBegin::Started(rec))
             }
             Found::Same => match self.step(&token)? {
