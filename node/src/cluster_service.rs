@@ -429,7 +429,39 @@ impl ClusterService {
         })
     }
 
+    /// The LDs of `array`, read live through this agent's control path to it (query
+    /// `array:NAME`): what `apply` checks pairs and volumes against.
+    async fn live_lds(&self, array: &str) -> Result<Vec<u8>, NodeError> {
+        use stillpoint_array::Array;
+        let me = &self.ctx.config.name;
+        let spec = self
+            .ctx
+            .config
+            .arrays
+            .iter()
+            .find(|a| a.name == array)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!(
+                    "agent {me} has no control path to array {array} (not in its [[arrays]])"
+                ))
+            })?;
+        let remote = stillpoint_array::RemoteArray::lazy(&spec.endpoint)?;
+        let lds = tokio::time::timeout(stillpoint_array::CALL_TIMEOUT, remote.ld_list())
+            .await
+            .map_err(|_| NodeError::Timeout {
+                what: format!("listing the LDs of array {array} at {}", spec.endpoint),
+                ms: stillpoint_array::CALL_TIMEOUT.as_millis() as u64,
+            })??;
+        serde_json::to_vec(&lds).map_err(|e| NodeError::Raft(format!("cannot encode LDs: {e}")))
+    }
+
     async fn query(&self, req: QueryRequest) -> Result<QueryReply, NodeError> {
+        if let Some(array) = req.what.strip_prefix("array:") {
+            return Ok(QueryReply {
+                json: self.live_lds(array).await?,
+                applied_index: None,
+            });
+        }
         if req.consistent {
             self.ensure_linearizable().await?;
         }
@@ -464,7 +496,7 @@ impl ClusterService {
                 }
                 _ => {
                     return Err(NodeError::Invalid(format!(
-                        "unknown query {other:?}: expected \"registry\", \"inventory\", \"jobs\", \"job:ID\", \"copies\", \"copies:GROUP\" or \"state\""
+                        "unknown query {other:?}: expected \"registry\", \"inventory\", \"jobs\", \"job:ID\", \"copies\", \"copies:GROUP\", \"array:NAME\" or \"state\""
                     )));
                 }
             },

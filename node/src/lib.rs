@@ -79,6 +79,7 @@ pub mod output;
 pub mod peer;
 pub mod raft_health;
 pub mod site;
+pub mod site_live;
 pub mod status;
 pub mod volumes;
 pub mod wait;

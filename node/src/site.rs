@@ -425,13 +425,20 @@ pub async fn run_apply(
         message: format!("cannot read: {e}"),
     })?;
     let inventory = parse(&text, file)?;
-    if dry_run {
-        let state = read_site(client).await?;
-        let (merged, changes) = state.inventory.merged(&inventory, prune);
-        let errors = merged.validate(&state);
-        if !errors.is_empty() {
-            return Err(NodeError::Invalid(describe_invalid(file, &text, &errors)));
+    let state = read_site(client).await?;
+    let (merged, changes) = state.inventory.merged(&inventory, prune);
+    let mut errors = merged.validate(&state);
+    if errors.is_empty() {
+        let (live, unchecked) = crate::site_live::read_live_arrays(&state, &merged).await;
+        for line in unchecked {
+            eprintln!("warning: {line}; the array checks the pairs when `group prepare` sets them");
         }
+        errors = crate::site_live::pairing_errors(&merged, &live);
+    }
+    if !errors.is_empty() {
+        return Err(NodeError::Invalid(describe_invalid(file, &text, &errors)));
+    }
+    if dry_run {
         print_changes(&changes, output, true);
         return Ok(());
     }

@@ -1,0 +1,205 @@
+//! A site file checked against the live arrays, where they can be reached: `stillpoint apply`
+//! asks an agent with a control path to each array the pairs name (query `array:NAME`) for its
+//! LDs, and refuses pairs and volumes the array would refuse or could not serve — an LD that
+//! does not exist, MV and RV of different capacity or format, an LD already playing another
+//! role in another pair, a volume on an LD its node is not on the access list of. An array no
+//! control node answers for is not checked, and `apply` says so on stderr; the array still
+//! refuses a bad pair when `group prepare` sets it. Deciding ([`pairing_errors`], pure) is
+//! apart from asking ([`read_live_arrays`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use stillpoint_array::{LdInfo, LdRole};
+use stillpoint_coordinator::ClusterState;
+use stillpoint_coordinator::inventory::{Inventory, InventoryError, LdRef};
+
+use crate::Client;
+use crate::error::NodeError;
+
+/// How long one control node may take to list an array's LDs.
+const LIVE_ARRAY_MS: u64 = 5_000;
+
+/// The LDs of each array that answered, by array name.
+pub type LiveArrays = BTreeMap<String, Vec<LdInfo>>;
+
+/// What the live arrays say against `inv`'s pairs and volumes. Arrays missing from `live`
+/// are not checked.
+pub fn pairing_errors(inv: &Inventory, live: &LiveArrays) -> Vec<InventoryError> {
+    let mut errors = Vec::new();
+    let mut broke = |path: String, rule: String| errors.push(InventoryError { path, rule });
+    let find = |r: &LdRef| -> Option<Option<&LdInfo>> {
+        live.get(&r.array)
+            .map(|lds| lds.iter().find(|l| l.number == r.ld))
+    };
+    for (name, p) in &inv.pairs {
+        let (Some(mv), Some(rv)) = (find(&p.mv), find(&p.rv)) else {
+            // One side's array did not answer: whatever can be said of the other is said by
+            // the volumes below and by the array at `group prepare`.
+            continue;
+        };
+        let at = |field: &str| format!("pairs.{name}.{field}");
+        let (mv, rv) = match (mv, rv) {
+            (Some(mv), Some(rv)) => (mv, rv),
+            (mv, rv) => {
+                for (field, side, r) in [("mv", mv, &p.mv), ("rv", rv, &p.rv)] {
+                    if side.is_none() {
+                        broke(
+                            at(field),
+                            format!("array {} has no LD {} (live array)", r.array, r.ld),
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        if mv.capacity_bytes != rv.capacity_bytes {
+            broke(
+                at("rv"),
+                format!(
+                    "MV and RV must have the same capacity: {}:{} has {} bytes, {}:{} has {} (live array)",
+                    p.mv.array, p.mv.ld, mv.capacity_bytes, p.rv.array, p.rv.ld, rv.capacity_bytes
+                ),
+            );
+        }
+        if mv.format != rv.format {
+            broke(
+                at("rv"),
+                format!(
+                    "MV and RV must have the same format: {}:{} is {}, {}:{} is {} (live array)",
+                    p.mv.array, p.mv.ld, mv.format, p.rv.array, p.rv.ld, rv.format
+                ),
+            );
+        }
+        match &rv.role {
+            LdRole::Rv { mv: other, .. } if other.array != p.mv.array || other.ld != p.mv.ld => {
+                broke(
+                    at("rv"),
+                    format!(
+                        "LD {}:{} is already the RV of another pair (MV {}:{}); an LD plays one role (live array)",
+                        p.rv.array, p.rv.ld, other.array, other.ld
+                    ),
+                );
+            }
+            LdRole::Mv { rvs } => broke(
+                at("rv"),
+                format!(
+                    "LD {}:{} is the MV of {rvs} pair(s) on the array; an RV is never an MV (live array)",
+                    p.rv.array, p.rv.ld
+                ),
+            ),
+            _ => {}
+        }
+        if let LdRole::Rv { mv: other, .. } = &mv.role {
+            broke(
+                at("mv"),
+                format!(
+                    "LD {}:{} is the RV of the pair with MV {}:{}; an RV is never an MV (live array)",
+                    p.mv.array, p.mv.ld, other.array, other.ld
+                ),
+            );
+        }
+    }
+    for (key, v) in &inv.volumes {
+        match find(&v.ld) {
+            None => {}
+            Some(None) => broke(
+                format!("volumes.{key}.ld"),
+                format!("array {} has no LD {} (live array)", v.ld.array, v.ld.ld),
+            ),
+            Some(Some(ld)) => {
+                if !ld.hosts.iter().any(|h| h == "*" || *h == v.node) {
+                    broke(
+                        format!("volumes.{key}.ld"),
+                        format!(
+                            "node {} is not on the access list of LD {}:{} ({}), so it cannot use it (live array)",
+                            v.node,
+                            v.ld.array,
+                            v.ld.ld,
+                            if ld.hosts.is_empty() {
+                                "empty".to_string()
+                            } else {
+                                ld.hosts.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Asks, for every array `inv`'s pairs or volumes name, its control nodes in turn (as the
+/// registry and `inv` list them) for its LDs. Returns what answered and, for each array nobody
+/// answered for, a line saying so.
+pub async fn read_live_arrays(state: &ClusterState, inv: &Inventory) -> (LiveArrays, Vec<String>) {
+    let mut wanted: Vec<&String> = inv
+        .pairs
+        .values()
+        .flat_map(|p| [&p.mv.array, &p.rv.array])
+        .chain(inv.volumes.values().map(|v| &v.ld.array))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let (mut live, mut unchecked) = (LiveArrays::new(), Vec::new());
+    for array in wanted {
+        let Some(spec) = inv.arrays.get(array) else {
+            continue;
+        };
+        let mut tried = Vec::new();
+        for node in &spec.control_nodes {
+            let Some(address) = state
+                .node_by_name(node)
+                .filter(|n| n.deregistered_at_ms.is_none())
+                .map(|n| n.address.clone())
+            else {
+                continue;
+            };
+            match ask(&address, array).await {
+                Ok(lds) => {
+                    live.insert(array.clone(), lds);
+                    break;
+                }
+                Err(e) => tried.push(format!("{node}: {e}")),
+            }
+        }
+        if !live.contains_key(array) {
+            unchecked.push(format!(
+                "array {array} was not checked against the live array: {}",
+                if tried.is_empty() {
+                    "none of its control nodes is registered".to_string()
+                } else {
+                    tried.join("; ")
+                }
+            ));
+        }
+    }
+    (live, unchecked)
+}
+
+async fn ask(address: &str, array: &str) -> Result<Vec<LdInfo>, NodeError> {
+    let what = format!("array:{array}");
+    let client = Client::new(address.to_string());
+    let call = client.on_endpoint("query", |mut c| {
+        let what = what.clone();
+        async move {
+            c.query(stillpoint_proto::cluster::QueryRequest {
+                what,
+                consistent: false,
+            })
+            .await
+        }
+    });
+    let reply = tokio::time::timeout(Duration::from_millis(LIVE_ARRAY_MS), call)
+        .await
+        .map_err(|_| NodeError::Timeout {
+            what: format!("listing the LDs of array {array} at {address}"),
+            ms: LIVE_ARRAY_MS,
+        })??;
+    serde_json::from_slice(&reply.json)
+        .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable LD list: {e}")))
+}
+
+#[cfg(test)]
+mod tests;
