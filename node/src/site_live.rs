@@ -107,24 +107,21 @@ pub fn pairing_errors(inv: &Inventory, live: &LiveArrays) -> Vec<InventoryError>
                 format!("volumes.{key}.ld"),
                 format!("array {} has no LD {} (live array)", v.ld.array, v.ld.ld),
             ),
-            Some(Some(ld)) => {
-                if !ld.hosts.iter().any(|h| h == "*" || *h == v.node) {
-                    broke(
-                        format!("volumes.{key}.ld"),
-                        format!(
-                            "node {} is not on the access list of LD {}:{} ({}), so it cannot use it (live array)",
-                            v.node,
-                            v.ld.array,
-                            v.ld.ld,
-                            if ld.hosts.is_empty() {
-                                "empty".to_string()
-                            } else {
-                                ld.hosts.join(", ")
-                            }
-                        ),
-                    );
-                }
-            }
+            Some(Some(ld)) if !ld.hosts.iter().any(|h| h == "*" || *h == v.node) => broke(
+                format!("volumes.{key}.ld"),
+                format!(
+                    "node {} is not on the access list of LD {}:{} ({}), so it cannot use it (live array)",
+                    v.node,
+                    v.ld.array,
+                    v.ld.ld,
+                    if ld.hosts.is_empty() {
+                        "empty".to_string()
+                    } else {
+                        ld.hosts.join(", ")
+                    }
+                ),
+            ),
+            Some(Some(_)) => {}
         }
     }
     errors
