@@ -429,9 +429,10 @@ impl ClusterService {
         })
     }
 
-    /// The LDs of `array`, read live through this agent's control path to it (query
-    /// `array:NAME`): what `apply` checks pairs and volumes against.
-    async fn live_lds(&self, array: &str) -> Result<Vec<u8>, NodeError> {
+    /// The LDs (query `array:NAME`) or the pairs (`pairs:NAME`) of `array`, read live through
+    /// this agent's control path to it: what `apply` checks pairs and volumes against, and
+    /// where `job watch` reads copy progress.
+    async fn live_array(&self, array: &str, pairs: bool) -> Result<Vec<u8>, NodeError> {
         use stillpoint_array::Array;
         let me = &self.ctx.config.name;
         let spec = self
@@ -446,19 +447,35 @@ impl ClusterService {
                 ))
             })?;
         let remote = stillpoint_array::RemoteArray::lazy(&spec.endpoint)?;
-        let lds = tokio::time::timeout(stillpoint_array::CALL_TIMEOUT, remote.ld_list())
-            .await
-            .map_err(|_| NodeError::Timeout {
-                what: format!("listing the LDs of array {array} at {}", spec.endpoint),
-                ms: stillpoint_array::CALL_TIMEOUT.as_millis() as u64,
-            })??;
-        serde_json::to_vec(&lds).map_err(|e| NodeError::Raft(format!("cannot encode LDs: {e}")))
+        let timed_out = || NodeError::Timeout {
+            what: format!("reading array {array} at {}", spec.endpoint),
+            ms: stillpoint_array::CALL_TIMEOUT.as_millis() as u64,
+        };
+        let bound = stillpoint_array::CALL_TIMEOUT;
+        let json = if pairs {
+            let list = tokio::time::timeout(bound, remote.pair_list())
+                .await
+                .map_err(|_| timed_out())??;
+            serde_json::to_vec(&list)
+        } else {
+            let lds = tokio::time::timeout(bound, remote.ld_list())
+                .await
+                .map_err(|_| timed_out())??;
+            serde_json::to_vec(&lds)
+        };
+        json.map_err(|e| NodeError::Raft(format!("cannot encode the array's answer: {e}")))
     }
 
     async fn query(&self, req: QueryRequest) -> Result<QueryReply, NodeError> {
         if let Some(array) = req.what.strip_prefix("array:") {
             return Ok(QueryReply {
-                json: self.live_lds(array).await?,
+                json: self.live_array(array, false).await?,
+                applied_index: None,
+            });
+        }
+        if let Some(array) = req.what.strip_prefix("pairs:") {
+            return Ok(QueryReply {
+                json: self.live_array(array, true).await?,
                 applied_index: None,
             });
         }
@@ -496,7 +513,7 @@ impl ClusterService {
                 }
                 _ => {
                     return Err(NodeError::Invalid(format!(
-                        "unknown query {other:?}: expected \"registry\", \"inventory\", \"jobs\", \"job:ID\", \"copies\", \"copies:GROUP\", \"array:NAME\" or \"state\""
+                        "unknown query {other:?}: expected \"registry\", \"inventory\", \"jobs\", \"job:ID\", \"copies\", \"copies:GROUP\", \"array:NAME\", \"pairs:NAME\" or \"state\""
                     )));
                 }
             },

@@ -75,6 +75,7 @@ pub mod driver;
 pub mod error;
 pub mod executor;
 pub mod jobs_cli;
+pub mod live_array;
 pub mod output;
 pub mod peer;
 pub mod raft_health;

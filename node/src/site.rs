@@ -404,7 +404,7 @@ async fn query<T: serde::de::DeserializeOwned>(
 }
 
 /// The registry and inventory, which is all validating an inventory needs.
-async fn read_site(client: &Client) -> Result<ClusterState, NodeError> {
+pub(crate) async fn read_site(client: &Client) -> Result<ClusterState, NodeError> {
     Ok(ClusterState {
         nodes: query(client, "registry").await?,
         inventory: query(client, "inventory").await?,

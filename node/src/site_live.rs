@@ -8,17 +8,10 @@
 //! apart from asking ([`read_live_arrays`]).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use stillpoint_array::{LdInfo, LdRole};
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::inventory::{Inventory, InventoryError, LdRef};
-
-use crate::Client;
-use crate::error::NodeError;
-
-/// How long one control node may take to list an array's LDs.
-const LIVE_ARRAY_MS: u64 = 5_000;
 
 /// The LDs of each array that answered, by array name.
 pub type LiveArrays = BTreeMap<String, Vec<LdInfo>>;
@@ -127,9 +120,8 @@ pub fn pairing_errors(inv: &Inventory, live: &LiveArrays) -> Vec<InventoryError>
     errors
 }
 
-/// Asks, for every array `inv`'s pairs or volumes name, its control nodes in turn (as the
-/// registry and `inv` list them) for its LDs. Returns what answered and, for each array nobody
-/// answered for, a line saying so.
+/// Reads the LDs of every array `inv`'s pairs or volumes name. Returns what answered and,
+/// for each array nobody answered for, a line saying so.
 pub async fn read_live_arrays(state: &ClusterState, inv: &Inventory) -> (LiveArrays, Vec<String>) {
     let mut wanted: Vec<&String> = inv
         .pairs
@@ -141,61 +133,16 @@ pub async fn read_live_arrays(state: &ClusterState, inv: &Inventory) -> (LiveArr
     wanted.dedup();
     let (mut live, mut unchecked) = (LiveArrays::new(), Vec::new());
     for array in wanted {
-        let Some(spec) = inv.arrays.get(array) else {
-            continue;
-        };
-        let mut tried = Vec::new();
-        for node in &spec.control_nodes {
-            let Some(address) = state
-                .node_by_name(node)
-                .filter(|n| n.deregistered_at_ms.is_none())
-                .map(|n| n.address.clone())
-            else {
-                continue;
-            };
-            match ask(&address, array).await {
-                Ok(lds) => {
-                    live.insert(array.clone(), lds);
-                    break;
-                }
-                Err(e) => tried.push(format!("{node}: {e}")),
+        match crate::live_array::read_lds(state, inv, array).await {
+            Ok(lds) => {
+                live.insert(array.clone(), lds);
             }
-        }
-        if !live.contains_key(array) {
-            unchecked.push(format!(
-                "array {array} was not checked against the live array: {}",
-                if tried.is_empty() {
-                    "none of its control nodes is registered".to_string()
-                } else {
-                    tried.join("; ")
-                }
-            ));
+            Err(why) => unchecked.push(format!(
+                "array {array} was not checked against the live array: {why}"
+            )),
         }
     }
     (live, unchecked)
-}
-
-async fn ask(address: &str, array: &str) -> Result<Vec<LdInfo>, NodeError> {
-    let what = format!("array:{array}");
-    let client = Client::new(address.to_string());
-    let call = client.on_endpoint("query", |mut c| {
-        let what = what.clone();
-        async move {
-            c.query(stillpoint_proto::cluster::QueryRequest {
-                what,
-                consistent: false,
-            })
-            .await
-        }
-    });
-    let reply = tokio::time::timeout(Duration::from_millis(LIVE_ARRAY_MS), call)
-        .await
-        .map_err(|_| NodeError::Timeout {
-            what: format!("listing the LDs of array {array} at {address}"),
-            ms: LIVE_ARRAY_MS,
-        })??;
-    serde_json::from_slice(&reply.json)
-        .map_err(|e| NodeError::Invalid(format!("agent sent an undecodable LD list: {e}")))
 }
 
 #[cfg(test)]

@@ -425,3 +425,41 @@ async fn a_copy_without_a_static_point_exits_11_and_a_failed_backup_exits_12() {
     assert!(reason.contains("tape drive offline"), "{doc}");
     site.site.stop().await;
 }
+
+/// `group prepare --wait` follows the whole-volume copy live: with the array pacing its copy,
+/// the watch reads the pair's progress from the array (through a control node) and shows it
+/// moving — in the table as lines, in JSON as `copy_progress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_job_shows_the_copy_progress_of_its_pairs() {
+    let mut layout = SiteLayout::spread(1);
+    layout.copy_pace_bytes_per_s = 1024 * 1024; // 4 MiB LDs: about 4 s of copy
+    let site = JobSite::start_applied(layout).await;
+    let ep = site.site.endpoints[0].clone();
+    let out = sp(&[
+        "group",
+        "prepare",
+        "payroll",
+        "--wait",
+        "--timeout",
+        "120",
+        "--endpoint",
+        &ep,
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(code(&out), OK, "{}", stderr(&out));
+    let doc = json(&out);
+    let seen: Vec<u64> = doc["copy_progress"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no copy_progress: {doc}"))
+        .iter()
+        .filter(|p| p["pair"] == "p0" && p["state"] == "rpl/exec")
+        .map(|p| p["percent"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seen.len() >= 2 && seen.windows(2).all(|w| w[0] < w[1]),
+        "the copy was not seen moving: {seen:?}\n{doc}"
+    );
+    site.site.stop().await;
+}

@@ -56,6 +56,8 @@ pub struct SiteLayout {
     pub business_nodes: usize,
     /// Agents with a control path to the array, as the site file lists them.
     pub control_nodes: Vec<String>,
+    /// The array's background copy pace (0: as fast as it goes).
+    pub copy_pace_bytes_per_s: u64,
 }
 
 impl SiteLayout {
@@ -84,6 +86,7 @@ impl SiteLayout {
             quiesce_ms_max: 30_000,
             ld_bytes: 4 * 1024 * 1024,
             control_nodes: vec!["mgmt1".into()],
+            copy_pace_bytes_per_s: 0,
             raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
         }
     }
@@ -111,8 +114,9 @@ impl SiteLayout {
 
     fn array_toml(&self, dir: &Path, address: &str) -> String {
         let mut text = format!(
-            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\n",
-            dir.join("array").display().to_string()
+            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\n",
+            dir.join("array").display().to_string(),
+            self.copy_pace_bytes_per_s
         );
         for p in &self.pairs {
             text += &format!(

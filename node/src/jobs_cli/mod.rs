@@ -17,6 +17,7 @@
 //!
 //! Submodules: `tables` prints `job list`, `job show` and `copies list`; `watch` follows a job.
 
+mod progress;
 mod tables;
 mod watch;
 
@@ -303,6 +304,7 @@ async fn run_submit(kind: JobKind, args: BackupArgs) -> Result<u8, NodeError> {
                 "accepted": accepted,
                 "job": views::job_summary(&watched.job),
                 "timeline": watched.timeline,
+                "copy_progress": watched.copy_progress,
                 "exit_code": watched.exit_code,
             }))
         );
@@ -356,6 +358,7 @@ pub async fn run_job(command: JobCommand) -> Result<u8, NodeError> {
                     json(&serde_json::json!({
                         "job": views::job_summary(&watched.job),
                         "timeline": watched.timeline,
+                        "copy_progress": watched.copy_progress,
                         "exit_code": watched.exit_code,
                     }))
                 );

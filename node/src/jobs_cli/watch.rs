@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use stillpoint_coordinator::job::{Job, JobId, JobState};
 use stillpoint_coordinator::views::{self, StepChange};
 
+use super::progress::{CopyProgress, ProgressReader};
 use super::read_job;
 use super::tables::summary_state;
 use crate::client::Client;
@@ -26,6 +27,8 @@ pub struct Watched {
     pub job: Job,
     /// Every step change seen, in time order.
     pub timeline: Vec<StepChange>,
+    /// Copy progress of the pairs its steps waited on, as read live while it ran.
+    pub copy_progress: Vec<CopyProgress>,
     /// The exit code of its end.
     pub exit_code: u8,
 }
@@ -70,6 +73,8 @@ pub async fn watch(
     };
     let mut seen: Option<Job> = None;
     let mut timeline = Vec::new();
+    let mut copy_progress = Vec::new();
+    let mut progress = ProgressReader::default();
     let mut pause = Duration::from_millis(WATCH_POLL_MS_MIN);
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -104,6 +109,13 @@ pub async fn watch(
                     Duration::from_millis(WATCH_POLL_MS_MIN)
                 };
                 timeline.extend(changes);
+                let moved = progress.sample(client, &job).await;
+                if output == OutputFormat::Table {
+                    for m in &moved {
+                        println!("{}", m.line());
+                    }
+                }
+                copy_progress.extend(moved);
                 if let JobState::Ended { end, at_ms } = &job.state {
                     let exit_code = job_end_exit_code(end);
                     if output == OutputFormat::Table {
@@ -116,6 +128,7 @@ pub async fn watch(
                     return Ok(Watched {
                         job,
                         timeline,
+                        copy_progress,
                         exit_code,
                     });
                 }

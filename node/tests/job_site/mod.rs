@@ -28,21 +28,7 @@ impl JobSite {
     /// Starts the site, applies the site file, prepares the pairs (a `group prepare` job) and
     /// starts the applications.
     pub async fn start(layout: SiteLayout) -> JobSite {
-        let dir = tempfile::tempdir().expect("temporary dir");
-        let site = LocalSite::start(std::path::Path::new(BIN), dir.path(), layout)
-            .await
-            .expect("start the site");
-        let site = JobSite { site, dir };
-        let file = site.dir.path().join("site.toml");
-        std::fs::write(&file, site.site.layout.site_toml()).unwrap();
-        let out = stillpoint(&[
-            "apply",
-            "-f",
-            file.to_str().unwrap(),
-            "--endpoint",
-            &site.site.endpoints[0],
-        ]);
-        assert!(out.status.success(), "apply the site: {}", stderr(&out));
+        let site = JobSite::start_applied(layout).await;
         let out = stillpoint(&[
             "group",
             "prepare",
@@ -62,6 +48,26 @@ impl JobSite {
             .start_applications()
             .await
             .expect("start the applications");
+        site
+    }
+
+    /// Starts the site and applies the site file; nothing more.
+    pub async fn start_applied(layout: SiteLayout) -> JobSite {
+        let dir = tempfile::tempdir().expect("temporary dir");
+        let site = LocalSite::start(std::path::Path::new(BIN), dir.path(), layout)
+            .await
+            .expect("start the site");
+        let site = JobSite { site, dir };
+        let file = site.dir.path().join("site.toml");
+        std::fs::write(&file, site.site.layout.site_toml()).unwrap();
+        let out = stillpoint(&[
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--endpoint",
+            &site.site.endpoints[0],
+        ]);
+        assert!(out.status.success(), "apply the site: {}", stderr(&out));
         site
     }
 
