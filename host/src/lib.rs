@@ -99,6 +99,7 @@ mod grpc;
 mod guard;
 pub mod limits;
 mod linux;
+mod postgres;
 mod process;
 mod resume;
 mod sim;
@@ -114,6 +115,7 @@ pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
 pub use grpc::{HostClient, HostService};
 pub use linux::LinuxBackend;
+pub use postgres::{BackupLabel, PostgresConnect, copy_marker, prepare_copy};
 pub use sim::{SimApp, SimBackend, SimHandle};
 pub use workload::{
     BadRecord, RECORD_BYTES, VerifyReport, Workload, WorkloadRun, record_bytes, record_offset,

@@ -186,6 +186,7 @@ fn order(token: FencingToken, call: StepCall) -> StepOrder {
             call,
             quiesce_id: None,
             check_first: false,
+            postgres_copy: None,
         },
         pair,
         reply_within_ms: 30_000,
@@ -301,7 +302,8 @@ async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_fr
     assert_eq!(
         done(&db1, &release).await,
         StepResult::Released {
-            held_throughout: true
+            held_throughout: true,
+            backup_label: None,
         }
     );
     assert!(site.host(1).quiesces().await.unwrap().is_empty());
@@ -520,7 +522,8 @@ async fn a_release_after_the_quiesce_expired_reports_it_did_not_hold() {
     assert_eq!(
         done(&db1, &release).await,
         StepResult::Released {
-            held_throughout: false
+            held_throughout: false,
+            backup_label: None,
         }
     );
     site.stop().await;

@@ -522,6 +522,7 @@ impl Job {
                     StepCall::Release { volume, .. },
                     Some(StepResult::Released {
                         held_throughout: false,
+                        ..
                     }),
                 ) => Some(volume.to_string()),
                 (StepCall::Release { volume, .. }, None) => Some(volume.to_string()),
@@ -547,3 +548,5 @@ impl Job {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_postgres;

@@ -9,7 +9,10 @@ use std::time::Duration;
 use stillpoint_coordinator::inventory::QuiesceMethod;
 use stillpoint_coordinator::job::wire::{StepOrder, quiesce_owner};
 use stillpoint_coordinator::job::{FencingToken, StepCall, StepResult};
-use stillpoint_host::{Host, HostError, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
+use stillpoint_coordinator::postgres::{BackupLabel, PostgresCopy};
+use stillpoint_host::{
+    Host, HostError, MountIdentity, MountRequest, PostgresConnect, QuiesceMode, QuiesceRequest,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{Executor, StepEnd};
@@ -63,9 +66,17 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
             volume,
             method,
             limit_ms,
-        } => quiesce(host, &volume.volume, *method, *limit_ms, &d.token).await,
+        } => quiesce(host, &volume.volume, method, *limit_ms, &d.token).await,
         StepCall::Release { volume, .. } => release(host, &volume.volume, d.quiesce_id).await,
-        StepCall::MountRv { volume } => mount_rv(host, &volume.volume, d.check_first).await,
+        StepCall::MountRv { volume } => {
+            mount_rv(
+                host,
+                &volume.volume,
+                d.check_first,
+                d.postgres_copy.as_deref(),
+            )
+            .await
+        }
         StepCall::RunBackup {
             command,
             timeout_ms,
@@ -103,13 +114,20 @@ async fn free_rv(host: &dyn Host, volume: &str) -> Result<StepResult, StepEnd> {
 async fn quiesce(
     host: &dyn Host,
     volume: &str,
-    method: QuiesceMethod,
+    method: &QuiesceMethod,
     limit_ms: u64,
     token: &FencingToken,
 ) -> Result<StepResult, StepEnd> {
     let mode = match method {
         QuiesceMethod::Unmount => QuiesceMode::Unmount,
         QuiesceMethod::Freeze => QuiesceMode::Freeze,
+        QuiesceMethod::Postgresql(pg) => QuiesceMode::Postgresql(PostgresConnect {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            database: pg.database.clone(),
+            password: pg.password.clone(),
+        }),
         QuiesceMethod::HooksOnly => {
             return Err(StepEnd::Failed(format!(
                 "quiesce method hooks_only for MV {volume} is not supported by the step executor yet: use unmount or freeze for it in the site file"
@@ -168,13 +186,19 @@ async fn release(
     )
     .await
     {
-        Ok(Ok(_)) => Ok(StepResult::Released {
+        Ok(Ok(report)) => Ok(StepResult::Released {
             held_throughout: true,
+            backup_label: report.backup_label.map(|l| BackupLabel {
+                label_file: l.label_file,
+                tablespace_map: l.tablespace_map,
+                stop_lsn: l.stop_lsn,
+            }),
         }),
         Ok(Err(HostError::QuiesceLost { reason, .. })) => {
             tracing::warn!(volume, quiesce_id = id, %reason, "the quiesce did not hold until its release");
             Ok(StepResult::Released {
                 held_throughout: false,
+                backup_label: None,
             })
         }
         Ok(Err(e)) => Err(host_end(&what, e)),
@@ -191,7 +215,12 @@ const RV_VISIBLE_WAIT_MS: u64 = 30_000;
 /// Pause between two rescans while waiting for it.
 const RV_VISIBLE_RETRY_MS: u64 = 200;
 
-async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<StepResult, StepEnd> {
+async fn mount_rv(
+    host: &dyn Host,
+    volume: &str,
+    check_first: bool,
+    postgres: Option<&PostgresCopy>,
+) -> Result<StepResult, StepEnd> {
     // The array opens the RV to its hosts as it separates, and a host sees that by rescanning;
     // the array may lag its pair state by a moment, so look again (bounded) before failing.
     let visible_by = tokio::time::Instant::now() + Duration::from_millis(RV_VISIBLE_WAIT_MS);
@@ -208,7 +237,12 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
             Some(_) => tokio::time::sleep(Duration::from_millis(RV_VISIBLE_RETRY_MS)).await,
         }
     };
-    if info.mounted_at.is_some() {
+    if let Some(mounted_at) = &info.mounted_at {
+        // Mounted by an earlier attempt: finish what it may not have (the label is written
+        // once per job: a copy already set up is left alone).
+        if let Some(pg) = postgres {
+            write_postgres_copy(volume, mounted_at, pg).await?;
+        }
         return Ok(StepResult::RvMounted { repaired: false });
     }
     let mut repaired = false;
@@ -226,7 +260,7 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
         }
         repaired = report.repaired;
     }
-    call(
+    let mounted = call(
         &format!("mounting RV {volume} with a new identity"),
         host.mount(
             volume,
@@ -238,7 +272,51 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
         ),
     )
     .await?;
+    if let Some(pg) = postgres {
+        let Some(mounted_at) = mounted.mounted_at else {
+            return Err(StepEnd::Failed(format!(
+                "RV {volume} does not show as mounted right after its mount; the PostgreSQL backup label was not written"
+            )));
+        };
+        write_postgres_copy(volume, &mounted_at, pg).await?;
+    }
     Ok(StepResult::RvMounted { repaired })
+}
+
+/// Writes the online backup's label and recovery settings into the copy's data directory on
+/// the mounted RV, before anything starts on it (on the blocking pool, bounded).
+async fn write_postgres_copy(
+    volume: &str,
+    mounted_at: &str,
+    pg: &PostgresCopy,
+) -> Result<(), StepEnd> {
+    let data_dir = std::path::Path::new(mounted_at).join(&pg.data_dir);
+    let label = stillpoint_host::BackupLabel {
+        label_file: pg.label.label_file.clone(),
+        tablespace_map: pg.label.tablespace_map.clone(),
+        stop_lsn: pg.label.stop_lsn.clone(),
+    };
+    let (v, archive, job) = (volume.to_string(), pg.wal_archive_dir.clone(), pg.job_id);
+    let shown = data_dir.display().to_string();
+    let task = tokio::task::spawn_blocking(move || {
+        stillpoint_host::prepare_copy(&v, &data_dir, &label, &archive, job)
+    });
+    let limit_ms = stillpoint_host::limits::PG_COPY_WRITE_TIMEOUT_MS;
+    match tokio::time::timeout(Duration::from_millis(limit_ms), task).await {
+        Ok(Ok(Ok(written))) => {
+            tracing::info!(volume, data_dir = %shown, written, "PostgreSQL copy prepared (backup label, recovery to the end of the backup)");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(StepEnd::Failed(format!(
+            "writing the PostgreSQL backup label into RV {volume} ({shown}): {e}"
+        ))),
+        Ok(Err(e)) => Err(StepEnd::Failed(format!(
+            "writing the PostgreSQL backup label into RV {volume}: the task failed: {e}"
+        ))),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "writing the PostgreSQL backup label into RV {volume} ({shown}) did not finish within {limit_ms} ms"
+        ))),
+    }
 }
 
 /// Backup node: runs the backup command (no shell), killed after `timeout_ms`. Exit 0 is done;
