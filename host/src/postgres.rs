@@ -214,7 +214,7 @@ impl Session {
                 tablespace_map: row.get(2),
             }),
             Ok(Err(e)) => Err(format!(
-                "pg_backup_stop on {} failed ({}): the online backup did not hold",
+                "pg_backup_stop in the session holding the online backup on {} failed ({}): the backup did not hold",
                 self.server,
                 pg_detail(&e)
             )),
@@ -252,8 +252,9 @@ pub fn copy_marker(job_id: u64) -> String {
 /// is: writes `backup_label`, `tablespace_map` (when non-empty), `recovery.signal`, and appends
 /// to `postgresql.auto.conf` a restore from `wal_archive_dir` that stops at the end of the
 /// backup and promotes, with archiving off (a copy must not write into the production's
-/// archive). Idempotent: returns `false` without touching anything if the settings for `job_id`
-/// are already there (they are written last). Blocking: run it on the blocking pool.
+/// archive), and removes the production server's `postmaster.pid` and `postmaster.opts`.
+/// Idempotent: returns `false` without touching anything if the settings for `job_id` are
+/// already there (they are written last). Blocking: run it on the blocking pool.
 pub fn prepare_copy(
     volume: &str,
     data_dir: &Path,
@@ -285,6 +286,16 @@ pub fn prepare_copy(
     let marker = copy_marker(job_id);
     if current.lines().any(|l| l == marker) {
         return Ok(false);
+    }
+    // The server's lock files describe the production server, not this copy: PostgreSQL's
+    // backup instructions leave them out (a live process with the recorded pid on this host
+    // would keep the copy from starting).
+    for stale in ["postmaster.pid", "postmaster.opts"] {
+        match std::fs::remove_file(data_dir.join(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&format!("remove {stale}"), e)),
+        }
     }
     let md = std::fs::metadata(data_dir).map_err(|e| err("stat", e))?;
     let (uid, gid) = (md.uid(), md.gid());
