@@ -394,3 +394,78 @@ pub async fn run_backup(command: &[String], timeout_ms: u64) -> Result<StepResul
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use stillpoint_coordinator::postgres::{BackupLabel, PostgresCopy};
+
+    use super::*;
+
+    fn copy(job_id: u64) -> PostgresCopy {
+        PostgresCopy {
+            data_dir: "pgdata".into(),
+            wal_archive_dir: "/backup/wal".into(),
+            label: BackupLabel {
+                label_file: "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+                    .into(),
+                tablespace_map: "16385 /srv/ts1\n".into(),
+                stop_lsn: "0/2000100".into(),
+            },
+            job_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rv_mount_writes_the_orders_label_and_recovery_settings_once() {
+        let mp = tempfile::tempdir().unwrap();
+        let data = mp.path().join("pgdata");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(data.join("postmaster.pid"), "4242\n").unwrap();
+        std::fs::write(data.join("postgresql.auto.conf"), "work_mem = '8MB'").unwrap();
+        let at = mp.path().to_str().unwrap();
+        write_postgres_copy("rv", at, &copy(7)).await.unwrap();
+        let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap();
+        assert_eq!(read("backup_label"), copy(7).label.label_file);
+        assert_eq!(read("tablespace_map"), copy(7).label.tablespace_map);
+        assert_eq!(read("recovery.signal"), "");
+        assert!(!data.join("postmaster.pid").exists());
+        let conf = read("postgresql.auto.conf");
+        assert!(conf.starts_with("work_mem = '8MB'\n"), "{conf}");
+        for line in [
+            "# stillpoint: recovery of the copy made by job 7",
+            "restore_command = 'cp \"/backup/wal/%f\" \"%p\"'",
+            "recovery_target = 'immediate'",
+            "recovery_target_action = 'promote'",
+            "archive_mode = 'off'",
+        ] {
+            assert!(
+                conf.lines().any(|l| l == line),
+                "{line:?} missing from {conf}"
+            );
+        }
+        // A repeated mount (the step sent again) writes nothing more, even after PostgreSQL
+        // renamed the label while recovering.
+        std::fs::rename(data.join("backup_label"), data.join("backup_label.old")).unwrap();
+        write_postgres_copy("rv", at, &copy(7)).await.unwrap();
+        assert!(!data.join("backup_label").exists());
+        assert_eq!(read("postgresql.auto.conf"), conf);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_that_is_not_postgresqls_fails_the_mount_naming_it() {
+        let mp = tempfile::tempdir().unwrap();
+        let end = write_postgres_copy("rv", mp.path().to_str().unwrap(), &copy(1))
+            .await
+            .unwrap_err();
+        match end {
+            StepEnd::Failed(why) => {
+                assert!(
+                    why.contains("pgdata") && why.contains("PG_VERSION"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
