@@ -203,10 +203,21 @@ impl Session {
                 self.server
             ));
         }
-        let q = self.client.query_one(
-            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)",
-            &[],
-        );
+        // The start's statement timeout was cut to its window; the stop (which waits for the
+        // archive) gets the full bound.
+        let q = async {
+            self.client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}"
+                ))
+                .await?;
+            self.client
+                .query_one(
+                    "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)",
+                    &[],
+                )
+                .await
+        };
         match tokio::time::timeout(Duration::from_millis(PG_STATEMENT_TIMEOUT_MS), q).await {
             Ok(Ok(row)) => Ok(BackupLabel {
                 stop_lsn: row.get(0),

@@ -1,15 +1,34 @@
 //! A real PostgreSQL for the host tests: found under /usr/lib/postgresql/*/bin (15 or later:
 //! `pg_backup_start`), run as the `postgres` user (PostgreSQL refuses root) with its socket in
 //! a private directory (no TCP), stopped on drop. Callers skip with the reason when it cannot
-//! run here.
+//! run here. Self-contained (std, tokio, tokio-postgres), so a test elsewhere (e.g. the same
+//! checks on the software array's LDs) can include it with `#[path]`.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::loopdev::{Proc, run};
+/// A background process (pgbench) killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 /// Longest a PostgreSQL start (with recovery) or stop may take on a loaded 2-core machine.
 pub const PG_START_MAX: Duration = Duration::from_secs(120);
