@@ -112,6 +112,7 @@ fn result_of(call: &StepCall, quiesce_id: u64) -> StepResult {
         StepCall::Separate { .. } => StepResult::SeparateAccepted,
         StepCall::Release { .. } => StepResult::Released {
             held_throughout: true,
+            backup_label: None,
         },
         StepCall::AwaitSeparated { .. } => StepResult::Separated,
         StepCall::MountRv { .. } => StepResult::RvMounted { repaired: false },

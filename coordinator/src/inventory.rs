@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::postgres::PostgresQuiesce;
 use crate::{ClusterState, Role};
 
 /// One LD of one array, as `ARRAY:LD`.
@@ -41,7 +42,7 @@ impl std::fmt::Display for VolumeRef {
 }
 
 /// How the MV of a group member is brought to a static point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuiesceMethod {
     /// Stop applications, flush, unmount: the full static point for plain files.
@@ -51,6 +52,22 @@ pub enum QuiesceMethod {
     /// Only the application's hooks (e.g. a database's online-backup mode); the volume stays
     /// mounted and writable, so consistency is the application's promise.
     HooksOnly,
+    /// PostgreSQL's online backup mode (`pg_backup_start` .. `pg_backup_stop` in one session
+    /// held through the separate); the copy gets the backup's label and recovers to its end
+    /// from the WAL archive. See [`crate::postgres`].
+    Postgresql(Box<PostgresQuiesce>),
+}
+
+impl QuiesceMethod {
+    /// The method's name as the site file writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            QuiesceMethod::Unmount => "unmount",
+            QuiesceMethod::Freeze => "freeze",
+            QuiesceMethod::HooksOnly => "hooks_only",
+            QuiesceMethod::Postgresql(_) => "postgresql",
+        }
+    }
 }
 
 /// A pair of one group, with the volume on each side.
@@ -129,6 +146,11 @@ impl Group {
             }
             if m.mv_ld == m.rv_ld {
                 broke(at("rv"), format!("the RV's LD {} is the MV's", m.rv_ld));
+            }
+            if let QuiesceMethod::Postgresql(pg) = &m.quiesce {
+                for (field, rule) in pg.problems() {
+                    broke(at(&format!("postgresql.{field}")), rule);
+                }
             }
             if m.quiesce_ms_max == 0 {
                 broke(
@@ -370,7 +392,7 @@ impl Inventory {
                     rv_ld: pair.rv.clone(),
                     mv: m.mv.clone(),
                     rv: m.rv.clone(),
-                    quiesce: m.quiesce,
+                    quiesce: m.quiesce.clone(),
                     quiesce_ms_max: m.quiesce_ms_max,
                 })
             })

@@ -48,6 +48,7 @@
 pub mod inventory;
 pub mod job;
 mod jobs;
+pub mod postgres;
 mod registry;
 pub mod views;
 

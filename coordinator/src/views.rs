@@ -98,6 +98,12 @@ pub struct CopyPair {
     pub mv_ld: LdRef,
     pub rv: VolumeRef,
     pub rv_ld: LdRef,
+    /// How the MV was brought to its static point: `unmount`, `freeze`, `hooks_only`, or
+    /// `postgresql` (online backup mode: the copy carries its backup label and recovers to the
+    /// backup's end from the WAL archive). A PostgreSQL volume copied under `freeze` is
+    /// crash-consistent by design: PostgreSQL recovers it from its own WAL.
+    #[serde(default)]
+    pub quiesce: String,
 }
 
 /// One entry of the copy catalogue: a backup job that ended done.
@@ -140,6 +146,7 @@ pub fn copy_entry(job: &Job) -> Option<CopyEntry> {
                 mv_ld: m.mv_ld.clone(),
                 rv: m.rv.clone(),
                 rv_ld: m.rv_ld.clone(),
+                quiesce: m.quiesce.name().to_string(),
             })
             .collect(),
     })
@@ -182,9 +189,18 @@ pub fn result_text(result: &StepResult) -> String {
         StepResult::SeparateAccepted => "separate accepted".into(),
         StepResult::Released {
             held_throughout: true,
+            backup_label: Some(label),
+        } => format!(
+            "held throughout; PostgreSQL online backup ended at {}",
+            label.stop_lsn
+        ),
+        StepResult::Released {
+            held_throughout: true,
+            ..
         } => "held throughout".into(),
         StepResult::Released {
             held_throughout: false,
+            ..
         } => "the quiesce did NOT hold until the release".into(),
         StepResult::Separated => "separated".into(),
         StepResult::RvMounted { repaired: false } => "mounted".into(),

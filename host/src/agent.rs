@@ -25,6 +25,7 @@ use crate::backend::Backend;
 use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::Guard;
+use crate::postgres::Session;
 use crate::process::now_unix_ms;
 use crate::resume::{ResumeFailed, resume_record};
 use crate::sim::SimBackend;
@@ -48,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) armed: StdMutex<HashSet<u64>>,
     /// Freeze guards of the freezes this process holds, by quiesce id.
     pub(crate) guards: StdMutex<HashMap<u64, Guard>>,
+    /// PostgreSQL sessions in online backup mode this process holds, by quiesce id.
+    pub(crate) pg_sessions: StdMutex<HashMap<u64, Session>>,
     /// Quiesce ids found in the journal at start: taken by a previous run of the agent, which
     /// died at an unknown point of them (before or after the flush, while they held or not).
     /// Their owner's release is told they were lost, whatever state they are in by then.
@@ -147,6 +150,7 @@ impl Agent {
                 locks,
                 armed: StdMutex::new(HashSet::new()),
                 guards: StdMutex::new(HashMap::new()),
+                pg_sessions: StdMutex::new(HashMap::new()),
                 inherited: StdMutex::new(HashSet::new()),
             }),
             watchdogs: Arc::new(StdMutex::new(Vec::new())),
@@ -462,7 +466,7 @@ async fn quiesce_detached(
     inner.refuse_if_quiesced(&req.volume, "quiesce")?;
     let max_ms = match req.mode {
         QuiesceMode::Freeze => cfg.freeze_ms_max,
-        QuiesceMode::Unmount => cfg.unmount_ms_max,
+        QuiesceMode::Unmount | QuiesceMode::Postgresql(_) => cfg.unmount_ms_max,
     };
     let limit_ms = req.limit_ms.unwrap_or(max_ms);
     if limit_ms == 0 || limit_ms > max_ms {
@@ -483,12 +487,13 @@ async fn quiesce_detached(
             state: "not mounted: there is nothing to quiesce (mount it first)".into(),
         });
     };
-    let kind = match req.mode {
+    let kind = match &req.mode {
         QuiesceMode::Freeze => QuiesceKind::Freeze,
         QuiesceMode::Unmount => QuiesceKind::Unmount {
             mount_point: mounted_at,
             apps_stopped: cfg.stop.is_some(),
         },
+        QuiesceMode::Postgresql(c) => QuiesceKind::Postgresql { server: c.server() },
     };
     let now = now_unix_ms();
     let rec = QuiesceRecord {
@@ -503,7 +508,7 @@ async fn quiesce_detached(
     // Durable before the volume is touched: a crash from here on is resumed at start.
     inner.put_quiesce(&rec).await?;
     let acted: Result<(), HostError> = async {
-        match req.mode {
+        match &req.mode {
             QuiesceMode::Freeze => {
                 if let Some(g) = inner.backend.freeze(cfg, rec.deadline_unix_ms).await? {
                     let proc_rec = ProcessRecord {
@@ -528,6 +533,13 @@ async fn quiesce_detached(
                 inner.backend.flush(cfg).await?;
                 inner.backend.unmount(cfg, false).await.map(|_| ())
             }
+            QuiesceMode::Postgresql(c) => {
+                let label = format!("stillpoint quiesce {} ({})", rec.quiesce_id, rec.owner);
+                let window_ms = rec.deadline_unix_ms.saturating_sub(now_unix_ms());
+                let session = Session::start(&req.volume, c, &label, window_ms).await?;
+                lock_std(&inner.pg_sessions).insert(rec.quiesce_id, session);
+                Ok(())
+            }
         }?;
         // S4: a quiesce that was not complete before its deadline is no quiesce.
         if now_unix_ms() >= rec.deadline_unix_ms {
@@ -542,7 +554,7 @@ async fn quiesce_detached(
         // guard that froze before a later step failed is in `guards`: resume thaws through it.
         let froze = lock_std(&inner.guards).contains_key(&rec.quiesce_id);
         let undo = match req.mode {
-            QuiesceMode::Unmount => inner
+            QuiesceMode::Unmount | QuiesceMode::Postgresql(_) => inner
                 .resume(&rec)
                 .await
                 .map(|_| ())
@@ -613,6 +625,16 @@ async fn release_detached(
             reason: reason.into(),
         });
     }
+    if let Some(reason) = resumed.lost {
+        // The database's backup ended without its stop: no label, no static point.
+        let logged = resume_record(&rec, &reason, None);
+        inner.end_quiesce(&rec, Some(&logged), None).await?;
+        return Err(HostError::QuiesceLost {
+            volume: volume.into(),
+            quiesce_id: rec.quiesce_id,
+            reason,
+        });
+    }
     if resumed.guard_thawed_first {
         // The guard reached the deadline (or was told to stop) before this release: the
         // quiesce did not hold until now, so the copy is not a static point.
@@ -631,5 +653,6 @@ async fn release_detached(
         quiesce_id: rec.quiesce_id,
         held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
         start_hook: resumed.start_hook,
+        backup_label: resumed.backup_label,
     })
 }

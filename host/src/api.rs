@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use stillpoint_storage::journal::{QuiesceKind, QuiesceRecord, ResumeRecord};
 
 use crate::error::{Holder, HostError};
+use crate::postgres::{BackupLabel, PostgresConnect};
 
 /// A volume as this host sees it right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,12 +56,16 @@ pub struct MountRequest {
 }
 
 /// Which quiesce to take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuiesceMode {
     /// Freeze the file system (writers block; the volume stays mounted).
     Freeze,
     /// Stop applications (stop hook), flush, unmount: the full static point of the seeds.
     Unmount,
+    /// PostgreSQL's online backup mode in a session held for the window (the volume stays
+    /// mounted and writable); the release returns the backup's label. Limited like an
+    /// unmount (`unmount_ms_max`): writers are not blocked.
+    Postgresql(PostgresConnect),
 }
 
 /// A request to quiesce a volume with a deadline.
@@ -83,6 +88,9 @@ pub struct ReleaseReport {
     pub held_ms: u64,
     /// Output of the start hook, if one ran.
     pub start_hook: Option<HookOutput>,
+    /// A PostgreSQL quiesce: what `pg_backup_stop` returned.
+    #[serde(default)]
+    pub backup_label: Option<BackupLabel>,
 }
 
 /// Stop or start hook.

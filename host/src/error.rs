@@ -134,6 +134,15 @@ pub enum HostError {
         operation: String,
         detail: String,
     },
+    /// The database refused or failed an operation of a database quiesce (connection,
+    /// `pg_backup_start`); nothing stays in backup mode. Check the connection settings, the
+    /// role's rights and the server's log.
+    #[error("volume {volume}: {operation} failed: {detail}")]
+    Database {
+        volume: String,
+        operation: String,
+        detail: String,
+    },
     /// The operation is not supported by this backend or file system.
     #[error("{operation} is not supported: {reason}")]
     Unsupported { operation: String, reason: String },

@@ -34,7 +34,7 @@ pub(crate) fn to_status(e: &HostError) -> Status {
         | HostError::WrongState { .. }
         | HostError::QuiesceLost { .. } => Code::FailedPrecondition,
         HostError::Refused { .. } => Code::PermissionDenied,
-        HostError::HookFailed { .. } => Code::Aborted,
+        HostError::HookFailed { .. } | HostError::Database { .. } => Code::Aborted,
         HostError::TimedOut { .. } => Code::DeadlineExceeded,
         HostError::OsError { .. } | HostError::Journal(_) => Code::Internal,
         HostError::Device { .. } | HostError::Unreachable(_) => Code::Unavailable,
@@ -76,6 +76,7 @@ fn quiesce_to(q: QuiesceRecord) -> pb::QuiesceInfo {
             mount_point,
             apps_stopped,
         } => (pb::QuiesceKind::Unmount, mount_point, apps_stopped),
+        QuiesceKind::Postgresql { server } => (pb::QuiesceKind::Postgresql, server, false),
     };
     pb::QuiesceInfo {
         volume: q.volume,
@@ -96,6 +97,9 @@ fn quiesce_from(q: pb::QuiesceInfo) -> Result<QuiesceRecord, HostError> {
         Ok(pb::QuiesceKind::Unmount) => QuiesceKind::Unmount {
             mount_point: q.mount_point,
             apps_stopped: q.apps_stopped,
+        },
+        Ok(pb::QuiesceKind::Postgresql) => QuiesceKind::Postgresql {
+            server: q.mount_point,
         },
         _ => {
             return Err(HostError::Unreachable(format!(
@@ -447,6 +451,12 @@ impl Host for HostClient {
         let mode = match request.mode {
             QuiesceMode::Freeze => pb::QuiesceMode::Freeze,
             QuiesceMode::Unmount => pb::QuiesceMode::Unmount,
+            QuiesceMode::Postgresql(_) => {
+                return Err(HostError::Unsupported {
+                    operation: format!("a PostgreSQL quiesce of {} over the host API", request.volume),
+                    reason: "its session must live in the agent that holds it: the agent's step executor takes it (quiesce = \"postgresql\" in the site file)".into(),
+                });
+            }
         };
         let r = self
             .client()
@@ -498,6 +508,8 @@ impl Host for HostClient {
             quiesce_id: r.quiesce_id,
             held_ms: r.held_ms,
             start_hook: r.start_hook.map(hook_from),
+            // The label stays with the agent's own caller (the step executor).
+            backup_label: None,
         })
     }
 

@@ -54,10 +54,29 @@
 //! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
 //! quiesced without its watchdog.
 //!
+//! ## PostgreSQL's online backup mode as a quiesce
+//!
+//! [`QuiesceMode::Postgresql`] puts a PostgreSQL server in online backup mode instead of
+//! touching the volume: the agent connects (`tokio-postgres`, connect and statement timeouts),
+//! refuses a server without WAL archiving (its copy could never be opened), runs
+//! `pg_backup_start(label, fast => true)` and keeps that session, by quiesce id, for the whole
+//! window. The quiesce record (kind `Postgresql`) is journaled first as for any quiesce; the
+//! deadline is the volume's `unmount_ms_max` (writers never wait). Release runs
+//! `pg_backup_stop()` in the same session and returns its label in
+//! [`ReleaseReport::backup_label`]. The backup lives only as long as the session: if the
+//! connection dropped or was terminated, or the agent died (its successor holds no session),
+//! PostgreSQL aborted the backup and the release fails with [`HostError::QuiesceLost`] — there
+//! is no label to return, so none is. The watchdog ends an unreleased backup at its deadline
+//! the same way. [`prepare_copy`] writes a label into a copy's data directory (with
+//! `recovery.signal`, a restore from the archive up to the end of the backup, promotion, and
+//! archiving off) for the step executor's RV mount. A PostgreSQL volume quiesced by freeze
+//! needs none of this: its copy is crash-consistent and PostgreSQL recovers it from its WAL.
+//!
 //! ## Modules
 //!
 //! - `api`: the [`Host`] trait and its types; `agent`: [`Agent`] and quiesce records; `resume`: the watchdog, automatic resume,
 //!   hooks, orphans, journal writes; `guard`: the freeze guard process; `backend`: the raw per-backend operations; `sim`, `linux`: the backends;
+//!   `postgres`: the online backup session and the copy's label;
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
@@ -71,8 +90,10 @@
 //!   "kernel" holder with that hint.
 //! - The linux backend handles ext2/3/4 and XFS identities only; Windows-style disk signatures
 //!   and partitioned LDs (one file system per LD is assumed) are not handled.
-//! - Online-backup modes of databases (begin/end backup) are hooks like any other; there is no
-//!   built-in database integration.
+//! - PostgreSQL is the only database with a built-in online backup mode; others use hooks. Its
+//!   session has no TLS (use a local socket), is tried once per quiesce (the job's rounds and
+//!   attempts retry), and its label is returned to in-process callers only: over the host gRPC
+//!   API a PostgreSQL quiesce is refused (its session must live in the agent's process).
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
 //! - Journal writes run on the blocking pool, bounded by [`limits::JOURNAL_WRITE_TIMEOUT_MS`];
@@ -99,6 +120,7 @@ mod grpc;
 mod guard;
 pub mod limits;
 mod linux;
+mod postgres;
 mod process;
 mod resume;
 mod sim;
@@ -114,6 +136,7 @@ pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
 pub use grpc::{HostClient, HostService};
 pub use linux::LinuxBackend;
+pub use postgres::{BackupLabel, PostgresConnect, copy_marker, prepare_copy};
 pub use sim::{SimApp, SimBackend, SimHandle};
 pub use workload::{
     BadRecord, RECORD_BYTES, VerifyReport, Workload, WorkloadRun, record_bytes, record_offset,

@@ -56,3 +56,10 @@ pub const ORPHAN_END_MS: u64 = 10_000;
 /// Longest a journal write (sled flush + fdatasync, on the blocking pool) may take before the
 /// operation fails as not written.
 pub const JOURNAL_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Longest the agent waits to connect to PostgreSQL for a database quiesce.
+pub const PG_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Longest one statement of a database quiesce may run (the server's `statement_timeout`
+/// too): `pg_backup_start`'s checkpoint, or `pg_backup_stop` waiting for the WAL archive.
+pub const PG_STATEMENT_TIMEOUT_MS: u64 = 60_000;
+/// Longest a copy's PostgreSQL files (backup label, recovery settings) may take to write.
+pub const PG_COPY_WRITE_TIMEOUT_MS: u64 = 30_000;

@@ -47,6 +47,10 @@ pub(crate) struct Resumed {
     /// The freeze guard had already thawed by itself (its deadline, or a signal): the
     /// quiesce did not hold until now.
     pub guard_thawed_first: bool,
+    /// A PostgreSQL quiesce: what `pg_backup_stop` returned.
+    pub backup_label: Option<crate::postgres::BackupLabel>,
+    /// A PostgreSQL quiesce whose backup ended without its stop (why).
+    pub lost: Option<String>,
 }
 
 /// The resume log entry for quiesce `r`, logged as it is made.
@@ -320,6 +324,8 @@ impl Inner {
                     return Ok(Resumed {
                         start_hook: None,
                         guard_thawed_first: false,
+                        backup_label: None,
+                        lost: None,
                     });
                 };
                 let (pid, ticks) = (g.pid, g.start_ticks);
@@ -345,6 +351,8 @@ impl Inner {
                 Ok(Resumed {
                     start_hook: None,
                     guard_thawed_first,
+                    backup_label: None,
+                    lost: None,
                 })
             }
             QuiesceKind::Unmount {
@@ -370,6 +378,30 @@ impl Inner {
                 Ok(Resumed {
                     start_hook,
                     guard_thawed_first: false,
+                    backup_label: None,
+                    lost: None,
+                })
+            }
+            QuiesceKind::Postgresql { server } => {
+                // The backup lives in this process's session: stop it there, or it is lost.
+                let held = lock_std(&self.pg_sessions).remove(&rec.quiesce_id);
+                let (backup_label, lost) = match held {
+                    Some(session) => match session.stop().await {
+                        Ok(label) => (Some(label), None),
+                        Err(why) => (None, Some(why)),
+                    },
+                    None => (
+                        None,
+                        Some(format!(
+                            "no session holds the online backup on {server} in this agent (it restarted): PostgreSQL ended the backup with the session"
+                        )),
+                    ),
+                };
+                Ok(Resumed {
+                    start_hook: None,
+                    guard_thawed_first: false,
+                    backup_label,
+                    lost,
                 })
             }
         }

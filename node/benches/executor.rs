@@ -76,6 +76,7 @@ fn order(token: FencingToken, target: StepTarget, call: StepCall, q: Option<u64>
             call,
             quiesce_id: q,
             check_first: false,
+            postgres_copy: None,
         },
         pair,
         reply_within_ms: 30_000,
@@ -239,7 +240,8 @@ fn main() {
             assert_eq!(
                 released,
                 StepResult::Released {
-                    held_throughout: true
+                    held_throughout: true,
+                    backup_label: None,
                 }
             );
             resync(&array, &id).await;

@@ -119,14 +119,17 @@ async fn direct_window_ms(site: &JobSite) -> f64 {
     } else {
         QuiesceMode::Unmount
     };
-    let quiesces = join_all(hosts.iter().map(|(h, p)| async move {
-        let request = QuiesceRequest {
-            volume: p.mv_volume.clone(),
-            mode,
-            limit_ms: Some(s.layout.quiesce_ms_max),
-            owner: "bench".into(),
-        };
-        h.quiesce(&request).await
+    let quiesces = join_all(hosts.iter().map(|(h, p)| {
+        let mode = mode.clone();
+        async move {
+            let request = QuiesceRequest {
+                volume: p.mv_volume.clone(),
+                mode,
+                limit_ms: Some(s.layout.quiesce_ms_max),
+                owner: "bench".into(),
+            };
+            h.quiesce(&request).await
+        }
     }))
     .await;
     let separates = join_all(s.layout.pairs.iter().map(|p| {

@@ -337,6 +337,7 @@ pub fn host_exit_code(e: &stillpoint_host::HostError) -> u8 {
         H::TimedOut { .. } => exit::TIMED_OUT,
         H::Unreachable(_) => exit::UNREACHABLE,
         H::HookFailed { .. }
+        | H::Database { .. }
         | H::OsError { .. }
         | H::Device { .. }
         | H::Unsupported { .. }

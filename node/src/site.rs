@@ -27,8 +27,17 @@
 //! pair = "p0"
 //! mv = "db1:data"                      # NODE:VOLUME
 //! rv = "backup1:rv"
-//! quiesce = "unmount"                  # unmount | freeze | hooks_only
+//! quiesce = "unmount"                  # unmount | freeze | hooks_only | postgresql
 //! quiesce_ms_max = 30000
+//! # with quiesce = "postgresql" (online backup mode; see the README's quiesce section):
+//! # [groups.members.postgresql]
+//! # host = "/var/run/postgresql"        # host name, address or socket directory (default)
+//! # port = 5432                         # default
+//! # user = "postgres"                   # default
+//! # database = "postgres"               # default
+//! # password = "..."                    # optional
+//! # data_dir = "pgdata"                 # the data directory, relative to the RV's mount point
+//! # wal_archive_dir = "/backup/wal"     # the WAL archive as the backup node reads it
 //! [groups.backup_command]
 //! node = "backup1"
 //! command = ["tar", "cf", "/dev/st0", "/mnt/rv"]
@@ -42,6 +51,7 @@ use stillpoint_coordinator::inventory::{
     ArraySpec, BackupCommand, Change, CopyControl, GroupSpec, Inventory, InventoryError, LdRef,
     MemberSpec, PairSpec, QuiesceMethod, ReplicationKind, Settings, VolumeRef, VolumeSpec,
 };
+use stillpoint_coordinator::postgres::PostgresQuiesce;
 use stillpoint_coordinator::{ClusterState, Command, Response};
 
 use crate::client::Client;
@@ -106,8 +116,86 @@ struct MemberFile {
     pair: String,
     mv: String,
     rv: String,
-    quiesce: QuiesceMethod,
+    quiesce: MethodName,
     quiesce_ms_max: u64,
+    #[serde(default)]
+    postgresql: Option<PostgresFile>,
+}
+
+/// A member's `quiesce` as written; `postgresql` takes its settings from the member's
+/// `[groups.members.postgresql]` table.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum MethodName {
+    Unmount,
+    Freeze,
+    HooksOnly,
+    Postgresql,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFile {
+    #[serde(default = "default_pg_host")]
+    host: String,
+    #[serde(default = "default_pg_port")]
+    port: u16,
+    #[serde(default = "default_pg_name")]
+    user: String,
+    #[serde(default = "default_pg_name")]
+    database: String,
+    password: Option<String>,
+    data_dir: String,
+    wal_archive_dir: String,
+}
+
+fn default_pg_host() -> String {
+    "/var/run/postgresql".into()
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_pg_name() -> String {
+    "postgres".into()
+}
+
+/// The member's method with its settings, or every problem as `(path suffix, rule)`.
+fn method_of(m: &MemberFile) -> Result<QuiesceMethod, Vec<(String, String)>> {
+    match (m.quiesce, &m.postgresql) {
+        (MethodName::Unmount, None) => Ok(QuiesceMethod::Unmount),
+        (MethodName::Freeze, None) => Ok(QuiesceMethod::Freeze),
+        (MethodName::HooksOnly, None) => Ok(QuiesceMethod::HooksOnly),
+        (MethodName::Postgresql, Some(p)) => {
+            let settings = PostgresQuiesce {
+                host: p.host.clone(),
+                port: p.port,
+                user: p.user.clone(),
+                database: p.database.clone(),
+                password: p.password.clone(),
+                data_dir: p.data_dir.clone(),
+                wal_archive_dir: p.wal_archive_dir.clone(),
+            };
+            let problems = settings.problems();
+            if problems.is_empty() {
+                Ok(QuiesceMethod::Postgresql(Box::new(settings)))
+            } else {
+                Err(problems
+                    .into_iter()
+                    .map(|(field, rule)| (format!("postgresql.{field}"), rule))
+                    .collect())
+            }
+        }
+        (MethodName::Postgresql, None) => Err(vec![(
+            "postgresql".into(),
+            "quiesce = \"postgresql\" needs a [groups.members.postgresql] table with at least data_dir and wal_archive_dir".into(),
+        )]),
+        (_, Some(_)) => Err(vec![(
+            "postgresql".into(),
+            "a postgresql table is only read with quiesce = \"postgresql\"".into(),
+        )]),
+    }
 }
 
 /// A problem with the site file, as `file:line: what` (line when it can be found).
@@ -236,15 +324,20 @@ pub fn parse(text: &str, file: &Path) -> Result<Inventory, NodeError> {
     for g in site.groups {
         let mut members = Vec::new();
         for (i, m) in g.members.into_iter().enumerate() {
-            match (volume_ref(&m.mv), volume_ref(&m.rv)) {
-                (Ok(mv), Ok(rv)) => members.push(MemberSpec {
+            let method = method_of(&m).map_err(|problems| {
+                for (field, rule) in problems {
+                    refs.push((format!("groups.{}.members[{i}].{field}", g.name), rule));
+                }
+            });
+            match (volume_ref(&m.mv), volume_ref(&m.rv), method) {
+                (Ok(mv), Ok(rv), Ok(quiesce)) => members.push(MemberSpec {
                     pair: m.pair,
                     mv,
                     rv,
-                    quiesce: m.quiesce,
+                    quiesce,
                     quiesce_ms_max: m.quiesce_ms_max,
                 }),
-                (mv, rv) => {
+                (mv, rv, _) => {
                     for (field, r) in [("mv", mv), ("rv", rv)] {
                         if let Err(e) = r {
                             refs.push((format!("groups.{}.members[{i}].{field}", g.name), e));
@@ -639,5 +732,42 @@ timeout_ms = 60000
         assert_eq!(locate(SITE, "groups.payroll.backup_command.node"), Some(34));
         assert_eq!(locate(SITE, "settings.jobs_retained_max"), Some(3));
         assert_eq!(locate(SITE, "pairs.p9.rv"), None);
+    }
+
+    #[test]
+    fn a_postgresql_member_reads_its_settings_and_bad_ones_name_member_and_field() {
+        let pg = SITE.replace(
+            "quiesce = \"freeze\"\nquiesce_ms_max = 10000\n",
+            "quiesce = \"postgresql\"\nquiesce_ms_max = 10000\n[groups.members.postgresql]\nport = 5433\ndata_dir = \"pgdata\"\nwal_archive_dir = \"/backup/wal\"\n",
+        );
+        let inv = parse(&pg, &file()).unwrap();
+        match &inv.groups["payroll"].members[0].quiesce {
+            QuiesceMethod::Postgresql(s) => {
+                assert_eq!((s.host.as_str(), s.port), ("/var/run/postgresql", 5433));
+                assert_eq!(
+                    (s.user.as_str(), s.database.as_str()),
+                    ("postgres", "postgres")
+                );
+                assert_eq!(s.data_dir, "pgdata");
+                assert_eq!(s.wal_archive_dir, "/backup/wal");
+                assert_eq!(s.password, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&pg.replace("/backup/wal", "backup/wal"), &file())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("groups.payroll.members[0].postgresql.wal_archive_dir")
+                && e.contains("absolute path"),
+            "{e}"
+        );
+        let e = parse(&SITE.replace("\"freeze\"", "\"postgresql\""), &file())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("groups.payroll.members[0].postgresql") && e.contains("data_dir"),
+            "{e}"
+        );
     }
 }

@@ -93,7 +93,8 @@ async fn a_backup_runs_step_by_step_through_the_executors_and_answers_resends_fr
     assert_eq!(
         done(&db1, &release).await,
         StepResult::Released {
-            held_throughout: true
+            held_throughout: true,
+            backup_label: None,
         }
     );
     assert!(site.host(1).quiesces().await.unwrap().is_empty());
@@ -312,7 +313,8 @@ async fn a_release_after_the_quiesce_expired_reports_it_did_not_hold() {
     assert_eq!(
         done(&db1, &release).await,
         StepResult::Released {
-            held_throughout: false
+            held_throughout: false,
+            backup_label: None,
         }
     );
     site.stop().await;

@@ -33,7 +33,11 @@ fn releases(job: &Job) -> Vec<bool> {
         .flat_map(|s| s.history.iter())
         .filter_map(|e| match &e.state {
             StepState::Done {
-                result: StepResult::Released { held_throughout },
+                result:
+                    StepResult::Released {
+                        held_throughout,
+                        backup_label: None,
+                    },
                 ..
             } => Some(*held_throughout),
             _ => None,
@@ -377,6 +381,7 @@ async fn a_deposed_leaders_late_step_is_refused() {
             call: q2.call.clone(),
             quiesce_id: None,
             check_first: false,
+            postgres_copy: None,
         },
         pair: None,
         reply_within_ms: 5_000,

@@ -628,7 +628,10 @@ impl Sim {
             StepCall::Release { volume, .. } => Some(
                 self.world
                     .release(volume, d.quiesce_id, token, now)
-                    .map(|held_throughout| StepResult::Released { held_throughout }),
+                    .map(|held_throughout| StepResult::Released {
+                        held_throughout,
+                        backup_label: None,
+                    }),
             ),
             StepCall::AwaitSeparated { .. } => {
                 self.on_poll(a, incarnation, token);

@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::step::{Phase, Step, StepCall, StepId, StepResult, StepState, StepTarget, TokenOrder};
+use crate::inventory::QuiesceMethod;
+use crate::postgres::PostgresCopy;
+
 use super::{
     CopyLabel, FencingToken, Job, JobEnd, JobEvent, JobState, ROUNDS_MAX, STEP_ATTEMPTS_MAX,
 };
@@ -19,6 +22,10 @@ pub struct Dispatch {
     pub quiesce_id: Option<u64>,
     /// For an RV mount: check and repair the file system first (the copy is crash-consistent).
     pub check_first: bool,
+    /// For an RV mount of a copy made in PostgreSQL's online backup mode: the label and
+    /// recovery settings to write into its data directory before anything starts on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_copy: Option<Box<PostgresCopy>>,
 }
 
 /// What the driver does next. It performs them in order; for a [`Action::Dispatch`] it records
@@ -276,7 +283,38 @@ fn send(job: &Job, step: &Step, term: u64) -> Vec<Action> {
         call: step.call.clone(),
         quiesce_id,
         check_first,
+        postgres_copy: postgres_copy(job, step),
     })]
+}
+
+/// For the RV mount `step` of a member quiesced with PostgreSQL's online backup mode: what its
+/// release got from `pg_backup_stop`, with where to write it. `None` for any other step, or
+/// when the release has no label (the quiesce did not hold, or the round had no static point:
+/// the copy is then crash-consistent and PostgreSQL recovers it from its own WAL).
+fn postgres_copy(job: &Job, step: &Step) -> Option<Box<PostgresCopy>> {
+    let StepCall::MountRv { volume } = &step.call else {
+        return None;
+    };
+    let member = job.pairs.iter().find(|m| m.rv == *volume)?;
+    let QuiesceMethod::Postgresql(pg) = &member.quiesce else {
+        return None;
+    };
+    let label = job.steps.iter().find_map(|s| match (&s.call, s.result()) {
+        (
+            StepCall::Release { volume, .. },
+            Some(StepResult::Released {
+                held_throughout: true,
+                backup_label: Some(label),
+            }),
+        ) if *volume == member.mv => Some(label.clone()),
+        _ => None,
+    })?;
+    Some(Box::new(PostgresCopy {
+        data_dir: pg.data_dir.clone(),
+        wal_archive_dir: pg.wal_archive_dir.clone(),
+        label,
+        job_id: job.id,
+    }))
 }
 
 /// Release steps whose quiesce is done and which have not been sent: sent at once, whatever

@@ -39,6 +39,9 @@
 //!   release reports the quiesce held throughout. A round that cannot give that is re-run as a
 //!   new round (a fresh replicate and static point) up to [`ROUNDS_MAX`]; after that the copy
 //!   is recorded crash-consistent, with the reason, and its RVs are checked before mounting.
+//! - A PostgreSQL member's release result carries the `backup_label` its `pg_backup_stop`
+//!   returned; [`decide`] hands it to that member's RV mount only when the release held
+//!   throughout ([`crate::postgres`]), so a label never goes with a copy it does not describe.
 //!
 //! ## Caveats (what is not here yet)
 //! - Only the backup procedure is planned; restore, replica use, host restart and recovery
@@ -522,6 +525,7 @@ impl Job {
                     StepCall::Release { volume, .. },
                     Some(StepResult::Released {
                         held_throughout: false,
+                        ..
                     }),
                 ) => Some(volume.to_string()),
                 (StepCall::Release { volume, .. }, None) => Some(volume.to_string()),
@@ -547,3 +551,5 @@ impl Job {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_postgres;

@@ -91,7 +91,7 @@ pub fn plan_backup(group: &Group, limits: &StepLimits) -> Vec<Step> {
                 StepTarget::Node(m.mv.node.clone()),
                 StepCall::Quiesce {
                     volume: m.mv.clone(),
-                    method: m.quiesce,
+                    method: m.quiesce.clone(),
                     limit_ms: m.quiesce_ms_max,
                 },
                 replicate.clone(),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use stillpoint_storage::journal::FencingToken;
 
 use crate::inventory::{QuiesceMethod, VolumeRef};
+use crate::postgres::BackupLabel;
 
 /// A step's index in its job's plan.
 pub type StepId = u32;
@@ -96,6 +97,10 @@ pub enum StepResult {
         /// False if the host had already resumed the volume by itself (its deadline passed,
         /// or its agent restarted): the static point did not hold until the release.
         held_throughout: bool,
+        /// A PostgreSQL quiesce: what `pg_backup_stop` returned, which the RV mount writes
+        /// into the copy (only when the quiesce held throughout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup_label: Option<BackupLabel>,
     },
     Separated,
     RvMounted {

@@ -161,6 +161,7 @@ impl World {
                 self.trace.push(format!("release {volume}"));
                 Ok(StepResult::Released {
                     held_throughout: held,
+                    backup_label: None,
                 })
             }
             StepCall::AwaitSeparated { pair } => {
@@ -768,6 +769,7 @@ fn settle_decisions(j: &mut Job, now_ms: u64) -> Vec<StepId> {
                     let result = match d.call {
                         StepCall::Release { .. } => StepResult::Released {
                             held_throughout: true,
+                            backup_label: None,
                         },
                         other => panic!("only releases are sent after a cancel, not {other:?}"),
                     };
@@ -1022,6 +1024,7 @@ fn a_job_failing_in_its_last_round_waits_for_its_unknown_publish_steps() {
             1,
             StepResult::Released {
                 held_throughout: true,
+                backup_label: None,
             },
         );
     }
@@ -1286,6 +1289,7 @@ fn an_outcome_recorded_before_a_step_it_waits_for_completed_is_not_its_own() {
         token: FencingToken { term: 4, ..asked },
         outcome: Ok(StepResult::Released {
             held_throughout: true,
+            backup_label: None,
         }),
     };
     assert_eq!(
@@ -1298,6 +1302,7 @@ fn an_outcome_recorded_before_a_step_it_waits_for_completed_is_not_its_own() {
         token: FencingToken { term: 6, ..asked },
         outcome: Ok(StepResult::Released {
             held_throughout: true,
+            backup_label: None,
         }),
     };
     assert!(matches!(

@@ -74,6 +74,7 @@ fn drive(mut job: Job, held: bool, mut now_ms: u64) -> Job {
                         StepCall::Separate { .. } => StepResult::SeparateAccepted,
                         StepCall::Release { .. } => StepResult::Released {
                             held_throughout: held,
+                            backup_label: None,
                         },
                         StepCall::AwaitSeparated { .. } => StepResult::Separated,
                         StepCall::MountRv { .. } => StepResult::RvMounted { repaired: !held },
@@ -164,6 +165,7 @@ fn the_catalogue_lists_done_backups_with_their_label_and_every_pair() {
             mv_ld: ld(2),
             rv: vol("backup1", "rv1"),
             rv_ld: ld(3),
+            quiesce: "unmount".into(),
         }
     );
     assert_eq!(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod loopdev;
+pub mod pg;
 
 use std::future::Future;
 use std::path::Path;

@@ -43,6 +43,7 @@ fn state(s: &StepState) -> String {
             StepResult::Quiesced { quiesce_id } => format!("done (quiesce {quiesce_id})"),
             StepResult::Released {
                 held_throughout: false,
+                ..
             } => "done, but the quiesce did NOT hold until now".into(),
             StepResult::RvMounted { repaired: true } => "done (checked and repaired first)".into(),
             _ => "done".into(),

@@ -9,7 +9,10 @@ use std::time::Duration;
 use stillpoint_coordinator::inventory::QuiesceMethod;
 use stillpoint_coordinator::job::wire::{StepOrder, quiesce_owner};
 use stillpoint_coordinator::job::{FencingToken, StepCall, StepResult};
-use stillpoint_host::{Host, HostError, MountIdentity, MountRequest, QuiesceMode, QuiesceRequest};
+use stillpoint_coordinator::postgres::{BackupLabel, PostgresCopy};
+use stillpoint_host::{
+    Host, HostError, MountIdentity, MountRequest, PostgresConnect, QuiesceMode, QuiesceRequest,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{Executor, StepEnd};
@@ -63,9 +66,17 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
             volume,
             method,
             limit_ms,
-        } => quiesce(host, &volume.volume, *method, *limit_ms, &d.token).await,
+        } => quiesce(host, &volume.volume, method, *limit_ms, &d.token).await,
         StepCall::Release { volume, .. } => release(host, &volume.volume, d.quiesce_id).await,
-        StepCall::MountRv { volume } => mount_rv(host, &volume.volume, d.check_first).await,
+        StepCall::MountRv { volume } => {
+            mount_rv(
+                host,
+                &volume.volume,
+                d.check_first,
+                d.postgres_copy.as_deref(),
+            )
+            .await
+        }
         StepCall::RunBackup {
             command,
             timeout_ms,
@@ -103,13 +114,20 @@ async fn free_rv(host: &dyn Host, volume: &str) -> Result<StepResult, StepEnd> {
 async fn quiesce(
     host: &dyn Host,
     volume: &str,
-    method: QuiesceMethod,
+    method: &QuiesceMethod,
     limit_ms: u64,
     token: &FencingToken,
 ) -> Result<StepResult, StepEnd> {
     let mode = match method {
         QuiesceMethod::Unmount => QuiesceMode::Unmount,
         QuiesceMethod::Freeze => QuiesceMode::Freeze,
+        QuiesceMethod::Postgresql(pg) => QuiesceMode::Postgresql(PostgresConnect {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            database: pg.database.clone(),
+            password: pg.password.clone(),
+        }),
         QuiesceMethod::HooksOnly => {
             return Err(StepEnd::Failed(format!(
                 "quiesce method hooks_only for MV {volume} is not supported by the step executor yet: use unmount or freeze for it in the site file"
@@ -199,13 +217,19 @@ async fn release(
     )
     .await
     {
-        Ok(Ok(_)) => Ok(StepResult::Released {
+        Ok(Ok(report)) => Ok(StepResult::Released {
             held_throughout: true,
+            backup_label: report.backup_label.map(|l| BackupLabel {
+                label_file: l.label_file,
+                tablespace_map: l.tablespace_map,
+                stop_lsn: l.stop_lsn,
+            }),
         }),
         Ok(Err(HostError::QuiesceLost { reason, .. })) => {
             tracing::warn!(volume, quiesce_id = id, %reason, "the quiesce did not hold until its release");
             Ok(StepResult::Released {
                 held_throughout: false,
+                backup_label: None,
             })
         }
         Ok(Err(e)) => Err(host_end(&what, e)),
@@ -222,7 +246,12 @@ const RV_VISIBLE_WAIT_MS: u64 = 30_000;
 /// Pause between two rescans while waiting for it.
 const RV_VISIBLE_RETRY_MS: u64 = 200;
 
-async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<StepResult, StepEnd> {
+async fn mount_rv(
+    host: &dyn Host,
+    volume: &str,
+    check_first: bool,
+    postgres: Option<&PostgresCopy>,
+) -> Result<StepResult, StepEnd> {
     // The array opens the RV to its hosts as it separates, and a host sees that by rescanning;
     // the array may lag its pair state by a moment, so look again (bounded) before failing.
     let visible_by = tokio::time::Instant::now() + Duration::from_millis(RV_VISIBLE_WAIT_MS);
@@ -239,7 +268,12 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
             Some(_) => tokio::time::sleep(Duration::from_millis(RV_VISIBLE_RETRY_MS)).await,
         }
     };
-    if info.mounted_at.is_some() {
+    if let Some(mounted_at) = &info.mounted_at {
+        // Mounted by an earlier attempt: finish what it may not have (the label is written
+        // once per job: a copy already set up is left alone).
+        if let Some(pg) = postgres {
+            write_postgres_copy(volume, mounted_at, pg).await?;
+        }
         return Ok(StepResult::RvMounted { repaired: false });
     }
     let mut repaired = false;
@@ -257,7 +291,7 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
         }
         repaired = report.repaired;
     }
-    call(
+    let mounted = call(
         &format!("mounting RV {volume} with a new identity"),
         host.mount(
             volume,
@@ -269,7 +303,51 @@ async fn mount_rv(host: &dyn Host, volume: &str, check_first: bool) -> Result<St
         ),
     )
     .await?;
+    if let Some(pg) = postgres {
+        let Some(mounted_at) = mounted.mounted_at else {
+            return Err(StepEnd::Failed(format!(
+                "RV {volume} does not show as mounted right after its mount; the PostgreSQL backup label was not written"
+            )));
+        };
+        write_postgres_copy(volume, &mounted_at, pg).await?;
+    }
     Ok(StepResult::RvMounted { repaired })
+}
+
+/// Writes the online backup's label and recovery settings into the copy's data directory on
+/// the mounted RV, before anything starts on it (on the blocking pool, bounded).
+async fn write_postgres_copy(
+    volume: &str,
+    mounted_at: &str,
+    pg: &PostgresCopy,
+) -> Result<(), StepEnd> {
+    let data_dir = std::path::Path::new(mounted_at).join(&pg.data_dir);
+    let label = stillpoint_host::BackupLabel {
+        label_file: pg.label.label_file.clone(),
+        tablespace_map: pg.label.tablespace_map.clone(),
+        stop_lsn: pg.label.stop_lsn.clone(),
+    };
+    let (v, archive, job) = (volume.to_string(), pg.wal_archive_dir.clone(), pg.job_id);
+    let shown = data_dir.display().to_string();
+    let task = tokio::task::spawn_blocking(move || {
+        stillpoint_host::prepare_copy(&v, &data_dir, &label, &archive, job)
+    });
+    let limit_ms = stillpoint_host::limits::PG_COPY_WRITE_TIMEOUT_MS;
+    match tokio::time::timeout(Duration::from_millis(limit_ms), task).await {
+        Ok(Ok(Ok(written))) => {
+            tracing::info!(volume, data_dir = %shown, written, "PostgreSQL copy prepared (backup label, recovery to the end of the backup)");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(StepEnd::Failed(format!(
+            "writing the PostgreSQL backup label into RV {volume} ({shown}): {e}"
+        ))),
+        Ok(Err(e)) => Err(StepEnd::Failed(format!(
+            "writing the PostgreSQL backup label into RV {volume}: the task failed: {e}"
+        ))),
+        Err(_) => Err(StepEnd::Unknown(format!(
+            "writing the PostgreSQL backup label into RV {volume} ({shown}) did not finish within {limit_ms} ms"
+        ))),
+    }
 }
 
 /// Backup node: runs the backup command (no shell), killed after `timeout_ms`. Exit 0 is done;
@@ -345,5 +423,80 @@ pub async fn run_backup(command: &[String], timeout_ms: u64) -> Result<StepResul
             "the backup command {program:?} was ended by a signal ({status}); stderr ends: {}",
             tail.join("\n")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stillpoint_coordinator::postgres::{BackupLabel, PostgresCopy};
+
+    use super::*;
+
+    fn copy(job_id: u64) -> PostgresCopy {
+        PostgresCopy {
+            data_dir: "pgdata".into(),
+            wal_archive_dir: "/backup/wal".into(),
+            label: BackupLabel {
+                label_file: "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+                    .into(),
+                tablespace_map: "16385 /srv/ts1\n".into(),
+                stop_lsn: "0/2000100".into(),
+            },
+            job_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rv_mount_writes_the_orders_label_and_recovery_settings_once() {
+        let mp = tempfile::tempdir().unwrap();
+        let data = mp.path().join("pgdata");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(data.join("postmaster.pid"), "4242\n").unwrap();
+        std::fs::write(data.join("postgresql.auto.conf"), "work_mem = '8MB'").unwrap();
+        let at = mp.path().to_str().unwrap();
+        write_postgres_copy("rv", at, &copy(7)).await.unwrap();
+        let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap();
+        assert_eq!(read("backup_label"), copy(7).label.label_file);
+        assert_eq!(read("tablespace_map"), copy(7).label.tablespace_map);
+        assert_eq!(read("recovery.signal"), "");
+        assert!(!data.join("postmaster.pid").exists());
+        let conf = read("postgresql.auto.conf");
+        assert!(conf.starts_with("work_mem = '8MB'\n"), "{conf}");
+        for line in [
+            "# stillpoint: recovery of the copy made by job 7",
+            "restore_command = 'cp \"/backup/wal/%f\" \"%p\"'",
+            "recovery_target = 'immediate'",
+            "recovery_target_action = 'promote'",
+            "archive_mode = 'off'",
+        ] {
+            assert!(
+                conf.lines().any(|l| l == line),
+                "{line:?} missing from {conf}"
+            );
+        }
+        // A repeated mount (the step sent again) writes nothing more, even after PostgreSQL
+        // renamed the label while recovering.
+        std::fs::rename(data.join("backup_label"), data.join("backup_label.old")).unwrap();
+        write_postgres_copy("rv", at, &copy(7)).await.unwrap();
+        assert!(!data.join("backup_label").exists());
+        assert_eq!(read("postgresql.auto.conf"), conf);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_that_is_not_postgresqls_fails_the_mount_naming_it() {
+        let mp = tempfile::tempdir().unwrap();
+        let end = write_postgres_copy("rv", mp.path().to_str().unwrap(), &copy(1))
+            .await
+            .unwrap_err();
+        match end {
+            StepEnd::Failed(why) => {
+                assert!(
+                    why.contains("pgdata") && why.contains("PG_VERSION"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

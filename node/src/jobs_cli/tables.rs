@@ -149,6 +149,17 @@ pub(super) fn summary_state(s: &JobSummary) -> String {
     }
 }
 
+/// How a pair's MV was brought to its static point, as the catalogue shows it: a PostgreSQL
+/// copy in online backup mode says so; one taken by freeze is crash-consistent for PostgreSQL
+/// by design (it recovers from its WAL).
+fn method(quiesce: &str) -> String {
+    match quiesce {
+        "" => "(not recorded)".into(),
+        "postgresql" => "postgresql (online backup)".into(),
+        other => other.into(),
+    }
+}
+
 /// `stillpoint copies list [--group G]`.
 pub async fn copies(
     client: &Client,
@@ -183,6 +194,7 @@ pub async fn copies(
                 utc_datetime(c.ended_at_ms),
                 none.clone(),
                 none.clone(),
+                none.clone(),
                 none,
                 label.clone(),
             ]);
@@ -196,6 +208,7 @@ pub async fn copies(
                 p.pair.clone(),
                 format!("{} ({})", p.mv, p.mv_ld),
                 format!("{} ({})", p.rv, p.rv_ld),
+                method(&p.quiesce),
                 first(label.clone()),
             ]);
         }
@@ -210,6 +223,7 @@ pub async fn copies(
                 "PAIR",
                 "MV (LD)",
                 "RV (LD)",
+                "QUIESCE",
                 "LABEL"
             ],
             &rows

@@ -184,6 +184,7 @@ pub fn order(token: FencingToken, call: StepCall) -> StepOrder {
             call,
             quiesce_id: None,
             check_first: false,
+            postgres_copy: None,
         },
         pair,
         reply_within_ms: 30_000,

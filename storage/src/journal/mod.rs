@@ -149,6 +149,13 @@ pub enum QuiesceKind {
         mount_point: String,
         apps_stopped: bool,
     },
+    /// PostgreSQL in online backup mode (`pg_backup_start`) in a session the agent holds open;
+    /// the volume stays mounted and writable. Ended by `pg_backup_stop` in that session; a
+    /// session that ended (agent restart, connection lost) ended the backup with it.
+    Postgresql {
+        /// The server as `host:port/database`, for messages.
+        server: String,
+    },
 }
 
 /// A quiesce this agent holds (or held when it died).
