@@ -348,13 +348,16 @@ pub enum RestoreMode {
 }
 
 /// Who asks for a pair operation, for fencing: a step of a stillpoint job (the Raft term it
-/// was sent under, the job, the step, the attempt). Ordered by those fields in that order: the
+/// was sent under, the job, the job's round, the step, the attempt). Ordered by those fields
+/// in that order, which is the order one leader sends a job's operations on a pair in: the
 /// array refuses an operation whose token is older than the newest token that already acted on
 /// the pair, so an order that lingered on a cut-off control node never lands after a newer one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FenceToken {
     pub term: u64,
     pub job: u64,
+    #[serde(default)]
+    pub round: u32,
     pub step: u32,
     pub attempt: u32,
 }
@@ -363,8 +366,8 @@ impl std::fmt::Display for FenceToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "term {} job {} step {} attempt {}",
-            self.term, self.job, self.step, self.attempt
+            "term {} job {} round {} step {} attempt {}",
+            self.term, self.job, self.round, self.step, self.attempt
         )
     }
 }

@@ -12,10 +12,12 @@ fn lds() -> Vec<LdConfig> {
     (0..2).map(|n| ld(n, CAP, "NX")).collect()
 }
 
+/// A token of round 1.
 fn token(term: u64, job: u64, step: u32, attempt: u32) -> FenceToken {
     FenceToken {
         term,
         job,
+        round: 1,
         step,
         attempt,
     }
@@ -57,6 +59,22 @@ async fn a_stale_token_is_refused_and_the_floor_survives_a_restart() {
             SyncState::Separated,
             "a refused operation changed the pair"
         );
+        // The job's next round starts again from its replicate (an earlier step, a later
+        // round): ahead of everything round 1 did.
+        let round_2 = FenceToken {
+            round: 2,
+            ..token(2, 1, 1, 2)
+        };
+        a.fenced(&id, &round_2, &replicate)
+            .await
+            .expect("round 2's replicate");
+        assert_fenced(
+            a.fenced(&id, &token(2, 1, 3, 2), &separate).await,
+            "round 1's separate after round 2 began",
+        );
+        a.fenced(&id, &FenceToken { step: 3, ..round_2 }, &separate)
+            .await
+            .expect("round 2's separate");
         // A newer job goes ahead; an operator's unfenced command is not fenced.
         a.fenced(&id, &token(2, 2, 1, 1), &replicate).await.unwrap();
         a.separate(&id, &sep_opts()).await.unwrap();

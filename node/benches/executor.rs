@@ -72,6 +72,7 @@ fn order(token: FencingToken, target: StepTarget, call: StepCall, q: Option<u64>
         dispatch: Dispatch {
             step: token.step_index,
             token,
+            round: 1,
             target,
             call,
             quiesce_id: q,

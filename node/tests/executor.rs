@@ -479,7 +479,7 @@ async fn an_interrupted_quiesce_or_separate_is_reported_with_what_the_target_sho
     array
         .fenced(
             &id,
-            &stillpoint_node::executor::array_steps::fence_of(&s),
+            &stillpoint_node::executor::array_steps::fence_of(&s, 1),
             &stillpoint_array::FencedOp::Separate(stillpoint_array::SeparateOptions::default()),
         )
         .await

@@ -180,6 +180,7 @@ async fn a_pair_separated_by_an_older_leader_is_not_this_rounds_separate() {
     let old = FenceToken {
         term: old_term,
         job: 95,
+        round: 1,
         step: 3,
         attempt: 2,
     };

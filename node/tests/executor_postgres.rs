@@ -132,6 +132,7 @@ fn order(token: FencingToken, call: StepCall, quiesce_id: Option<u64>) -> StepOr
         dispatch: Dispatch {
             step: token.step_index,
             token,
+            round: 1,
             target: StepTarget::Node("db1".into()),
             call,
             quiesce_id,

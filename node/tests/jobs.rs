@@ -377,6 +377,7 @@ async fn a_deposed_leaders_late_step_is_refused() {
                 step_index: q2.id,
                 attempt: q2.attempts + 1,
             },
+            round: 1,
             target: q2.target.clone(),
             call: q2.call.clone(),
             quiesce_id: None,

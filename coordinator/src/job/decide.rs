@@ -16,6 +16,10 @@ use super::{
 pub struct Dispatch {
     pub step: StepId,
     pub token: FencingToken,
+    /// The job's round when it was sent: steps of a pair are sent in (round, step) order
+    /// within a term, which is what the array's fencing token orders them by.
+    #[serde(default)]
+    pub round: u32,
     pub target: StepTarget,
     pub call: StepCall,
     /// For a release: the id the host gave the quiesce it ends.
@@ -279,6 +283,7 @@ fn send(job: &Job, step: &Step, term: u64) -> Vec<Action> {
     vec![Action::Dispatch(Dispatch {
         step: step.id,
         token,
+        round: job.round,
         target: step.target.clone(),
         call: step.call.clone(),
         quiesce_id,

@@ -27,6 +27,10 @@ pub struct StepOrder {
 pub struct ProbeOrder {
     pub step: StepId,
     pub token: FencingToken,
+    /// The job's round as the asking leader knows it (what an array step's fencing token
+    /// carries: see `Dispatch::round`).
+    #[serde(default)]
+    pub round: u32,
     pub target: StepTarget,
     pub call: StepCall,
     pub pair: Option<PairSpec>,

@@ -439,18 +439,18 @@ impl Lead<'_> {
             self.back_off(key);
             return;
         };
-        let Some(call) = self
-            .jobs
-            .get(&id)
-            .and_then(|j| j.steps.get(step as usize))
-            .map(|s| s.call.clone())
-        else {
+        let Some((call, round)) = self.jobs.get(&id).and_then(|j| {
+            j.steps
+                .get(step as usize)
+                .map(|s| (s.call.clone(), j.round))
+        }) else {
             return;
         };
         let pair = self.ctx.state.read(|s| send::pair_of(s, &call));
         let order = ProbeOrder {
             step,
             token,
+            round,
             target: target.clone(),
             call,
             pair,

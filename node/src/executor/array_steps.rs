@@ -46,25 +46,28 @@ pub fn pair_id(pair: &PairSpec) -> PairId {
     }
 }
 
-/// The array's fencing token for a step's token: the array refuses an operation older than
-/// the newest that acted on the pair, so an order left on a cut-off control node never lands
-/// after the one a newer attempt sent through another control node.
-pub fn fence_of(token: &FencingToken) -> FenceToken {
+/// The array's fencing token for a step sent in `round` under `token`: the array refuses an
+/// operation older than the newest that acted on the pair, so an order left on a cut-off
+/// control node never lands after the one a newer attempt sent through another control node.
+pub fn fence_of(token: &FencingToken, round: u32) -> FenceToken {
     FenceToken {
         term: token.term,
         job: token.job_id,
+        round,
         step: token.step_index,
         attempt: token.attempt,
     }
 }
 
-/// Whether the pair's last replicate or separate was sent by this step under this leader's
-/// term (any attempt): only then is a pair found separating or separated this round's
-/// separate. A leader sends a separate only once its round's quiesces are done, and a round
-/// starts with a replicate, so a separate of the same step and term is of this round; one of an
-/// older term (a deposed leader's, lost from the log), of another step, or an operator's is not.
+/// Whether the pair's last replicate or separate was sent by this step, in this round, under
+/// this leader's term (any attempt): only then is a pair found separating or separated this
+/// round's separate. A leader sends a separate only once its round's quiesces are done; one of
+/// an older term (a deposed leader's, lost from the log), of another round or step, or an
+/// operator's is not.
 pub fn separated_by_this_step(acted_by: Option<&FenceToken>, fence: &FenceToken) -> bool {
-    acted_by.is_some_and(|a| a.term == fence.term && a.job == fence.job && a.step == fence.step)
+    acted_by.is_some_and(|a| {
+        a.term == fence.term && a.job == fence.job && a.round == fence.round && a.step == fence.step
+    })
 }
 
 /// Who `acted_by` names, for messages.
@@ -115,7 +118,7 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
         Ok(a) => a,
         Err(e) => return StepEnd::Failed(e),
     };
-    let fence = fence_of(&order.dispatch.token);
+    let fence = fence_of(&order.dispatch.token, order.dispatch.round);
     let result = match &order.dispatch.call {
         StepCall::SetPair { .. } => set_pair(&array, pair).await,
         StepCall::Replicate { .. } => replicate(&array, pair, &fence).await,

@@ -419,7 +419,12 @@ impl Executor {
                 StepBegin::AlreadyRecorded(rec) => {
                     // We hold the claim: nobody in this process runs it.
                     let answer = self
-                        .answer_from(&rec, &order.dispatch.call, order.pair.as_ref())
+                        .answer_from(
+                            &rec,
+                            &order.dispatch.call,
+                            order.pair.as_ref(),
+                            order.dispatch.round,
+                        )
                         .await;
                     drop(claim);
                     return answer;

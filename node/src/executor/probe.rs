@@ -24,6 +24,7 @@ impl Executor {
         rec: &StepRecord,
         call: &StepCall,
         pair: Option<&PairSpec>,
+        round: u32,
     ) -> Result<Finding, Status> {
         let token = rec.token;
         match &rec.outcome {
@@ -45,7 +46,7 @@ impl Executor {
             }),
             StepOutcome::Started => Ok(Finding::Interrupted {
                 token,
-                observed: self.observe(call, &token, pair).await,
+                observed: self.observe(call, &token, pair, round).await,
             }),
         }
     }
@@ -57,6 +58,7 @@ impl Executor {
         call: &StepCall,
         token: &FencingToken,
         pair: Option<&PairSpec>,
+        round: u32,
     ) -> Option<Observed> {
         let bound = Duration::from_millis(OBSERVE_MS);
         match call {
@@ -85,7 +87,7 @@ impl Executor {
                     PairSync::Separating | PairSync::Separated
                         if !array_steps::separated_by_this_step(
                             info.acted_by.as_ref(),
-                            &array_steps::fence_of(token),
+                            &array_steps::fence_of(token, round),
                         ) =>
                     {
                         PairSync::Other(format!(
@@ -141,11 +143,11 @@ impl Executor {
                 .await?
             {
                 return self
-                    .answer_from(&again, &order.call, order.pair.as_ref())
+                    .answer_from(&again, &order.call, order.pair.as_ref(), order.round)
                     .await;
             }
         }
-        self.answer_from(&found, &order.call, order.pair.as_ref())
+        self.answer_from(&found, &order.call, order.pair.as_ref(), order.round)
             .await
     }
 }

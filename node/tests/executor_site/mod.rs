@@ -180,6 +180,7 @@ pub fn order(token: FencingToken, call: StepCall) -> StepOrder {
         dispatch: Dispatch {
             step: token.step_index,
             token,
+            round: 1,
             target: target_of(&call),
             call,
             quiesce_id: None,
@@ -195,6 +196,7 @@ pub fn probe_order(o: &StepOrder, token: FencingToken) -> ProbeOrder {
     ProbeOrder {
         step: token.step_index,
         token,
+        round: o.dispatch.round,
         target: o.dispatch.target.clone(),
         call: o.dispatch.call.clone(),
         pair: o.pair.clone(),
