@@ -152,51 +152,52 @@ async fn quiesce(
         let ended = host.release(volume, Some(q.quiesce_id)).await;
         tracing::warn!(volume, quiesce_id = q.quiesce_id, owner = %q.owner, ?ended, "ended an earlier attempt's quiesce before quiescing again");
     }
-    if !held.iter().any(|q| q.volume == volume) {
-        wait_until_mounted(host, volume).await?;
-    }
-    let rec = call(
-        &format!("quiescing MV {volume}"),
-        host.quiesce(&QuiesceRequest {
-            volume: volume.to_string(),
-            mode,
-            limit_ms: Some(limit_ms),
-            owner: quiesce_owner(token),
-        }),
-    )
-    .await?;
+    let request = QuiesceRequest {
+        volume: volume.to_string(),
+        mode,
+        limit_ms: Some(limit_ms),
+        owner: quiesce_owner(token),
+    };
+    // A business host that has just booted answers before its fstab and init system have
+    // mounted the MV: the host refuses such a quiesce before touching anything, so it is
+    // asked again until the MV is mounted (bounded).
+    let mounted_by = tokio::time::Instant::now() + Duration::from_millis(MV_MOUNTED_WAIT_MS);
+    let rec = loop {
+        let what = format!("quiescing MV {volume}");
+        match tokio::time::timeout(Duration::from_millis(HOST_CALL_MS), host.quiesce(&request))
+            .await
+        {
+            Ok(Ok(rec)) => break rec,
+            Ok(Err(HostError::WrongState { state, .. }))
+                if state.starts_with(NOT_MOUNTED) && tokio::time::Instant::now() < mounted_by =>
+            {
+                tracing::debug!(volume, "the MV is not mounted yet; asking again");
+                tokio::time::sleep(Duration::from_millis(MV_MOUNTED_RETRY_MS)).await;
+            }
+            Ok(Err(HostError::WrongState { state, .. })) if state.starts_with(NOT_MOUNTED) => {
+                return Err(StepEnd::Failed(format!(
+                    "{what}: the MV is still not mounted after waiting {MV_MOUNTED_WAIT_MS} ms: mount it (and start its application) before backing it up"
+                )));
+            }
+            Ok(Err(e)) => return Err(host_end(&what, e)),
+            Err(_) => {
+                return Err(StepEnd::Unknown(format!(
+                    "{what} did not finish within {HOST_CALL_MS} ms"
+                )));
+            }
+        }
+    };
     Ok(StepResult::Quiesced {
         quiesce_id: rec.quiesce_id,
     })
 }
 
-/// How long a quiesce waits for its MV to be mounted: a business host that has just booted
-/// answers before its fstab and init system have mounted the MV and started the application.
+/// How long a quiesce waits for its MV to be mounted.
 const MV_MOUNTED_WAIT_MS: u64 = 30_000;
-/// Pause between two looks while waiting for it.
+/// Pause between two tries while waiting for it.
 const MV_MOUNTED_RETRY_MS: u64 = 200;
-
-/// Waits (bounded) until the MV is mounted. An MV nobody mounts within the bound fails the
-/// step naming it: a quiesce of an unmounted volume would vouch for nothing.
-async fn wait_until_mounted(host: &dyn Host, volume: &str) -> Result<(), StepEnd> {
-    let mounted_by = tokio::time::Instant::now() + Duration::from_millis(MV_MOUNTED_WAIT_MS);
-    loop {
-        let info = call(&format!("reading MV {volume}"), host.volume(volume)).await?;
-        if info.mounted_at.is_some() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= mounted_by {
-            return Err(StepEnd::Failed(format!(
-                "MV {volume} is not mounted on this host after waiting {MV_MOUNTED_WAIT_MS} ms: mount it (and start its application) before backing it up"
-            )));
-        }
-        tracing::debug!(
-            volume,
-            "waiting for the MV to be mounted before quiescing it"
-        );
-        tokio::time::sleep(Duration::from_millis(MV_MOUNTED_RETRY_MS)).await;
-    }
-}
+/// How the host's refusal of a quiesce of an unmounted volume begins.
+const NOT_MOUNTED: &str = "not mounted";
 
 /// Business node: end the quiesce the step's quiesce took. A quiesce the host no longer holds
 /// (it resumed the volume by itself: deadline, restart) did not hold throughout.
