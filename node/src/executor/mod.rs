@@ -496,15 +496,19 @@ impl Executor {
             ),
             StepEnd::Unknown(why) => {
                 tracing::warn!(job = token.job_id, step = token.step_index, attempt = token.attempt, %why, "step outcome unknown");
-                let _ = tx.send(Some(TaskEnd::Unknown(why)));
+                // Let go of the claim first: a request that comes once this one's waiters
+                // have their answer must find no task running the token and answer from the
+                // journal (begun, no outcome: interrupted), not this task's "unknown".
                 drop(claim);
+                let _ = tx.send(Some(TaskEnd::Unknown(why)));
                 return;
             }
         };
         // Inside the freeze window every durable write is a disk flush the business servers
-        // wait through. A quiesce's or a separate's outcome can be read back from its target
-        // after a crash (the host's quiesce record, the pair's state), so it is written without
-        // waiting for the flush; every other outcome is durable before any reply shows it.
+        // wait through. A quiesce's, a separate's or a release's outcome is written without
+        // waiting for the flush (lost in a crash, it reads back from the target or as "not
+        // recorded": see the module essay); every other outcome is durable before any reply
+        // shows it.
         let settled_by_target = matches!(
             order.dispatch.call,
             StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
