@@ -466,8 +466,17 @@ async fn quiesce_detached(
     inner.refuse_if_quiesced(&req.volume, "quiesce")?;
     let max_ms = match req.mode {
         QuiesceMode::Freeze => cfg.freeze_ms_max,
-        QuiesceMode::Unmount | QuiesceMode::Postgresql(_) => cfg.unmount_ms_max,
+        QuiesceMode::Unmount | QuiesceMode::Postgresql(_) | QuiesceMode::HooksOnly => {
+            cfg.unmount_ms_max
+        }
     };
+    if req.mode == QuiesceMode::HooksOnly && (cfg.stop.is_none() || cfg.start.is_none()) {
+        return Err(HostError::Refused {
+            volume: req.volume.clone(),
+            rule: "hooks only".into(),
+            reason: "a hooks-only quiesce needs both a stop and a start hook on the volume (its [[host.volumes]] stop and start); without them nothing brings the application to a static point".into(),
+        });
+    }
     let limit_ms = req.limit_ms.unwrap_or(max_ms);
     if limit_ms == 0 || limit_ms > max_ms {
         return Err(HostError::Refused {
@@ -494,6 +503,7 @@ async fn quiesce_detached(
             apps_stopped: cfg.stop.is_some(),
         },
         QuiesceMode::Postgresql(c) => QuiesceKind::Postgresql { server: c.server() },
+        QuiesceMode::HooksOnly => QuiesceKind::HooksOnly,
     };
     let now = now_unix_ms();
     let rec = QuiesceRecord {
@@ -533,6 +543,12 @@ async fn quiesce_detached(
                 inner.backend.flush(cfg).await?;
                 inner.backend.unmount(cfg, false).await.map(|_| ())
             }
+            QuiesceMode::HooksOnly => {
+                inner
+                    .hook(cfg, HookKind::Stop, Some(rec.deadline_unix_ms))
+                    .await?;
+                inner.backend.flush(cfg).await
+            }
             QuiesceMode::Postgresql(c) => {
                 let label = format!("stillpoint quiesce {} ({})", rec.quiesce_id, rec.owner);
                 let window_ms = rec.deadline_unix_ms.saturating_sub(now_unix_ms());
@@ -554,7 +570,7 @@ async fn quiesce_detached(
         // guard that froze before a later step failed is in `guards`: resume thaws through it.
         let froze = lock_std(&inner.guards).contains_key(&rec.quiesce_id);
         let undo = match req.mode {
-            QuiesceMode::Unmount | QuiesceMode::Postgresql(_) => inner
+            QuiesceMode::Unmount | QuiesceMode::Postgresql(_) | QuiesceMode::HooksOnly => inner
                 .resume(&rec)
                 .await
                 .map(|_| ())

@@ -66,6 +66,11 @@ pub enum QuiesceMode {
     /// mounted and writable); the release returns the backup's label. Limited like an
     /// unmount (`unmount_ms_max`): writers are not blocked.
     Postgresql(PostgresConnect),
+    /// Only the application's hooks: the stop hook (which must bring the application to a
+    /// static point of its own), then a flush; the volume stays mounted and writable, so the
+    /// copy is as consistent as the application makes it. Ended by the start hook. Both hooks
+    /// must be configured. Limited like an unmount (`unmount_ms_max`).
+    HooksOnly,
 }
 
 /// A request to quiesce a volume with a deadline.

@@ -51,6 +51,9 @@ pub enum QuiesceModeArg {
     Unmount,
     /// Freeze writes (the volume stays mounted).
     Freeze,
+    /// Only the stop hook and a flush (the volume stays mounted and writable; both hooks must
+    /// be configured).
+    HooksOnly,
 }
 
 /// `stillpoint volume <op> --node NAME VOLUME`.
@@ -357,6 +360,7 @@ impl VolumeCommand {
                         mode: match mode {
                             QuiesceModeArg::Unmount => QuiesceMode::Unmount,
                             QuiesceModeArg::Freeze => QuiesceMode::Freeze,
+                            QuiesceModeArg::HooksOnly => QuiesceMode::HooksOnly,
                         },
                         limit_ms,
                         owner: "cli".into(),

@@ -77,6 +77,7 @@ fn quiesce_to(q: QuiesceRecord) -> pb::QuiesceInfo {
             apps_stopped,
         } => (pb::QuiesceKind::Unmount, mount_point, apps_stopped),
         QuiesceKind::Postgresql { server } => (pb::QuiesceKind::Postgresql, server, false),
+        QuiesceKind::HooksOnly => (pb::QuiesceKind::HooksOnly, String::new(), true),
     };
     pb::QuiesceInfo {
         volume: q.volume,
@@ -101,6 +102,7 @@ fn quiesce_from(q: pb::QuiesceInfo) -> Result<QuiesceRecord, HostError> {
         Ok(pb::QuiesceKind::Postgresql) => QuiesceKind::Postgresql {
             server: q.mount_point,
         },
+        Ok(pb::QuiesceKind::HooksOnly) => QuiesceKind::HooksOnly,
         _ => {
             return Err(HostError::Unreachable(format!(
                 "agent sent an unknown quiesce kind {}",
@@ -256,7 +258,8 @@ impl HostAgent for HostService {
         let mode = match pb::QuiesceMode::try_from(r.mode) {
             Ok(pb::QuiesceMode::Freeze) => QuiesceMode::Freeze,
             Ok(pb::QuiesceMode::Unmount) => QuiesceMode::Unmount,
-            _ => return Err(bad_request("mode", "give FREEZE or UNMOUNT")),
+            Ok(pb::QuiesceMode::HooksOnly) => QuiesceMode::HooksOnly,
+            _ => return Err(bad_request("mode", "give FREEZE, UNMOUNT or HOOKS_ONLY")),
         };
         let req = QuiesceRequest {
             volume: r.volume,
@@ -451,6 +454,7 @@ impl Host for HostClient {
         let mode = match request.mode {
             QuiesceMode::Freeze => pb::QuiesceMode::Freeze,
             QuiesceMode::Unmount => pb::QuiesceMode::Unmount,
+            QuiesceMode::HooksOnly => pb::QuiesceMode::HooksOnly,
             QuiesceMode::Postgresql(_) => {
                 return Err(HostError::Unsupported {
                     operation: format!("a PostgreSQL quiesce of {} over the host API", request.volume),

@@ -54,6 +54,14 @@
 //! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
 //! quiesced without its watchdog.
 //!
+//! ## Hooks only
+//!
+//! [`QuiesceMode::HooksOnly`] leaves the volume mounted and writable: the stop hook (which must
+//! bring the application to a static point of its own, e.g. a database's backup mode) runs,
+//! then a flush; release, and the watchdog at the deadline, run the start hook. A volume
+//! without both hooks is refused before anything runs. The copy is as consistent as the
+//! application makes it.
+//!
 //! ## PostgreSQL's online backup mode as a quiesce
 //!
 //! [`QuiesceMode::Postgresql`] puts a PostgreSQL server in online backup mode instead of

@@ -382,6 +382,18 @@ impl Inner {
                     lost: None,
                 })
             }
+            QuiesceKind::HooksOnly => {
+                let start_hook = self
+                    .hook(cfg, HookKind::Start, None)
+                    .await
+                    .map_err(ResumeFailed::StartHook)?;
+                Ok(Resumed {
+                    start_hook: Some(start_hook),
+                    guard_thawed_first: false,
+                    backup_label: None,
+                    lost: None,
+                })
+            }
             QuiesceKind::Postgresql { server } => {
                 // The backup lives in this process's session: stop it there, or it is lost.
                 let held = lock_std(&self.pg_sessions).remove(&rec.quiesce_id);

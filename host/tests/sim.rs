@@ -156,6 +156,57 @@ async fn unmount_is_refused_while_held_and_allowed_after_the_stop_hook() {
     assert!(w.workload.is_running().await);
 }
 
+/// A hooks-only quiesce: the stop hook brings the application to its static point and the
+/// file system is flushed, the volume stays mounted; the release runs the start hook, as does
+/// the deadline. Refused, touching nothing, on a volume without both hooks.
+#[tokio::test]
+async fn a_hooks_only_quiesce_runs_the_hooks_and_leaves_the_volume_mounted() {
+    let w = world(None, "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("the workload writes", || async { w.written() > 10 }).await;
+    let hooks_only = |volume: &str, limit_ms| QuiesceRequest {
+        volume: volume.into(),
+        mode: QuiesceMode::HooksOnly,
+        limit_ms,
+        owner: "test".into(),
+    };
+    let q = host.quiesce(&hooks_only("mv1", None)).await.unwrap();
+    assert_eq!(q.kind, stillpoint_host::QuiesceKind::HooksOnly);
+    assert!(!w.workload.is_running().await, "the stop hook did not run");
+    assert_eq!(
+        host.volume("mv1").await.unwrap().mounted_at.as_deref(),
+        Some("/sim/mv1")
+    );
+    // Everything the application wrote before its stop is on the device: flushed.
+    let report = verify(w.mv.as_ref()).await.unwrap();
+    assert!(report.is_consistent(), "{report}");
+    let rel = host.release("mv1", Some(q.quiesce_id)).await.unwrap();
+    assert!(rel.start_hook.is_some());
+    assert!(w.workload.is_running().await);
+
+    // Nobody releases it: the start hook runs at the deadline.
+    let q = host.quiesce(&hooks_only("mv1", Some(500))).await.unwrap();
+    wait_until("the deadline's start hook", || async {
+        w.workload.is_running().await
+    })
+    .await;
+    assert!(matches!(
+        host.release("mv1", Some(q.quiesce_id)).await,
+        Err(HostError::QuiesceLost { .. })
+    ));
+
+    // rv1 has no hooks.
+    match host.quiesce(&hooks_only("rv1", None)).await {
+        Err(HostError::Refused { rule, reason, .. }) => {
+            assert_eq!(rule, "hooks only");
+            assert!(reason.contains("stop and a start hook"), "{reason}");
+        }
+        other => panic!("a hooks-only quiesce without hooks: {other:?}"),
+    }
+    assert!(host.quiesces().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_freeze_nobody_releases_is_thawed_at_its_deadline() {
     let w = world(None, "").await;

@@ -432,3 +432,18 @@ async fn array_steps_move_to_another_control_node_when_the_first_dies() {
     }
     assert_rvs_intact(&site, "array steps through mgmt1").await;
 }
+
+/// A group whose MVs are quiesced by their applications' hooks only (the volumes stay
+/// mounted): the job runs each MV's stop hook and a flush inside the window and the start hook
+/// at the release, and the copies are consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_quiesced_by_its_applications_hooks_only_is_backed_up_consistently() {
+    let mut layout = SiteLayout::spread(2);
+    layout.quiesce = "hooks_only".into();
+    let site = JobSite::start(layout).await;
+    let id = site.submit_backup().await;
+    let end = site.wait_ended(id, JOB_WITHIN).await;
+    assert!(is_consistent(&end), "{end:?}\n{}", site.logs());
+    assert_rvs_intact(&site, "hooks-only quiesce").await;
+    assert!(site.quiesced_mvs().await.is_empty());
+}

@@ -128,11 +128,7 @@ async fn quiesce(
             database: pg.database.clone(),
             password: pg.password.clone(),
         }),
-        QuiesceMethod::HooksOnly => {
-            return Err(StepEnd::Failed(format!(
-                "quiesce method hooks_only for MV {volume} is not supported by the step executor yet: use unmount or freeze for it in the site file"
-            )));
-        }
+        QuiesceMethod::HooksOnly => QuiesceMode::HooksOnly,
     };
     let held = call(&format!("listing quiesces of {volume}"), host.quiesces()).await?;
     let owner = quiesce_owner(token);

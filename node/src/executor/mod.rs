@@ -40,8 +40,7 @@
 //! is mounted). [`client`] is the driver's side of the service.
 //!
 //! ## Caveats
-//! - `hooks_only` quiesces are not executed yet (the step fails saying so); unmount, freeze and
-//!   postgresql are. An RV mount of a PostgreSQL online backup writes the label its order
+//! - An RV mount of a PostgreSQL online backup writes the label its order
 //!   carries (`Dispatch::postgres_copy`) into the copy's data directory once mounted, on the
 //!   blocking pool under `PG_COPY_WRITE_TIMEOUT_MS`; a repeated mount rewrites nothing (the
 //!   settings carry the job's id and are written last).

@@ -156,6 +156,10 @@ pub enum QuiesceKind {
         /// The server as `host:port/database`, for messages.
         server: String,
     },
+    /// Only the application's hooks: its stop hook put it at a static point of its own (a
+    /// database's backup mode, say) and the file system was flushed; the volume stays mounted
+    /// and writable. Resumed by running the start hook.
+    HooksOnly,
 }
 
 /// A quiesce this agent holds (or held when it died).
