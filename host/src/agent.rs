@@ -35,6 +35,9 @@ pub enum Engine {
     Sim(Arc<SimBackend>),
     /// This Linux machine.
     Linux,
+    /// This Linux machine, with array LDs attached as loop devices over FUSE files: volumes
+    /// that name an `ld` and no `device` use them.
+    LinuxLds(Arc<crate::lds::LdAttachment>),
 }
 
 pub(crate) struct Inner {
@@ -126,6 +129,9 @@ impl Agent {
                 sim
             }
             (Engine::Linux, BackendKind::Linux) => Arc::new(crate::linux::LinuxBackend::new()),
+            (Engine::LinuxLds(lds), BackendKind::Linux) => {
+                Arc::new(crate::linux::LinuxBackend::with_lds(lds))
+            }
             (_, kind) => {
                 return Err(HostError::Config {
                     source_name: "host config".into(),

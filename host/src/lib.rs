@@ -20,6 +20,40 @@
 //!   temporary directory, unmounted), for a new identity and for `check`; the production volume's
 //!   remount after a static point always wins over a copy carrying its identity.
 //!
+//! ## Array LDs as block devices of a linux host
+//!
+//! On a real site the agent is also the host's HBA for the software array: with
+//! `backend = "linux"`, volumes that name an `ld` (and no `device`) live on array LDs that the
+//! agent attaches ([`LdAttachment`]). It serves a FUSE file system (crate `fuser`, no libfuse:
+//! as root it mounts `/dev/fuse` itself) under `<data_dir>/lds` with one file per LD visible
+//! to it (the array's access list admits the node's name) and puts a loop device over each
+//! file; the volume's device is that loop device, so mkfs, mount, fsfreeze, e2fsck/xfs_repair
+//! and applications run unmodified while every read and write goes through the array's data
+//! API (`ldfs`; the agent's `ArrayLdDevice` retries an array that did not answer, bounded).
+//! fuser's threads serve the requests ([`limits::LD_FUSE_THREADS`] in flight), waiting on the
+//! agent's runtime through a handle, each call bounded by [`limits::LD_IO_TIMEOUT_MS`]. The
+//! array's rules hold: an LD not on the access list is never attached; an RV that is `nr`
+//! (or `na`) answers every read and write with EIO, one that is `ro` every write with EROFS
+//! (the file system above sees an I/O error, at once: refusals are not retried).
+//! `volume rescan` attaches LDs that became visible. A graceful stop (SIGTERM), after
+//! resuming quiesces, unmounts the file systems on the LDs, detaches the loop devices and
+//! unmounts the FUSE file system. A killed agent leaves them (I/O on them fails); its next
+//! start detaches those loop devices, lazily unmounts the file systems still mounted on them
+//! and the dead FUSE mount, and logs each (`stale` in the message).
+//!
+//! **Caching: none below the file system.** Each LD file is opened with `FOPEN_DIRECT_IO`
+//! (FUSE keeps no page cache of it; a write is answered only once the array has it, so FUSE's
+//! fsync has nothing to do) and each loop device is set up with `--direct-io=on` (the loop
+//! driver reads and writes the file with O_DIRECT, asynchronously, instead of through a second
+//! page cache of the file). The only cache is the file system's own on the loop device, which
+//! is what syncfs, fsfreeze and unmount write out: when they return the bytes are in the
+//! array, as the tests check byte for byte over the whole LD. The alternatives were worse:
+//! a FUSE page cache (with or without the writeback-cache mode) would hold a second copy of
+//! every block and, with writeback, acknowledge writes the array does not have until the
+//! kernel flushes them; a buffered loop device would also double every cached block and
+//! serialise its requests. Measured with the `lds` bench (ext4, fio, O_DIRECT) against plain
+//! loop devices over a file on the same disk: see the bench's output and `LDS_BENCH` below.
+//!
 //! ## Quiesce that ends by itself (S4)
 //!
 //! Every quiesce (freeze, or stop-apps + flush + unmount for a static point) is taken with a
@@ -75,6 +109,12 @@
 //!   built-in database integration.
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
+//! - Attached LDs: an LD that stops being visible (removed from the access list) stays
+//!   attached until the agent restarts, its I/O refused by the array (EIO). A graceful stop
+//!   cannot unmount a file system that is in use on an LD: it logs it, and that file system's
+//!   I/O fails once the agent is gone (stop applications first, or let the unit's stop hook
+//!   do it). The LD's size is read when it is attached. One FUSE request is at most
+//!   [`limits::LD_REQUEST_BYTES_MAX`] (the kernel's limit); the array serialises I/O per LD.
 //! - Journal writes run on the blocking pool, bounded by [`limits::JOURNAL_WRITE_TIMEOUT_MS`];
 //!   journal reads (in memory in sled, no sync) still run on the caller's task.
 //! - The resume log grows until trimmed (`Journal::trim_resumes`).
@@ -97,6 +137,8 @@ mod device;
 mod error;
 mod grpc;
 mod guard;
+mod ldfs;
+mod lds;
 pub mod limits;
 mod linux;
 mod process;
@@ -113,6 +155,7 @@ pub use config::{BackendKind, FsType, HookConfig, HostConfig, SimOptions, Volume
 pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
 pub use grpc::{HostClient, HostService};
+pub use lds::{AttachedLd, LdAttachment, LdSource, VisibleLd};
 pub use linux::LinuxBackend;
 pub use sim::{SimApp, SimBackend, SimHandle};
 pub use workload::{

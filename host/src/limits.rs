@@ -56,3 +56,16 @@ pub const ORPHAN_END_MS: u64 = 10_000;
 /// Longest a journal write (sled flush + fdatasync, on the blocking pool) may take before the
 /// operation fails as not written.
 pub const JOURNAL_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Longest one read or write of an attached array LD may take (all attempts together) before
+/// the FUSE file answers EIO: the loop device and the file system above see an I/O error
+/// instead of a hang.
+pub const LD_IO_TIMEOUT_MS: u64 = 60_000;
+/// Attempts of one LD read or write whose array did not answer (unreachable, outcome unknown);
+/// a refusal (access list, RV access) is never retried.
+pub const LD_IO_ATTEMPTS_MAX: u32 = 3;
+/// First pause between two attempts of an LD read or write; doubled after each.
+pub const LD_IO_RETRY_MS: u64 = 200;
+/// Largest FUSE read or write request of an attached LD (the kernel's maximum: 256 pages).
+pub const LD_REQUEST_BYTES_MAX: u32 = 1024 * 1024;
+/// FUSE worker threads serving attached LDs: requests in flight to the array at once.
+pub const LD_FUSE_THREADS: usize = 8;
