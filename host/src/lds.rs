@@ -382,25 +382,24 @@ impl LdAttachment {
         };
         let dir = self.dir.display().to_string();
         // The kernel lets go of a detached loop's file when its last opener (udev's probe,
-        // say) closes it: retry the unmount for a while, then detach lazily.
+        // say) closes it: wait for that, bounded, then unmount (lazily if still busy).
         let started = Instant::now();
-        loop {
-            match umount2(&dir, 0).await {
-                Ok(()) => break,
-                Err(e) if started.elapsed() >= Duration::from_millis(FUSE_UNMOUNT_WAIT_MS) => {
-                    tracing::warn!(%dir, error = %e, "the LD file system stays busy; unmounting it lazily");
-                    let _ = umount2(&dir, libc::MNT_DETACH).await;
-                    // The session's threads end with the process.
-                    std::mem::forget(session);
-                    return;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(FUSE_UNMOUNT_POLL_MS)).await,
-            }
+        while !loops_under(&self.dir).is_empty()
+            && started.elapsed() < Duration::from_millis(FUSE_UNMOUNT_WAIT_MS)
+        {
+            tokio::time::sleep(Duration::from_millis(FUSE_UNMOUNT_POLL_MS)).await;
         }
-        // Unmounted: the session's threads see the end of the connection.
-        let joined = blocking("-", "end the LD file system", move || session.join()).await;
-        if let Err(e) = joined {
-            tracing::warn!(error = %e, "the LD file system's threads did not end");
+        // fuser unmounts and then joins its threads, which end with the connection.
+        let ended = blocking("-", "unmount the LD file system", move || {
+            session.umount_and_join()
+        })
+        .await;
+        if let Err(e) = ended.and_then(|r| r.map_err(|e| os_err("-", "unmount", e))) {
+            tracing::warn!(%dir, error = %e, "the LD file system stays busy; unmounting it lazily");
+            if let Err(e) = umount2(&dir, libc::MNT_DETACH).await {
+                tracing::error!(%dir, error = %e, "cannot unmount the LD file system");
+            }
+            return;
         }
         tracing::info!(%dir, "LD file system unmounted");
     }
