@@ -91,10 +91,12 @@ pub(crate) struct LdFs {
 
 /// How an I/O error reaches the file system above: EROFS for a write refused because the LD
 /// is read-only to this host, EIO for everything else.
-fn errno_of(e: &HostError, write: bool) -> Errno {
+fn errno_of(e: &HostError, write: bool) -> (Errno, &'static str) {
     match e {
-        HostError::Refused { rule, .. } if write && rule.contains("read-only") => Errno::EROFS,
-        _ => Errno::EIO,
+        HostError::Refused { rule, .. } if write && rule.contains("read-only") => {
+            (Errno::EROFS, "EROFS")
+        }
+        _ => (Errno::EIO, "EIO"),
     }
 }
 
@@ -255,8 +257,9 @@ impl Filesystem for LdFs {
         match self.call(&f, "read", f.device.read_at(offset, len)) {
             Ok(data) => reply.data(&data),
             Err(e) => {
-                tracing::warn!(ld = %f.name, offset, len, error = %e, "LD read failed: EIO");
-                reply.error(errno_of(&e, false))
+                let (errno, name) = errno_of(&e, false);
+                tracing::warn!(ld = %f.name, offset, len, error = %e, errno = name, "LD read failed");
+                reply.error(errno)
             }
         }
     }
@@ -283,8 +286,8 @@ impl Filesystem for LdFs {
         match self.call(&f, "write", f.device.write_at(offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
-                let errno = errno_of(&e, true);
-                tracing::warn!(ld = %f.name, offset, len = data.len(), error = %e, ?errno, "LD write failed");
+                let (errno, name) = errno_of(&e, true);
+                tracing::warn!(ld = %f.name, offset, len = data.len(), error = %e, errno = name, "LD write failed");
                 reply.error(errno)
             }
         }

@@ -661,7 +661,14 @@ fn a_stopped_agent_detaches_its_lds_and_a_killed_ones_leftovers_are_cleaned_up()
     assert!(!is_mount_point(&h1.mount_point), "volume still mounted");
     assert_eq!(loops_under(&h1.lds_dir()), vec![], "loop devices left");
     assert!(!is_mount_point(&h1.lds_dir()), "FUSE still mounted");
-    assert!(h1.log().contains("LD detached"), "{}", h1.log());
+    let log = h1.log();
+    assert!(
+        log.contains("LD detached")
+            && log.contains("LD file system unmounted")
+            && !log.contains("Unmount failed")
+            && !log.contains("stays busy"),
+        "{log}"
+    );
 
     h1.restart();
     h1.wait_device();
@@ -687,4 +694,74 @@ fn a_stopped_agent_detaches_its_lds_and_a_killed_ones_leftovers_are_cleaned_up()
         std::fs::read(h1.mount_point.join("kept")).unwrap(),
         b"through the array"
     );
+}
+
+/// An RV separated read-only: the backup host reads it (the MV's bytes) and its writes fail
+/// with an I/O error (the array refuses them; the FUSE file answers EROFS, the loop device
+/// reports an I/O error), promptly, and the agent lives on.
+#[test]
+fn a_read_only_rv_reads_and_refuses_writes() {
+    require!("dd");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _cleanup = Cleanup(d.to_path_buf());
+    let rt = runtime();
+    let mut array = ArraySite::new(d, 8 * MIB);
+    array.start();
+    let a = array.client(&rt);
+    let block: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    rt.block_on(a.write("h1", 0, 0, &block)).expect("MV write");
+    rt.block_on(a.pair_set(&pair())).expect("pair set");
+    let opts = ReplicateOptions {
+        wait_timeout_ms: Some(WAIT.as_millis() as u64),
+        ..Default::default()
+    };
+    rt.block_on(a.replicate(&pair(), &opts)).expect("replicate");
+    let sep = SeparateOptions {
+        rv_access: RvAccess::Ro,
+        wait_timeout_ms: Some(WAIT.as_millis() as u64),
+        ..Default::default()
+    };
+    rt.block_on(a.separate(&pair(), &sep)).expect("separate");
+    rt.block_on(a.wait(&pair(), WaitCondition::Sep, WAIT.as_millis() as u64))
+        .expect("separated");
+
+    let h2 = Host::start(d, "h2", &array, "rv", 1, "ext4");
+    let dev = h2.wait_device();
+    let copy = read_device(d, &dev, 8 * MIB);
+    assert!(
+        copy[..4096] == block[..],
+        "the RV does not hold the MV's block"
+    );
+    let started = Instant::now();
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={dev}"),
+            "bs=4096",
+            "count=1",
+            "oflag=direct",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && stderr(&out).contains("Input/output error"),
+        "writing a read-only RV: {:?} {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        h2.log()
+            .lines()
+            .any(|l| l.contains("LD write failed") && l.contains("errno=\"EROFS\"")),
+        "the refusal is answered EROFS: {}",
+        h2.log()
+    );
+    assert_eq!(
+        rt.block_on(a.read("h2", 1, 0, 4096)).unwrap(),
+        block,
+        "the RV changed"
+    );
+    h2.volume_ok(&["list"]);
 }
