@@ -59,7 +59,9 @@
 //! 508 MB/s sequential write, 582 MB/s sequential read, 10.7 k IOPS random write, 12.5 k IOPS
 //! random read; on a plain loop device with direct I/O over a file on the same disk 1642 /
 //! 1043 MB/s and 35 k / 38 k IOPS (ratios 0.31x, 0.56x, 0.30x, 0.33x); on a buffered plain
-//! loop device 1091 MB/s write (0.47x) and reads from its page cache. Every LD request crosses
+//! loop device 1091 MB/s write (0.47x) and reads from its page cache. A later run on the same
+//! code gave 254 / 471 MB/s and 8.5 k / 9.0 k IOPS on the LD against 1871 / 876 MB/s and
+//! 40 k / 43 k on the plain direct-I/O loop (0.14x sequential write). Every LD request crosses
 //! FUSE, a gRPC call on loopback and the array process (about six copies of each block and
 //! four context switches), which is CPU on a 2-CPU machine. Two fixes came from measuring:
 //! the array's gRPC server now sets TCP_NODELAY (a 4 KiB read had waited ~40 ms for Nagle and
@@ -123,8 +125,8 @@
 //!   and partitioned LDs (one file system per LD is assumed) are not handled.
 //! - Online-backup modes of databases (begin/end backup) are hooks like any other; there is no
 //!   built-in database integration.
-//! - Throughput of a file system on an attached LD is 0.3-0.6x of a plain loop device on this
-//!   2-CPU machine (see above); sequential writes are below the 0.5x aimed at.
+//! - Throughput of a file system on an attached LD is 0.14-0.6x of a plain loop device on this
+//!   2-CPU machine (see above); sequential writes (0.14-0.5x) miss the 0.5x aimed at.
 //! - The sim file system is a record volume, not a general file system; sim rescan is
 //!   [`SimBackend::attach`].
 //! - Attached LDs: an LD that stops being visible (removed from the access list) stays
