@@ -195,5 +195,10 @@ pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one gRPC call, on top of any wait the call asks for.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control windows of the array's gRPC server and clients (per stream, per
+/// connection). hyper's defaults (1 MiB on the server) let one 1 MiB LD write fill the whole
+/// connection window, so concurrent writes waited for window updates in turn.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Events (pair and business copy) buffered per subscriber before a slow one skips.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;

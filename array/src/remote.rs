@@ -53,6 +53,8 @@ impl RemoteArray {
         let ep = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| ArrayError::invalid(format!("array endpoint {endpoint:?}: {e}")))?
             .connect_timeout(crate::CONNECT_TIMEOUT)
+            .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
             .tcp_nodelay(true);
         let client = ArrayServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)

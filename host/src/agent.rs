@@ -36,6 +36,9 @@ pub enum Engine {
     Sim(Arc<SimBackend>),
     /// This Linux machine.
     Linux,
+    /// This Linux machine, with array LDs attached as loop devices over FUSE files: volumes
+    /// that name an `ld` and no `device` use them.
+    LinuxLds(Arc<crate::lds::LdAttachment>),
 }
 
 pub(crate) struct Inner {
@@ -129,6 +132,9 @@ impl Agent {
                 sim
             }
             (Engine::Linux, BackendKind::Linux) => Arc::new(crate::linux::LinuxBackend::new()),
+            (Engine::LinuxLds(lds), BackendKind::Linux) => {
+                Arc::new(crate::linux::LinuxBackend::with_lds(lds))
+            }
             (_, kind) => {
                 return Err(HostError::Config {
                     source_name: "host config".into(),

@@ -16,7 +16,20 @@
 //! unmount_ms_max = 120000
 //! stop = { command = ["systemctl", "stop", "postgresql"], timeout_ms = 60000 }
 //! start = { command = ["systemctl", "start", "postgresql"] }
+//!
+//! [[host.volumes]]                   # an LD of a (software) array, attached by the agent
+//! name = "mv2"
+//! ld = "A/0"                         # ARRAY/LD_NUMBER; ARRAY is in the node's [[arrays]]
+//! mount_point = "/srv/app"
+//! fs = "xfs"
 //! ```
+//!
+//! With `backend = "linux"`, a volume names either a `device` or only an `ld`. When any
+//! volume names only an `ld`, the agent attaches every LD of those arrays that is visible to
+//! it (the array's access list admits the node's name) as a block device: a FUSE file per LD
+//! under `<data_dir>/lds`, served through the array's data API, with a loop device over it.
+//! The volume's device is its LD's loop device; `volume rescan` attaches LDs that became
+//! visible since; a graceful stop detaches them (see the crate's CAVEATS).
 
 use serde::{Deserialize, Serialize};
 
@@ -256,6 +269,8 @@ impl HostConfig {
                 BackendKind::Linux => {
                     match &v.device {
                         Some(d) if d.starts_with('/') => {}
+                        // An array LD the agent attaches (as a loop device over a FUSE file).
+                        None if v.ld.is_some() => {}
                         Some(d) => {
                             return Err(bad(
                                 source_name,
@@ -267,7 +282,7 @@ impl HostConfig {
                             return Err(bad(
                                 source_name,
                                 at("device"),
-                                "required with backend = \"linux\"",
+                                "required with backend = \"linux\" (or ld = \"ARRAY/LD_NUMBER\" of an array in [[arrays]])",
                             ));
                         }
                     }

@@ -63,3 +63,16 @@ pub const PG_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const PG_STATEMENT_TIMEOUT_MS: u64 = 60_000;
 /// Longest a copy's PostgreSQL files (backup label, recovery settings) may take to write.
 pub const PG_COPY_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Longest one read or write of an attached array LD may take (all attempts together) before
+/// the FUSE file answers EIO: the loop device and the file system above see an I/O error
+/// instead of a hang.
+pub const LD_IO_TIMEOUT_MS: u64 = 60_000;
+/// Attempts of one LD read or write whose array did not answer (unreachable, outcome unknown);
+/// a refusal (access list, RV access) is never retried.
+pub const LD_IO_ATTEMPTS_MAX: u32 = 3;
+/// First pause between two attempts of an LD read or write; doubled after each.
+pub const LD_IO_RETRY_MS: u64 = 200;
+/// Largest FUSE read or write request of an attached LD (the kernel's maximum: 256 pages).
+pub const LD_REQUEST_BYTES_MAX: u32 = 1024 * 1024;
+/// FUSE worker threads serving attached LDs: requests in flight to the array at once.
+pub const LD_FUSE_THREADS: usize = 8;

@@ -9,6 +9,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use crate::backend::{Backend, Seen};
 use crate::config::{FsType, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::{FITHAW, FreezeFailed, Guard};
+use crate::lds::LdAttachment;
 use crate::limits::{
     FSCK_TIMEOUT_MS, HOLDER_TERM_GRACE_MS, OS_COMMAND_TIMEOUT_MS, SYSCALL_TIMEOUT_MS,
 };
@@ -27,21 +29,51 @@ use crate::process;
 const HOLDER_POLL_MS: u64 = 50;
 
 /// Operations on this Linux machine.
-#[derive(Debug, Default)]
-pub struct LinuxBackend;
+#[derive(Default)]
+pub struct LinuxBackend {
+    /// Array LDs attached as loop devices: the devices of volumes that name an `ld` only.
+    lds: Option<Arc<LdAttachment>>,
+}
 
 impl LinuxBackend {
     pub fn new() -> LinuxBackend {
-        LinuxBackend
+        LinuxBackend { lds: None }
+    }
+
+    /// A backend whose volumes may name an array LD of `lds` instead of a device.
+    pub fn with_lds(lds: Arc<LdAttachment>) -> LinuxBackend {
+        LinuxBackend { lds: Some(lds) }
+    }
+
+    /// The volume's block device: its `device`, else the loop device of its attached `ld`.
+    fn device_of(&self, v: &VolumeConfig) -> Result<String, HostError> {
+        if let Some(d) = &v.device {
+            return Ok(d.clone());
+        }
+        match (&v.ld, &self.lds) {
+            (Some(ld), Some(lds)) => lds.device(ld).ok_or_else(|| HostError::Device {
+                device: ld.clone(),
+                operation: "find the LD's block device".into(),
+                detail: format!(
+                    "LD {ld} of volume {} is not attached: it is not visible to this host yet (access list) or the array did not answer; try `volume rescan`",
+                    v.name
+                ),
+            }),
+            _ => Err(HostError::Config {
+                source_name: "host config".into(),
+                field: format!("volume {}.device", v.name),
+                reason: "required with the linux backend (or an ld of an attached array)".into(),
+            }),
+        }
     }
 }
 
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone)]
-struct MountEntry {
-    dev: (u32, u32),
+pub(crate) struct MountEntry {
+    pub(crate) dev: (u32, u32),
     root: String,
-    mount_point: String,
+    pub(crate) mount_point: String,
     fs: String,
     source: String,
 }
@@ -67,7 +99,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mountinfo() -> Result<Vec<MountEntry>, HostError> {
+pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, HostError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| HostError::OsError {
         volume: "-".into(),
         operation: "read /proc/self/mountinfo".into(),
@@ -99,20 +131,12 @@ fn mountinfo() -> Result<Vec<MountEntry>, HostError> {
     Ok(out)
 }
 
-fn os_err(volume: &str, operation: &str, e: impl std::fmt::Display) -> HostError {
+pub(crate) fn os_err(volume: &str, operation: &str, e: impl std::fmt::Display) -> HostError {
     HostError::OsError {
         volume: volume.into(),
         operation: operation.into(),
         detail: e.to_string(),
     }
-}
-
-fn device_of(v: &VolumeConfig) -> Result<&str, HostError> {
-    v.device.as_deref().ok_or_else(|| HostError::Config {
-        source_name: "host config".into(),
-        field: format!("volume {}.device", v.name),
-        reason: "required with the linux backend".into(),
-    })
 }
 
 /// Device number of a block device path.
@@ -136,7 +160,7 @@ fn rdev(volume: &str, device: &str) -> Result<(u32, u32), HostError> {
 }
 
 /// Runs a blocking system call on the blocking pool with a timeout.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     volume: &str,
     what: &str,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -173,7 +197,7 @@ fn ioctl_dir(path: &str, request: u64) -> std::io::Result<()> {
     }
 }
 
-fn argv(parts: &[&str]) -> Vec<String> {
+pub(crate) fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
@@ -261,7 +285,7 @@ impl LinuxBackend {
     }
 
     fn mounted_at(&self, v: &VolumeConfig) -> Result<Option<String>, HostError> {
-        let dev = rdev(&v.name, device_of(v)?)?;
+        let dev = rdev(&v.name, &self.device_of(v)?)?;
         Ok(mountinfo()?
             .into_iter()
             .filter(|m| m.dev == dev)
@@ -365,7 +389,8 @@ impl LinuxBackend {
 #[async_trait]
 impl Backend for LinuxBackend {
     async fn inspect(&self, v: &VolumeConfig) -> Result<Seen, HostError> {
-        let device = device_of(v)?;
+        let device = self.device_of(v)?;
+        let device = device.as_str();
         let mounted_at = self.mounted_at(v)?;
         let holders = match &mounted_at {
             Some(mp) => {
@@ -411,7 +436,7 @@ impl Backend for LinuxBackend {
         let Some(mp) = self.mounted_at(v)? else {
             return Ok(vec![]);
         };
-        let device = device_of(v)?.to_string();
+        let device = self.device_of(v)?;
         let try_umount = |mp: String| {
             blocking(&v.name, "umount", move || {
                 let c = CString::new(mp).map_err(std::io::Error::other)?;
@@ -500,7 +525,8 @@ impl Backend for LinuxBackend {
         mount_point: &str,
         req: &MountRequest,
     ) -> Result<(), HostError> {
-        let device = device_of(v)?;
+        let device = self.device_of(v)?;
+        let device = device.as_str();
         if !Path::new(mount_point).is_dir() {
             return Err(HostError::MountPointMissing {
                 volume: v.name.clone(),
@@ -632,6 +658,9 @@ impl Backend for LinuxBackend {
     }
 
     async fn rescan(&self) -> Result<(), HostError> {
+        if let Some(lds) = &self.lds {
+            lds.rescan().await?;
+        }
         // SCSI hosts: ask every adapter to scan all channels, targets and LUNs.
         if let Ok(hosts) = std::fs::read_dir("/sys/class/scsi_host") {
             for h in hosts.flatten() {
@@ -666,7 +695,8 @@ impl Backend for LinuxBackend {
                 state: format!("mounted at {mp}; unmount it first"),
             });
         }
-        let device = device_of(v)?;
+        let device = self.device_of(v)?;
+        let device = device.as_str();
         let fs = self.fs_type(v, device).await?;
         let (cmd, clean_codes, repaired_codes): (Vec<String>, &[i32], &[i32]) =
             match (fs.as_str(), repair) {

@@ -139,6 +139,8 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// The host half, when `[host]` is configured (its watchdogs live as long as it does).
     pub host: Option<Arc<stillpoint_host::Agent>>,
+    /// Array LDs attached as loop devices (linux host); detached by a graceful stop.
+    lds: Option<Arc<stillpoint_host::LdAttachment>>,
     /// The step executor this agent serves.
     pub executor: Arc<crate::executor::Executor>,
     shutdown_tx: watch::Sender<bool>,
@@ -165,6 +167,9 @@ impl RunningAgent {
         self.executor.stop();
         if let Some(host) = &self.host {
             resume_before_exit(host.as_ref()).await;
+        }
+        if let Some(lds) = &self.lds {
+            lds.detach().await;
         }
         let _ = self.shutdown_tx.send(true);
         self.registration.abort();
@@ -266,7 +271,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     ));
     // One journal for the agent: the host half's quiesces and the step executor's records.
     let journal = store.journal().map_err(stillpoint_host::HostError::from)?;
-    let host = crate::volumes::start(&config, journal.clone()).await?;
+    let (host, lds) = match crate::volumes::start(&config, journal.clone()).await? {
+        Some(h) => (Some(h.agent), h.lds),
+        None => (None, None),
+    };
     let log_store = store.log_store::<TypeConfig>()?;
     let state = store.state_machine_store::<TypeConfig, ClusterState>()?;
     let raft_config = Arc::new(config.openraft_config()?);
@@ -330,6 +338,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         context,
         local_addr,
         host,
+        lds,
         executor,
         shutdown_tx,
         server,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stillpoint_array::{Array, ArrayError, RemoteArray};
-use stillpoint_host::{BackendKind, BlockDevice, Engine, HostError, SimBackend, Workload};
+use stillpoint_host::{
+    BackendKind, BlockDevice, Engine, HostError, LdAttachment, SimBackend, Workload,
+};
 use tokio::sync::OnceCell;
 
 use crate::config::{ArrayEndpoint, NodeConfig};
@@ -16,6 +18,8 @@ use crate::error::NodeError;
 const ATTACH_ATTEMPTS_MAX: u32 = 30;
 /// Pause between attach attempts.
 const ATTACH_RETRY_MS: u64 = 1_000;
+/// Directory under the data dir where a linux host's attached LDs appear as files (FUSE).
+pub const LD_DIR_NAME: &str = "lds";
 
 /// An LD of a (software or real) array, as a block device of this host.
 pub struct ArrayLdDevice {
@@ -46,11 +50,63 @@ impl ArrayLdDevice {
     }
 
     fn error(&self, operation: &str, e: ArrayError) -> HostError {
-        HostError::Device {
-            device: self.name(),
-            operation: operation.to_string(),
-            detail: format!("array {} at {}: {e}", self.array_name, self.endpoint),
+        match e {
+            // The array refused by rule: tell the host's file system which kind (a write to a
+            // read-only RV is EROFS above the loop device, everything else EIO).
+            ArrayError::Refused { rule, detail } => HostError::Refused {
+                volume: self.name(),
+                rule: if operation == "write" && detail.contains("access ro") {
+                    format!("{rule} (read-only)")
+                } else {
+                    rule.to_string()
+                },
+                reason: format!("array {}: {detail}", self.array_name),
+            },
+            e => HostError::Device {
+                device: self.name(),
+                operation: operation.to_string(),
+                detail: format!("array {} at {}: {e}", self.array_name, self.endpoint),
+            },
         }
+    }
+
+    /// Runs one data-API call with bounded retries: an array that did not answer
+    /// (unreachable, outcome unknown — a write of the same bytes at the same place is safe to
+    /// repeat) is asked again after a doubling pause; a refusal or bad input is returned at
+    /// once. Each call carries the client's own timeout ([`stillpoint_array::CALL_TIMEOUT`]).
+    async fn with_retries<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, HostError>
+    where
+        F: Fn(RemoteArray) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ArrayError>>,
+    {
+        let mut pause_ms = stillpoint_host::limits::LD_IO_RETRY_MS;
+        let attempts = stillpoint_host::limits::LD_IO_ATTEMPTS_MAX;
+        for attempt in 1..=attempts {
+            let result = match self.array(operation).await {
+                Ok(a) => call(a.clone()).await,
+                Err(e) if attempt < attempts => {
+                    tracing::debug!(ld = %self.name(), error = %e, attempt, "array not reached; retrying");
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    pause_ms *= 2;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(
+                    e @ (ArrayError::Unreachable { .. }
+                    | ArrayError::OutcomeUnknown { .. }
+                    | ArrayError::Timeout { .. }),
+                ) if attempt < attempts => {
+                    tracing::debug!(ld = %self.name(), error = %e, attempt, "array call not answered; retrying");
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    pause_ms *= 2;
+                }
+                Err(e) => return Err(self.error(operation, e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 }
 
@@ -62,11 +118,8 @@ impl BlockDevice for ArrayLdDevice {
 
     async fn capacity_bytes(&self) -> Result<u64, HostError> {
         let lds = self
-            .array("size")
-            .await?
-            .ld_list()
-            .await
-            .map_err(|e| self.error("size", e))?;
+            .with_retries("size", |a| async move { a.ld_list().await })
+            .await?;
         lds.iter()
             .find(|l| l.number == self.ld)
             .map(|l| l.capacity_bytes)
@@ -78,19 +131,72 @@ impl BlockDevice for ArrayLdDevice {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, HostError> {
-        self.array("read")
-            .await?
-            .read(&self.host, self.ld, offset, len as u64)
-            .await
-            .map_err(|e| self.error("read", e))
+        let (host, ld) = (self.host.as_str(), self.ld);
+        self.with_retries("read", |a| async move {
+            a.read(host, ld, offset, len as u64).await
+        })
+        .await
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), HostError> {
-        self.array("write")
-            .await?
-            .write(&self.host, self.ld, offset, data)
-            .await
-            .map_err(|e| self.error("write", e))
+        let (host, ld) = (self.host.as_str(), self.ld);
+        self.with_retries(
+            "write",
+            |a| async move { a.write(host, ld, offset, data).await },
+        )
+        .await
+    }
+}
+
+/// The LDs of the arrays this agent's linux volumes name that are visible to it (their access
+/// list admits the node's name, or `*`), for [`stillpoint_host::LdAttachment`].
+pub struct ArrayLdSource {
+    /// (array endpoint, the array's client for listing).
+    arrays: Vec<ArrayEndpoint>,
+    host: String,
+    /// One device per LD, kept so its gRPC channel stays warm across rescans.
+    devices: std::sync::Mutex<std::collections::BTreeMap<String, Arc<ArrayLdDevice>>>,
+}
+
+impl ArrayLdSource {
+    pub fn new(arrays: Vec<ArrayEndpoint>, host: &str) -> ArrayLdSource {
+        ArrayLdSource {
+            arrays,
+            host: host.to_string(),
+            devices: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl stillpoint_host::LdSource for ArrayLdSource {
+    async fn visible(&self) -> Result<Vec<stillpoint_host::VisibleLd>, HostError> {
+        let mut out = Vec::new();
+        for a in &self.arrays {
+            let lister = ArrayLdDevice::new(a, u32::MAX, &self.host);
+            let lds = lister
+                .with_retries("list LDs", |r| async move { r.ld_list().await })
+                .await?;
+            for l in lds {
+                if !l.hosts.iter().any(|h| h == "*" || *h == self.host) {
+                    continue;
+                }
+                let name = format!("{}/{}", a.name, l.number);
+                let device = self
+                    .devices
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(ArrayLdDevice::new(a, l.number, &self.host)))
+                    .clone();
+                out.push(stillpoint_host::VisibleLd {
+                    ld: name,
+                    capacity_bytes: l.capacity_bytes,
+                    device,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -105,17 +211,18 @@ pub fn parse_ld(ld: &str) -> Result<(&str, u32), String> {
     Ok((array, number))
 }
 
-/// Rules joining `[host]` and `[[arrays]]`: every sim volume names an array this agent knows.
+/// Rules joining `[host]` and `[[arrays]]`: every sim volume, and every linux volume that
+/// names an `ld` and no `device`, names an array this agent knows.
 pub fn validate(config: &NodeConfig) -> Result<(), String> {
     let Some(host) = &config.host else {
         return Ok(());
     };
     host.validate("[host]").map_err(|e| e.to_string())?;
-    if host.backend != BackendKind::Sim {
-        return Ok(());
-    }
     for (i, v) in host.volumes.iter().enumerate() {
         let field = format!("host.volumes[{i}].ld");
+        if host.backend == BackendKind::Linux && (v.device.is_some() || v.ld.is_none()) {
+            continue;
+        }
         let ld =
             v.ld.as_deref()
                 .ok_or_else(|| format!("{field}: a sim volume needs ld = \"ARRAY/LD_NUMBER\""))?;
@@ -130,19 +237,63 @@ pub fn validate(config: &NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The arrays whose LDs a linux host attaches: those its volumes name by `ld` without a
+/// `device`.
+fn attached_arrays(config: &NodeConfig) -> Vec<ArrayEndpoint> {
+    let Some(host) = &config.host else {
+        return vec![];
+    };
+    let mut names: Vec<&str> = host
+        .volumes
+        .iter()
+        .filter(|v| v.device.is_none())
+        .filter_map(|v| v.ld.as_deref().and_then(|ld| parse_ld(ld).ok()))
+        .map(|(array, _)| array)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    config
+        .arrays
+        .iter()
+        .filter(|a| names.contains(&a.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The host half of an agent: its volumes, and the array LDs it attached (linux).
+pub struct HostHalf {
+    pub agent: Arc<stillpoint_host::Agent>,
+    /// Detached by a graceful stop.
+    pub lds: Option<Arc<LdAttachment>>,
+}
+
 /// Starts the host half of the agent, when `[host]` is configured, on `journal` (the agent's
 /// one journal, [`stillpoint_storage::Store::journal`], shared with the step executor). Sim
 /// volumes are attached in the background, with a bounded retry, so an array that starts after
-/// the agent is fine.
+/// the agent is fine. A linux host whose volumes name LDs attaches the LDs visible to it now
+/// (FUSE files under `<data_dir>/lds` with loop devices over them); LDs of an array that does
+/// not answer yet are attached by `volume rescan`.
 pub async fn start(
     config: &NodeConfig,
     journal: stillpoint_storage::journal::Journal,
-) -> Result<Option<Arc<stillpoint_host::Agent>>, NodeError> {
+) -> Result<Option<HostHalf>, NodeError> {
     let Some(host) = config.host.clone() else {
         return Ok(None);
     };
+    let mut lds = None;
     let engine = match host.backend {
-        BackendKind::Linux => Engine::Linux,
+        BackendKind::Linux => {
+            let arrays = attached_arrays(config);
+            if arrays.is_empty() {
+                Engine::Linux
+            } else {
+                let source = Arc::new(ArrayLdSource::new(arrays, &config.name));
+                let attachment =
+                    LdAttachment::start(&config.data_dir.join(LD_DIR_NAME), source).await?;
+                lds = Some(attachment.clone());
+                Engine::LinuxLds(attachment)
+            }
+        }
         BackendKind::Sim => {
             let sim = SimBackend::for_config(&host);
             for v in &host.volumes {
@@ -180,5 +331,5 @@ pub async fn start(
         }
     };
     let agent = stillpoint_host::Agent::start(host, journal, engine).await?;
-    Ok(Some(agent))
+    Ok(Some(HostHalf { agent, lds }))
 }
