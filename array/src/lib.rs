@@ -145,7 +145,9 @@ pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
 pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
 pub use server::{serve, serve_array, serve_when_open};
-pub use software::{Link, PeerHandle, SoftwareArray};
+pub use software::{
+    AUDIT_MV_WRITE_SAMPLE_MS, AuditEvent, AuditLine, Link, PeerHandle, SoftwareArray,
+};
 pub use types::*;
 
 use std::time::Duration;

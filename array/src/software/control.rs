@@ -138,6 +138,24 @@ impl Inner {
         needs_rv_dirty: bool,
         f: impl Fn(&mut PairRec, &Bitmap) -> Result<()>,
     ) -> Result<PairInfo> {
+        let outcome = self.operate_once(id, what, needs_rv_dirty, f).await;
+        if let Err(e) = &outcome {
+            self.audit.record(super::audit::AuditEvent::PairRefused {
+                pair: id.clone(),
+                operation: what.into(),
+                error: e.to_string(),
+            });
+        }
+        outcome
+    }
+
+    async fn operate_once(
+        self: &Arc<Self>,
+        id: &PairId,
+        what: &str,
+        needs_rv_dirty: bool,
+        f: impl Fn(&mut PairRec, &Bitmap) -> Result<()>,
+    ) -> Result<PairInfo> {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
