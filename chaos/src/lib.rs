@@ -47,4 +47,5 @@
 //! - The copy's content is not modelled: S3 is judged from the instants (the array's separate
 //!   inside one quiesce of every MV of the group), not from data.
 
+pub mod run;
 pub mod sim;
