@@ -491,7 +491,10 @@ impl Array for SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "replicate", true, |r, d| r.begin_replicate(o, d))
+            .operate(id, "replicate", true, {
+                let o = o.clone();
+                move |r, d| r.begin_replicate(&o, d)
+            })
             .await?;
         match o.wait_timeout_ms {
             Some(t) => self.inner.wait(id, WaitCondition::Sync, t).await,
@@ -503,7 +506,10 @@ impl Array for SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "separate", false, |r, _| r.begin_separate(o))
+            .operate(id, "separate", false, {
+                let o = o.clone();
+                move |r, _| r.begin_separate(&o)
+            })
             .await?;
         match o.wait_timeout_ms {
             Some(t) => self.inner.wait(id, WaitCondition::Sep, t).await,
@@ -515,7 +521,10 @@ impl Array for SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "restore", true, |r, d| r.begin_restore(o, d))
+            .operate(id, "restore", true, {
+                let o = o.clone();
+                move |r, d| r.begin_restore(&o, d)
+            })
             .await?;
         match o.wait_timeout_ms {
             Some(t) => self.inner.wait(id, WaitCondition::Done, t).await,

@@ -109,3 +109,60 @@ async fn no_audit_log_is_written_unless_configured() {
     a.close().await.unwrap();
     assert!(!dir.path().join("A").join("audit.log").exists());
 }
+
+/// A pair operation whose caller goes away mid-way (a served array's client died or timed
+/// out, so its RPC future is dropped) must still be persisted, pushed to the RV's access and
+/// announced (event and audit line) — or not happen at all. Found by `stillpoint-chaos run`
+/// seed 102: the leader (the array's control node) was SIGKILLed with a separate in flight;
+/// the array's pair was separated in memory with no event, no audit line, and its RV still
+/// `nr` until a later wait pushed `rw`, while its durable record still said `rpl/sync`.
+#[tokio::test]
+async fn a_pair_operation_whose_caller_goes_away_is_still_persisted_and_announced() {
+    use futures::StreamExt;
+    use std::future::Future;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), true).await;
+    let p = pair(0, 1);
+    a.pair_set(&p).await.expect("set");
+    a.replicate(&p, &sync_opts()).await.expect("replicate");
+    let mut events = a.events().await.expect("events");
+    let opts = SeparateOptions::default();
+    {
+        let mut op = Box::pin(a.separate(&p, &opts));
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        // Polled once, then dropped: the caller went away.
+        let _ = op.as_mut().poll(&mut cx);
+    }
+    let state = a.pair_query(&p).await.expect("query").state;
+    if state.sync == SyncState::RplSync {
+        return; // The operation did not start: nothing to announce.
+    }
+    let announced = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            if matches!(&ev, ArrayEvent::Pair(e) if e.reason == "separate") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let rv_access = a
+        .ld_list()
+        .await
+        .expect("LDs")
+        .into_iter()
+        .find_map(|l| match l.role {
+            LdRole::Rv { access, .. } if l.number == 1 => Some(access),
+            _ => None,
+        });
+    a.close().await.unwrap();
+    drop(a);
+    let audited = lines(dir.path())
+        .iter()
+        .any(|l| matches!(&l.event, AuditEvent::Pair { reason, .. } if reason == "separate"));
+    assert!(
+        announced && audited && rv_access == Some(state.rv_access),
+        "pair {state:?} in memory, but event sent: {announced}, audit line: {audited}, RV access on the RV's role: {rv_access:?}"
+    );
+}
