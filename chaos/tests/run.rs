@@ -85,6 +85,7 @@ fn a_few_short_seeds_against_real_processes_end_without_violations() {
         .expect("run stillpoint-chaos");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("seeds 11..14 (3 schedules"), "{stdout}");
     for want in [

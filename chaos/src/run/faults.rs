@@ -172,12 +172,7 @@ impl Harness {
     pub async fn restart(&mut self, slot: usize) {
         let name = self.site.name(slot);
         if self.site.agents[slot].is_some() {
-            // Started but maybe not booted: boot again (idempotent).
-            if let Ok(Err(e)) =
-                tokio::time::timeout(RESTART_TIMEOUT, self.site.start_applications()).await
-            {
-                self.note(format!("boot of the hosts failed: {e}"));
-            }
+            // Running already (a boot that failed is retried by the heal).
             return;
         }
         match tokio::time::timeout(RESTART_TIMEOUT, self.site.restart(slot)).await {

@@ -107,8 +107,11 @@ pub fn read_audit(path: &Path) -> Result<Vec<AuditLine>, String> {
         }
         match serde_json::from_str::<AuditLine>(line) {
             Ok(l) => out.push(l),
-            // A line cut by a kill is followed by a newline the restarted array writes.
-            Err(_) if i + 1 == lines.len() || lines[i + 1].starts_with('{') => {}
+            // A line cut by a kill (a prefix of a line) is followed by the newline the
+            // restarted array writes, or is the last.
+            Err(_)
+                if line.starts_with("{\"seq\":")
+                    && (i + 1 == lines.len() || lines[i + 1].starts_with('{')) => {}
             Err(e) => {
                 return Err(format!(
                     "{}: line {} does not parse: {e}",
@@ -119,4 +122,30 @@ pub fn read_audit(path: &Path) -> Result<Vec<AuditLine>, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_log_reads_past_a_line_cut_by_a_kill_and_refuses_other_garbage() {
+        let dir = std::env::temp_dir().join(format!("chaos-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.log");
+        let line = |seq: u64| {
+            format!(
+                "{{\"seq\":{seq},\"at_unix_ms\":5,\"kind\":\"mv_write\",\"host\":\"db1\",\"ld\":0}}"
+            )
+        };
+        // A line cut short by a kill, then the restarted array's newline and next line.
+        let text = format!("{}\n{{\"seq\":1,\"at_un\n{}\n", line(0), line(1));
+        std::fs::write(&path, text).unwrap();
+        let got = read_audit(&path).expect("reads");
+        assert_eq!(got.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![0, 1]);
+        std::fs::write(&path, format!("{}\nnot json\n{}\n", line(0), line(1))).unwrap();
+        let e = read_audit(&path).expect_err("garbage in the middle");
+        assert!(e.contains("line 2"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
