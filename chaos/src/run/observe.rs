@@ -55,8 +55,9 @@ pub async fn leader(endpoints: &[String], alive: &[bool]) -> Option<usize> {
 }
 
 /// The replicated state, read through the leader (confirmed by a quorum) from the first agent
-/// that gets an answer in time.
-pub async fn cluster_state(endpoints: &[String]) -> Option<ClusterState> {
+/// that gets an answer in time; otherwise what each agent said.
+pub async fn cluster_state(endpoints: &[String]) -> Result<ClusterState, String> {
+    let mut why = Vec::new();
     for endpoint in endpoints {
         let client = Client::new(endpoint.clone());
         let reply = tokio::time::timeout(
@@ -70,11 +71,19 @@ pub async fn cluster_state(endpoints: &[String]) -> Option<ClusterState> {
             }),
         )
         .await;
-        if let Ok(Ok(reply)) = reply {
-            return serde_json::from_slice(&reply.json).ok();
+        match reply {
+            Ok(Ok(reply)) => {
+                return serde_json::from_slice(&reply.json)
+                    .map_err(|e| format!("{endpoint}: undecodable state: {e}"));
+            }
+            Ok(Err(e)) => why.push(format!("{endpoint}: {e}")),
+            Err(_) => why.push(format!(
+                "{endpoint}: no answer in {} ms",
+                (LOOK_TIMEOUT * 2).as_millis()
+            )),
         }
     }
-    None
+    Err(why.join("; "))
 }
 
 /// Submits the schedule's backups at their times (from `start_ms`), through the agents in
@@ -211,8 +220,20 @@ pub async fn job_watcher(
     last: Arc<Mutex<Option<ClusterState>>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Failed reads are noted (at most every 10 s): a job whose end the harness never sees
+    // must say whether the cluster or the reading failed.
+    let mut noted_ms = 0;
     loop {
-        if let Some(state) = cluster_state(&endpoints).await {
+        let read = cluster_state(&endpoints).await;
+        if let Err(why) = &read
+            && now_ms() >= noted_ms + 10_000
+        {
+            noted_ms = now_ms();
+            with(&records, |r| {
+                r.note(format!("cannot read the cluster's state: {why}"))
+            });
+        }
+        if let Ok(state) = read {
             let mut ended = Vec::new();
             with(&records, |r| {
                 for (id, seen) in r.jobs.iter_mut() {
