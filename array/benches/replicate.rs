@@ -279,6 +279,7 @@ async fn run(dir: &Path, ld_bytes: u64, rounds: usize, writes: usize) -> String 
         semi_sync_backlog_blocks_max: DEFAULT_SEMI_SYNC_BACKLOG_BLOCKS_MAX,
         lds,
         peers: vec![],
+        audit_log: false,
     };
     let a = SoftwareArray::open(&cfg, vec![]).await.expect("open array");
     let mv_path = cfg.data_dir.join("ld-0.img");
@@ -589,6 +590,7 @@ async fn rdr_latency(dir: &Path) -> String {
             hosts: vec!["*".into()],
         }],
         peers: vec![],
+        audit_log: false,
     };
     let b = SoftwareArray::open(&cfg("B"), vec![])
         .await

@@ -33,6 +33,11 @@ pub struct ArrayConfig {
     /// Peer arrays reachable for RDR.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
+    /// Append the audit log `data_dir/audit.log`: every pair state change and refused pair
+    /// operation, every host I/O attempt on an RV, sampled host writes on other LDs (see
+    /// [`crate::AuditLine`]). For referees such as the chaos harness; off by default.
+    #[serde(default)]
+    pub audit_log: bool,
 }
 
 /// One logical disk.

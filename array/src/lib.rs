@@ -96,6 +96,16 @@
 //! - **Events.** [`Array::events`] streams every pair state change ([`PairEvent`]) and every
 //!   business-copy state change ([`CopyEvent`]) from the moment of subscription; a subscriber
 //!   that falls more than [`EVENT_CHANNEL_CAPACITY`] behind skips ahead (query to resync).
+//! - **Audit log.** With `audit_log = true` the array appends a JSON line ([`AuditLine`]) to
+//!   `data_dir/audit.log` for every pair state change, every pair operation it refused, every
+//!   host I/O attempt on an RV (with the RV's access at that instant) and, sampled every
+//!   [`AUDIT_MV_WRITE_SAMPLE_MS`], host writes on other LDs: a record of what the array saw
+//!   for referees outside the cluster (the chaos harness). Sequence numbers continue across
+//!   restarts; lines survive a killed process, not a power cut (not fsynced).
+//! - **Operations finish without their caller.** A pair operation (replicate, separate,
+//!   restore, forced separate) runs as its own task: a caller that goes away (a served
+//!   array's client dies or times out, dropping the RPC) cannot leave a record changed in
+//!   memory but not persisted, its RV access not pushed or its event not sent.
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
 //!   RV access `na`) or a link down/up, through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
@@ -145,7 +155,9 @@ pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
 pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
 pub use server::{serve, serve_array, serve_when_open};
-pub use software::{Link, PeerHandle, SoftwareArray};
+pub use software::{
+    AUDIT_MV_WRITE_SAMPLE_MS, AuditEvent, AuditLine, Link, PeerHandle, SoftwareArray,
+};
 pub use types::*;
 
 use std::time::Duration;

@@ -19,6 +19,7 @@ use crate::error::{ArrayError, Result, Rule};
 use crate::pair::{PairRec, WriteThen, wait_reached};
 use crate::types::*;
 
+mod audit;
 mod control;
 mod copies;
 mod engine;
@@ -26,6 +27,7 @@ mod host_io;
 mod ld;
 mod peer;
 
+pub use audit::{AUDIT_MV_WRITE_SAMPLE_MS, AuditEvent, AuditLine};
 use engine::Dir;
 use host_io::overlay;
 use ld::Ld;
@@ -73,6 +75,8 @@ struct Inner {
     /// Control operations run one at a time so rule checks see a stable inventory.
     op_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// The audit log (`audit_log = true`), or nothing.
+    audit: audit::Audit,
 }
 
 /// The embedded software array. Cheap to clone; all clones are the same array.
@@ -136,6 +140,7 @@ impl SoftwareArray {
                     file,
                     io: tokio::sync::Mutex::new(()),
                     failed: AtomicBool::new(false),
+                    audit_sampled_ms: AtomicU64::new(0),
                 }),
             );
         }
@@ -224,6 +229,11 @@ impl SoftwareArray {
         let mvs = pairs.keys().map(|p: &PairId| p.mv.ld).collect();
         let copies = copies::load(&copies_tree, &lds, cfg.block_bytes, &roles, &mvs, corrupt)?;
         let (events, _) = broadcast::channel(crate::EVENT_CHANNEL_CAPACITY);
+        let audit = if cfg.audit_log {
+            audit::Audit::open(cfg.data_dir.join("audit.log"))?
+        } else {
+            audit::Audit::disabled()
+        };
         let inner = Arc::new(Inner {
             name: cfg.name.clone(),
             block_bytes: cfg.block_bytes,
@@ -243,6 +253,7 @@ impl SoftwareArray {
             events,
             op_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            audit,
         });
         let slots: Vec<_> = lock(&inner.pairs).values().cloned().collect();
         for s in &slots {
@@ -369,6 +380,11 @@ impl Inner {
     }
 
     fn emit(&self, id: &PairId, state: Option<PairState>, reason: &str) {
+        self.audit.record(audit::AuditEvent::Pair {
+            pair: id.clone(),
+            state,
+            reason: reason.into(),
+        });
         let _ = self.events.send(ArrayEvent::Pair(PairEvent {
             array: self.name.clone(),
             pair: id.clone(),
@@ -490,7 +506,10 @@ impl Array for SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "restore", true, |r, d| r.begin_restore(o, d))
+            .operate(id, "restore", true, {
+                let o = o.clone();
+                move |r, d| r.begin_restore(&o, d)
+            })
             .await?;
         match o.wait_timeout_ms {
             Some(t) => self.inner.wait(id, WaitCondition::Done, t).await,
@@ -580,9 +599,12 @@ impl SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "replicate", true, |r, d| {
-                r.admit(fence)?;
-                r.begin_replicate(o, d)
+            .operate(id, "replicate", true, {
+                let (o, fence) = (o.clone(), fence.copied());
+                move |r, d| {
+                    r.admit(fence.as_ref())?;
+                    r.begin_replicate(&o, d)
+                }
             })
             .await?;
         match o.wait_timeout_ms {
@@ -600,9 +622,12 @@ impl SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "separate", false, |r, _| {
-                r.admit(fence)?;
-                r.begin_separate(o)
+            .operate(id, "separate", false, {
+                let (o, fence) = (o.clone(), fence.copied());
+                move |r, _| {
+                    r.admit(fence.as_ref())?;
+                    r.begin_separate(&o)
+                }
             })
             .await?;
         match o.wait_timeout_ms {

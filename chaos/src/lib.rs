@@ -34,17 +34,34 @@
 //! step at a time per pair or volume, in the order it began them, and the real executor must
 //! do the same (`FAULTS.md`, "contracts").
 //!
-//! ## The process-level layer (not built yet)
-//! Real `stillpoint` processes, SIGKILL/SIGSTOP, partitions, software arrays and real file
-//! systems, judged by the same properties from independent records (issue 12, items 1–5). The
-//! `run` subcommand is its place; today it says so and exits 2.
+//! ## The process-level layer ([`run`])
+//! Real processes of the `stillpoint` binary on loopback: the software array (its audit log
+//! on), mgmt1, one or three business nodes with the sim workload writing to every MV, and
+//! backup1 — 3 or 5 voters — each in its own data dir. A seed draws the site's shape, the
+//! faults (SIGKILL and SIGSTOP/SIGCONT of the leader most often, of followers, of several
+//! agents at once up to all of them, of the array process, of a business node while it holds
+//! a quiesce) and when backups are submitted (some with `no_queue`, all on one group so they
+//! conflict). A fault phase, then a heal phase with a stated bound. The binary is found next to
+//! `stillpoint-chaos` (`cargo build --release --bin stillpoint` puts it there) or given with
+//! `--stillpoint`.
+//!
+//! Its checkers read records stillpoint does not write about itself: the array's audit log
+//! (pair state changes, RV I/O attempts with the RV's access, sampled MV writes), the harness's
+//! looks at the backup node's mounts, the workload's verifier run on the array's LD files, and
+//! which jobs the client saw accepted and how they ended. S5 and S6 are not judged at this
+//! level yet, nor partitions, host hook faults or RDR faults struck: `FAULTS.md` lists all that
+//! is NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of
+//! faults, observations and every job step.
 //!
 //! ## Caveats
 //! - The model is of the engine's rules, not of the agents' code: the executor's fencing and
 //!   the host's deadline are modelled after their contracts (`storage::journal`, the host's
 //!   quiesce guard). A bug in the real executor is for the process-level layer to find.
+//! - The process-level layer runs a few schedules a minute, not thousands a second; its
+//!   replay repeats the schedule (kinds, instants, holds), not the processes' timing.
 //! - Only the backup and prepare procedures exist in the coordinator, so only they are run.
 //! - The copy's content is not modelled: S3 is judged from the instants (the array's separate
 //!   inside one quiesce of every MV of the group), not from data.
 
+pub mod run;
 pub mod sim;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use stillpoint_chaos::run;
 use stillpoint_chaos::sim::{self, RunConfig, Summary};
 
 /// Exit codes: 0 no violation, 1 a violation was found, 2 not available / bad usage.
@@ -24,12 +25,39 @@ struct Cli {
 enum Command {
     /// The deterministic layer: simulated site, real job engine, many seeds a second.
     Sim(SimArgs),
-    /// The process-level harness (real `stillpoint` processes): not built yet.
-    Run {
-        /// Accepted so scripts can be written against it; ignored until the harness exists.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
-    },
+    /// The process-level harness: seeded faults against real `stillpoint` processes.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Replay exactly this seed.
+    #[arg(long, conflicts_with_all = ["schedules", "start"])]
+    seed: Option<u64>,
+    /// How many schedules to run (seeds from --start).
+    #[arg(long, default_value_t = 1)]
+    schedules: u64,
+    /// First seed of the range (default: drawn from the clock, and printed).
+    #[arg(long)]
+    start: Option<u64>,
+    /// Stop starting new schedules after this long (e.g. 30m); the summary says how many ran.
+    #[arg(long, value_parser = parse_duration)]
+    time_budget: Option<Duration>,
+    /// Length of each schedule's fault phase.
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
+    fault_time: Duration,
+    /// Bound on each schedule's heal phase.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    heal_time: Duration,
+    /// The `stillpoint` binary (default: next to this program).
+    #[arg(long)]
+    stillpoint: Option<std::path::PathBuf>,
+    /// Where schedules' dirs go (default: a new dir under the system's temporary dir).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Keep every schedule's dir, not only failing ones.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(clap::Args)]
@@ -78,13 +106,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } => {
-            eprintln!(
-                "stillpoint-chaos run: not built yet: needs the process-level harness (issue 12 items 1-5); \
-                 the deterministic layer is `stillpoint-chaos sim`"
-            );
-            ExitCode::from(EXIT_NOT_BUILT)
-        }
+        Command::Run(args) => run_command(args),
         Command::Sim(args) => sim_command(args),
     }
 }
@@ -196,4 +218,97 @@ fn sim_command(args: SimArgs) -> ExitCode {
     }
     say(&text);
     verdict(summary.violations_total() + panicked)
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    let bin = match run::find_stillpoint(args.stillpoint.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("stillpoint-chaos run: {e}");
+            return ExitCode::from(EXIT_NOT_BUILT);
+        }
+    };
+    let base = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("stillpoint-chaos-{}", std::process::id()))
+    });
+    let mut cfg = run::RunConfig::new(bin, base.clone());
+    cfg.keep = args.keep;
+    cfg.fault_ms = args.fault_time.as_millis() as u64;
+    cfg.heal_ms_max = args.heal_time.as_millis() as u64;
+    let (first, count) = match args.seed {
+        Some(seed) => (seed, 1),
+        None => (
+            args.start.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64 % 1_000_000_000)
+                    .unwrap_or(0)
+            }),
+            args.schedules.max(1),
+        ),
+    };
+    if count == 1 {
+        say(&format!("seed {first}\n"));
+    } else {
+        say(&format!(
+            "seeds {first}..{} ({count} schedules; replay one with `run --seed N`)\n",
+            first + count
+        ));
+    }
+    let started = Instant::now();
+    let mut summary = run::report::Summary::default();
+    let mut failing = Vec::new();
+    for seed in first..first.saturating_add(count) {
+        if args.time_budget.is_some_and(|b| started.elapsed() >= b) {
+            say("time budget spent: no more schedules\n");
+            break;
+        }
+        let report = run::run(seed, &cfg);
+        say(&format!("{}\n", report.line()));
+        for e in &report.s3_excused {
+            say(&format!("  S3 counted, not judged: {e}\n"));
+        }
+        summary.add(&report);
+        if report.failed() {
+            failing.push(report);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut text = format!(
+        "ran {} schedules in {:.1} s: {:.2} schedules/min\n",
+        summary.schedules,
+        secs,
+        summary.schedules as f64 * 60.0 / secs.max(1e-9)
+    );
+    text.push_str(&summary.table());
+    for r in &failing {
+        text.push_str(&format!(
+            "\nseed {} FAILED (replay: stillpoint-chaos run --seed {}){}\n",
+            r.seed,
+            r.seed,
+            r.kept
+                .as_ref()
+                .map(|d| format!("; data dirs and logs kept in {}", d.display()))
+                .unwrap_or_default()
+        ));
+        for v in &r.violations {
+            text.push_str(&format!(
+                "VIOLATION {} at {}: {}\n",
+                v.prop, v.at_ms, v.what
+            ));
+        }
+        for e in &r.errors {
+            text.push_str(&format!("HARNESS ERROR: {e}\n"));
+        }
+        text.push_str("timeline (seconds from the start of the fault phase):\n");
+        for line in &r.timeline {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if failing.is_empty() && !args.keep && args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    say(&text);
+    verdict(summary.violations_total())
 }

@@ -1,5 +1,5 @@
 //! The command line: the seed range comes first, a summary table follows, and the
-//! process-level harness says it is not built yet instead of pretending.
+//! process-level harness says how to build the `stillpoint` binary when it cannot find it.
 
 use std::process::Command;
 
@@ -42,13 +42,21 @@ fn one_seed_replays_with_its_timeline() {
 }
 
 #[test]
-fn run_says_the_process_level_harness_is_not_built_and_exits_2() {
-    let (code, out, err) = chaos(&["run", "--schedules", "3"]);
+fn run_without_the_stillpoint_binary_says_how_to_build_it_and_exits_2() {
+    let missing = std::env::temp_dir().join("no-such-dir-stillpoint-chaos/stillpoint");
+    let (code, out, err) = chaos(&[
+        "run",
+        "--seed",
+        "1",
+        "--stillpoint",
+        missing.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(2), "{out}{err}");
     assert!(
-        err.contains("not built yet: needs the process-level harness"),
+        err.contains("cargo build --release --bin stillpoint") && err.contains("--stillpoint PATH"),
         "{err}"
     );
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
     assert!(out.is_empty(), "{out}");
 }
 

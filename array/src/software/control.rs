@@ -131,7 +131,40 @@ impl Inner {
         Ok(())
     }
 
+    /// Runs a pair operation to its end even if the caller goes away: once `f` has changed
+    /// the record in memory, the change must be persisted, pushed to the RV's access and
+    /// announced (event, audit line). A served array's caller goes away whenever its client
+    /// dies or times out (the RPC's future is dropped), so the operation runs detached.
     pub(super) async fn operate(
+        self: &Arc<Self>,
+        id: &PairId,
+        what: &str,
+        needs_rv_dirty: bool,
+        f: impl Fn(&mut PairRec, &Bitmap) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<PairInfo> {
+        let (this, pair, operation) = (self.clone(), id.clone(), what.to_string());
+        let detached = tokio::spawn(async move {
+            let outcome = this
+                .operate_once(&pair, &operation, needs_rv_dirty, f)
+                .await;
+            if let Err(e) = &outcome {
+                this.audit.record(super::audit::AuditEvent::PairRefused {
+                    pair,
+                    operation,
+                    error: e.to_string(),
+                });
+            }
+            outcome
+        });
+        detached.await.unwrap_or_else(|e| {
+            Err(ArrayError::OutcomeUnknown {
+                op: format!("{what} {id}"),
+                detail: format!("the operation's task ended abnormally: {e}; query the pair"),
+            })
+        })
+    }
+
+    async fn operate_once(
         self: &Arc<Self>,
         id: &PairId,
         what: &str,

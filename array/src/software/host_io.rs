@@ -41,19 +41,20 @@ impl Inner {
         }
         let role = lock(&self.roles).get(&n).cloned();
         if let Some(role) = role {
-            if !matches!(role.access, RvAccess::Rw | RvAccess::Ro) {
-                return Err(ArrayError::refused(
+            let outcome = if !matches!(role.access, RvAccess::Rw | RvAccess::Ro) {
+                Err(ArrayError::refused(
                     Rule::RvAccess,
                     format!(
                         "LD {}:{n} is an RV with access {}: no reads",
                         self.name, role.access
                     ),
-                ));
-            }
-            return self
-                .rv_host_io(&ld, &role, off, len, None)
-                .await
-                .map(|d| d.unwrap_or_default());
+                ))
+            } else {
+                self.rv_host_io(&ld, &role, off, len, None)
+                    .await
+                    .map(|d| d.unwrap_or_default())
+            };
+            return self.audit_rv_io(host, n, false, role.access, outcome);
         }
         let _g = ld.io.lock().await;
         let mut data = ld.read_at(&self.name, off, len)?;
@@ -192,19 +193,20 @@ impl Inner {
         }
         let role = lock(&self.roles).get(&n).cloned();
         if let Some(role) = role {
-            if role.access != RvAccess::Rw {
-                return Err(ArrayError::refused(
+            let outcome = if role.access != RvAccess::Rw {
+                Err(ArrayError::refused(
                     Rule::RvAccess,
                     format!(
                         "LD {}:{n} is an RV with access {}: no writes",
                         self.name, role.access
                     ),
-                ));
-            }
-            return self
-                .rv_host_io(&ld, &role, off, len, Some(data))
-                .await
-                .map(|_| ());
+                ))
+            } else {
+                self.rv_host_io(&ld, &role, off, len, Some(data))
+                    .await
+                    .map(|_| ())
+            };
+            return self.audit_rv_io(host, n, true, role.access, outcome);
         }
         let (b0, b1) = self.blocks(off, len);
         let _g = ld.io.lock().await;
@@ -230,6 +232,7 @@ impl Inner {
         }
         self.before_parent_write(&ld, off, len, None).await?;
         ld.write_at(&self.name, off, data)?;
+        self.audit_mv_write(host, &ld);
         // After the write: mirror it where the state and copy control say so.
         for slot in mirror {
             let id = lock(&slot.rec).id.clone();

@@ -13,6 +13,8 @@ pub(super) struct Ld {
     /// Serialises I/O and copies touching this LD (MV lock is always taken before RV lock).
     pub(super) io: tokio::sync::Mutex<()>,
     pub(super) failed: AtomicBool,
+    /// When a host write on this LD was last recorded in the audit log (unix ms).
+    pub(super) audit_sampled_ms: AtomicU64,
 }
 
 impl Ld {

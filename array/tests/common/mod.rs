@@ -30,6 +30,7 @@ pub fn config(dir: &Path, name: &str, lds: Vec<LdConfig>, pace: u64) -> ArrayCon
         semi_sync_backlog_blocks_max: 4,
         lds,
         peers: vec![],
+        audit_log: false,
     }
 }
 

@@ -58,6 +58,13 @@ pub struct SiteLayout {
     pub control_nodes: Vec<String>,
     /// The array's background copy pace (0: as fast as it goes).
     pub copy_pace_bytes_per_s: u64,
+    /// The array keeps its audit log (`array/audit.log`, see `stillpoint_array::AuditLine`).
+    pub audit_log: bool,
+    /// Pause between the workload's records.
+    pub workload_pace_ms: u64,
+    /// Dirty blocks each sim volume caches before writing random ones back (host default when
+    /// `None`).
+    pub cache_blocks_max: Option<usize>,
 }
 
 impl SiteLayout {
@@ -88,6 +95,9 @@ impl SiteLayout {
             control_nodes: vec!["mgmt1".into()],
             copy_pace_bytes_per_s: 0,
             raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
+            audit_log: false,
+            workload_pace_ms: 2,
+            cache_blocks_max: None,
         }
     }
 
@@ -114,9 +124,10 @@ impl SiteLayout {
 
     fn array_toml(&self, dir: &Path, address: &str) -> String {
         let mut text = format!(
-            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\n",
+            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\naudit_log = {}\n",
             dir.join("array").display().to_string(),
-            self.copy_pace_bytes_per_s
+            self.copy_pace_bytes_per_s,
+            self.audit_log
         );
         for p in &self.pairs {
             text += &format!(
@@ -135,8 +146,13 @@ impl SiteLayout {
     }
 
     fn host_toml(&self, slot: usize) -> String {
-        let mut text =
-            String::from("[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = 2\n");
+        let mut text = format!(
+            "[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = {}\n",
+            self.workload_pace_ms
+        );
+        if let Some(blocks) = self.cache_blocks_max {
+            text += &format!("cache_blocks_max = {blocks}\n");
+        }
         for (i, p) in self.pairs.iter().enumerate() {
             if p.mv_node == slot {
                 text += &format!(
@@ -227,6 +243,18 @@ fn log_file(path: &Path) -> Result<std::fs::File, NodeError> {
         .map_err(|e| NodeError::Invalid(format!("cannot open {}: {e}", path.display())))
 }
 
+/// Starts `stillpoint array serve` on `dir/array.toml`, its log appended to `dir/array.log`.
+fn spawn_array(bin: &Path, dir: &Path) -> Result<Child, NodeError> {
+    Command::new(bin)
+        .args(["array", "serve", "--config"])
+        .arg(dir.join("array.toml"))
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir.join("array.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))
+}
+
 /// Bound on forming the site (processes starting, an election, registrations).
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -238,14 +266,7 @@ impl LocalSite {
         let array_address = free_loopback_address().await?;
         let array_cfg = dir.join("array.toml");
         write(&array_cfg, &layout.array_toml(dir, &array_address))?;
-        let array = Command::new(bin)
-            .args(["array", "serve", "--config"])
-            .arg(&array_cfg)
-            .stdout(Stdio::null())
-            .stderr(log_file(&dir.join("array.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))?;
+        let array = spawn_array(bin, dir)?;
         let mut site = LocalSite {
             layout,
             dir: dir.to_path_buf(),
@@ -354,6 +375,32 @@ impl LocalSite {
     /// The name of the agent in `slot`.
     pub fn name(&self, slot: usize) -> String {
         self.layout.name(slot)
+    }
+
+    /// SIGKILLs the array process and reaps it.
+    pub async fn kill_array(&mut self) {
+        if let Some(mut child) = self.array.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the array process again (same config, data dir and address) and waits until it
+    /// answers.
+    pub async fn restart_array(&mut self) -> Result<(), NodeError> {
+        if self.array.is_none() {
+            self.array = Some(spawn_array(&self.bin, &self.dir)?);
+        }
+        self.connect_array().await.map(drop)
+    }
+
+    /// The array process's id, if it runs.
+    pub fn array_pid(&self) -> Option<u32> {
+        self.array.as_ref().and_then(|c| c.id())
+    }
+
+    /// The array's audit log (written when the layout asks for it).
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join("array").join("audit.log")
     }
 
     pub fn log_path(&self, slot: usize) -> PathBuf {

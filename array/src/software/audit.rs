@@ -1,0 +1,195 @@
+//! The audit log: what the array saw, in its own words, for a referee outside the cluster.
+//!
+//! With `audit_log = true` the array appends one JSON line ([`AuditLine`]) to
+//! `data_dir/audit.log` for every pair state change (operations and the engine's own
+//! transitions), every pair operation it refused, every host read or write attempted on an RV
+//! (accepted or refused, with the RV access of that instant), and, at most once per
+//! [`AUDIT_MV_WRITE_SAMPLE_MS`] per LD, a host write that landed on a plain or master LD (so
+//! a reader can see how long an application's writes stopped). Lines carry a sequence number
+//! that grows by one per line, across restarts (the next one continues after the last line
+//! found in the file): a gap says lines were lost.
+//!
+//! A line is written with one `write` call on a file opened for appending, before the I/O or
+//! operation it records is answered; it is not fsynced (it survives the array process being
+//! killed, not the machine losing power). A line that cannot be written is reported in the
+//! array's log and leaves a gap in the sequence, never stops the array.
+
+use std::io::Write;
+
+use super::*;
+
+/// Writes to one plain or master LD are recorded at most this often (one line says "the
+/// application was writing at this instant").
+pub const AUDIT_MV_WRITE_SAMPLE_MS: u64 = 100;
+
+/// One line of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLine {
+    /// One more than the line before (across restarts).
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// What an audit line records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A pair's state changed (`state` is `None` once unset); `reason` names the operation or
+    /// the engine's transition ("replicate", "separate", "copy complete", ...).
+    Pair {
+        pair: PairId,
+        state: Option<PairState>,
+        reason: String,
+    },
+    /// A pair operation the array refused, with why.
+    PairRefused {
+        pair: PairId,
+        operation: String,
+        error: String,
+    },
+    /// A host read or write on an LD that is an RV.
+    RvIo {
+        host: String,
+        ld: u32,
+        write: bool,
+        accepted: bool,
+        /// The RV access at that instant.
+        access: RvAccess,
+        /// Why it was refused (empty when accepted).
+        error: String,
+    },
+    /// A host write landed on a plain or master LD (sampled).
+    MvWrite { host: String, ld: u32 },
+}
+
+pub(super) struct Audit {
+    out: Mutex<Option<AuditFile>>,
+}
+
+struct AuditFile {
+    file: File,
+    path: PathBuf,
+    next_seq: u64,
+}
+
+impl Audit {
+    pub(super) fn disabled() -> Audit {
+        Audit {
+            out: Mutex::new(None),
+        }
+    }
+
+    /// Opens (or creates) `path` for appending; the sequence continues after the last line
+    /// that parses.
+    pub(super) fn open(path: PathBuf) -> Result<Audit> {
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ArrayError::io(&path, e)),
+        };
+        let next_seq = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<AuditLine>(l).ok())
+            .map(|l| l.seq + 1)
+            .unwrap_or(0);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ArrayError::io(&path, e))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            // A line cut short by a kill: end it so the next line parses on its own.
+            file.write_all(b"\n")
+                .map_err(|e| ArrayError::io(&path, e))?;
+        }
+        Ok(Audit {
+            out: Mutex::new(Some(AuditFile {
+                file,
+                path,
+                next_seq,
+            })),
+        })
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        lock(&self.out).is_some()
+    }
+
+    pub(super) fn record(&self, event: AuditEvent) {
+        let mut out = lock(&self.out);
+        let Some(f) = out.as_mut() else { return };
+        let seq = f.next_seq;
+        f.next_seq += 1;
+        let line = AuditLine {
+            seq,
+            at_unix_ms: now_unix_ms(),
+            event,
+        };
+        let mut text = match serde_json::to_string(&line) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(seq, "audit line {seq} not written: {e}");
+                return;
+            }
+        };
+        text.push('\n');
+        if let Err(e) = f.file.write_all(text.as_bytes()) {
+            tracing::error!(
+                seq,
+                "audit line {seq} not written to {}: {e}",
+                f.path.display()
+            );
+        }
+    }
+}
+
+impl Inner {
+    /// Records a host write on plain or master LD `ld`, at most once per sample interval.
+    pub(super) fn audit_mv_write(&self, host: &str, ld: &Ld) {
+        if !self.audit.enabled() {
+            return;
+        }
+        let now = now_unix_ms();
+        let last = ld.audit_sampled_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < AUDIT_MV_WRITE_SAMPLE_MS {
+            return;
+        }
+        if ld
+            .audit_sampled_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.audit.record(AuditEvent::MvWrite {
+                host: host.into(),
+                ld: ld.number,
+            });
+        }
+    }
+
+    /// Records a host read or write on RV `ld` and passes its outcome through.
+    pub(super) fn audit_rv_io<T>(
+        &self,
+        host: &str,
+        ld: u32,
+        write: bool,
+        access: RvAccess,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        self.audit.record(AuditEvent::RvIo {
+            host: host.into(),
+            ld,
+            write,
+            accepted: outcome.is_ok(),
+            access,
+            error: outcome
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        });
+        outcome
+    }
+}

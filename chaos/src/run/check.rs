@@ -1,0 +1,485 @@
+//! The checkers of the process-level layer: pure functions of the records ([`super::records`])
+//! and the array's audit log. Each returns the violations it found; none asks stillpoint.
+
+use std::collections::BTreeMap;
+
+use stillpoint_array::{AuditEvent, AuditLine, RvAccess, SyncState};
+use stillpoint_coordinator::job::JobEnd;
+
+use super::records::{FaultWindow, Records, VerifyOutcome};
+
+/// A property broken, when, and the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub prop: &'static str,
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// What the checkers need to know about the site.
+#[derive(Clone, Debug)]
+pub struct SiteFacts {
+    /// The backup node's name (its RV I/O is judged).
+    pub backup_host: String,
+    /// RV LD number → pair name.
+    pub rv_pairs: BTreeMap<u32, String>,
+    /// RV LD number → the host of its pair's MV.
+    pub rv_mv_hosts: BTreeMap<u32, String>,
+    /// MV LD number → (pair name, the MV's host).
+    pub mvs: BTreeMap<u32, (String, String)>,
+    pub quiesce_ms_max: u64,
+    /// Added to the quiesce limit before a write stall is a violation.
+    pub stall_slack_ms: u64,
+}
+
+/// Whether a pair in `sync` counts as separated for S1 (no copy runs onto the RV).
+fn separated(sync: SyncState) -> bool {
+    matches!(
+        sync,
+        SyncState::Separated | SyncState::Cancel | SyncState::Fault
+    )
+}
+
+/// Per RV LD: every (instant, separated?) the array recorded, in order.
+fn rv_timelines(audit: &[AuditLine]) -> BTreeMap<u32, Vec<(u64, bool)>> {
+    let mut out: BTreeMap<u32, Vec<(u64, bool)>> = BTreeMap::new();
+    for l in audit {
+        if let AuditEvent::Pair { pair, state, .. } = &l.event {
+            // Unset: the LD is no RV any more, nothing to protect.
+            let sep = state.map(|s| separated(s.sync)).unwrap_or(true);
+            out.entry(pair.rv.ld).or_default().push((l.at_unix_ms, sep));
+        }
+    }
+    out
+}
+
+/// S1 and S2 from the array's audit log and the harness's looks at the backup node's mounts.
+///
+/// - The array never lets a host read or write an RV whose access forbids it (an accepted
+///   I/O under `nr`/`na`/`ro`-write is an array defect, judged as S1).
+/// - No look at the backup node finds an RV mounted while its pair was, by the array's
+///   record, not separated during the whole look: it was mounted while copied onto (S1), and
+///   a replicate ran under a mounted RV (S2).
+///
+/// I/O the array refused is counted (the second value), not judged: a host reads an RV's
+/// superblock to report on it (`volume list`) whatever the pair does, and the array's refusal
+/// is the protection working; a mount it refused shows in no look as mounted.
+pub fn s1_s2(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Violation>, u64) {
+    let mut out = Vec::new();
+    let mut refused = 0;
+    for l in audit {
+        let AuditEvent::RvIo {
+            host,
+            ld,
+            write,
+            accepted,
+            access,
+            ..
+        } = &l.event
+        else {
+            continue;
+        };
+        let allowed = match access {
+            RvAccess::Rw => true,
+            RvAccess::Ro => !write,
+            RvAccess::Nr | RvAccess::Na => false,
+        };
+        let pair = facts.rv_pairs.get(ld).cloned().unwrap_or_default();
+        if *accepted && !allowed {
+            out.push(Violation {
+                prop: "S1",
+                at_ms: l.at_unix_ms,
+                what: format!(
+                    "the array accepted a {} by {host} on RV LD {ld} ({pair}) under access {access} (audit seq {})",
+                    if *write { "write" } else { "read" },
+                    l.seq
+                ),
+            });
+        }
+        if !*accepted && host == &facts.backup_host {
+            refused += 1;
+        }
+    }
+    let timelines = rv_timelines(audit);
+    for poll in &records.polls {
+        for ld in &poll.mounted_rv_lds {
+            let Some(tl) = timelines.get(ld) else {
+                continue;
+            };
+            // The state at `sent_ms`, and every change up to `recv_ms`.
+            let before = tl.iter().rev().find(|(t, _)| *t <= poll.sent_ms);
+            let during = tl
+                .iter()
+                .filter(|(t, _)| *t > poll.sent_ms && *t <= poll.recv_ms);
+            let copying_throughout =
+                before.is_some_and(|(_, sep)| !sep) && during.clone().all(|(_, sep)| !sep);
+            if copying_throughout {
+                let pair = facts.rv_pairs.get(ld).cloned().unwrap_or_default();
+                out.push(Violation {
+                    prop: "S1/S2",
+                    at_ms: poll.sent_ms,
+                    what: format!(
+                        "{} had RV LD {ld} ({pair}) mounted between {} and {} while the array had it not separated (copying) the whole time",
+                        facts.backup_host, poll.sent_ms, poll.recv_ms
+                    ),
+                });
+            }
+        }
+    }
+    (out, refused)
+}
+
+/// What [`s3`] found besides violations.
+#[derive(Clone, Debug, Default)]
+pub struct S3Counts {
+    pub judged: u64,
+    /// RVs not judged, with why (changed before the read finished, unreadable).
+    pub unjudged: Vec<String>,
+    /// Damaged RVs of copies made after a fault struck the array or the MV's own host: the
+    /// application's writes failed (array gone) or its host's cache was lost (agent killed =
+    /// host reboot), so the MV itself may hold the torn or missing records a faithful copy
+    /// reproduces. Counted and listed, not judged (the workload keeps no log of its
+    /// acknowledged writes to tell the two apart).
+    pub excused: Vec<String>,
+}
+
+/// S3: every copy labelled consistent whose RVs the verifier read before anything changed
+/// them has no torn or missing record. A read that raced a later replicate is not judged; a
+/// damaged copy made after a fault on the array or the MV's host is counted apart
+/// ([`S3Counts::excused`]).
+pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Violation>, S3Counts) {
+    let timelines = rv_timelines(audit);
+    let mut out = Vec::new();
+    let mut counts = S3Counts::default();
+    for v in &records.verifications {
+        let changed = timelines.get(&v.rv_ld).is_some_and(|tl| {
+            tl.iter()
+                .any(|(t, _)| *t > v.job_ended_ms && *t <= v.finished_ms)
+        });
+        let still_separated = timelines.get(&v.rv_ld).is_some_and(|tl| {
+            tl.iter()
+                .rev()
+                .find(|(t, _)| *t <= v.job_ended_ms)
+                .is_some_and(|(_, sep)| *sep)
+        });
+        if changed || !still_separated {
+            counts.unjudged.push(format!(
+                "job {} {}: the RV changed state before the verifier finished",
+                v.job_id, v.pair
+            ));
+            continue;
+        }
+        match &v.outcome {
+            VerifyOutcome::Intact { .. } => counts.judged += 1,
+            VerifyOutcome::Damaged { what } => {
+                let host = facts.rv_mv_hosts.get(&v.rv_ld).cloned().unwrap_or_default();
+                if let Some(w) = records
+                    .faults
+                    .iter()
+                    .find(|w| excuses(w, &host) && w.start_ms <= v.job_ended_ms)
+                {
+                    counts.excused.push(format!(
+                        "job {} {}: {what} (after {} on {})",
+                        v.job_id,
+                        v.pair,
+                        w.kind.name(),
+                        w.targets.join(", ")
+                    ));
+                    continue;
+                }
+                counts.judged += 1;
+                out.push(Violation {
+                    prop: "S3",
+                    at_ms: v.finished_ms,
+                    what: format!(
+                        "job {} ended done, consistent, but the RV of {} is not a clean copy: {what}",
+                        v.job_id, v.pair
+                    ),
+                });
+            }
+            VerifyOutcome::Unreadable { why } => counts.unjudged.push(format!(
+                "job {} {}: the verifier could not read the RV: {why}",
+                v.job_id, v.pair
+            )),
+        }
+    }
+    (out, counts)
+}
+
+/// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
+/// own agent (with the sim backend its death is the host's reboot) or the array.
+pub fn excuses(w: &FaultWindow, host: &str) -> bool {
+    w.targets.iter().any(|t| t == host || t == "A1")
+}
+
+/// S4: between the start of the fault phase and the end of the heal phase, no MV's writes
+/// (as the array saw them, sampled) stop for longer than the quiesce limit plus the slack —
+/// unless a fault on the writer's own host or on the array overlaps the stall (those are
+/// counted, not judged). Returns (violations, longest judged stall in ms, stalls excused).
+pub fn s4(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Violation>, u64, u64) {
+    let (from, to) = (records.fault_phase_ms.0, records.heal_phase_ms.1);
+    let bound = facts.quiesce_ms_max + facts.stall_slack_ms;
+    let (mut out, mut longest, mut excused) = (Vec::new(), 0, 0);
+    for (ld, (pair, host)) in &facts.mvs {
+        let mut writes: Vec<u64> = audit
+            .iter()
+            .filter_map(|l| match &l.event {
+                AuditEvent::MvWrite { ld: w, .. } if w == ld => Some(l.at_unix_ms),
+                _ => None,
+            })
+            .filter(|t| *t >= from && *t <= to)
+            .collect();
+        writes.insert(0, from);
+        writes.push(to);
+        for gap in writes.windows(2) {
+            let (a, b) = (gap[0], gap[1]);
+            let stall = b - a;
+            if stall <= bound {
+                longest = longest.max(stall);
+                continue;
+            }
+            if records
+                .faults
+                .iter()
+                .any(|w| excuses(w, host) && w.start_ms <= b && w.end_ms >= a)
+            {
+                excused += 1;
+                continue;
+            }
+            longest = longest.max(stall);
+            out.push(Violation {
+                prop: "S4",
+                at_ms: a,
+                what: format!(
+                    "the application on {host} ({pair}, MV LD {ld}) wrote nothing the array saw for {stall} ms (from {a} to {b}); limit {} ms + slack {} ms",
+                    facts.quiesce_ms_max, facts.stall_slack_ms
+                ),
+            });
+        }
+    }
+    (out, longest, excused)
+}
+
+/// S7: every job the client saw accepted ended (done, finished, failed with a reason, or
+/// cancelled) by the end of the heal phase.
+pub fn s7(records: &Records) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (id, j) in &records.jobs {
+        match &j.end {
+            None => out.push(Violation {
+                prop: "S7",
+                at_ms: records.heal_phase_ms.1,
+                what: format!(
+                    "job {id}, accepted at {}, had not ended when the heal phase ended",
+                    j.accepted_ms
+                ),
+            }),
+            Some((JobEnd::Failed { reason }, at)) if reason.trim().is_empty() => {
+                out.push(Violation {
+                    prop: "S7",
+                    at_ms: *at,
+                    what: format!("job {id} failed without a reason"),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// Gaps in the audit log's sequence (lines lost): a problem of the records, reported so.
+pub fn audit_gaps(audit: &[AuditLine]) -> Vec<String> {
+    audit
+        .windows(2)
+        .filter(|w| w[1].seq != w[0].seq + 1)
+        .map(|w| format!("audit seq {} follows {}", w[1].seq, w[0].seq))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::records::{MountPoll, Verification};
+    use crate::run::schedule::FaultKind;
+    use stillpoint_array::{Activity, CopyControl, LdRef, PairId, PairState, RvAccess, SyncState};
+
+    fn pair_line(seq: u64, at: u64, sync: SyncState) -> AuditLine {
+        AuditLine {
+            seq,
+            at_unix_ms: at,
+            event: AuditEvent::Pair {
+                pair: PairId {
+                    mv: LdRef {
+                        array: "A1".into(),
+                        ld: 0,
+                    },
+                    rv: LdRef {
+                        array: "A1".into(),
+                        ld: 1,
+                    },
+                },
+                state: Some(PairState {
+                    activity: Activity::Replicate,
+                    sync,
+                    abnormal_suspend: false,
+                    copy_control: CopyControl::Sync,
+                    rv_access: RvAccess::Nr,
+                }),
+                reason: "test".into(),
+            },
+        }
+    }
+
+    fn facts() -> SiteFacts {
+        SiteFacts {
+            backup_host: "backup1".into(),
+            rv_pairs: [(1, "p0".to_string())].into(),
+            rv_mv_hosts: [(1, "db1".to_string())].into(),
+            mvs: [(0, ("p0".to_string(), "db1".to_string()))].into(),
+            quiesce_ms_max: 1_000,
+            stall_slack_ms: 500,
+        }
+    }
+
+    #[test]
+    fn a_mount_seen_while_copying_is_s1_and_one_racing_a_separate_is_not() {
+        let audit = vec![
+            pair_line(0, 100, SyncState::Separated),
+            pair_line(1, 200, SyncState::RplExec),
+            pair_line(2, 400, SyncState::SepExec),
+            pair_line(3, 450, SyncState::Separated),
+        ];
+        let mut r = Records::default();
+        r.polls.push(MountPoll {
+            sent_ms: 150,
+            recv_ms: 160,
+            mounted_rv_lds: vec![1],
+        });
+        r.polls.push(MountPoll {
+            sent_ms: 430,
+            recv_ms: 460,
+            mounted_rv_lds: vec![1],
+        });
+        assert!(s1_s2(&audit, &r, &facts()).0.is_empty());
+        r.polls.push(MountPoll {
+            sent_ms: 250,
+            recv_ms: 300,
+            mounted_rv_lds: vec![1],
+        });
+        let (v, _) = s1_s2(&audit, &r, &facts());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].prop, "S1/S2");
+    }
+
+    #[test]
+    fn rv_io_the_array_accepted_under_nr_is_s1_and_refused_io_is_counted() {
+        let io = |seq, accepted| AuditLine {
+            seq,
+            at_unix_ms: 5,
+            event: AuditEvent::RvIo {
+                host: "backup1".into(),
+                ld: 1,
+                write: false,
+                accepted,
+                access: RvAccess::Nr,
+                error: String::new(),
+            },
+        };
+        let (v, refused) = s1_s2(&[io(0, false)], &Records::default(), &facts());
+        assert!(v.is_empty() && refused == 1, "{v:?}");
+        let (v, _) = s1_s2(&[io(0, true)], &Records::default(), &facts());
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].prop, "S1");
+    }
+
+    #[test]
+    fn a_stall_is_s4_unless_a_fault_on_its_host_or_the_array_overlaps_it() {
+        let audit: Vec<AuditLine> = [1_000u64, 1_100, 4_000, 4_100]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| AuditLine {
+                seq: i as u64,
+                at_unix_ms: *t,
+                event: AuditEvent::MvWrite {
+                    host: "db1".into(),
+                    ld: 0,
+                },
+            })
+            .collect();
+        let mut r = Records {
+            fault_phase_ms: (1_000, 0),
+            heal_phase_ms: (0, 4_200),
+            ..Default::default()
+        };
+        let (v, _, _) = s4(&audit, &r, &facts());
+        assert_eq!(v.len(), 1, "{v:?}");
+        r.faults.push(FaultWindow {
+            kind: FaultKind::KillLeader,
+            targets: vec!["mgmt1".into()],
+            start_ms: 2_000,
+            end_ms: 2_500,
+        });
+        assert_eq!(
+            s4(&audit, &r, &facts()).0.len(),
+            1,
+            "a leader's death excuses nothing"
+        );
+        r.faults.push(FaultWindow {
+            kind: FaultKind::KillArray,
+            targets: vec!["A1".into()],
+            start_ms: 2_000,
+            end_ms: 2_500,
+        });
+        let (v, _, excused) = s4(&audit, &r, &facts());
+        assert!(v.is_empty() && excused == 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_torn_consistent_copy_is_s3_unless_the_rv_changed_before_it_was_read() {
+        let audit = vec![
+            pair_line(0, 100, SyncState::Separated),
+            pair_line(1, 900, SyncState::RplExec),
+        ];
+        let mut r = Records::default();
+        let v = |finished_ms| Verification {
+            job_id: 1,
+            rv_ld: 1,
+            pair: "p0".into(),
+            job_ended_ms: 200,
+            started_ms: 300,
+            finished_ms,
+            outcome: VerifyOutcome::Damaged {
+                what: "torn record 5".into(),
+            },
+        };
+        r.verifications.push(v(500));
+        let (bad, c) = s3(&audit, &r, &facts());
+        assert_eq!((bad.len(), c.judged), (1, 1));
+        // After the array died under the application, the damage is counted apart.
+        r.faults.push(FaultWindow {
+            kind: FaultKind::KillArray,
+            targets: vec!["A1".into()],
+            start_ms: 50,
+            end_ms: 60,
+        });
+        let (bad, c) = s3(&audit, &r, &facts());
+        assert_eq!((bad.len(), c.judged, c.excused.len()), (0, 0, 1));
+        r.faults.clear();
+        r.verifications[0] = v(1_000);
+        let (bad, c) = s3(&audit, &r, &facts());
+        assert_eq!((bad.len(), c.judged, c.unjudged.len()), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_job_accepted_and_never_ended_is_s7() {
+        let mut r = Records::default();
+        r.jobs.insert(
+            3,
+            crate::run::records::JobSeen {
+                accepted_ms: 1,
+                end: None,
+            },
+        );
+        assert_eq!(s7(&r).len(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! Striking faults on the live site and removing them: SIGKILL and restart, SIGSTOP and
+//! SIGCONT, of agents and of the array process. The schedule says what and when; the live
+//! site says who leads and who holds a quiesce at that moment.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use stillpoint_node::demo::site::LocalSite;
+
+use super::observe::{self, Shared, with};
+use super::records::{FaultWindow, now_ms};
+use super::schedule::{FaultKind, PlannedFault};
+
+/// Bound on restarting one agent (its host's boot: volumes attached, MVs mounted, apps started).
+const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a kill-while-quiesced fault waits for some business node to hold a quiesce.
+const QUIESCE_WAIT: Duration = Duration::from_secs(15);
+
+/// The site under faults and what the harness did to it.
+pub struct Harness {
+    pub site: LocalSite,
+    /// Agents stopped with SIGSTOP (by slot).
+    pub paused: BTreeSet<usize>,
+    pub records: Shared,
+}
+
+impl Harness {
+    pub fn agents(&self) -> usize {
+        self.site.agents.len()
+    }
+
+    /// Agents running and not stopped.
+    pub fn alive(&self) -> Vec<bool> {
+        (0..self.agents())
+            .map(|s| self.site.agents[s].is_some() && !self.paused.contains(&s))
+            .collect()
+    }
+
+    fn note(&self, line: String) {
+        with(&self.records, |r| r.note(line));
+    }
+
+    /// Strikes `f`, holds it, removes it; records the window.
+    pub async fn strike(&mut self, f: &PlannedFault) {
+        let alive = self.alive();
+        let leader = observe::leader(&self.site.endpoints, &alive).await;
+        let others: Vec<usize> = (0..self.agents())
+            .filter(|s| alive[*s] && Some(*s) != leader)
+            .collect();
+        let pick = |items: &[usize]| items[(f.pick % items.len() as u64) as usize];
+        let start_ms = now_ms();
+        let targets: Vec<usize> = match f.kind {
+            FaultKind::KillLeader | FaultKind::PauseLeader => match leader {
+                Some(l) => vec![l],
+                None if !others.is_empty() => {
+                    self.note("no leader known: striking another agent".into());
+                    vec![pick(&others)]
+                }
+                None => vec![],
+            },
+            FaultKind::KillFollower | FaultKind::PauseFollower if !others.is_empty() => {
+                vec![pick(&others)]
+            }
+            FaultKind::KillFollower | FaultKind::PauseFollower => vec![],
+            FaultKind::KillMany => {
+                // 2..=all agents, the leader first: sometimes a majority survives, sometimes not.
+                let n = 2 + (f.pick % (self.agents() as u64 - 1)) as usize;
+                let mut t: Vec<usize> = leader.into_iter().collect();
+                let offset = (f.pick / 7) as usize;
+                for i in 0..others.len() {
+                    if t.len() >= n {
+                        break;
+                    }
+                    t.push(others[(offset + i) % others.len()]);
+                }
+                t
+            }
+            FaultKind::KillArray => {
+                self.site.kill_array().await;
+                self.note(format!("SIGKILL the array A1 for {} ms", f.hold_ms));
+                tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+                let restarted =
+                    tokio::time::timeout(RESTART_TIMEOUT, self.site.restart_array()).await;
+                match restarted {
+                    Ok(Ok(())) => self.note("array A1 restarted".into()),
+                    Ok(Err(e)) => self.note(format!("array A1 restart failed: {e}")),
+                    Err(_) => self.note("array A1 restart timed out".into()),
+                }
+                self.window(f.kind, vec!["A1".into()], start_ms);
+                return;
+            }
+            FaultKind::KillQuiesced => match self.wait_for_quiesce().await {
+                Some(slot) => vec![slot],
+                None => {
+                    with(&self.records, |r| {
+                        r.skipped.push((
+                            f.kind,
+                            format!(
+                                "no MV was held quiesced within {} s",
+                                QUIESCE_WAIT.as_secs()
+                            ),
+                        ))
+                    });
+                    return;
+                }
+            },
+        };
+        if targets.is_empty() {
+            with(&self.records, |r| {
+                r.skipped
+                    .push((f.kind, "no running agent to strike".into()))
+            });
+            return;
+        }
+        let names: Vec<String> = targets.iter().map(|s| self.site.name(*s)).collect();
+        let start_ms = now_ms();
+        let pause = matches!(f.kind, FaultKind::PauseLeader | FaultKind::PauseFollower);
+        for &slot in &targets {
+            if pause {
+                if let Err(e) = self.site.signal(slot, "STOP") {
+                    self.note(format!("SIGSTOP {} failed: {e}", self.site.name(slot)));
+                    continue;
+                }
+                self.paused.insert(slot);
+            } else {
+                self.site.kill(slot).await;
+            }
+        }
+        self.note(format!(
+            "{} {} for {} ms ({}{})",
+            if pause { "SIGSTOP" } else { "SIGKILL" },
+            names.join(", "),
+            f.hold_ms,
+            f.kind.name(),
+            match leader {
+                Some(l) => format!(", leader was {}", self.site.name(l)),
+                None => ", no leader known".into(),
+            }
+        ));
+        tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+        for &slot in &targets {
+            if pause {
+                self.resume(slot);
+            } else {
+                self.restart(slot).await;
+            }
+        }
+        self.window(f.kind, names, start_ms);
+    }
+
+    fn window(&self, kind: FaultKind, targets: Vec<String>, start_ms: u64) {
+        with(&self.records, |r| {
+            r.faults.push(FaultWindow {
+                kind,
+                targets,
+                start_ms,
+                end_ms: now_ms(),
+            })
+        });
+    }
+
+    fn resume(&mut self, slot: usize) {
+        if self.paused.remove(&slot) {
+            match self.site.signal(slot, "CONT") {
+                Ok(()) => self.note(format!("SIGCONT {}", self.site.name(slot))),
+                Err(e) => self.note(format!("SIGCONT {} failed: {e}", self.site.name(slot))),
+            }
+        }
+    }
+
+    /// Starts a dead agent again and boots its host (mounts its MVs, starts the applications).
+    pub async fn restart(&mut self, slot: usize) {
+        let name = self.site.name(slot);
+        if self.site.agents[slot].is_some() {
+            // Running already (a boot that failed is retried by the heal).
+            return;
+        }
+        match tokio::time::timeout(RESTART_TIMEOUT, self.site.restart(slot)).await {
+            Ok(Ok(())) => self.note(format!("{name} restarted")),
+            Ok(Err(e)) => self.note(format!("{name} restart: {e}")),
+            Err(_) => self.note(format!(
+                "{name} restart: its host did not boot within {} s",
+                RESTART_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// A business node that holds an MV quiesced now, waiting (bounded) for one.
+    async fn wait_for_quiesce(&self) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + QUIESCE_WAIT;
+        let alive = self.alive();
+        let business: Vec<usize> = (1..self.site.layout.backup_slot())
+            .filter(|s| alive[*s])
+            .collect();
+        while tokio::time::Instant::now() < deadline {
+            for &slot in &business {
+                let endpoint = vec![(self.site.name(slot), self.site.endpoints[slot].clone())];
+                if observe::quiesced_mvs(&endpoint)
+                    .await
+                    .is_some_and(|q| !q.is_empty())
+                {
+                    return Some(slot);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+
+    /// Removes every fault: stopped agents continued, dead ones and the array restarted,
+    /// every host booted.
+    pub async fn heal(&mut self) {
+        for slot in self.paused.clone() {
+            self.resume(slot);
+        }
+        if self.site.array.is_none() {
+            match tokio::time::timeout(RESTART_TIMEOUT, self.site.restart_array()).await {
+                Ok(Ok(())) => self.note("heal: array A1 restarted".into()),
+                other => self.note(format!("heal: array A1 restart failed: {other:?}")),
+            }
+        }
+        for slot in 0..self.agents() {
+            if self.site.agents[slot].is_none() {
+                self.restart(slot).await;
+            }
+        }
+        if let Ok(Err(e)) =
+            tokio::time::timeout(RESTART_TIMEOUT, self.site.start_applications()).await
+        {
+            self.note(format!("heal: boot of the hosts failed: {e}"));
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The process-level layer (`stillpoint-chaos run`): one seeded schedule against a site of
+//! real `stillpoint` processes, judged from records stillpoint does not write about itself.
+//!
+//! A schedule ([`schedule::Schedule::draw`]) fixes the site's shape (3 or 5 voters), the
+//! faults (kind, instant, hold, and a number that picks among the live candidates) and the
+//! backup submissions. [`run`] starts the site ([`LocalSite`]: the software array with its
+//! audit log on, mgmt1, the business nodes with the workload writing to every MV, backup1;
+//! every process in its own data dir under `base_dir/seed-N`), applies the site file,
+//! prepares the pairs, and runs two phases:
+//!
+//! 1. **Faults** ([`RunConfig::fault_ms`]): the faults strike one after another
+//!    ([`faults::Harness::strike`]) while a client submits backups, a poller looks at the
+//!    backup node's mounts every 150 ms, and a watcher reads every RV of each copy labelled
+//!    consistent with the workload's verifier as soon as its job ends ([`observe`]).
+//! 2. **Heal**: every fault is removed ([`faults::Harness::heal`]); within
+//!    [`RunConfig::heal_ms_max`] there must be a leader, every job the client saw accepted
+//!    must have ended, and no MV may be quiesced.
+//!
+//! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log.
+//! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
+//! report carries a timeline of faults, observations and job steps.
+
+pub mod check;
+pub mod faults;
+pub mod observe;
+pub mod records;
+pub mod report;
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stillpoint_coordinator::ClusterState;
+use stillpoint_coordinator::job::{CopyLabel, JobEnd};
+use stillpoint_node::demo::site::{LocalSite, SiteLayout};
+use tokio::sync::watch;
+
+use check::{SiteFacts, Violation};
+use faults::Harness;
+use observe::with;
+use records::{Records, now_ms};
+use report::Report;
+use schedule::{Schedule, Shape};
+
+/// How a schedule is run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The `stillpoint` binary every process runs.
+    pub stillpoint: PathBuf,
+    /// Where each schedule's dir (`seed-N`) is made.
+    pub base_dir: PathBuf,
+    /// Keep every schedule's dir, not only failing ones.
+    pub keep: bool,
+    pub fault_ms: u64,
+    pub heal_ms_max: u64,
+    /// Every MV's quiesce limit.
+    pub quiesce_ms_max: u64,
+    /// What S4 adds to the limit: the array's 100 ms write sampling, the start hook, the
+    /// write-back cache filling again, a loaded machine.
+    pub stall_slack_ms: u64,
+}
+
+impl RunConfig {
+    pub fn new(stillpoint: PathBuf, base_dir: PathBuf) -> RunConfig {
+        RunConfig {
+            stillpoint,
+            base_dir,
+            keep: false,
+            fault_ms: 40_000,
+            heal_ms_max: 120_000,
+            quiesce_ms_max: 10_000,
+            stall_slack_ms: 3_000,
+        }
+    }
+}
+
+/// Pause between the workload's records.
+const WORKLOAD_PACE_MS: u64 = 10;
+/// Bound on starting the site, applying the site file and preparing the pairs.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The `stillpoint` binary: `explicit`, or the one next to this program (a cargo build puts
+/// both in `target/<profile>/`).
+pub fn find_stillpoint(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match explicit {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this program's path: {e}"))?
+            .with_file_name("stillpoint"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "the stillpoint binary is not at {}: build it with `cargo build --release --bin stillpoint` \
+             (it lands next to stillpoint-chaos), or pass --stillpoint PATH",
+            path.display()
+        ))
+    }
+}
+
+fn layout_for(shape: &Shape, cfg: &RunConfig) -> SiteLayout {
+    let mut layout = SiteLayout::spread_over(shape.pairs, shape.business_nodes);
+    layout.audit_log = true;
+    layout.workload_pace_ms = WORKLOAD_PACE_MS;
+    layout.cache_blocks_max = Some(4);
+    layout.quiesce_ms_max = cfg.quiesce_ms_max;
+    // Room for every record the workload writes until the heal bound and more (an LD full
+    // would stop the writer and look like a stall).
+    let window_ms = cfg.fault_ms + cfg.heal_ms_max + 120_000;
+    let bytes = window_ms / WORKLOAD_PACE_MS * stillpoint_host::RECORD_BYTES + 64 * 1024;
+    layout.ld_bytes = bytes.div_ceil(64 * 1024) * 64 * 1024;
+    layout
+}
+
+/// Runs the schedule of `seed` (its own tokio runtime; blocks until done).
+pub fn run(seed: u64, cfg: &RunConfig) -> Report {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run_async(seed, cfg)),
+        Err(e) => Report {
+            seed,
+            errors: vec![format!("cannot start a tokio runtime: {e}")],
+            ..Default::default()
+        },
+    }
+}
+
+async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
+    let started = Instant::now();
+    let schedule = Schedule::draw(seed, cfg.fault_ms);
+    let mut report = Report {
+        seed,
+        shape: Some(schedule.shape.clone()),
+        ..Default::default()
+    };
+    let dir = cfg.base_dir.join(format!("seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        report
+            .errors
+            .push(format!("cannot create {}: {e}", dir.display()));
+        return report;
+    }
+    let layout = layout_for(&schedule.shape, cfg);
+    let site = match tokio::time::timeout(SETUP_TIMEOUT, setup(&cfg.stillpoint, &dir, layout)).await
+    {
+        Ok(Ok(site)) => site,
+        Ok(Err(e)) => return setup_failed(report, &dir, e, started),
+        Err(_) => {
+            return setup_failed(
+                report,
+                &dir,
+                format!(
+                    "the site was not ready within {} s",
+                    SETUP_TIMEOUT.as_secs()
+                ),
+                started,
+            );
+        }
+    };
+    let records: observe::Shared = Arc::new(Mutex::new(Records::default()));
+    let mut h = Harness {
+        site,
+        paused: BTreeSet::new(),
+        records: records.clone(),
+    };
+    let facts = facts(&h.site.layout, cfg);
+    let endpoints = h.site.endpoints.clone();
+    let fault_start = now_ms();
+    with(&records, |r| r.fault_phase_ms.0 = fault_start);
+
+    let (stop_submit_tx, stop_submit) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
+    let last_state: Arc<Mutex<Option<ClusterState>>> = Arc::new(Mutex::new(None));
+    let rv_lds: BTreeMap<String, u32> = h
+        .site
+        .layout
+        .pairs
+        .iter()
+        .map(|p| (p.rv_volume.clone(), p.rv_ld))
+        .collect();
+    let rvs: Vec<(String, u32)> = h
+        .site
+        .layout
+        .pairs
+        .iter()
+        .map(|p| (p.pair.clone(), p.rv_ld))
+        .collect();
+    let tasks = vec![
+        tokio::spawn(observe::submitter(
+            endpoints.clone(),
+            schedule.submissions.clone(),
+            fault_start,
+            records.clone(),
+            stop_submit,
+        )),
+        tokio::spawn(observe::mount_poller(
+            endpoints[h.site.layout.backup_slot()].clone(),
+            rv_lds,
+            records.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(observe::job_watcher(
+            endpoints.clone(),
+            h.site.dir.join("array"),
+            rvs,
+            records.clone(),
+            last_state.clone(),
+            stop.clone(),
+        )),
+    ];
+
+    // Phase 1: faults.
+    for f in &schedule.faults {
+        let at = fault_start + f.at_ms;
+        if now_ms() >= fault_start + cfg.fault_ms {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
+        h.strike(f).await;
+    }
+    let end = fault_start + cfg.fault_ms;
+    tokio::time::sleep(Duration::from_millis(end.saturating_sub(now_ms()))).await;
+    let _ = stop_submit_tx.send(true);
+
+    // Phase 2: heal.
+    let heal_start = now_ms();
+    with(&records, |r| {
+        r.fault_phase_ms.1 = heal_start;
+        r.heal_phase_ms.0 = heal_start;
+        r.note("heal: removing every fault");
+    });
+    h.heal().await;
+    let business: Vec<(String, String)> = (1..h.site.layout.backup_slot())
+        .map(|s| (h.site.name(s), endpoints[s].clone()))
+        .collect();
+    let deadline = heal_start + cfg.heal_ms_max;
+    let mut unsettled = String::from("not looked at");
+    while now_ms() < deadline {
+        let leader = observe::leader(&endpoints, &h.alive()).await;
+        let open: Vec<u64> = with(&records, |r| {
+            r.jobs
+                .iter()
+                .filter(|(_, j)| j.end.is_none())
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        let quiesced = observe::quiesced_mvs(&business).await;
+        if leader.is_some() && open.is_empty() && quiesced.as_ref().is_some_and(|q| q.is_empty()) {
+            unsettled.clear();
+            break;
+        }
+        unsettled = format!(
+            "leader {:?}, jobs not ended {open:?}, MVs quiesced {quiesced:?}",
+            leader.map(|l| h.site.name(l))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report.heal_ms = now_ms() - heal_start;
+    with(&records, |r| {
+        r.note(format!("heal: settled in {} ms", now_ms() - heal_start))
+    });
+    // Let the applications write a little on the healed site: their stalls end in the audit.
+    tokio::time::sleep(Duration::from_millis(cfg.stall_slack_ms.min(2_000))).await;
+    with(&records, |r| r.heal_phase_ms.1 = now_ms());
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    if !unsettled.is_empty() {
+        report.violations.push(Violation {
+            prop: "heal",
+            at_ms: deadline,
+            what: format!(
+                "not settled within {} ms of the heal: {unsettled}",
+                cfg.heal_ms_max
+            ),
+        });
+    }
+
+    // Judge.
+    let records = with(&records, |r| r.clone());
+    match records::read_audit(&h.site.audit_path()) {
+        Ok(audit) => {
+            for gap in check::audit_gaps(&audit) {
+                report.errors.push(format!("audit log lines lost: {gap}"));
+            }
+            let (v, refused) = check::s1_s2(&audit, &records, &facts);
+            report.violations.extend(v);
+            report.rv_io_refused = refused;
+            report.mount_looks = records.polls.len() as u64;
+            let (v, c) = check::s3(&audit, &records, &facts);
+            report.violations.extend(v);
+            report.s3_judged = c.judged;
+            report.s3_unjudged = c.unjudged.len() as u64;
+            report.s3_excused = c.excused;
+            let (v, longest, excused) = check::s4(&audit, &records, &facts);
+            report.violations.extend(v);
+            report.s4_longest_ms = longest;
+            report.s4_excused = excused;
+        }
+        Err(e) => report.errors.push(e),
+    }
+    report.violations.extend(check::s7(&records));
+    tally(&mut report, &records);
+    let state = last_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    report.timeline = timeline(&records, state.as_ref(), fault_start);
+
+    h.site.stop().await;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    if report.failed() || cfg.keep {
+        report.kept = Some(dir);
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    report
+}
+
+fn setup_failed(mut report: Report, dir: &Path, e: String, started: Instant) -> Report {
+    report.errors.push(format!("setting the site up: {e}"));
+    report.kept = Some(dir.to_path_buf());
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// Starts the site, applies the site file, prepares the pairs (`group prepare --wait`, as an
+/// operator would) and starts the applications.
+async fn setup(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, String> {
+    let site = LocalSite::start(bin, dir, layout)
+        .await
+        .map_err(|e| format!("starting the processes: {e}"))?;
+    let file = dir.join("site.toml");
+    std::fs::write(&file, site.layout.site_toml())
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    let endpoint = site.endpoints[0].clone();
+    cli(
+        bin,
+        &[
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await?;
+    cli(
+        bin,
+        &[
+            "group",
+            "prepare",
+            "payroll",
+            "--wait",
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await?;
+    site.start_applications()
+        .await
+        .map_err(|e| format!("starting the applications: {e}"))?;
+    Ok(site)
+}
+
+/// Runs one `stillpoint` client command to its end (the commands bound their own waits).
+async fn cli(bin: &Path, args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .env_remove("STILLPOINT_ENDPOINT")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "stillpoint {} exited {}: {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn facts(layout: &SiteLayout, cfg: &RunConfig) -> SiteFacts {
+    SiteFacts {
+        backup_host: "backup1".into(),
+        rv_pairs: layout
+            .pairs
+            .iter()
+            .map(|p| (p.rv_ld, p.pair.clone()))
+            .collect(),
+        rv_mv_hosts: layout
+            .pairs
+            .iter()
+            .map(|p| (p.rv_ld, layout.name(p.mv_node)))
+            .collect(),
+        mvs: layout
+            .pairs
+            .iter()
+            .map(|p| (p.mv_ld, (p.pair.clone(), layout.name(p.mv_node))))
+            .collect(),
+        quiesce_ms_max: cfg.quiesce_ms_max,
+        stall_slack_ms: cfg.stall_slack_ms,
+    }
+}
+
+fn outcome_name(end: Option<&JobEnd>) -> &'static str {
+    match end {
+        Some(JobEnd::Done {
+            label: CopyLabel::Consistent,
+        }) => "done consistent",
+        Some(JobEnd::Done {
+            label: CopyLabel::CrashConsistent { .. },
+        }) => "done crash-consistent",
+        Some(JobEnd::Finished) => "finished",
+        Some(JobEnd::Failed { .. }) => "failed",
+        Some(JobEnd::Cancelled { .. }) => "cancelled",
+        None => "not ended",
+    }
+}
+
+fn tally(report: &mut Report, records: &Records) {
+    for w in &records.faults {
+        *report.faults.entry(w.kind).or_default() += 1;
+    }
+    report.faults_skipped = records.skipped.len() as u64;
+    for j in records.jobs.values() {
+        *report
+            .jobs
+            .entry(outcome_name(j.end.as_ref().map(|(e, _)| e)).into())
+            .or_default() += 1;
+    }
+    report.submissions_refused = records.submissions_refused;
+    report.submissions_unknown = records.submissions_unknown;
+}
+
+/// Faults, the harness's observations and every job step, in time order, relative to the
+/// start of the fault phase.
+fn timeline(records: &Records, state: Option<&ClusterState>, origin_ms: u64) -> Vec<String> {
+    let mut lines: Vec<(u64, String)> = records.notes.clone();
+    for w in &records.faults {
+        lines.push((
+            w.end_ms,
+            format!(
+                "fault {} on {} removed (struck {:+.3} s)",
+                w.kind.name(),
+                w.targets.join(", "),
+                (w.start_ms as f64 - origin_ms as f64) / 1000.0
+            ),
+        ));
+    }
+    for (kind, why) in &records.skipped {
+        lines.push((origin_ms, format!("fault {} skipped: {why}", kind.name())));
+    }
+    if let Some(state) = state {
+        for job in state.jobs.jobs.values() {
+            for step in &job.steps {
+                let call = format!("{:?}", step.call);
+                let call: String = call.chars().take(90).collect();
+                for e in &step.history {
+                    lines.push((
+                        e.at_ms,
+                        format!("job {} step {} {} {call}", job.id, step.id, e.state.name()),
+                    ));
+                }
+            }
+        }
+    }
+    lines.sort_by_key(|(t, _)| *t);
+    lines
+        .into_iter()
+        .map(|(t, l)| format!("{:+9.3} s  {l}", (t as f64 - origin_ms as f64) / 1000.0))
+        .collect()
+}

@@ -1,0 +1,212 @@
+//! What one schedule found ([`Report`]) and the table over many ([`Summary`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::check::Violation;
+use super::schedule::{FaultKind, Shape};
+
+/// The properties judged, in the order the table prints them; `NOT CHECKED` ones are listed
+/// so the table never implies they hold.
+pub const PROPS: [(&str, &str); 7] = [
+    (
+        "S1",
+        "no RV I/O the array accepted while its access forbade it (audit)",
+    ),
+    (
+        "S1/S2",
+        "RV mounted while the array copied onto it (mount looks + audit)",
+    ),
+    ("S3", "verifier on every RV of a copy labelled consistent"),
+    (
+        "S4",
+        "MV write stall <= quiesce limit + slack (array audit)",
+    ),
+    ("S5/S6", "NOT CHECKED at process level (see FAULTS.md)"),
+    ("S7", "every accepted job ended after heal"),
+    (
+        "heal",
+        "a leader, no job open, no MV quiesced within the heal bound",
+    ),
+];
+
+/// One schedule's outcome.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub shape: Option<Shape>,
+    pub elapsed_ms: u64,
+    pub faults: BTreeMap<FaultKind, u64>,
+    pub faults_skipped: u64,
+    /// "done consistent", "done crash-consistent", "failed", ... → count.
+    pub jobs: BTreeMap<String, u64>,
+    pub submissions_refused: u64,
+    pub submissions_unknown: u64,
+    pub s3_judged: u64,
+    pub s3_unjudged: u64,
+    /// Damaged copies made after a fault hit the application itself (see `check::S3Counts`).
+    pub s3_excused: Vec<String>,
+    pub s4_longest_ms: u64,
+    pub s4_excused: u64,
+    pub heal_ms: u64,
+    /// RV I/O by the backup node the array refused (counted, not judged).
+    pub rv_io_refused: u64,
+    /// Looks at the backup node's mounts that got an answer.
+    pub mount_looks: u64,
+    pub violations: Vec<Violation>,
+    /// The harness could not do its part (site did not start, records unreadable): the
+    /// schedule proves nothing and counts as failed.
+    pub errors: Vec<String>,
+    pub timeline: Vec<String>,
+    /// Where the data dirs and logs were kept (failing runs, or `--keep`).
+    pub kept: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty() || !self.errors.is_empty()
+    }
+
+    /// One line for the run's progress output.
+    pub fn line(&self) -> String {
+        let shape = self
+            .shape
+            .as_ref()
+            .map(|s| format!("{} voters, {} pairs", s.voters, s.pairs))
+            .unwrap_or_default();
+        let faults: u64 = self.faults.values().sum();
+        let jobs: u64 = self.jobs.values().sum();
+        format!(
+            "seed {}: {shape}, {faults} faults, {jobs} jobs accepted, heal {:.1} s, {} violations{}, {:.1} s",
+            self.seed,
+            self.heal_ms as f64 / 1000.0,
+            self.violations.len(),
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", HARNESS ERROR: {}", self.errors.join("; "))
+            },
+            self.elapsed_ms as f64 / 1000.0
+        )
+    }
+}
+
+/// Totals over schedules.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub schedules: u64,
+    pub failed: Vec<u64>,
+    pub faults: BTreeMap<FaultKind, u64>,
+    pub faults_skipped: u64,
+    pub jobs: BTreeMap<String, u64>,
+    pub submissions_refused: u64,
+    pub submissions_unknown: u64,
+    pub s3_judged: u64,
+    pub s3_unjudged: u64,
+    pub s3_excused: u64,
+    pub s4_longest_ms: u64,
+    pub s4_excused: u64,
+    pub heal_ms_max: u64,
+    pub rv_io_refused: u64,
+    pub mount_looks: u64,
+    pub violations: BTreeMap<&'static str, u64>,
+    pub errors: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, r: &Report) {
+        self.schedules += 1;
+        if r.failed() {
+            self.failed.push(r.seed);
+        }
+        for (k, n) in &r.faults {
+            *self.faults.entry(*k).or_default() += n;
+        }
+        self.faults_skipped += r.faults_skipped;
+        for (k, n) in &r.jobs {
+            *self.jobs.entry(k.clone()).or_default() += n;
+        }
+        self.submissions_refused += r.submissions_refused;
+        self.submissions_unknown += r.submissions_unknown;
+        self.s3_judged += r.s3_judged;
+        self.s3_unjudged += r.s3_unjudged;
+        self.s3_excused += r.s3_excused.len() as u64;
+        self.s4_longest_ms = self.s4_longest_ms.max(r.s4_longest_ms);
+        self.s4_excused += r.s4_excused;
+        self.heal_ms_max = self.heal_ms_max.max(r.heal_ms);
+        self.rv_io_refused += r.rv_io_refused;
+        self.mount_looks += r.mount_looks;
+        for v in &r.violations {
+            *self.violations.entry(v.prop).or_default() += 1;
+        }
+        self.errors += r.errors.len() as u64;
+    }
+
+    pub fn violations_total(&self) -> u64 {
+        self.violations.values().sum::<u64>() + self.errors
+    }
+
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "schedules: {} ({} failed{})\n",
+            self.schedules,
+            self.failed.len(),
+            if self.failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": seeds {}",
+                    self.failed
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        t += "faults by kind:\n";
+        for k in FaultKind::ALL {
+            t += &format!(
+                "  {:<16} {:>6}\n",
+                k.name(),
+                self.faults.get(&k).copied().unwrap_or(0)
+            );
+        }
+        t += &format!(
+            "  {:<16} {:>6}  (planned but nothing to strike)\n",
+            "skipped", self.faults_skipped
+        );
+        t += "jobs by outcome:\n";
+        for (k, n) in &self.jobs {
+            t += &format!("  {k:<22} {n:>6}\n");
+        }
+        t += &format!(
+            "  submissions refused {} (group busy, no_queue), outcome unknown {}\n",
+            self.submissions_refused, self.submissions_unknown
+        );
+        t += &format!(
+            "S1/S2 looks at backup1's mounts {}; RV I/O by backup1 the array refused {} (counted, not judged)\n",
+            self.mount_looks, self.rv_io_refused
+        );
+        t += &format!(
+            "S3 RVs verified {}, not judged {} (changed before read, or unreadable), damaged after a fault on the array or the MV's host {} (counted, not judged)\n",
+            self.s3_judged, self.s3_unjudged, self.s3_excused
+        );
+        t += &format!(
+            "S4 longest judged write stall {} ms; stalls excused (fault on the writer's host or the array) {}\n",
+            self.s4_longest_ms, self.s4_excused
+        );
+        t += &format!("heal: longest {} ms\n", self.heal_ms_max);
+        t += "violations by property:\n";
+        for (p, what) in PROPS {
+            let n = self.violations.get(p).copied().unwrap_or(0);
+            if what.starts_with("NOT CHECKED") {
+                t += &format!("  {p:<6}      -  {what}\n");
+            } else {
+                t += &format!("  {p:<6} {n:>6}  {what}\n");
+            }
+        }
+        t += &format!("  harness errors {}\n", self.errors);
+        t
+    }
+}

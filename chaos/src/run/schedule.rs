@@ -1,0 +1,182 @@
+//! What a seed decides, before any process starts: the site's shape, the faults (kind, when,
+//! how long, and a number that picks among the candidates the live site offers then), and when
+//! backups are submitted. Pure: the same seed draws the same schedule.
+
+use crate::sim::rng::Rng;
+
+/// The site a schedule runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Voters: mgmt1, the business nodes and backup1 are all voters (3 or 5).
+    pub voters: usize,
+    pub business_nodes: usize,
+    pub pairs: u32,
+}
+
+/// A fault the harness strikes. Targets named by role ("the leader", "a node holding a
+/// quiesce") are resolved when the fault strikes, from what the live site says then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// SIGKILL the leader's agent; restart it after the hold.
+    KillLeader,
+    /// SIGKILL an agent that is not the leader.
+    KillFollower,
+    /// SIGSTOP the leader's agent; SIGCONT after the hold.
+    PauseLeader,
+    /// SIGSTOP an agent that is not the leader.
+    PauseFollower,
+    /// SIGKILL several agents at once (the leader among them), up to all of them: sometimes a
+    /// majority survives, sometimes not.
+    KillMany,
+    /// SIGKILL the array process; restart it after the hold.
+    KillArray,
+    /// SIGKILL a business node's agent while it holds an MV quiesced (waits, bounded, for one).
+    KillQuiesced,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::KillLeader,
+        FaultKind::KillFollower,
+        FaultKind::PauseLeader,
+        FaultKind::PauseFollower,
+        FaultKind::KillMany,
+        FaultKind::KillArray,
+        FaultKind::KillQuiesced,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillFollower => "kill-follower",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::PauseFollower => "pause-follower",
+            FaultKind::KillMany => "kill-many",
+            FaultKind::KillArray => "kill-array",
+            FaultKind::KillQuiesced => "kill-quiesced",
+        }
+    }
+
+    /// Relative frequency (the leader is struck most often).
+    fn weight(self) -> u64 {
+        match self {
+            FaultKind::KillLeader => 25,
+            FaultKind::KillFollower => 10,
+            FaultKind::PauseLeader => 15,
+            FaultKind::PauseFollower => 5,
+            FaultKind::KillMany => 12,
+            FaultKind::KillArray => 13,
+            FaultKind::KillQuiesced => 20,
+        }
+    }
+}
+
+/// One fault of the schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedFault {
+    /// From the start of the fault phase.
+    pub at_ms: u64,
+    pub kind: FaultKind,
+    /// How long the process stays dead or stopped.
+    pub hold_ms: u64,
+    /// Picks among the candidates (which follower; how many for `KillMany`).
+    pub pick: u64,
+}
+
+/// One backup submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub at_ms: u64,
+    /// Refused instead of queued when the group is busy.
+    pub no_queue: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub seed: u64,
+    pub shape: Shape,
+    pub faults: Vec<PlannedFault>,
+    pub submissions: Vec<Submission>,
+}
+
+impl Schedule {
+    /// The schedule of `seed` for a fault phase of `fault_ms`.
+    pub fn draw(seed: u64, fault_ms: u64) -> Schedule {
+        let mut rng = Rng::new(seed);
+        let voters = if rng.chance(500) { 5 } else { 3 };
+        let business_nodes = voters - 2;
+        let pairs = rng.range(2, 3) as u32;
+        let total: u64 = FaultKind::ALL.iter().map(|k| k.weight()).sum();
+        let mut faults = Vec::new();
+        let mut at = rng.range(500, 2_000);
+        while at < fault_ms {
+            let mut roll = rng.below(total);
+            let mut kind = FaultKind::KillLeader;
+            for k in FaultKind::ALL {
+                if roll < k.weight() {
+                    kind = k;
+                    break;
+                }
+                roll -= k.weight();
+            }
+            let hold_ms = match kind {
+                FaultKind::PauseLeader | FaultKind::PauseFollower => rng.range(300, 5_000),
+                FaultKind::KillArray => rng.range(200, 4_000),
+                _ => rng.range(200, 6_000),
+            };
+            faults.push(PlannedFault {
+                at_ms: at,
+                kind,
+                hold_ms,
+                pick: rng.next_u64(),
+            });
+            at += hold_ms + rng.range(500, 4_000);
+        }
+        let mut submissions = Vec::new();
+        let mut at = rng.range(0, 1_000);
+        while at < fault_ms {
+            submissions.push(Submission {
+                at_ms: at,
+                no_queue: rng.chance(250),
+            });
+            at += rng.range(1_000, 5_000);
+        }
+        Schedule {
+            seed,
+            shape: Shape {
+                voters,
+                business_nodes,
+                pairs,
+            },
+            faults,
+            submissions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_draws_the_same_schedule_and_seeds_differ() {
+        assert_eq!(Schedule::draw(7, 30_000), Schedule::draw(7, 30_000));
+        let all: Vec<Schedule> = (0..50).map(|s| Schedule::draw(s, 30_000)).collect();
+        assert!(all.windows(2).any(|w| w[0].faults != w[1].faults));
+        for s in &all {
+            assert!(s.shape.voters == 3 || s.shape.voters == 5);
+            assert!(!s.faults.is_empty() && !s.submissions.is_empty());
+            assert!(
+                s.faults
+                    .windows(2)
+                    .all(|w| w[0].at_ms + w[0].hold_ms < w[1].at_ms)
+            );
+        }
+        for k in FaultKind::ALL {
+            assert!(
+                all.iter().any(|s| s.faults.iter().any(|f| f.kind == k)),
+                "{k:?} never drawn in 50 seeds"
+            );
+        }
+    }
+}
