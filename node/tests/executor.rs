@@ -255,22 +255,6 @@ async fn stale_fenced_and_out_of_term_tokens_are_refused_and_a_probe_reports_wha
         .await,
         &format!("job {job}"),
     );
-    // A hooks-only quiesce is not executed yet, and says so.
-    let hooks_only = order(
-        tok(term + 2, 15, 0, 1),
-        StepCall::Quiesce {
-            volume: vol("db1", "data"),
-            method: QuiesceMethod::HooksOnly,
-            limit_ms: 10_000,
-        },
-    );
-    match execute(&site.addr(1), &hooks_only).await.unwrap() {
-        Finding::Finished {
-            outcome: Err(reason),
-            ..
-        } => assert!(reason.contains("not supported"), "{reason}"),
-        other => panic!("a hooks-only quiesce: {other:?}"),
-    }
     // A step for another node is refused, naming it.
     assert_refused(
         execute(&site.addr(1), &free(tok(term + 2, 14, 0, 1))).await,
