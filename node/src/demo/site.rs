@@ -570,6 +570,14 @@ impl LocalSite {
         Ok(stillpoint_host::verify(&device).await?)
     }
 
+    /// Reads the MV of pair `i` through the array (as its business node) with the verifier.
+    pub async fn verify_mv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
+        let p = &self.layout.pairs[i];
+        let host = self.name(p.mv_node);
+        let device = ArrayLdDevice::new(&self.array_endpoint(), p.mv_ld, &host);
+        Ok(stillpoint_host::verify(&device).await?)
+    }
+
     /// Stops every agent gracefully (SIGTERM, so held quiesces are resumed), then the array.
     pub async fn stop(mut self) {
         for slot in 0..self.agents.len() {
