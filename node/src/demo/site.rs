@@ -223,6 +223,10 @@ pub struct LocalSite {
     pub agents: Vec<Option<Child>>,
     /// Slots started at least once (a later start is a restart, without `--new`).
     started: Vec<bool>,
+    /// Slots SIGKILLed at least once. With the `sim` backend that is a crashed host: the
+    /// write-back caches of its mounted MVs are lost, leaving torn records and holes on the
+    /// MVs themselves, which later copies carry faithfully (see [`LocalSite::kill`]).
+    pub crashed: Vec<bool>,
 }
 
 /// A free loopback address for a child process to listen on (the port is released here).
@@ -277,6 +281,7 @@ impl LocalSite {
             configs: Vec::new(),
             agents: Vec::new(),
             started: Vec::new(),
+            crashed: Vec::new(),
         };
         let remote = site.connect_array().await?;
         drop(remote);
@@ -305,6 +310,7 @@ impl LocalSite {
             site.endpoints.push(address);
             site.agents.push(None);
             site.started.push(false);
+            site.crashed.push(false);
         }
         for slot in 0..site.agents.len() {
             site.spawn(slot)?;
@@ -432,6 +438,7 @@ impl LocalSite {
 
     /// SIGKILLs agent `slot` and reaps it.
     pub async fn kill(&mut self, slot: usize) {
+        self.crashed[slot] = true;
         if let Some(mut child) = self.agents[slot].take() {
             let _ = child.kill().await;
         }
@@ -567,14 +574,6 @@ impl LocalSite {
     pub async fn verify_rv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
         let p = &self.layout.pairs[i];
         let device = ArrayLdDevice::new(&self.array_endpoint(), p.rv_ld, "backup1");
-        Ok(stillpoint_host::verify(&device).await?)
-    }
-
-    /// Reads the MV of pair `i` through the array (as its business node) with the verifier.
-    pub async fn verify_mv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
-        let p = &self.layout.pairs[i];
-        let host = self.name(p.mv_node);
-        let device = ArrayLdDevice::new(&self.array_endpoint(), p.mv_ld, &host);
         Ok(stillpoint_host::verify(&device).await?)
     }
 
