@@ -12,23 +12,8 @@ use stillpoint_array::{Array, RemoteArray};
 use stillpoint_coordinator::inventory::QuiesceMethod;
 use stillpoint_coordinator::job::wire::quiesce_owner;
 use stillpoint_coordinator::job::{Finding, StepCall, StepResult};
-use stillpoint_host::{Host, MountIdentity, MountRequest};
+use stillpoint_host::Host;
 use stillpoint_node::executor::client::execute;
-
-/// Mounts db1's MV `data` without starting its application.
-async fn mount_mv(site: &Site) {
-    site.host(1)
-        .mount(
-            "data",
-            &MountRequest {
-                mount_point: None,
-                identity: MountIdentity::Keep,
-                read_only: false,
-            },
-        )
-        .await
-        .unwrap();
-}
 
 /// A quiesce waiting for its MV to be mounted is under way on `volume:db1:data`; a second
 /// step on the same volume, sent meanwhile, waits behind it instead of running beside it, and
@@ -65,7 +50,7 @@ async fn steps_on_one_volume_run_one_at_a_time_in_the_order_they_began() {
         },
         "a step on a volume another step is working on must wait for it"
     );
-    mount_mv(&site).await;
+    site.mount_mv().await;
     first.reply_within_ms = 30_000;
     let StepResult::Quiesced { .. } = done(&db1, &first).await else {
         panic!("the first step did not quiesce")

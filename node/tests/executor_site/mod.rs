@@ -72,18 +72,26 @@ impl Site {
 
     /// Mounts db1's MV and starts its writer, as the business server runs all day.
     pub async fn run_business(&self) {
-        let db1 = self.host(1);
-        db1.mount(
-            "data",
-            &MountRequest {
-                mount_point: None,
-                identity: MountIdentity::Keep,
-                read_only: false,
-            },
-        )
-        .await
-        .unwrap();
-        db1.run_hook("data", HookKind::Start).await.unwrap();
+        self.mount_mv().await;
+        self.host(1)
+            .run_hook("data", HookKind::Start)
+            .await
+            .unwrap();
+    }
+
+    /// Mounts db1's MV `data` without starting its application.
+    pub async fn mount_mv(&self) {
+        self.host(1)
+            .mount(
+                "data",
+                &MountRequest {
+                    mount_point: None,
+                    identity: MountIdentity::Keep,
+                    read_only: false,
+                },
+            )
+            .await
+            .unwrap();
     }
 
     /// Stops agent `i` gracefully and starts it again on its data dir and address.
