@@ -460,6 +460,26 @@ impl Inner {
     }
 }
 
+/// Unmounts a volume for a quiesce. A stop hook usually signals the application and returns
+/// while it is still exiting, so a busy volume is tried again, with a growing pause, until
+/// `wait_until_unix_ms` (0: once); then the last refusal (naming the holders) stands.
+async fn unmount_once_stopped(
+    backend: &dyn Backend,
+    cfg: &VolumeConfig,
+    wait_until_unix_ms: u64,
+) -> Result<(), HostError> {
+    let mut pause_ms = crate::limits::HOLDER_EXIT_POLL_MS;
+    loop {
+        match backend.unmount(cfg, false).await {
+            Err(HostError::Busy { .. }) if now_unix_ms() + pause_ms < wait_until_unix_ms => {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(crate::limits::HOLDER_EXIT_POLL_MS_MAX);
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 /// The body of [`Host::quiesce`], run on its own task.
 async fn quiesce_detached(
     inner: &Arc<Inner>,
@@ -547,7 +567,14 @@ async fn quiesce_detached(
                         .await?;
                 }
                 inner.backend.flush(cfg).await?;
-                inner.backend.unmount(cfg, false).await.map(|_| ())
+                // Without a stop hook nothing of ours will make a holder go: one attempt.
+                let wait_until_unix_ms = match cfg.stop {
+                    Some(_) => rec
+                        .deadline_unix_ms
+                        .min(now_unix_ms().saturating_add(crate::limits::HOLDER_EXIT_WAIT_MS)),
+                    None => 0,
+                };
+                unmount_once_stopped(inner.backend.as_ref(), cfg, wait_until_unix_ms).await
             }
             QuiesceMode::HooksOnly => {
                 inner

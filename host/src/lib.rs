@@ -100,7 +100,11 @@
 //! records such a copy as consistent (S3). A quiesce that fails half-way is undone before the
 //! error is returned; nothing stays quiesced because of an error. The stop hook, flush,
 //! unmount and freeze all count against the window: the stop hook is killed at the deadline,
-//! and a quiesce not complete before its deadline fails (S4) and is undone. Quiesce and release run on
+//! and a quiesce not complete before its deadline fails (S4) and is undone. A stop hook usually
+//! signals the application and returns while it is still exiting, so after a stop hook a busy
+//! unmount is tried again until the holders let go (at most
+//! [`limits::HOLDER_EXIT_WAIT_MS`], never past the deadline); without a stop hook a busy volume
+//! is refused at once, naming its holders. Quiesce and release run on
 //! their own tasks, so a caller that goes away (a cancelled RPC) cannot leave a volume
 //! quiesced without its watchdog.
 //!

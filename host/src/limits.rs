@@ -31,6 +31,13 @@ pub const FSCK_TIMEOUT_MS: u64 = 3_600_000;
 pub const SYSCALL_TIMEOUT_MS: u64 = 120_000;
 /// Grace between SIGTERM and SIGKILL for holders of a force-unmounted volume.
 pub const HOLDER_TERM_GRACE_MS: u64 = 5_000;
+/// After a quiesce's stop hook, how long the unmount waits (never past the quiesce's deadline)
+/// for the application to let go of the volume: a stop hook usually signals the application
+/// and returns before it has exited.
+pub const HOLDER_EXIT_WAIT_MS: u64 = 30_000;
+/// First and longest pause between two unmount attempts while the stopped application exits.
+pub const HOLDER_EXIT_POLL_MS: u64 = 20;
+pub const HOLDER_EXIT_POLL_MS_MAX: u64 = 500;
 /// First pause between attempts to resume a volume whose automatic resume failed; doubled
 /// after each failure up to [`RESUME_RETRY_MS_MAX`].
 pub const RESUME_RETRY_MS: u64 = 1_000;

@@ -313,3 +313,63 @@ async fn a_static_point_unmount_stops_the_holder_by_hook_and_resumes_it_at_the_d
     host.rescan().await.unwrap();
     host.unmount("mv", false).await.unwrap();
 }
+
+/// An application's stop hook usually signals the application and returns; the application
+/// then takes its time to exit (closing files, flushing). The quiesce must wait for it to let
+/// go of the volume (within the volume's limit) rather than find the volume busy at once.
+#[tokio::test]
+async fn an_unmount_quiesce_waits_for_an_application_that_exits_slowly_after_its_stop_hook() {
+    require!("losetup", "mkfs.ext4", "blkid", "sleep", "sh");
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
+    let pidfile = fx.dir.path().join("app.pid");
+    // The "application": on SIGTERM it needs about a second to shut down, and keeps its working
+    // directory on the volume until it has.
+    let app = "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done";
+    let extra = format!(
+        "unmount_ms_max = 20000\n\
+         start = {{ command = [\"sh\", \"-c\", \"cd {mp} && (sh -c \\\"{app}\\\" >/dev/null 2>&1 & echo $! > {pid})\"] }}\n\
+         stop = {{ command = [\"sh\", \"-c\", \"kill $(cat {pid})\"] }}\n",
+        mp = mp.display(),
+        pid = pidfile.display()
+    );
+    let host = fx.agent_with(&[("mv", &dev, &mp, "ext4")], &extra).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    host.run_hook("mv", stillpoint_host::HookKind::Start)
+        .await
+        .unwrap();
+    struct KillOnDrop(PathBuf);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(p) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").args(["-9", p.trim()]).status();
+            }
+        }
+    }
+    let _cleanup = KillOnDrop(pidfile.clone());
+    wait_until("the application holds the volume", || async {
+        !host.volume("mv").await.unwrap().holders.is_empty()
+    })
+    .await;
+
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "job".into(),
+        })
+        .await;
+    let q = q.unwrap_or_else(|e| panic!("the quiesce gave up on a slow exit: {e}"));
+    assert_eq!(host.volume("mv").await.unwrap().mounted_at, None);
+    host.release("mv", Some(q.quiesce_id)).await.unwrap();
+    // The release started the application again; stop it for good before the clean-up.
+    host.run_hook("mv", stillpoint_host::HookKind::Stop)
+        .await
+        .unwrap();
+    wait_until("the application lets go", || async {
+        host.volume("mv").await.unwrap().holders.is_empty()
+    })
+    .await;
+    host.unmount("mv", false).await.unwrap();
+}
