@@ -52,6 +52,11 @@ pub enum NodeError {
         leader_addr: Option<String>,
     },
 
+    /// Something this command needs is not on this machine (a package, root, a device): the
+    /// message says what and how to get it. Nothing was changed.
+    #[error("{0}")]
+    Prerequisite(String),
+
     /// The request is invalid as given (bad address, wrong state): change it.
     #[error("{0}")]
     Invalid(String),
@@ -133,6 +138,7 @@ impl NodeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             NodeError::Config { .. } | NodeError::Invalid(_) => exit::BAD_INPUT,
+            NodeError::Prerequisite(_) => exit::MISSING_PREREQUISITE,
             NodeError::Refused(_) => exit::REFUSED,
             NodeError::WrongState(_) => exit::WRONG_STATE,
             NodeError::NotFound(_) => exit::NOT_FOUND,
@@ -171,6 +177,7 @@ impl NodeError {
                 status
             }
             NodeError::Config { .. } | NodeError::Invalid(_) => Status::invalid_argument(message),
+            NodeError::Prerequisite(_) => Status::failed_precondition(message),
             NodeError::Refused(_) => Status::permission_denied(message),
             NodeError::WrongState(_) => Status::failed_precondition(message),
             NodeError::NotFound(_) => Status::not_found(message),
@@ -288,6 +295,9 @@ pub mod exit {
     pub const JOB_FAILED: u8 = 12;
     /// The job was cancelled (who asked is printed); no copy was recorded.
     pub const JOB_CANCELLED: u8 = 13;
+    /// Something the command needs is not on this machine (e.g. PostgreSQL for `demo
+    /// --postgres`, or root); the message says how to get it. Nothing was changed.
+    pub const MISSING_PREREQUISITE: u8 = 14;
 }
 
 /// Exit code of a job that ended `end`: 0 done and consistent (or, for a job that makes no

@@ -513,6 +513,19 @@ pub async fn run_apply(
     dry_run: bool,
     prune: bool,
 ) -> Result<(), NodeError> {
+    let changes = apply_file(client, file, dry_run, prune).await?;
+    print_changes(&changes, output, dry_run);
+    Ok(())
+}
+
+/// Checks the site file against the cluster's state and the live arrays and, unless
+/// `dry_run`, applies it; the changes it makes (or would make).
+pub async fn apply_file(
+    client: &Client,
+    file: &PathBuf,
+    dry_run: bool,
+    prune: bool,
+) -> Result<Vec<Change>, NodeError> {
     let text = std::fs::read_to_string(file).map_err(|e| NodeError::Config {
         path: file.clone(),
         message: format!("cannot read: {e}"),
@@ -532,8 +545,7 @@ pub async fn run_apply(
         return Err(NodeError::Invalid(describe_invalid(file, &text, &errors)));
     }
     if dry_run {
-        print_changes(&changes, output, true);
-        return Ok(());
+        return Ok(changes);
     }
     let command = Command::ApplyInventory {
         inventory,
@@ -542,10 +554,7 @@ pub async fn run_apply(
         at_ms: crate::agent::now_ms(),
     };
     match client.propose(&command).await?.0 {
-        Response::InventoryApplied { changes } => {
-            print_changes(&changes, output, false);
-            Ok(())
-        }
+        Response::InventoryApplied { changes } => Ok(changes),
         Response::InventoryInvalid { errors } => {
             Err(NodeError::Invalid(describe_invalid(file, &text, &errors)))
         }

@@ -18,6 +18,9 @@
 //! `--hold` keeps the site running so other `stillpoint` commands can be pointed at it.
 
 pub mod inprocess;
+pub mod layout;
+pub mod pg;
+pub mod postgres;
 pub mod site;
 mod timeline;
 
@@ -46,6 +49,16 @@ pub struct DemoArgs {
     /// Do not kill the leader during the backup.
     #[arg(long)]
     pub no_kill: bool,
+    /// Back up a live PostgreSQL instead: real ext4 on the array's LDs, pgbench writing, a
+    /// second server started on the copy and checked (root, /dev/fuse and PostgreSQL 15+).
+    #[arg(long)]
+    pub postgres: bool,
+    /// With --postgres: online backup mode (`postgresql`) or `freeze`.
+    #[arg(long, value_enum, default_value_t = postgres::PgQuiesce::Postgresql, requires = "postgres")]
+    pub quiesce: postgres::PgQuiesce,
+    /// With --postgres: the WAL on a second LD of the same node, in the same group.
+    #[arg(long, requires = "postgres")]
+    pub wal_on_second_ld: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -77,6 +90,9 @@ pub async fn run(args: DemoArgs) -> Result<(), NodeError> {
             println!("{line}");
         }
     };
+    if args.postgres {
+        return run_postgres(&bin, &dir, &args, &say).await;
+    }
     let layout = SiteLayout::spread(2);
     eprintln!(
         "starting software array A1 and agents {} as processes on loopback (data and logs in {}) ...",
@@ -104,6 +120,75 @@ pub async fn run(args: DemoArgs) -> Result<(), NodeError> {
         }
     }
     outcome
+}
+
+/// `demo --postgres`: runs [`postgres::run`], prints its report, and fails when the copy or
+/// the run had problems.
+async fn run_postgres(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &DemoArgs,
+    say: &dyn Fn(String),
+) -> Result<(), NodeError> {
+    let report = postgres::run(bin, dir, args.quiesce, args.wal_on_second_ld, say).await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if !matches!(e, NodeError::Prerequisite(_)) {
+                eprintln!(
+                    "the PostgreSQL demo failed: {e}
+logs are in {}",
+                    dir.display()
+                );
+            }
+            return Err(e);
+        }
+    };
+    if args.output == OutputFormat::Json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| NodeError::Invalid(format!("cannot print the report: {e}")))?;
+        println!("{text}");
+    } else {
+        let c = &report.copy;
+        say(format!(
+            "\ncopy labelled {}; the copy's server recovered: {} history rows (production had {} when the job was submitted, {} when it ended)",
+            report.label,
+            c.history,
+            report.production_history_before,
+            report.production_history_after
+        ));
+        say(format!(
+            "pgbench's invariant on the copy: sum of balances of accounts {}, tellers {}, branches {}; of the history's deltas {}; rows: {} branches, {} tellers, {} accounts",
+            c.sum_abalance,
+            c.sum_tbalance,
+            c.sum_bbalance,
+            c.sum_delta,
+            c.branches,
+            c.tellers,
+            c.accounts
+        ));
+        say(format!("pg_amcheck on the copy: {}", report.amcheck));
+        say(format!(
+            "freeze window {} ms; pgbench: {} transactions overlapped it, the longest {:.1} ms (the whole run's longest {:.1} ms); pgbench errors: {}",
+            report.window_ms,
+            report.pgbench_transactions_in_window,
+            report.pgbench_max_latency_in_window_ms,
+            report.pgbench_max_latency_whole_run_ms,
+            if report.pgbench_errors.is_empty() {
+                "none".to_string()
+            } else {
+                report.pgbench_errors.join("; ")
+            }
+        ));
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(NodeError::Invalid(format!(
+            "the PostgreSQL copy did not pass: {}",
+            report.problems.join("; ")
+        )))
+    }
 }
 
 async fn drive(
@@ -206,12 +291,12 @@ async fn drive(
 
 /// When the demo kills the leader.
 #[derive(Clone, Copy, Debug)]
-enum KillPoint {
+pub(super) enum KillPoint {
     /// Once every MV's quiesce is recorded done: inside the freeze window.
     MvsQuiesced,
 }
 
-async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
+pub(super) async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
     let command = Command::SubmitJob {
         kind,
         submitted_by: "demo".into(),
@@ -227,7 +312,7 @@ async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
     }
 }
 
-async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
+pub(super) async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
     // Read from the leader, confirmed by a quorum: never an older copy than printed already.
     let reply = site
         .client()
@@ -249,7 +334,18 @@ async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
 async fn follow(
     site: &mut LocalSite,
     id: u64,
+    kill: Option<KillPoint>,
+    say: &dyn Fn(String),
+) -> Result<JobEnd, NodeError> {
+    follow_for(site, id, kill, JOB_TIMEOUT, say).await
+}
+
+/// [`follow`], bounded by `timeout`.
+pub(super) async fn follow_for(
+    site: &mut LocalSite,
+    id: u64,
     mut kill: Option<KillPoint>,
+    timeout: Duration,
     say: &dyn Fn(String),
 ) -> Result<JobEnd, NodeError> {
     let started = tokio::time::Instant::now();
@@ -293,10 +389,10 @@ async fn follow(
                 }
             }
         }
-        if started.elapsed() > JOB_TIMEOUT {
+        if started.elapsed() > timeout {
             return Err(NodeError::Timeout {
                 what: format!("job {id} to end"),
-                ms: JOB_TIMEOUT.as_millis() as u64,
+                ms: timeout.as_millis() as u64,
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -8,7 +8,8 @@
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
 //! [`LocalSite::verify_rv`] reads an RV through the array with the workload's verifier.
 //!
-//! Children are killed when the site is dropped, pass or fail.
+//! Children are killed when the site is dropped, pass or fail (agents on linux hosts are first
+//! asked to stop, so they detach their LDs).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,197 +20,13 @@ use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest};
 use tokio::process::{Child, Command};
 
 use super::inprocess::{bind_loopback, local_address};
+pub use super::layout::{DB1, DB2, MGMT1, PairLayout, SiteHosts, SiteLayout};
 use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
 use crate::volumes::ArrayLdDevice;
 
-/// Slots of the agents every layout has; `backup1` comes after the business nodes
-/// ([`SiteLayout::backup_slot`]).
-pub const MGMT1: usize = 0;
-pub const DB1: usize = 1;
-pub const DB2: usize = 2;
-
-/// One pair of the site's group: its MV on a business node, its RV on `backup1`.
-#[derive(Clone, Debug)]
-pub struct PairLayout {
-    pub pair: String,
-    /// Slot of the MV's business node.
-    pub mv_node: usize,
-    pub mv_volume: String,
-    pub mv_ld: u32,
-    pub rv_volume: String,
-    pub rv_ld: u32,
-}
-
-/// What the site holds: the pairs of group `payroll` and how they are quiesced.
-#[derive(Clone, Debug)]
-pub struct SiteLayout {
-    pub pairs: Vec<PairLayout>,
-    /// `unmount` or `freeze`.
-    pub quiesce: String,
-    pub quiesce_ms_max: u64,
-    /// Capacity of every LD.
-    pub ld_bytes: u64,
-    /// Raft timings (`[raft]` body) of every agent.
-    pub raft_toml: String,
-    /// Business nodes `db1`..`dbN`.
-    pub business_nodes: usize,
-    /// Agents with a control path to the array, as the site file lists them.
-    pub control_nodes: Vec<String>,
-    /// The array's background copy pace (0: as fast as it goes).
-    pub copy_pace_bytes_per_s: u64,
-    /// The array keeps its audit log (`array/audit.log`, see `stillpoint_array::AuditLine`).
-    pub audit_log: bool,
-    /// Pause between the workload's records.
-    pub workload_pace_ms: u64,
-    /// Dirty blocks each sim volume caches before writing random ones back (host default when
-    /// `None`).
-    pub cache_blocks_max: Option<usize>,
-}
-
-impl SiteLayout {
-    /// `n` pairs spread over db1 and db2 (pair `i` on db1 when `i` is even), LDs `2i` (MV) and
-    /// `2i + 1` (RV).
-    pub fn spread(n: u32) -> SiteLayout {
-        SiteLayout::spread_over(n, 2)
-    }
-
-    /// `n` pairs spread over `nodes` business nodes in turn.
-    pub fn spread_over(n: u32, nodes: usize) -> SiteLayout {
-        let nodes = nodes.max(1);
-        SiteLayout {
-            business_nodes: nodes,
-            pairs: (0..n)
-                .map(|i| PairLayout {
-                    pair: format!("p{i}"),
-                    mv_node: DB1 + i as usize % nodes,
-                    mv_volume: format!("mv{i}"),
-                    mv_ld: 2 * i,
-                    rv_volume: format!("rv{i}"),
-                    rv_ld: 2 * i + 1,
-                })
-                .collect(),
-            quiesce: "unmount".into(),
-            quiesce_ms_max: 30_000,
-            ld_bytes: 4 * 1024 * 1024,
-            control_nodes: vec!["mgmt1".into()],
-            copy_pace_bytes_per_s: 0,
-            raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
-            audit_log: false,
-            workload_pace_ms: 2,
-            cache_blocks_max: None,
-        }
-    }
-
-    /// Every agent by slot: name and role.
-    pub fn agents(&self) -> Vec<(String, &'static str)> {
-        let mut agents = vec![("mgmt1".to_string(), "management")];
-        agents.extend((1..=self.business_nodes).map(|i| (format!("db{i}"), "business")));
-        agents.push(("backup1".to_string(), "backup"));
-        agents
-    }
-
-    /// The backup node's slot.
-    pub fn backup_slot(&self) -> usize {
-        self.business_nodes + 1
-    }
-
-    /// The name of the agent in `slot`.
-    pub fn name(&self, slot: usize) -> String {
-        self.agents()
-            .get(slot)
-            .map(|(n, _)| n.clone())
-            .unwrap_or_default()
-    }
-
-    fn array_toml(&self, dir: &Path, address: &str) -> String {
-        let mut text = format!(
-            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\naudit_log = {}\n",
-            dir.join("array").display().to_string(),
-            self.copy_pace_bytes_per_s,
-            self.audit_log
-        );
-        for p in &self.pairs {
-            text += &format!(
-                "[[ld]]\nnumber = {}\nname = \"MV{}\"\ncapacity_bytes = {}\nhosts = [\"{}\"]\n\
-                 [[ld]]\nnumber = {}\nname = \"RV{}\"\ncapacity_bytes = {}\nhosts = [\"backup1\"]\n",
-                p.mv_ld,
-                p.mv_ld,
-                self.ld_bytes,
-                self.name(p.mv_node),
-                p.rv_ld,
-                p.rv_ld,
-                self.ld_bytes
-            );
-        }
-        text
-    }
-
-    fn host_toml(&self, slot: usize) -> String {
-        let mut text = format!(
-            "[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = {}\n",
-            self.workload_pace_ms
-        );
-        if let Some(blocks) = self.cache_blocks_max {
-            text += &format!("cache_blocks_max = {blocks}\n");
-        }
-        for (i, p) in self.pairs.iter().enumerate() {
-            if p.mv_node == slot {
-                text += &format!(
-                    "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/{}/{}\"\nstop = {{ app = \"app{i}\" }}\nstart = {{ app = \"app{i}\" }}\n",
-                    p.mv_volume,
-                    p.mv_ld,
-                    self.name(slot),
-                    p.mv_volume
-                );
-            }
-            if slot == self.backup_slot() {
-                text += &format!(
-                    "[[host.volumes]]\nname = \"{}\"\nld = \"A1/{}\"\nmount_point = \"/sim/backup1/{}\"\n",
-                    p.rv_volume, p.rv_ld, p.rv_volume
-                );
-            }
-        }
-        text
-    }
-
-    /// The site file: the array (control path from the control nodes), pairs, volumes and group
-    /// `payroll`.
-    pub fn site_toml(&self) -> String {
-        let mut text = format!(
-            "[[arrays]]\nname = \"A1\"\ncontrol_nodes = {:?}\n",
-            self.control_nodes
-        );
-        for p in &self.pairs {
-            text += &format!(
-                "[[pairs]]\nname = \"{}\"\nmv = \"A1:{}\"\nrv = \"A1:{}\"\nkind = \"ddr\"\n\
-                 [[volumes]]\nnode = \"{}\"\nname = \"{}\"\nld = \"A1:{}\"\n\
-                 [[volumes]]\nnode = \"backup1\"\nname = \"{}\"\nld = \"A1:{}\"\n",
-                p.pair,
-                p.mv_ld,
-                p.rv_ld,
-                self.name(p.mv_node),
-                p.mv_volume,
-                p.mv_ld,
-                p.rv_volume,
-                p.rv_ld
-            );
-        }
-        text += "[[groups]]\nname = \"payroll\"\n";
-        for p in &self.pairs {
-            text += &format!(
-                "[[groups.members]]\npair = \"{}\"\nmv = \"{}:{}\"\nrv = \"backup1:{}\"\nquiesce = \"{}\"\nquiesce_ms_max = {}\n",
-                p.pair,
-                self.name(p.mv_node),
-                p.mv_volume,
-                p.rv_volume,
-                self.quiesce,
-                self.quiesce_ms_max
-            );
-        }
-        text
-    }
-}
+/// How long a dropped site of linux hosts waits for each agent to detach its LDs.
+const DETACH_ON_DROP: Duration = Duration::from_secs(20);
 
 /// The running site.
 pub struct LocalSite {
@@ -259,6 +76,34 @@ fn spawn_array(bin: &Path, dir: &Path) -> Result<Child, NodeError> {
         .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))
 }
 
+/// Bound on making a file system on an LD.
+const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a tool to its end, bounded by `timeout`; its stderr in the error.
+pub(crate) async fn run_tool(argv: &[&str], timeout: Duration) -> Result<String, NodeError> {
+    let shown = argv.join(" ");
+    let run = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| NodeError::Timeout {
+            what: format!("running {shown}"),
+            ms: timeout.as_millis() as u64,
+        })?
+        .map_err(|e| NodeError::Invalid(format!("cannot run {shown}: {e}")))?;
+    if !out.status.success() {
+        return Err(NodeError::Invalid(format!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Bound on forming the site (processes starting, an election, registrations).
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -286,15 +131,30 @@ impl LocalSite {
         let remote = site.connect_array().await?;
         drop(remote);
         for p in site.layout.pairs.clone() {
-            let device = ArrayLdDevice::new(&site.array_endpoint(), p.mv_ld, &site.name(p.mv_node));
-            stillpoint_host::SimBackend::format(&device).await?;
+            match &site.layout.hosts {
+                SiteHosts::Sim => {
+                    let device =
+                        ArrayLdDevice::new(&site.array_endpoint(), p.mv_ld, &site.name(p.mv_node));
+                    stillpoint_host::SimBackend::format(&device).await?;
+                }
+                SiteHosts::Linux { .. } => {
+                    let node = site.name(p.mv_node);
+                    for (node, volume) in [(node.as_str(), &p.mv_volume), ("backup1", &p.rv_volume)]
+                    {
+                        let mp = site.layout.mount_point(dir, node, volume);
+                        std::fs::create_dir_all(&mp).map_err(|e| {
+                            NodeError::Invalid(format!("cannot create mount point {mp}: {e}"))
+                        })?;
+                    }
+                }
+            }
         }
         for (slot, (name, role)) in site.layout.agents().into_iter().enumerate() {
             let address = free_loopback_address().await?;
             let host = if slot == MGMT1 {
                 String::new()
             } else {
-                site.layout.host_toml(slot)
+                site.layout.host_toml(slot, dir)
             };
             let text = format!(
                 "node_id = {}\nname = \"{name}\"\nlisten = \"{address}\"\ndata_dir = {:?}\nroles = [\"{role}\"]\n\
@@ -570,6 +430,40 @@ impl LocalSite {
         Ok(())
     }
 
+    /// Linux hosts: makes the layout's file system on every MV (through its loop device over
+    /// the agent's FUSE file, so every byte goes through the array) and mounts it. Waits
+    /// (bounded) for each agent to attach its LDs first.
+    pub async fn make_file_systems(&self) -> Result<(), NodeError> {
+        let SiteHosts::Linux { fs } = &self.layout.hosts else {
+            return Err(NodeError::Invalid(
+                "make_file_systems is for a site of linux hosts".into(),
+            ));
+        };
+        for p in &self.layout.pairs {
+            let host = self.host(p.mv_node)?;
+            let volume = p.mv_volume.clone();
+            let info =
+                crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
+                    let (host, volume) = (host.clone(), volume.clone());
+                    async move {
+                        host.volume(&volume)
+                            .await
+                            .ok()
+                            .filter(|v| v.problem.is_none() && v.device.starts_with("/dev/"))
+                    }
+                })
+                .await?;
+            let force = if fs == "xfs" { "-f" } else { "-F" };
+            run_tool(
+                &[&format!("mkfs.{fs}"), "-q", force, &info.device],
+                MKFS_TIMEOUT,
+            )
+            .await?;
+            host.mount(&volume, &MountRequest::default()).await?;
+        }
+        Ok(())
+    }
+
     /// Reads the RV of pair `i` through the array with the workload's verifier.
     pub async fn verify_rv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
         let p = &self.layout.pairs[i];
@@ -596,6 +490,34 @@ impl LocalSite {
         }
         if let Some(mut array) = self.array.take() {
             let _ = array.kill().await;
+        }
+    }
+}
+
+impl Drop for LocalSite {
+    /// A site of linux hosts is stopped gracefully even when a test fails: a SIGKILLed agent
+    /// would leave its file systems mounted on loop devices over a FUSE file system nobody
+    /// serves. Each agent gets SIGTERM (it unmounts, detaches and unmounts its FUSE dir) and
+    /// [`DETACH_ON_DROP`] to exit; then, as for a sim site, whatever runs is killed.
+    fn drop(&mut self) {
+        if self.layout.hosts == SiteHosts::Sim {
+            return;
+        }
+        let running: Vec<u32> = self
+            .agents
+            .iter()
+            .flatten()
+            .filter_map(|c| c.id())
+            .collect();
+        for pid in &running {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + DETACH_ON_DROP;
+        for child in self.agents.iter_mut().flatten() {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }

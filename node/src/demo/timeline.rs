@@ -21,7 +21,7 @@ fn what(call: &StepCall, target: &StepTarget) -> String {
         StepCall::SetPair { pair } => format!("set pair {pair}"),
         StepCall::Replicate { pair } => format!("replicate {pair} until in sync"),
         StepCall::Quiesce { volume, method, .. } => {
-            format!("quiesce {} ({method:?})", volume.volume).to_lowercase()
+            format!("quiesce {} ({})", volume.volume, method.name())
         }
         StepCall::Separate { pair } => format!("separate {pair}"),
         StepCall::Release { volume, .. } => format!("release {}", volume.volume),
