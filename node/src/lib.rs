@@ -24,7 +24,9 @@
 //!   each event to its own copy at once and proposes it behind, in order; takes jobs over with
 //!   probes after a leader change.
 //! - [`demo`]: `stillpoint demo`, a local site of processes (array and agents) running a
-//!   backup job through a leader kill; its [`demo::site`] is also the job tests' site.
+//!   backup job through a leader kill; its [`demo::site`] is also the job tests' site. With
+//!   `--postgres` ([`demo::postgres`]) the site has linux hosts on array LDs and the backup is
+//!   of a live PostgreSQL under pgbench, started and judged from its copy.
 //! - [`jobs_cli`]: `backup`, `job list|show|watch|cancel`, `copies list`, over the job views.
 //! - [`error`]: the crate's error enum and its one mapping to and from gRPC status.
 //! - [`cli`], [`status`], [`output`]: the command line.
