@@ -102,6 +102,11 @@ pub enum HostError {
         quiesce_id: u64,
         reason: String,
     },
+    /// The volume has no such hook in node.toml: add one, or do not ask for it.
+    #[error(
+        "volume {volume} has no {hook} hook; add `{hook} = {{ command = [..] }}` to the volume in node.toml"
+    )]
+    NoHook { volume: String, hook: String },
     /// A configured hook exited unsuccessfully.
     #[error("volume {volume}: {hook} hook {command:?} failed with {status}: {stderr_tail}")]
     HookFailed {

@@ -39,6 +39,7 @@ pub(crate) fn to_status(e: &HostError) -> Status {
         HostError::OsError { .. } | HostError::Journal(_) => Code::Internal,
         HostError::Device { .. } | HostError::Unreachable(_) => Code::Unavailable,
         HostError::Unsupported { .. } => Code::Unimplemented,
+        HostError::NoHook { .. } => Code::NotFound,
     };
     let details = serde_json::to_vec(e).unwrap_or_default();
     Status::with_details(code, e.to_string(), Bytes::from(details))

@@ -464,12 +464,9 @@ impl Inner {
             HookKind::Start => cfg.start.as_ref(),
         };
         let Some(hook) = hook else {
-            return Err(HostError::Unsupported {
-                operation: format!("{} hook of volume {}", kind.as_str(), cfg.name),
-                reason: format!(
-                    "none is configured; add `{} = {{ command = [..] }}` to the volume in node.toml",
-                    kind.as_str()
-                ),
+            return Err(HostError::NoHook {
+                volume: cfg.name.clone(),
+                hook: kind.as_str().into(),
             });
         };
         let timeout_ms = match deadline_unix_ms {

@@ -338,7 +338,7 @@ pub fn host_exit_code(e: &stillpoint_host::HostError) -> u8 {
     use stillpoint_host::HostError as H;
     match e {
         H::Config { .. } => exit::BAD_INPUT,
-        H::UnknownVolume { .. } | H::MountPointMissing { .. } => exit::NOT_FOUND,
+        H::UnknownVolume { .. } | H::MountPointMissing { .. } | H::NoHook { .. } => exit::NOT_FOUND,
         H::Busy { .. } | H::Refused { .. } | H::DuplicateIdentity { .. } => exit::REFUSED,
         H::WrongState { .. }
         | H::MountedElsewhere { .. }

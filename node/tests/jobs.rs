@@ -447,3 +447,31 @@ async fn a_group_quiesced_by_its_applications_hooks_only_is_backed_up_consistent
     assert_rvs_intact(&site, "hooks-only quiesce").await;
     assert!(site.quiesced_mvs().await.is_empty());
 }
+
+/// The RV's users (here a stand-in for a tape backup agent, as the RV volume's hooks on the
+/// backup node) are started once the copy is mounted, and stopped before the next backup
+/// unmounts it: each job's log shows stop → free → ... → mount → start, in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rv_users_are_stopped_before_the_rv_is_freed_and_started_after_it_is_mounted() {
+    let marks = tempfile::tempdir().unwrap();
+    let log = marks.path().join("rv-users.log");
+    let mut layout = SiteLayout::spread(1);
+    layout.rv_volume_toml = format!(
+        "start = {{ command = [\"sh\", \"-c\", \"echo start >> {0}\"] }}\n\
+         stop = {{ command = [\"sh\", \"-c\", \"echo stop >> {0}\"] }}\n",
+        log.display()
+    );
+    let site = JobSite::start(layout).await;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    // group prepare freed an unmounted RV: there were no users to stop.
+    assert_eq!(read(), "", "hooks ran while the RV was never mounted");
+    let first = site.submit_backup().await;
+    let end = site.wait_ended(first, JOB_WITHIN).await;
+    assert!(is_consistent(&end), "{end:?}\n{}", site.logs());
+    assert_eq!(read(), "start\n", "after the first backup");
+    let second = site.submit_backup().await;
+    let end = site.wait_ended(second, JOB_WITHIN).await;
+    assert!(is_consistent(&end), "{end:?}\n{}", site.logs());
+    assert_eq!(read(), "start\nstop\nstart\n", "after the second backup");
+    assert_rvs_intact(&site, "with RV users").await;
+}

@@ -49,6 +49,9 @@ pub struct SiteLayout {
     pub pairs: Vec<PairLayout>,
     /// `unmount`, `freeze`, `hooks_only` or `postgresql`: every member's unless it names its own.
     pub quiesce: String,
+    /// Lines added to every RV volume of `backup1` in its `[host]` section (e.g. the start and
+    /// stop hooks of the RV's users).
+    pub rv_volume_toml: String,
     /// Settings of the members quiesced with `postgresql`.
     pub postgresql: Option<PostgresQuiesce>,
     pub hosts: SiteHosts,
@@ -97,6 +100,7 @@ impl SiteLayout {
                 .collect(),
             quiesce: "unmount".into(),
             postgresql: None,
+            rv_volume_toml: String::new(),
             hosts: SiteHosts::Sim,
             quiesce_ms_max: 30_000,
             ld_bytes: 4 * 1024 * 1024,
@@ -178,6 +182,7 @@ impl SiteLayout {
             }
             SiteHosts::Linux { .. } => "[host]\nbackend = \"linux\"\n".to_string(),
         };
+        // `app`: the MV's workload application (sim); RVs take `rv_volume_toml` instead.
         let mut volume = |name: &str, ld: u32, app: Option<usize>| {
             text += &format!("[[host.volumes]]\nname = \"{name}\"\nld = \"A1/{ld}\"\n");
             match &self.hosts {
@@ -195,6 +200,9 @@ impl SiteLayout {
                         self.mount_point(dir, &node, name)
                     );
                 }
+            }
+            if app.is_none() {
+                text += &self.rv_volume_toml;
             }
         };
         for (i, p) in self.pairs.iter().enumerate() {

@@ -11,7 +11,8 @@ use stillpoint_coordinator::job::wire::{StepOrder, quiesce_owner};
 use stillpoint_coordinator::job::{FencingToken, StepCall, StepResult};
 use stillpoint_coordinator::postgres::{BackupLabel, PostgresCopy};
 use stillpoint_host::{
-    Host, HostError, MountIdentity, MountRequest, PostgresConnect, QuiesceMode, QuiesceRequest,
+    HookKind, Host, HostError, MountIdentity, MountRequest, PostgresConnect, QuiesceMode,
+    QuiesceRequest,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -94,12 +95,14 @@ pub(crate) async fn run(exec: &Executor, order: &StepOrder) -> StepEnd {
     }
 }
 
-/// Backup node: flush and unmount the RV (not forced: a busy RV fails naming its holders).
+/// Backup node: stop the RV's users (its volume's stop hook, when one is configured), flush
+/// and unmount the RV (not forced: a busy RV fails naming its holders).
 async fn free_rv(host: &dyn Host, volume: &str) -> Result<StepResult, StepEnd> {
     let info = call(&format!("reading RV {volume}"), host.volume(volume)).await?;
     if info.mounted_at.is_none() {
         return Ok(StepResult::RvFreed);
     }
+    rv_users(host, volume, HookKind::Stop).await?;
     call(&format!("flushing RV {volume}"), host.flush(volume)).await?;
     call(
         &format!("unmounting RV {volume}"),
@@ -271,6 +274,7 @@ async fn mount_rv(
         if let Some(pg) = postgres {
             write_postgres_copy(volume, mounted_at, pg).await?;
         }
+        rv_users(host, volume, HookKind::Start).await?;
         return Ok(StepResult::RvMounted { repaired: false });
     }
     let mut repaired = false;
@@ -308,7 +312,26 @@ async fn mount_rv(
         };
         write_postgres_copy(volume, &mounted_at, pg).await?;
     }
+    rv_users(host, volume, HookKind::Start).await?;
     Ok(StepResult::RvMounted { repaired })
+}
+
+/// Backup node: the RV's users (a tape backup agent, a reporting database) are started by the
+/// RV volume's start hook once the copy is mounted, and stopped by its stop hook before it is
+/// unmounted; a volume without that hook has none to run. The hooks must be idempotent: an
+/// attempt sent again after an unknown outcome runs them again.
+async fn rv_users(host: &dyn Host, volume: &str, kind: HookKind) -> Result<(), StepEnd> {
+    let what = match kind {
+        HookKind::Start => format!("starting the users of RV {volume} (start hook)"),
+        HookKind::Stop => format!("stopping the users of RV {volume} (stop hook)"),
+    };
+    call(&what, async {
+        match host.run_hook(volume, kind).await {
+            Ok(_) | Err(HostError::NoHook { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
 }
 
 /// Writes the online backup's label and recovery settings into the copy's data directory on

@@ -51,7 +51,9 @@
 //! - Waits on the array (replicate to sync, wait for separated) are bounded by
 //!   [`array_steps::ARRAY_WAIT_MS`], not by the step's own timeout, which the order does not
 //!   carry: past the driver's deadline a probe reports the step `Running`.
-//! - The RV mount does not start RV users (no hooks for that yet).
+//! - The RV's users are the RV volume's hooks on the backup node: its stop hook runs before the
+//!   RV is freed, its start hook once the RV is mounted (a volume without one runs none). An
+//!   attempt sent again after an unknown outcome runs them again: they must be idempotent.
 //! - Step records, fences and term floors are kept for good in the journal (a few hundred
 //!   bytes per step); trimming them with the job history's retention is not built yet.
 //! - A probe answers `Running` while another request of the same token is between its begin
