@@ -516,10 +516,9 @@ async fn quiesce_detached(
     }
     let seen = inner.backend.inspect(cfg).await?;
     let Some(mounted_at) = seen.mounted_at else {
-        return Err(HostError::WrongState {
+        return Err(HostError::NotMounted {
             volume: req.volume.clone(),
             operation: "quiesce".into(),
-            state: "not mounted: there is nothing to quiesce (mount it first)".into(),
         });
     };
     let kind = match &req.mode {

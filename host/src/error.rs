@@ -86,6 +86,11 @@ pub enum HostError {
         operation: String,
         state: String,
     },
+    /// The volume is not mounted, and the operation needs it mounted: mount it first (a host
+    /// that has just booted may not have mounted it yet: asking again later is safe, nothing
+    /// was touched).
+    #[error("volume {volume}: {operation} refused: not mounted (mount it first)")]
+    NotMounted { volume: String, operation: String },
     /// A rule refused the request (e.g. extension beyond the S4 ceiling).
     #[error("volume {volume}: refused by {rule}: {reason}")]
     Refused {

@@ -32,6 +32,7 @@ pub(crate) fn to_status(e: &HostError) -> Status {
         | HostError::DuplicateIdentity { .. }
         | HostError::Busy { .. }
         | HostError::WrongState { .. }
+        | HostError::NotMounted { .. }
         | HostError::QuiesceLost { .. } => Code::FailedPrecondition,
         HostError::Refused { .. } => Code::PermissionDenied,
         HostError::HookFailed { .. } | HostError::Database { .. } => Code::Aborted,

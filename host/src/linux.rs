@@ -378,10 +378,9 @@ impl LinuxBackend {
     }
 
     fn require_mounted(&self, v: &VolumeConfig, op: &str) -> Result<String, HostError> {
-        self.mounted_at(v)?.ok_or_else(|| HostError::WrongState {
+        self.mounted_at(v)?.ok_or_else(|| HostError::NotMounted {
             volume: v.name.clone(),
             operation: op.into(),
-            state: "not mounted".into(),
         })
     }
 }

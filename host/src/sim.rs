@@ -331,10 +331,9 @@ impl SimHandle {
                 });
             }
             if s.mounted_at.is_none() {
-                return Err(HostError::WrongState {
+                return Err(HostError::NotMounted {
                     volume: self.vol.ld.clone(),
                     operation: op.into(),
-                    state: "not mounted".into(),
                 });
             }
             if !(wait_thaw && s.frozen) {
@@ -433,10 +432,9 @@ impl Backend for SimBackend {
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;
         if s.mounted_at.is_none() {
-            return Err(HostError::WrongState {
+            return Err(HostError::NotMounted {
                 volume: v.name.clone(),
                 operation: "flush".into(),
-                state: "not mounted".into(),
             });
         }
         vol.flush(&mut s).await
@@ -550,10 +548,9 @@ impl Backend for SimBackend {
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;
         if s.mounted_at.is_none() {
-            return Err(HostError::WrongState {
+            return Err(HostError::NotMounted {
                 volume: v.name.clone(),
                 operation: "freeze".into(),
-                state: "not mounted".into(),
             });
         }
         if s.frozen {

@@ -341,6 +341,7 @@ pub fn host_exit_code(e: &stillpoint_host::HostError) -> u8 {
         H::UnknownVolume { .. } | H::MountPointMissing { .. } | H::NoHook { .. } => exit::NOT_FOUND,
         H::Busy { .. } | H::Refused { .. } | H::DuplicateIdentity { .. } => exit::REFUSED,
         H::WrongState { .. }
+        | H::NotMounted { .. }
         | H::MountedElsewhere { .. }
         | H::MountPointBusy { .. }
         | H::QuiesceLost { .. } => exit::WRONG_STATE,

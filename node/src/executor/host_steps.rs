@@ -167,13 +167,11 @@ async fn quiesce(
             .await
         {
             Ok(Ok(rec)) => break rec,
-            Ok(Err(HostError::WrongState { state, .. }))
-                if state.starts_with(NOT_MOUNTED) && tokio::time::Instant::now() < mounted_by =>
-            {
+            Ok(Err(HostError::NotMounted { .. })) if tokio::time::Instant::now() < mounted_by => {
                 tracing::debug!(volume, "the MV is not mounted yet; asking again");
                 tokio::time::sleep(Duration::from_millis(MV_MOUNTED_RETRY_MS)).await;
             }
-            Ok(Err(HostError::WrongState { state, .. })) if state.starts_with(NOT_MOUNTED) => {
+            Ok(Err(HostError::NotMounted { .. })) => {
                 return Err(StepEnd::Failed(format!(
                     "{what}: the MV is still not mounted after waiting {MV_MOUNTED_WAIT_MS} ms: mount it (and start its application) before backing it up"
                 )));
@@ -195,8 +193,6 @@ async fn quiesce(
 const MV_MOUNTED_WAIT_MS: u64 = 30_000;
 /// Pause between two tries while waiting for it.
 const MV_MOUNTED_RETRY_MS: u64 = 200;
-/// How the host's refusal of a quiesce of an unmounted volume begins.
-const NOT_MOUNTED: &str = "not mounted";
 
 /// Business node: end the quiesce the step's quiesce took. A quiesce the host no longer holds
 /// (it resumed the volume by itself: deadline, restart) did not hold throughout.
