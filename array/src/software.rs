@@ -22,6 +22,7 @@ use crate::types::*;
 mod audit;
 mod control;
 mod copies;
+mod copies_io;
 mod engine;
 mod host_io;
 mod ld;
