@@ -93,10 +93,10 @@ impl Routes {
             return None;
         };
         let candidates = executor_candidates(state, target).ok()?;
-        if candidates.len() < 2 || self.address(state, target).ok()? != address {
+        let skip = self.passed_over.entry(array.clone()).or_default();
+        if candidates.len() < 2 || candidates[*skip % candidates.len()].1 != address {
             return None;
         }
-        let skip = self.passed_over.entry(array.clone()).or_default();
         *skip += 1;
         Some(candidates[*skip % candidates.len()].0.clone())
     }
@@ -161,4 +161,68 @@ pub async fn execute(
 /// Asks about a token (and fences it).
 pub async fn probe(address: &str, order: &ProbeOrder) -> Result<Finding, Unanswered> {
     Ok(crate::executor::client::probe(address, order).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use stillpoint_coordinator::inventory::ArraySpec;
+    use stillpoint_coordinator::{Command, NodeRecord, Role};
+
+    use super::*;
+
+    /// Array `A1` with control nodes `mgmt1` and `mgmt2`, both registered.
+    fn state() -> ClusterState {
+        let mut state = ClusterState::default();
+        let members: BTreeMap<u64, String> = [
+            (1, "127.0.0.1:7001".to_string()),
+            (2, "127.0.0.1:7002".to_string()),
+        ]
+        .into();
+        for (id, name) in [(1, "mgmt1"), (2, "mgmt2")] {
+            state.apply(
+                &members,
+                &Command::RegisterNode(NodeRecord {
+                    node_id: id,
+                    name: name.into(),
+                    address: format!("127.0.0.1:{}", 7000 + id),
+                    roles: [Role::Management].into(),
+                    version: "0.1.0".into(),
+                    registered_at_ms: 0,
+                    deregistered_at_ms: None,
+                }),
+            );
+        }
+        state.inventory.arrays.insert(
+            "A1".into(),
+            ArraySpec {
+                name: "A1".into(),
+                control_nodes: ["mgmt1".to_string(), "mgmt2".to_string()].into(),
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn an_array_moves_to_its_next_control_node_only_when_the_one_in_use_did_not_answer() {
+        let state = state();
+        let a1 = StepTarget::Array("A1".into());
+        let mut routes = Routes::default();
+        assert_eq!(routes.address(&state, &a1).unwrap(), "127.0.0.1:7001");
+        // A late failure of an agent no longer in use changes nothing.
+        assert_eq!(routes.pass_over(&state, &a1, "127.0.0.1:7002"), None);
+        assert_eq!(
+            routes.pass_over(&state, &a1, "127.0.0.1:7001").as_deref(),
+            Some("mgmt2")
+        );
+        assert_eq!(routes.address(&state, &a1).unwrap(), "127.0.0.1:7002");
+        // Round the list.
+        assert_eq!(
+            routes.pass_over(&state, &a1, "127.0.0.1:7002").as_deref(),
+            Some("mgmt1")
+        );
+        // A node's steps always go to its own agent.
+        let node = StepTarget::Node("mgmt2".into());
+        assert_eq!(routes.pass_over(&state, &node, "127.0.0.1:7002"), None);
+        assert_eq!(routes.address(&state, &node).unwrap(), "127.0.0.1:7002");
+    }
 }
