@@ -3,7 +3,8 @@
 //!
 //! Every operation costs what it touches: a submission or an event finds its job by id
 //! (`O(log jobs)`), locks are a map from resource to job, and retention drops the oldest ended
-//! job in `O(1)` amortised. Nothing here walks the history.
+//! job in `O(1)` amortised; the unfinished jobs have an index of their own. Nothing here walks
+//! the history.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -14,6 +15,7 @@ use crate::job::{Job, JobEvent, JobId, JobKind, JobState, Step};
 
 /// Accepted jobs and their locks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "JobTableFields")]
 pub struct JobTable {
     /// The id the next accepted job gets (ids follow log order).
     pub next_id: JobId,
@@ -24,12 +26,56 @@ pub struct JobTable {
     pub queue: VecDeque<JobId>,
     /// Ended jobs, in the order they ended: the oldest is forgotten first.
     pub ended: VecDeque<JobId>,
+    /// Jobs not ended yet, by id: an index over `jobs`, so that walking the unfinished jobs
+    /// (the leader's driver, `apply` of an inventory) does not walk the history. Not written:
+    /// rebuilt when a table is read back.
+    #[serde(skip)]
+    unfinished: BTreeSet<JobId>,
+}
+
+/// What is written of a [`JobTable`]; reading it back rebuilds the index.
+#[derive(Deserialize)]
+struct JobTableFields {
+    next_id: JobId,
+    jobs: BTreeMap<JobId, Job>,
+    locks: BTreeMap<String, JobId>,
+    queue: VecDeque<JobId>,
+    ended: VecDeque<JobId>,
+}
+
+impl From<JobTableFields> for JobTable {
+    fn from(f: JobTableFields) -> JobTable {
+        let unfinished = f
+            .jobs
+            .values()
+            .filter(|j| !j.is_ended())
+            .map(|j| j.id)
+            .collect();
+        JobTable {
+            next_id: f.next_id,
+            jobs: f.jobs,
+            locks: f.locks,
+            queue: f.queue,
+            ended: f.ended,
+            unfinished,
+        }
+    }
 }
 
 impl JobTable {
     /// Jobs not yet ended (queued, running or cancelling).
     pub fn unfinished(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values().filter(|j| !j.is_ended())
+        self.unfinished.iter().filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Adds a job as it is (tests and tools that build a table by hand), keeping the index.
+    pub fn insert(&mut self, job: Job) {
+        if job.is_ended() {
+            self.unfinished.remove(&job.id);
+        } else {
+            self.unfinished.insert(job.id);
+        }
+        self.jobs.insert(job.id, job);
     }
 
     /// The job owning `resource`, or the first queued one that will.
@@ -87,6 +133,7 @@ impl JobTable {
             }
         };
         self.jobs.insert(id, job);
+        self.unfinished.insert(id);
         self.next_id = id + 1;
         Response::JobAccepted {
             job_id: id,
@@ -126,6 +173,7 @@ impl JobTable {
                 }
             }
             self.ended.push_back(id);
+            self.unfinished.remove(&id);
             self.start_queued();
             while self.ended.len() > retained_max as usize {
                 if let Some(old) = self.ended.pop_front() {

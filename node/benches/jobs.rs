@@ -56,26 +56,60 @@ fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
     (p50, p99)
 }
 
-/// The freeze window of the job's last round as the leader recorded it, in ms.
-fn recorded_window_ms(job: &Job) -> Option<f64> {
-    let last = |call: fn(&StepCall) -> bool, pick: fn(&StepState) -> bool| -> Vec<u64> {
-        job.steps
-            .iter()
-            .filter(|s| call(&s.call))
-            .filter_map(|s| s.history.iter().rev().find(|e| pick(&e.state)))
-            .map(|e| e.at_ms)
-            .collect()
-    };
-    let sent = last(
-        |c| matches!(c, StepCall::Quiesce { .. }),
-        |s| matches!(s, StepState::Dispatched { .. }),
-    );
-    let released = last(
-        |c| matches!(c, StepCall::Release { .. }),
-        |s| matches!(s, StepState::Done { .. }),
-    );
-    Some((*released.iter().max()? as f64) - (*sent.iter().min()? as f64))
+/// When each kind of step of the freeze window was first sent and last heard done (the last
+/// event of each step), as the leader recorded them, in Unix ms.
+struct Phases {
+    quiesce: (u64, u64),
+    separate: (u64, u64),
+    release: (u64, u64),
 }
+
+fn recorded_phases(job: &Job) -> Option<Phases> {
+    let span = |call: fn(&StepCall) -> bool| -> Option<(u64, u64)> {
+        let last = |pick: fn(&StepState) -> bool| -> Vec<u64> {
+            job.steps
+                .iter()
+                .filter(|s| call(&s.call))
+                .filter_map(|s| s.history.iter().rev().find(|e| pick(&e.state)))
+                .map(|e| e.at_ms)
+                .collect()
+        };
+        let sent = last(|s| matches!(s, StepState::Dispatched { .. }));
+        let done = last(|s| matches!(s, StepState::Done { .. }));
+        Some((*sent.iter().min()?, *done.iter().max()?))
+    };
+    Some(Phases {
+        quiesce: span(|c| matches!(c, StepCall::Quiesce { .. }))?,
+        separate: span(|c| matches!(c, StepCall::Separate { .. }))?,
+        release: span(|c| matches!(c, StepCall::Release { .. }))?,
+    })
+}
+
+impl Phases {
+    /// The window, and its parts: each phase from its first send to its last reply, and the
+    /// gaps between one phase's last reply and the next phase's first send (the leader's
+    /// decide-and-send time).
+    fn parts_ms(&self) -> [f64; 6] {
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64;
+        [
+            ms(self.quiesce.0, self.release.1),
+            ms(self.quiesce.0, self.quiesce.1),
+            ms(self.quiesce.1, self.separate.0),
+            ms(self.separate.0, self.separate.1),
+            ms(self.separate.1, self.release.0),
+            ms(self.release.0, self.release.1),
+        ]
+    }
+}
+
+const PART_NAMES: [&str; 6] = [
+    "window",
+    "quiesces",
+    "  gap to separates",
+    "separates",
+    "  gap to releases",
+    "releases",
+];
 
 fn pair_id(mv: u32, rv: u32) -> PairId {
     let ld = |ld| LdRef {
@@ -90,7 +124,7 @@ fn pair_id(mv: u32, rv: u32) -> PairId {
 
 /// One freeze window run by hand: free the RVs and bring every pair to sync (not timed), then
 /// quiesce every MV at once, separate every pair at once, release every MV at once (timed).
-async fn direct_window_ms(site: &JobSite) -> f64 {
+async fn direct_window_ms(site: &JobSite) -> [f64; 6] {
     let s = &site.site;
     let array = s.connect_array().await.expect("array");
     let backup = s.host(s.layout.backup_slot()).expect("host");
@@ -132,6 +166,7 @@ async fn direct_window_ms(site: &JobSite) -> f64 {
         }
     }))
     .await;
+    let quiesced = start.elapsed().as_secs_f64() * 1e3;
     let separates = join_all(s.layout.pairs.iter().map(|p| {
         let array = &array;
         async move {
@@ -141,6 +176,7 @@ async fn direct_window_ms(site: &JobSite) -> f64 {
         }
     }))
     .await;
+    let separated = start.elapsed().as_secs_f64() * 1e3;
     let releases = join_all(hosts.iter().zip(&quiesces).map(|((h, p), q)| {
         let id = q.as_ref().ok().map(|q| q.quiesce_id);
         h.release(&p.mv_volume, id)
@@ -159,7 +195,14 @@ async fn direct_window_ms(site: &JobSite) -> f64 {
     for r in releases {
         r.expect("release");
     }
-    elapsed
+    [
+        elapsed,
+        quiesced,
+        0.0,
+        separated - quiesced,
+        0.0,
+        elapsed - separated,
+    ]
 }
 
 async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
@@ -167,18 +210,35 @@ async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
         "--- freeze window, {pairs} pair(s) on {nodes} business node(s), {runs} runs each ---"
     );
     let site = JobSite::start(SiteLayout::spread_over(pairs, nodes)).await;
-    let (mut cluster, mut direct) = (Vec::new(), Vec::new());
+    let (mut cluster, mut direct) = (vec![Vec::new(); 6], vec![Vec::new(); 6]);
     for _ in 0..runs {
         let id = site.submit_backup().await;
         site.wait_ended(id, JOB_WITHIN).await;
         let job = site.job(id).await.expect("job");
-        if let Some(w) = recorded_window_ms(&job) {
-            cluster.push(w);
+        if let Some(p) = recorded_phases(&job) {
+            for (i, v) in p.parts_ms().into_iter().enumerate() {
+                cluster[i].push(v);
+            }
         }
-        direct.push(direct_window_ms(&site).await);
+        for (i, v) in direct_window_ms(&site).await.into_iter().enumerate() {
+            direct[i].push(v);
+        }
     }
-    let (c50, c99) = summary("  through the cluster", cluster);
-    let (d50, d99) = summary("  direct             ", direct);
+    let (c50, c99) = summary("  through the cluster", cluster[0].clone());
+    let (d50, d99) = summary("  direct             ", direct[0].clone());
+    println!("  where the time goes (p50, through the cluster / direct):");
+    for (i, name) in PART_NAMES.iter().enumerate().skip(1) {
+        let p50 = |v: &Vec<f64>| {
+            let mut v = v.clone();
+            v.sort_by(|a, b| a.total_cmp(b));
+            percentile(&v, 0.5)
+        };
+        println!(
+            "    {name:<20} {:>7.1} ms / {:>7.1} ms",
+            p50(&cluster[i]),
+            p50(&direct[i])
+        );
+    }
     println!(
         "  overhead: p50 {:.1} ms, p99 {:.1} ms (target p50 <= 3 ms: {})",
         c50 - d50,

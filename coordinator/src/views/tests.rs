@@ -113,7 +113,7 @@ fn table() -> JobTable {
         if job.is_ended() {
             t.ended.push_back(job.id);
         }
-        t.jobs.insert(job.id, job);
+        t.insert(job);
     };
     put(drive(new_job(1, &group("payroll"), 1_000), true, 1_000));
     put(drive(new_job(2, &group("ledger"), 2_000), false, 2_000));
@@ -279,4 +279,16 @@ fn end_texts_name_the_label_and_why() {
         end_text(&JobEnd::Cancelled { by: "bob".into() }),
         "cancelled by bob"
     );
+}
+
+#[test]
+fn the_unfinished_jobs_are_indexed_and_the_index_is_rebuilt_when_the_table_is_read_back() {
+    let t = table();
+    let ids = |t: &JobTable| t.unfinished().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(&t), vec![4]);
+    let text = serde_json::to_string(&t).unwrap();
+    assert!(!text.contains("unfinished"), "the index is not written");
+    let back: JobTable = serde_json::from_str(&text).unwrap();
+    assert_eq!(ids(&back), vec![4]);
+    assert_eq!(back, t);
 }
