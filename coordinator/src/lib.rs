@@ -165,6 +165,19 @@ pub enum Command {
         event: JobEvent,
         at_ms: u64,
     },
+    /// Several [`Command::Job`] changes in one log entry, applied in order, as the leader's
+    /// driver records them (one entry, one disk flush per node, for what piled up while the
+    /// previous proposal committed). The first refused change stops the batch: those before it
+    /// took effect, it and those after did not.
+    Jobs { events: Vec<JobChange> },
+}
+
+/// One change of a [`Command::Jobs`] batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobChange {
+    pub job_id: JobId,
+    pub event: JobEvent,
+    pub at_ms: u64,
 }
 
 impl Command {
@@ -187,7 +200,7 @@ impl Command {
                 event: JobEvent::CancelRequested { .. },
                 ..
             } => true,
-            Command::Job { .. } => false,
+            Command::Job { .. } | Command::Jobs { .. } => false,
         }
     }
 }

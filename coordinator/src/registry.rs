@@ -134,6 +134,28 @@ impl ClusterState {
                 *at_ms,
                 self.inventory.settings.jobs_retained_max,
             ),
+            Command::Jobs { events } => {
+                let mut last = Response::Applied { changed: false };
+                for (i, c) in events.iter().enumerate() {
+                    last = self.jobs.record(
+                        c.job_id,
+                        &c.event,
+                        c.at_ms,
+                        self.inventory.settings.jobs_retained_max,
+                    );
+                    if let Response::Refused { rule } = last {
+                        return Response::Refused {
+                            rule: format!(
+                                "change {} of {} (job {}): {rule}",
+                                i + 1,
+                                events.len(),
+                                c.job_id
+                            ),
+                        };
+                    }
+                }
+                last
+            }
         }
     }
 

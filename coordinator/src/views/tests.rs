@@ -292,3 +292,33 @@ fn the_unfinished_jobs_are_indexed_and_the_index_is_rebuilt_when_the_table_is_re
     assert_eq!(ids(&back), vec![4]);
     assert_eq!(back, t);
 }
+
+#[test]
+fn a_batch_of_job_changes_applies_in_order_and_stops_at_the_first_refused() {
+    use crate::{ClusterState, Command, JobChange, Response};
+    let mut state = ClusterState {
+        jobs: table(),
+        ..ClusterState::default()
+    };
+    let cancel = |job_id| JobChange {
+        job_id,
+        event: JobEvent::CancelRequested { by: "ops".into() },
+        at_ms: 9_000,
+    };
+    let r = state.apply(
+        &std::collections::BTreeMap::new(),
+        &Command::Jobs {
+            events: vec![cancel(4), cancel(99), cancel(4)],
+        },
+    );
+    match r {
+        Response::Refused { rule } => assert!(rule.starts_with("change 2 of 3 (job 99)"), "{rule}"),
+        other => panic!("expected the second change refused, got {other:?}"),
+    }
+    // The first took effect: job 4 is being cancelled.
+    assert!(
+        !matches!(state.jobs.jobs[&4].state, JobState::Running),
+        "{:?}",
+        state.jobs.jobs[&4].state
+    );
+}

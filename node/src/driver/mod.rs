@@ -43,7 +43,7 @@ use stillpoint_coordinator::job::{
     Action, Dispatch, Finding, Job, JobEvent, JobId, JobState, StepId, StepState, StepTarget,
     answered, decide, resolve,
 };
-use stillpoint_coordinator::{Command, Response};
+use stillpoint_coordinator::{Command, JobChange, Response};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -194,18 +194,42 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
     }
 }
 
-/// Proposes the driver's events one after another, in the order they were recorded.
+/// Proposes the driver's events one after another, in the order they were recorded: what
+/// piled up while the last proposal committed goes as one [`Command::Jobs`] entry (up to
+/// [`BATCH_EVENTS_MAX`]), so a busy freeze window costs each node a few log flushes, not one
+/// per event.
 async fn propose_in_order(
     raft: stillpoint_coordinator::Raft,
     mut queue: mpsc::UnboundedReceiver<Command>,
     stop: mpsc::UnboundedSender<ProposerStop>,
 ) {
     let bound = Duration::from_millis(crate::agent::PROPOSE_TIMEOUT_MS);
-    while let Some(command) = queue.recv().await {
-        let job = match &command {
+    let mut carried: Option<Command> = None;
+    loop {
+        let first = match carried.take() {
+            Some(c) => c,
+            None => match queue.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let is_job = |c: &Command| matches!(c, Command::Job { .. });
+        let mut batch = vec![first];
+        while is_job(&batch[0]) && batch.len() < BATCH_EVENTS_MAX {
+            match queue.try_recv() {
+                Ok(c) if is_job(&c) => batch.push(c),
+                Ok(c) => {
+                    carried = Some(c);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let job = match &batch[0] {
             Command::Job { job_id, .. } => *job_id,
             _ => 0,
         };
+        let command = batch_of(batch);
         match tokio::time::timeout(bound, raft.client_write(command)).await {
             Err(_) => {
                 let _ = stop.send(ProposerStop::Failed(format!(
@@ -226,6 +250,33 @@ async fn propose_in_order(
             }
         }
     }
+}
+
+/// Most job events one log entry carries.
+const BATCH_EVENTS_MAX: usize = 64;
+
+/// One command for `batch`: itself when alone, else one [`Command::Jobs`] of its job events
+/// (a batch holds nothing else).
+fn batch_of(mut batch: Vec<Command>) -> Command {
+    if batch.len() == 1 {
+        return batch.remove(0);
+    }
+    let events = batch
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Job {
+                job_id,
+                event,
+                at_ms,
+            } => Some(JobChange {
+                job_id,
+                event,
+                at_ms,
+            }),
+            _ => None,
+        })
+        .collect();
+    Command::Jobs { events }
 }
 
 impl Lead<'_> {

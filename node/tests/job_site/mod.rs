@@ -153,18 +153,19 @@ impl JobSite {
         }
     }
 
-    /// The tail of every agent's log, for a failure message.
+    /// The tail of every agent's log and of the array's, for a failure message.
     pub fn logs(&self) -> String {
+        let tail = |name: String, path: std::path::PathBuf| {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            format!(
+                "--- {name} (last 40 lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        };
         (0..self.site.agents.len())
-            .map(|s| {
-                let log = std::fs::read_to_string(self.site.log_path(s)).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                format!(
-                    "--- {} (last 40 lines) ---\n{}",
-                    self.site.name(s),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
+            .map(|s| tail(self.site.name(s), self.site.log_path(s)))
+            .chain([tail("array".into(), self.site.dir.join("array.log"))])
             .collect::<Vec<_>>()
             .join("\n")
     }
