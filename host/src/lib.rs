@@ -144,7 +144,8 @@
 //!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
-//!   plus local `workload` and `verify` commands for demos.
+//!   plus local `workload` and `verify` commands for demos; [`pgctl`]: a local PostgreSQL
+//!   server and pgbench, for the PostgreSQL demo and tests.
 //!
 //! ## CAVEATS / not handled yet
 //!
@@ -194,6 +195,7 @@ mod ldfs;
 mod lds;
 pub mod limits;
 mod linux;
+pub mod pgctl;
 mod postgres;
 mod process;
 mod resume;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::loopdev::{Fixture, Loop, MountGuard, require, run};
-use common::pg::{self, Pg};
 use common::{open_db, wait_until};
+use stillpoint_host::pgctl::{PgInstall, PgServer, max_latency_in, pgbench_wait};
 use stillpoint_host::{
     Agent, Engine, Host, HostConfig, HostError, MountIdentity, MountRequest, PostgresConnect,
     QuiesceMode, QuiesceRequest, prepare_copy,
@@ -42,7 +42,7 @@ macro_rules! require_pg {
             "tune2fs",
             "cp"
         );
-        if let Some(why) = pg::skip_reason() {
+        if let Err(why) = PgInstall::find() {
             eprintln!(
                 "SKIPPED {}: {why}",
                 std::thread::current().name().unwrap_or("postgres test")
@@ -74,7 +74,7 @@ async fn agent(dir: &Path, volume: &str, dev: &str, mp: &Path) -> Arc<Agent> {
 /// A business node: an ext4 MV (image on the XFS pool) mounted by its agent, PostgreSQL's data
 /// directory on it. Field order is drop order: servers, agents, mounts, loops, pool.
 struct Site {
-    pg: Pg,
+    pg: PgServer,
     host: Arc<Agent>,
     mounts: Vec<MountGuard>,
     loops: Vec<Loop>,
@@ -117,15 +117,17 @@ impl Site {
         let host = agent(&root.join("db-business"), "mv", &mv.dev, &mv_mp).await;
         host.mount("mv", &MountRequest::default()).await.unwrap();
         let archive = archive.then(|| root.join("wal-archive"));
-        let mut pg = Pg::new(
+        let install = PgInstall::find().unwrap();
+        let mut pg = PgServer::new(
+            &install,
             &mv_mp.join("pgdata"),
             &root.join("sock-mv"),
             5432,
             &root.join("pglogs").join("mv.log"),
         );
-        pg.initdb(archive.as_deref());
-        pg.start().unwrap();
-        pg.pgbench_init(PGBENCH_SCALE);
+        pg.initdb(archive.as_deref(), None).await.unwrap();
+        pg.start(true).await.unwrap();
+        pg.pgbench_init(PGBENCH_SCALE).await.unwrap();
         Site {
             pg,
             host,
@@ -205,63 +207,35 @@ impl Site {
 }
 
 /// Starts PostgreSQL on the copy and waits until it is open for writes (recovery finished).
-async fn open_copy(root: &Path, data: &Path) -> Pg {
-    let mut copy = Pg::new(
+async fn open_copy(root: &Path, data: &Path) -> PgServer {
+    let mut copy = PgServer::new(
+        &PgInstall::find().unwrap(),
         data,
         &root.join("sock-rv"),
         5433,
         &root.join("pglogs").join("rv.log"),
     );
-    if let Err(e) = copy.start() {
+    if let Err(e) = copy.start(false).await {
         panic!("PostgreSQL does not start on the copy: {e}");
     }
-    let client = copy.client().await;
-    wait_until("the copy leaves recovery", || async {
-        client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map(|r| !r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-    .await;
+    copy.wait_promoted().await.unwrap();
     copy
 }
 
 /// pgbench's invariant and row counts on the copy, and pg_amcheck when it is installed.
-async fn check_copy(copy: &Pg) {
-    let client = copy.client().await;
-    let (sums, counts) = pg::pgbench_invariant(&client).await;
-    println!(
-        "copy: sums (accounts, tellers, branches, history) = {sums:?}, rows (branches, tellers, accounts, history) = {counts:?}"
-    );
+async fn check_copy(copy: &PgServer) {
+    let totals = copy.totals().await.unwrap();
+    println!("copy: {totals:?}");
+    let problems = totals.problems(i64::from(PGBENCH_SCALE));
     assert!(
-        sums.iter().all(|s| *s == sums[3]),
-        "pgbench's invariant is broken on the copy: {sums:?}"
+        problems.is_empty(),
+        "the copy breaks pgbench's invariant: {problems:?}"
     );
-    let scale = i64::from(PGBENCH_SCALE);
-    assert_eq!(
-        counts[..3],
-        [scale, 10 * scale, 100_000 * scale],
-        "row counts"
-    );
-    assert!(counts[3] > 0, "the copy holds no pgbench transaction");
-    let amcheck = copy.tool("pg_amcheck");
-    if amcheck.is_file() {
-        let mut c = pg::as_postgres(&amcheck);
-        c.arg("-h")
-            .arg(&copy.sock)
-            .args(["-p", &copy.port.to_string(), "-U", "postgres"])
-            .args(["--install-missing", "--heapallindexed", "-d", "postgres"]);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "pg_amcheck found corruption on the copy: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("pg_amcheck: the copy's heap and indexes are intact");
-    } else {
-        println!("pg_amcheck is not installed: skipped");
+    assert!(totals.history > 0, "the copy holds no pgbench transaction");
+    match copy.amcheck().await {
+        None => println!("pg_amcheck is not installed: skipped"),
+        Some(Ok(())) => println!("pg_amcheck: the copy's heap and indexes are intact"),
+        Some(Err(e)) => panic!("pg_amcheck found corruption on the copy: {e}"),
     }
 }
 
@@ -270,8 +244,8 @@ async fn an_online_backup_under_pgbench_opens_on_the_backup_node_and_keeps_the_i
     require_pg!();
     let mut site = Site::new(true).await;
     let bench_logs = site.root.join("pgbench-logs");
-    let mut bench = site.pg.pgbench_run(PGBENCH_SECONDS, &bench_logs);
-    let client = site.pg.client().await;
+    let bench = site.pg.pgbench_run(PGBENCH_SECONDS, &bench_logs).unwrap();
+    let client = site.pg.client().await.unwrap();
     site.wait_history(&client, 200).await;
 
     let from_ms = now_ms();
@@ -295,10 +269,10 @@ async fn an_online_backup_under_pgbench_opens_on_the_backup_node_and_keeps_the_i
         label.label_file
     );
 
-    let (ok, out) = pg::pgbench_finish(&mut bench, Duration::from_secs(180)).await;
+    let (ok, out) = pgbench_wait(bench, Duration::from_secs(180)).await.unwrap();
     assert!(ok, "pgbench saw an error during the backup: {out}");
-    let (max_ms, n) = pg::max_latency_in(&bench_logs, from_ms, to_ms);
-    let (run_max_ms, run_n) = pg::max_latency_in(&bench_logs, 0, u64::MAX);
+    let (max_ms, n) = max_latency_in(&bench_logs, from_ms, to_ms);
+    let (run_max_ms, run_n) = max_latency_in(&bench_logs, 0, u64::MAX);
     println!(
         "online backup window {} ms: pgbench max latency {max_ms:.1} ms over {n} transactions (whole run: {run_max_ms:.1} ms over {run_n})",
         to_ms - from_ms
@@ -330,7 +304,7 @@ async fn a_session_terminated_mid_window_makes_the_release_report_the_quiesce_lo
         .quiesce(&site.online_backup(30_000))
         .await
         .unwrap();
-    let client = site.pg.client().await;
+    let client = site.pg.client().await.unwrap();
     let killed: bool = client
         .query_one(
             "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'stillpoint'",
@@ -370,7 +344,7 @@ async fn an_agent_that_dies_mid_window_loses_the_backup_and_its_successor_says_s
         .quiesce(&site.online_backup(30_000))
         .await
         .unwrap();
-    let client = site.pg.client().await;
+    let client = site.pg.client().await.unwrap();
     let sessions = || async {
         client
             .query_one(
@@ -405,8 +379,8 @@ async fn a_freeze_copy_under_pgbench_recovers_from_its_own_wal() {
     require!("fsfreeze");
     let mut site = Site::new(false).await;
     let bench_logs = site.root.join("pgbench-logs");
-    let mut bench = site.pg.pgbench_run(PGBENCH_SECONDS, &bench_logs);
-    let client = site.pg.client().await;
+    let bench = site.pg.pgbench_run(PGBENCH_SECONDS, &bench_logs).unwrap();
+    let client = site.pg.client().await.unwrap();
     site.wait_history(&client, 200).await;
 
     let from_ms = now_ms();
@@ -416,10 +390,10 @@ async fn a_freeze_copy_under_pgbench_recovers_from_its_own_wal() {
     let to_ms = now_ms();
     assert_eq!(released.backup_label, None);
 
-    let (ok, out) = pg::pgbench_finish(&mut bench, Duration::from_secs(180)).await;
+    let (ok, out) = pgbench_wait(bench, Duration::from_secs(180)).await.unwrap();
     assert!(ok, "pgbench saw an error during the freeze: {out}");
-    let (max_ms, n) = pg::max_latency_in(&bench_logs, from_ms, to_ms);
-    let (run_max_ms, run_n) = pg::max_latency_in(&bench_logs, 0, u64::MAX);
+    let (max_ms, n) = max_latency_in(&bench_logs, from_ms, to_ms);
+    let (run_max_ms, run_n) = max_latency_in(&bench_logs, 0, u64::MAX);
     println!(
         "freeze window {} ms: pgbench max latency {max_ms:.1} ms over {n} transactions (whole run: {run_max_ms:.1} ms over {run_n})",
         to_ms - from_ms
@@ -452,7 +426,7 @@ async fn an_online_backup_of_a_server_without_a_wal_archive_is_refused_and_leave
         other => panic!("an online backup without archiving must be refused, got {other:?}"),
     }
     assert!(site.host.quiesces().await.unwrap().is_empty());
-    let client = site.pg.client().await;
+    let client = site.pg.client().await.unwrap();
     wait_until("the refused quiesce's session is closed", || async {
         client
             .query_one(

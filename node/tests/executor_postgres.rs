@@ -4,9 +4,6 @@
 //! journaled result — or, when the session died inside the window, no label and "did not
 //! hold". The volume itself is the demo's sim MV: the method talks to the database only.
 
-#[path = "../../host/tests/common/pg.rs"]
-mod pg;
-
 use std::time::Duration;
 
 use stillpoint_coordinator::inventory::{QuiesceMethod, VolumeRef};
@@ -25,7 +22,9 @@ fn skip_reason() -> Option<String> {
     if uid != 0 {
         return Some("not running as root (PostgreSQL runs as the postgres user)".into());
     }
-    pg::skip_reason()
+    stillpoint_host::pgctl::PgInstall::find()
+        .err()
+        .map(|e| e.to_string())
 }
 
 macro_rules! require_pg {
@@ -43,7 +42,7 @@ macro_rules! require_pg {
 }
 
 struct Site {
-    server: pg::Pg,
+    server: stillpoint_host::pgctl::PgServer,
     archive: std::path::PathBuf,
     agents: Vec<RunningAgent>,
     array: Option<DemoArray>,
@@ -57,14 +56,15 @@ impl Site {
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let archive = root.join("wal-archive");
-        let mut server = pg::Pg::new(
+        let mut server = stillpoint_host::pgctl::PgServer::new(
+            &stillpoint_host::pgctl::PgInstall::find().unwrap(),
             &root.join("pgdata"),
             &root.join("sock"),
             5432,
             &root.join("pglogs").join("pg.log"),
         );
-        server.initdb(Some(&archive));
-        server.start().unwrap();
+        server.initdb(Some(&archive), None).await.unwrap();
+        server.start(true).await.unwrap();
         let array = DemoArray::start(root).await.unwrap();
         let agents = start_local_cluster(root, &array.address).await.unwrap();
         let db1 = agents[1].host.clone().unwrap();
@@ -196,7 +196,7 @@ async fn the_release_step_returns_the_online_backups_label_from_its_journal() {
     require_pg!();
     let site = Site::start().await;
     let (release, quiesce_id) = quiesce(&site, 1).await;
-    let client = site.server.client().await;
+    let client = site.server.client().await.unwrap();
     let sessions: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stillpoint'",
@@ -232,7 +232,7 @@ async fn a_session_killed_inside_the_window_makes_the_release_step_report_it_did
     require_pg!();
     let site = Site::start().await;
     let (release, _) = quiesce(&site, 2).await;
-    let client = site.server.client().await;
+    let client = site.server.client().await.unwrap();
     let killed: bool = client
         .query_one(
             "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'stillpoint'",

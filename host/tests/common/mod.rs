@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 pub mod loopdev;
-pub mod pg;
 
 use std::future::Future;
 use std::path::Path;

@@ -19,7 +19,6 @@
 
 pub mod inprocess;
 pub mod layout;
-pub mod pg;
 pub mod postgres;
 pub mod site;
 mod timeline;

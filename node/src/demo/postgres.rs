@@ -43,9 +43,9 @@ use stillpoint_coordinator::job::{
 use stillpoint_coordinator::postgres::PostgresQuiesce;
 use stillpoint_host::Host;
 
-use super::pg::{PgInstall, PgServer, PgbenchTotals, max_latency_in};
 use super::site::{LocalSite, SiteHosts, SiteLayout};
 use crate::error::NodeError;
+use stillpoint_host::pgctl::{PgInstall, PgServer, PgbenchTotals, max_latency_in};
 
 /// How the demo quiesces PostgreSQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -136,7 +136,7 @@ pub async fn run(
     wal_on_second_ld: bool,
     say: &dyn Fn(String),
 ) -> Result<PgDemoReport, NodeError> {
-    let install = PgInstall::find()?;
+    let install = prerequisites()?;
     // PostgreSQL runs as its own user: it must reach its directories under `dir`.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(
         |e| NodeError::Invalid(format!("cannot open {} to postgres: {e}", dir.display())),
@@ -193,7 +193,9 @@ async fn drive(
         &dir.join("pg-logs").join("production.log"),
     );
     let wal_dir = wal_on_second_ld.then(|| mv_mount(1).join("pg_wal"));
-    production.initdb(&archive, wal_dir.as_deref()).await?;
+    production
+        .initdb(Some(&archive), wal_dir.as_deref())
+        .await?;
     production.start(true).await?;
     production.pgbench_init(PGBENCH_SCALE).await?;
     say(format!(
@@ -335,6 +337,38 @@ async fn drive(
     })
 }
 
+/// What the demo needs on this machine: root, FUSE and loop devices (linux hosts on the
+/// array's LDs), mkfs.ext4 and losetup, and PostgreSQL 15+ with its `postgres` user.
+fn prerequisites() -> Result<PgInstall, NodeError> {
+    let install_hint = "on Debian: apt-get install postgresql-15 postgresql-client-15 e2fsprogs";
+    let install = PgInstall::find().map_err(|e| match e {
+        stillpoint_host::HostError::Unsupported { reason, .. } => NodeError::Prerequisite(reason),
+        other => other.into(),
+    })?;
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+        || !Path::new("/dev/loop-control").exists()
+    {
+        return Err(NodeError::Prerequisite(
+            "the PostgreSQL demo puts real file systems on the array's LDs (loop devices over FUSE files): it needs /dev/fuse and /dev/loop-control, which this machine does not offer".into(),
+        ));
+    }
+    for tool in ["losetup", "mkfs.ext4"] {
+        if !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file())
+        {
+            return Err(NodeError::Prerequisite(format!(
+                "{tool} is not installed; {install_hint}"
+            )));
+        }
+    }
+    Ok(install)
+}
+
 /// The freeze window as the log recorded it: from the first quiesce sent to the last release
 /// done (over every round).
 fn freeze_window(job: &Job) -> (u64, u64) {
@@ -397,18 +431,7 @@ fn post_copy_update(
 /// Waits (bounded) for pgbench to end; the errors it reported.
 async fn finish_pgbench(bench: tokio::process::Child) -> Result<Vec<String>, NodeError> {
     let bound = Duration::from_secs(u64::from(PGBENCH_SECONDS) + 180);
-    let out = tokio::time::timeout(bound, bench.wait_with_output())
-        .await
-        .map_err(|_| NodeError::Timeout {
-            what: "pgbench to end".into(),
-            ms: bound.as_millis() as u64,
-        })?
-        .map_err(|e| NodeError::Invalid(format!("waiting for pgbench: {e}")))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = stillpoint_host::pgctl::pgbench_wait(bench, bound).await?;
     let mut errors: Vec<String> = text
         .lines()
         .filter(|l| {
@@ -423,8 +446,8 @@ async fn finish_pgbench(bench: tokio::process::Child) -> Result<Vec<String>, Nod
             .filter(|l| !l.starts_with("number of failed transactions: 0 "))
             .map(|l| l.trim().to_string()),
     );
-    if !out.status.success() {
-        errors.push(format!("exited with {}", out.status));
+    if !ok {
+        errors.push("pgbench exited unsuccessfully".into());
     }
     Ok(errors)
 }

@@ -1,8 +1,11 @@
-//! A PostgreSQL server driven by the PostgreSQL demo: Debian's binaries under
-//! `/usr/lib/postgresql/N/bin` (15 or later, for `pg_backup_start`), run as the `postgres` user
-//! (PostgreSQL refuses root) through `runuser`, its socket in a private directory and no TCP
-//! listener, so two servers (the production one and the one on the copy) never clash. Every
-//! command is bounded; a server still running when dropped is stopped immediately.
+//! A local PostgreSQL server to back up, for `stillpoint demo --postgres` and the PostgreSQL
+//! tests: Debian's binaries under `/usr/lib/postgresql/N/bin` (15 or later, for
+//! `pg_backup_start`), run as the `postgres` user (PostgreSQL refuses root) through `runuser`,
+//! its socket in a private directory and no TCP listener, so two servers (production and the
+//! one on a copy) never clash; pgbench to load it and check its invariant; `pg_amcheck`. Every
+//! command is bounded; a server still running when dropped is stopped immediately. Errors are
+//! [`HostError::Database`] naming the data directory (or [`HostError::Unsupported`] when this
+//! machine cannot run it, saying how to install what is missing).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::error::NodeError;
+use crate::error::HostError;
 
 /// Longest a start (with crash or archive recovery), stop, initdb or pgbench initialisation
 /// may take on a loaded 2-core machine.
@@ -27,23 +30,15 @@ pub struct PgInstall {
 }
 
 impl PgInstall {
-    pub fn find() -> Result<PgInstall, NodeError> {
-        let missing = |what: String| NodeError::Prerequisite(what);
+    pub fn find() -> Result<PgInstall, HostError> {
+        let missing = |reason: String| HostError::Unsupported {
+            operation: "running a local PostgreSQL".into(),
+            reason,
+        };
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(missing(
-                "the PostgreSQL demo puts real file systems on the array's LDs (loop devices over FUSE files) and runs PostgreSQL as its own user: run it as root".into(),
-            ));
-        }
-        if std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .is_err()
-            || !Path::new("/dev/loop-control").exists()
-        {
-            return Err(missing(
-                "the PostgreSQL demo needs /dev/fuse and loop devices (/dev/loop-control), which this machine does not offer".into(),
+                "PostgreSQL runs as its own user, which takes root to arrange: run as root".into(),
             ));
         }
         let install_hint =
@@ -88,7 +83,7 @@ impl PgInstall {
         }
         // SAFETY: pw is a valid passwd entry (checked above).
         let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-        for tool in ["runuser", "losetup", "mkfs.ext4"] {
+        for tool in ["runuser"] {
             if !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
                 .iter()
                 .any(|d| Path::new(d).join(tool).is_file())
@@ -105,15 +100,17 @@ impl PgInstall {
     }
 
     /// A directory owned by postgres, mode 0700 (created if missing).
-    pub fn own_dir(&self, path: &Path) -> Result<(), NodeError> {
-        let fail = |what: &str, e: std::io::Error| {
-            NodeError::Invalid(format!("{what} {}: {e}", path.display()))
+    pub fn own_dir(&self, path: &Path) -> Result<(), HostError> {
+        let fail = |what: &str, e: std::io::Error| HostError::OsError {
+            volume: path.display().to_string(),
+            operation: what.into(),
+            detail: e.to_string(),
         };
-        std::fs::create_dir_all(path).map_err(|e| fail("cannot create", e))?;
+        std::fs::create_dir_all(path).map_err(|e| fail("create the directory", e))?;
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-            .map_err(|e| fail("cannot give postgres", e))?;
+            .map_err(|e| fail("give the directory to postgres", e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail("cannot set the mode of", e))
+            .map_err(|e| fail("set the directory's mode", e))
     }
 
     /// A command run as the postgres user.
@@ -126,24 +123,38 @@ impl PgInstall {
         c
     }
 
-    /// Runs `c` to its end within [`PG_COMMAND_MAX`]; its output in the error.
-    async fn check(&self, mut c: Command, what: &str) -> Result<String, NodeError> {
+    /// Runs `c` (about the server in `data`) to its end within [`PG_COMMAND_MAX`]; its output
+    /// in the error.
+    async fn check(&self, mut c: Command, data: &Path, what: &str) -> Result<String, HostError> {
         let out = tokio::time::timeout(PG_COMMAND_MAX, c.output())
             .await
-            .map_err(|_| NodeError::Timeout {
+            .map_err(|_| HostError::TimedOut {
+                volume: data.display().to_string(),
                 what: what.into(),
-                ms: PG_COMMAND_MAX.as_millis() as u64,
+                timeout_ms: PG_COMMAND_MAX.as_millis() as u64,
             })?
-            .map_err(|e| NodeError::Invalid(format!("cannot run {what}: {e}")))?;
+            .map_err(|e| db_err(data, what, format!("cannot run it: {e}")))?;
         if !out.status.success() {
-            return Err(NodeError::Invalid(format!(
-                "{what} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(db_err(
+                data,
+                what,
+                format!(
+                    "{}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn db_err(data: &Path, operation: &str, detail: String) -> HostError {
+    HostError::Database {
+        volume: data.display().to_string(),
+        operation: operation.into(),
+        detail,
     }
 }
 
@@ -213,10 +224,17 @@ impl PgServer {
     }
 
     /// initdb (trust authentication on the local socket only), archiving every WAL segment
-    /// into `archive`, and with the WAL in `wal_dir` when given (`pg_wal` is then a symlink).
-    pub async fn initdb(&self, archive: &Path, wal_dir: Option<&Path>) -> Result<(), NodeError> {
+    /// into `archive` when given, and with the WAL in `wal_dir` when given (`pg_wal` is then a
+    /// symlink).
+    pub async fn initdb(
+        &self,
+        archive: Option<&Path>,
+        wal_dir: Option<&Path>,
+    ) -> Result<(), HostError> {
         self.install.own_dir(&self.data)?;
-        self.install.own_dir(archive)?;
+        if let Some(a) = archive {
+            self.install.own_dir(a)?;
+        }
         self.install.own_dir(&self.sock)?;
         if let Some(parent) = self.log.parent() {
             self.install.own_dir(parent)?;
@@ -230,26 +248,30 @@ impl PgServer {
             // lost+found at its root, so the WAL lives one level down.
             c.arg("-X").arg(w);
         }
-        self.install.check(c, "initdb").await?;
-        let conf = format!(
+        self.install.check(c, &self.data, "initdb").await?;
+        let mut conf = format!(
             "listen_addresses = ''\nport = {}\nunix_socket_directories = '{}'\nfsync = on\n\
-             max_wal_size = 96MB\nmin_wal_size = 32MB\n\
-             archive_mode = on\narchive_command = 'test ! -f {2}/%f && cp %p {2}/%f'\n",
+             max_wal_size = 96MB\nmin_wal_size = 32MB\n",
             self.port,
             self.sock.display(),
-            archive.display()
         );
+        if let Some(a) = archive {
+            conf.push_str(&format!(
+                "archive_mode = on\narchive_command = 'test ! -f {0}/%f && cp %p {0}/%f'\n",
+                a.display()
+            ));
+        }
         let path = self.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&path)
-            .map_err(|e| NodeError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| db_err(&self.data, "read postgresql.conf", e.to_string()))?;
         text.push_str(&conf);
         std::fs::write(&path, text)
-            .map_err(|e| NodeError::Invalid(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| db_err(&self.data, "write postgresql.conf", e.to_string()))
     }
 
     /// Starts it and waits until it accepts connections (recovery included). A copy's server
     /// runs with archiving off: its WAL must not reach the production archive.
-    pub async fn start(&mut self, archive: bool) -> Result<(), NodeError> {
+    pub async fn start(&mut self, archive: bool) -> Result<(), HostError> {
         self.install.own_dir(&self.sock)?;
         let mut c = self.install.command("pg_ctl");
         let mut options = format!(
@@ -268,14 +290,23 @@ impl PgServer {
             .arg(options)
             .arg("start");
         self.running = true;
-        let started = self.install.check(c, "pg_ctl start").await;
+        let started = self.install.check(c, &self.data, "pg_ctl start").await;
         started.map(drop).map_err(|e| {
-            NodeError::Invalid(format!("{e}; the server's log ends: {}", self.log_tail()))
+            db_err(
+                &self.data,
+                "start",
+                format!("{e}; the server's log ends: {}", self.log_tail()),
+            )
         })
     }
 
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let t = self.log_text();
         let from = t.len().saturating_sub(2000);
         let from = (from..t.len())
             .find(|i| t.is_char_boundary(*i))
@@ -284,7 +315,7 @@ impl PgServer {
     }
 
     /// Stops it (`fast` or `immediate`), bounded.
-    pub async fn stop(&mut self, mode: &str) -> Result<(), NodeError> {
+    pub async fn stop(&mut self, mode: &str) -> Result<(), HostError> {
         if !self.running {
             return Ok(());
         }
@@ -297,13 +328,13 @@ impl PgServer {
             &PG_COMMAND_MAX.as_secs().to_string(),
             "stop",
         ]);
-        self.install.check(c, "pg_ctl stop").await?;
+        self.install.check(c, &self.data, "pg_ctl stop").await?;
         self.running = false;
         Ok(())
     }
 
     /// A session on it, bounded.
-    pub async fn client(&self) -> Result<tokio_postgres::Client, NodeError> {
+    pub async fn client(&self) -> Result<tokio_postgres::Client, HostError> {
         let (client, conn) = tokio_postgres::Config::new()
             .host_path(&self.sock)
             .port(self.port)
@@ -313,17 +344,18 @@ impl PgServer {
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| {
-                NodeError::Invalid(format!(
-                    "cannot connect to PostgreSQL at {}: {e}",
-                    self.sock.display()
-                ))
+                db_err(
+                    &self.data,
+                    "connect",
+                    format!("at {}: {e}", self.sock.display()),
+                )
             })?;
         tokio::spawn(conn);
         Ok(client)
     }
 
     /// `pgbench -i -s scale`.
-    pub async fn pgbench_init(&self, scale: u32) -> Result<(), NodeError> {
+    pub async fn pgbench_init(&self, scale: u32) -> Result<(), HostError> {
         let mut c = self.install.command("pgbench");
         c.arg("-h").arg(&self.sock).args([
             "-p",
@@ -334,11 +366,14 @@ impl PgServer {
             &scale.to_string(),
             "postgres",
         ]);
-        self.install.check(c, "pgbench -i").await.map(drop)
+        self.install
+            .check(c, &self.data, "pgbench -i")
+            .await
+            .map(drop)
     }
 
     /// `pgbench -c 4 -T seconds -l` in the background, its per-transaction logs in `log_dir`.
-    pub fn pgbench_run(&self, seconds: u32, log_dir: &Path) -> Result<Child, NodeError> {
+    pub fn pgbench_run(&self, seconds: u32, log_dir: &Path) -> Result<Child, HostError> {
         self.install.own_dir(log_dir)?;
         let mut c = self.install.command("pgbench");
         c.current_dir(log_dir)
@@ -357,29 +392,34 @@ impl PgServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c.spawn()
-            .map_err(|e| NodeError::Invalid(format!("cannot start pgbench: {e}")))
+            .map_err(|e| db_err(&self.data, "start pgbench", e.to_string()))
     }
 
     /// Waits (bounded) until the server has ended recovery and accepts writes: a copy in
     /// archive recovery accepts read-only connections before it is promoted.
-    pub async fn wait_promoted(&self) -> Result<(), NodeError> {
+    pub async fn wait_promoted(&self) -> Result<(), HostError> {
         let client = self.client().await?;
-        crate::wait::until(
-            "the copy's server to end recovery",
-            PG_COMMAND_MAX,
-            || async {
-                let row = client
-                    .query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .ok()?;
-                (!row.get::<_, bool>(0)).then_some(())
-            },
-        )
-        .await
+        let deadline = tokio::time::Instant::now() + PG_COMMAND_MAX;
+        loop {
+            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+            if let Ok(row) = row
+                && !row.get::<_, bool>(0)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HostError::TimedOut {
+                    volume: self.data.display().to_string(),
+                    what: "the server to end recovery".into(),
+                    timeout_ms: PG_COMMAND_MAX.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// pgbench's invariant and the row counts, read in one statement.
-    pub async fn totals(&self) -> Result<PgbenchTotals, NodeError> {
+    pub async fn totals(&self) -> Result<PgbenchTotals, HostError> {
         let client = self.client().await?;
         let row = tokio::time::timeout(
             PG_COMMAND_MAX,
@@ -396,11 +436,12 @@ impl PgServer {
             ),
         )
         .await
-        .map_err(|_| NodeError::Timeout {
+        .map_err(|_| HostError::TimedOut {
+            volume: self.data.display().to_string(),
             what: "reading pgbench's totals".into(),
-            ms: PG_COMMAND_MAX.as_millis() as u64,
+            timeout_ms: PG_COMMAND_MAX.as_millis() as u64,
         })?
-        .map_err(|e| NodeError::Invalid(format!("reading pgbench's totals: {e}")))?;
+        .map_err(|e| db_err(&self.data, "read pgbench's totals", e.to_string()))?;
         Ok(PgbenchTotals {
             sum_abalance: row.get(0),
             sum_tbalance: row.get(1),
@@ -430,7 +471,7 @@ impl PgServer {
         ]);
         Some(
             self.install
-                .check(c, "pg_amcheck")
+                .check(c, &self.data, "pg_amcheck")
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -485,4 +526,27 @@ pub fn max_latency_in(dir: &Path, from_ms: u64, to_ms: u64) -> (f64, usize) {
         }
     }
     (max_ms, n)
+}
+
+/// Waits (bounded by `within`) for a background pgbench to end; whether it succeeded and what
+/// it printed.
+pub async fn pgbench_wait(bench: Child, within: Duration) -> Result<(bool, String), HostError> {
+    let out = tokio::time::timeout(within, bench.wait_with_output())
+        .await
+        .map_err(|_| HostError::TimedOut {
+            volume: "pgbench".into(),
+            what: "pgbench to end".into(),
+            timeout_ms: within.as_millis() as u64,
+        })?
+        .map_err(|e| HostError::Database {
+            volume: "pgbench".into(),
+            operation: "wait for pgbench".into(),
+            detail: e.to_string(),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
 }
