@@ -246,13 +246,7 @@ async fn a_static_point_unmount_stops_the_holder_by_hook_and_resumes_it_at_the_d
     let (dev, mp) = fx.volume("mv", &["mkfs.ext4", "-q"]);
     let pidfile = fx.dir.path().join("app.pid");
     // The "application": a process whose working directory is on the volume.
-    let extra = format!(
-        "unmount_ms_max = 1500\n\
-         start = {{ command = [\"sh\", \"-c\", \"cd {mp} && (sleep 300 >/dev/null 2>&1 & echo $! > {pid})\"] }}\n\
-         stop = {{ command = [\"sh\", \"-c\", \"kill $(cat {pid})\"] }}\n",
-        mp = mp.display(),
-        pid = pidfile.display()
-    );
+    let extra = app_hooks(&mp, &pidfile, "sleep 300", 1500);
     let host = fx.agent_with(&[("mv", &dev, &mp, "ext4")], &extra).await;
     host.mount("mv", &MountRequest::default()).await.unwrap();
     host.run_hook("mv", stillpoint_host::HookKind::Start)
@@ -266,14 +260,6 @@ async fn a_static_point_unmount_stops_the_holder_by_hook_and_resumes_it_at_the_d
             .unwrap()
     };
     // Kill whatever the start hook left behind, whatever happens below.
-    struct KillOnDrop(PathBuf);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Ok(p) = std::fs::read_to_string(&self.0) {
-                let _ = Command::new("kill").arg(p.trim()).status();
-            }
-        }
-    }
     let _cleanup = KillOnDrop(pidfile.clone());
 
     let first = app_pid();
@@ -325,27 +311,13 @@ async fn an_unmount_quiesce_waits_for_an_application_that_exits_slowly_after_its
     let pidfile = fx.dir.path().join("app.pid");
     // The "application": on SIGTERM it needs about a second to shut down, and keeps its working
     // directory on the volume until it has.
-    let app = "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done";
-    let extra = format!(
-        "unmount_ms_max = 20000\n\
-         start = {{ command = [\"sh\", \"-c\", \"cd {mp} && (sh -c \\\"{app}\\\" >/dev/null 2>&1 & echo $! > {pid})\"] }}\n\
-         stop = {{ command = [\"sh\", \"-c\", \"kill $(cat {pid})\"] }}\n",
-        mp = mp.display(),
-        pid = pidfile.display()
-    );
+    let app = "sh -c \\\"trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done\\\"";
+    let extra = app_hooks(&mp, &pidfile, app, 20_000);
     let host = fx.agent_with(&[("mv", &dev, &mp, "ext4")], &extra).await;
     host.mount("mv", &MountRequest::default()).await.unwrap();
     host.run_hook("mv", stillpoint_host::HookKind::Start)
         .await
         .unwrap();
-    struct KillOnDrop(PathBuf);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Ok(p) = std::fs::read_to_string(&self.0) {
-                let _ = Command::new("kill").args(["-9", p.trim()]).status();
-            }
-        }
-    }
     let _cleanup = KillOnDrop(pidfile.clone());
     wait_until("the application holds the volume", || async {
         !host.volume("mv").await.unwrap().holders.is_empty()
@@ -372,4 +344,33 @@ async fn an_unmount_quiesce_waits_for_an_application_that_exits_slowly_after_its
     })
     .await;
     host.unmount("mv", false).await.unwrap();
+}
+
+/// The volume's hooks for an "application" `app` (a shell command, TOML-escaped) started in
+/// the background with its working directory on the volume at `mp`, its pid in `pidfile`;
+/// the stop hook signals it (SIGTERM) and returns at once.
+fn app_hooks(
+    mp: &std::path::Path,
+    pidfile: &std::path::Path,
+    app: &str,
+    unmount_ms_max: u64,
+) -> String {
+    format!(
+        "unmount_ms_max = {unmount_ms_max}\n\
+         start = {{ command = [\"sh\", \"-c\", \"cd {mp} && ({app} >/dev/null 2>&1 & echo $! > {pid})\"] }}\n\
+         stop = {{ command = [\"sh\", \"-c\", \"kill $(cat {pid})\"] }}\n",
+        mp = mp.display(),
+        pid = pidfile.display()
+    )
+}
+
+/// Kills (SIGKILL) the process whose pid is in the file, whatever a test left running.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(p) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-9", p.trim()]).status();
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use stillpoint_array::{Array, RemoteArray};
-use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest};
+use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest, VolumeInfo};
 use tokio::process::{Child, Command};
 
 use super::inprocess::{bind_loopback, local_address};
@@ -74,6 +74,26 @@ fn spawn_array(bin: &Path, dir: &Path) -> Result<Child, NodeError> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))
+}
+
+/// Waits (bounded) until `host`'s agent answers and shows `volume` attached: no problem, and
+/// with `block_device` its loop device in place (linux hosts).
+async fn attached(
+    host: &HostClient,
+    volume: &str,
+    block_device: bool,
+) -> Result<VolumeInfo, NodeError> {
+    crate::wait::until(
+        &format!("{volume} to attach"),
+        FORM_TIMEOUT,
+        || async move {
+            host.volume(volume)
+                .await
+                .ok()
+                .filter(|v| v.problem.is_none() && (!block_device || v.device.starts_with("/dev/")))
+        },
+    )
+    .await
 }
 
 /// Bound on making a file system on an LD.
@@ -380,17 +400,7 @@ impl LocalSite {
         let host = self.host(slot)?;
         for p in self.layout.pairs.iter().filter(|p| p.mv_node == slot) {
             let volume = p.mv_volume.clone();
-            let info =
-                crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
-                    let (host, volume) = (host.clone(), volume.clone());
-                    async move {
-                        host.volume(&volume)
-                            .await
-                            .ok()
-                            .filter(|v| v.problem.is_none())
-                    }
-                })
-                .await?;
+            let info = attached(&host, &volume, false).await?;
             if info.mounted_at.is_some() {
                 continue;
             }
@@ -442,17 +452,7 @@ impl LocalSite {
         for p in &self.layout.pairs {
             let host = self.host(p.mv_node)?;
             let volume = p.mv_volume.clone();
-            let info =
-                crate::wait::until(&format!("{} to attach", p.mv_volume), FORM_TIMEOUT, || {
-                    let (host, volume) = (host.clone(), volume.clone());
-                    async move {
-                        host.volume(&volume)
-                            .await
-                            .ok()
-                            .filter(|v| v.problem.is_none() && v.device.starts_with("/dev/"))
-                    }
-                })
-                .await?;
+            let info = attached(&host, &volume, true).await?;
             let force = if fs == "xfs" { "-f" } else { "-F" };
             run_tool(
                 &[&format!("mkfs.{fs}"), "-q", force, &info.device],
