@@ -203,6 +203,8 @@ pub(crate) fn check_wait_ms(ms: Option<u64>) -> Result<()> {
 pub const IO_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// Bound on one array-to-array request.
 pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a flush of the array's metadata (sled) may take before the operation fails.
+pub const METADATA_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connect timeout of gRPC clients.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one gRPC call, on top of any wait the call asks for.

@@ -335,8 +335,23 @@ impl Inner {
         ArrayError::io(&self.db_path, e)
     }
 
+    /// Makes the metadata written so far durable, bounded by [`crate::METADATA_FLUSH_TIMEOUT`].
+    /// sled 0.34's `flush_async` can leave concurrent callers never woken (sled issues #1241
+    /// and #1308: eight pairs separating at once hung here), so its blocking `flush` runs on
+    /// the blocking pool, which is safe from many tasks at once and batches them.
     async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.map_err(|e| self.meta_err(e))?;
+        let db = self.db.clone();
+        let flushed = tokio::time::timeout(
+            crate::METADATA_FLUSH_TIMEOUT,
+            tokio::task::spawn_blocking(move || db.flush()),
+        )
+        .await
+        .map_err(|_| ArrayError::Timeout {
+            what: format!("flushing the metadata in {}", self.db_path.display()),
+            timeout_ms: crate::METADATA_FLUSH_TIMEOUT.as_millis() as u64,
+        })?
+        .map_err(|e| self.meta_err(format!("the flush task failed: {e}")))?;
+        flushed.map_err(|e| self.meta_err(e))?;
         Ok(())
     }
 
@@ -634,6 +649,54 @@ impl SoftwareArray {
         match o.wait_timeout_ms {
             Some(t) => self.inner.wait(id, WaitCondition::Sep, t).await,
             None => Ok(info),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many tasks flushing the metadata at once all finish. With sled's `flush_async` they
+    /// hung at once (never woken), which left eight pairs separating at once without answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_metadata_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArrayConfig {
+            name: "A".into(),
+            data_dir: dir.path().join("A"),
+            listen: "127.0.0.1:0".into(),
+            block_bytes: crate::DEFAULT_BLOCK_BYTES,
+            copy_pace_bytes_per_s: 0,
+            semi_sync_backlog_blocks_max: 4,
+            lds: vec![],
+            peers: vec![],
+            audit_log: false,
+        };
+        let array = SoftwareArray::open(&cfg, vec![]).await.unwrap();
+        for round in 0..20u32 {
+            let tasks: Vec<_> = (0..16u32)
+                .map(|t| {
+                    let inner = array.inner.clone();
+                    tokio::spawn(async move {
+                        inner
+                            .db
+                            .insert(format!("test-{round}-{t}"), vec![0u8; 200])
+                            .unwrap();
+                        inner.flush().await
+                    })
+                })
+                .collect();
+            let all = async {
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), all)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: 16 concurrent metadata flushes did not all finish within 20 s")
+                });
         }
     }
 }

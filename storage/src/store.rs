@@ -139,9 +139,17 @@ impl Disk {
         let timeout = Duration::from_millis(FLUSH_TIMEOUT_MS);
         let this = self.clone();
         let durable = async move {
-            this.db
-                .flush_async()
+            // sled 0.34's `flush_async` can leave concurrent callers never woken (sled issues
+            // #1241 and #1308; seen here as a hung flush): its blocking `flush`, on the
+            // blocking pool, is safe from many tasks at once and batches them.
+            let db = this.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
                 .await
+                .map_err(|e| Error::Io {
+                    path: this.path_buf(),
+                    action: "flush to disk".to_string(),
+                    detail: format!("the flush task failed: {e}"),
+                })?
                 .map_err(|e| Error::sled(&this.path, "flush to disk", e))?;
             let (sync, path) = (this.sync.clone(), this.path.clone());
             tokio::task::spawn_blocking(move || sync.sync(&path))
@@ -290,5 +298,40 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("path", &self.disk.path)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many tasks flushing at once all finish. With sled's `flush_async` this hung at once:
+    /// concurrent callers were never woken, so the raft node's flush timed out and stopped it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.disk.tree("t").unwrap();
+        for round in 0..20u32 {
+            let tasks: Vec<_> = (0..16u32)
+                .map(|t| {
+                    let (disk, tree) = (store.disk.clone(), tree.clone());
+                    tokio::spawn(async move {
+                        tree.insert(format!("{round}-{t}"), vec![0u8; 200]).unwrap();
+                        disk.flush().await
+                    })
+                })
+                .collect();
+            let all = async {
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), all)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: 16 concurrent flushes did not all finish within 20 s")
+                });
+        }
     }
 }
