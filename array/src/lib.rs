@@ -100,14 +100,17 @@
 //!   `data_dir/audit.log` for every pair state change, every pair operation it refused, every
 //!   host I/O attempt on an RV (with the RV's access at that instant) and, sampled every
 //!   [`AUDIT_MV_WRITE_SAMPLE_MS`], host writes on other LDs: a record of what the array saw
-//!   for referees outside the cluster (the chaos harness). Sequence numbers continue across
+//!   for referees outside the cluster (the chaos harness). A pair operation that came with a
+//!   fencing token (a job's step) names it on its line, accepted or refused, so a referee can
+//!   judge who acted on a pair and in what order. Sequence numbers continue across
 //!   restarts; lines survive a killed process, not a power cut (not fsynced).
 //! - **Operations finish without their caller.** A pair operation (replicate, separate,
 //!   restore, forced separate) runs as its own task: a caller that goes away (a served
 //!   array's client dies or times out, dropping the RPC) cannot leave a record changed in
 //!   memory but not persisted, its RV access not pushed or its event not sent.
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
-//!   RV access `na`) or a link down/up, through the API and the CLI.
+//!   RV access `na`), a link down/up, or a copy pace (slow copies until set back to 0; not
+//!   persisted), through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
 //!   [`RemoteArray`] implements [`Array`] against it with identical errors and states.
 //! - **CLI.** [`cli`] has the clap commands `array`, `ld`, `pair` and `copy` with their exit

@@ -139,19 +139,21 @@ impl Inner {
         self: &Arc<Self>,
         id: &PairId,
         what: &str,
+        fence: Option<FenceToken>,
         needs_rv_dirty: bool,
         f: impl Fn(&mut PairRec, &Bitmap) -> Result<()> + Send + Sync + 'static,
     ) -> Result<PairInfo> {
         let (this, pair, operation) = (self.clone(), id.clone(), what.to_string());
         let detached = tokio::spawn(async move {
             let outcome = this
-                .operate_once(&pair, &operation, needs_rv_dirty, f)
+                .operate_once(&pair, &operation, fence, needs_rv_dirty, f)
                 .await;
             if let Err(e) = &outcome {
                 this.audit.record(super::audit::AuditEvent::PairRefused {
                     pair,
                     operation,
                     error: e.to_string(),
+                    fence,
                 });
             }
             outcome
@@ -168,6 +170,7 @@ impl Inner {
         self: &Arc<Self>,
         id: &PairId,
         what: &str,
+        fence: Option<FenceToken>,
         needs_rv_dirty: bool,
         f: impl Fn(&mut PairRec, &Bitmap) -> Result<()>,
     ) -> Result<PairInfo> {
@@ -211,7 +214,7 @@ impl Inner {
         self.push_access(&slot).await;
         slot.wake.notify_one();
         let info = self.info_of(&slot);
-        self.emit(id, Some(info.state), what);
+        self.emit_fenced(id, Some(info.state), what, fence);
         Ok(info)
     }
 
@@ -289,6 +292,9 @@ impl Inner {
         match f {
             Fault::LdFailure { ld } => self.ld(*ld)?.failed.store(true, Ordering::SeqCst),
             Fault::LdRepair { ld } => self.ld(*ld)?.failed.store(false, Ordering::SeqCst),
+            Fault::CopyPace { bytes_per_s } => {
+                self.pace_bytes_per_s.store(*bytes_per_s, Ordering::SeqCst)
+            }
             Fault::LinkDown { peer } => {
                 self.peer_of(peer)?.1.up.store(false, Ordering::SeqCst);
                 let slots: Vec<_> = lock(&self.pairs)

@@ -326,6 +326,7 @@ mod tests {
                     rv_access: RvAccess::Nr,
                 }),
                 reason: "test".into(),
+                fence: None,
             },
         }
     }
