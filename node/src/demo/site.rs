@@ -8,6 +8,10 @@
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
 //! [`LocalSite::verify_rv`] reads an RV through the array with the workload's verifier.
 //!
+//! With a [`Placement`] (the chaos harness's network partitions) each process starts behind a
+//! command prefix (`ip netns exec NS`) and listens on an address of its own instead of a free
+//! loopback port; without one (every other test) nothing changes.
+//!
 //! Children are killed when the site is dropped, pass or fail.
 
 use std::path::{Path, PathBuf};
@@ -65,7 +69,30 @@ pub struct SiteLayout {
     /// Dirty blocks each sim volume caches before writing random ones back (host default when
     /// `None`).
     pub cache_blocks_max: Option<usize>,
+    /// Where each process runs and listens; `None`: on this machine's loopback, each on a
+    /// free port.
+    pub placement: Option<Placement>,
 }
+
+/// Where one process of the site runs: a command its start is prefixed with (e.g. `ip netns
+/// exec NS`, empty for none) and the address it listens on and is reached at.
+#[derive(Clone, Debug)]
+pub struct ProcessPlacement {
+    pub prefix: Vec<String>,
+    pub ip: String,
+}
+
+/// Where every process of the site runs (e.g. each in its own network namespace, so the
+/// network between them can be cut). Each listens on [`PLACED_PORT`] of its own address.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub array: ProcessPlacement,
+    /// By agent slot.
+    pub agents: Vec<ProcessPlacement>,
+}
+
+/// The port every placed process listens on (each has an address of its own).
+pub const PLACED_PORT: u16 = 7700;
 
 impl SiteLayout {
     /// `n` pairs spread over db1 and db2 (pair `i` on db1 when `i` is even), LDs `2i` (MV) and
@@ -98,6 +125,7 @@ impl SiteLayout {
             audit_log: false,
             workload_pace_ms: 2,
             cache_blocks_max: None,
+            placement: None,
         }
     }
 
@@ -247,9 +275,21 @@ fn log_file(path: &Path) -> Result<std::fs::File, NodeError> {
         .map_err(|e| NodeError::Invalid(format!("cannot open {}: {e}", path.display())))
 }
 
+/// A command that runs `bin`, behind `prefix` if there is one.
+fn command(bin: &Path, prefix: Option<&ProcessPlacement>) -> Command {
+    match prefix.and_then(|p| p.prefix.split_first()) {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// Starts `stillpoint array serve` on `dir/array.toml`, its log appended to `dir/array.log`.
-fn spawn_array(bin: &Path, dir: &Path) -> Result<Child, NodeError> {
-    Command::new(bin)
+fn spawn_array(bin: &Path, dir: &Path, placement: Option<&Placement>) -> Result<Child, NodeError> {
+    command(bin, placement.map(|p| &p.array))
         .args(["array", "serve", "--config"])
         .arg(dir.join("array.toml"))
         .stdout(Stdio::null())
@@ -267,10 +307,13 @@ impl LocalSite {
     /// system) and the agents; forms the cluster. The pairs are not set: that is `group
     /// prepare`'s job.
     pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
-        let array_address = free_loopback_address().await?;
+        let array_address = match &layout.placement {
+            Some(p) => format!("{}:{PLACED_PORT}", p.array.ip),
+            None => free_loopback_address().await?,
+        };
         let array_cfg = dir.join("array.toml");
         write(&array_cfg, &layout.array_toml(dir, &array_address))?;
-        let array = spawn_array(bin, dir)?;
+        let array = spawn_array(bin, dir, layout.placement.as_ref())?;
         let mut site = LocalSite {
             layout,
             dir: dir.to_path_buf(),
@@ -290,7 +333,15 @@ impl LocalSite {
             stillpoint_host::SimBackend::format(&device).await?;
         }
         for (slot, (name, role)) in site.layout.agents().into_iter().enumerate() {
-            let address = free_loopback_address().await?;
+            let address = match site
+                .layout
+                .placement
+                .as_ref()
+                .and_then(|p| p.agents.get(slot))
+            {
+                Some(p) => format!("{}:{PLACED_PORT}", p.ip),
+                None => free_loopback_address().await?,
+            };
             let host = if slot == MGMT1 {
                 String::new()
             } else {
@@ -394,7 +445,11 @@ impl LocalSite {
     /// answers.
     pub async fn restart_array(&mut self) -> Result<(), NodeError> {
         if self.array.is_none() {
-            self.array = Some(spawn_array(&self.bin, &self.dir)?);
+            self.array = Some(spawn_array(
+                &self.bin,
+                &self.dir,
+                self.layout.placement.as_ref(),
+            )?);
         }
         self.connect_array().await.map(drop)
     }
@@ -415,7 +470,12 @@ impl LocalSite {
 
     /// Starts agent `slot` (again: without `--new` after its first start).
     pub fn spawn(&mut self, slot: usize) -> Result<(), NodeError> {
-        let mut command = Command::new(&self.bin);
+        let placed = self
+            .layout
+            .placement
+            .as_ref()
+            .and_then(|p| p.agents.get(slot));
+        let mut command = command(&self.bin, placed);
         command.args(["agent", "--config"]).arg(&self.configs[slot]);
         if !self.started[slot] {
             command.arg("--new");
