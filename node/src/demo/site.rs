@@ -83,16 +83,18 @@ pub struct ProcessPlacement {
 }
 
 /// Where every process of the site runs (e.g. each in its own network namespace, so the
-/// network between them can be cut). Each listens on [`PLACED_PORT`] of its own address.
+/// network between them can be cut). Each listens on `port` of its own address.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub array: ProcessPlacement,
     /// By agent slot.
     pub agents: Vec<ProcessPlacement>,
+    /// The port every process listens on. A process that starts several sites one after
+    /// another gives each its own: clients cache one channel per address for the life of the
+    /// process (`peer::channel_to`), and a channel made under an earlier site's tokio runtime
+    /// is dead once that runtime is gone.
+    pub port: u16,
 }
-
-/// The port every placed process listens on (each has an address of its own).
-pub const PLACED_PORT: u16 = 7700;
 
 impl SiteLayout {
     /// `n` pairs spread over db1 and db2 (pair `i` on db1 when `i` is even), LDs `2i` (MV) and
@@ -308,7 +310,7 @@ impl LocalSite {
     /// prepare`'s job.
     pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
         let array_address = match &layout.placement {
-            Some(p) => format!("{}:{PLACED_PORT}", p.array.ip),
+            Some(p) => format!("{}:{}", p.array.ip, p.port),
             None => free_loopback_address().await?,
         };
         let array_cfg = dir.join("array.toml");
@@ -333,13 +335,13 @@ impl LocalSite {
             stillpoint_host::SimBackend::format(&device).await?;
         }
         for (slot, (name, role)) in site.layout.agents().into_iter().enumerate() {
-            let address = match site
+            let placed = site
                 .layout
                 .placement
                 .as_ref()
-                .and_then(|p| p.agents.get(slot))
-            {
-                Some(p) => format!("{}:{PLACED_PORT}", p.ip),
+                .and_then(|p| p.agents.get(slot).map(|a| format!("{}:{}", a.ip, p.port)));
+            let address = match placed {
+                Some(address) => address,
                 None => free_loopback_address().await?,
             };
             let host = if slot == MGMT1 {
