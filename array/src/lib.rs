@@ -104,10 +104,11 @@
 //!   fencing token (a job's step) names it on its line, accepted or refused, so a referee can
 //!   judge who acted on a pair and in what order. Sequence numbers continue across
 //!   restarts; lines survive a killed process, not a power cut (not fsynced).
-//! - **Operations finish without their caller.** A pair operation (replicate, separate,
-//!   restore, forced separate) runs as its own task: a caller that goes away (a served
-//!   array's client dies or times out, dropping the RPC) cannot leave a record changed in
-//!   memory but not persisted, its RV access not pushed or its event not sent.
+//! - **Operations finish without their caller.** A pair operation (set, unset, replicate,
+//!   separate, restore, forced separate) runs as its own task: a caller that goes away (a
+//!   served array's client dies or times out, dropping the RPC) cannot leave a record changed
+//!   in memory but not persisted, its RV access not pushed or its event not sent — nor an RV
+//!   claimed for a pair that was never set.
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
 //!   RV access `na`), a link down/up, or a copy pace (slow copies until set back to 0; not
 //!   persisted), through the API and the CLI.

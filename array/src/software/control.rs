@@ -4,7 +4,35 @@
 use super::*;
 
 impl Inner {
+    /// Sets the pair, to its end even if the caller goes away (as [`Inner::operate`]): the RV
+    /// claimed, the pair in memory, persisted, its engine started and announced — or none of
+    /// it past a refusal.
     pub(super) async fn pair_set(self: &Arc<Self>, id: &PairId) -> Result<PairInfo> {
+        let (this, pair) = (self.clone(), id.clone());
+        tokio::spawn(async move { this.pair_set_once(&pair).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ArrayError::OutcomeUnknown {
+                    op: format!("pair set {id}"),
+                    detail: format!("the operation's task ended abnormally: {e}; query the pair"),
+                })
+            })
+    }
+
+    /// Unsets the pair, to its end even if the caller goes away (as [`Inner::pair_set`]).
+    pub(super) async fn pair_unset(self: &Arc<Self>, id: &PairId) -> Result<()> {
+        let (this, pair) = (self.clone(), id.clone());
+        tokio::spawn(async move { this.pair_unset_once(&pair).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ArrayError::OutcomeUnknown {
+                    op: format!("pair unset {id}"),
+                    detail: format!("the operation's task ended abnormally: {e}; query the pair"),
+                })
+            })
+    }
+
+    async fn pair_set_once(self: &Arc<Self>, id: &PairId) -> Result<PairInfo> {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         if id.mv.array != self.name {
@@ -99,7 +127,7 @@ impl Inner {
         Ok(info)
     }
 
-    pub(super) async fn pair_unset(self: &Arc<Self>, id: &PairId) -> Result<()> {
+    async fn pair_unset_once(self: &Arc<Self>, id: &PairId) -> Result<()> {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
