@@ -104,12 +104,37 @@ pub struct SiteNet {
     cuts: std::collections::BTreeSet<(usize, usize)>,
 }
 
-/// Runs `ip` with `args`; an error names the command and what it printed.
+/// Bound on one `ip` command (netlink calls answered at once; a hung one is killed).
+const IP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `ip` with `args`, bounded by [`IP_TIMEOUT`]; an error names the command and what it
+/// printed. Blocking: call it off the async runtime's workers.
 fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
+    let what = || format!("ip {}", args.join(" "));
+    let mut child = Command::new("ip")
         .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip {}: {e}", args.join(" ")))?;
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", what()))?;
+    let deadline = std::time::Instant::now() + IP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} did not end within {IP_TIMEOUT:?}", what()));
+            }
+            Err(e) => return Err(format!("{}: {e}", what())),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{}: {e}", what()))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -317,7 +317,7 @@ async fn scenario(bin: &Path) {
     // Cut the leader off from every other agent; it still reaches the array.
     let others: Vec<usize> = (0..site.agents.len()).filter(|s| *s != old).collect();
     let other_names: Vec<String> = others.iter().map(|s| site.name(*s)).collect();
-    net.split(std::slice::from_ref(&old_name), &other_names)
+    tokio::task::block_in_place(|| net.split(std::slice::from_ref(&old_name), &other_names))
         .expect("cut the leader off");
     let cut_at = stillpoint_node::agent::now_ms();
     let pairs_at_cut = pairs(&site).await;
@@ -392,7 +392,7 @@ async fn scenario(bin: &Path) {
         .as_mut()
         .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
     let old_status = status(&site.endpoints[old]).await;
-    net.heal().expect("heal the network");
+    tokio::task::block_in_place(|| net.heal()).expect("heal the network");
     let healed_at = stillpoint_node::agent::now_ms();
     let inside_ok = inside.is_ok();
     let end: JobEnd = match inside {

@@ -188,110 +188,112 @@ impl Harness {
         };
         let side_names =
             |side: &[usize]| -> Vec<String> { side.iter().map(|s| names[*s].clone()).collect() };
-        let (side, what, cut): (Vec<usize>, String, Result<(), String>) = match f.kind {
-            FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
-                let t = if f.kind == FaultKind::IsolateLeader || others.is_empty() {
-                    head
-                } else {
-                    pick(others, 1)
-                };
-                let side = vec![t];
-                let cut = net.split(&side_names(&side), &rest(&side));
-                (
-                    side,
-                    format!("{} cut off from every other agent", names[t]),
-                    cut,
-                )
-            }
-            FaultKind::CutPair => {
-                let a = if f.pick.is_multiple_of(2) {
-                    head
-                } else {
-                    pick(&all, 3)
-                };
-                let bs: Vec<usize> = all.iter().copied().filter(|s| *s != a).collect();
-                let b = pick(&bs, 5);
-                let cut = net.cut(&names[a], &names[b]);
-                (
-                    vec![a, b],
-                    format!("{} and {} cut from each other", names[a], names[b]),
-                    cut,
-                )
-            }
-            FaultKind::Split => {
-                let minority = (n - 1) / 2;
-                let leader_in_minority = f.pick.is_multiple_of(2);
-                let mut side = Vec::new();
-                if leader_in_minority {
-                    side.push(head);
-                }
-                let offset = (f.pick / 7) as usize;
-                let pool: Vec<usize> = all.iter().copied().filter(|s| *s != head).collect();
-                for i in 0..pool.len() {
-                    if side.len() >= minority {
-                        break;
-                    }
-                    side.push(pool[(offset + i) % pool.len()]);
-                }
-                let cut = net.split(&side_names(&side), &rest(&side));
-                (
-                    side.clone(),
-                    format!(
-                        "split: minority {:?} | majority {:?} (leader {} on the {} side)",
-                        side_names(&side),
-                        rest(&side),
-                        names[head],
-                        if leader_in_minority {
-                            "minority"
-                        } else {
-                            "majority"
-                        }
-                    ),
-                    cut,
-                )
-            }
-            FaultKind::OneWayLeader => {
-                let outward = f.pick.is_multiple_of(2);
-                let mut cut = Ok(());
-                for other in rest(&[head]) {
-                    let r = if outward {
-                        net.cut_one_way(&names[head], &other)
+        // `ip` commands block (a few milliseconds each): off the runtime's async work.
+        let (side, what, cut): (Vec<usize>, String, Result<(), String>) =
+            tokio::task::block_in_place(|| match f.kind {
+                FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
+                    let t = if f.kind == FaultKind::IsolateLeader || others.is_empty() {
+                        head
                     } else {
-                        net.cut_one_way(&other, &names[head])
+                        pick(others, 1)
                     };
-                    if let Err(e) = r {
-                        cut = Err(e);
-                        break;
-                    }
+                    let side = vec![t];
+                    let cut = net.split(&side_names(&side), &rest(&side));
+                    (
+                        side,
+                        format!("{} cut off from every other agent", names[t]),
+                        cut,
+                    )
                 }
-                (
-                    vec![head],
-                    format!(
-                        "one-way: packets {} {} lost",
-                        if outward { "from" } else { "to" },
-                        names[head]
-                    ),
-                    cut,
-                )
-            }
-            _ => {
-                // cut-array: the control node two times in three, else any agent.
-                let t = if !f.pick.is_multiple_of(3) {
-                    0
-                } else {
-                    pick(&all, 3)
-                };
-                let cut = net.cut("A1", &names[t]);
-                (
-                    vec![t],
-                    format!("A1 and {} cut from each other", names[t]),
-                    cut,
-                )
-            }
-        };
+                FaultKind::CutPair => {
+                    let a = if f.pick.is_multiple_of(2) {
+                        head
+                    } else {
+                        pick(&all, 3)
+                    };
+                    let bs: Vec<usize> = all.iter().copied().filter(|s| *s != a).collect();
+                    let b = pick(&bs, 5);
+                    let cut = net.cut(&names[a], &names[b]);
+                    (
+                        vec![a, b],
+                        format!("{} and {} cut from each other", names[a], names[b]),
+                        cut,
+                    )
+                }
+                FaultKind::Split => {
+                    let minority = (n - 1) / 2;
+                    let leader_in_minority = f.pick.is_multiple_of(2);
+                    let mut side = Vec::new();
+                    if leader_in_minority {
+                        side.push(head);
+                    }
+                    let offset = (f.pick / 7) as usize;
+                    let pool: Vec<usize> = all.iter().copied().filter(|s| *s != head).collect();
+                    for i in 0..pool.len() {
+                        if side.len() >= minority {
+                            break;
+                        }
+                        side.push(pool[(offset + i) % pool.len()]);
+                    }
+                    let cut = net.split(&side_names(&side), &rest(&side));
+                    (
+                        side.clone(),
+                        format!(
+                            "split: minority {:?} | majority {:?} (leader {} on the {} side)",
+                            side_names(&side),
+                            rest(&side),
+                            names[head],
+                            if leader_in_minority {
+                                "minority"
+                            } else {
+                                "majority"
+                            }
+                        ),
+                        cut,
+                    )
+                }
+                FaultKind::OneWayLeader => {
+                    let outward = f.pick.is_multiple_of(2);
+                    let mut cut = Ok(());
+                    for other in rest(&[head]) {
+                        let r = if outward {
+                            net.cut_one_way(&names[head], &other)
+                        } else {
+                            net.cut_one_way(&other, &names[head])
+                        };
+                        if let Err(e) = r {
+                            cut = Err(e);
+                            break;
+                        }
+                    }
+                    (
+                        vec![head],
+                        format!(
+                            "one-way: packets {} {} lost",
+                            if outward { "from" } else { "to" },
+                            names[head]
+                        ),
+                        cut,
+                    )
+                }
+                _ => {
+                    // cut-array: the control node two times in three, else any agent.
+                    let t = if !f.pick.is_multiple_of(3) {
+                        0
+                    } else {
+                        pick(&all, 3)
+                    };
+                    let cut = net.cut("A1", &names[t]);
+                    (
+                        vec![t],
+                        format!("A1 and {} cut from each other", names[t]),
+                        cut,
+                    )
+                }
+            });
         let start_ms = now_ms();
         if let Err(e) = cut {
-            let healed = net.heal();
+            let healed = tokio::task::block_in_place(|| net.heal());
             self.note(format!(
                 "{} failed: {e} (healed: {healed:?})",
                 f.kind.name()
@@ -326,7 +328,7 @@ impl Harness {
         if cuts == 0 {
             return;
         }
-        match net.heal() {
+        match tokio::task::block_in_place(|| net.heal()) {
             Ok(()) => self.note(format!("network healed ({cuts} one-way cuts removed)")),
             Err(e) => self.note(format!("network heal failed: {e}")),
         }
