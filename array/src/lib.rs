@@ -28,7 +28,10 @@
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
 //!   [`COPY_RUN_BYTES_MAX`]. The configured `copy_pace_bytes_per_s` is the array's: all its
 //!   pairs and business copies together keep to it, each run booking its share of one
-//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
+//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running); the
+//!   engine looks whether anything is left right after a run and pauses only if so, or a
+//!   writer that keeps dirtying one block would dirty it again in every pause and a paced
+//!   copy would never drain. A DDR run moves file to file
 //!   inside the kernel (`copy_file_range`, as `cp` does) on a blocking thread, holding the MV's
 //!   I/O lock, as does a restore run. An RDR run MV→RV holds the MV's I/O lock only to read its
 //!   blocks, not while they cross the link, so background and semi-sync writes return at local
