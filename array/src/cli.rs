@@ -105,6 +105,13 @@ pub enum FaultCommand {
         #[arg(value_enum)]
         state: LinkState,
     },
+    /// Slow every copy of the array down (0: as fast as the disk goes); until the array
+    /// restarts or the pace is set again.
+    CopyPace {
+        /// Bytes a second, all copies of the array together.
+        #[arg(long)]
+        bytes_per_s: u64,
+    },
 }
 
 /// Link state to set.
@@ -466,6 +473,7 @@ impl ArrayCommand {
                         peer,
                         state: LinkState::Up,
                     } => Fault::LinkUp { peer },
+                    FaultCommand::CopyPace { bytes_per_s } => Fault::CopyPace { bytes_per_s },
                 };
                 a.inject_fault(&f).await?;
                 if target.output == Output::Json {

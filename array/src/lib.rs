@@ -28,7 +28,10 @@
 //! - **Copy engine.** One tokio task per pair walks the `copy` bitmap in runs of up to
 //!   [`COPY_RUN_BYTES_MAX`]. The configured `copy_pace_bytes_per_s` is the array's: all its
 //!   pairs and business copies together keep to it, each run booking its share of one
-//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running). A DDR run moves file to file
+//!   array-wide schedule ([`SoftwareArray::set_copy_pace`] changes it while running); the
+//!   engine looks whether anything is left right after a run and pauses only if so, or a
+//!   writer that keeps dirtying one block would dirty it again in every pause and a paced
+//!   copy would never drain. A DDR run moves file to file
 //!   inside the kernel (`copy_file_range`, as `cp` does) on a blocking thread, holding the MV's
 //!   I/O lock, as does a restore run. An RDR run MV→RV holds the MV's I/O lock only to read its
 //!   blocks, not while they cross the link, so background and semi-sync writes return at local
@@ -100,14 +103,18 @@
 //!   `data_dir/audit.log` for every pair state change, every pair operation it refused, every
 //!   host I/O attempt on an RV (with the RV's access at that instant) and, sampled every
 //!   [`AUDIT_MV_WRITE_SAMPLE_MS`], host writes on other LDs: a record of what the array saw
-//!   for referees outside the cluster (the chaos harness). Sequence numbers continue across
+//!   for referees outside the cluster (the chaos harness). A pair operation that came with a
+//!   fencing token (a job's step) names it on its line, accepted or refused, so a referee can
+//!   judge who acted on a pair and in what order. Sequence numbers continue across
 //!   restarts; lines survive a killed process, not a power cut (not fsynced).
-//! - **Operations finish without their caller.** A pair operation (replicate, separate,
-//!   restore, forced separate) runs as its own task: a caller that goes away (a served
-//!   array's client dies or times out, dropping the RPC) cannot leave a record changed in
-//!   memory but not persisted, its RV access not pushed or its event not sent.
+//! - **Operations finish without their caller.** A pair operation (set, unset, replicate,
+//!   separate, restore, forced separate) runs as its own task: a caller that goes away (a
+//!   served array's client dies or times out, dropping the RPC) cannot leave a record changed
+//!   in memory but not persisted, its RV access not pushed or its event not sent — nor an RV
+//!   claimed for a pair that was never set.
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
-//!   RV access `na`) or a link down/up, through the API and the CLI.
+//!   RV access `na`), a link down/up, or a copy pace (slow copies until set back to 0; not
+//!   persisted), through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
 //!   [`RemoteArray`] implements [`Array`] against it with identical errors and states.
 //! - **CLI.** [`cli`] has the clap commands `array`, `ld`, `pair` and `copy` with their exit

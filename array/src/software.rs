@@ -396,10 +396,22 @@ impl Inner {
     }
 
     fn emit(&self, id: &PairId, state: Option<PairState>, reason: &str) {
+        self.emit_fenced(id, state, reason, None)
+    }
+
+    /// [`Inner::emit`] for an operation that came with `fence` (its audit line names it).
+    fn emit_fenced(
+        &self,
+        id: &PairId,
+        state: Option<PairState>,
+        reason: &str,
+        fence: Option<FenceToken>,
+    ) {
         self.audit.record(audit::AuditEvent::Pair {
             pair: id.clone(),
             state,
             reason: reason.into(),
+            fence,
         });
         let _ = self.events.send(ArrayEvent::Pair(PairEvent {
             array: self.name.clone(),
@@ -522,7 +534,7 @@ impl Array for SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "restore", true, {
+            .operate(id, "restore", None, true, {
                 let o = o.clone();
                 move |r, d| r.begin_restore(&o, d)
             })
@@ -535,7 +547,7 @@ impl Array for SoftwareArray {
 
     async fn forced_separate(&self, id: &PairId) -> Result<PairInfo> {
         self.inner
-            .operate(id, "forced separate", false, |r, _| r.enter_cancel())
+            .operate(id, "forced separate", None, false, |r, _| r.enter_cancel())
             .await
     }
 
@@ -615,7 +627,7 @@ impl SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "replicate", true, {
+            .operate(id, "replicate", fence.copied(), true, {
                 let (o, fence) = (o.clone(), fence.copied());
                 move |r, d| {
                     r.admit(fence.as_ref())?;
@@ -638,7 +650,7 @@ impl SoftwareArray {
         crate::check_wait_ms(o.wait_timeout_ms)?;
         let info = self
             .inner
-            .operate(id, "separate", false, {
+            .operate(id, "separate", fence.copied(), false, {
                 let (o, fence) = (o.clone(), fence.copied());
                 move |r, _| {
                     r.admit(fence.as_ref())?;

@@ -480,6 +480,10 @@ pub enum Fault {
     LinkDown { peer: String },
     /// The link to the named peer array comes back.
     LinkUp { peer: String },
+    /// Every copy engine of the array moves at most this many bytes a second from its next
+    /// run on (0: as fast as the disk goes): a slow copy. Not persisted (a restart takes the
+    /// configured `copy_pace_bytes_per_s` again).
+    CopyPace { bytes_per_s: u64 },
 }
 
 /// A pair state change, pushed to subscribers so they need not poll.

@@ -166,3 +166,73 @@ async fn a_pair_operation_whose_caller_goes_away_is_still_persisted_and_announce
         "pair {state:?} in memory, but event sent: {announced}, audit line: {audited}, RV access on the RV's role: {rv_access:?}"
     );
 }
+
+/// A caller that goes away, polled once and dropped, from `op`.
+fn poll_once_and_drop<F: std::future::Future>(op: F) {
+    let mut op = Box::pin(op);
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    let _ = op.as_mut().poll(&mut cx);
+}
+
+/// Waits (bounded) for a pair event with `reason` on `events`.
+async fn announced(
+    events: &mut futures::stream::BoxStream<'static, ArrayEvent>,
+    reason: &str,
+) -> bool {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            if matches!(&ev, ArrayEvent::Pair(e) if e.reason == reason) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// `pair_set` and `pair_unset` run to their end like the other pair operations: a caller that
+/// goes away once the array started one (a served array's client dying or timing out) leaves
+/// the pair either untouched (and settable again), or set/unset in memory, durably and
+/// announced (event and audit line) alike. Before they ran detached, a pair set dropped at
+/// its first wait left the RV claimed for a pair that never existed: every later set was
+/// refused (`LD A:1 is already the RV of A:0`).
+#[tokio::test]
+async fn a_pair_set_or_unset_whose_caller_goes_away_is_still_persisted_and_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), true).await;
+    let p = pair(0, 1);
+    let mut events = a.events().await.expect("events");
+    poll_once_and_drop(a.pair_set(&p));
+    let set_announced = announced(&mut events, "pair set").await;
+    let set = a.pair_query(&p).await.is_ok();
+    a.close().await.unwrap();
+    drop(a);
+    let a = open(dir.path(), true).await;
+    let set_durable = a.pair_query(&p).await.is_ok();
+    assert!(
+        set == set_announced && set == set_durable,
+        "pair set in memory: {set}, event sent: {set_announced}, set after a reopen: {set_durable}"
+    );
+    if !set {
+        a.pair_set(&p).await.expect(
+            "a pair set whose caller went away without setting the pair leaves nothing behind",
+        );
+    }
+    let mut events = a.events().await.expect("events");
+    poll_once_and_drop(a.pair_unset(&p));
+    let unset_announced = announced(&mut events, "pair unset").await;
+    let unset = a.pair_query(&p).await.is_err();
+    a.close().await.unwrap();
+    drop(a);
+    let audited = lines(dir.path()).iter().any(
+        |l| matches!(&l.event, AuditEvent::Pair { reason, state: None, .. } if reason == "pair unset"),
+    );
+    let a = open(dir.path(), true).await;
+    let unset_durable = a.pair_query(&p).await.is_err();
+    assert!(
+        unset == unset_announced && unset == audited && unset == unset_durable,
+        "pair unset in memory: {unset}, event sent: {unset_announced}, audit line: {audited}, unset after a reopen: {unset_durable}"
+    );
+}

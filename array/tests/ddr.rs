@@ -530,3 +530,52 @@ async fn sync_mode_write_is_on_the_rv_when_acknowledged() {
     }
     panic!("no cancel event, saw {seen:?}");
 }
+
+/// A paced replicate reaches sync while its MV is written steadily: the copy engine must not
+/// chase for ever the one block a sequential writer keeps dirtying. Found by
+/// `chaos/tests/partition.rs`: at 128 KiB/s with two MVs written every 50 ms, a replicate with
+/// 5 blocks left per pair took 139 s to reach sync — the engine slept out its pace between
+/// copying the last dirty block and looking whether any was left, and by then the writer had
+/// dirtied it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_replicate_reaches_sync_while_one_block_is_written_steadily() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "A", vec![ld(0, CAP, "NX"), ld(1, CAP, "NX")], 0);
+    let a = Arc::new(SoftwareArray::open(&cfg, vec![]).await.unwrap());
+    let p = pair(0, 1);
+    a.pair_set(&p).await.unwrap();
+    a.replicate(&p, &sync_opts()).await.unwrap();
+    a.separate(&p, &sep_opts()).await.unwrap();
+    a.set_copy_pace(BLOCK);
+    // A writer appending 4 KiB records inside block 0 every 20 ms (at most 1,000 of them).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (a, stop) = (a.clone(), stop.clone());
+        async move {
+            for i in 0..1_000u64 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let offset = (i % 16) * 4096;
+                a.write("h", 0, offset, &pattern(i, 4096)).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let o = ReplicateOptions {
+        wait_timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    let replicated = a.replicate(&p, &o).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let info = a.pair_query(&p).await.unwrap();
+    assert_eq!(
+        info.state.sync,
+        SyncState::RplSync,
+        "one block a second against a writer of one block: still {} with {} blocks left after 10 s ({replicated:?})",
+        info.state,
+        info.copy_diff_blocks
+    );
+}

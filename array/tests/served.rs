@@ -100,3 +100,38 @@ async fn remote_array_behaves_like_the_array() {
     let e = a.pair_list().await.unwrap_err();
     assert!(matches!(e, ArrayError::Unreachable { .. }), "{e}");
 }
+
+/// A copy pace set through the fault API holds copies back (a 2 MiB replicate cannot reach
+/// sync in half a second at one block a second) until it is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_pace_fault_slows_copies_until_it_is_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, task) = start(config(dir.path(), "A", lds(), 0)).await;
+    let a = RemoteArray::connect(&addr).await.expect("connect");
+    a.pair_set(&pair(0, 1)).await.unwrap();
+    a.write("h", 0, 0, &pattern(3, CAP as usize)).await.unwrap();
+    a.inject_fault(&Fault::CopyPace { bytes_per_s: BLOCK })
+        .await
+        .unwrap();
+    let o = ReplicateOptions {
+        wait_timeout_ms: Some(500),
+        ..Default::default()
+    };
+    let held = a.replicate(&pair(0, 1), &o).await;
+    let info = a.pair_query(&pair(0, 1)).await.unwrap();
+    assert_eq!(
+        info.state.sync,
+        SyncState::RplExec,
+        "at one block a second the copy must still run: {held:?}"
+    );
+    a.inject_fault(&Fault::CopyPace { bytes_per_s: 0 })
+        .await
+        .unwrap();
+    let info = a
+        .wait(&pair(0, 1), WaitCondition::Sync, WAIT_MS)
+        .await
+        .unwrap();
+    assert_eq!(info.state.sync, SyncState::RplSync);
+    let _ = stop.send(());
+    let _ = task.await;
+}

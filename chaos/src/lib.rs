@@ -35,23 +35,50 @@
 //! do the same (`FAULTS.md`, "contracts").
 //!
 //! ## The process-level layer ([`run`])
-//! Real processes of the `stillpoint` binary on loopback: the software array (its audit log
-//! on), mgmt1, one or three business nodes with the sim workload writing to every MV, and
-//! backup1 — 3 or 5 voters — each in its own data dir. A seed draws the site's shape, the
-//! faults (SIGKILL and SIGSTOP/SIGCONT of the leader most often, of followers, of several
-//! agents at once up to all of them, of the array process, of a business node while it holds
-//! a quiesce) and when backups are submitted (some with `no_queue`, all on one group so they
-//! conflict). A fault phase, then a heal phase with a stated bound. The binary is found next to
+//! Real processes of the `stillpoint` binary: the software array (its audit log on), mgmt1,
+//! one or three business nodes with the sim workload writing to every MV, and backup1 — 3 or
+//! 5 voters — each in its own data dir. A seed draws the site's shape, the faults (SIGKILL and
+//! SIGSTOP/SIGCONT of the leader most often, of followers, of several agents at once up to all
+//! of them, of the array process, of a business node while it holds a quiesce; and network
+//! partitions: the leader isolated, a follower isolated, two agents cut from each other, a
+//! minority/majority split, one-way loss at the leader, the array cut from one agent) and when
+//! backups are submitted (some with `no_queue`, all on one group so they conflict). A fault
+//! phase, then a heal phase with a stated bound. The binary is found next to
 //! `stillpoint-chaos` (`cargo build --release --bin stillpoint` puts it there) or given with
 //! `--stillpoint`.
 //!
+//! ### Partitions: network namespaces, not a proxy ([`net`])
+//! Where the harness runs as root with `ip netns`, every process runs in its own network
+//! namespace (`ip netns exec`), with its own address on a bridge the harness also sits on;
+//! only iproute2 is needed. A cut from A to B is a permanent neighbour entry in A's namespace
+//! for B's address pointing at a hardware address no port owns: A's packets to B are lost on
+//! the wire. That is what a real partition does — connects and RPCs time out — whereas a
+//! `blackhole`, `prohibit` or `unreachable` route fails a process's own sends at once
+//! (EINVAL, EACCES, EHOSTUNREACH in under a millisecond, measured here), a kindness real
+//! networks do not offer. A cut is one direction, so one-way loss comes free. The alternative,
+//! a TCP proxy per peer pair, needs per-peer addresses in every agent's configuration (raft
+//! members have one address each) and would still deliver what its buffers held; namespaces
+//! change nothing in how stillpoint names its peers. Everything made (namespaces, veths, the
+//! bridge) is removed when the run's [`net::SiteNet`] is dropped, on a panic too; what a run
+//! killed outright left is removed by the next one (names carry the owner's pid). Without
+//! root or `ip netns` the partition faults are left out, the run says so, and a seed draws
+//! the schedule it drew before partitions existed.
+//!
 //! Its checkers read records stillpoint does not write about itself: the array's audit log
-//! (pair state changes, RV I/O attempts with the RV's access, sampled MV writes), the harness's
-//! looks at the backup node's mounts, the workload's verifier run on the array's LD files, and
-//! which jobs the client saw accepted and how they ended. S5 and S6 are not judged at this
-//! level yet, nor partitions, host hook faults or RDR faults struck: `FAULTS.md` lists all that
-//! is NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of
-//! faults, observations and every job step.
+//! (pair state changes with the fencing token each operation came with, refused operations,
+//! RV I/O attempts with the RV's access, sampled MV writes), the harness's looks at the backup
+//! node's mounts, the workload's verifier run on the array's LD files, and which jobs the
+//! client saw accepted and how they ended. S5 and S6 are judged per pair from the tokens in
+//! the audit log ([`run::fencing`]): no job acts on a pair again after another job did, and
+//! no operation is accepted under a token lower than one accepted before. Host faults and
+//! RDR faults are not struck, and S5/S6 on volumes not judged: `FAULTS.md` lists all that is
+//! NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
+//! observations and every job step.
+//!
+//! `tests/partition.rs` drives the case partitions exist for, in one deterministic scenario:
+//! the leader cut off (alive, still reaching the array) while it drives a replicate; the
+//! majority's leader finishes the job; the old leader's next pair operation, sent through
+//! itself as a control node under its old term, is refused by the array's fence.
 //!
 //! ## Caveats
 //! - The model is of the engine's rules, not of the agents' code: the executor's fencing and
@@ -63,5 +90,6 @@
 //! - The copy's content is not modelled: S3 is judged from the instants (the array's separate
 //!   inside one quiesce of every MV of the group), not from data.
 
+pub mod net;
 pub mod run;
 pub mod sim;

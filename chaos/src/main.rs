@@ -58,6 +58,10 @@ struct RunArgs {
     /// Keep every schedule's dir, not only failing ones.
     #[arg(long)]
     keep: bool,
+    /// Run the site on loopback without network partitions even where they can be made
+    /// (a seed then draws the schedule it drew before partitions existed).
+    #[arg(long)]
+    no_partitions: bool,
 }
 
 #[derive(clap::Args)]
@@ -235,6 +239,19 @@ fn run_command(args: RunArgs) -> ExitCode {
     cfg.keep = args.keep;
     cfg.fault_ms = args.fault_time.as_millis() as u64;
     cfg.heal_ms_max = args.heal_time.as_millis() as u64;
+    let partitions = if args.no_partitions {
+        "network partitions: off (--no-partitions); every process on loopback".to_string()
+    } else {
+        match stillpoint_chaos::net::unavailable() {
+            None => {
+                cfg.partitions = true;
+                "network partitions: on (each process in its own network namespace)".to_string()
+            }
+            Some(why) => format!(
+                "network partitions: LEFT OUT: {why}; every process on loopback, and a seed draws its schedule without them"
+            ),
+        }
+    };
     let (first, count) = match args.seed {
         Some(seed) => (seed, 1),
         None => (
@@ -255,6 +272,7 @@ fn run_command(args: RunArgs) -> ExitCode {
             first + count
         ));
     }
+    say(&format!("{partitions}\n"));
     let started = Instant::now();
     let mut summary = run::report::Summary::default();
     let mut failing = Vec::new();
@@ -264,7 +282,7 @@ fn run_command(args: RunArgs) -> ExitCode {
             break;
         }
         let report = run::run(seed, &cfg);
-        say(&format!("{}\n", report.line()));
+        say(&format!("{}\n  plan: {}\n", report.line(), report.plan));
         for e in &report.s3_excused {
             say(&format!("  S3 counted, not judged: {e}\n"));
         }

@@ -10,7 +10,8 @@
 //!    (and of the p99s).
 //! 2. **Job resumption** after the leader's agent is SIGKILLed in the middle of a job (kept
 //!    down until another agent leads, then restarted): from the kill to the first step the new
-//!    leader sends under its new term (its dispatch time in the log).
+//!    leader sends under its new term (its dispatch time in the log); with one control node of
+//!    the array (`mgmt1`), then two (`mgmt1`, `backup1`).
 //!
 //! Run: `cargo bench -p stillpoint-node --bench jobs`. `STILLPOINT_BENCH_RUNS` (default 50)
 //! runs per freeze-window configuration and method (0 skips them), `STILLPOINT_BENCH_KILLS`
@@ -248,9 +249,16 @@ async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
     site.site.stop().await;
 }
 
-async fn resumption(kills: usize) {
-    println!("--- job resumption after a leader SIGKILL, {kills} kills ---");
-    let mut site = JobSite::start(SiteLayout::spread(3)).await;
+/// `control_nodes`: the agents with a control path to the array. With one, a killed leader
+/// that is that agent takes the array's only path with it until it is restarted, and the new
+/// leader's first array step waits for it; with two, it passes over to the other.
+async fn resumption(kills: usize, control_nodes: &[&str]) {
+    println!(
+        "--- job resumption after a leader SIGKILL, {kills} kills, array control nodes {control_nodes:?} ---"
+    );
+    let mut layout = SiteLayout::spread(3);
+    layout.control_nodes = control_nodes.iter().map(|n| n.to_string()).collect();
+    let mut site = JobSite::start(layout).await;
     let mut samples = Vec::new();
     for _ in 0..kills {
         let id = site.submit_backup().await;
@@ -341,6 +349,9 @@ fn main() {
             freeze_window(1, 1, runs).await;
             freeze_window(8, 4, runs).await;
         }
-        resumption(kills).await;
+        if kills > 0 {
+            resumption(kills, &["mgmt1"]).await;
+            resumption(kills, &["mgmt1", "backup1"]).await;
+        }
     });
 }

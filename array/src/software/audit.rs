@@ -42,12 +42,19 @@ pub enum AuditEvent {
         pair: PairId,
         state: Option<PairState>,
         reason: String,
+        /// The fencing token the operation came with (a job's step); `None` for an operator's
+        /// command and for the array's own transitions. Lines from before this field load
+        /// `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<FenceToken>,
     },
-    /// A pair operation the array refused, with why.
+    /// A pair operation the array refused, with why (and the token it came with, if any).
     PairRefused {
         pair: PairId,
         operation: String,
         error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<FenceToken>,
     },
     /// A host read or write on an LD that is an RV.
     RvIo {

@@ -4,7 +4,35 @@
 use super::*;
 
 impl Inner {
+    /// Sets the pair, to its end even if the caller goes away (as [`Inner::operate`]): the RV
+    /// claimed, the pair in memory, persisted, its engine started and announced — or none of
+    /// it past a refusal.
     pub(super) async fn pair_set(self: &Arc<Self>, id: &PairId) -> Result<PairInfo> {
+        let (this, pair) = (self.clone(), id.clone());
+        tokio::spawn(async move { this.pair_set_once(&pair).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ArrayError::OutcomeUnknown {
+                    op: format!("pair set {id}"),
+                    detail: format!("the operation's task ended abnormally: {e}; query the pair"),
+                })
+            })
+    }
+
+    /// Unsets the pair, to its end even if the caller goes away (as [`Inner::pair_set`]).
+    pub(super) async fn pair_unset(self: &Arc<Self>, id: &PairId) -> Result<()> {
+        let (this, pair) = (self.clone(), id.clone());
+        tokio::spawn(async move { this.pair_unset_once(&pair).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ArrayError::OutcomeUnknown {
+                    op: format!("pair unset {id}"),
+                    detail: format!("the operation's task ended abnormally: {e}; query the pair"),
+                })
+            })
+    }
+
+    async fn pair_set_once(self: &Arc<Self>, id: &PairId) -> Result<PairInfo> {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         if id.mv.array != self.name {
@@ -99,7 +127,7 @@ impl Inner {
         Ok(info)
     }
 
-    pub(super) async fn pair_unset(self: &Arc<Self>, id: &PairId) -> Result<()> {
+    async fn pair_unset_once(self: &Arc<Self>, id: &PairId) -> Result<()> {
         self.check_open()?;
         let _op = self.op_lock.lock().await;
         let slot = self.slot(id)?;
@@ -139,19 +167,21 @@ impl Inner {
         self: &Arc<Self>,
         id: &PairId,
         what: &str,
+        fence: Option<FenceToken>,
         needs_rv_dirty: bool,
         f: impl Fn(&mut PairRec, &Bitmap) -> Result<()> + Send + Sync + 'static,
     ) -> Result<PairInfo> {
         let (this, pair, operation) = (self.clone(), id.clone(), what.to_string());
         let detached = tokio::spawn(async move {
             let outcome = this
-                .operate_once(&pair, &operation, needs_rv_dirty, f)
+                .operate_once(&pair, &operation, fence, needs_rv_dirty, f)
                 .await;
             if let Err(e) = &outcome {
                 this.audit.record(super::audit::AuditEvent::PairRefused {
                     pair,
                     operation,
                     error: e.to_string(),
+                    fence,
                 });
             }
             outcome
@@ -168,6 +198,7 @@ impl Inner {
         self: &Arc<Self>,
         id: &PairId,
         what: &str,
+        fence: Option<FenceToken>,
         needs_rv_dirty: bool,
         f: impl Fn(&mut PairRec, &Bitmap) -> Result<()>,
     ) -> Result<PairInfo> {
@@ -211,7 +242,7 @@ impl Inner {
         self.push_access(&slot).await;
         slot.wake.notify_one();
         let info = self.info_of(&slot);
-        self.emit(id, Some(info.state), what);
+        self.emit_fenced(id, Some(info.state), what, fence);
         Ok(info)
     }
 
@@ -289,6 +320,9 @@ impl Inner {
         match f {
             Fault::LdFailure { ld } => self.ld(*ld)?.failed.store(true, Ordering::SeqCst),
             Fault::LdRepair { ld } => self.ld(*ld)?.failed.store(false, Ordering::SeqCst),
+            Fault::CopyPace { bytes_per_s } => {
+                self.pace_bytes_per_s.store(*bytes_per_s, Ordering::SeqCst)
+            }
             Fault::LinkDown { peer } => {
                 self.peer_of(peer)?.1.up.store(false, Ordering::SeqCst);
                 let slots: Vec<_> = lock(&self.pairs)

@@ -141,7 +141,14 @@ impl Inner {
                         let st = lock(&slot.rec).state;
                         this.emit(&id, Some(st), "link back: separate resumes");
                     }
-                    this.pace(n * this.block_bytes).await;
+                    // Look for what is left right after the run, before pacing: a writer that
+                    // keeps dirtying one block would otherwise dirty it again during every
+                    // pause, and a paced copy would never see the difference drained (sync,
+                    // or a separate's end, never reached). Drained: the loop completes at once.
+                    let drained = lock(&slot.rec).copy.count() == 0;
+                    if !drained {
+                        this.pace(n * this.block_bytes).await;
+                    }
                     if last_persist.elapsed() >= crate::COPY_PERSIST_INTERVAL {
                         // Clearing bits is persisted lazily: a lost clear only recopies a block.
                         let _ = this.persist_pair(&slot, false);

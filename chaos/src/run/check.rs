@@ -7,6 +7,7 @@ use stillpoint_array::{AuditEvent, AuditLine, RvAccess, SyncState};
 use stillpoint_coordinator::job::JobEnd;
 
 use super::records::{FaultWindow, Records, VerifyOutcome};
+use super::schedule::FaultKind;
 
 /// A property broken, when, and the evidence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,9 +208,15 @@ pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
 }
 
 /// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
-/// own agent (with the sim backend its death is the host's reboot) or the array.
+/// own agent (with the sim backend its death is the host's reboot), the array, or the network
+/// between the host and the array. A cut between agents excuses nothing: an MV's writes go to
+/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline.
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
-    w.targets.iter().any(|t| t == host || t == "A1")
+    match w.kind {
+        FaultKind::CutArray => w.targets.iter().any(|t| t == host),
+        k if k.is_partition() => false,
+        _ => w.targets.iter().any(|t| t == host || t == "A1"),
+    }
 }
 
 /// S4: between the start of the fault phase and the end of the heal phase, no MV's writes
@@ -326,6 +333,7 @@ mod tests {
                     rv_access: RvAccess::Nr,
                 }),
                 reason: "test".into(),
+                fence: None,
             },
         }
     }

@@ -1,11 +1,14 @@
 //! Striking faults on the live site and removing them: SIGKILL and restart, SIGSTOP and
-//! SIGCONT, of agents and of the array process. The schedule says what and when; the live
-//! site says who leads and who holds a quiesce at that moment.
+//! SIGCONT, of agents and of the array process, and cuts in the site's network
+//! ([`crate::net`]). The schedule says what and when; the live site says who leads and who
+//! holds a quiesce at that moment.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use stillpoint_node::demo::site::LocalSite;
+
+use crate::net::SiteNet;
 
 use super::observe::{self, Shared, with};
 use super::records::{FaultWindow, now_ms};
@@ -19,6 +22,8 @@ const QUIESCE_WAIT: Duration = Duration::from_secs(15);
 /// The site under faults and what the harness did to it.
 pub struct Harness {
     pub site: LocalSite,
+    /// The site's network when every process runs in its own namespace (partitions possible).
+    pub net: Option<SiteNet>,
     /// Agents stopped with SIGSTOP (by slot).
     pub paused: BTreeSet<usize>,
     pub records: Shared,
@@ -89,6 +94,15 @@ impl Harness {
                 self.window(f.kind, vec!["A1".into()], start_ms);
                 return;
             }
+            FaultKind::IsolateLeader
+            | FaultKind::IsolateFollower
+            | FaultKind::CutPair
+            | FaultKind::Split
+            | FaultKind::OneWayLeader
+            | FaultKind::CutArray => {
+                self.partition(f, leader, &others).await;
+                return;
+            }
             FaultKind::KillQuiesced => match self.wait_for_quiesce().await {
                 Some(slot) => vec![slot],
                 None => {
@@ -146,6 +160,178 @@ impl Harness {
             }
         }
         self.window(f.kind, names, start_ms);
+    }
+
+    /// Cuts the network as `f` says, holds the cut, heals it. Every agent is on one side or
+    /// the other, running or not; the array and the harness are reached from both sides
+    /// (except by the agent a `cut-array` cuts off).
+    async fn partition(&mut self, f: &PlannedFault, leader: Option<usize>, others: &[usize]) {
+        let n = self.agents();
+        let names: Vec<String> = (0..n).map(|s| self.site.name(s)).collect();
+        let Some(net) = self.net.as_mut() else {
+            with(&self.records, |r| {
+                r.skipped
+                    .push((f.kind, "the site runs without network namespaces".into()))
+            });
+            return;
+        };
+        let pick =
+            |items: &[usize], salt: u64| items[((f.pick / salt) % items.len() as u64) as usize];
+        let all: Vec<usize> = (0..n).collect();
+        // The leader, or (none known) any agent.
+        let head = leader.unwrap_or_else(|| pick(&all, 1));
+        let rest = |side: &[usize]| -> Vec<String> {
+            (0..n)
+                .filter(|s| !side.contains(s))
+                .map(|s| names[s].clone())
+                .collect()
+        };
+        let side_names =
+            |side: &[usize]| -> Vec<String> { side.iter().map(|s| names[*s].clone()).collect() };
+        // `ip` commands block (a few milliseconds each): off the runtime's async work.
+        let (side, what, cut): (Vec<usize>, String, Result<(), String>) =
+            tokio::task::block_in_place(|| match f.kind {
+                FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
+                    let t = if f.kind == FaultKind::IsolateLeader || others.is_empty() {
+                        head
+                    } else {
+                        pick(others, 1)
+                    };
+                    let side = vec![t];
+                    let cut = net.split(&side_names(&side), &rest(&side));
+                    (
+                        side,
+                        format!("{} cut off from every other agent", names[t]),
+                        cut,
+                    )
+                }
+                FaultKind::CutPair => {
+                    let a = if f.pick.is_multiple_of(2) {
+                        head
+                    } else {
+                        pick(&all, 3)
+                    };
+                    let bs: Vec<usize> = all.iter().copied().filter(|s| *s != a).collect();
+                    let b = pick(&bs, 5);
+                    let cut = net.cut(&names[a], &names[b]);
+                    (
+                        vec![a, b],
+                        format!("{} and {} cut from each other", names[a], names[b]),
+                        cut,
+                    )
+                }
+                FaultKind::Split => {
+                    let minority = (n - 1) / 2;
+                    let leader_in_minority = f.pick.is_multiple_of(2);
+                    let mut side = Vec::new();
+                    if leader_in_minority {
+                        side.push(head);
+                    }
+                    let offset = (f.pick / 7) as usize;
+                    let pool: Vec<usize> = all.iter().copied().filter(|s| *s != head).collect();
+                    for i in 0..pool.len() {
+                        if side.len() >= minority {
+                            break;
+                        }
+                        side.push(pool[(offset + i) % pool.len()]);
+                    }
+                    let cut = net.split(&side_names(&side), &rest(&side));
+                    (
+                        side.clone(),
+                        format!(
+                            "split: minority {:?} | majority {:?} (leader {} on the {} side)",
+                            side_names(&side),
+                            rest(&side),
+                            names[head],
+                            if leader_in_minority {
+                                "minority"
+                            } else {
+                                "majority"
+                            }
+                        ),
+                        cut,
+                    )
+                }
+                FaultKind::OneWayLeader => {
+                    let outward = f.pick.is_multiple_of(2);
+                    let mut cut = Ok(());
+                    for other in rest(&[head]) {
+                        let r = if outward {
+                            net.cut_one_way(&names[head], &other)
+                        } else {
+                            net.cut_one_way(&other, &names[head])
+                        };
+                        if let Err(e) = r {
+                            cut = Err(e);
+                            break;
+                        }
+                    }
+                    (
+                        vec![head],
+                        format!(
+                            "one-way: packets {} {} lost",
+                            if outward { "from" } else { "to" },
+                            names[head]
+                        ),
+                        cut,
+                    )
+                }
+                _ => {
+                    // cut-array: the control node two times in three, else any agent.
+                    let t = if !f.pick.is_multiple_of(3) {
+                        0
+                    } else {
+                        pick(&all, 3)
+                    };
+                    let cut = net.cut("A1", &names[t]);
+                    (
+                        vec![t],
+                        format!("A1 and {} cut from each other", names[t]),
+                        cut,
+                    )
+                }
+            });
+        let start_ms = now_ms();
+        if let Err(e) = cut {
+            let healed = tokio::task::block_in_place(|| net.heal());
+            self.note(format!(
+                "{} failed: {e} (healed: {healed:?})",
+                f.kind.name()
+            ));
+            with(&self.records, |r| {
+                r.skipped.push((f.kind, format!("the cut failed: {e}")))
+            });
+            return;
+        }
+        self.note(format!(
+            "{what} for {} ms ({}{})",
+            f.hold_ms,
+            f.kind.name(),
+            match leader {
+                Some(l) => format!(", leader was {}", names[l]),
+                None => ", no leader known".into(),
+            }
+        ));
+        tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+        self.heal_network();
+        self.window(
+            f.kind,
+            side.iter().map(|s| names[*s].clone()).collect(),
+            start_ms,
+        );
+    }
+
+    /// Removes every cut in the network, noting it.
+    fn heal_network(&mut self) {
+        let Some(net) = self.net.as_mut() else { return };
+        let cuts = net.cuts().len();
+        if cuts == 0 {
+            return;
+        }
+        match tokio::task::block_in_place(|| net.heal()) {
+            Ok(()) => self.note(format!("network healed ({cuts} one-way cuts removed)")),
+            Err(e) => self.note(format!("network heal failed: {e}")),
+        }
     }
 
     fn window(&self, kind: FaultKind, targets: Vec<String>, start_ms: u64) {
@@ -210,6 +396,7 @@ impl Harness {
     /// Removes every fault: stopped agents continued, dead ones and the array restarted,
     /// every host booted.
     pub async fn heal(&mut self) {
+        self.heal_network();
         for slot in self.paused.clone() {
             self.resume(slot);
         }

@@ -13,8 +13,9 @@
 //!    backup node's mounts every 150 ms, and a watcher reads every RV of each copy labelled
 //!    consistent with the workload's verifier as soon as its job ends ([`observe`]).
 //! 2. **Heal**: every fault is removed ([`faults::Harness::heal`]); within
-//!    [`RunConfig::heal_ms_max`] there must be a leader, every job the client saw accepted
-//!    must have ended, and no MV may be quiesced.
+//!    [`RunConfig::heal_ms_max`] there must be a leader, the client's last submission must
+//!    have its answer (one sent to a leader cut off may get it only after the heal), every
+//!    job the client saw accepted must have ended, and no MV may be quiesced.
 //!
 //! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log.
 //! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
@@ -22,6 +23,7 @@
 
 pub mod check;
 pub mod faults;
+pub mod fencing;
 pub mod observe;
 pub mod records;
 pub mod report;
@@ -34,9 +36,10 @@ use std::time::{Duration, Instant};
 
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::job::{CopyLabel, JobEnd};
-use stillpoint_node::demo::site::{LocalSite, SiteLayout};
+use stillpoint_node::demo::site::{LocalSite, Placement, ProcessPlacement, SiteLayout};
 use tokio::sync::watch;
 
+use crate::net::SiteNet;
 use check::{SiteFacts, Violation};
 use faults::Harness;
 use observe::with;
@@ -60,6 +63,10 @@ pub struct RunConfig {
     /// What S4 adds to the limit: the array's 100 ms write sampling, the start hook, the
     /// write-back cache filling again, a loaded machine.
     pub stall_slack_ms: u64,
+    /// Every process in its own network namespace, and network partitions among the faults
+    /// ([`crate::net`]; needs root). Without it the site runs on loopback and a seed draws
+    /// the schedule it drew before partitions existed.
+    pub partitions: bool,
 }
 
 impl RunConfig {
@@ -72,8 +79,34 @@ impl RunConfig {
             heal_ms_max: 120_000,
             quiesce_ms_max: 10_000,
             stall_slack_ms: 3_000,
+            partitions: false,
         }
     }
+}
+
+/// Makes the site's network ([`SiteNet`]) for `layout` and places every process on it.
+pub async fn place(layout: &mut SiteLayout) -> Result<SiteNet, String> {
+    let mut names = vec!["A1".to_string()];
+    names.extend(layout.agents().into_iter().map(|(n, _)| n));
+    let net = tokio::task::spawn_blocking(move || SiteNet::create(&names))
+        .await
+        .map_err(|e| format!("making the site's network: {e}"))??;
+    let placed = |name: &str| -> Result<ProcessPlacement, String> {
+        Ok(ProcessPlacement {
+            prefix: net.prefix(name)?,
+            ip: net.node(name)?.ip.clone(),
+        })
+    };
+    layout.placement = Some(Placement {
+        port: net.port(),
+        array: placed("A1")?,
+        agents: layout
+            .agents()
+            .iter()
+            .map(|(n, _)| placed(n))
+            .collect::<Result<_, _>>()?,
+    });
+    Ok(net)
 }
 
 /// Pause between the workload's records.
@@ -133,10 +166,11 @@ pub fn run(seed: u64, cfg: &RunConfig) -> Report {
 
 async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     let started = Instant::now();
-    let schedule = Schedule::draw(seed, cfg.fault_ms);
+    let schedule = Schedule::draw(seed, cfg.fault_ms, cfg.partitions);
     let mut report = Report {
         seed,
         shape: Some(schedule.shape.clone()),
+        plan: schedule.plan(),
         ..Default::default()
     };
     let dir = cfg.base_dir.join(format!("seed-{seed}"));
@@ -147,7 +181,16 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             .push(format!("cannot create {}: {e}", dir.display()));
         return report;
     }
-    let layout = layout_for(&schedule.shape, cfg);
+    let mut layout = layout_for(&schedule.shape, cfg);
+    // Made before the site and dropped after it: its namespaces outlive every process.
+    let net = if cfg.partitions {
+        match place(&mut layout).await {
+            Ok(net) => Some(net),
+            Err(e) => return setup_failed(report, &dir, e, started),
+        }
+    } else {
+        None
+    };
     let site = match tokio::time::timeout(SETUP_TIMEOUT, setup(&cfg.stillpoint, &dir, layout)).await
     {
         Ok(Ok(site)) => site,
@@ -167,9 +210,13 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     let records: observe::Shared = Arc::new(Mutex::new(Records::default()));
     let mut h = Harness {
         site,
+        net,
         paused: BTreeSet::new(),
         records: records.clone(),
     };
+    with(&records, |r| {
+        r.note(format!("schedule: {}", schedule.plan()))
+    });
     let facts = facts(&h.site.layout, cfg);
     let endpoints = h.site.endpoints.clone();
     let fault_start = now_ms();
@@ -192,14 +239,16 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         .iter()
         .map(|p| (p.pair.clone(), p.rv_ld))
         .collect();
+    // A submission in flight when the fault phase ends (one sent to a leader cut off may be
+    // answered only after the heal) belongs to the run: the heal waits for the submitter.
+    let submitter = tokio::spawn(observe::submitter(
+        endpoints.clone(),
+        schedule.submissions.clone(),
+        fault_start,
+        records.clone(),
+        stop_submit,
+    ));
     let tasks = vec![
-        tokio::spawn(observe::submitter(
-            endpoints.clone(),
-            schedule.submissions.clone(),
-            fault_start,
-            records.clone(),
-            stop_submit,
-        )),
         tokio::spawn(observe::mount_poller(
             endpoints[h.site.layout.backup_slot()].clone(),
             rv_lds,
@@ -252,13 +301,23 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
                 .collect()
         });
         let quiesced = observe::quiesced_mvs(&business).await;
-        if leader.is_some() && open.is_empty() && quiesced.as_ref().is_some_and(|q| q.is_empty()) {
+        let submitting = !submitter.is_finished();
+        if leader.is_some()
+            && !submitting
+            && open.is_empty()
+            && quiesced.as_ref().is_some_and(|q| q.is_empty())
+        {
             unsettled.clear();
             break;
         }
         unsettled = format!(
-            "leader {:?}, jobs not ended {open:?}, MVs quiesced {quiesced:?}",
-            leader.map(|l| h.site.name(l))
+            "leader {:?}, jobs not ended {open:?}, MVs quiesced {quiesced:?}{}",
+            leader.map(|l| h.site.name(l)),
+            if submitting {
+                ", a submission still unanswered"
+            } else {
+                ""
+            }
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -270,6 +329,7 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     tokio::time::sleep(Duration::from_millis(cfg.stall_slack_ms.min(2_000))).await;
     with(&records, |r| r.heal_phase_ms.1 = now_ms());
     let _ = stop_tx.send(true);
+    let _ = submitter.await;
     for t in tasks {
         let _ = t.await;
     }
@@ -304,6 +364,10 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report.s4_longest_ms = longest;
             report.s4_excused = excused;
+            let (v, counts) = fencing::s5_s6(&audit);
+            report.violations.extend(v);
+            report.fenced_ops = counts.fenced_ops;
+            report.fenced_refused = counts.fenced_refused;
         }
         Err(e) => report.errors.push(e),
     }

@@ -10,7 +10,7 @@ use stillpoint_coordinator::job::{CopyLabel, JobEnd, JobKind, JobState};
 use stillpoint_coordinator::{ClusterState, Command, Response};
 use stillpoint_host::{Host, HostClient};
 use stillpoint_node::{Client, NodeError};
-use stillpoint_proto::cluster::{QueryRequest, StatusRequest};
+use stillpoint_proto::cluster::{Empty, QueryRequest};
 use tokio::sync::watch;
 
 use super::records::{JobSeen, MountPoll, Records, Verification, VerifyOutcome, now_ms};
@@ -38,10 +38,12 @@ pub async fn leader(endpoints: &[String], alive: &[bool]) -> Option<usize> {
             continue;
         }
         let client = Client::new(endpoint.clone());
+        // The agent's own view: `status` would ask every member too, and wait on those a
+        // partition cuts it off from.
         let status = tokio::time::timeout(
             LOOK_TIMEOUT,
-            client.on_endpoint("status", |mut c| async move {
-                c.status(StatusRequest { consistent: false }).await
+            client.on_endpoint("local status", |mut c| async move {
+                c.local_status(Empty {}).await
             }),
         )
         .await;

@@ -8,7 +8,7 @@ use super::schedule::{FaultKind, Shape};
 
 /// The properties judged, in the order the table prints them; `NOT CHECKED` ones are listed
 /// so the table never implies they hold.
-pub const PROPS: [(&str, &str); 7] = [
+pub const PROPS: [(&str, &str); 8] = [
     (
         "S1",
         "no RV I/O the array accepted while its access forbade it (audit)",
@@ -22,7 +22,14 @@ pub const PROPS: [(&str, &str); 7] = [
         "S4",
         "MV write stall <= quiesce limit + slack (array audit)",
     ),
-    ("S5/S6", "NOT CHECKED at process level (see FAULTS.md)"),
+    (
+        "S5",
+        "no job acted on a pair after another job had (array audit, tokens)",
+    ),
+    (
+        "S6",
+        "no pair operation accepted under a token below one accepted before (audit)",
+    ),
     ("S7", "every accepted job ended after heal"),
     (
         "heal",
@@ -35,6 +42,8 @@ pub const PROPS: [(&str, &str); 7] = [
 pub struct Report {
     pub seed: u64,
     pub shape: Option<Shape>,
+    /// The faults as planned ([`super::schedule::Schedule::plan`]).
+    pub plan: String,
     pub elapsed_ms: u64,
     pub faults: BTreeMap<FaultKind, u64>,
     pub faults_skipped: u64,
@@ -53,6 +62,9 @@ pub struct Report {
     pub rv_io_refused: u64,
     /// Looks at the backup node's mounts that got an answer.
     pub mount_looks: u64,
+    /// Pair operations the array accepted (and refused) under a job's token: what S5/S6 judged.
+    pub fenced_ops: u64,
+    pub fenced_refused: u64,
     pub violations: Vec<Violation>,
     /// The harness could not do its part (site did not start, records unreadable): the
     /// schedule proves nothing and counts as failed.
@@ -109,6 +121,8 @@ pub struct Summary {
     pub heal_ms_max: u64,
     pub rv_io_refused: u64,
     pub mount_looks: u64,
+    pub fenced_ops: u64,
+    pub fenced_refused: u64,
     pub violations: BTreeMap<&'static str, u64>,
     pub errors: u64,
 }
@@ -136,6 +150,8 @@ impl Summary {
         self.heal_ms_max = self.heal_ms_max.max(r.heal_ms);
         self.rv_io_refused += r.rv_io_refused;
         self.mount_looks += r.mount_looks;
+        self.fenced_ops += r.fenced_ops;
+        self.fenced_refused += r.fenced_refused;
         for v in &r.violations {
             *self.violations.entry(v.prop).or_default() += 1;
         }
@@ -195,6 +211,10 @@ impl Summary {
         t += &format!(
             "S4 longest judged write stall {} ms; stalls excused (fault on the writer's host or the array) {}\n",
             self.s4_longest_ms, self.s4_excused
+        );
+        t += &format!(
+            "S5/S6 pair operations under a job's token: accepted {}, refused {}\n",
+            self.fenced_ops, self.fenced_refused
         );
         t += &format!("heal: longest {} ms\n", self.heal_ms_max);
         t += "violations by property:\n";

@@ -32,10 +32,27 @@ pub enum FaultKind {
     KillArray,
     /// SIGKILL a business node's agent while it holds an MV quiesced (waits, bounded, for one).
     KillQuiesced,
+    /// Network partition: the leader loses every packet to and from every other agent; it
+    /// keeps running and still reaches the array (and the harness).
+    IsolateLeader,
+    /// Network partition: an agent that is not the leader is cut off from every other agent.
+    IsolateFollower,
+    /// Network partition: two agents (the leader one of them half the time) lose every packet
+    /// between them; each still reaches the others.
+    CutPair,
+    /// Network partition: the agents split into a minority and a majority side; the leader is
+    /// on the minority side half the time.
+    Split,
+    /// One-way loss: the leader's packets to every other agent are lost while theirs reach it,
+    /// or the reverse.
+    OneWayLeader,
+    /// Network partition between the array and one agent (the control node most often): its
+    /// array calls and, on a business node, its MV's I/O time out.
+    CutArray,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -43,7 +60,26 @@ impl FaultKind {
         FaultKind::KillMany,
         FaultKind::KillArray,
         FaultKind::KillQuiesced,
+        FaultKind::IsolateLeader,
+        FaultKind::IsolateFollower,
+        FaultKind::CutPair,
+        FaultKind::Split,
+        FaultKind::OneWayLeader,
+        FaultKind::CutArray,
     ];
+
+    /// Whether the fault is a cut in the network (needs network namespaces).
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IsolateLeader
+                | FaultKind::IsolateFollower
+                | FaultKind::CutPair
+                | FaultKind::Split
+                | FaultKind::OneWayLeader
+                | FaultKind::CutArray
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,12 +90,26 @@ impl FaultKind {
             FaultKind::KillMany => "kill-many",
             FaultKind::KillArray => "kill-array",
             FaultKind::KillQuiesced => "kill-quiesced",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::IsolateFollower => "isolate-follower",
+            FaultKind::CutPair => "cut-pair",
+            FaultKind::Split => "split",
+            FaultKind::OneWayLeader => "one-way-leader",
+            FaultKind::CutArray => "cut-array",
         }
     }
 
-    /// Relative frequency (the leader is struck most often).
-    fn weight(self) -> u64 {
+    /// Relative frequency (the leader is struck most often); partitions only when the site
+    /// can be partitioned.
+    fn weight(self, partitions: bool) -> u64 {
         match self {
+            k if k.is_partition() && !partitions => 0,
+            FaultKind::IsolateLeader => 25,
+            FaultKind::IsolateFollower => 6,
+            FaultKind::CutPair => 8,
+            FaultKind::Split => 14,
+            FaultKind::OneWayLeader => 8,
+            FaultKind::CutArray => 9,
             FaultKind::KillLeader => 25,
             FaultKind::KillFollower => 10,
             FaultKind::PauseLeader => 15,
@@ -100,28 +150,31 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `seed` for a fault phase of `fault_ms`.
-    pub fn draw(seed: u64, fault_ms: u64) -> Schedule {
+    /// The schedule of `seed` for a fault phase of `fault_ms`; network partitions among the
+    /// faults only when `partitions` (without them a seed draws what it drew before they
+    /// existed).
+    pub fn draw(seed: u64, fault_ms: u64, partitions: bool) -> Schedule {
         let mut rng = Rng::new(seed);
         let voters = if rng.chance(500) { 5 } else { 3 };
         let business_nodes = voters - 2;
         let pairs = rng.range(2, 3) as u32;
-        let total: u64 = FaultKind::ALL.iter().map(|k| k.weight()).sum();
+        let total: u64 = FaultKind::ALL.iter().map(|k| k.weight(partitions)).sum();
         let mut faults = Vec::new();
         let mut at = rng.range(500, 2_000);
         while at < fault_ms {
             let mut roll = rng.below(total);
             let mut kind = FaultKind::KillLeader;
             for k in FaultKind::ALL {
-                if roll < k.weight() {
+                if roll < k.weight(partitions) {
                     kind = k;
                     break;
                 }
-                roll -= k.weight();
+                roll -= k.weight(partitions);
             }
             let hold_ms = match kind {
                 FaultKind::PauseLeader | FaultKind::PauseFollower => rng.range(300, 5_000),
                 FaultKind::KillArray => rng.range(200, 4_000),
+                k if k.is_partition() => rng.range(500, 8_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {
@@ -154,14 +207,35 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The faults as planned, on one line: `+0.8 s isolate-leader 3.2 s, …`.
+    pub fn plan(&self) -> String {
+        self.faults
+            .iter()
+            .map(|f| {
+                format!(
+                    "+{:.1} s {} {:.1} s",
+                    f.at_ms as f64 / 1000.0,
+                    f.kind.name(),
+                    f.hold_ms as f64 / 1000.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_seed_draws_the_same_schedule_and_seeds_differ() {
-        assert_eq!(Schedule::draw(7, 30_000), Schedule::draw(7, 30_000));
-        let all: Vec<Schedule> = (0..50).map(|s| Schedule::draw(s, 30_000)).collect();
+        assert_eq!(
+            Schedule::draw(7, 30_000, true),
+            Schedule::draw(7, 30_000, true)
+        );
+        let all: Vec<Schedule> = (0..50).map(|s| Schedule::draw(s, 30_000, true)).collect();
         assert!(all.windows(2).any(|w| w[0].faults != w[1].faults));
         for s in &all {
             assert!(s.shape.voters == 3 || s.shape.voters == 5);
@@ -177,6 +251,10 @@ mod tests {
                 all.iter().any(|s| s.faults.iter().any(|f| f.kind == k)),
                 "{k:?} never drawn in 50 seeds"
             );
+        }
+        for s in 0..50 {
+            let without = Schedule::draw(s, 30_000, false);
+            assert!(without.faults.iter().all(|f| !f.kind.is_partition()));
         }
     }
 }

@@ -34,6 +34,28 @@ pub struct PairLayout {
     pub quiesce: Option<String>,
 }
 
+/// Where one process of the site runs: a command its start is prefixed with (e.g. `ip netns
+/// exec NS`, empty for none) and the address it listens on and is reached at.
+#[derive(Clone, Debug)]
+pub struct ProcessPlacement {
+    pub prefix: Vec<String>,
+    pub ip: String,
+}
+
+/// Where every process of the site runs (e.g. each in its own network namespace, so the
+/// network between them can be cut). Each listens on `port` of its own address.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub array: ProcessPlacement,
+    /// By agent slot.
+    pub agents: Vec<ProcessPlacement>,
+    /// The port every process listens on. A process that starts several sites one after
+    /// another gives each its own: clients cache one channel per address for the life of the
+    /// process (`peer::channel_to`), and a channel made under an earlier site's tokio runtime
+    /// is dead once that runtime is gone.
+    pub port: u16,
+}
+
 /// What the agents' hosts are (see the module essay).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SiteHosts {
@@ -73,6 +95,9 @@ pub struct SiteLayout {
     /// Dirty blocks each sim volume caches before writing random ones back (host default when
     /// `None`).
     pub cache_blocks_max: Option<usize>,
+    /// Where each process runs and listens; `None`: on this machine's loopback, each on a
+    /// free port.
+    pub placement: Option<Placement>,
 }
 
 impl SiteLayout {
@@ -110,6 +135,7 @@ impl SiteLayout {
             audit_log: false,
             workload_pace_ms: 2,
             cache_blocks_max: None,
+            placement: None,
         }
     }
 

@@ -8,6 +8,10 @@
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
 //! [`LocalSite::verify_rv`] reads an RV through the array with the workload's verifier.
 //!
+//! With a [`Placement`] (the chaos harness's network partitions) each process starts behind a
+//! command prefix (`ip netns exec NS`) and listens on an address of its own instead of a free
+//! loopback port; without one (every other test) nothing changes.
+//!
 //! Children are killed when the site is dropped, pass or fail (agents on linux hosts are first
 //! asked to stop, so they detach their LDs).
 
@@ -20,7 +24,9 @@ use stillpoint_host::{Host, HostClient, MountIdentity, MountRequest, VolumeInfo}
 use tokio::process::{Child, Command};
 
 use super::inprocess::{bind_loopback, local_address};
-pub use super::layout::{DB1, DB2, MGMT1, PairLayout, SiteHosts, SiteLayout};
+pub use super::layout::{
+    DB1, DB2, MGMT1, PairLayout, Placement, ProcessPlacement, SiteHosts, SiteLayout,
+};
 use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
 use crate::volumes::ArrayLdDevice;
@@ -64,9 +70,21 @@ fn log_file(path: &Path) -> Result<std::fs::File, NodeError> {
         .map_err(|e| NodeError::Invalid(format!("cannot open {}: {e}", path.display())))
 }
 
+/// A command that runs `bin`, behind `prefix` if there is one.
+fn command(bin: &Path, prefix: Option<&ProcessPlacement>) -> Command {
+    match prefix.and_then(|p| p.prefix.split_first()) {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// Starts `stillpoint array serve` on `dir/array.toml`, its log appended to `dir/array.log`.
-fn spawn_array(bin: &Path, dir: &Path) -> Result<Child, NodeError> {
-    Command::new(bin)
+fn spawn_array(bin: &Path, dir: &Path, placement: Option<&Placement>) -> Result<Child, NodeError> {
+    command(bin, placement.map(|p| &p.array))
         .args(["array", "serve", "--config"])
         .arg(dir.join("array.toml"))
         .stdout(Stdio::null())
@@ -132,10 +150,13 @@ impl LocalSite {
     /// system) and the agents; forms the cluster. The pairs are not set: that is `group
     /// prepare`'s job.
     pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
-        let array_address = free_loopback_address().await?;
+        let array_address = match &layout.placement {
+            Some(p) => format!("{}:{}", p.array.ip, p.port),
+            None => free_loopback_address().await?,
+        };
         let array_cfg = dir.join("array.toml");
         write(&array_cfg, &layout.array_toml(dir, &array_address))?;
-        let array = spawn_array(bin, dir)?;
+        let array = spawn_array(bin, dir, layout.placement.as_ref())?;
         let mut site = LocalSite {
             layout,
             dir: dir.to_path_buf(),
@@ -170,7 +191,15 @@ impl LocalSite {
             }
         }
         for (slot, (name, role)) in site.layout.agents().into_iter().enumerate() {
-            let address = free_loopback_address().await?;
+            let placed = site
+                .layout
+                .placement
+                .as_ref()
+                .and_then(|p| p.agents.get(slot).map(|a| format!("{}:{}", a.ip, p.port)));
+            let address = match placed {
+                Some(address) => address,
+                None => free_loopback_address().await?,
+            };
             let host = if slot == MGMT1 {
                 String::new()
             } else {
@@ -274,7 +303,11 @@ impl LocalSite {
     /// answers.
     pub async fn restart_array(&mut self) -> Result<(), NodeError> {
         if self.array.is_none() {
-            self.array = Some(spawn_array(&self.bin, &self.dir)?);
+            self.array = Some(spawn_array(
+                &self.bin,
+                &self.dir,
+                self.layout.placement.as_ref(),
+            )?);
         }
         self.connect_array().await.map(drop)
     }
@@ -295,7 +328,12 @@ impl LocalSite {
 
     /// Starts agent `slot` (again: without `--new` after its first start).
     pub fn spawn(&mut self, slot: usize) -> Result<(), NodeError> {
-        let mut command = Command::new(&self.bin);
+        let placed = self
+            .layout
+            .placement
+            .as_ref()
+            .and_then(|p| p.agents.get(slot));
+        let mut command = command(&self.bin, placed);
         command.args(["agent", "--config"]).arg(&self.configs[slot]);
         if !self.started[slot] {
             command.arg("--new");

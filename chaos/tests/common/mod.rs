@@ -1,0 +1,58 @@
+//! What the process-level tests share: the `stillpoint` binary of this test's profile.
+//!
+//! Finding the binary: `CARGO_BIN_EXE_stillpoint` exists only inside the node package, and a
+//! dev-dependency builds a package's library, not its binaries. So the test runs the cargo
+//! that built it (`env!("CARGO")`) to build `stillpoint` into the same target dir and profile
+//! as this test binary (`target/<profile>/deps/<test>-<hash>` → `target/<profile>/stillpoint`):
+//! a no-op when `cargo nextest run --workspace` already built it, a link step otherwise.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Builds (if needed) and returns the `stillpoint` binary of this test's profile.
+pub fn stillpoint() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("no profile dir in {}", exe.display()),
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--bin",
+            "stillpoint",
+            "-p",
+            "stillpoint-node",
+            "--profile",
+            profile,
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build --bin stillpoint failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "stillpoint binary ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let bin = profile_dir.join("stillpoint");
+    assert!(bin.is_file(), "no {} after the build", bin.display());
+    bin
+}
