@@ -99,6 +99,19 @@ pub struct PgDemoReport {
 }
 
 /// The layout: `db1` with the data directory's MV (and the WAL's), RVs on `backup1`.
+/// The settings of the production server's member (online backup mode).
+fn production_settings(dir: &Path) -> PostgresQuiesce {
+    PostgresQuiesce {
+        host: dir.join("pg-sock").display().to_string(),
+        port: PRODUCTION_PORT,
+        user: "postgres".into(),
+        database: "postgres".into(),
+        password: None,
+        data_dir: "pgdata".into(),
+        wal_archive_dir: dir.join("wal-archive").display().to_string(),
+    }
+}
+
 fn layout(dir: &Path, quiesce: PgQuiesce, wal_on_second_ld: bool) -> SiteLayout {
     let mut layout = SiteLayout::spread_over(if wal_on_second_ld { 2 } else { 1 }, 1);
     layout.hosts = SiteHosts::Linux { fs: "ext4".into() };
@@ -114,15 +127,7 @@ fn layout(dir: &Path, quiesce: PgQuiesce, wal_on_second_ld: bool) -> SiteLayout 
         // the WAL's joins the static point by freezing.
         wal.quiesce = Some("freeze".into());
     }
-    layout.postgresql = Some(PostgresQuiesce {
-        host: dir.join("pg-sock").display().to_string(),
-        port: PRODUCTION_PORT,
-        user: "postgres".into(),
-        database: "postgres".into(),
-        password: None,
-        data_dir: "pgdata".into(),
-        wal_archive_dir: dir.join("wal-archive").display().to_string(),
-    });
+    layout.postgresql = Some(production_settings(dir));
     layout
 }
 
@@ -142,7 +147,7 @@ pub async fn run(
         |e| NodeError::Invalid(format!("cannot open {} to postgres: {e}", dir.display())),
     )?;
     let layout = layout(dir, quiesce, wal_on_second_ld);
-    let pg = layout.postgresql.clone().expect("set by layout()");
+    let pg = production_settings(dir);
     say(format!(
         "starting software array A1 and agents mgmt1, db1, backup1 with linux hosts (LDs as loop devices over FUSE), in {} ...",
         dir.display()
