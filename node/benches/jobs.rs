@@ -30,6 +30,10 @@ use stillpoint_coordinator::job::{Job, StepCall, StepState};
 use stillpoint_host::{Host, QuiesceMode, QuiesceRequest};
 
 const JOB_WITHIN: Duration = Duration::from_secs(180);
+/// Shorter raft timings for the last resumption run: heartbeat 50 ms, election timeout
+/// 150-300 ms.
+const FAST_RAFT_TOML: &str =
+    "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n";
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -252,12 +256,19 @@ async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
 /// `control_nodes`: the agents with a control path to the array. With one, a killed leader
 /// that is that agent takes the array's only path with it until it is restarted, and the new
 /// leader's first array step waits for it; with two, it passes over to the other.
-async fn resumption(kills: usize, control_nodes: &[&str]) {
+/// `raft_toml`: the agents' raft timings (`None`: the site's, heartbeat 100 ms, election
+/// timeout 300-500 ms). A new leader is elected only once the old one's lease (the longest
+/// election timeout) and then an election timeout have passed, so they bound resumption.
+async fn resumption(kills: usize, control_nodes: &[&str], raft_toml: Option<&str>) {
     println!(
-        "--- job resumption after a leader SIGKILL, {kills} kills, array control nodes {control_nodes:?} ---"
+        "--- job resumption after a leader SIGKILL, {kills} kills, array control nodes {control_nodes:?}, raft {} ---",
+        raft_toml.unwrap_or("as the site").replace('\n', " ")
     );
     let mut layout = SiteLayout::spread(3);
     layout.control_nodes = control_nodes.iter().map(|n| n.to_string()).collect();
+    if let Some(t) = raft_toml {
+        layout.raft_toml = t.to_string();
+    }
     let mut site = JobSite::start(layout).await;
     let (mut samples, mut took_over) = (Vec::new(), Vec::new());
     for _ in 0..kills {
@@ -363,8 +374,9 @@ fn main() {
             freeze_window(8, 4, runs).await;
         }
         if kills > 0 {
-            resumption(kills, &["mgmt1"]).await;
-            resumption(kills, &["mgmt1", "backup1"]).await;
+            resumption(kills, &["mgmt1"], None).await;
+            resumption(kills, &["mgmt1", "backup1"], None).await;
+            resumption(kills, &["mgmt1", "backup1"], Some(FAST_RAFT_TOML)).await;
         }
     });
 }
