@@ -93,24 +93,6 @@ where
     }
 }
 
-async fn cli(bin: &Path, args: &[&str]) {
-    let out = tokio::process::Command::new(bin)
-        .args(args)
-        .env_remove("STILLPOINT_ENDPOINT")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run stillpoint");
-    assert!(
-        out.status.success(),
-        "stillpoint {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Makes `want` the leader, if a few leader changes do it: while another agent leads, it is
 /// stopped (SIGSTOP) until someone else leads, then continued. Returns the leader at the end
 /// (the test holds whoever leads; `want` only makes the job finishable inside the partition).
@@ -190,38 +172,9 @@ async fn scenario(bin: &Path) {
     let mut net = stillpoint_chaos::run::place(&mut layout)
         .await
         .expect("the site's network");
-    let mut site = LocalSite::start(bin, dir.as_path(), layout)
+    let mut site = stillpoint_chaos::run::setup(bin, dir.as_path(), layout)
         .await
-        .expect("start the site");
-    let file = dir.as_path().join("site.toml");
-    std::fs::write(&file, site.layout.site_toml()).unwrap();
-    let endpoint = site.endpoints[0].clone();
-    cli(
-        bin,
-        &[
-            "apply",
-            "-f",
-            file.to_str().unwrap(),
-            "--endpoint",
-            &endpoint,
-        ],
-    )
-    .await;
-    cli(
-        bin,
-        &[
-            "group",
-            "prepare",
-            "payroll",
-            "--wait",
-            "--endpoint",
-            &endpoint,
-        ],
-    )
-    .await;
-    site.start_applications()
-        .await
-        .expect("start the applications");
+        .expect("set up the site");
 
     let endpoints = site.endpoints.clone();
     let submit = |via: String| async move {

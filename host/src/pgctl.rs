@@ -84,10 +84,7 @@ impl PgInstall {
         // SAFETY: pw is a valid passwd entry (checked above).
         let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
         for tool in ["runuser"] {
-            if !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .any(|d| Path::new(d).join(tool).is_file())
-            {
+            if !tool_installed(tool) {
                 return Err(missing(format!("{tool} is not installed; {install_hint}")));
             }
         }
@@ -156,6 +153,13 @@ fn db_err(data: &Path, operation: &str, detail: String) -> HostError {
         operation: operation.into(),
         detail,
     }
+}
+
+/// Whether a system tool is installed in one of the usual system directories.
+pub fn tool_installed(tool: &str) -> bool {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).is_file())
 }
 
 /// One server: its data directory, socket directory and log.

@@ -289,13 +289,7 @@ async fn a_static_point_unmount_stops_the_holder_by_hook_and_resumes_it_at_the_d
     let second = app_pid();
     assert_ne!(first, second, "the start hook ran again");
     assert!(v.holders.iter().any(|h| h.pid == Some(second)), "{v:?}");
-    host.run_hook("mv", stillpoint_host::HookKind::Stop)
-        .await
-        .unwrap();
-    wait_until("the application lets go", || async {
-        host.volume("mv").await.unwrap().holders.is_empty()
-    })
-    .await;
+    stop_app(&host).await;
     host.rescan().await.unwrap();
     host.unmount("mv", false).await.unwrap();
 }
@@ -336,13 +330,7 @@ async fn an_unmount_quiesce_waits_for_an_application_that_exits_slowly_after_its
     assert_eq!(host.volume("mv").await.unwrap().mounted_at, None);
     host.release("mv", Some(q.quiesce_id)).await.unwrap();
     // The release started the application again; stop it for good before the clean-up.
-    host.run_hook("mv", stillpoint_host::HookKind::Stop)
-        .await
-        .unwrap();
-    wait_until("the application lets go", || async {
-        host.volume("mv").await.unwrap().holders.is_empty()
-    })
-    .await;
+    stop_app(&host).await;
     host.unmount("mv", false).await.unwrap();
 }
 
@@ -373,4 +361,15 @@ impl Drop for KillOnDrop {
             let _ = Command::new("kill").args(["-9", p.trim()]).status();
         }
     }
+}
+
+/// Runs the volume's stop hook and waits until the application has let go of it.
+async fn stop_app(host: &stillpoint_host::Agent) {
+    host.run_hook("mv", stillpoint_host::HookKind::Stop)
+        .await
+        .unwrap();
+    wait_until("the application lets go", || async {
+        host.volume("mv").await.unwrap().holders.is_empty()
+    })
+    .await;
 }

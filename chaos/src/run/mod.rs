@@ -395,7 +395,7 @@ fn setup_failed(mut report: Report, dir: &Path, e: String, started: Instant) -> 
 
 /// Starts the site, applies the site file, prepares the pairs (`group prepare --wait`, as an
 /// operator would) and starts the applications.
-async fn setup(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, String> {
+pub async fn setup(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, String> {
     let site = LocalSite::start(bin, dir, layout)
         .await
         .map_err(|e| format!("starting the processes: {e}"))?;

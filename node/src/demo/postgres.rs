@@ -362,10 +362,7 @@ fn prerequisites() -> Result<PgInstall, NodeError> {
         ));
     }
     for tool in ["losetup", "mkfs.ext4"] {
-        if !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).is_file())
-        {
+        if !stillpoint_host::pgctl::tool_installed(tool) {
             return Err(NodeError::Prerequisite(format!(
                 "{tool} is not installed; {install_hint}"
             )));
