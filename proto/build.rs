@@ -16,6 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    tonic_prost_build::configure().compile_protos(&files, &[dir])?;
+    // Host data travels as `bytes::Bytes`: decoding slices the received buffer instead of
+    // copying each MiB once more into a Vec, and a read's reply takes the array's buffer as is.
+    tonic_prost_build::configure()
+        .bytes(".stillpoint.array.WriteRequest.data")
+        .bytes(".stillpoint.array.ReadReply.data")
+        .compile_protos(&files, &[dir])?;
     Ok(())
 }

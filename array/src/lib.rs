@@ -221,5 +221,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection window, so concurrent writes waited for window updates in turn.
 pub const H2_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Largest HTTP/2 frame the array's server and clients accept. h2's default (16 KiB) cut a
+/// 1 MiB LD write into 64 frames, each handled and appended to the message buffer on its own.
+pub const H2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Events (pair and business copy) buffered per subscriber before a slow one skips.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;

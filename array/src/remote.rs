@@ -55,6 +55,7 @@ impl RemoteArray {
             .connect_timeout(crate::CONNECT_TIMEOUT)
             .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(crate::H2_MAX_FRAME_BYTES)
             .tcp_nodelay(true);
         let client = ArrayServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
@@ -192,14 +193,14 @@ impl Array for RemoteArray {
             .map_err(|s| self.transport("read", false, s))?
             .into_inner();
         Self::app_error(&r.error_json)?;
-        Ok(r.data)
+        Ok(r.data.into())
     }
     async fn write(&self, host: &str, ld: u32, offset: u64, data: &[u8]) -> Result<()> {
         let mut req = tonic::Request::new(pb::WriteRequest {
             host: host.into(),
             ld,
             offset,
-            data: data.to_vec(),
+            data: prost::bytes::Bytes::copy_from_slice(data),
         });
         req.set_timeout(crate::CALL_TIMEOUT);
         let r = self
@@ -254,7 +255,7 @@ impl Array for RemoteArray {
                     .await
                     .map_err(|s| self.transport("replication read", false, s))?
                     .into_inner();
-                Self::app_error(&a.error_json).map(|_| PeerReply::Data(a.data))
+                Self::app_error(&a.error_json).map(|_| PeerReply::Data(a.data.into()))
             }
             other => match self.call(Call::Peer(other)).await? {
                 Answer::Peer(p) => Ok(p),

@@ -64,6 +64,7 @@ pub async fn serve_array(
     tonic::transport::Server::builder()
         .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(crate::H2_MAX_FRAME_BYTES)
         .add_service(svc)
         // Without TCP_NODELAY, Nagle's algorithm with the client's delayed ACKs holds the
         // last segment of a response ~40 ms: a 4 KiB read of an LD took 40 ms.
@@ -139,11 +140,11 @@ impl ArrayService for Service {
         Ok(Response::new(
             match self.array.read(&r.host, r.ld, r.offset, r.len).await {
                 Ok(data) => pb::ReadReply {
-                    data,
+                    data: data.into(),
                     error_json: String::new(),
                 },
                 Err(e) => pb::ReadReply {
-                    data: vec![],
+                    data: Default::default(),
                     error_json: error_json(&e),
                 },
             },
@@ -195,15 +196,15 @@ impl ArrayService for Service {
                 .await
             {
                 Ok(PeerReply::Data(data)) => pb::ReadReply {
-                    data,
+                    data: data.into(),
                     error_json: String::new(),
                 },
                 Ok(other) => pb::ReadReply {
-                    data: vec![],
+                    data: Default::default(),
                     error_json: error_json(&ArrayError::invalid(format!("unexpected {other:?}"))),
                 },
                 Err(e) => pb::ReadReply {
-                    data: vec![],
+                    data: Default::default(),
                     error_json: error_json(&e),
                 },
             },
