@@ -169,3 +169,96 @@ fn a_volume_on_an_ld_its_node_cannot_see_is_named() {
     assert!(e[1].rule.contains("(db2)"), "{e:?}");
     assert!(e[0].rule.contains("(empty)"), "{e:?}");
 }
+
+/// `site()` plus pairs `p1..=extra` from MV A1:0 to RVs A1:10, A1:11, ... (DDR).
+fn site_with_ddr_rvs(extra: u32) -> Inventory {
+    let mut inv = site();
+    for i in 1..=extra {
+        inv.pairs.insert(
+            format!("p{i}"),
+            PairSpec {
+                name: format!("p{i}"),
+                mv: r(0),
+                rv: r(9 + i),
+                kind: ReplicationKind::Ddr,
+                copy_control: CopyControl::Sync,
+            },
+        );
+    }
+    inv
+}
+
+fn rv_of_ld0(number: u32) -> LdInfo {
+    ld(
+        number,
+        1 << 20,
+        "NX",
+        &["*"],
+        LdRole::Rv {
+            mv: stillpoint_array::LdRef {
+                array: "A1".into(),
+                ld: 0,
+            },
+            access: RvAccess::Nr,
+        },
+    )
+}
+
+#[test]
+fn an_mv_with_more_rvs_than_the_array_allows_is_named_counting_pairs_only_the_array_knows() {
+    let rules = |e: &[InventoryError]| e.iter().map(|e| e.rule.clone()).collect::<Vec<_>>();
+    // Three DDR RVs in the file: within every limit, with or without a live array.
+    assert_eq!(
+        pairing_errors(&site_with_ddr_rvs(2), &LiveArrays::new()),
+        vec![]
+    );
+    // Four DDR RVs in the file alone break the DDR limit (3), not the total (4).
+    let e = pairing_errors(&site_with_ddr_rvs(3), &LiveArrays::new());
+    assert_eq!(paths(&e), ["pairs.p0.mv"]);
+    assert!(rules(&e)[0].contains("4 RVs on its own array"), "{e:?}");
+    // Two RVs in the file, and the live array already has two more pairs of that MV that the
+    // file does not name (LDs 20 and 21): four DDR RVs in all.
+    let mut lds = vec![
+        ld(0, 1 << 20, "NX", &["db1"], LdRole::Mv { rvs: 2 }),
+        ld(1, 1 << 20, "NX", &["backup1"], LdRole::None),
+        ld(10, 1 << 20, "NX", &["backup1"], LdRole::None),
+        rv_of_ld0(20),
+        rv_of_ld0(21),
+    ];
+    let e = pairing_errors(&site_with_ddr_rvs(1), &live(lds.clone()));
+    assert_eq!(paths(&e), ["pairs.p0.mv"], "{e:?}");
+    assert!(rules(&e)[0].contains("A1:20"), "{e:?}");
+    // The MV counts five RVs while the answered array shows only two of them: the other
+    // three are on arrays nobody answered for, and the total breaks the limit of four.
+    lds[0] = ld(0, 1 << 20, "NX", &["db1"], LdRole::Mv { rvs: 5 });
+    let e = pairing_errors(&site(), &live(lds));
+    assert!(
+        rules(&e)
+            .iter()
+            .any(|r| r.contains("6 RVs") && r.contains("3 on arrays that did not answer")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn the_rvs_of_one_mv_span_at_most_two_arrays() {
+    let mut inv = site();
+    for (i, array) in ["B1", "C1"].into_iter().enumerate() {
+        inv.pairs.insert(
+            format!("r{i}"),
+            PairSpec {
+                name: format!("r{i}"),
+                mv: r(0),
+                rv: LdRef {
+                    array: array.into(),
+                    ld: 0,
+                },
+                kind: ReplicationKind::Rdr,
+                copy_control: CopyControl::Background,
+            },
+        );
+    }
+    let e = pairing_errors(&inv, &LiveArrays::new());
+    assert_eq!(paths(&e), ["pairs.p0.mv"], "{e:?}");
+    assert!(e[0].rule.contains("span 3 arrays"), "{e:?}");
+}
