@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use job_site::*;
 use stillpoint_array::{Array, LdRef, PairId, ReplicateOptions, SeparateOptions};
-use stillpoint_coordinator::job::{Job, StepCall, StepState};
+use stillpoint_coordinator::job::{FreezePhases, StepCall, StepState};
 use stillpoint_host::{Host, QuiesceMode, QuiesceRequest};
 
 const JOB_WITHIN: Duration = Duration::from_secs(180);
@@ -61,50 +61,19 @@ fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
     (p50, p99)
 }
 
-/// When each kind of step of the freeze window was first sent and last heard done (the last
-/// event of each step), as the leader recorded them, in Unix ms.
-struct Phases {
-    quiesce: (u64, u64),
-    separate: (u64, u64),
-    release: (u64, u64),
-}
-
-fn recorded_phases(job: &Job) -> Option<Phases> {
-    let span = |call: fn(&StepCall) -> bool| -> Option<(u64, u64)> {
-        let last = |pick: fn(&StepState) -> bool| -> Vec<u64> {
-            job.steps
-                .iter()
-                .filter(|s| call(&s.call))
-                .filter_map(|s| s.history.iter().rev().find(|e| pick(&e.state)))
-                .map(|e| e.at_ms)
-                .collect()
-        };
-        let sent = last(|s| matches!(s, StepState::Dispatched { .. }));
-        let done = last(|s| matches!(s, StepState::Done { .. }));
-        Some((*sent.iter().min()?, *done.iter().max()?))
-    };
-    Some(Phases {
-        quiesce: span(|c| matches!(c, StepCall::Quiesce { .. }))?,
-        separate: span(|c| matches!(c, StepCall::Separate { .. }))?,
-        release: span(|c| matches!(c, StepCall::Release { .. }))?,
-    })
-}
-
-impl Phases {
-    /// The window, and its parts: each phase from its first send to its last reply, and the
-    /// gaps between one phase's last reply and the next phase's first send (the leader's
-    /// decide-and-send time).
-    fn parts_ms(&self) -> [f64; 6] {
-        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64;
-        [
-            ms(self.quiesce.0, self.release.1),
-            ms(self.quiesce.0, self.quiesce.1),
-            ms(self.quiesce.1, self.separate.0),
-            ms(self.separate.0, self.separate.1),
-            ms(self.separate.1, self.release.0),
-            ms(self.release.0, self.release.1),
-        ]
-    }
+/// The window, and its parts as the leader recorded them: each phase from its first send to
+/// its last reply, and the gaps between one phase's last reply and the next phase's first send
+/// (the leader's decide-and-send time).
+fn parts_ms(p: &FreezePhases) -> [f64; 6] {
+    let ms = |a: u64, b: u64| b.saturating_sub(a) as f64;
+    [
+        ms(p.quiesce.0, p.release.1),
+        ms(p.quiesce.0, p.quiesce.1),
+        ms(p.quiesce.1, p.separate.0),
+        ms(p.separate.0, p.separate.1),
+        ms(p.separate.1, p.release.0),
+        ms(p.release.0, p.release.1),
+    ]
 }
 
 const PART_NAMES: [&str; 6] = [
@@ -220,8 +189,8 @@ async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
         let id = site.submit_backup().await;
         site.wait_ended(id, JOB_WITHIN).await;
         let job = site.job(id).await.expect("job");
-        if let Some(p) = recorded_phases(&job) {
-            for (i, v) in p.parts_ms().into_iter().enumerate() {
+        if let Some(p) = job.freeze_phases() {
+            for (i, v) in parts_ms(&p).into_iter().enumerate() {
                 cluster[i].push(v);
             }
         }

@@ -5,6 +5,11 @@
 //! and the LD's ratio to each baseline. Without fio, sequential figures come from `dd` with
 //! O_DIRECT and a final fsync, and random ones are reported as not measured.
 //!
+//! The three devices are measured in turn, round after round (`STILLPOINT_BENCH_ROUNDS`,
+//! default 3), and each figure is the median of its rounds: on a shared machine a burst of
+//! load then hits one round of every device rather than all of one device's figures. Each
+//! round writes a fresh file. The load average before and after is printed with the figures.
+//!
 //! Run: `cargo bench -p stillpoint-node --bench lds` (root, /dev/fuse, losetup, mkfs.ext4).
 
 use std::path::{Path, PathBuf};
@@ -191,6 +196,34 @@ fn measure(mp: &Path) -> Figures {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each figure's median over the rounds.
+fn median_figures(rounds: &[Figures]) -> Figures {
+    let of = |f: fn(&Figures) -> Option<f64>| -> Option<f64> {
+        rounds
+            .iter()
+            .map(f)
+            .collect::<Option<Vec<f64>>>()
+            .map(median)
+    };
+    Figures {
+        seq_write_mb_s: median(rounds.iter().map(|f| f.seq_write_mb_s).collect()),
+        seq_read_mb_s: median(rounds.iter().map(|f| f.seq_read_mb_s).collect()),
+        rand_write_iops: of(|f| f.rand_write_iops),
+        rand_read_iops: of(|f| f.rand_read_iops),
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn mkfs_and_mount(dev: &str, mp: &Path) {
     run(&["mkfs.ext4", "-q", "-F", dev]);
     std::fs::create_dir_all(mp).unwrap();
@@ -328,9 +361,30 @@ fn main() {
         "ext4, {} MiB per sequential job, {RANDOM_S} s per random job, {tool}, {cpus} CPUs",
         SEQ_BYTES / MIB
     );
-    let ld = measure(&mp_ld);
-    let dio = measure(&mp_dio);
-    let buf = measure(&mp_buf);
+    let rounds = std::env::var("STILLPOINT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(3)
+        .max(1);
+    println!("load average before: {}", load_average());
+    let mut all: [Vec<Figures>; 3] = Default::default();
+    for round in 1..=rounds {
+        for (i, mp) in [&mp_ld, &mp_dio, &mp_buf].into_iter().enumerate() {
+            all[i].push(measure(mp));
+        }
+        println!(
+            "round {round}: seq write MB/s LD {:.0}, plain dio {:.0}, plain buffered {:.0}; seq read MB/s {:.0}, {:.0}, {:.0}",
+            all[0][round - 1].seq_write_mb_s,
+            all[1][round - 1].seq_write_mb_s,
+            all[2][round - 1].seq_write_mb_s,
+            all[0][round - 1].seq_read_mb_s,
+            all[1][round - 1].seq_read_mb_s,
+            all[2][round - 1].seq_read_mb_s,
+        );
+    }
+    println!("load average after: {}", load_average());
+    let [ld, dio, buf] = all.map(|f| median_figures(&f));
+    println!("medians of {rounds} round(s):");
     println!(
         "{:<34} {:>14} {:>14} {:>16} {:>16}",
         "device", "seq write MB/s", "seq read MB/s", "rand write IOPS", "rand read IOPS"

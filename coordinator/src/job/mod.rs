@@ -53,6 +53,7 @@
 //!   come next.
 
 mod decide;
+mod phases;
 mod plan;
 mod step;
 pub mod wire;
@@ -65,6 +66,7 @@ pub use stillpoint_storage::journal::FencingToken;
 use crate::inventory::GroupMember;
 
 pub use decide::{Action, Dispatch, Finding, Observed, PairSync, answered, decide, resolve};
+pub use phases::FreezePhases;
 pub use plan::{StepLimits, plan_backup, plan_prepare};
 pub use step::{
     Phase, Step, StepCall, StepEvent, StepId, StepResult, StepState, StepTarget, TransitionError,

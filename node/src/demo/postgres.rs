@@ -37,9 +37,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Serialize;
-use stillpoint_coordinator::job::{
-    CopyLabel, Job, JobEnd, JobKind, StepCall, StepEvent, StepState,
-};
+use stillpoint_coordinator::job::{CopyLabel, JobEnd, JobKind};
 use stillpoint_coordinator::postgres::PostgresQuiesce;
 use stillpoint_host::Host;
 
@@ -252,7 +250,8 @@ async fn drive(
     let job = super::job_of(site, backup)
         .await
         .ok_or_else(|| NodeError::Invalid(format!("job {backup} vanished")))?;
-    let (window_from_ms, window_to_ms) = freeze_window(&job);
+    // Every round's freeze counts: a stall in an abandoned round is a stall pgbench saw.
+    let (window_from_ms, window_to_ms) = job.quiesced_span_ms().unwrap_or_default();
     let mut problems = Vec::new();
     let label = match &end {
         JobEnd::Done {
@@ -369,35 +368,6 @@ fn prerequisites() -> Result<PgInstall, NodeError> {
         }
     }
     Ok(install)
-}
-
-/// The freeze window as the log recorded it: from the first quiesce sent to the last release
-/// done (over every round).
-fn freeze_window(job: &Job) -> (u64, u64) {
-    let events = |want: fn(&StepCall) -> bool, done: bool| -> Vec<u64> {
-        job.steps
-            .iter()
-            .filter(|s| want(&s.call))
-            .flat_map(|s| s.history.iter())
-            .filter(|e: &&StepEvent| {
-                if done {
-                    matches!(e.state, StepState::Done { .. })
-                } else {
-                    matches!(e.state, StepState::Dispatched { .. })
-                }
-            })
-            .map(|e| e.at_ms)
-            .collect()
-    };
-    let from = events(|c| matches!(c, StepCall::Quiesce { .. }), false)
-        .into_iter()
-        .min()
-        .unwrap_or(0);
-    let to = events(|c| matches!(c, StepCall::Release { .. }), true)
-        .into_iter()
-        .max()
-        .unwrap_or(from);
-    (from, to)
 }
 
 /// What the backup server's procedure does to a mounted copy before starting it: a freeze

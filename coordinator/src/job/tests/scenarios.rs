@@ -389,3 +389,46 @@ fn preparing_a_group_sets_every_pair_and_replicates_it_once_whatever_the_faults(
         assert!(world.quiesced.is_empty(), "a prepare quiesces nothing");
     }
 }
+
+#[test]
+fn the_freeze_window_is_the_final_rounds_and_the_quiesced_span_covers_every_round() {
+    let g = group(2, 2);
+    let mut world = World::default();
+    // The first round's quiesce of db1:mv0 fails; the second round makes the copy.
+    world.failing_quiesces.insert(vol("db1", "mv0"), 1);
+    let no_faults = Faults {
+        lost_reply_pct: 0,
+        leader_change_pct: 0,
+        quiesce_lost_pct: 0,
+    };
+    let done = drive(&g, &mut world, 5, &no_faults);
+    assert!(
+        matches!(
+            &done.state,
+            JobState::Ended {
+                end: JobEnd::Done {
+                    label: CopyLabel::Consistent
+                },
+                ..
+            }
+        ),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(done.round, 2);
+    let p = done.freeze_phases().expect("a freeze window");
+    assert!(p.quiesce.0 <= p.quiesce.1, "{p:?}");
+    assert!(p.quiesce.1 <= p.separate.0, "{p:?}");
+    assert!(p.separate.1 <= p.release.0, "{p:?}");
+    assert!(p.release.0 <= p.release.1, "{p:?}");
+    let (from, to) = done.quiesced_span_ms().expect("quiesces were sent");
+    assert!(
+        from < p.quiesce.0,
+        "the first round's quiesce ({from}) came before the final round's ({p:?})"
+    );
+    assert_eq!(to, p.release.1);
+    assert_eq!(p.window_ms(), (p.quiesce.0, p.release.1));
+    // A job that never reached its static point has no window.
+    assert_eq!(job(&g).freeze_phases(), None);
+    assert_eq!(job(&g).quiesced_span_ms(), None);
+}

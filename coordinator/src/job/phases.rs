@@ -1,0 +1,91 @@
+//! The freeze window of a job as its leader recorded it: when each kind of step of the static
+//! point (quiesce, separate, release) was sent and heard done. Read by the demo's report and
+//! the `jobs` bench, so both measure the window from the same records.
+
+use super::{Job, StepCall, StepState};
+
+/// Each phase's span in Unix ms: from the first send of its steps' last attempt to the last
+/// step's done record. A job re-arms its steps for a new round, so a step's last dispatch and
+/// last done belong to the final round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreezePhases {
+    pub quiesce: (u64, u64),
+    pub separate: (u64, u64),
+    pub release: (u64, u64),
+}
+
+impl FreezePhases {
+    /// From the first quiesce sent to the last release done.
+    pub fn window_ms(&self) -> (u64, u64) {
+        (self.quiesce.0, self.release.1)
+    }
+}
+
+fn is_quiesce(c: &StepCall) -> bool {
+    matches!(c, StepCall::Quiesce { .. })
+}
+fn is_separate(c: &StepCall) -> bool {
+    matches!(c, StepCall::Separate { .. })
+}
+fn is_release(c: &StepCall) -> bool {
+    matches!(c, StepCall::Release { .. })
+}
+fn is_sent(s: &StepState) -> bool {
+    matches!(s, StepState::Dispatched { .. })
+}
+fn is_done(s: &StepState) -> bool {
+    matches!(s, StepState::Done { .. })
+}
+
+impl Job {
+    /// When the steps of one phase entered `state`: each step's last such record only (its
+    /// final round), or every record (every round and attempt).
+    fn times(
+        &self,
+        of_phase: fn(&StepCall) -> bool,
+        state: fn(&StepState) -> bool,
+        last_only: bool,
+    ) -> Vec<u64> {
+        let steps = self.steps.iter().filter(|s| of_phase(&s.call));
+        if last_only {
+            steps
+                .filter_map(|s| s.history.iter().rev().find(|e| state(&e.state)))
+                .map(|e| e.at_ms)
+                .collect()
+        } else {
+            steps
+                .flat_map(|s| s.history.iter())
+                .filter(|e| state(&e.state))
+                .map(|e| e.at_ms)
+                .collect()
+        }
+    }
+
+    /// The final round's freeze window, or `None` when one of its phases has no step sent and
+    /// done (the job failed or was cancelled before, or has no static point).
+    pub fn freeze_phases(&self) -> Option<FreezePhases> {
+        let span = |of_phase: fn(&StepCall) -> bool| -> Option<(u64, u64)> {
+            let sent = self.times(of_phase, is_sent, true);
+            let done = self.times(of_phase, is_done, true);
+            Some((*sent.iter().min()?, *done.iter().max()?))
+        };
+        Some(FreezePhases {
+            quiesce: span(is_quiesce)?,
+            separate: span(is_separate)?,
+            release: span(is_release)?,
+        })
+    }
+
+    /// Every moment an MV of this job may have been held, over every round: from the first
+    /// quiesce ever sent to the last release done (or to the first quiesce when no release
+    /// was recorded done). `None` when no quiesce was sent.
+    pub fn quiesced_span_ms(&self) -> Option<(u64, u64)> {
+        let from = self.times(is_quiesce, is_sent, false).into_iter().min()?;
+        let to = self
+            .times(is_release, is_done, false)
+            .into_iter()
+            .max()
+            .unwrap_or(from);
+        Some((from, to.max(from)))
+    }
+}
