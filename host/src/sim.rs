@@ -362,6 +362,13 @@ impl SimHandle {
         self.vol.read(&s, offset, len).await
     }
 
+    /// Writes every dirty block of the volume back to its device (the application's fsync);
+    /// blocks while the volume is frozen.
+    pub async fn fsync(&self) -> Result<(), HostError> {
+        let mut s = self.usable("fsync", true).await?;
+        self.vol.flush(&mut s).await
+    }
+
     /// Volume size in bytes.
     pub fn capacity_bytes(&self) -> u64 {
         self.vol.capacity_bytes

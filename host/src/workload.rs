@@ -10,6 +10,13 @@
 //! and reports the last record of the intact prefix, the count of intact records, every torn
 //! or corrupt record, and every empty slot below the highest written one (a record lost while
 //! a later one survived).
+//!
+//! The workload **recovers** its volume when it first starts in an agent's life (after a
+//! restart, a crash of its host, or a restore), as an application writing a log does: it keeps
+//! the intact prefix, clears everything written after it (torn records, holes, and records
+//! that survived past a hole because the lost write-back cache evicted at random), flushes,
+//! and continues after the prefix. So a crashed business server's MV is damaged only until its
+//! application starts again, and a copy made after that is a clean prefix.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,6 +197,40 @@ pub async fn verify(dev: &dyn BlockDevice) -> Result<VerifyReport, HostError> {
     Ok(rep)
 }
 
+/// Clears every slot after the intact prefix that holds anything (torn, corrupt, or an intact
+/// record past a hole) and flushes; returns the next sequence number to write. A volume that
+/// is a clean prefix is left untouched.
+async fn recover(handle: &SimHandle) -> Result<u64, HostError> {
+    let rep = verify(handle).await?;
+    let next = rep.last_intact_seq.map_or(0, |s| s + 1);
+    let last_used = rep
+        .torn
+        .iter()
+        .map(|b| b.slot)
+        .chain(rep.highest_intact_seq)
+        .max();
+    let Some(last_used) = last_used.filter(|&l| l >= next) else {
+        return Ok(next);
+    };
+    let zeros = vec![0u8; (VERIFY_BATCH_SLOTS * RECORD_BYTES) as usize];
+    let mut slot = next;
+    while slot <= last_used {
+        let n = VERIFY_BATCH_SLOTS.min(last_used + 1 - slot);
+        handle
+            .write_at(record_offset(slot), &zeros[..(n * RECORD_BYTES) as usize])
+            .await?;
+        slot += n;
+    }
+    handle.fsync().await?;
+    tracing::info!(
+        next,
+        cleared_slots = last_used + 1 - next,
+        torn = rep.torn.len(),
+        "workload recovered its volume: the damaged tail after the intact prefix is cleared"
+    );
+    Ok(next)
+}
+
 #[async_trait]
 impl BlockDevice for SimHandle {
     fn name(&self) -> String {
@@ -302,9 +343,12 @@ impl SimApp for Workload {
         }
         let handle = self.sim.open(&self.mount_point, &self.name).await?;
         if self.next_seq.load(Ordering::SeqCst) == UNKNOWN {
-            // Continue after what the volume already holds (e.g. after a restore).
-            let rep = verify(&handle).await?;
-            let next = rep.last_intact_seq.map(|s| s + 1).unwrap_or(0);
+            // First start in this process's life: after a restore, a restart, or a crash.
+            // Recover as a log-writing application does: keep the intact prefix, clear the
+            // damaged tail a lost write-back cache left behind (torn records, holes, and
+            // records that survived past a hole), make that durable, and continue after the
+            // prefix.
+            let next = recover(&handle).await?;
             self.next_seq.store(next, Ordering::SeqCst);
         }
         let (stop_tx, mut stop_rx) = watch::channel(false);

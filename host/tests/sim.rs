@@ -670,3 +670,65 @@ fn a_slow_journal_write_does_not_stall_the_agents_runtime() {
         );
     });
 }
+
+#[tokio::test]
+async fn a_crashed_hosts_workload_clears_the_damaged_tail_when_it_starts_again() {
+    let records: u64 = 1500;
+    let w = world(Some(records), "").await;
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("all records written", || async { w.written() == records }).await;
+    // The host crashes: its agent and its write-back cache are gone. The MV holds what the
+    // cache had evicted: an intact prefix, then torn records, holes and stray later records.
+    drop(host);
+    let crashed = verify(w.mv.as_ref()).await.unwrap();
+    assert!(!crashed.is_consistent(), "{crashed}");
+    let prefix_end = crashed.last_intact_seq.map_or(0, |s| s + 1);
+    let damaged_up_to = crashed
+        .torn
+        .iter()
+        .map(|t| t.slot)
+        .chain(crashed.highest_intact_seq)
+        .max()
+        .unwrap();
+    let more: u64 = 5;
+    assert!(
+        damaged_up_to > prefix_end + more,
+        "the crash must leave damage past what the restarted workload rewrites: {crashed}"
+    );
+
+    // The host boots: a new sim host (nothing cached), the agent restarted, the volume
+    // mounted and its application started. It writes a few records after the prefix.
+    let sim = SimBackend::new(7);
+    let pace = Some(std::time::Duration::from_millis(1));
+    let app = Workload::new(
+        sim.clone(),
+        "/sim/mv1",
+        "workload",
+        Some(prefix_end + more),
+        pace,
+    );
+    sim.register_app("workload", app.clone());
+    sim.attach("LD-MV", w.mv.clone()).await.unwrap();
+    let host = w.agent_on(sim).await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("the restarted workload's records written", || async {
+        app.records_written() == Some(prefix_end + more)
+    })
+    .await;
+    // A static point now: the MV is a clean prefix, with nothing of the crash left.
+    let q = host
+        .quiesce(&QuiesceRequest {
+            volume: "mv1".into(),
+            mode: QuiesceMode::Unmount,
+            limit_ms: None,
+            owner: "test".into(),
+        })
+        .await
+        .unwrap();
+    let rep = verify(w.mv.as_ref()).await.unwrap();
+    host.release("mv1", Some(q.quiesce_id)).await.unwrap();
+    assert!(rep.is_consistent(), "after recovery: {rep}");
+    assert_eq!(rep.intact_count, prefix_end + more, "{rep}");
+    assert_eq!(rep.highest_intact_seq, Some(prefix_end + more - 1), "{rep}");
+}

@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench -p stillpoint-node --bench jobs`. `STILLPOINT_BENCH_RUNS` (default 50)
 //! runs per freeze-window configuration and method (0 skips them), `STILLPOINT_BENCH_KILLS`
-//! (default 20) kills. Raft timings are the site's: heartbeat 100 ms, election timeout 300–500 ms.
+//! (default 20) kills; `STILLPOINT_BENCH_RESUMPTION=fast` runs only the shorter raft timings.
+//! Raft timings are the site's: heartbeat 100 ms, election timeout 300–500 ms.
 //! Bounded: every job waits at most 3 minutes.
 
 #[path = "../tests/job_site/mod.rs"]
@@ -297,6 +298,14 @@ async fn resumption(kills: usize, control_nodes: &[&str], raft_toml: Option<&str
             .min();
         match (first_new, first_after_kill) {
             (Some(at), Some(took)) => {
+                println!(
+                    "  kill {}: {} led; {} leads; first record +{} ms, first step sent +{} ms",
+                    samples.len() + 1,
+                    site.site.name(leader),
+                    site.site.name(new),
+                    took - killed_at_ms,
+                    at - killed_at_ms
+                );
                 samples.push((at - killed_at_ms) as f64);
                 took_over.push((took - killed_at_ms) as f64);
             }
@@ -338,13 +347,17 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // STILLPOINT_BENCH_RESUMPTION=fast runs only the shorter raft timings.
+        let fast_only = std::env::var("STILLPOINT_BENCH_RESUMPTION").is_ok_and(|v| v == "fast");
         if runs > 0 {
             freeze_window(1, 1, runs).await;
             freeze_window(8, 4, runs).await;
         }
-        if kills > 0 {
+        if kills > 0 && !fast_only {
             resumption(kills, &["mgmt1"], None).await;
             resumption(kills, &["mgmt1", "backup1"], None).await;
+        }
+        if kills > 0 {
             resumption(kills, &["mgmt1", "backup1"], Some(FAST_RAFT_TOML)).await;
         }
     });

@@ -46,10 +46,6 @@ pub struct LocalSite {
     pub agents: Vec<Option<Child>>,
     /// Slots started at least once (a later start is a restart, without `--new`).
     started: Vec<bool>,
-    /// Slots SIGKILLed at least once. With the `sim` backend that is a crashed host: the
-    /// write-back caches of its mounted MVs are lost, leaving torn records and holes on the
-    /// MVs themselves, which later copies carry faithfully (see [`LocalSite::kill`]).
-    pub crashed: Vec<bool>,
 }
 
 /// A free loopback address for a child process to listen on (the port is released here).
@@ -167,7 +163,6 @@ impl LocalSite {
             configs: Vec::new(),
             agents: Vec::new(),
             started: Vec::new(),
-            crashed: Vec::new(),
         };
         let remote = site.connect_array().await?;
         drop(remote);
@@ -219,7 +214,6 @@ impl LocalSite {
             site.endpoints.push(address);
             site.agents.push(None);
             site.started.push(false);
-            site.crashed.push(false);
         }
         for slot in 0..site.agents.len() {
             site.spawn(slot)?;
@@ -356,7 +350,6 @@ impl LocalSite {
 
     /// SIGKILLs agent `slot` and reaps it.
     pub async fn kill(&mut self, slot: usize) {
-        self.crashed[slot] = true;
         if let Some(mut child) = self.agents[slot].take() {
             let _ = child.kill().await;
         }

@@ -171,21 +171,17 @@ impl JobSite {
     }
 
     /// Reads every RV through the array with the workload's verifier: per pair, the intact
-    /// record count, or what is wrong.
-    ///
-    /// A pair whose business node was SIGKILLed at any time is not judged by the verifier
-    /// (only that its RV holds intact records): with the `sim` backend the kill is a crashed
-    /// host whose lost write-back cache left torn records and holes on the MV itself, which a
-    /// copy carries faithfully, and the restarted application writes over part of them again.
+    /// record count, or what is wrong. Every RV must be a clean prefix of its MV's records,
+    /// whatever was killed: a business node SIGKILLed is a crashed host whose application
+    /// recovers its volume (clears the damaged tail) when it starts again, so no copy made
+    /// after that carries the crash's damage.
     pub async fn verify_rvs(&self) -> Vec<Result<u64, String>> {
         let mut out = Vec::new();
         for (i, p) in self.site.layout.pairs.iter().enumerate() {
-            let crashed = self.site.crashed.get(p.mv_node).copied().unwrap_or(false);
             out.push(match self.site.verify_rv(i).await {
                 Ok(r) if r.torn.is_empty() && r.gaps.is_empty() && r.intact_count > 0 => {
                     Ok(r.intact_count)
                 }
-                Ok(r) if crashed && r.intact_count > 0 => Ok(r.intact_count),
                 Ok(r) => Err(format!(
                     "{} ({}): {} intact, torn {:?}, gaps {:?}",
                     p.pair, p.rv_volume, r.intact_count, r.torn, r.gaps
