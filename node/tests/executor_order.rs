@@ -210,3 +210,56 @@ async fn a_pair_separated_by_an_older_leader_is_not_this_rounds_separate() {
     }
     site.stop().await;
 }
+
+/// The first attempt of a separate acted on the array, but its executor's journal lost the
+/// record (begun without a flush inside the freeze window, then a crash): the second attempt
+/// finds the pair already separating or separated by this very step and reports the separate
+/// accepted, without separating twice. The array's refusal (the pair's state) is what makes
+/// the executor ask who separated it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_sent_again_after_its_lost_first_attempt_acted_is_accepted() {
+    use stillpoint_array::{FencedOp, SeparateOptions};
+    use stillpoint_node::executor::array_steps::fence_of;
+    let site = Site::start().await;
+    let array = RemoteArray::connect(&site.array_address()).await.unwrap();
+    let id = stillpoint_node::executor::array_steps::pair_id(&pair());
+    array.pair_set(&id).await.unwrap();
+    let mgmt1 = site.addr(0);
+    let term = site.term() + 1;
+    let replicate = order(
+        tok(term, 96, 1, 1),
+        StepCall::Replicate { pair: "p0".into() },
+    );
+    assert_eq!(done(&mgmt1, &replicate).await, StepResult::InSync);
+    // Attempt 1 reached the array; nothing of it is in the executor's journal.
+    let first = order(
+        tok(term, 96, 3, 1),
+        StepCall::Separate { pair: "p0".into() },
+    );
+    array
+        .fenced(
+            &id,
+            &fence_of(&first.dispatch.token, first.dispatch.round),
+            &FencedOp::Separate(SeparateOptions::default()),
+        )
+        .await
+        .unwrap();
+    let second = order(
+        tok(term, 96, 3, 2),
+        StepCall::Separate { pair: "p0".into() },
+    );
+    assert_eq!(done(&mgmt1, &second).await, StepResult::SeparateAccepted);
+    // And an attempt of another step is not taken for this one's.
+    let other = order(
+        tok(term, 96, 4, 1),
+        StepCall::Separate { pair: "p0".into() },
+    );
+    match execute(&mgmt1, &other).await.unwrap() {
+        Finding::Finished {
+            outcome: Err(reason),
+            ..
+        } => assert!(reason.contains("not by this round's separate"), "{reason}"),
+        other => panic!("another step's separation was taken as this one's: {other:?}"),
+    }
+    site.stop().await;
+}

@@ -138,15 +138,20 @@ async fn query(array: &dyn Array, pair: &PairSpec, id: &PairId) -> Result<PairIn
     let bound_ms = ARRAY_CALL_MARGIN_MS;
     match tokio::time::timeout(Duration::from_millis(bound_ms), array.pair_query(id)).await {
         Ok(Ok(info)) => Ok(info),
-        Ok(Err(ArrayError::NotFound { .. })) => Err(StepEnd::Failed(format!(
-            "pair {} ({id}) is not set on array {}: run `stillpoint group prepare` for its group first",
-            pair.name, pair.mv.array
-        ))),
+        Ok(Err(ArrayError::NotFound { .. })) => Err(not_set(pair, id)),
         Ok(Err(e)) => Err(array_end(&what, e)),
         Err(_) => Err(StepEnd::Unknown(format!(
             "{what}: no answer within {bound_ms} ms"
         ))),
     }
+}
+
+/// The step's end for a pair the array does not have.
+fn not_set(pair: &PairSpec, id: &PairId) -> StepEnd {
+    StepEnd::Failed(format!(
+        "pair {} ({id}) is not set on array {}: run `stillpoint group prepare` for its group first",
+        pair.name, pair.mv.array
+    ))
 }
 
 /// Set the pair on its array; done at once if it is already set (as this pair: a pair is
@@ -220,28 +225,55 @@ async fn separate(
     fence: &FenceToken,
 ) -> Result<StepResult, StepEnd> {
     let id = pair_id(pair);
-    let info = query(array, pair, &id).await?;
-    if matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
-        if separated_by_this_step(info.acted_by.as_ref(), fence) {
-            return Ok(StepResult::SeparateAccepted);
-        }
-        return Err(StepEnd::Failed(format!(
-            "pair {} ({id}) was already {} by {}, not by this round's separate: it does not hold this round's static point",
-            pair.name,
-            info.state,
-            actor(info.acted_by.as_ref())
-        )));
-    }
     let what = format!("separating pair {} ({id})", pair.name);
     let op = FencedOp::Separate(SeparateOptions::default());
-    let info = call(&what, 0, array.fenced(&id, fence, &op)).await?;
-    match info.state.sync {
-        SyncState::SepExec | SyncState::Separated => Ok(StepResult::SeparateAccepted),
-        _ => Err(StepEnd::Failed(format!(
-            "{what}: the array answered {} instead of sep/exec or separated",
-            info.state
-        ))),
+    // Straight to the separate: it is inside the freeze window. Only a refusal that may mean
+    // "already separated" (the pair's state, or a newer attempt's fence) asks the array who
+    // separated it: this step (a re-sent order whose first send acted) or someone else.
+    let bound_ms = ARRAY_CALL_MARGIN_MS;
+    let refused = match tokio::time::timeout(
+        Duration::from_millis(bound_ms),
+        array.fenced(&id, fence, &op),
+    )
+    .await
+    {
+        Ok(Ok(info)) => {
+            return match info.state.sync {
+                SyncState::SepExec | SyncState::Separated => Ok(StepResult::SeparateAccepted),
+                _ => Err(StepEnd::Failed(format!(
+                    "{what}: the array answered {} instead of sep/exec or separated",
+                    info.state
+                ))),
+            };
+        }
+        Ok(Err(ArrayError::NotFound { .. })) => return Err(not_set(pair, &id)),
+        Ok(Err(
+            e @ (ArrayError::WrongState { .. }
+            | ArrayError::Refused {
+                rule: Rule::FencingToken,
+                ..
+            }),
+        )) => e,
+        Ok(Err(e)) => return Err(array_end(&what, e)),
+        Err(_) => {
+            return Err(StepEnd::Unknown(format!(
+                "{what}: no answer within {bound_ms} ms"
+            )));
+        }
+    };
+    let info = query(array, pair, &id).await?;
+    if !matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
+        return Err(array_end(&what, refused));
     }
+    if separated_by_this_step(info.acted_by.as_ref(), fence) {
+        return Ok(StepResult::SeparateAccepted);
+    }
+    Err(StepEnd::Failed(format!(
+        "pair {} ({id}) was already {} by {}, not by this round's separate: it does not hold this round's static point",
+        pair.name,
+        info.state,
+        actor(info.acted_by.as_ref())
+    )))
 }
 
 /// Wait until the pair is `separated` (S1: only then may its RV be mounted).

@@ -13,7 +13,9 @@
 //! outcome ([`Journal::finish_step`]) **before** any reply can show it, so an outcome a driver
 //! saw is one the agent will report again after a crash — durably, except inside the freeze
 //! window, where no write waits for the disk flush: a quiesce's outcome, and a separate's and a
-//! release's begin and outcome ([`Journal::begin_step_unflushed`]). Lost in a crash, a record
+//! release's begin and outcome ([`Journal::begin_step_unflushed`]); those outcomes are even
+//! answered before they are written (the claim on the token is held until they are, so a
+//! re-sent order meanwhile gets the same answer). Lost in a crash, a record
 //! reads back as interrupted (settled from the target) or not recorded (a new attempt): a
 //! separate counts a pair already separated only when the array says an attempt of the same
 //! step under the same term did it (`acted_by`); a release whose quiesce is gone reports it not
@@ -113,7 +115,8 @@ pub enum StepEnd {
 /// What a running step's waiters receive.
 #[derive(Clone, Debug)]
 enum TaskEnd {
-    /// Journaled: the outcome is the step's.
+    /// The outcome is the step's: journaled durably, or (a quiesce's, separate's or
+    /// release's, which the target settles) being journaled without a flush.
     Recorded(Result<StepResult, String>),
     /// Not journaled: the effect is unknown.
     Unknown(String),
@@ -507,20 +510,33 @@ impl Executor {
         };
         // Inside the freeze window every durable write is a disk flush the business servers
         // wait through. A quiesce's, a separate's or a release's outcome is written without
-        // waiting for the flush (lost in a crash, it reads back from the target or as "not
-        // recorded": see the module essay); every other outcome is durable before any reply
-        // shows it.
+        // waiting for the flush, and the leader hears it before it is written at all: lost in
+        // a crash (or not written), it reads back from the target or as "not recorded" (see
+        // the module essay). The claim is held until the write is done, so a re-sent order
+        // meanwhile gets this answer, and one after it the journal's. Every other outcome is
+        // durable before any reply shows it.
         let settled_by_target = matches!(
             order.dispatch.call,
             StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
         );
+        if settled_by_target {
+            let _ = tx.send(Some(TaskEnd::Recorded(recorded)));
+            if let Err(e) = self
+                .journal_op("journaling the step's outcome", move |j| {
+                    j.finish_step_unflushed(token, outcome, now_ms())
+                })
+                .await
+            {
+                tracing::warn!(job = token.job_id, step = token.step_index, attempt = token.attempt, error = %e.message(),
+                    "the step's outcome was answered but not journaled: asking about it reads the target");
+            }
+            drop(claim);
+            let _ = done.send(true);
+            return;
+        }
         let finished = self
             .journal_op("journaling the step's outcome", move |j| {
-                if settled_by_target {
-                    j.finish_step_unflushed(token, outcome, now_ms())
-                } else {
-                    j.finish_step(token, outcome, now_ms())
-                }
+                j.finish_step(token, outcome, now_ms())
             })
             .await;
         let end = match finished {
