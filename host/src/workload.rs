@@ -102,6 +102,15 @@ impl VerifyReport {
     pub fn is_consistent(&self) -> bool {
         self.torn.is_empty() && self.gaps.is_empty()
     }
+
+    /// The highest slot holding anything: an intact record, or a torn or corrupt one.
+    pub fn highest_used_slot(&self) -> Option<u64> {
+        self.torn
+            .iter()
+            .map(|b| b.slot)
+            .chain(self.highest_intact_seq)
+            .max()
+    }
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -203,13 +212,7 @@ pub async fn verify(dev: &dyn BlockDevice) -> Result<VerifyReport, HostError> {
 async fn recover(handle: &SimHandle) -> Result<u64, HostError> {
     let rep = verify(handle).await?;
     let next = rep.last_intact_seq.map_or(0, |s| s + 1);
-    let last_used = rep
-        .torn
-        .iter()
-        .map(|b| b.slot)
-        .chain(rep.highest_intact_seq)
-        .max();
-    let Some(last_used) = last_used.filter(|&l| l >= next) else {
+    let Some(last_used) = rep.highest_used_slot().filter(|&l| l >= next) else {
         return Ok(next);
     };
     let zeros = vec![0u8; (VERIFY_BATCH_SLOTS * RECORD_BYTES) as usize];

@@ -8,8 +8,8 @@ use stillpoint_storage::journal::Journal;
 use common::{open_db, wait_until};
 use stillpoint_host::{
     Agent, BlockDevice, Engine, FileDevice, HookKind, Host, HostConfig, HostError, MountIdentity,
-    MountRequest, QuiesceMode, QuiesceRequest, SimBackend, Workload, copy_device, record_bytes,
-    record_offset, verify,
+    MountRequest, QuiesceMode, QuiesceRecord, QuiesceRequest, SimBackend, Workload, copy_device,
+    record_bytes, record_offset, verify,
 };
 
 /// Room for ~21 800 records: the paced writer does not fill it within any test.
@@ -102,6 +102,18 @@ impl World {
     }
 }
 
+/// The static point of `mv1` by unmount, with no limit, as "test".
+async fn quiesce_mv1_by_unmount(host: &dyn Host) -> QuiesceRecord {
+    host.quiesce(&QuiesceRequest {
+        volume: "mv1".into(),
+        mode: QuiesceMode::Unmount,
+        limit_ms: None,
+        owner: "test".into(),
+    })
+    .await
+    .unwrap()
+}
+
 async fn mount_and_start(host: &dyn Host) {
     host.mount("mv1", &MountRequest::default()).await.unwrap();
     host.run_hook("mv1", HookKind::Start).await.unwrap();
@@ -136,15 +148,7 @@ async fn unmount_is_refused_while_held_and_allowed_after_the_stop_hook() {
 
     // The static-point quiesce does the same in one call and undoes it on release.
     mount_and_start(host.as_ref()).await;
-    let q = host
-        .quiesce(&QuiesceRequest {
-            volume: "mv1".into(),
-            mode: QuiesceMode::Unmount,
-            limit_ms: None,
-            owner: "test".into(),
-        })
-        .await
-        .unwrap();
+    let q = quiesce_mv1_by_unmount(host.as_ref()).await;
     assert_eq!(host.volume("mv1").await.unwrap().mounted_at, None);
     assert!(!w.workload.is_running().await);
     let rel = host.release("mv1", Some(q.quiesce_id)).await.unwrap();
@@ -425,15 +429,7 @@ async fn the_verifier_finds_every_torn_record_without_flush_and_none_after_flush
     );
 
     // Flush + unmount (the static point), then copy: every record intact.
-    let q = host
-        .quiesce(&QuiesceRequest {
-            volume: "mv1".into(),
-            mode: QuiesceMode::Unmount,
-            limit_ms: None,
-            owner: "test".into(),
-        })
-        .await
-        .unwrap();
+    let q = quiesce_mv1_by_unmount(host.as_ref()).await;
     let rv2 = FileDevice::create(&w.dir.join("copy-static.img"), MV_BYTES).unwrap();
     copy_device(w.mv.as_ref(), &rv2).await.unwrap();
     host.release("mv1", Some(q.quiesce_id)).await.unwrap();
@@ -684,13 +680,7 @@ async fn a_crashed_hosts_workload_clears_the_damaged_tail_when_it_starts_again()
     let crashed = verify(w.mv.as_ref()).await.unwrap();
     assert!(!crashed.is_consistent(), "{crashed}");
     let prefix_end = crashed.last_intact_seq.map_or(0, |s| s + 1);
-    let damaged_up_to = crashed
-        .torn
-        .iter()
-        .map(|t| t.slot)
-        .chain(crashed.highest_intact_seq)
-        .max()
-        .unwrap();
+    let damaged_up_to = crashed.highest_used_slot().unwrap();
     let more: u64 = 5;
     assert!(
         damaged_up_to > prefix_end + more,
@@ -717,15 +707,7 @@ async fn a_crashed_hosts_workload_clears_the_damaged_tail_when_it_starts_again()
     })
     .await;
     // A static point now: the MV is a clean prefix, with nothing of the crash left.
-    let q = host
-        .quiesce(&QuiesceRequest {
-            volume: "mv1".into(),
-            mode: QuiesceMode::Unmount,
-            limit_ms: None,
-            owner: "test".into(),
-        })
-        .await
-        .unwrap();
+    let q = quiesce_mv1_by_unmount(host.as_ref()).await;
     let rep = verify(w.mv.as_ref()).await.unwrap();
     host.release("mv1", Some(q.quiesce_id)).await.unwrap();
     assert!(rep.is_consistent(), "after recovery: {rep}");

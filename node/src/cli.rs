@@ -98,7 +98,9 @@ pub enum Command {
     /// The catalogue of backup copies (jobs that ended done), with their label and RVs.
     #[command(subcommand)]
     Copies(crate::jobs_cli::CopiesCommand),
-    /// Start a local site (software array, 3 agents) on loopback and take one backup copy by hand.
+    /// Start the local demo site on loopback (software array, agents db1, db2, backup1, mgmt1) and
+    /// back up its group as a cluster job, killing the leader mid-job (`--postgres`: a live
+    /// PostgreSQL on ext4 on the array instead).
     Demo(crate::demo::DemoArgs),
     /// Host operations on a node's volumes, performed by that node's agent.
     Volume {

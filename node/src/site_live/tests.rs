@@ -75,19 +75,7 @@ fn a_site_the_live_array_can_serve_passes() {
     // The pair already set on the array as this pair is fine too.
     let lds = vec![
         ld(0, 1 << 20, "NX", &["db1"], LdRole::Mv { rvs: 1 }),
-        ld(
-            1,
-            1 << 20,
-            "NX",
-            &["*"],
-            LdRole::Rv {
-                mv: stillpoint_array::LdRef {
-                    array: "A1".into(),
-                    ld: 0,
-                },
-                access: RvAccess::Nr,
-            },
-        ),
+        rv_of_ld0(1),
     ];
     assert_eq!(pairing_errors(&site(), &live(lds)), vec![]);
     // An array nobody answered for is not checked.
