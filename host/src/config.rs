@@ -159,6 +159,10 @@ pub struct SimOptions {
     /// creates; `None` writes as fast as the volume takes them.
     #[serde(default)]
     pub workload_pace_ms: Option<u64>,
+    /// How long those workload applications take to stop once asked (they keep writing
+    /// meanwhile, as a database finishes its work): a slow stop hook. 0 by default.
+    #[serde(default)]
+    pub workload_stop_ms: u64,
 }
 
 fn default_cache_blocks_max() -> usize {
@@ -171,6 +175,7 @@ impl Default for SimOptions {
             cache_blocks_max: default_cache_blocks_max(),
             seed: 0,
             workload_pace_ms: None,
+            workload_stop_ms: 0,
         }
     }
 }

@@ -269,6 +269,8 @@ pub struct Workload {
     /// Sequence number of the next record, once known.
     next_seq: Arc<AtomicU64>,
     running: Mutex<Option<Running>>,
+    /// How long a stop takes (the writer keeps writing meanwhile), in ms.
+    stop_delay_ms: AtomicU64,
 }
 
 /// `next_seq` value meaning "not known yet: scan the volume on start".
@@ -290,7 +292,14 @@ impl Workload {
             pace,
             next_seq: Arc::new(AtomicU64::new(UNKNOWN)),
             running: Mutex::new(None),
+            stop_delay_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Makes every later stop take `ms` milliseconds before the writer stops (a slow stop
+    /// hook, as an application finishing its work).
+    pub fn set_stop_delay_ms(&self, ms: u64) {
+        self.stop_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Creates and registers one workload per application name that a volume's hooks name
@@ -312,6 +321,7 @@ impl Workload {
                     continue;
                 }
                 let w = Workload::new(sim.clone(), &v.mount_point, app, None, pace);
+                w.set_stop_delay_ms(config.sim.workload_stop_ms);
                 sim.register_app(app, w.clone());
                 out.push((app.clone(), w));
             }
@@ -398,6 +408,10 @@ impl SimApp for Workload {
     }
 
     async fn stop(&self) -> Result<String, HostError> {
+        let delay_ms = self.stop_delay_ms.load(Ordering::SeqCst);
+        if delay_ms > 0 && self.is_running().await {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
         let Some(r) = self.running.lock().await.take() else {
             return Ok(format!("{} not running", self.name));
         };

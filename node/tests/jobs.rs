@@ -262,7 +262,11 @@ async fn a_job_survives_a_full_cluster_restart() {
 /// quiesce per MV per round), and finishes the job; the old leader, resumed, changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_is_resolved_by_asking_not_by_doing_it_again() {
-    let site = JobSite::start(SiteLayout::spread(3)).await;
+    // The applications take 1 s to stop: each quiesce stays sent (and its reply unsent) long
+    // enough for the test to see it and stop the leader before the reply comes back.
+    let mut layout = SiteLayout::spread(3);
+    layout.workload_stop_ms = 1_000;
+    let site = JobSite::start(layout).await;
     let id = site.submit_backup().await;
     let deadline = tokio::time::Instant::now() + JOB_WITHIN;
     loop {

@@ -92,6 +92,8 @@ pub struct SiteLayout {
     pub audit_log: bool,
     /// Pause between the workload's records.
     pub workload_pace_ms: u64,
+    /// How long the sim workloads take to stop once their stop hook asks (0: at once).
+    pub workload_stop_ms: u64,
     /// Dirty blocks each sim volume caches before writing random ones back (host default when
     /// `None`).
     pub cache_blocks_max: Option<usize>,
@@ -134,6 +136,7 @@ impl SiteLayout {
             raft_toml: "heartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 500\n".into(),
             audit_log: false,
             workload_pace_ms: 2,
+            workload_stop_ms: 0,
             cache_blocks_max: None,
             placement: None,
         }
@@ -198,8 +201,8 @@ impl SiteLayout {
         let mut text = match &self.hosts {
             SiteHosts::Sim => {
                 let mut t = format!(
-                    "[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = {}\n",
-                    self.workload_pace_ms
+                    "[host]\nbackend = \"sim\"\n[host.sim]\nworkload_pace_ms = {}\nworkload_stop_ms = {}\n",
+                    self.workload_pace_ms, self.workload_stop_ms
                 );
                 if let Some(blocks) = self.cache_blocks_max {
                     t += &format!("cache_blocks_max = {blocks}\n");

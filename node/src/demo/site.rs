@@ -2,7 +2,8 @@
 //! and agents `mgmt1` (management, control path to A1), `db1`..`dbN` (business; two unless
 //! the layout says otherwise) and `backup1` (backup) — each a child process of the
 //! `stillpoint` binary on loopback with its own config, data dir and log file under one dir.
-//! Every agent is a voter.
+//! The voters are an odd number: with an even number of agents the last (`backup1`) is a
+//! learner.
 //!
 //! Every MV carries the sim file system with a workload application (`app<N>`) that writes
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
@@ -219,7 +220,11 @@ impl LocalSite {
             site.spawn(slot)?;
         }
         let client = crate::Client::new(site.endpoints[0].clone());
-        let members = site.endpoints.clone();
+        // An odd number of voters, as a production site runs: with an even number one more
+        // voter tolerates no more failures, and every election needs one vote more (after a
+        // leader dies, all the others must agree). The last agent (backup1) joins as a learner.
+        let voters = site.endpoints.len() - (1 - site.endpoints.len() % 2);
+        let members = site.endpoints[..voters].to_vec();
         crate::wait::until("the agents to answer", FORM_TIMEOUT, || {
             let (client, members) = (client.clone(), members.clone());
             async move {
@@ -239,6 +244,21 @@ impl LocalSite {
             }
         })
         .await?;
+        for learner in &site.endpoints[voters..] {
+            let mut c = crate::Client::new(site.endpoints[0].clone());
+            c.request_timeout = crate::deadlines::client_wait(crate::deadlines::ADD_MEMBER_MS);
+            c.on_leader_write("add a learner", |mut g| {
+                let address = learner.clone();
+                async move {
+                    g.add_member(stillpoint_proto::cluster::AddMemberRequest {
+                        address,
+                        promote: false,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        }
         let probe = crate::Client::new(site.endpoints[0].clone());
         let count = site.agents.len();
         crate::wait::until("every agent to register", FORM_TIMEOUT, || {
