@@ -280,6 +280,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
     let raft_config = Arc::new(config.openraft_config()?);
     let network = PeerNetworkFactory {
         identity: identity.clone(),
+        retry_after: std::time::Duration::from_millis(raft_config.heartbeat_interval),
     };
     let raft = Raft::new(
         config.node_id,

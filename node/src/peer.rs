@@ -173,6 +173,13 @@ fn new_channel(address: &str) -> Result<Channel, NodeError> {
 /// Creates one [`PeerClient`] per target for openraft.
 pub struct PeerNetworkFactory {
     pub identity: Arc<ClusterIdentity>,
+    /// How long openraft waits before sending again to a peer that did not answer: the
+    /// heartbeat interval. openraft's default (500 ms) let a restarted agent wait for the
+    /// leader's first heartbeat past its own first election timeout: it stood for election
+    /// with a stale log, was refused, and the "greater log seen" mark that refusal leaves
+    /// (kept until its next election) added twice the election timeout to its next election,
+    /// the one after the next leader's death.
+    pub retry_after: std::time::Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
@@ -190,6 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             address: node.addr.clone(),
             client: client.map_err(|e| e.to_string()),
             identity: self.identity.clone(),
+            retry_after: self.retry_after,
         }
     }
 }
@@ -203,6 +211,7 @@ pub struct PeerClient {
     /// The channel, or why the address could not even be parsed (reported as unreachable).
     client: Result<RaftPeerClient<Channel>, String>,
     identity: Arc<ClusterIdentity>,
+    retry_after: std::time::Duration,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -326,6 +335,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.call(RPCTypes::Vote, &rpc, Vec::new(), &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.retry_after))
     }
 }
 
