@@ -210,11 +210,17 @@ pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
 /// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
 /// own agent (with the sim backend its death is the host's reboot), the array, or the network
 /// between the host and the array. A cut between agents excuses nothing: an MV's writes go to
-/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline.
+/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline. Nor
+/// do the array's slow copies, a failed RV LD or the RVs' stop hook: the MVs' writes do not
+/// wait for any of them (a write mirrored to a failed RV puts the pair in `fault` and lands).
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
     match w.kind {
         FaultKind::CutArray => w.targets.iter().any(|t| t == host),
         k if k.is_partition() => false,
+        FaultKind::SlowCopy
+        | FaultKind::RvLdFailure
+        | FaultKind::RvHookFails
+        | FaultKind::RvHookHangs => false,
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }
@@ -533,6 +539,19 @@ mod tests {
         });
         let (v, _, excused) = s4(&audit, &r, &facts());
         assert!(v.is_empty() && excused == 1, "{v:?}");
+        // The array's slow copies excuse nothing: MV writes do not wait for copies.
+        r.faults.retain(|w| w.kind != FaultKind::KillArray);
+        r.faults.push(FaultWindow {
+            kind: FaultKind::SlowCopy,
+            targets: vec!["A1".into()],
+            start_ms: 2_000,
+            end_ms: 2_500,
+        });
+        assert_eq!(
+            s4(&audit, &r, &facts()).0.len(),
+            1,
+            "a slow copy excuses nothing"
+        );
     }
 
     #[test]

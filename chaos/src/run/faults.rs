@@ -405,8 +405,9 @@ impl Harness {
         None
     }
 
-    /// Removes every fault: stopped agents continued, dead ones and the array restarted,
-    /// every host booted.
+    /// Removes every fault: the network healed, stopped agents continued, dead ones and the
+    /// array restarted, array and hook faults switched off ([`super::inject`]), every host
+    /// booted.
     pub async fn heal(&mut self) {
         self.heal_network();
         for slot in self.paused.clone() {

@@ -15,7 +15,9 @@
 //! 2. **Heal**: every fault is removed ([`faults::Harness::heal`]); within
 //!    [`RunConfig::heal_ms_max`] there must be a leader, the client's last submission must
 //!    have its answer (one sent to a leader cut off may get it only after the heal), every
-//!    job the client saw accepted must have ended, and no MV may be quiesced.
+//!    job the client saw accepted must have ended, and no MV may be quiesced. A pair the
+//!    array's record then leaves in `fault` must be explained by an RV LD failure the harness
+//!    struck, and a backup submitted then must take it out ([`recovery_backup`]).
 //!
 //! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log.
 //! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
