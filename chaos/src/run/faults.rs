@@ -384,7 +384,7 @@ impl Harness {
     }
 
     /// A business node that holds an MV quiesced now, waiting (bounded) for one.
-    async fn wait_for_quiesce(&self) -> Option<usize> {
+    pub(super) async fn wait_for_quiesce(&self) -> Option<usize> {
         let deadline = tokio::time::Instant::now() + QUIESCE_WAIT;
         let alive = self.alive();
         let business: Vec<usize> = (1..self.site.layout.backup_slot())

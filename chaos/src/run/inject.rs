@@ -118,17 +118,44 @@ impl Harness {
                     format!("the array's copy pace at {pace} B/s"),
                 )
             }
-            FaultKind::RvLdFailure if f.pick.is_multiple_of(2) => {
+            FaultKind::RvLdFailure if f.pick % 3 == 1 => {
                 self.strike_ld_failure_in_copy(f).await;
                 return;
             }
             FaultKind::RvLdFailure => {
-                let p = &pairs[(f.pick / 2 % pairs.len() as u64) as usize];
+                // Any moment, or (a third of the draws) inside a freeze window: once a
+                // business node holds a quiesce, on a pair of its MVs.
+                let (p, when) = if f.pick % 3 == 2 {
+                    let Some(slot) = self.wait_for_quiesce().await else {
+                        with(&self.records, |r| {
+                            r.skipped
+                                .push((f.kind, "no MV was held quiesced within the wait".into()))
+                        });
+                        return;
+                    };
+                    let mine: Vec<_> = pairs.iter().filter(|p| p.mv_node == slot).collect();
+                    let Some(p) = mine.get((f.pick / 3 % mine.len().max(1) as u64) as usize) else {
+                        with(&self.records, |r| {
+                            r.skipped
+                                .push((f.kind, format!("{} holds no MV", self.site.name(slot))))
+                        });
+                        return;
+                    };
+                    (
+                        *p,
+                        format!(" while {} held a quiesce", self.site.name(slot)),
+                    )
+                } else {
+                    (
+                        &pairs[(f.pick / 3 % pairs.len() as u64) as usize],
+                        String::new(),
+                    )
+                };
                 (
                     Injected::Array(Fault::LdFailure { ld: p.rv_ld }),
                     Injected::Array(Fault::LdRepair { ld: p.rv_ld }),
                     format!("A1/{}", p.rv_ld),
-                    format!("RV LD {} of {} failed", p.rv_ld, p.pair),
+                    format!("RV LD {} of {} failed{when}", p.rv_ld, p.pair),
                 )
             }
             FaultKind::RvHookFails | FaultKind::RvHookHangs => (
@@ -180,7 +207,7 @@ impl Harness {
         });
     }
 
-    /// The RV LD failure of half the draws: the copies are slowed first
+    /// The RV LD failure of a third of the draws: the copies are slowed first
     /// ([`IN_COPY_PACE_BYTES_PER_S`]) so a replicate or separate lasts long enough, and the
     /// RV LD of the first pair seen copying (`rpl/exec` or `sep/exec`, waited for at most
     /// [`COPY_WAIT`]) fails for the hold. Then the LD is repaired and the pace restored.
