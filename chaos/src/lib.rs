@@ -41,7 +41,10 @@
 //! SIGSTOP/SIGCONT of the leader most often, of followers, of several agents at once up to all
 //! of them, of the array process, of a business node while it holds a quiesce; and network
 //! partitions: the leader isolated, a follower isolated, two agents cut from each other, a
-//! minority/majority split, one-way loss at the leader, the array cut from one agent) and when
+//! minority/majority split, one-way loss at the leader, the array cut from one agent; array
+//! faults the software array serves: a slow copy pace, a failed RV LD, at any moment or while
+//! its pair copies; and the backup node's RV stop hook failing or hanging, an ordinary command
+//! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
 //! backups are submitted (some with `no_queue`, all on one group so they conflict). A fault
 //! phase, then a heal phase with a stated bound. The binary is found next to
 //! `stillpoint-chaos` (`cargo build --release --bin stillpoint` puts it there) or given with
@@ -70,9 +73,13 @@
 //! node's mounts, the workload's verifier run on the array's LD files, and which jobs the
 //! client saw accepted and how they ended. S5 and S6 are judged per pair from the tokens in
 //! the audit log ([`run::fencing`]): no job acts on a pair again after another job did, and
-//! no operation is accepted under a token lower than one accepted before. Host faults and
-//! RDR faults are not struck, and S5/S6 on volumes not judged: `FAULTS.md` lists all that is
-//! NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
+//! no operation is accepted under a token lower than one accepted before. A job that ended done
+//! must have left every pair of its group `separated` by the array's record (no copy broken
+//! by a copy fault is published), and a pair the heal leaves in `fault` must be explained by
+//! an RV LD failure the harness struck and be taken out by the backup it then submits. Faults
+//! on the MVs' hooks and holders (the sim applications live in the agent's process), RDR link
+//! faults, and S5/S6 on volumes are not built: `FAULTS.md` lists all that is NOT CHECKED or
+//! NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
 //! observations and every job step.
 //!
 //! `tests/partition.rs` drives the case partitions exist for, in one deterministic scenario:

@@ -62,6 +62,23 @@ struct RunArgs {
     /// (a seed then draws the schedule it drew before partitions existed).
     #[arg(long)]
     no_partitions: bool,
+    /// Draw only these kinds of fault, comma-separated (e.g. `slow-copy,rv-ld-failure`); the
+    /// names are those of the summary table. Default: every kind.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
+    faults: Vec<run::schedule::FaultKind>,
+}
+
+fn parse_fault_kind(s: &str) -> Result<run::schedule::FaultKind, String> {
+    run::schedule::FaultKind::from_name(s.trim()).ok_or_else(|| {
+        format!(
+            "{s:?} is no fault kind; one of: {}",
+            run::schedule::FaultKind::ALL
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 #[derive(clap::Args)]
@@ -239,6 +256,7 @@ fn run_command(args: RunArgs) -> ExitCode {
     cfg.keep = args.keep;
     cfg.fault_ms = args.fault_time.as_millis() as u64;
     cfg.heal_ms_max = args.heal_time.as_millis() as u64;
+    cfg.only = args.faults.clone();
     let partitions = if args.no_partitions {
         "network partitions: off (--no-partitions); every process on loopback".to_string()
     } else {

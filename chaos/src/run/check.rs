@@ -210,11 +210,17 @@ pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
 /// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
 /// own agent (with the sim backend its death is the host's reboot), the array, or the network
 /// between the host and the array. A cut between agents excuses nothing: an MV's writes go to
-/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline.
+/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline. Nor
+/// do the array's slow copies, a failed RV LD or the RVs' stop hook: the MVs' writes do not
+/// wait for any of them (a write mirrored to a failed RV puts the pair in `fault` and lands).
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
     match w.kind {
         FaultKind::CutArray => w.targets.iter().any(|t| t == host),
         k if k.is_partition() => false,
+        FaultKind::SlowCopy
+        | FaultKind::RvLdFailure
+        | FaultKind::RvHookFails
+        | FaultKind::RvHookHangs => false,
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }
@@ -265,6 +271,99 @@ pub fn s4(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
         }
     }
     (out, longest, excused)
+}
+
+/// Per RV LD: every (instant, sync state) the array recorded, in order (`None`: unset).
+fn rv_states(audit: &[AuditLine]) -> BTreeMap<u32, Vec<(u64, Option<SyncState>)>> {
+    let mut out: BTreeMap<u32, Vec<(u64, Option<SyncState>)>> = BTreeMap::new();
+    for l in audit {
+        if let AuditEvent::Pair { pair, state, .. } = &l.event {
+            out.entry(pair.rv.ld)
+                .or_default()
+                .push((l.at_unix_ms, state.map(|s| s.sync)));
+        }
+    }
+    out
+}
+
+/// S3, the label's honesty at the array: a job that ended done (whatever its label) mounted
+/// its RVs only after the array said each pair was `separated`, and nothing of the group
+/// runs between that and the job's end. So when it ended, every pair of the group must be
+/// `separated` by the array's record: one in `fault` (a copy fault in the separate, or a write
+/// mirrored onto a failed RV) or still copying means a copy that is not whole was published.
+pub fn done_jobs_left_pairs_separated(
+    audit: &[AuditLine],
+    records: &Records,
+    facts: &SiteFacts,
+) -> Vec<Violation> {
+    let states = rv_states(audit);
+    let mut out = Vec::new();
+    for (id, j) in &records.jobs {
+        let Some((JobEnd::Done { label }, ended_ms)) = &j.end else {
+            continue;
+        };
+        for (rv_ld, pair) in &facts.rv_pairs {
+            let last = states
+                .get(rv_ld)
+                .and_then(|tl| tl.iter().rev().find(|(t, _)| t <= ended_ms));
+            if let Some((at, Some(sync))) = last
+                && *sync != SyncState::Separated
+            {
+                out.push(Violation {
+                    prop: "S3",
+                    at_ms: *ended_ms,
+                    what: format!(
+                        "job {id} ended done ({label:?}) while the array had {pair} (RV LD {rv_ld}) {sync} since {at}: a copy that is not whole was published"
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Pairs (name, RV LD) whose last state in the array's record is failure separation
+/// (`fault`).
+pub fn pairs_in_fault(audit: &[AuditLine], facts: &SiteFacts) -> Vec<(String, u32)> {
+    let states = rv_states(audit);
+    facts
+        .rv_pairs
+        .iter()
+        .filter(|(ld, _)| {
+            states
+                .get(ld)
+                .and_then(|tl| tl.last())
+                .is_some_and(|(_, s)| *s == Some(SyncState::Fault))
+        })
+        .map(|(ld, pair)| (pair.clone(), *ld))
+        .collect()
+}
+
+/// After the heal: a pair may be left in failure separation only by a failure of its own RV
+/// LD that the harness struck (the next backup, once the LD is repaired, takes it out). Any
+/// other pair in `fault` is a violation of the heal.
+pub fn unexplained_faults(
+    in_fault: &[(String, u32)],
+    records: &Records,
+    at_ms: u64,
+) -> Vec<Violation> {
+    in_fault
+        .iter()
+        .filter(|(_, ld)| {
+            let target = format!("A1/{ld}");
+            !records
+                .faults
+                .iter()
+                .any(|w| w.kind == FaultKind::RvLdFailure && w.targets.contains(&target))
+        })
+        .map(|(pair, ld)| Violation {
+            prop: "heal",
+            at_ms,
+            what: format!(
+                "{pair} was left in failure separation (fault) after the heal, yet no failure of its RV LD {ld} was struck"
+            ),
+        })
+        .collect()
 }
 
 /// S7: every job the client saw accepted ended (done, finished, failed with a reason, or
@@ -440,6 +539,19 @@ mod tests {
         });
         let (v, _, excused) = s4(&audit, &r, &facts());
         assert!(v.is_empty() && excused == 1, "{v:?}");
+        // The array's slow copies excuse nothing: MV writes do not wait for copies.
+        r.faults.retain(|w| w.kind != FaultKind::KillArray);
+        r.faults.push(FaultWindow {
+            kind: FaultKind::SlowCopy,
+            targets: vec!["A1".into()],
+            start_ms: 2_000,
+            end_ms: 2_500,
+        });
+        assert_eq!(
+            s4(&audit, &r, &facts()).0.len(),
+            1,
+            "a slow copy excuses nothing"
+        );
     }
 
     #[test]
@@ -476,6 +588,48 @@ mod tests {
         r.verifications[0] = v(1_000);
         let (bad, c) = s3(&audit, &r, &facts());
         assert_eq!((bad.len(), c.judged, c.unjudged.len()), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_done_job_with_a_pair_in_fault_is_s3_and_a_fault_after_it_ended_is_not() {
+        use stillpoint_coordinator::job::CopyLabel;
+        let audit = vec![
+            pair_line(0, 100, SyncState::SepExec),
+            pair_line(1, 150, SyncState::Fault),
+        ];
+        let mut r = Records::default();
+        r.jobs.insert(
+            4,
+            crate::run::records::JobSeen {
+                accepted_ms: 1,
+                end: Some((
+                    JobEnd::Done {
+                        label: CopyLabel::Consistent,
+                    },
+                    200,
+                )),
+            },
+        );
+        let v = done_jobs_left_pairs_separated(&audit, &r, &facts());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].prop, "S3");
+        let audit = vec![
+            pair_line(0, 100, SyncState::SepExec),
+            pair_line(1, 150, SyncState::Separated),
+            pair_line(2, 300, SyncState::Fault),
+        ];
+        assert!(done_jobs_left_pairs_separated(&audit, &r, &facts()).is_empty());
+        // Left in fault: explained only by a failure of that pair's RV LD.
+        let stuck = pairs_in_fault(&audit, &facts());
+        assert_eq!(stuck, vec![("p0".to_string(), 1)]);
+        assert_eq!(unexplained_faults(&stuck, &r, 0).len(), 1);
+        r.faults.push(FaultWindow {
+            kind: FaultKind::RvLdFailure,
+            targets: vec!["A1/1".into()],
+            start_ms: 250,
+            end_ms: 400,
+        });
+        assert!(unexplained_faults(&stuck, &r, 0).is_empty());
     }
 
     #[test]

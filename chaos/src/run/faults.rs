@@ -1,6 +1,6 @@
 //! Striking faults on the live site and removing them: SIGKILL and restart, SIGSTOP and
-//! SIGCONT, of agents and of the array process, and cuts in the site's network
-//! ([`crate::net`]). The schedule says what and when; the live site says who leads and who
+//! SIGCONT, of agents and of the array process, cuts in the site's network
+//! ([`crate::net`]), and array and hook faults ([`super::inject`]). The schedule says what and when; the live site says who leads and who
 //! holds a quiesce at that moment.
 
 use std::collections::BTreeSet;
@@ -10,6 +10,7 @@ use stillpoint_node::demo::site::LocalSite;
 
 use crate::net::SiteNet;
 
+use super::inject::{Injected, RvHook};
 use super::observe::{self, Shared, with};
 use super::records::{FaultWindow, now_ms};
 use super::schedule::{FaultKind, PlannedFault};
@@ -27,6 +28,10 @@ pub struct Harness {
     /// Agents stopped with SIGSTOP (by slot).
     pub paused: BTreeSet<usize>,
     pub records: Shared,
+    /// The backup node's RV stop hook and its flags ([`super::inject`]).
+    pub rv_hook: RvHook,
+    /// Injected faults whose removal failed at the end of their hold (the heal retries).
+    pub injected_on: Vec<Injected>,
 }
 
 impl Harness {
@@ -41,7 +46,7 @@ impl Harness {
             .collect()
     }
 
-    fn note(&self, line: String) {
+    pub(super) fn note(&self, line: String) {
         with(&self.records, |r| r.note(line));
     }
 
@@ -101,6 +106,13 @@ impl Harness {
             | FaultKind::OneWayLeader
             | FaultKind::CutArray => {
                 self.partition(f, leader, &others).await;
+                return;
+            }
+            FaultKind::SlowCopy
+            | FaultKind::RvLdFailure
+            | FaultKind::RvHookFails
+            | FaultKind::RvHookHangs => {
+                self.strike_injected(f).await;
                 return;
             }
             FaultKind::KillQuiesced => match self.wait_for_quiesce().await {
@@ -372,7 +384,7 @@ impl Harness {
     }
 
     /// A business node that holds an MV quiesced now, waiting (bounded) for one.
-    async fn wait_for_quiesce(&self) -> Option<usize> {
+    pub(super) async fn wait_for_quiesce(&self) -> Option<usize> {
         let deadline = tokio::time::Instant::now() + QUIESCE_WAIT;
         let alive = self.alive();
         let business: Vec<usize> = (1..self.site.layout.backup_slot())
@@ -393,8 +405,9 @@ impl Harness {
         None
     }
 
-    /// Removes every fault: stopped agents continued, dead ones and the array restarted,
-    /// every host booted.
+    /// Removes every fault: the network healed, stopped agents continued, dead ones and the
+    /// array restarted, array and hook faults switched off ([`super::inject`]), every host
+    /// booted.
     pub async fn heal(&mut self) {
         self.heal_network();
         for slot in self.paused.clone() {
@@ -406,6 +419,7 @@ impl Harness {
                 other => self.note(format!("heal: array A1 restart failed: {other:?}")),
             }
         }
+        self.heal_injected().await;
         for slot in 0..self.agents() {
             if self.site.agents[slot].is_none() {
                 self.restart(slot).await;

@@ -15,7 +15,9 @@
 //! 2. **Heal**: every fault is removed ([`faults::Harness::heal`]); within
 //!    [`RunConfig::heal_ms_max`] there must be a leader, the client's last submission must
 //!    have its answer (one sent to a leader cut off may get it only after the heal), every
-//!    job the client saw accepted must have ended, and no MV may be quiesced.
+//!    job the client saw accepted must have ended, and no MV may be quiesced. A pair the
+//!    array's record then leaves in `fault` must be explained by an RV LD failure the harness
+//!    struck, and a backup submitted then must take it out ([`recovery_backup`]).
 //!
 //! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log.
 //! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
@@ -24,6 +26,7 @@
 pub mod check;
 pub mod faults;
 pub mod fencing;
+pub mod inject;
 pub mod observe;
 pub mod records;
 pub mod report;
@@ -42,10 +45,11 @@ use tokio::sync::watch;
 use crate::net::SiteNet;
 use check::{SiteFacts, Violation};
 use faults::Harness;
+use inject::RvHook;
 use observe::with;
 use records::{Records, now_ms};
 use report::Report;
-use schedule::{Schedule, Shape};
+use schedule::{FaultKind, Schedule, Shape, Submission};
 
 /// How a schedule is run.
 #[derive(Clone, Debug)]
@@ -67,6 +71,8 @@ pub struct RunConfig {
     /// ([`crate::net`]; needs root). Without it the site runs on loopback and a seed draws
     /// the schedule it drew before partitions existed.
     pub partitions: bool,
+    /// Draw only these kinds of fault (all when empty).
+    pub only: Vec<FaultKind>,
 }
 
 impl RunConfig {
@@ -80,6 +86,7 @@ impl RunConfig {
             quiesce_ms_max: 10_000,
             stall_slack_ms: 3_000,
             partitions: false,
+            only: Vec::new(),
         }
     }
 }
@@ -134,8 +141,10 @@ pub fn find_stillpoint(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     }
 }
 
-fn layout_for(shape: &Shape, cfg: &RunConfig) -> SiteLayout {
+fn layout_for(shape: &Shape, cfg: &RunConfig, rv_hook: &RvHook) -> SiteLayout {
     let mut layout = SiteLayout::spread_over(shape.pairs, shape.business_nodes);
+    // The RVs' users: a stop hook the harness can make fail or hang ([`inject`]).
+    layout.rv_volume_toml = rv_hook.volume_toml();
     layout.audit_log = true;
     layout.workload_pace_ms = WORKLOAD_PACE_MS;
     layout.cache_blocks_max = Some(4);
@@ -166,7 +175,7 @@ pub fn run(seed: u64, cfg: &RunConfig) -> Report {
 
 async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     let started = Instant::now();
-    let schedule = Schedule::draw(seed, cfg.fault_ms, cfg.partitions);
+    let schedule = Schedule::draw(seed, cfg.fault_ms, cfg.partitions, &cfg.only);
     let mut report = Report {
         seed,
         shape: Some(schedule.shape.clone()),
@@ -181,7 +190,8 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             .push(format!("cannot create {}: {e}", dir.display()));
         return report;
     }
-    let mut layout = layout_for(&schedule.shape, cfg);
+    let rv_hook = RvHook::new(&dir);
+    let mut layout = layout_for(&schedule.shape, cfg, &rv_hook);
     // Made before the site and dropped after it: its namespaces outlive every process.
     let net = if cfg.partitions {
         match place(&mut layout).await {
@@ -213,6 +223,8 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         net,
         paused: BTreeSet::new(),
         records: records.clone(),
+        rv_hook,
+        injected_on: Vec::new(),
     };
     with(&records, |r| {
         r.note(format!("schedule: {}", schedule.plan()))
@@ -325,6 +337,12 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     with(&records, |r| {
         r.note(format!("heal: settled in {} ms", now_ms() - heal_start))
     });
+    if unsettled.is_empty() {
+        let (v, recovered) =
+            recovery_backup(&h.site.audit_path(), &endpoints, &facts, &records).await;
+        report.violations.extend(v);
+        report.pairs_recovered = recovered;
+    }
     // Let the applications write a little on the healed site: their stalls end in the audit.
     tokio::time::sleep(Duration::from_millis(cfg.stall_slack_ms.min(2_000))).await;
     with(&records, |r| r.heal_phase_ms.1 = now_ms());
@@ -357,6 +375,11 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.mount_looks = records.polls.len() as u64;
             let (v, c) = check::s3(&audit, &records, &facts);
             report.violations.extend(v);
+            report
+                .violations
+                .extend(check::done_jobs_left_pairs_separated(
+                    &audit, &records, &facts,
+                ));
             report.s3_judged = c.judged;
             report.s3_unjudged = c.unjudged.len() as u64;
             report.s3_excused = c.excused;
@@ -379,11 +402,105 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     h.site.stop().await;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     if report.failed() || cfg.keep {
+        // The timeline next to the logs (the summary prints it for failing runs only).
+        let _ = std::fs::write(dir.join("timeline.txt"), report.timeline.join("\n") + "\n");
         report.kept = Some(dir);
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
     report
+}
+
+/// Bound on the recovery backup's end ([`recovery_backup`]).
+const RECOVERY_MS_MAX: u64 = 60_000;
+
+/// The heal's account of pairs left in failure separation. A pair an RV LD failure put in
+/// `fault` stays there after the LD is repaired until a replicate takes it out: no job has
+/// to run for the heal to settle. So once the heal has settled, if the array's record leaves
+/// any pair in `fault`, the harness checks that an LD failure it struck explains it, then
+/// submits one backup, which (nothing is faulty any more) must end done within
+/// [`RECOVERY_MS_MAX`] and leave no pair in `fault`. Returns the violations and how many
+/// pairs the backup took out of `fault`.
+async fn recovery_backup(
+    audit_path: &Path,
+    endpoints: &[String],
+    facts: &SiteFacts,
+    records: &observe::Shared,
+) -> (Vec<Violation>, u64) {
+    let heal = |what: String| Violation {
+        prop: "heal",
+        at_ms: now_ms(),
+        what,
+    };
+    let stuck = match records::read_audit(audit_path) {
+        Ok(audit) => check::pairs_in_fault(&audit, facts),
+        // The judge reads it again and reports the error.
+        Err(_) => return (Vec::new(), 0),
+    };
+    if stuck.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let mut out = with(records, |r| {
+        r.note(format!(
+            "heal: pairs left in failure separation {stuck:?}: a backup must take them out"
+        ));
+        check::unexplained_faults(&stuck, r, now_ms())
+    });
+    let before: BTreeSet<u64> = with(records, |r| r.jobs.keys().copied().collect());
+    let (_keep_going, go) = watch::channel(false);
+    observe::submitter(
+        endpoints.to_vec(),
+        vec![Submission {
+            at_ms: 0,
+            no_queue: false,
+        }],
+        now_ms(),
+        records.clone(),
+        go,
+    )
+    .await;
+    let Some(job) = with(records, |r| {
+        r.jobs.keys().copied().find(|id| !before.contains(id))
+    }) else {
+        out.push(heal(format!(
+            "pairs {stuck:?} were left in fault and the backup that should take them out was not accepted"
+        )));
+        return (out, 0);
+    };
+    let deadline = now_ms() + RECOVERY_MS_MAX;
+    let end = loop {
+        let end = with(records, |r| r.jobs.get(&job).and_then(|j| j.end.clone()));
+        if end.is_some() || now_ms() >= deadline {
+            break end;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    match end {
+        Some((JobEnd::Done { .. }, _)) => {
+            let still = records::read_audit(audit_path)
+                .map(|a| check::pairs_in_fault(&a, facts))
+                .unwrap_or_default();
+            if !still.is_empty() {
+                out.push(heal(format!(
+                    "backup job {job} ended done after the heal, yet {still:?} stayed in fault"
+                )));
+            }
+            let recovered = (stuck.len() - still.len().min(stuck.len())) as u64;
+            (out, recovered)
+        }
+        Some((other, _)) => {
+            out.push(heal(format!(
+                "backup job {job}, submitted after the heal to take {stuck:?} out of fault, ended {other:?}"
+            )));
+            (out, 0)
+        }
+        None => {
+            out.push(heal(format!(
+                "backup job {job}, submitted after the heal to take {stuck:?} out of fault, had not ended within {RECOVERY_MS_MAX} ms"
+            )));
+            (out, 0)
+        }
+    }
 }
 
 fn setup_failed(mut report: Report, dir: &Path, e: String, started: Instant) -> Report {

@@ -17,7 +17,10 @@ pub const PROPS: [(&str, &str); 8] = [
         "S1/S2",
         "RV mounted while the array copied onto it (mount looks + audit)",
     ),
-    ("S3", "verifier on every RV of a copy labelled consistent"),
+    (
+        "S3",
+        "verifier on every RV of a copy labelled consistent; every pair separated when a job ended done (audit)",
+    ),
     (
         "S4",
         "MV write stall <= quiesce limit + slack (array audit)",
@@ -33,7 +36,7 @@ pub const PROPS: [(&str, &str); 8] = [
     ("S7", "every accepted job ended after heal"),
     (
         "heal",
-        "a leader, no job open, no MV quiesced within the heal bound",
+        "a leader, no job open, no MV quiesced within the heal bound; a pair left in fault only by an RV LD failure, and a backup then takes it out",
     ),
 ];
 
@@ -58,6 +61,8 @@ pub struct Report {
     pub s4_longest_ms: u64,
     pub s4_excused: u64,
     pub heal_ms: u64,
+    /// Pairs left in failure separation after the heal that the recovery backup took out.
+    pub pairs_recovered: u64,
     /// RV I/O by the backup node the array refused (counted, not judged).
     pub rv_io_refused: u64,
     /// Looks at the backup node's mounts that got an answer.
@@ -119,6 +124,7 @@ pub struct Summary {
     pub s4_longest_ms: u64,
     pub s4_excused: u64,
     pub heal_ms_max: u64,
+    pub pairs_recovered: u64,
     pub rv_io_refused: u64,
     pub mount_looks: u64,
     pub fenced_ops: u64,
@@ -148,6 +154,7 @@ impl Summary {
         self.s4_longest_ms = self.s4_longest_ms.max(r.s4_longest_ms);
         self.s4_excused += r.s4_excused;
         self.heal_ms_max = self.heal_ms_max.max(r.heal_ms);
+        self.pairs_recovered += r.pairs_recovered;
         self.rv_io_refused += r.rv_io_refused;
         self.mount_looks += r.mount_looks;
         self.fenced_ops += r.fenced_ops;
@@ -216,7 +223,10 @@ impl Summary {
             "S5/S6 pair operations under a job's token: accepted {}, refused {}\n",
             self.fenced_ops, self.fenced_refused
         );
-        t += &format!("heal: longest {} ms\n", self.heal_ms_max);
+        t += &format!(
+            "heal: longest {} ms; pairs left in fault and taken out by a backup after the heal {}\n",
+            self.heal_ms_max, self.pairs_recovered
+        );
         t += "violations by property:\n";
         for (p, what) in PROPS {
             let n = self.violations.get(p).copied().unwrap_or(0);

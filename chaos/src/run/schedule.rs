@@ -49,10 +49,23 @@ pub enum FaultKind {
     /// Network partition between the array and one agent (the control node most often): its
     /// array calls and, on a business node, its MV's I/O time out.
     CutArray,
+    /// The array's copies slow to a crawl (`Fault::CopyPace`, 32–256 KiB/s) for the hold,
+    /// then back to the configured pace.
+    SlowCopy,
+    /// The RV LD of one pair fails (`Fault::LdFailure`) for the hold, then is repaired
+    /// (`Fault::LdRepair`): a copy onto it, or a write mirrored to it, puts the pair into
+    /// failure separation (`fault`).
+    RvLdFailure,
+    /// The stop hook of the backup node's RVs (a command the harness wrote into its
+    /// config) exits 1 for the hold: freeing an RV fails.
+    RvHookFails,
+    /// The same hook hangs past its timeout for the hold (the agent kills it at the timeout
+    /// and the free fails).
+    RvHookHangs,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -66,6 +79,10 @@ impl FaultKind {
         FaultKind::Split,
         FaultKind::OneWayLeader,
         FaultKind::CutArray,
+        FaultKind::SlowCopy,
+        FaultKind::RvLdFailure,
+        FaultKind::RvHookFails,
+        FaultKind::RvHookHangs,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -96,7 +113,16 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::OneWayLeader => "one-way-leader",
             FaultKind::CutArray => "cut-array",
+            FaultKind::SlowCopy => "slow-copy",
+            FaultKind::RvLdFailure => "rv-ld-failure",
+            FaultKind::RvHookFails => "rv-hook-fails",
+            FaultKind::RvHookHangs => "rv-hook-hangs",
         }
+    }
+
+    /// The kind named `name` (as [`FaultKind::name`] spells it).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
     /// Relative frequency (the leader is struck most often); partitions only when the site
@@ -117,6 +143,10 @@ impl FaultKind {
             FaultKind::KillMany => 12,
             FaultKind::KillArray => 13,
             FaultKind::KillQuiesced => 20,
+            FaultKind::SlowCopy => 8,
+            FaultKind::RvLdFailure => 10,
+            FaultKind::RvHookFails => 6,
+            FaultKind::RvHookHangs => 5,
         }
     }
 }
@@ -151,30 +181,40 @@ pub struct Schedule {
 
 impl Schedule {
     /// The schedule of `seed` for a fault phase of `fault_ms`; network partitions among the
-    /// faults only when `partitions` (without them a seed draws what it drew before they
-    /// existed).
-    pub fn draw(seed: u64, fault_ms: u64, partitions: bool) -> Schedule {
+    /// faults only when `partitions`; only the kinds in `only` when it is not empty (e.g. to
+    /// strike array faults often: `run --faults slow-copy,rv-ld-failure`).
+    pub fn draw(seed: u64, fault_ms: u64, partitions: bool, only: &[FaultKind]) -> Schedule {
         let mut rng = Rng::new(seed);
         let voters = if rng.chance(500) { 5 } else { 3 };
         let business_nodes = voters - 2;
         let pairs = rng.range(2, 3) as u32;
-        let total: u64 = FaultKind::ALL.iter().map(|k| k.weight(partitions)).sum();
+        let weight = |k: FaultKind| {
+            if only.is_empty() || only.contains(&k) {
+                k.weight(partitions)
+            } else {
+                0
+            }
+        };
+        let total: u64 = FaultKind::ALL.iter().map(|k| weight(*k)).sum();
         let mut faults = Vec::new();
         let mut at = rng.range(500, 2_000);
-        while at < fault_ms {
+        while at < fault_ms && total > 0 {
             let mut roll = rng.below(total);
             let mut kind = FaultKind::KillLeader;
             for k in FaultKind::ALL {
-                if roll < k.weight(partitions) {
+                if roll < weight(k) {
                     kind = k;
                     break;
                 }
-                roll -= k.weight(partitions);
+                roll -= weight(k);
             }
             let hold_ms = match kind {
                 FaultKind::PauseLeader | FaultKind::PauseFollower => rng.range(300, 5_000),
                 FaultKind::KillArray => rng.range(200, 4_000),
                 k if k.is_partition() => rng.range(500, 8_000),
+                FaultKind::SlowCopy => rng.range(2_000, 12_000),
+                FaultKind::RvLdFailure => rng.range(500, 8_000),
+                FaultKind::RvHookFails | FaultKind::RvHookHangs => rng.range(1_000, 15_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {
@@ -232,10 +272,12 @@ mod tests {
     #[test]
     fn a_seed_draws_the_same_schedule_and_seeds_differ() {
         assert_eq!(
-            Schedule::draw(7, 30_000, true),
-            Schedule::draw(7, 30_000, true)
+            Schedule::draw(7, 30_000, true, &[]),
+            Schedule::draw(7, 30_000, true, &[])
         );
-        let all: Vec<Schedule> = (0..50).map(|s| Schedule::draw(s, 30_000, true)).collect();
+        let all: Vec<Schedule> = (0..50)
+            .map(|s| Schedule::draw(s, 30_000, true, &[]))
+            .collect();
         assert!(all.windows(2).any(|w| w[0].faults != w[1].faults));
         for s in &all {
             assert!(s.shape.voters == 3 || s.shape.voters == 5);
@@ -253,8 +295,22 @@ mod tests {
             );
         }
         for s in 0..50 {
-            let without = Schedule::draw(s, 30_000, false);
+            let without = Schedule::draw(s, 30_000, false, &[]);
             assert!(without.faults.iter().all(|f| !f.kind.is_partition()));
         }
+    }
+
+    #[test]
+    fn only_the_kinds_asked_for_are_drawn_and_names_read_back() {
+        let only = [FaultKind::SlowCopy, FaultKind::RvLdFailure];
+        for seed in 0..20 {
+            let s = Schedule::draw(seed, 30_000, true, &only);
+            assert!(!s.faults.is_empty());
+            assert!(s.faults.iter().all(|f| only.contains(&f.kind)), "{s:?}");
+        }
+        for k in FaultKind::ALL {
+            assert_eq!(FaultKind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(FaultKind::from_name("nope"), None);
     }
 }

@@ -1,0 +1,91 @@
+//! The array and host-hook faults of the process-level harness against real processes of the
+//! `stillpoint` binary: two short seeds drawing only `slow-copy`, `rv-ld-failure`,
+//! `rv-hook-fails` and `rv-hook-hangs` (between them each kind at least once) must end with
+//! no violation; each kind must have been struck. Runs with or without root (these faults
+//! need no network namespaces). The binary is built by [`common::stillpoint`].
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::stillpoint;
+
+const KINDS: [&str; 4] = [
+    "slow-copy",
+    "rv-ld-failure",
+    "rv-hook-fails",
+    "rv-hook-hangs",
+];
+
+/// How many times the summary table says `kind` was struck.
+fn struck(stdout: &str, kind: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{kind} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+#[test]
+fn array_and_hook_faults_against_real_processes_end_without_violations() {
+    let bin = stillpoint();
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
+        .args([
+            "run",
+            "--start",
+            "3",
+            "--schedules",
+            "2",
+            "--fault-time",
+            "15s",
+            "--heal-time",
+            "60s",
+            "--time-budget",
+            "200s",
+            "--faults",
+            &KINDS.join(","),
+        ])
+        .arg("--stillpoint")
+        .arg(&bin)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run stillpoint-chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("seeds 3..5 (2 schedules"), "{stdout}");
+    for kind in KINDS {
+        assert!(
+            struck(&stdout, kind).is_some_and(|n| n > 0),
+            "{kind} not struck: {stdout}"
+        );
+    }
+    // Nothing else was drawn.
+    for other in ["kill-leader", "kill-array", "isolate-leader", "split"] {
+        assert_eq!(struck(&stdout, other), Some(0), "{other}: {stdout}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_unknown_fault_kind_is_refused_naming_it_and_the_known_ones() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
+        .args(["run", "--seed", "1", "--faults", "slow-copy,disk-on-fire"])
+        .output()
+        .expect("run stillpoint-chaos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"disk-on-fire\"") && stderr.contains("rv-ld-failure"),
+        "{stderr}"
+    );
+}
