@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::stillpoint;
+use common::{run_harness, struck};
 
 const KINDS: [&str; 4] = [
     "slow-copy",
@@ -18,46 +18,24 @@ const KINDS: [&str; 4] = [
     "rv-hook-hangs",
 ];
 
-/// How many times the summary table says `kind` was struck.
-fn struck(stdout: &str, kind: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{kind} ")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-}
-
 #[test]
 fn array_and_hook_faults_against_real_processes_end_without_violations() {
-    let bin = stillpoint();
-    let dir = tempfile::tempdir().expect("temporary dir");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
-        .args([
-            "run",
-            "--start",
-            "3",
-            "--schedules",
-            "2",
-            "--fault-time",
-            "15s",
-            "--heal-time",
-            "60s",
-            "--time-budget",
-            "200s",
-            "--faults",
-            &KINDS.join(","),
-        ])
-        .arg("--stillpoint")
-        .arg(&bin)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("run stillpoint-chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let kinds = KINDS.join(",");
+    let stdout = run_harness(&[
+        "--start",
+        "3",
+        "--schedules",
+        "2",
+        "--fault-time",
+        "15s",
+        "--heal-time",
+        "60s",
+        "--time-budget",
+        "200s",
+        "--faults",
+        &kinds,
+    ]);
     assert!(stdout.starts_with("seeds 3..5 (2 schedules"), "{stdout}");
     for kind in KINDS {
         assert!(

@@ -5,42 +5,27 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::stillpoint;
+use common::{run_harness, struck};
 
 /// Three seeds (3 and 5 voters among them), 10 s of faults each, bounded heal; network
 /// partitions among the faults where the test runs as root with `ip netns`.
 #[test]
 fn a_few_short_seeds_against_real_processes_end_without_violations() {
-    let bin = stillpoint();
-    let dir = tempfile::tempdir().expect("temporary dir");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
-        .args([
-            "run",
-            "--start",
-            "11",
-            "--schedules",
-            "3",
-            "--fault-time",
-            "10s",
-            "--heal-time",
-            "60s",
-            "--time-budget",
-            "200s",
-        ])
-        .arg("--stillpoint")
-        .arg(&bin)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("run stillpoint-chaos");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = run_harness(&[
+        "--start",
+        "11",
+        "--schedules",
+        "3",
+        "--fault-time",
+        "10s",
+        "--heal-time",
+        "60s",
+        "--time-budget",
+        "200s",
+    ]);
     assert!(stdout.starts_with("seeds 11..14 (3 schedules"), "{stdout}");
     for want in [
         "faults by kind:",
@@ -63,12 +48,10 @@ fn a_few_short_seeds_against_real_processes_end_without_violations() {
     if stillpoint_chaos::net::unavailable().is_none() {
         assert!(stdout.contains("network partitions: on"), "{stdout}");
         for kind in ["isolate-leader", "cut-array", "rv-hook-fails"] {
-            let struck = stdout
-                .lines()
-                .find(|l| l.trim_start().starts_with(&format!("{kind} ")))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok());
-            assert!(struck.is_some_and(|n| n > 0), "{kind} not struck: {stdout}");
+            assert!(
+                struck(&stdout, kind).is_some_and(|n| n > 0),
+                "{kind} not struck: {stdout}"
+            );
         }
     } else {
         assert!(stdout.contains("network partitions: LEFT OUT"), "{stdout}");

@@ -56,3 +56,34 @@ pub fn stillpoint() -> PathBuf {
     assert!(bin.is_file(), "no {} after the build", bin.display());
     bin
 }
+
+/// Runs `stillpoint-chaos run ARGS` against the workspace's `stillpoint` binary, with its
+/// schedules' dirs under a temporary dir; asserts it exits 0 and returns its stdout (also
+/// printed, for a failing test's log).
+pub fn run_harness(args: &[&str]) -> String {
+    let bin = stillpoint();
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
+        .arg("run")
+        .args(args)
+        .arg("--stillpoint")
+        .arg(&bin)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run stillpoint-chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    stdout
+}
+
+/// How many times the run's summary table says `kind` was struck.
+pub fn struck(stdout: &str, kind: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{kind} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
