@@ -116,7 +116,13 @@
 //!   RV access `na`), a link down/up, or a copy pace (slow copies until set back to 0; not
 //!   persisted), through the API and the CLI.
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
-//!   [`RemoteArray`] implements [`Array`] against it with identical errors and states.
+//!   [`RemoteArray`] implements [`Array`] against it with identical errors and states. Host
+//!   reads and writes take the array's **data path** instead ([`DataClient`]: length-prefixed
+//!   frames on plain TCP, on the same port; the server tells the two apart by a connection's
+//!   first four bytes). Over gRPC each LD write was copied three more times and every
+//!   connection was driven by one task per side; ext4 on an LD wrote about twice as fast
+//!   once that was gone (`cargo bench -p stillpoint-node --bench lds`). The gRPC `Read` and
+//!   `Write` calls stay for other clients.
 //! - **CLI.** [`cli`] has the clap commands `array`, `ld`, `pair` and `copy` with their exit
 //!   codes.
 //!
@@ -149,6 +155,7 @@ mod api;
 mod bitmap;
 pub mod cli;
 mod config;
+mod data;
 mod error;
 mod pair;
 mod remote;
@@ -159,6 +166,7 @@ mod wire;
 
 pub use api::{Array, PeerReply, PeerRequest};
 pub use config::{ArrayConfig, LdConfig, PeerConfig, example_config};
+pub use data::DataClient;
 pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
 pub use server::{serve, serve_array, serve_when_open};
@@ -217,12 +225,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one gRPC call, on top of any wait the call asks for.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 flow-control windows of the array's gRPC server and clients (per stream, per
-/// connection). hyper's defaults (1 MiB on the server) let one 1 MiB LD write fill the whole
-/// connection window, so concurrent writes waited for window updates in turn.
+/// connection). hyper's defaults (1 MiB on the server) let one 1 MiB write (a peer's copy, or
+/// host I/O from a client of the gRPC `Write`) fill the whole connection window, so concurrent
+/// writes waited for window updates in turn.
 pub const H2_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Largest HTTP/2 frame the array's server and clients accept. h2's default (16 KiB) cut a
-/// 1 MiB LD write into 64 frames, each handled and appended to the message buffer on its own.
+/// 1 MiB write into 64 frames, each handled and appended to the message buffer on its own.
 pub const H2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Events (pair and business copy) buffered per subscriber before a slow one skips.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;

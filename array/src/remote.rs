@@ -17,6 +17,8 @@ use crate::wire::{Answer, Call, decode, encode};
 pub struct RemoteArray {
     endpoint: String,
     client: ArrayServiceClient<Channel>,
+    /// Host reads and writes, on the array's data path (same port, see `crate::data`).
+    data: std::sync::Arc<crate::data::DataClient>,
 }
 
 fn normalise(endpoint: &str) -> String {
@@ -60,9 +62,17 @@ impl RemoteArray {
         let client = ArrayServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
+        let address = url
+            .parse::<tonic::codegen::http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()))
+            .ok_or_else(|| {
+                ArrayError::invalid(format!("array endpoint {endpoint:?}: no HOST:PORT"))
+            })?;
         Ok(RemoteArray {
             endpoint: url,
             client,
+            data: std::sync::Arc::new(crate::data::DataClient::new(&address)),
         })
     }
 
@@ -178,39 +188,10 @@ impl Array for RemoteArray {
         self.pair(Call::Wait(id.clone(), cond, timeout_ms)).await
     }
     async fn read(&self, host: &str, ld: u32, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut req = tonic::Request::new(pb::ReadRequest {
-            host: host.into(),
-            ld,
-            offset,
-            len,
-        });
-        req.set_timeout(crate::CALL_TIMEOUT);
-        let r = self
-            .client
-            .clone()
-            .read(req)
-            .await
-            .map_err(|s| self.transport("read", false, s))?
-            .into_inner();
-        Self::app_error(&r.error_json)?;
-        Ok(r.data.into())
+        self.data.read(host, ld, offset, len).await
     }
     async fn write(&self, host: &str, ld: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let mut req = tonic::Request::new(pb::WriteRequest {
-            host: host.into(),
-            ld,
-            offset,
-            data: prost::bytes::Bytes::copy_from_slice(data),
-        });
-        req.set_timeout(crate::CALL_TIMEOUT);
-        let r = self
-            .client
-            .clone()
-            .write(req)
-            .await
-            .map_err(|s| self.transport("write", true, s))?
-            .into_inner();
-        Self::app_error(&r.error_json)
+        self.data.write(host, ld, offset, data).await
     }
     async fn inject_fault(&self, fault: &Fault) -> Result<()> {
         match self.call(Call::Fault(fault.clone())).await? {

@@ -54,29 +54,34 @@ pub async fn serve_array(
     // Event streams never end on their own, and tonic's graceful stop waits for every open
     // response: each stream is cut when the shutdown signal fires so the server can drain.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let stopping_tx = Arc::new(stopping_tx);
+    let stop = stopping_tx.clone();
     let shutdown = async move {
         shutdown.await;
-        let _ = stopping_tx.send(true);
+        let _ = stop.send(true);
     };
+    // One port: data connections (host I/O, see `data`) and gRPC.
+    let (grpc_connections, accept_loop) =
+        crate::data::route_connections(listener, array.clone(), stopping.clone());
     let svc = ArrayServiceServer::new(Service { array, stopping })
         .max_decoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stillpoint_proto::MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .initial_stream_window_size(crate::H2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::H2_CONNECTION_WINDOW_BYTES)
         .max_frame_size(crate::H2_MAX_FRAME_BYTES)
         .add_service(svc)
-        // Without TCP_NODELAY, Nagle's algorithm with the client's delayed ACKs holds the
-        // last segment of a response ~40 ms: a 4 KiB read of an LD took 40 ms.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(grpc_connections, shutdown)
         .await
         .map_err(|e| ArrayError::Unreachable {
             target: addr,
             detail: format!("gRPC server: {e}"),
-        })
+        });
+    // Stopped (or failed): the data connections finish the request they are in before the
+    // caller closes the array.
+    let _ = stopping_tx.send(true);
+    let _ = accept_loop.await;
+    served
 }
 
 struct Service {
