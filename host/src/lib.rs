@@ -54,21 +54,17 @@
 //! serialise its requests.
 //!
 //! Throughput (`cargo bench -p stillpoint-node --bench lds`: ext4, fio with O_DIRECT and
-//! libaio, sequential 1 MiB at queue depth 4 with a final fsync, random 4 KiB at depth 16; a
-//! 2-CPU VM shared with other builds, so figures vary by ±50% between runs): on an LD
-//! 508 MB/s sequential write, 582 MB/s sequential read, 10.7 k IOPS random write, 12.5 k IOPS
-//! random read; on a plain loop device with direct I/O over a file on the same disk 1642 /
-//! 1043 MB/s and 35 k / 38 k IOPS (ratios 0.31x, 0.56x, 0.30x, 0.33x); on a buffered plain
-//! loop device 1091 MB/s write (0.47x) and reads from its page cache. A later run on the same
-//! code gave 254 / 471 MB/s and 8.5 k / 9.0 k IOPS on the LD against 1871 / 876 MB/s and
-//! 40 k / 43 k on the plain direct-I/O loop (0.14x sequential write). Every LD request crosses
-//! FUSE, a gRPC call on loopback and the array process (about six copies of each block and
-//! four context switches), which is CPU on a 2-CPU machine. Two fixes came from measuring:
-//! the array's gRPC server now sets TCP_NODELAY (a 4 KiB read had waited ~40 ms for Nagle and
-//! the client's delayed ACK: random reads went from 354 to 6.7 k IOPS) and both ends of the
-//! array's gRPC use 8 MiB stream / 32 MiB connection HTTP/2 windows (hyper's 1 MiB server
-//! window made concurrent 1 MiB writes wait for window updates: random writes 5.1 k → 10.7 k
-//! IOPS, sequential write 403 → 508 MB/s).
+//! libaio, sequential 1 MiB at queue depth 4 with a final fsync, random 4 KiB at depth 16;
+//! medians of 3 rounds on a 2-CPU VM shared with a build): on an LD 1,439 MB/s sequential
+//! write, 1,981 MB/s sequential read, 17.8 k / 21.6 k IOPS random write / read, against
+//! 1,760 / 1,871 MB/s and 52 k / 47 k IOPS on a plain loop device with direct I/O over a file
+//! on the same disk (0.82x, 1.06x, 0.34x, 0.46x). Every LD request crosses FUSE, a TCP
+//! connection on loopback and the array process, which is CPU on a 2-CPU machine; what
+//! measuring found and fixed, in turn: the array's server sets TCP_NODELAY (a 4 KiB read had
+//! waited ~40 ms for Nagle and the client's delayed ACK); larger HTTP/2 windows and frames;
+//! and then host I/O left gRPC for the array's own data path (`stillpoint_array::DataClient`:
+//! a write goes from the FUSE buffer to the socket, and the array reads it into the buffer it
+//! writes from), which took sequential writes from 0.36x to 0.82x of the plain loop device.
 //!
 //! ## Quiesce that ends by itself (S4)
 //!
