@@ -89,3 +89,25 @@ impl Job {
         Some((from, to.max(from)))
     }
 }
+
+impl Job {
+    /// Whether an MV of this job may be held quiesced by its current round: a quiesce was
+    /// sent (in flight, unknown, or done) and a release is neither done nor skipped. The
+    /// leader keeps its log proposals out of this window (see the node's driver).
+    pub fn in_freeze_window(&self) -> bool {
+        let quiesce_out = self.steps.iter().any(|s| {
+            is_quiesce(&s.call)
+                && matches!(
+                    s.state,
+                    StepState::Dispatched { .. }
+                        | StepState::Unknown { .. }
+                        | StepState::Done { .. }
+                )
+        });
+        let release_open = self
+            .steps
+            .iter()
+            .any(|s| is_release(&s.call) && !s.is_settled());
+        !self.is_ended() && quiesce_out && release_open
+    }
+}

@@ -157,7 +157,13 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
     let (proposals, queue) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let mut proposer = JoinSet::new();
-    proposer.spawn(propose_in_order(ctx.raft.clone(), queue, stop_tx));
+    let (window, window_rx) = watch::channel(false);
+    proposer.spawn(propose_in_order(
+        ctx.raft.clone(),
+        queue,
+        window_rx,
+        stop_tx,
+    ));
     let mut lead = Lead {
         ctx,
         term,
@@ -175,6 +181,8 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
     loop {
         lead.sync_from_state();
         lead.act();
+        let open = lead.jobs.values().any(Job::in_freeze_window);
+        window.send_if_modified(|was| std::mem::replace(was, open) != open);
         tokio::select! {
             Some(reply) = lead.tasks.join_next() => match reply {
                 Ok(reply) => lead.on_reply(reply),
@@ -198,12 +206,20 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
 /// piled up while the last proposal committed goes as one [`Command::Jobs`] entry (up to
 /// [`BATCH_EVENTS_MAX`]), so a busy freeze window costs each node a few log flushes, not one
 /// per event.
+///
+/// While a job holds an MV quiesced (`window` is true) nothing is proposed, for at most
+/// [`PROPOSE_DEFER_MS_MAX`]: a proposal makes every agent flush its log, and those flushes
+/// queued in front of the array's and the hosts' own during the window. Nothing waits on
+/// these commits (see the module essay), and a successor leader asks about every step the
+/// log does not show settled, so deferring them loses nothing but the time they would cost.
 async fn propose_in_order(
     raft: stillpoint_coordinator::Raft,
     mut queue: mpsc::UnboundedReceiver<Command>,
+    mut window: watch::Receiver<bool>,
     stop: mpsc::UnboundedSender<ProposerStop>,
 ) {
     let bound = Duration::from_millis(crate::agent::PROPOSE_TIMEOUT_MS);
+    let defer_max = Duration::from_millis(PROPOSE_DEFER_MS_MAX);
     let mut carried: Option<Command> = None;
     loop {
         let first = match carried.take() {
@@ -213,6 +229,7 @@ async fn propose_in_order(
                 None => return,
             },
         };
+        let _ = tokio::time::timeout(defer_max, window.wait_for(|open| !open)).await;
         let is_job = |c: &Command| matches!(c, Command::Job { .. });
         let mut batch = vec![first];
         while is_job(&batch[0]) && batch.len() < BATCH_EVENTS_MAX {
@@ -254,6 +271,9 @@ async fn propose_in_order(
 
 /// Most job events one log entry carries.
 const BATCH_EVENTS_MAX: usize = 64;
+/// Longest the proposer holds events back while a freeze window is open: a window is tens of
+/// milliseconds; a host slow to quiesce or release must not hold the log back for long.
+const PROPOSE_DEFER_MS_MAX: u64 = 500;
 
 /// One command for `batch`: itself when alone, else one [`Command::Jobs`] of its job events
 /// (a batch holds nothing else).

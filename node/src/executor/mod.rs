@@ -12,8 +12,10 @@
 //! waits for it up to `reply_within_ms` and says `Finished` or `Running`. The task journals the
 //! outcome ([`Journal::finish_step`]) **before** any reply can show it, so an outcome a driver
 //! saw is one the agent will report again after a crash — durably, except inside the freeze
-//! window, where no write waits for the disk flush: a quiesce's outcome, and a separate's and a
-//! release's begin and outcome ([`Journal::begin_step_unflushed`]); those outcomes are even
+//! window, where no write waits for a disk flush of its own: a quiesce's begin (made durable by
+//! the host's flush of its quiesce record, in the same database, before the volume is
+//! touched) and outcome, and a separate's and a release's begin and outcome
+//! ([`Journal::begin_step_unflushed`]); those outcomes are even
 //! answered before they are written (the claim on the token is held until they are, so a
 //! re-sent order meanwhile gets the same answer). Lost in a crash, a record
 //! reads back as interrupted (settled from the target) or not recorded (a new attempt): a
@@ -405,10 +407,14 @@ impl Executor {
             };
             // Inside the freeze window every durable write is a disk flush the business servers
             // wait through: a separate and a release begin without waiting for it (see
-            // `Journal::begin_step_unflushed` for why a lost record is safe for them).
+            // `Journal::begin_step_unflushed` for why a lost record is safe for them). A
+            // quiesce's begin is durable before the volume is touched all the same: the host
+            // records its quiesce in this same journal (one sled database) with a flush before
+            // it acts, and that flush carries every earlier write, this one included. So the
+            // quiesce costs one flush, not two.
             let in_window = matches!(
                 order.dispatch.call,
-                StepCall::Separate { .. } | StepCall::Release { .. }
+                StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
             );
             let begun = self
                 .journal_op("beginning the step in the journal", move |j| {

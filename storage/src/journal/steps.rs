@@ -135,6 +135,11 @@ impl Journal {
     /// a new attempt: a separate (idempotent on the pair's state, and the array fences pair
     /// operations by token) and a release (a quiesce already ended reads as not held
     /// throughout: the safe side of S3). Checks and in-memory records are the same.
+    ///
+    /// Also for a step whose executor makes another record of this journal durable before it
+    /// acts (a quiesce: the host's [`Journal::put_quiesce`] flushes before the volume is
+    /// touched). A flush makes every earlier write of the database durable, this one too, so
+    /// the record is durable before the step acts, for one flush instead of two.
     pub fn begin_step_unflushed(
         &self,
         token: FencingToken,

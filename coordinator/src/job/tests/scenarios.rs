@@ -432,3 +432,62 @@ fn the_freeze_window_is_the_final_rounds_and_the_quiesced_span_covers_every_roun
     assert_eq!(job(&g).freeze_phases(), None);
     assert_eq!(job(&g).quiesced_span_ms(), None);
 }
+
+#[test]
+fn the_freeze_window_opens_at_the_first_quiesce_sent_and_closes_at_the_last_release_done() {
+    let g = group(3, 2);
+    let mut world = World::default();
+    let mut rng = Rng(7);
+    let mut current = job(&g);
+    let (mut saw_open, mut now_ms) = (false, 0);
+    let check = |job: &Job| {
+        let quiesce_sent = job.steps.iter().any(|s| {
+            matches!(s.call, StepCall::Quiesce { .. }) && !matches!(s.state, StepState::Pending)
+        });
+        let releases_done = job
+            .steps
+            .iter()
+            .filter(|s| matches!(s.call, StepCall::Release { .. }))
+            .all(|s| s.is_settled());
+        assert_eq!(
+            job.in_freeze_window(),
+            quiesce_sent && !releases_done && !job.is_ended(),
+            "{:?}",
+            job.steps
+                .iter()
+                .map(|s| (&s.call, s.state.name()))
+                .collect::<Vec<_>>()
+        );
+        quiesce_sent && !releases_done
+    };
+    for _ in 0..200 {
+        if current.is_ended() {
+            break;
+        }
+        for action in decide(&current, 1, now_ms) {
+            match action {
+                Action::Record(e) => current.record(&e, now_ms).unwrap(),
+                Action::Dispatch(d) => {
+                    let e = JobEvent::Dispatched {
+                        step: d.step,
+                        token: d.token,
+                    };
+                    current.record(&e, now_ms).unwrap();
+                    saw_open |= check(&current);
+                    let result = world.exec(&g, &d, &mut rng).expect("no faults");
+                    let e = JobEvent::Completed {
+                        step: d.step,
+                        token: d.token,
+                        result,
+                    };
+                    current.record(&e, now_ms).unwrap();
+                }
+                Action::Probe { .. } => {}
+            }
+            saw_open |= check(&current);
+        }
+        now_ms += 1_000;
+    }
+    assert!(current.is_ended() && saw_open, "{:?}", current.state);
+    assert!(!current.in_freeze_window());
+}
