@@ -22,6 +22,9 @@
 //! writes failed, is damaged only until its application starts again (a start hook after the
 //! next quiesce, or the host's boot), and a copy made after that is a clean prefix. A copy made
 //! in between (a quiesce of an MV whose application is down) is a faithful copy of the damage.
+//! The recovery is the run's first work, not part of the start: a start succeeds as a
+//! launched application's would, and a volume that cannot be read (the array still gone)
+//! ends that run on the error, so the next start recovers again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -281,7 +284,7 @@ pub struct Workload {
     stop_delay_ms: AtomicU64,
 }
 
-/// `next_seq` value meaning "not known yet: scan the volume on start".
+/// `next_seq` value meaning "not known yet": no run has recovered the volume.
 const UNKNOWN: u64 = u64::MAX;
 
 impl Workload {
@@ -338,7 +341,8 @@ impl Workload {
         out
     }
 
-    /// Records written so far in total (the next sequence number), once started.
+    /// Records written so far in total (the next sequence number), once the first run has
+    /// recovered the volume.
     pub fn records_written(&self) -> Option<u64> {
         match self.next_seq.load(Ordering::SeqCst) {
             UNKNOWN => None,
@@ -364,18 +368,11 @@ impl SimApp for Workload {
             return Ok(format!("{} already running", self.name));
         }
         let handle = self.sim.open(&self.mount_point, &self.name).await?;
-        if self.recover_on_start.load(Ordering::SeqCst) {
-            // First start in this process's life (after a restore, a restart, or a crash), or
-            // the last run ended on an error (its device refused a write: the array died or
-            // was cut off, and a block the write-back cache was writing back is lost). Recover
-            // as a log-writing application does: keep the intact prefix, clear the damaged
-            // tail (torn records, holes, and records that survived past a hole), make that
-            // durable, and continue after the prefix. A recovery that fails leaves the flag
-            // set, so the next start tries again.
-            let next = recover(&handle).await?;
-            self.next_seq.store(next, Ordering::SeqCst);
-            self.recover_on_start.store(false, Ordering::SeqCst);
-        }
+        // First start in this process's life (after a restore, a restart, or a crash), or the
+        // last run ended on an error (its device refused a write: the array died or was cut
+        // off, and a block the write-back cache was writing back is lost): the run recovers
+        // first, as a log-writing application does, before it writes anything.
+        let recover_first = self.recover_on_start.load(Ordering::SeqCst);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let next_seq = self.next_seq.clone();
         let recover_on_start = self.recover_on_start.clone();
@@ -386,6 +383,15 @@ impl SimApp for Workload {
         let pace = self.pace;
         let task = tokio::spawn(async move {
             let result = async {
+                if recover_first {
+                    // Keep the intact prefix, clear the damaged tail (torn records, holes, and
+                    // records that survived past a hole), make that durable, and continue
+                    // after the prefix. A recovery that fails ends the run on its error and
+                    // leaves the flag set, so the next start recovers again.
+                    let next = recover(&handle).await?;
+                    next_seq.store(next, Ordering::SeqCst);
+                    recover_on_start.store(false, Ordering::SeqCst);
+                }
                 loop {
                     if *stop_rx.borrow() {
                         return Ok(());
@@ -416,6 +422,12 @@ impl SimApp for Workload {
             result
         });
         *running = Some(Running { stop_tx, task });
+        if recover_first {
+            return Ok(format!(
+                "{} started; it recovers its volume first",
+                self.name
+            ));
+        }
         Ok(format!(
             "{} started at record {}",
             self.name,
