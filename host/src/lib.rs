@@ -10,7 +10,11 @@
 //!   and a superblock identity that an RV copy shares with its MV. The [`Workload`] application
 //!   writes checksummed, sequenced records through a volume and is stopped and started by
 //!   hooks; [`verify`] reads any device and reports the last intact record and every torn one.
-//!   Together they prove whether an RV copy is a consistent static point.
+//!   Together they prove whether an RV copy is a consistent static point. Like a log-writing
+//!   application, the workload recovers its volume (keeps the intact prefix, clears the
+//!   damaged tail) when it first starts in the agent's life and when it starts again after a
+//!   run that ended on a write error; a copy of an MV whose application is down after a crash
+//!   or a write error faithfully carries that damage.
 //! - **linux** (`LinuxBackend`, chosen with [`Engine::Linux`]): syncfs, FIFREEZE/FITHAW, umount2
 //!   with holders found in `/proc`, mount with options, RV copies with duplicate identity (ext4:
 //!   new UUID via tune2fs; XFS: `nouuid` or `xfs_admin -U generate`), e2fsck / xfs_repair, blkid,

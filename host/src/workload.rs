@@ -12,14 +12,22 @@
 //! a later one survived).
 //!
 //! The workload **recovers** its volume when it first starts in an agent's life (after a
-//! restart, a crash of its host, or a restore), as an application writing a log does: it keeps
-//! the intact prefix, clears everything written after it (torn records, holes, and records
-//! that survived past a hole because the lost write-back cache evicted at random), flushes,
-//! and continues after the prefix. So a crashed business server's MV is damaged only until its
-//! application starts again, and a copy made after that is a clean prefix.
+//! restart, a crash of its host, or a restore), and when it starts again after a run that
+//! ended on an error, as an application writing a log does: it keeps the intact prefix,
+//! clears everything written after it (torn records, holes, and records that survived past a
+//! hole because the lost write-back cache evicted at random), flushes, and continues after
+//! the prefix. A run ends on an error when the device refuses a write (the array process
+//! died, or the host was cut off from it): the block the cache was writing back then is lost,
+//! and the records in it are torn or missing. So a crashed business server's MV, or one whose
+//! writes failed, is damaged only until its application starts again (a start hook after the
+//! next quiesce, or the host's boot), and a copy made after that is a clean prefix. A copy made
+//! in between (a quiesce of an MV whose application is down) is a faithful copy of the damage.
+//! The recovery is the run's first work, not part of the start: a start succeeds as a
+//! launched application's would, and a volume that cannot be read (the array still gone)
+//! ends that run on the error, so the next start recovers again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -268,12 +276,15 @@ pub struct Workload {
     pace: Option<std::time::Duration>,
     /// Sequence number of the next record, once known.
     next_seq: Arc<AtomicU64>,
+    /// Recover the volume before the next run writes: set until the first start has
+    /// recovered, and again whenever a run ended on an error (a write the device refused).
+    recover_on_start: Arc<AtomicBool>,
     running: Mutex<Option<Running>>,
     /// How long a stop takes (the writer keeps writing meanwhile), in ms.
     stop_delay_ms: AtomicU64,
 }
 
-/// `next_seq` value meaning "not known yet: scan the volume on start".
+/// `next_seq` value meaning "not known yet": no run has recovered the volume.
 const UNKNOWN: u64 = u64::MAX;
 
 impl Workload {
@@ -291,6 +302,7 @@ impl Workload {
             records_max,
             pace,
             next_seq: Arc::new(AtomicU64::new(UNKNOWN)),
+            recover_on_start: Arc::new(AtomicBool::new(true)),
             running: Mutex::new(None),
             stop_delay_ms: AtomicU64::new(0),
         })
@@ -329,7 +341,8 @@ impl Workload {
         out
     }
 
-    /// Records written so far in total (the next sequence number), once started.
+    /// Records written so far in total (the next sequence number), once the first run has
+    /// recovered the volume.
     pub fn records_written(&self) -> Option<u64> {
         match self.next_seq.load(Ordering::SeqCst) {
             UNKNOWN => None,
@@ -355,17 +368,14 @@ impl SimApp for Workload {
             return Ok(format!("{} already running", self.name));
         }
         let handle = self.sim.open(&self.mount_point, &self.name).await?;
-        if self.next_seq.load(Ordering::SeqCst) == UNKNOWN {
-            // First start in this process's life: after a restore, a restart, or a crash.
-            // Recover as a log-writing application does: keep the intact prefix, clear the
-            // damaged tail a lost write-back cache left behind (torn records, holes, and
-            // records that survived past a hole), make that durable, and continue after the
-            // prefix.
-            let next = recover(&handle).await?;
-            self.next_seq.store(next, Ordering::SeqCst);
-        }
+        // First start in this process's life (after a restore, a restart, or a crash), or the
+        // last run ended on an error (its device refused a write: the array died or was cut
+        // off, and a block the write-back cache was writing back is lost): the run recovers
+        // first, as a log-writing application does, before it writes anything.
+        let recover_first = self.recover_on_start.load(Ordering::SeqCst);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let next_seq = self.next_seq.clone();
+        let recover_on_start = self.recover_on_start.clone();
         let limit = self
             .records_max
             .unwrap_or(u64::MAX)
@@ -373,6 +383,15 @@ impl SimApp for Workload {
         let pace = self.pace;
         let task = tokio::spawn(async move {
             let result = async {
+                if recover_first {
+                    // Keep the intact prefix, clear the damaged tail (torn records, holes, and
+                    // records that survived past a hole), make that durable, and continue
+                    // after the prefix. A recovery that fails ends the run on its error and
+                    // leaves the flag set, so the next start recovers again.
+                    let next = recover(&handle).await?;
+                    next_seq.store(next, Ordering::SeqCst);
+                    recover_on_start.store(false, Ordering::SeqCst);
+                }
                 loop {
                     if *stop_rx.borrow() {
                         return Ok(());
@@ -396,10 +415,19 @@ impl SimApp for Workload {
                 }
             }
             .await;
+            if result.is_err() {
+                recover_on_start.store(true, Ordering::SeqCst);
+            }
             handle.close().await;
             result
         });
         *running = Some(Running { stop_tx, task });
+        if recover_first {
+            return Ok(format!(
+                "{} started; it recovers its volume first",
+                self.name
+            ));
+        }
         Ok(format!(
             "{} started at record {}",
             self.name,

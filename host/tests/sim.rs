@@ -714,3 +714,86 @@ async fn a_crashed_hosts_workload_clears_the_damaged_tail_when_it_starts_again()
     assert_eq!(rep.intact_count, prefix_end + more, "{rep}");
     assert_eq!(rep.highest_intact_seq, Some(prefix_end + more - 1), "{rep}");
 }
+
+/// An MV device that can refuse writes below a byte offset (the array gone, as far as those
+/// blocks are concerned); reads always work. Refusing only below the offset makes the block the
+/// write-back cache loses lie wholly under where the writer carries on, so the damage it leaves
+/// is certain to outlast the writer's next run.
+struct RefusingDevice {
+    inner: Arc<FileDevice>,
+    /// Writes that start below this offset fail; 0: none do.
+    refuse_below: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl BlockDevice for RefusingDevice {
+    fn name(&self) -> String {
+        format!("refusing {}", self.inner.name())
+    }
+    async fn capacity_bytes(&self) -> Result<u64, HostError> {
+        self.inner.capacity_bytes().await
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, HostError> {
+        self.inner.read_at(offset, len).await
+    }
+    async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        if offset < self.refuse_below.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HostError::Device {
+                device: self.name(),
+                operation: format!("write {} bytes at {offset}", data.len()),
+                detail: "the array does not answer (test)".into(),
+            });
+        }
+        self.inner.write_at(offset, data).await
+    }
+}
+
+#[tokio::test]
+async fn a_workload_whose_writes_failed_clears_the_damaged_tail_when_it_starts_again() {
+    use std::sync::atomic::Ordering;
+    let w = world(None, "").await;
+    let dev = Arc::new(RefusingDevice {
+        inner: w.mv.clone(),
+        refuse_below: 0.into(),
+    });
+    w.sim.attach("LD-MV", dev.clone()).await.unwrap();
+    let host = w.agent().await;
+    mount_and_start(host.as_ref()).await;
+    wait_until("300 records written", || async { w.written() >= 300 }).await;
+    // The array stops taking writes: the next block the write-back cache evicts below the
+    // writer's position is lost, and the write error ends the writer.
+    let block = stillpoint_host::limits::SIM_BLOCK_BYTES;
+    let failed_from = w.written();
+    let refuse_below = record_offset(failed_from) / block * block;
+    dev.refuse_below.store(refuse_below, Ordering::SeqCst);
+    wait_until("the writer ended on the write error", || async {
+        !w.workload.is_running().await
+    })
+    .await;
+    // What the application sees (through the cache): a record it wrote is gone or torn,
+    // below where it would carry on.
+    let handle = w.sim.open("/sim/mv1", "test").await.unwrap();
+    let seen = verify(&handle).await.unwrap();
+    handle.close().await;
+    let next = w.written();
+    assert!(
+        seen.torn.iter().chain(&seen.gaps).any(|b| b.slot < next),
+        "the failed writes must leave damage below record {next}: {seen}"
+    );
+    // The array answers again, and the agent, still the same process, starts the workload
+    // again (as a release's start hook does).
+    dev.refuse_below.store(0, Ordering::SeqCst);
+    host.run_hook("mv1", HookKind::Start).await.unwrap();
+    wait_until("the restarted writer's records", || async {
+        w.written() >= next + 50
+    })
+    .await;
+    let q = quiesce_mv1_by_unmount(host.as_ref()).await;
+    let rep = verify(w.mv.as_ref()).await.unwrap();
+    host.release("mv1", Some(q.quiesce_id)).await.unwrap();
+    assert!(
+        rep.is_consistent(),
+        "after the write error (from record {failed_from}) and a start in the same process: {rep}"
+    );
+    assert_eq!(rep.last_intact_seq, rep.highest_intact_seq, "{rep}");
+}

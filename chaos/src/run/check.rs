@@ -136,18 +136,27 @@ pub struct S3Counts {
     pub judged: u64,
     /// RVs not judged, with why (changed before the read finished, unreadable).
     pub unjudged: Vec<String>,
-    /// Damaged RVs of copies made after a fault struck the array or the MV's own host: the
-    /// application's writes failed (array gone) or its host's cache was lost (agent killed =
-    /// host reboot), so the MV itself may hold the torn or missing records a faithful copy
-    /// reproduces. Counted and listed, not judged (the workload keeps no log of its
-    /// acknowledged writes to tell the two apart).
+    /// Damaged RVs of copies whose MV may itself have been damaged by a fault ([`damages_mv`])
+    /// that no earlier consistent copy of the pair shows its application recovered from
+    /// ([`s3`]). Counted and listed, not judged (the workload keeps no log of its
+    /// acknowledged writes to tell a faithful copy of a damaged MV from a torn copy).
     pub excused: Vec<String>,
 }
 
 /// S3: every copy labelled consistent whose RVs the verifier read before anything changed
-/// them has no torn or missing record. A read that raced a later replicate is not judged; a
-/// damaged copy made after a fault on the array or the MV's host is counted apart
-/// ([`S3Counts::excused`]).
+/// them has no torn or missing record. A read that raced a later replicate is not judged.
+///
+/// A damaged copy is counted apart ([`S3Counts::excused`]) when its MV may have been damaged
+/// itself: a fault that can leave the MV torn ([`damages_mv`]: its host crashed, or its writes
+/// failed) struck before the job ended, and the workload had not provably started again since.
+/// It starts again (and recovers its volume: keeps the intact prefix, clears the damaged tail)
+/// at the release of the next quiesce of that MV, which runs its start hook, or at the host's
+/// boot. So once an earlier consistent copy of the same pair was separated after the fault
+/// ended (its release came later still, and the next quiesce of the MV waited for it), the
+/// fault excuses nothing: a copy made after that is judged. What stays excused is the first
+/// consistent copy after the fault: its quiesce stopped an application that was already down
+/// on the error (or not yet started after the boot), and the copy is a faithful copy of the
+/// damaged MV.
 pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Violation>, S3Counts) {
     let timelines = rv_timelines(audit);
     let mut out = Vec::new();
@@ -174,11 +183,22 @@ pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
             VerifyOutcome::Intact { .. } => counts.judged += 1,
             VerifyOutcome::Damaged { what } => {
                 let host = facts.rv_mv_hosts.get(&v.rv_ld).cloned().unwrap_or_default();
-                if let Some(w) = records
-                    .faults
-                    .iter()
-                    .find(|w| excuses(w, &host) && w.start_ms <= v.job_ended_ms)
-                {
+                // A consistent copy of the pair, made before this one, separated after `w`
+                // ended: the release that followed it started the application again.
+                let recovered_after = |w: &FaultWindow| {
+                    records.verifications.iter().any(|k| {
+                        k.rv_ld == v.rv_ld
+                            && k.job_id != v.job_id
+                            && k.job_ended_ms < v.job_ended_ms
+                            && timelines
+                                .get(&k.rv_ld)
+                                .and_then(|tl| copied_until(tl, k.job_ended_ms))
+                                .is_some_and(|t| t > w.end_ms)
+                    })
+                };
+                if let Some(w) = records.faults.iter().find(|w| {
+                    damages_mv(w, &host) && w.start_ms <= v.job_ended_ms && !recovered_after(w)
+                }) {
                     counts.excused.push(format!(
                         "job {} {}: {what} (after {} on {})",
                         v.job_id,
@@ -205,6 +225,35 @@ pub fn s3(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
         }
     }
     (out, counts)
+}
+
+/// The last instant at or before `ended_ms` at which the array had the pair not separated
+/// (copying or separating): the copy the job published was separated after it.
+fn copied_until(timeline: &[(u64, bool)], ended_ms: u64) -> Option<u64> {
+    timeline
+        .iter()
+        .rev()
+        .find(|(t, sep)| *t <= ended_ms && !*sep)
+        .map(|(t, _)| *t)
+}
+
+/// Whether `w` can leave the MV on `host` itself torn until its application starts again:
+/// the host crashed (its agent killed: with the sim backend that is the host's reboot, its
+/// write-back cache lost), or the host's writes failed (the array killed, or the host cut
+/// from the array: the workload's writer ends on the error, and the block its cache was
+/// writing back is lost). A paused agent loses nothing (its writes wait); cuts between
+/// agents, slow copies, RV LD failures and the RVs' hooks do not touch the MV.
+pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
+    let on = |name: &str| w.targets.iter().any(|t| t == name);
+    match w.kind {
+        FaultKind::KillArray => on("A1"),
+        FaultKind::CutArray
+        | FaultKind::KillLeader
+        | FaultKind::KillFollower
+        | FaultKind::KillMany
+        | FaultKind::KillQuiesced => on(host),
+        _ => false,
+    }
 }
 
 /// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
@@ -588,6 +637,69 @@ mod tests {
         r.verifications[0] = v(1_000);
         let (bad, c) = s3(&audit, &r, &facts());
         assert_eq!((bad.len(), c.judged, c.unjudged.len()), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_fault_that_damages_the_mv_excuses_a_damaged_copy_only_until_a_copy_after_it() {
+        // Two consistent copies of p0: job 1 separated at 400-450, job 2 at 700-750.
+        let audit = vec![
+            pair_line(0, 100, SyncState::Separated),
+            pair_line(1, 300, SyncState::RplExec),
+            pair_line(2, 400, SyncState::SepExec),
+            pair_line(3, 450, SyncState::Separated),
+            pair_line(4, 600, SyncState::RplExec),
+            pair_line(5, 700, SyncState::SepExec),
+            pair_line(6, 750, SyncState::Separated),
+        ];
+        let copy = |job_id, job_ended_ms| Verification {
+            job_id,
+            rv_ld: 1,
+            pair: "p0".into(),
+            job_ended_ms,
+            started_ms: job_ended_ms + 10,
+            finished_ms: job_ended_ms + 50,
+            outcome: VerifyOutcome::Damaged {
+                what: "torn record 5".into(),
+            },
+        };
+        let fault = |kind, target: &str, start_ms, end_ms| FaultWindow {
+            kind,
+            targets: vec![target.into()],
+            start_ms,
+            end_ms,
+        };
+        // The array died (the MV's writer ended on the error) before both copies: the first
+        // is a faithful copy of the damaged MV, but job 1's release started the workload
+        // again (it recovered), so job 2's damage is judged.
+        let mut r = Records {
+            verifications: vec![copy(1, 500), copy(2, 800)],
+            faults: vec![fault(FaultKind::KillArray, "A1", 50, 60)],
+            ..Default::default()
+        };
+        let (bad, c) = s3(&audit, &r, &facts());
+        assert_eq!((bad.len(), c.judged, c.excused.len()), (1, 1, 1), "{bad:?}");
+        assert!(bad[0].what.contains("job 2"), "{bad:?}");
+        // A fault that ended only after job 1's copy was separated: nothing shows a restart
+        // since, so both are excused.
+        r.faults = vec![fault(FaultKind::KillArray, "A1", 50, 420)];
+        let (bad, c) = s3(&audit, &r, &facts());
+        assert_eq!((bad.len(), c.excused.len()), (0, 2), "{bad:?}");
+        // The MV's host crashed or was cut from the array: as the array's death.
+        for kind in [FaultKind::KillFollower, FaultKind::CutArray] {
+            r.faults = vec![fault(kind, "db1", 50, 60)];
+            let (bad, c) = s3(&audit, &r, &facts());
+            assert_eq!((bad.len(), c.excused.len()), (1, 1), "{kind:?}: {bad:?}");
+        }
+        // A pause loses nothing, and a cut or crash of another host does not touch this MV.
+        for (kind, target) in [
+            (FaultKind::PauseFollower, "db1"),
+            (FaultKind::CutArray, "db2"),
+            (FaultKind::KillLeader, "mgmt1"),
+        ] {
+            r.faults = vec![fault(kind, target, 50, 60)];
+            let (bad, c) = s3(&audit, &r, &facts());
+            assert_eq!((bad.len(), c.excused.len()), (2, 0), "{kind:?} {target}");
+        }
     }
 
     #[test]

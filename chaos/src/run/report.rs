@@ -56,7 +56,7 @@ pub struct Report {
     pub submissions_unknown: u64,
     pub s3_judged: u64,
     pub s3_unjudged: u64,
-    /// Damaged copies made after a fault hit the application itself (see `check::S3Counts`).
+    /// Damaged copies of an MV a fault may have damaged itself (see `check::S3Counts`).
     pub s3_excused: Vec<String>,
     pub s4_longest_ms: u64,
     pub s4_excused: u64,
@@ -212,7 +212,7 @@ impl Summary {
             self.mount_looks, self.rv_io_refused
         );
         t += &format!(
-            "S3 RVs verified {}, not judged {} (changed before read, or unreadable), damaged after a fault on the array or the MV's host {} (counted, not judged)\n",
+            "S3 RVs verified {}, not judged {} (changed before read, or unreadable), damaged with the MV itself (its host crashed or its writes failed, and no copy since showed its application started again) {} (counted, not judged)\n",
             self.s3_judged, self.s3_unjudged, self.s3_excused
         );
         t += &format!(
