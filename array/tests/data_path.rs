@@ -25,6 +25,20 @@ fn serve_on(
     (tx, h)
 }
 
+/// A served array "A" (see [`lds`]) on a free port: its data dir, address, stop and task.
+async fn start() -> (
+    tempfile::TempDir,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, task) = serve_on(config(dir.path(), "A", lds(), 0), listener);
+    (dir, addr, stop, task)
+}
+
 fn lds() -> Vec<LdConfig> {
     let mut only_h1 = ld(1, CAP, "NX");
     only_h1.hosts = vec!["h1".into()];
@@ -33,10 +47,7 @@ fn lds() -> Vec<LdConfig> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_io_shares_the_port_with_grpc_and_keeps_the_arrays_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, task) = serve_on(config(dir.path(), "A", lds(), 0), listener);
+    let (_dir, addr, stop, task) = start().await;
     let a = Arc::new(RemoteArray::connect(&addr).await.expect("connect"));
     // gRPC on the same port.
     assert_eq!(a.info().await.unwrap().name, "A");
@@ -76,10 +87,7 @@ async fn host_io_shares_the_port_with_grpc_and_keeps_the_arrays_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_gets_an_error_naming_it_and_the_array_serves_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, task) = serve_on(config(dir.path(), "A", lds(), 0), listener);
+    let (_dir, addr, stop, task) = start().await;
     let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // The data magic, then op 9.
     let mut frame = b"SPD1".to_vec();
@@ -112,10 +120,7 @@ async fn a_malformed_frame_gets_an_error_naming_it_and_the_array_serves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reaches_a_restarted_array_at_its_first_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, task) = serve_on(config(dir.path(), "A", lds(), 0), listener);
+    let (dir, addr, stop, task) = start().await;
     let a = RemoteArray::connect(&addr).await.unwrap();
     a.write("h", 0, 0, &[9u8; 4096]).await.unwrap();
     let _ = stop.send(());
