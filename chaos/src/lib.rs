@@ -73,12 +73,15 @@
 //! node's mounts, the workload's verifier run on the array's LD files, and which jobs the
 //! client saw accepted and how they ended. S5 and S6 are judged per pair from the tokens in
 //! the audit log ([`run::fencing`]): no job acts on a pair again after another job did, and
-//! no operation is accepted under a token lower than one accepted before. A job that ended done
+//! no operation is accepted under a token lower than one accepted before. On volumes (the host
+//! steps: free, quiesce, release, mount) they are judged from the agents' own step journals,
+//! read once the agents have stopped ([`run::volumes`]): the product's record, not an
+//! independent one. A job that ended done
 //! must have left every pair of its group `separated` by the array's record (no copy broken
 //! by a copy fault is published), and a pair the heal leaves in `fault` must be explained by
 //! an RV LD failure the harness struck and be taken out by the backup it then submits. Faults
 //! on the MVs' hooks and holders (the sim applications live in the agent's process), RDR link
-//! faults, and S5/S6 on volumes are not built: `FAULTS.md` lists all that is NOT CHECKED or
+//! faults are not built: `FAULTS.md` lists all that is NOT CHECKED or
 //! NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
 //! observations and every job step.
 //!

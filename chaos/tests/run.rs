@@ -43,6 +43,16 @@ fn a_few_short_seeds_against_real_processes_end_without_violations() {
     // schedule: a loaded machine may lose a submission's answer to a leader change).
     assert!(ran.iter().any(|l| !l.contains(" 0 faults")), "{stdout}");
     assert!(ran.iter().any(|l| !l.contains(" 0 jobs")), "{stdout}");
+    // The agents' journals were read once the site stopped: the accepted jobs' host steps on
+    // volumes (free, quiesce, release, mount) were judged for S5/S6.
+    let volume_steps = stdout.lines().find_map(|l| {
+        l.strip_prefix("S5/S6: ")?
+            .split(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(volume_steps.is_some_and(|n| n > 0), "{stdout}");
     // As root with `ip netns`, these seeds draw partitions too (an isolated leader, the
     // array cut from an agent) and a failing RV stop hook: each must have been struck.
     if stillpoint_chaos::net::unavailable().is_none() {

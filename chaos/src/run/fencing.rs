@@ -31,14 +31,78 @@ pub struct FencingCounts {
     pub fenced_refused: u64,
 }
 
+/// The S5 rule over one resource's history, shared by the pair check (positions are audit
+/// seqs) and the volume check ([`super::volumes`]; positions are journal records): the jobs
+/// acting on the resource form runs, and a job whose run ended (another job acted after it)
+/// never acts again.
+#[derive(Debug)]
+pub struct OwnerRuns<P> {
+    /// The job acting now, and the position of its last act.
+    current: Option<(u64, P)>,
+    /// Jobs whose run has ended, with the position of their last act.
+    done: BTreeMap<u64, P>,
+}
+
+impl<P> Default for OwnerRuns<P> {
+    fn default() -> Self {
+        OwnerRuns {
+            current: None,
+            done: BTreeMap::new(),
+        }
+    }
+}
+
+impl<P: Clone> OwnerRuns<P> {
+    /// `job` acted at `at`. If its own run had ended before (another job acted since), returns
+    /// where that run ended: an S5 violation.
+    pub fn act(&mut self, job: u64, at: P) -> Option<P> {
+        let mut again = None;
+        match self.current.take() {
+            Some((j, _)) if j == job => {}
+            previous => {
+                again = self.done.get(&job).cloned();
+                if let Some((j, p)) = previous {
+                    self.done.insert(j, p);
+                }
+            }
+        }
+        self.current = Some((job, at));
+        again
+    }
+}
+
+/// The S6 rule's floor: the highest value (token, term) that took effect so far on a resource,
+/// with where it did.
+#[derive(Debug)]
+pub struct Floor<T, P> {
+    top: Option<(T, P)>,
+}
+
+impl<T, P> Default for Floor<T, P> {
+    fn default() -> Self {
+        Floor { top: None }
+    }
+}
+
+impl<T: Ord + Clone, P: Clone> Floor<T, P> {
+    /// The floor, if `value` is below it (an S6 violation).
+    pub fn above(&self, value: &T) -> Option<&(T, P)> {
+        self.top.as_ref().filter(|(t, _)| value < t)
+    }
+
+    /// `value` took effect at `at`: the floor rises to it if it is higher.
+    pub fn raise(&mut self, value: &T, at: &P) {
+        if self.top.as_ref().is_none_or(|(t, _)| value >= t) {
+            self.top = Some((value.clone(), at.clone()));
+        }
+    }
+}
+
 #[derive(Default)]
 struct PairHistory {
-    /// The highest token accepted so far, with the audit line that accepted it.
-    floor: Option<(FenceToken, u64)>,
-    /// Jobs whose run on the pair has ended (another job acted after them).
-    done_jobs: BTreeMap<u64, u64>,
-    /// The job acting now, and the seq of its last operation.
-    current: Option<(u64, u64)>,
+    /// The highest token accepted so far, with the audit seq of the line that accepted it.
+    floor: Floor<FenceToken, u64>,
+    runs: OwnerRuns<u64>,
 }
 
 /// S5 and S6 over the audit log (lines in file order, which is the array's sequence order).
@@ -61,9 +125,7 @@ pub fn s5_s6(audit: &[AuditLine]) -> (Vec<Violation>, FencingCounts) {
                 let Some(token) = fence else { continue };
                 counts.fenced_ops += 1;
                 let h = pairs.entry(pair.clone()).or_default();
-                if let Some((floor, floor_seq)) = &h.floor
-                    && token < floor
-                {
+                if let Some((floor, floor_seq)) = h.floor.above(token) {
                     out.push(Violation {
                         prop: "S6",
                         at_ms: l.at_unix_ms,
@@ -73,28 +135,17 @@ pub fn s5_s6(audit: &[AuditLine]) -> (Vec<Violation>, FencingCounts) {
                         ),
                     });
                 }
-                if h.floor.as_ref().is_none_or(|(f, _)| token >= f) {
-                    h.floor = Some((*token, l.seq));
+                h.floor.raise(token, &l.seq);
+                if let Some(ended_seq) = h.runs.act(token.job, l.seq) {
+                    out.push(Violation {
+                        prop: "S5",
+                        at_ms: l.at_unix_ms,
+                        what: format!(
+                            "pair {pair}: job {} acted again ({reason} with {token}, audit seq {}) after another job acted on the pair (its own run ended at audit seq {ended_seq})",
+                            token.job, l.seq
+                        ),
+                    });
                 }
-                match h.current {
-                    Some((job, _)) if job == token.job => {}
-                    previous => {
-                        if let Some(ended_seq) = h.done_jobs.get(&token.job) {
-                            out.push(Violation {
-                                prop: "S5",
-                                at_ms: l.at_unix_ms,
-                                what: format!(
-                                    "pair {pair}: job {} acted again ({reason} with {token}, audit seq {}) after another job acted on the pair (its own run ended at audit seq {ended_seq})",
-                                    token.job, l.seq
-                                ),
-                            });
-                        }
-                        if let Some((job, seq)) = previous {
-                            h.done_jobs.insert(job, seq);
-                        }
-                    }
-                }
-                h.current = Some((token.job, l.seq));
             }
             AuditEvent::PairRefused { fence: Some(_), .. } => counts.fenced_refused += 1,
             _ => {}

@@ -19,7 +19,9 @@
 //!    array's record then leaves in `fault` must be explained by an RV LD failure the harness
 //!    struck, and a backup submitted then must take it out ([`recovery_backup`]).
 //!
-//! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log.
+//! Then the checkers ([`check`]) judge the records ([`records`]) and the array's audit log;
+//! once the site has stopped, [`volumes`] judges S5 and S6 on volumes from the agents' step
+//! journals.
 //! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
 //! report carries a timeline of faults, observations and job steps.
 
@@ -31,6 +33,7 @@ pub mod observe;
 pub mod records;
 pub mod report;
 pub mod schedule;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -399,7 +402,30 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     let state = last_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
     report.timeline = timeline(&records, state.as_ref(), fault_start);
 
+    // The host steps on volumes, from the agents' journals: readable only once every agent
+    // has let go of its database.
+    let data_dirs: Vec<(String, PathBuf)> = h
+        .site
+        .layout
+        .agents()
+        .into_iter()
+        .map(|(name, _)| {
+            let dir = h.site.dir.join(format!("data-{name}"));
+            (name, dir)
+        })
+        .collect();
     h.site.stop().await;
+    match tokio::task::spawn_blocking(move || volumes::read_journals(&data_dirs)).await {
+        Ok((steps, errors)) => {
+            report.errors.extend(errors);
+            let (v, counts) = volumes::s5_s6(&steps);
+            report.violations.extend(v);
+            report.volume_steps = counts;
+        }
+        Err(e) => report
+            .errors
+            .push(format!("reading the agents' journals: {e}")),
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     if report.failed() || cfg.keep {
         // The timeline next to the logs (the summary prints it for failing runs only).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::check::Violation;
 use super::schedule::{FaultKind, Shape};
+use super::volumes::VolumeCounts;
 
 /// The properties judged, in the order the table prints them; `NOT CHECKED` ones are listed
 /// so the table never implies they hold.
@@ -27,11 +28,11 @@ pub const PROPS: [(&str, &str); 8] = [
     ),
     (
         "S5",
-        "no job acted on a pair after another job had (array audit, tokens)",
+        "no job acted on a pair or volume after another job had (pairs: array audit, tokens; volumes: agents' step journals)",
     ),
     (
         "S6",
-        "no pair operation accepted under a token below one accepted before (audit)",
+        "no pair operation accepted under a token below one accepted before (audit); no volume step begun under a term below one begun before, or a token executed twice (agents' step journals)",
     ),
     ("S7", "every accepted job ended after heal"),
     (
@@ -70,6 +71,8 @@ pub struct Report {
     /// Pair operations the array accepted (and refused) under a job's token: what S5/S6 judged.
     pub fenced_ops: u64,
     pub fenced_refused: u64,
+    /// Host steps on volumes in the agents' journals: what S5/S6 judged on volumes.
+    pub volume_steps: VolumeCounts,
     pub violations: Vec<Violation>,
     /// The harness could not do its part (site did not start, records unreadable): the
     /// schedule proves nothing and counts as failed.
@@ -94,9 +97,11 @@ impl Report {
         let faults: u64 = self.faults.values().sum();
         let jobs: u64 = self.jobs.values().sum();
         format!(
-            "seed {}: {shape}, {faults} faults, {jobs} jobs accepted, heal {:.1} s, {} violations{}, {:.1} s",
+            "seed {}: {shape}, {faults} faults, {jobs} jobs accepted, heal {:.1} s, S5/S6: {} pair operations and {} volume steps judged, {} violations{}, {:.1} s",
             self.seed,
             self.heal_ms as f64 / 1000.0,
+            self.fenced_ops,
+            self.volume_steps.steps,
             self.violations.len(),
             if self.errors.is_empty() {
                 String::new()
@@ -129,6 +134,10 @@ pub struct Summary {
     pub mount_looks: u64,
     pub fenced_ops: u64,
     pub fenced_refused: u64,
+    pub volume_steps: u64,
+    pub volumes: u64,
+    pub volume_steps_failed: u64,
+    pub volume_steps_no_outcome: u64,
     pub violations: BTreeMap<&'static str, u64>,
     pub errors: u64,
 }
@@ -159,6 +168,10 @@ impl Summary {
         self.mount_looks += r.mount_looks;
         self.fenced_ops += r.fenced_ops;
         self.fenced_refused += r.fenced_refused;
+        self.volume_steps += r.volume_steps.steps;
+        self.volumes += r.volume_steps.volumes;
+        self.volume_steps_failed += r.volume_steps.failed;
+        self.volume_steps_no_outcome += r.volume_steps.no_outcome;
         for v in &r.violations {
             *self.violations.entry(v.prop).or_default() += 1;
         }
@@ -222,6 +235,10 @@ impl Summary {
         t += &format!(
             "S5/S6 pair operations under a job's token: accepted {}, refused {}\n",
             self.fenced_ops, self.fenced_refused
+        );
+        t += &format!(
+            "S5/S6: {} volume steps judged (host steps in the agents' own journals, on {} volumes over all schedules; failed {}, no outcome recorded {})\n",
+            self.volume_steps, self.volumes, self.volume_steps_failed, self.volume_steps_no_outcome
         );
         t += &format!(
             "heal: longest {} ms; pairs left in fault and taken out by a backup after the heal {}\n",

@@ -10,7 +10,8 @@
 //!   start and resumes the volume (safety property S4). Automatic resumes are logged in
 //!   `journal/resume` so the agent can say that it resumed a volume by itself, when, and why.
 //! - **Step records** (`journal/steps`, keyed by job, step index, attempt): which step of which
-//!   job this agent executed under which fencing token, and with what outcome. The step executor
+//!   job this agent executed under which fencing token, on which resource, and with what
+//!   outcome ([`Journal::all_step_records`] lists them all, for tools that judge). The step executor
 //!   uses them for idempotency (S6): a step already done under a token is answered from the
 //!   journal instead of being done twice, and a token older than one already seen is refused.
 //! - **Fences and term floors** (`journal/step-fences`, `journal/job-terms`,
@@ -274,6 +275,18 @@ fn decode<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Decodes every record a scan of `tree` yields, in the scan's order.
+fn decode_all<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    scan: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> Result<Vec<T>, JournalError> {
+    scan.map(|kv| {
+        let (k, v) = kv?;
+        decode(tree, &k, &v)
+    })
+    .collect()
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, JournalError> {
     serde_json::to_vec(value).map_err(|e| JournalError::Encode(e.to_string()))
 }
@@ -351,13 +364,7 @@ impl Journal {
 
     /// Every recorded quiesce, by volume name.
     pub fn quiesces(&self) -> Result<Vec<QuiesceRecord>, JournalError> {
-        self.quiesce
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(QUIESCE_TREE, &k, &v)
-            })
-            .collect()
+        decode_all(QUIESCE_TREE, self.quiesce.iter())
     }
 
     /// Removes the quiesce of `volume` once it has been resumed, durably. Returns the record.
@@ -379,13 +386,7 @@ impl Journal {
 
     /// Automatic resumes, oldest first.
     pub fn resumes(&self) -> Result<Vec<ResumeRecord>, JournalError> {
-        self.resume
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(RESUME_TREE, &k, &v)
-            })
-            .collect()
+        decode_all(RESUME_TREE, self.resume.iter())
     }
 
     /// Keeps only the newest `keep` resume records.
@@ -441,13 +442,7 @@ impl Journal {
 
     /// Every process recorded as running.
     pub fn processes(&self) -> Result<Vec<ProcessRecord>, JournalError> {
-        self.processes
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(PROCESS_TREE, &k, &v)
-            })
-            .collect()
+        decode_all(PROCESS_TREE, self.processes.iter())
     }
 }
 

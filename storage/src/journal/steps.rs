@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     JOB_TERM_TREE, Journal, JournalError, RESOURCE_TERM_TREE, STEP_FENCE_TREE, STEP_LATEST_TREE,
-    STEP_TREE, decode, encode,
+    STEP_TREE, decode, decode_all, encode,
 };
 
 /// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
@@ -42,6 +42,11 @@ pub struct StepRecord {
     pub outcome: StepOutcome,
     pub started_at_unix_ms: u64,
     pub finished_at_unix_ms: Option<u64>,
+    /// What the step acted on, as given to [`Journal::begin_step`] (`pair:NAME`,
+    /// `volume:NODE:VOLUME`; `None` for a step that touches neither, and for records written
+    /// before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
 }
 
 fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
@@ -74,13 +79,14 @@ impl Journal {
         let mut prefix = Vec::with_capacity(12);
         prefix.extend_from_slice(&job_id.to_be_bytes());
         prefix.extend_from_slice(&step_index.to_be_bytes());
-        self.steps
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(STEP_TREE, &k, &v)
-            })
-            .collect()
+        decode_all(STEP_TREE, self.steps.scan_prefix(&prefix))
+    }
+
+    /// Every step record in this journal, in key order (job, step, attempt), each with the
+    /// resource it was begun on. Reads only; for tools that judge what the agent did (the
+    /// chaos harness reads a stopped agent's journal with it).
+    pub fn all_step_records(&self) -> Result<Vec<StepRecord>, JournalError> {
+        decode_all(STEP_TREE, self.steps.iter())
     }
 
     /// The latest record of a job step (highest (term, attempt)), if any.
@@ -163,6 +169,7 @@ impl Journal {
             outcome: StepOutcome::Started,
             started_at_unix_ms: now_unix_ms,
             finished_at_unix_ms: None,
+            resource: resource.map(str::to_string),
         };
         let key = step_key(token.job_id, token.step_index, token.attempt);
         let latest_key = key[..12].to_vec();
@@ -363,15 +370,16 @@ impl Journal {
         now_unix_ms: u64,
     ) -> Result<StepRecord, JournalError> {
         let key = step_key(token.job_id, token.step_index, token.attempt);
-        let started = match self.step(&token)? {
-            Some(r) => r.started_at_unix_ms,
-            None => now_unix_ms,
+        let (started, resource) = match self.step(&token)? {
+            Some(r) => (r.started_at_unix_ms, r.resource),
+            None => (now_unix_ms, None),
         };
         let rec = StepRecord {
             token,
             outcome,
             started_at_unix_ms: started,
             finished_at_unix_ms: Some(now_unix_ms),
+            resource,
         };
         self.steps.insert(key, encode(&rec)?)?;
         Ok(rec)
@@ -412,6 +420,46 @@ mod tests {
 
     fn started(j: &Journal, t: FencingToken, resource: Option<&str>) -> bool {
         matches!(j.begin_step(t, resource, 1).unwrap(), StepBegin::Started(_))
+    }
+
+    #[test]
+    fn every_step_record_is_listed_with_the_resource_it_was_begun_on() {
+        let j = journal();
+        assert!(j.all_step_records().unwrap().is_empty());
+        assert!(started(&j, at(8, 1, 3, 1), Some("volume:db1:mv0")));
+        assert!(started(&j, at(7, 0, 3, 2), Some("pair:p0")));
+        assert!(started(&j, at(7, 2, 3, 1), None));
+        // The outcome keeps the resource the step was begun on.
+        j.finish_step(
+            at(8, 1, 3, 1),
+            StepOutcome::Failed {
+                reason: "hook failed".into(),
+            },
+            9,
+        )
+        .unwrap();
+        let all = j.all_step_records().unwrap();
+        let seen: Vec<(u64, u32, Option<&str>)> = all
+            .iter()
+            .map(|r| (r.token.job_id, r.token.step_index, r.resource.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (7, 0, Some("pair:p0")),
+                (7, 2, None),
+                (8, 1, Some("volume:db1:mv0")),
+            ]
+        );
+        assert_eq!(all[2].finished_at_unix_ms, Some(9));
+        assert!(matches!(all[2].outcome, StepOutcome::Failed { .. }));
+        // A refused begin writes nothing to list.
+        assert!(j.begin_step(at(9, 0, 2, 1), Some("pair:p0"), 10).is_err());
+        assert_eq!(j.all_step_records().unwrap().len(), 3);
+        // A record written before the field existed reads with no resource.
+        let old = br#"{"token":{"term":1,"job_id":1,"step_index":0,"attempt":1},"outcome":"Started","started_at_unix_ms":5,"finished_at_unix_ms":null}"#;
+        let rec: StepRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!(rec.resource, None);
     }
 
     #[test]
