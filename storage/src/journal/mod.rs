@@ -482,6 +482,21 @@ mod tests {
         );
     }
 
+    /// Opens the sled database at `dir`, retrying while a database dropped a moment ago is
+    /// still held by sled's background flusher (it lets the lock go on its next wake-up).
+    pub(crate) fn reopen(dir: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen sled at {}: {e}", dir.display()),
+            }
+        }
+    }
+
     #[test]
     fn quiesce_records_survive_reopening_the_database() {
         let dir = tempfile::tempdir().unwrap();
@@ -492,7 +507,7 @@ mod tests {
             j.put_quiesce(&quiesce("mv2")).unwrap();
             assert!(j.remove_quiesce("mv2").unwrap().is_some());
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let j = Journal::open(&db).unwrap();
         assert_eq!(j.quiesces().unwrap(), vec![quiesce("mv1")]);
         assert_eq!(j.quiesce("mv2").unwrap(), None);

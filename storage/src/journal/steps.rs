@@ -540,7 +540,7 @@ mod tests {
             assert!(started(&j, at(1, 0, 4, 1), Some("pair:p0")));
             j.fence_step(at(2, 0, 6, 1)).unwrap();
         }
-        let j = Journal::open(&sled::open(dir.path()).unwrap()).unwrap();
+        let j = Journal::open(&crate::journal::tests::reopen(dir.path())).unwrap();
         assert!(matches!(
             j.begin_step(at(3, 0, 3, 1), Some("pair:p0"), 1),
             Err(JournalError::StaleTerm { floor_term: 4, .. })
