@@ -38,6 +38,8 @@ use crate::error::HostError;
 use crate::limits::SIM_BLOCK_BYTES;
 use crate::sim::{SimApp, SimBackend, SimHandle};
 
+/// Longest a start waits for its volume's recovery before it returns (the recovery goes on).
+const RECOVERY_WAIT_MS: u64 = 10_000;
 /// Size of one record slot. Not a divisor of the cache block, so records straddle blocks.
 pub const RECORD_BYTES: u64 = 1536;
 const MAGIC: &[u8; 4] = b"SPWR";
@@ -381,6 +383,7 @@ impl SimApp for Workload {
             .unwrap_or(u64::MAX)
             .min(slots(handle.capacity_bytes()));
         let pace = self.pace;
+        let (recovered_tx, recovered_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
         let task = tokio::spawn(async move {
             let result = async {
                 if recover_first {
@@ -388,7 +391,12 @@ impl SimApp for Workload {
                     // records that survived past a hole), make that durable, and continue
                     // after the prefix. A recovery that fails ends the run on its error and
                     // leaves the flag set, so the next start recovers again.
-                    let next = recover(&handle).await?;
+                    let recovered = recover(&handle).await;
+                    let _ = recovered_tx.send(match &recovered {
+                        Ok(next) => Ok(*next),
+                        Err(e) => Err(e.to_string()),
+                    });
+                    let next = recovered?;
                     next_seq.store(next, Ordering::SeqCst);
                     recover_on_start.store(false, Ordering::SeqCst);
                 }
@@ -423,10 +431,29 @@ impl SimApp for Workload {
         });
         *running = Some(Running { stop_tx, task });
         if recover_first {
-            return Ok(format!(
-                "{} started; it recovers its volume first",
-                self.name
-            ));
+            // The start returns once the volume is recovered, as an application's start
+            // script returns once it is up (so whoever started it sees it writing), but never
+            // fails for it: a recovery that fails or takes longer than
+            // [`RECOVERY_WAIT_MS`] is said, and the run goes on (or ends) on its own.
+            let waited = tokio::time::timeout(
+                std::time::Duration::from_millis(RECOVERY_WAIT_MS),
+                recovered_rx,
+            )
+            .await;
+            return Ok(match waited {
+                Ok(Ok(Ok(next))) => format!(
+                    "{} started at record {next} after recovering its volume",
+                    self.name
+                ),
+                Ok(Ok(Err(e))) => format!(
+                    "{} started, but recovering its volume failed ({e}); it stopped and \
+                     recovers again at its next start",
+                    self.name
+                ),
+                Ok(Err(_)) | Err(_) => {
+                    format!("{} started; it is still recovering its volume", self.name)
+                }
+            });
         }
         Ok(format!(
             "{} started at record {}",
