@@ -22,9 +22,11 @@
 //! writes failed, is damaged only until its application starts again (a start hook after the
 //! next quiesce, or the host's boot), and a copy made after that is a clean prefix. A copy made
 //! in between (a quiesce of an MV whose application is down) is a faithful copy of the damage.
-//! The recovery is the run's first work, not part of the start: a start succeeds as a
-//! launched application's would, and a volume that cannot be read (the array still gone)
-//! ends that run on the error, so the next start recovers again.
+//! The recovery is the run's first work. The start waits for it (at most
+//! `RECOVERY_WAIT_MS`), as an application's start script returns once the application is up,
+//! so whoever started it sees it writing; but a start never fails for it: a volume that
+//! cannot be read (the array still gone) ends that run on the error, and the next start
+//! recovers again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
