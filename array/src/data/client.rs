@@ -44,16 +44,7 @@ impl DataClient {
 
     /// Writes `data` at `offset` of LD `ld` as host `host`.
     pub async fn write(&self, host: &str, ld: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let len = u32::try_from(data.len())
-            .ok()
-            .filter(|&n| u64::from(n) <= crate::IO_BYTES_MAX)
-            .ok_or_else(|| {
-                ArrayError::invalid(format!(
-                    "write of {} bytes exceeds the largest host I/O of {} bytes",
-                    data.len(),
-                    crate::IO_BYTES_MAX
-                ))
-            })?;
+        let len = io_len("write", data.len() as u64)?;
         self.exchange(Op::Write, host, ld, offset, len, data)
             .await
             .map(|_| ())
@@ -61,15 +52,7 @@ impl DataClient {
 
     /// Reads `len` bytes at `offset` of LD `ld` as host `host`.
     pub async fn read(&self, host: &str, ld: u32, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let len = u32::try_from(len)
-            .ok()
-            .filter(|&n| u64::from(n) <= crate::IO_BYTES_MAX)
-            .ok_or_else(|| {
-                ArrayError::invalid(format!(
-                    "read of {len} bytes exceeds the largest host I/O of {} bytes",
-                    crate::IO_BYTES_MAX
-                ))
-            })?;
+        let len = io_len("read", len)?;
         self.exchange(Op::Read, host, ld, offset, len, &[]).await
     }
 
@@ -200,6 +183,19 @@ impl DataClient {
     fn clear(&self) {
         self.lock().clear();
     }
+}
+
+/// A host I/O length as the frame carries it, refused past [`crate::IO_BYTES_MAX`].
+fn io_len(what: &str, len: u64) -> Result<u32> {
+    u32::try_from(len)
+        .ok()
+        .filter(|&n| u64::from(n) <= crate::IO_BYTES_MAX)
+        .ok_or_else(|| {
+            ArrayError::invalid(format!(
+                "{what} of {len} bytes exceeds the largest host I/O of {} bytes",
+                crate::IO_BYTES_MAX
+            ))
+        })
 }
 
 /// Sends one request and reads its reply: Ok(Ok(data)) or Ok(Err(error JSON)) is the array's

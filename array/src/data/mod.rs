@@ -27,10 +27,12 @@ mod client;
 mod server;
 
 pub use client::DataClient;
-pub(crate) use server::{REQUEST_MAGIC, route_connections};
+pub(crate) use server::route_connections;
 
 use crate::error::ArrayError;
 
+/// The first bytes of every data request; a connection that starts with them is a data one.
+pub(crate) const REQUEST_MAGIC: [u8; 4] = *b"SPD1";
 /// The first bytes of every reply.
 pub(crate) const REPLY_MAGIC: [u8; 4] = *b"SPR1";
 /// Bytes of a request's fixed header.

@@ -10,13 +10,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Op, REQUEST_HEADER_BYTES, RequestHeader, encode_reply_header};
+use super::{Op, REQUEST_HEADER_BYTES, REQUEST_MAGIC, RequestHeader, encode_reply_header};
 use crate::api::Array;
 use crate::error::ArrayError;
 use crate::wire::error_json;
 
-/// The first bytes of every data request; a connection that starts with them is a data one.
-pub(crate) const REQUEST_MAGIC: [u8; 4] = *b"SPD1";
 /// How long a new connection may take to send its first four bytes before it is handed to
 /// gRPC (which has its own limits for a silent client).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);

@@ -482,21 +482,6 @@ mod tests {
         );
     }
 
-    /// Opens the sled database at `dir`, retrying while a database dropped a moment ago is
-    /// still held by sled's background flusher (it lets the lock go on its next wake-up).
-    pub(crate) fn reopen(dir: &std::path::Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::open(dir) {
-                Ok(db) => return db,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("cannot reopen sled at {}: {e}", dir.display()),
-            }
-        }
-    }
-
     #[test]
     fn quiesce_records_survive_reopening_the_database() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,13 +492,16 @@ mod tests {
             j.put_quiesce(&quiesce("mv2")).unwrap();
             assert!(j.remove_quiesce("mv2").unwrap().is_some());
         }
-        let db = reopen(dir.path());
-        let j = Journal::open(&db).unwrap();
+        // `Store::open` waits for sled's flusher to let the dropped database's lock go.
+        let store = crate::Store::open(dir.path()).unwrap();
+        let j = Journal::open(store.db()).unwrap();
         assert_eq!(j.quiesces().unwrap(), vec![quiesce("mv1")]);
         assert_eq!(j.quiesce("mv2").unwrap(), None);
         // The journal's trees are named apart from anything else in the database.
         assert!(
-            db.tree_names()
+            store
+                .db()
+                .tree_names()
                 .iter()
                 .filter(|n| n.as_ref() != b"__sled__default")
                 .all(|n| n.starts_with(b"journal/"))

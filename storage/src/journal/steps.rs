@@ -540,7 +540,9 @@ mod tests {
             assert!(started(&j, at(1, 0, 4, 1), Some("pair:p0")));
             j.fence_step(at(2, 0, 6, 1)).unwrap();
         }
-        let j = Journal::open(&crate::journal::tests::reopen(dir.path())).unwrap();
+        // `Store::open` waits for sled's flusher to let the dropped database's lock go.
+        let store = crate::Store::open(dir.path()).unwrap();
+        let j = Journal::open(store.db()).unwrap();
         assert!(matches!(
             j.begin_step(at(3, 0, 3, 1), Some("pair:p0"), 1),
             Err(JournalError::StaleTerm { floor_term: 4, .. })
