@@ -26,7 +26,7 @@ use crate::config::{BackendKind, HostConfig, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::Guard;
 use crate::postgres::Session;
-use crate::process::now_unix_ms;
+use crate::process::{deadline_boot_ms, left_ms, now_boot_ms, now_unix_ms};
 use crate::resume::{ResumeFailed, resume_record};
 use crate::sim::SimBackend;
 
@@ -338,8 +338,7 @@ impl Host for Agent {
         if rec.quiesce_id != quiesce_id {
             return Err(inner.lost(volume, quiesce_id)?);
         }
-        let now = now_unix_ms();
-        if now >= rec.deadline_unix_ms {
+        if left_ms(&rec) == 0 {
             return Err(HostError::Refused {
                 volume: volume.into(),
                 rule: "S4 (deadline passed)".into(),
@@ -362,7 +361,7 @@ impl Host for Agent {
         // The guard first: if it already thawed, the quiesce is lost, whatever the journal says.
         let held = lock_std(&inner.guards).remove(&quiesce_id);
         if let Some(g) = held {
-            let deadline = rec.deadline_unix_ms;
+            let deadline = deadline_boot_ms(&rec);
             let (g, told) = tokio::task::spawn_blocking(move || {
                 let told = g.extend(deadline);
                 (g, told)
@@ -462,16 +461,17 @@ impl Inner {
 
 /// Unmounts a volume for a quiesce. A stop hook usually signals the application and returns
 /// while it is still exiting, so a busy volume is tried again, with a growing pause, until
-/// `wait_until_unix_ms` (0: once); then the last refusal (naming the holders) stands.
+/// `wait_until_boot_ms` (boot clock; 0: once); then the last refusal (naming the holders)
+/// stands.
 async fn unmount_once_stopped(
     backend: &dyn Backend,
     cfg: &VolumeConfig,
-    wait_until_unix_ms: u64,
+    wait_until_boot_ms: u64,
 ) -> Result<(), HostError> {
     let mut pause_ms = crate::limits::HOLDER_EXIT_POLL_MS;
     loop {
         match backend.unmount(cfg, false).await {
-            Err(HostError::Busy { .. }) if now_unix_ms() + pause_ms < wait_until_unix_ms => {
+            Err(HostError::Busy { .. }) if now_boot_ms() + pause_ms < wait_until_boot_ms => {
                 tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
                 pause_ms = (pause_ms * 2).min(crate::limits::HOLDER_EXIT_POLL_MS_MAX);
             }
@@ -531,6 +531,7 @@ async fn quiesce_detached(
         QuiesceMode::HooksOnly => QuiesceKind::HooksOnly,
     };
     let now = now_unix_ms();
+    let now_boot = now_boot_ms();
     let rec = QuiesceRecord {
         volume: req.volume.clone(),
         quiesce_id: inner.journal.next_id()?,
@@ -539,13 +540,14 @@ async fn quiesce_detached(
         taken_at_unix_ms: now,
         deadline_unix_ms: now + limit_ms,
         extended_ms_total: 0,
+        taken_at_boot_ms: now_boot,
     };
     // Durable before the volume is touched: a crash from here on is resumed at start.
     inner.put_quiesce(&rec).await?;
     let acted: Result<(), HostError> = async {
         match &req.mode {
             QuiesceMode::Freeze => {
-                if let Some(g) = inner.backend.freeze(cfg, rec.deadline_unix_ms).await? {
+                if let Some(g) = inner.backend.freeze(cfg, deadline_boot_ms(&rec)).await? {
                     let proc_rec = ProcessRecord {
                         pid: g.pid,
                         start_ticks: g.start_ticks,
@@ -562,35 +564,34 @@ async fn quiesce_detached(
             QuiesceMode::Unmount => {
                 if cfg.stop.is_some() {
                     inner
-                        .hook(cfg, HookKind::Stop, Some(rec.deadline_unix_ms))
+                        .hook(cfg, HookKind::Stop, Some(deadline_boot_ms(&rec)))
                         .await?;
                 }
                 inner.backend.flush(cfg).await?;
                 // Without a stop hook nothing of ours will make a holder go: one attempt.
-                let wait_until_unix_ms = match cfg.stop {
-                    Some(_) => rec
-                        .deadline_unix_ms
-                        .min(now_unix_ms().saturating_add(crate::limits::HOLDER_EXIT_WAIT_MS)),
+                let wait_until_boot_ms = match cfg.stop {
+                    Some(_) => deadline_boot_ms(&rec)
+                        .min(now_boot_ms().saturating_add(crate::limits::HOLDER_EXIT_WAIT_MS)),
                     None => 0,
                 };
-                unmount_once_stopped(inner.backend.as_ref(), cfg, wait_until_unix_ms).await
+                unmount_once_stopped(inner.backend.as_ref(), cfg, wait_until_boot_ms).await
             }
             QuiesceMode::HooksOnly => {
                 inner
-                    .hook(cfg, HookKind::Stop, Some(rec.deadline_unix_ms))
+                    .hook(cfg, HookKind::Stop, Some(deadline_boot_ms(&rec)))
                     .await?;
                 inner.backend.flush(cfg).await
             }
             QuiesceMode::Postgresql(c) => {
                 let label = format!("stillpoint quiesce {} ({})", rec.quiesce_id, rec.owner);
-                let window_ms = rec.deadline_unix_ms.saturating_sub(now_unix_ms());
+                let window_ms = left_ms(&rec);
                 let session = Session::start(&req.volume, c, &label, window_ms).await?;
                 lock_std(&inner.pg_sessions).insert(rec.quiesce_id, session);
                 Ok(())
             }
         }?;
         // S4: a quiesce that was not complete before its deadline is no quiesce.
-        if now_unix_ms() >= rec.deadline_unix_ms {
+        if left_ms(&rec) == 0 {
             return Err(past_deadline(&req.volume, "the quiesce"));
         }
         Ok(())
@@ -699,7 +700,7 @@ async fn release_detached(
     Ok(ReleaseReport {
         volume: volume.into(),
         quiesce_id: rec.quiesce_id,
-        held_ms: now_unix_ms().saturating_sub(rec.taken_at_unix_ms),
+        held_ms: rec.held_ms(now_boot_ms(), now_unix_ms()),
         start_hook: resumed.start_hook,
         backup_label: resumed.backup_label,
     })

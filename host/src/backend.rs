@@ -32,14 +32,15 @@ pub(crate) trait Backend: Send + Sync {
         mount_point: &str,
         req: &MountRequest,
     ) -> Result<(), HostError>;
-    /// Freezes until `deadline_unix_ms`. The linux backend freezes through a [`Guard`]
+    /// Freezes until `deadline_boot_ms` (the machine's boot clock, which no wall-clock step
+    /// moves). The linux backend freezes through a [`Guard`]
     /// process that thaws at the deadline even if the agent dies, and returns it; the sim
     /// (whose freeze lives in the agent's process) returns `None`. On error nothing was frozen
     /// by this call (a freeze still in flight is undone by its guard when it completes).
     async fn freeze(
         &self,
         v: &VolumeConfig,
-        deadline_unix_ms: u64,
+        deadline_boot_ms: u64,
     ) -> Result<Option<Guard>, HostError>;
     async fn thaw(&self, v: &VolumeConfig) -> Result<(), HostError>;
     async fn rescan(&self) -> Result<(), HostError>;

@@ -120,6 +120,9 @@ fn quiesce_from(q: pb::QuiesceInfo) -> Result<QuiesceRecord, HostError> {
         taken_at_unix_ms: q.taken_at_unix_ms,
         deadline_unix_ms: q.deadline_unix_ms,
         extended_ms_total: q.extended_ms_total,
+        // The agent measures its deadline on its own boot clock; a remote reader has the
+        // wall-clock times only.
+        taken_at_boot_ms: 0,
     })
 }
 
@@ -333,6 +336,7 @@ impl HostAgent for HostService {
                         taken_at_unix_ms: r.taken_at_unix_ms,
                         deadline_unix_ms: 0,
                         extended_ms_total: 0,
+                        taken_at_boot_ms: 0,
                     })),
                     resumed_at_unix_ms: r.resumed_at_unix_ms,
                     reason: r.reason,

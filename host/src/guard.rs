@@ -20,7 +20,7 @@
 //! system's root directory fd, the pipes, the deadline) is prepared before the fork.
 //!
 //! The protocol, over two pipes (writes of at most 9 bytes are atomic):
-//! agent → guard, 9 bytes `[cmd, u64 LE]`: `E` new deadline (unix ms), `U` thaw now and exit.
+//! agent → guard, 9 bytes `[cmd, u64 LE]`: `E` new deadline (boot-clock ms), `U` thaw now and exit.
 //! guard → agent, 5 bytes `[code, i32 LE errno]`: `F` freeze result (0 = frozen, else errno;
 //! the guard then exits), `E` extended, `U` thawed on request (FITHAW errno, EINVAL = was not
 //! frozen), `T` thawing by itself (deadline or signal). When the agent's pipe closes (the agent
@@ -43,7 +43,7 @@ const REP_EXTENDED: u8 = b'E';
 const REP_THAWED: u8 = b'U';
 const REP_BY_ITSELF: u8 = b'T';
 
-/// Longest wait between two looks at the wall clock (a clock step moves the deadline).
+/// Longest wait between two looks at the clock.
 const GUARD_POLL_MS_MAX: u64 = 500;
 /// Attempts at FITHAW by the guard before it gives up (EINVAL ends them: not frozen).
 const GUARD_THAW_ATTEMPTS: u32 = 5;
@@ -194,11 +194,11 @@ fn send(f: &File, cmd: u8, value: u64) -> io::Result<()> {
 
 impl Guard {
     /// Forks a guard that freezes the file system whose root directory is `fs_root` and
-    /// thaws it at `deadline_unix_ms` (wall clock) unless told otherwise. Blocks until the
+    /// thaws it at `deadline_boot_ms` (the boot clock) unless told otherwise. Blocks until the
     /// freeze is done or `freeze_timeout_ms` passed.
     pub(crate) fn freeze(
         fs_root: File,
-        deadline_unix_ms: u64,
+        deadline_boot_ms: u64,
         freeze_timeout_ms: u64,
     ) -> Result<Guard, FreezeFailed> {
         let (ctl_r, ctl_w) = pipe().map_err(FreezeFailed::Spawn)?;
@@ -218,7 +218,7 @@ impl Guard {
                     fs_root.as_raw_fd(),
                     ctl_r.as_raw_fd(),
                     st_w.as_raw_fd(),
-                    deadline_unix_ms,
+                    deadline_boot_ms,
                 )
             }
         }
@@ -258,8 +258,8 @@ impl Guard {
     }
 
     /// Moves the guard's deadline. Fails if the guard already thawed or is gone.
-    pub(crate) fn extend(&self, deadline_unix_ms: u64) -> Result<(), Ended> {
-        send(&self.to_guard, CMD_EXTEND, deadline_unix_ms)
+    pub(crate) fn extend(&self, deadline_boot_ms: u64) -> Result<(), Ended> {
+        send(&self.to_guard, CMD_EXTEND, deadline_boot_ms)
             .map_err(|e| Ended::Silent(format!("cannot reach the freeze guard: {e}")))?;
         let until = Instant::now() + Duration::from_millis(GUARD_ANSWER_MS);
         match read_answer(&self.from_guard, until) {
@@ -307,14 +307,15 @@ impl Guard {
     }
 }
 
-/// Wall-clock milliseconds, async-signal-safe.
-unsafe fn now_unix_ms() -> u64 {
+/// Boot-clock milliseconds (`CLOCK_BOOTTIME`: no wall-clock step moves it; the agent measures
+/// deadlines on the same clock), async-signal-safe.
+unsafe fn now_boot_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into our timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
 }
 
@@ -426,7 +427,7 @@ unsafe fn guard_main(fs: RawFd, ctl: RawFd, st: RawFd, mut deadline: u64) -> ! {
         answer(st, REP_FROZE, 0);
         let mut ctl_open = true;
         loop {
-            let now = now_unix_ms();
+            let now = now_boot_ms();
             if now >= deadline {
                 answer(st, REP_BY_ITSELF, 0);
                 thaw_fd(fs);

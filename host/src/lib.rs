@@ -81,7 +81,11 @@
 //! is taken by a freeze guard (`guard`): a small process the agent forks per freeze, in its
 //! own session, that performs FIFREEZE itself and thaws at the deadline unless the agent
 //! releases or extends it, so the deadline holds even while the agent is dead (measured: a
-//! blocked writer goes through 26-27 ms after the deadline with the agent SIGKILLed). Because
+//! blocked writer goes through 26-27 ms after the deadline with the agent SIGKILLed). The
+//! deadline is measured on the machine's boot clock (`CLOCK_BOOTTIME`), by the watchdog and
+//! the guard alike: a step of the wall clock (NTP, `date -s`) neither stretches a freeze past
+//! its limit nor ends it early; the record's wall-clock times are for people. A test build
+//! (`fault-injection`) can step the agent's wall clock ([`switches`]). Because
 //! the guard is the process that froze, a freeze the kernel refuses (another tool froze the
 //! file system) is never followed by a thaw of someone else's freeze. An agent that dies
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
@@ -200,6 +204,7 @@ mod postgres;
 mod process;
 mod resume;
 mod sim;
+pub mod switches;
 mod workload;
 
 pub use agent::{Agent, Engine};

@@ -597,16 +597,16 @@ impl Backend for LinuxBackend {
     async fn freeze(
         &self,
         v: &VolumeConfig,
-        deadline_unix_ms: u64,
+        deadline_boot_ms: u64,
     ) -> Result<Option<Guard>, HostError> {
         let mp = self.require_mounted(v, "freeze")?;
         let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
         let frozen = tokio::task::spawn_blocking(move || {
             // The freeze may not outlast the window it opens.
-            let left_ms = deadline_unix_ms.saturating_sub(crate::process::now_unix_ms());
+            let left_ms = deadline_boot_ms.saturating_sub(crate::process::now_boot_ms());
             Guard::freeze(
                 root,
-                deadline_unix_ms,
+                deadline_boot_ms,
                 SYSCALL_TIMEOUT_MS.min(left_ms.max(1)),
             )
         })

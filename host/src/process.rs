@@ -210,12 +210,26 @@ pub(crate) fn tail(s: &str, n: usize) -> String {
     s[start..].to_string()
 }
 
-/// Milliseconds since the Unix epoch (wall clock, for journal records).
+/// Milliseconds since the Unix epoch (wall clock, for journal records; see
+/// [`crate::switches::wall_unix_ms`]).
 pub(crate) fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::switches::wall_unix_ms()
+}
+
+/// Milliseconds on the machine's boot clock, which no wall-clock step moves; every deadline
+/// is measured on it (see [`crate::switches::monotonic_ms`]).
+pub(crate) fn now_boot_ms() -> u64 {
+    crate::switches::monotonic_ms()
+}
+
+/// How long until `rec`'s deadline, in ms (0: passed), measured on the boot clock.
+pub(crate) fn left_ms(rec: &crate::api::QuiesceRecord) -> u64 {
+    rec.left_ms(now_boot_ms(), now_unix_ms())
+}
+
+/// `rec`'s deadline on the boot clock.
+pub(crate) fn deadline_boot_ms(rec: &crate::api::QuiesceRecord) -> u64 {
+    rec.deadline_boot_ms(now_boot_ms(), now_unix_ms())
 }
 
 /// Waits (bounded by [`crate::limits::ORPHAN_END_MS`]) until the process `pid` that started at

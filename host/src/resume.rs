@@ -17,7 +17,7 @@ use crate::limits::{
     JOURNAL_WRITE_TIMEOUT_MS, RESUME_ATTEMPTS_MAX, RESUME_RETRY_MS, RESUME_RETRY_MS_MAX,
     START_HOOK_ATTEMPTS_MAX,
 };
-use crate::process::{self, now_unix_ms};
+use crate::process::{self, left_ms, now_boot_ms, now_unix_ms};
 
 /// Why undoing a quiesce failed.
 pub(crate) enum ResumeFailed {
@@ -153,21 +153,21 @@ impl Inner {
                     continue;
                 }
             };
-            let now = now_unix_ms();
-            if now >= rec.deadline_unix_ms {
+            let left = left_ms(&rec);
+            if left == 0 {
                 let reason = format!(
                     "deadline passed: quiesced by {} for {} ms (limit {} ms incl. {} ms extension) \
                      with neither release nor extension",
                     rec.owner,
-                    now - rec.taken_at_unix_ms,
-                    rec.deadline_unix_ms - rec.taken_at_unix_ms,
+                    rec.held_ms(now_boot_ms(), now_unix_ms()),
+                    rec.limit_ms(),
                     rec.extended_ms_total
                 );
                 self.auto_resume(&volume, quiesce_id, &reason, RESUME_ATTEMPTS_MAX)
                     .await;
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(rec.deadline_unix_ms - now)).await;
+            tokio::time::sleep(Duration::from_millis(left)).await;
         }
     }
 
@@ -451,13 +451,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs a configured hook for at most its timeout, or until `deadline_unix_ms` if that
+    /// Runs a configured hook for at most its timeout, or until `deadline_boot_ms` (boot clock) if that
     /// comes first (a stop hook inside a quiesce window).
     pub(crate) async fn hook(
         &self,
         cfg: &VolumeConfig,
         kind: HookKind,
-        deadline_unix_ms: Option<u64>,
+        deadline_boot_ms: Option<u64>,
     ) -> Result<HookOutput, HostError> {
         let hook = match kind {
             HookKind::Stop => cfg.stop.as_ref(),
@@ -469,8 +469,8 @@ impl Inner {
                 hook: kind.as_str().into(),
             });
         };
-        let timeout_ms = match deadline_unix_ms {
-            Some(d) => hook.timeout_ms.min(d.saturating_sub(now_unix_ms())),
+        let timeout_ms = match deadline_boot_ms {
+            Some(d) => hook.timeout_ms.min(d.saturating_sub(now_boot_ms())),
             None => hook.timeout_ms,
         };
         if timeout_ms == 0 {

@@ -550,7 +550,7 @@ impl Backend for SimBackend {
     async fn freeze(
         &self,
         v: &VolumeConfig,
-        _deadline_unix_ms: u64,
+        _deadline_boot_ms: u64,
     ) -> Result<Option<Guard>, HostError> {
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;

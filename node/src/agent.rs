@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use stillpoint_coordinator::{
     ClusterState, Command, Member, NodeId, NodeRecord, Raft, Response, TypeConfig,
@@ -124,11 +124,39 @@ impl AgentContext {
     }
 }
 
+/// This agent's wall clock, ms since the Unix epoch: stamps of records and of times shown
+/// (in a test build, moved by the fault switches' clock step; see
+/// [`stillpoint_host::switches`]). Never used to time anything out within the agent's life:
+/// see [`LeadClock`].
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    stillpoint_host::switches::wall_unix_ms()
+}
+
+/// A leader's clock: the wall clock read once when its lead began, advanced since by the
+/// machine's boot clock. A wall-clock step during the lead (NTP, an operator) then neither
+/// expires every step's deadline at once nor stretches them, and the stamps one leader puts
+/// on a job's timeline never run backwards. A new leader reads the wall clock afresh (and
+/// probes every step a predecessor left out, whatever its deadline said).
+#[derive(Clone, Copy, Debug)]
+pub struct LeadClock {
+    wall_at_start_ms: u64,
+    boot_at_start_ms: u64,
+}
+
+impl LeadClock {
+    pub fn start() -> LeadClock {
+        LeadClock {
+            wall_at_start_ms: now_ms(),
+            boot_at_start_ms: stillpoint_host::switches::monotonic_ms(),
+        }
+    }
+
+    /// Now, in wall-clock ms as of the lead's start.
+    pub fn now_ms(&self) -> u64 {
+        let since_ms =
+            stillpoint_host::switches::monotonic_ms().saturating_sub(self.boot_at_start_ms);
+        self.wall_at_start_ms.saturating_add(since_ms)
+    }
 }
 
 /// A started agent. Dropping it without [`RunningAgent::shutdown`] aborts nothing: call

@@ -16,13 +16,21 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::output::{OutputFormat, json, table};
 
+/// What `--version` prints: a test build with fault switches says so, so a harness can
+/// check it has one and nobody mistakes one for a production build.
+const VERSION: &str = if stillpoint_host::switches::BUILT {
+    concat!(env!("CARGO_PKG_VERSION"), " (test build: fault-injection)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Default agent address for client commands.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7401";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "stillpoint",
-    version,
+    version = VERSION,
     about = "Consistent array-replication backups, driven by a Raft cluster of agents"
 )]
 pub struct Cli {

@@ -49,7 +49,7 @@ use tokio::task::JoinSet;
 
 pub use send::{REPLY_WITHIN_MS, Routes, Unanswered, execute_once, executor_candidates};
 
-use crate::agent::{AgentContext, now_ms};
+use crate::agent::{AgentContext, LeadClock};
 
 /// How often the driver looks at its jobs when nothing else woke it (deadlines, new jobs).
 const TICK_MS: u64 = 200;
@@ -147,6 +147,8 @@ struct Lead<'a> {
     unresolved_said: BTreeSet<String>,
     /// Which control node each array's steps go to.
     routes: Routes,
+    /// The clock of every stamp, deadline and backoff of this lead.
+    clock: LeadClock,
 }
 
 async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
@@ -175,6 +177,7 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
         proposals,
         unresolved_said: BTreeSet::new(),
         routes: Routes::default(),
+        clock: LeadClock::start(),
     };
     lead.take_over();
     let mut applied = ctx.raft.metrics();
@@ -332,7 +335,7 @@ impl Lead<'_> {
         let Some(job) = self.jobs.get_mut(&id) else {
             return false;
         };
-        let at_ms = now_ms();
+        let at_ms = self.clock.now_ms();
         if let Err(e) = job.record(&event, at_ms) {
             tracing::error!(job = id, error = %e, ?event, "driver: an event its own job copy refuses (a bug); not proposed");
             return false;
@@ -388,7 +391,7 @@ impl Lead<'_> {
                 }
                 (JobState::Running, Some(JobState::Cancelling { by })) => {
                     if let Some(job) = self.jobs.get_mut(&id) {
-                        let _ = job.record(&JobEvent::CancelRequested { by }, now_ms());
+                        let _ = job.record(&JobEvent::CancelRequested { by }, self.clock.now_ms());
                     }
                 }
                 _ => {}
@@ -407,7 +410,7 @@ impl Lead<'_> {
         for id in ids {
             for _ in 0..DECIDE_ROUNDS_MAX {
                 let Some(job) = self.jobs.get(&id) else { break };
-                let actions = decide(job, self.term, now_ms());
+                let actions = decide(job, self.term, self.clock.now_ms());
                 let mut progressed = false;
                 for action in actions {
                     progressed |= self.perform(id, action);
@@ -465,7 +468,7 @@ impl Lead<'_> {
         }
         let deadline_ms = match &self.jobs[&id].steps[step as usize].state {
             StepState::Dispatched { deadline_ms, .. } => *deadline_ms,
-            _ => now_ms(),
+            _ => self.clock.now_ms(),
         };
         tracing::info!(job = id, step, term = token.term, attempt = token.attempt, call = ?d.call, %address, "driver: dispatch");
         let order = StepOrder {
@@ -474,8 +477,9 @@ impl Lead<'_> {
             reply_within_ms: REPLY_WITHIN_MS,
         };
         self.dispatching.insert((id, step));
+        let clock = self.clock;
         self.tasks.spawn(async move {
-            let result = send::execute(&address, &order, deadline_ms).await;
+            let result = send::execute(&address, &order, deadline_ms, clock).await;
             Reply::Executed {
                 job: id,
                 step,
@@ -502,7 +506,7 @@ impl Lead<'_> {
         if self
             .probe_backoff
             .get(&key)
-            .is_some_and(|(next, _)| now_ms() < *next)
+            .is_some_and(|(next, _)| self.clock.now_ms() < *next)
         {
             return;
         }
@@ -560,7 +564,7 @@ impl Lead<'_> {
             .map(|(_, b)| (b + b / 2).min(PROBE_BACKOFF_MAX_MS))
             .unwrap_or(PROBE_BACKOFF_MIN_MS);
         self.probe_backoff
-            .insert(key, (now_ms() + backoff, backoff));
+            .insert(key, (self.clock.now_ms() + backoff, backoff));
     }
 
     /// Turns what an executor said into the job's next event.

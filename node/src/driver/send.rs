@@ -143,15 +143,16 @@ pub async fn execute_once(address: &str, order: &StepOrder) -> Result<Finding, U
 }
 
 /// Sends `order` and, while the executor says it is still running, sends it again, until
-/// `deadline_ms` (wall clock). Returns the last answer.
+/// `deadline_ms` (on the lead's `clock`). Returns the last answer.
 pub async fn execute(
     address: &str,
     order: &StepOrder,
     deadline_ms: u64,
+    clock: crate::agent::LeadClock,
 ) -> Result<Finding, Unanswered> {
     loop {
         let found = execute_once(address, order).await?;
-        if matches!(found, Finding::Running { .. }) && crate::agent::now_ms() < deadline_ms {
+        if matches!(found, Finding::Running { .. }) && clock.now_ms() < deadline_ms {
             continue;
         }
         return Ok(found);

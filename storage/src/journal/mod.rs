@@ -181,6 +181,40 @@ pub struct QuiesceRecord {
     pub deadline_unix_ms: u64,
     /// Total extension granted so far, checked against the volume's ceiling.
     pub extended_ms_total: u64,
+    /// The machine's boot clock (`CLOCK_BOOTTIME`, ms) when the quiesce began. The deadline
+    /// is measured on it, `limit_ms` after this, so a step of the wall clock neither
+    /// shortens nor stretches a quiesce. 0 in records written before it existed (the wall
+    /// clock is used for those).
+    #[serde(default)]
+    pub taken_at_boot_ms: u64,
+}
+
+impl QuiesceRecord {
+    /// The quiesce's whole window so far: its limit plus every extension, in ms.
+    pub fn limit_ms(&self) -> u64 {
+        self.deadline_unix_ms.saturating_sub(self.taken_at_unix_ms)
+    }
+
+    /// How long the quiesce has been held, in ms: on the boot clock (`now_boot_ms`) when the
+    /// record has its start there, else on the wall clock (`now_unix_ms`).
+    pub fn held_ms(&self, now_boot_ms: u64, now_unix_ms: u64) -> u64 {
+        if self.taken_at_boot_ms != 0 {
+            now_boot_ms.saturating_sub(self.taken_at_boot_ms)
+        } else {
+            now_unix_ms.saturating_sub(self.taken_at_unix_ms)
+        }
+    }
+
+    /// How long until the deadline, in ms (0: it has passed). See [`QuiesceRecord::held_ms`].
+    pub fn left_ms(&self, now_boot_ms: u64, now_unix_ms: u64) -> u64 {
+        self.limit_ms()
+            .saturating_sub(self.held_ms(now_boot_ms, now_unix_ms))
+    }
+
+    /// The deadline on the boot clock, for a process (the freeze guard) that keeps it alone.
+    pub fn deadline_boot_ms(&self, now_boot_ms: u64, now_unix_ms: u64) -> u64 {
+        now_boot_ms.saturating_add(self.left_ms(now_boot_ms, now_unix_ms))
+    }
 }
 
 /// A volume the agent resumed without being asked: the deadline passed, or the agent restarted
@@ -462,6 +496,7 @@ mod tests {
             taken_at_unix_ms: 1000,
             deadline_unix_ms: 11_000,
             extended_ms_total: 0,
+            taken_at_boot_ms: 0,
         }
     }
 

@@ -1,0 +1,159 @@
+//! Fault switches of test builds: faults a chaos harness strikes inside an agent that no
+//! outside tool can strike without touching the whole machine.
+//!
+//! Built only with the `fault-injection` cargo feature (`stillpoint --version` then says so);
+//! a production build has none of it and every function here is a constant.
+//!
+//! In such a build an agent started with `STILLPOINT_FAULT_SWITCHES=<file>` reads that TOML
+//! file now and then every [`POLL_MS`] ms, so the harness strikes or lifts a fault by
+//! rewriting it (write a temporary file, then rename it over, so a reader never sees half):
+//!
+//! ```toml
+//! # Added to this agent's wall clock (CLOCK_REALTIME), as an NTP step or an operator's
+//! # `date -s` would move it: negative is a step back. Monotonic clocks are not moved, as a
+//! # real step does not move them either.
+//! clock_offset_ms = -60000
+//! ```
+//!
+//! A missing file is no fault. A file that does not parse is logged (once per change) and
+//! the switches keep their last values, so a harness's mistake never becomes a fault of its
+//! own.
+
+/// How often the file is read again.
+pub const POLL_MS: u64 = 50;
+
+/// The environment variable naming the switches file.
+pub const ENV_VAR: &str = "STILLPOINT_FAULT_SWITCHES";
+
+/// Whether this build has the switches.
+pub const BUILT: bool = cfg!(feature = "fault-injection");
+
+/// The offset the switches add to this agent's wall clock, in ms (0 in a production build).
+pub fn clock_offset_ms() -> i64 {
+    #[cfg(feature = "fault-injection")]
+    {
+        imp::switches()
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        0
+    }
+}
+
+/// Milliseconds since the Unix epoch as this agent's wall clock reads them: the system's,
+/// plus the switches' offset in a test build. Journal records, job stamps and the times
+/// shown to operators come from here; deadlines within one agent's life never do (they run
+/// on [`monotonic_ms`]).
+pub fn wall_unix_ms() -> u64 {
+    let system_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    system_ms.saturating_add_signed(clock_offset_ms())
+}
+
+/// Milliseconds on the machine's boot clock (`CLOCK_BOOTTIME`): never stepped, shared by
+/// every process of the machine, counting time suspended, reset only by a reboot. Deadlines
+/// kept in the journal are measured on it, so a wall-clock step neither shortens nor
+/// stretches a quiesce, and a freeze guard (another process) reads the same clock.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_BOOTTIME exists on every
+    // Linux this crate builds for.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    #[derive(Default)]
+    pub(super) struct Switches {
+        pub(super) clock_offset_ms: AtomicI64,
+    }
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct SwitchesFile {
+        #[serde(default)]
+        clock_offset_ms: i64,
+    }
+
+    static SWITCHES: OnceLock<Switches> = OnceLock::new();
+
+    /// The switches, read from the file at the first call and kept up to date by a thread.
+    pub(super) fn switches() -> &'static Switches {
+        SWITCHES.get_or_init(|| {
+            let s = Switches::default();
+            if let Some(path) = std::env::var_os(super::ENV_VAR) {
+                let path = std::path::PathBuf::from(path);
+                let mut last = None;
+                read(&path, &s, &mut last);
+                let _ = std::thread::Builder::new()
+                    .name("fault-switches".into())
+                    .spawn(move || {
+                        let s = super::imp::SWITCHES
+                            .get()
+                            .expect("set before the thread runs");
+                        loop {
+                            std::thread::sleep(std::time::Duration::from_millis(super::POLL_MS));
+                            read(&path, s, &mut last);
+                        }
+                    });
+            }
+            s
+        })
+    }
+
+    /// Reads the file into `s`; `last` is the text last seen, so a change is logged once.
+    fn read(path: &std::path::Path, s: &Switches, last: &mut Option<String>) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the fault switches");
+                return;
+            }
+        };
+        if last.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match toml::from_str::<SwitchesFile>(&text) {
+            Ok(f) => {
+                s.clock_offset_ms
+                    .store(f.clock_offset_ms, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), clock_offset_ms = f.clock_offset_ms, "fault switches set");
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the fault switches file does not parse; the switches keep their values");
+            }
+        }
+        *last = Some(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_clock_moves_forward_with_real_time() {
+        let a = monotonic_ms();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = monotonic_ms();
+        assert!(
+            a > 0 && b >= a + 15,
+            "boot clock went from {a} to {b} ms over 20 ms"
+        );
+    }
+}
