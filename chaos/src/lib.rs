@@ -47,8 +47,10 @@
 //! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
 //! backups are submitted (some with `no_queue`, all on one group so they conflict). A fault
 //! phase, then a heal phase with a stated bound. The binary is found next to
-//! `stillpoint-chaos` (`cargo build --release --bin stillpoint` puts it there) or given with
-//! `--stillpoint`.
+//! `stillpoint-chaos` (`cargo build --release -p stillpoint-node --bin stillpoint --features
+//! fault-injection` puts it there) or given with `--stillpoint`. That feature makes it a test
+//! build whose wall clock the harness can step ([`run::clock`]); a production build runs every
+//! fault but that one.
 //!
 //! ### Partitions: network namespaces, not a proxy ([`net`])
 //! Where the harness runs as root with `ip netns`, every process runs in its own network

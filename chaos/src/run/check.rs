@@ -262,6 +262,7 @@ pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
 /// the array, and a quiesce whose release cannot arrive ends at the host's own deadline. Nor
 /// do the array's slow copies, a failed RV LD or the RVs' stop hook: the MVs' writes do not
 /// wait for any of them (a write mirrored to a failed RV puts the pair in `fault` and lands).
+/// Nor does a step of the host's clock: its quiesce deadlines run on a clock nobody steps.
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
     match w.kind {
         FaultKind::CutArray => w.targets.iter().any(|t| t == host),
@@ -269,7 +270,8 @@ pub fn excuses(w: &FaultWindow, host: &str) -> bool {
         FaultKind::SlowCopy
         | FaultKind::RvLdFailure
         | FaultKind::RvHookFails
-        | FaultKind::RvHookHangs => false,
+        | FaultKind::RvHookHangs
+        | FaultKind::ClockStep => false,
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }

@@ -32,6 +32,8 @@ pub struct Harness {
     pub rv_hook: RvHook,
     /// Injected faults whose removal failed at the end of their hold (the heal retries).
     pub injected_on: Vec<Injected>,
+    /// Why the agents' clocks cannot be stepped (`None`: they can; see [`super::clock`]).
+    pub clock_steps_unavailable: Option<String>,
 }
 
 impl Harness {
@@ -113,6 +115,10 @@ impl Harness {
             | FaultKind::RvHookFails
             | FaultKind::RvHookHangs => {
                 self.strike_injected(f).await;
+                return;
+            }
+            FaultKind::ClockStep => {
+                self.strike_clock_step(f, leader).await;
                 return;
             }
             FaultKind::KillQuiesced => match self.wait_for_quiesce().await {
@@ -346,7 +352,7 @@ impl Harness {
         }
     }
 
-    fn window(&self, kind: FaultKind, targets: Vec<String>, start_ms: u64) {
+    pub(super) fn window(&self, kind: FaultKind, targets: Vec<String>, start_ms: u64) {
         with(&self.records, |r| {
             r.faults.push(FaultWindow {
                 kind,
@@ -420,6 +426,7 @@ impl Harness {
             }
         }
         self.heal_injected().await;
+        self.heal_clocks();
         for slot in 0..self.agents() {
             if self.site.agents[slot].is_none() {
                 self.restart(slot).await;

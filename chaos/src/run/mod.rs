@@ -26,6 +26,7 @@
 //! report carries a timeline of faults, observations and job steps.
 
 pub mod check;
+pub mod clock;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
@@ -228,6 +229,7 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         records: records.clone(),
         rv_hook,
         injected_on: Vec::new(),
+        clock_steps_unavailable: clock::unavailable(&cfg.stillpoint).await,
     };
     with(&records, |r| {
         r.note(format!("schedule: {}", schedule.plan()))

@@ -210,6 +210,15 @@ pub async fn mount_poller(
     }
 }
 
+/// When a job ended, as the checkers use it: the leader's stamp `stamped_ms`, kept within what
+/// the harness saw itself — after `not_ended_at_ms` (a read that did not show it ended was sent
+/// then) and no later than `seen_ended_ms` (a read showed it). The leader stamps with its own
+/// wall clock, which a `clock-step` fault moves; on one machine with no step the stamp is
+/// always inside and kept as is.
+pub fn end_instant(stamped_ms: u64, not_ended_at_ms: u64, seen_ended_ms: u64) -> u64 {
+    stamped_ms.clamp(not_ended_at_ms.min(seen_ended_ms), seen_ended_ms)
+}
+
 /// Watches the replicated state for the ends of accepted jobs; for every backup that ended
 /// done and labelled consistent, reads each RV with the workload's verifier at once, from the
 /// array's own storage (the LD's file in its data dir `array_dir`: no host, no array API in
@@ -225,7 +234,10 @@ pub async fn job_watcher(
     // Failed reads are noted (at most every 10 s): a job whose end the harness never sees
     // must say whether the cluster or the reading failed.
     let mut noted_ms = 0;
+    // When the last read that answered was sent: a job first seen ended then ended after it.
+    let mut answered_sent_ms = now_ms();
     loop {
+        let sent_ms = now_ms();
         let read = cluster_state(&endpoints).await;
         if let Err(why) = &read
             && now_ms() >= noted_ms + 10_000
@@ -245,14 +257,16 @@ pub async fn job_watcher(
                     if let Some(JobState::Ended { end, at_ms }) =
                         state.jobs.jobs.get(id).map(|j| &j.state)
                     {
-                        seen.end = Some((end.clone(), *at_ms));
-                        ended.push((*id, end.clone(), *at_ms));
+                        let at_ms = end_instant(*at_ms, answered_sent_ms, now_ms());
+                        seen.end = Some((end.clone(), at_ms));
+                        ended.push((*id, end.clone(), at_ms));
                     }
                 }
                 for (id, end, _) in &ended {
                     r.note(format!("job {id} ended: {end:?}"));
                 }
             });
+            answered_sent_ms = sent_ms;
             *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
             for (id, end, at_ms) in ended {
                 if end

@@ -62,10 +62,13 @@ pub enum FaultKind {
     /// The same hook hangs past its timeout for the hold (the agent kills it at the timeout
     /// and the free fails).
     RvHookHangs,
+    /// One agent's wall clock steps 5 s to 5 min forward or back for the hold, then back
+    /// (the fault switches of a test build; see [`super::clock`]).
+    ClockStep,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -83,6 +86,7 @@ impl FaultKind {
         FaultKind::RvLdFailure,
         FaultKind::RvHookFails,
         FaultKind::RvHookHangs,
+        FaultKind::ClockStep,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -117,6 +121,7 @@ impl FaultKind {
             FaultKind::RvLdFailure => "rv-ld-failure",
             FaultKind::RvHookFails => "rv-hook-fails",
             FaultKind::RvHookHangs => "rv-hook-hangs",
+            FaultKind::ClockStep => "clock-step",
         }
     }
 
@@ -147,6 +152,7 @@ impl FaultKind {
             FaultKind::RvLdFailure => 10,
             FaultKind::RvHookFails => 6,
             FaultKind::RvHookHangs => 5,
+            FaultKind::ClockStep => 10,
         }
     }
 }
@@ -215,6 +221,7 @@ impl Schedule {
                 FaultKind::SlowCopy => rng.range(2_000, 12_000),
                 FaultKind::RvLdFailure => rng.range(500, 8_000),
                 FaultKind::RvHookFails | FaultKind::RvHookHangs => rng.range(1_000, 15_000),
+                FaultKind::ClockStep => rng.range(1_000, 15_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {

@@ -36,9 +36,13 @@
 //!   has two records in the site's journals (a step executed twice, on two agents — within one
 //!   journal the token is the record's key).
 //!
-//! Records begun in the same millisecond have no order the journal can tell: S6 compares a
-//! record only with those begun strictly earlier, and S5 sorts one millisecond's records by
-//! job, so both give ties the benefit of the doubt.
+//! The order steps began in is the journal's own sequence (`StepRecord::begun_seq`, sled's
+//! monotonic id taken in the transaction that began the step), not their begin times: an
+//! agent's wall clock may be stepped (`clock-step`), and its stamps then lie about order.
+//! Records written without a sequence fall back to their times; records begun in the same
+//! millisecond then have no order the journal can tell: S6 compares a record only with those
+//! begun strictly earlier, and S5 sorts one millisecond's records by job, so both give ties
+//! the benefit of the doubt.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -173,14 +177,19 @@ pub fn s5_s6(steps: &[JournalStep]) -> (Vec<Violation>, VolumeCounts) {
     }
 
     for (volume, mut records) in by_volume {
+        // The order the steps began in: the journal's sequence when every record has one (a
+        // volume's records are all in its own node's journal), else their begin times.
+        let by_seq = records.iter().all(|s| s.record.begun_seq != 0);
+        let began = |s: &JournalStep| {
+            if by_seq {
+                s.record.begun_seq
+            } else {
+                s.record.started_at_unix_ms
+            }
+        };
         records.sort_by_key(|s| {
             let t = &s.record.token;
-            (
-                s.record.started_at_unix_ms,
-                t.job_id,
-                t.step_index,
-                t.attempt,
-            )
+            (began(s), t.job_id, t.step_index, t.attempt)
         });
         let mut runs: OwnerRuns<&JournalStep> = OwnerRuns::default();
         // Floors over the records begun strictly before the current millisecond.
@@ -189,10 +198,7 @@ pub fn s5_s6(steps: &[JournalStep]) -> (Vec<Violation>, VolumeCounts) {
         let mut this_ms: Vec<&JournalStep> = Vec::new();
         for s in records {
             let (t, at) = (&s.record.token, s.record.started_at_unix_ms);
-            if this_ms
-                .first()
-                .is_some_and(|f| f.record.started_at_unix_ms != at)
-            {
+            if this_ms.first().is_some_and(|f| began(f) != began(s)) {
                 for e in this_ms.drain(..) {
                     let te = &e.record.token;
                     term_floor.raise(&te.term, &e);
@@ -271,6 +277,7 @@ mod tests {
                 started_at_unix_ms: at_ms,
                 finished_at_unix_ms: Some(at_ms + 5),
                 resource: Some(volume.into()),
+                begun_seq: at_ms,
             },
         }
     }
@@ -331,6 +338,33 @@ mod tests {
         more.push(pair);
         more.push(none);
         assert_eq!(s5_s6(&more).1.steps, 11);
+    }
+
+    /// The agent's clock was stepped back between two jobs: the journal's sequence, not the
+    /// stamps, orders the steps, so a clean history stays clean and a late step stays late.
+    #[test]
+    fn the_journal_sequence_orders_steps_whatever_the_clock_said() {
+        let stepped = |at_ms, seq, token| {
+            let mut s = step("db1", MV, at_ms, token, done());
+            s.record.begun_seq = seq;
+            s
+        };
+        // Job 1 under term 3, then job 2 under term 4 stamped a minute "earlier".
+        let clean = vec![
+            stepped(100_000, 1, (3, 1, 2, 1)),
+            stepped(100_010, 2, (3, 1, 4, 1)),
+            stepped(40_000, 3, (4, 2, 2, 1)),
+            stepped(40_010, 4, (4, 2, 4, 1)),
+        ];
+        let (v, c) = s5_s6(&clean);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(c.steps, 4);
+        // Job 1's late step under term 3 after job 2's under term 4, stamped "before" it.
+        let mut late = clean.clone();
+        late.push(stepped(39_000, 5, (3, 1, 6, 1)));
+        let (v, _) = s5_s6(&late);
+        assert!(v.iter().any(|v| v.prop == "S6"), "{v:?}");
+        assert!(v.iter().any(|v| v.prop == "S5"), "{v:?}");
     }
 
     #[test]

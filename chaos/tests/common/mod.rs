@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Builds (if needed) and returns the `stillpoint` binary of this test's profile.
+/// Builds (if needed) and returns the `stillpoint` binary of this test's profile, a test
+/// build (`--features fault-injection`).
 pub fn stillpoint() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
     let profile_dir = exe
@@ -34,6 +35,9 @@ pub fn stillpoint() -> PathBuf {
             "stillpoint",
             "-p",
             "stillpoint-node",
+            // A test build: the harness steps its agents' clocks (`clock-step`).
+            "--features",
+            "fault-injection",
             "--profile",
             profile,
         ])

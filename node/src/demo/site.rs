@@ -340,6 +340,12 @@ impl LocalSite {
         self.dir.join(format!("{}.log", self.name(slot)))
     }
 
+    /// The fault switches file agent `slot` reads in a test build (see
+    /// [`stillpoint_host::switches`]); absent unless a harness writes it.
+    pub fn switches_path(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("{}.switches.toml", self.name(slot)))
+    }
+
     /// Starts agent `slot` (again: without `--new` after its first start).
     pub fn spawn(&mut self, slot: usize) -> Result<(), NodeError> {
         let placed = self
@@ -353,6 +359,7 @@ impl LocalSite {
             command.arg("--new");
         }
         let child = command
+            .env(stillpoint_host::switches::ENV_VAR, self.switches_path(slot))
             .env(
                 "RUST_LOG",
                 std::env::var("STILLPOINT_SITE_LOG")

@@ -47,6 +47,12 @@ pub struct StepRecord {
     /// before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// Where the record stands among every step begun in this journal: sled's monotonic id
+    /// (it only grows, across crashes too), taken inside the transaction that began the
+    /// step. The order in which steps began, which no wall-clock step can reorder; 0 in
+    /// records written before it existed.
+    #[serde(default)]
+    pub begun_seq: u64,
 }
 
 fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
@@ -164,17 +170,18 @@ impl Journal {
     ) -> Result<StepBegin, JournalError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let rec = StepRecord {
+        let mut rec = StepRecord {
             token,
             outcome: StepOutcome::Started,
             started_at_unix_ms: now_unix_ms,
             finished_at_unix_ms: None,
             resource: resource.map(str::to_string),
+            begun_seq: 0,
         };
         let key = step_key(token.job_id, token.step_index, token.attempt);
         let latest_key = key[..12].to_vec();
         let job_key = token.job_id.to_be_bytes();
-        let (rec_bytes, token_bytes) = (encode(&rec)?, encode(&token)?);
+        let token_bytes = encode(&token)?;
         // A journal written before the latest-token tree existed: seed it from the records.
         if self.steps_latest.get(&latest_key)?.is_none()
             && let Some(old) = self.latest_step(token.job_id, token.step_index)?
@@ -187,7 +194,7 @@ impl Journal {
         }
         /// What the transaction found.
         enum Found {
-            Started,
+            Started(StepRecord),
             Same,
             Refused(JournalError),
         }
@@ -257,7 +264,10 @@ impl Journal {
                 }
             }
             latest.insert(latest_key.as_slice(), token_bytes.as_slice())?;
-            steps.insert(&key[..], rec_bytes.as_slice())?;
+            let mut rec = rec.clone();
+            // Plus one: sled's ids start at 0, which means "no sequence" here.
+            rec.begun_seq = steps.generate_id()? + 1;
+            steps.insert(&key[..], encode(&rec).map_err(abort)?)?;
             let term = token.term.to_be_bytes();
             if token.term > job_floor {
                 jobs.insert(&job_key[..], &term[..])?;
@@ -266,7 +276,7 @@ impl Journal {
                 // Not below the stored floor: checked above.
                 resources.insert(resource.as_bytes(), &term[..])?;
             }
-            Ok(Found::Started)
+            Ok(Found::Started(rec))
         });
         let found = match found {
             Ok(f) => f,
@@ -274,7 +284,8 @@ impl Journal {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
         match found {
-            Found::Started => {
+            Found::Started(begun) => {
+                rec = begun;
                 if durable {
                     self.flush()?;
                 }
@@ -370,9 +381,9 @@ impl Journal {
         now_unix_ms: u64,
     ) -> Result<StepRecord, JournalError> {
         let key = step_key(token.job_id, token.step_index, token.attempt);
-        let (started, resource) = match self.step(&token)? {
-            Some(r) => (r.started_at_unix_ms, r.resource),
-            None => (now_unix_ms, None),
+        let (started, resource, begun_seq) = match self.step(&token)? {
+            Some(r) => (r.started_at_unix_ms, r.resource, r.begun_seq),
+            None => (now_unix_ms, None, 0),
         };
         let rec = StepRecord {
             token,
@@ -380,6 +391,7 @@ impl Journal {
             started_at_unix_ms: started,
             finished_at_unix_ms: Some(now_unix_ms),
             resource,
+            begun_seq,
         };
         self.steps.insert(key, encode(&rec)?)?;
         Ok(rec)
@@ -453,6 +465,17 @@ mod tests {
         );
         assert_eq!(all[2].finished_at_unix_ms, Some(9));
         assert!(matches!(all[2].outcome, StepOutcome::Failed { .. }));
+        // Their sequence is the order they began in (8/1 first), kept by the outcome.
+        let seq = |job, step| {
+            all.iter()
+                .find(|r| r.token.job_id == job && r.token.step_index == step)
+                .map(|r| r.begun_seq)
+                .unwrap()
+        };
+        assert!(
+            0 < seq(8, 1) && seq(8, 1) < seq(7, 0) && seq(7, 0) < seq(7, 2),
+            "{all:?}"
+        );
         // A refused begin writes nothing to list.
         assert!(j.begin_step(at(9, 0, 2, 1), Some("pair:p0"), 10).is_err());
         assert_eq!(j.all_step_records().unwrap().len(), 3);
@@ -460,6 +483,7 @@ mod tests {
         let old = br#"{"token":{"term":1,"job_id":1,"step_index":0,"attempt":1},"outcome":"Started","started_at_unix_ms":5,"finished_at_unix_ms":null}"#;
         let rec: StepRecord = serde_json::from_slice(old).unwrap();
         assert_eq!(rec.resource, None);
+        assert_eq!(rec.begun_seq, 0);
     }
 
     #[test]
