@@ -29,6 +29,7 @@ use crate::device::BlockDevice;
 use crate::error::{Holder, HostError};
 use crate::guard::Guard;
 use crate::limits::{SIM_BLOCK_BYTES, SIM_CACHE_BLOCKS_MAX_DEFAULT};
+use crate::switches::AppStop;
 use crate::workload;
 
 /// Magic at the start of a sim volume's superblock.
@@ -73,6 +74,9 @@ pub struct SimBackend {
     apps: StdMutex<HashMap<String, Arc<dyn SimApp>>>,
     cache_blocks_max: usize,
     seed: u64,
+    /// Handles kept open by applications the fault switches make hold their volume
+    /// ([`crate::switches::AppStop::Holds`]), let go once the switch is lifted.
+    strays: StdMutex<Vec<SimHandle>>,
 }
 
 impl SimBackend {
@@ -94,7 +98,39 @@ impl SimBackend {
             apps: StdMutex::new(HashMap::new()),
             cache_blocks_max: cache_blocks_max.max(1),
             seed,
+            strays: StdMutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps a handle open on `v` as application `app` would after a stop that let go of
+    /// nothing (the fault switches' `app_stop = "holds"`).
+    async fn hold(&self, v: &VolumeConfig, app: &str) -> Result<(), HostError> {
+        let vol = self.vol(ld_of(v)?)?;
+        let id = {
+            let mut s = vol.state.lock().await;
+            let id = s.next_handle;
+            s.next_handle += 1;
+            s.holders.insert(
+                id,
+                format!("{app} (holding on: fault switch app_stop = \"holds\")"),
+            );
+            id
+        };
+        lock(&self.strays).push(SimHandle {
+            vol,
+            id,
+            closed: false,
+        });
+        Ok(())
+    }
+
+    /// Lets go of the handles [`SimBackend::hold`] kept, once the switch no longer says
+    /// "holds".
+    fn let_strays_go_once_lifted(&self) {
+        if crate::switches::app_stop() != AppStop::Holds {
+            let strays = std::mem::take(&mut *lock(&self.strays));
+            drop(strays);
+        }
     }
 
     /// Makes the LD `ld` visible to this host through `device` (what a rescan would find).
@@ -448,6 +484,7 @@ impl Backend for SimBackend {
     }
 
     async fn unmount(&self, v: &VolumeConfig, force: bool) -> Result<Vec<Holder>, HostError> {
+        self.let_strays_go_once_lifted();
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;
         if s.mounted_at.is_none() {
@@ -641,10 +678,26 @@ impl Backend for SimBackend {
                 reason: format!("no application {app:?} is registered with the sim host"),
             })?;
         let started = std::time::Instant::now();
+        self.let_strays_go_once_lifted();
+        let fault = match kind {
+            HookKind::Stop => crate::switches::app_stop(),
+            HookKind::Start => AppStop::Stops,
+        };
         let fut = async {
-            match kind {
-                HookKind::Stop => a.stop().await,
-                HookKind::Start => a.start().await,
+            match (kind, fault) {
+                (HookKind::Stop, AppStop::Fails) => Err(HostError::Refused {
+                    volume: v.name.clone(),
+                    rule: "fault switch app_stop = \"fails\"".into(),
+                    reason: format!("application {app} refused to stop"),
+                }),
+                (HookKind::Stop, AppStop::Hangs) => std::future::pending().await,
+                (HookKind::Stop, AppStop::Holds) => {
+                    let line = a.stop().await?;
+                    self.hold(v, app).await?;
+                    Ok(line)
+                }
+                (HookKind::Stop, AppStop::Stops) => a.stop().await,
+                (HookKind::Start, _) => a.start().await,
             }
         };
         let res = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), fut)

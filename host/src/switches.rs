@@ -13,6 +13,11 @@
 //! # `date -s` would move it: negative is a step back. Monotonic clocks are not moved, as a
 //! # real step does not move them either.
 //! clock_offset_ms = -60000
+//! # What the sim backend's in-process applications do when their stop hook asks them to
+//! # stop: "fails" (they refuse, the hook fails), "hangs" (the hook never returns: it is
+//! # killed at its timeout) or "holds" (they stop writing but keep a handle open on the
+//! # volume, so an unmount is refused as busy, until the switch is lifted). Absent: they stop.
+//! app_stop = "holds"
 //! ```
 //!
 //! A missing file is no fault. A file that does not parse is logged (once per change) and
@@ -27,6 +32,41 @@ pub const ENV_VAR: &str = "STILLPOINT_FAULT_SWITCHES";
 
 /// Whether this build has the switches.
 pub const BUILT: bool = cfg!(feature = "fault-injection");
+
+/// What the sim backend's applications do when their stop hook runs (see the module's
+/// example file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppStop {
+    /// They stop, as asked.
+    Stops,
+    /// They refuse: the hook fails.
+    Fails,
+    /// The hook never returns (killed at its timeout); they keep running.
+    Hangs,
+    /// They stop writing but keep a handle open on the volume until the switch is lifted.
+    Holds,
+}
+
+/// What the switches make the sim applications' stop do ([`AppStop::Stops`] in a
+/// production build).
+pub fn app_stop() -> AppStop {
+    #[cfg(feature = "fault-injection")]
+    {
+        match imp::switches()
+            .app_stop
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            1 => AppStop::Fails,
+            2 => AppStop::Hangs,
+            3 => AppStop::Holds,
+            _ => AppStop::Stops,
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        AppStop::Stops
+    }
+}
 
 /// The offset the switches add to this agent's wall clock, in ms (0 in a production build).
 pub fn clock_offset_ms() -> i64 {
@@ -75,11 +115,13 @@ pub fn monotonic_ms() -> u64 {
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
     #[derive(Default)]
     pub(super) struct Switches {
         pub(super) clock_offset_ms: AtomicI64,
+        /// 0 stops, 1 fails, 2 hangs, 3 holds (see [`super::AppStop`]).
+        pub(super) app_stop: AtomicU8,
     }
 
     #[derive(serde::Deserialize, Default)]
@@ -87,6 +129,16 @@ mod imp {
     struct SwitchesFile {
         #[serde(default)]
         clock_offset_ms: i64,
+        #[serde(default)]
+        app_stop: Option<AppStopFile>,
+    }
+
+    #[derive(serde::Deserialize, Clone, Copy)]
+    #[serde(rename_all = "lowercase")]
+    enum AppStopFile {
+        Fails,
+        Hangs,
+        Holds,
     }
 
     static SWITCHES: OnceLock<Switches> = OnceLock::new();
@@ -132,7 +184,14 @@ mod imp {
             Ok(f) => {
                 s.clock_offset_ms
                     .store(f.clock_offset_ms, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), clock_offset_ms = f.clock_offset_ms, "fault switches set");
+                let app_stop = match f.app_stop {
+                    None => 0,
+                    Some(AppStopFile::Fails) => 1,
+                    Some(AppStopFile::Hangs) => 2,
+                    Some(AppStopFile::Holds) => 3,
+                };
+                s.app_stop.store(app_stop, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), clock_offset_ms = f.clock_offset_ms, app_stop, "fault switches set");
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "the fault switches file does not parse; the switches keep their values");

@@ -263,6 +263,8 @@ pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
 /// do the array's slow copies, a failed RV LD or the RVs' stop hook: the MVs' writes do not
 /// wait for any of them (a write mirrored to a failed RV puts the pair in `fault` and lands).
 /// Nor does a step of the host's clock: its quiesce deadlines run on a clock nobody steps.
+/// Nor do applications that will not let go of their MV: the quiesce fails within its window
+/// and is undone.
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
     match w.kind {
         FaultKind::CutArray => w.targets.iter().any(|t| t == host),
@@ -271,7 +273,10 @@ pub fn excuses(w: &FaultWindow, host: &str) -> bool {
         | FaultKind::RvLdFailure
         | FaultKind::RvHookFails
         | FaultKind::RvHookHangs
-        | FaultKind::ClockStep => false,
+        | FaultKind::ClockStep
+        | FaultKind::MvHookFails
+        | FaultKind::MvHookHangs
+        | FaultKind::MvHolder => false,
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }

@@ -32,8 +32,9 @@ pub struct Harness {
     pub rv_hook: RvHook,
     /// Injected faults whose removal failed at the end of their hold (the heal retries).
     pub injected_on: Vec<Injected>,
-    /// Why the agents' clocks cannot be stepped (`None`: they can; see [`super::clock`]).
-    pub clock_steps_unavailable: Option<String>,
+    /// Why the agents' fault switches cannot be used (`None`: they can; see
+    /// [`super::switches`]).
+    pub switches_unavailable: Option<String>,
 }
 
 impl Harness {
@@ -119,6 +120,10 @@ impl Harness {
             }
             FaultKind::ClockStep => {
                 self.strike_clock_step(f, leader).await;
+                return;
+            }
+            FaultKind::MvHookFails | FaultKind::MvHookHangs | FaultKind::MvHolder => {
+                self.strike_app_stop(f).await;
                 return;
             }
             FaultKind::KillQuiesced => match self.wait_for_quiesce().await {
@@ -426,7 +431,7 @@ impl Harness {
             }
         }
         self.heal_injected().await;
-        self.heal_clocks();
+        self.heal_switches();
         for slot in 0..self.agents() {
             if self.site.agents[slot].is_none() {
                 self.restart(slot).await;

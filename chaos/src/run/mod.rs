@@ -26,7 +26,6 @@
 //! report carries a timeline of faults, observations and job steps.
 
 pub mod check;
-pub mod clock;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
@@ -34,6 +33,7 @@ pub mod observe;
 pub mod records;
 pub mod report;
 pub mod schedule;
+pub mod switches;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,7 +229,7 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         records: records.clone(),
         rv_hook,
         injected_on: Vec::new(),
-        clock_steps_unavailable: clock::unavailable(&cfg.stillpoint).await,
+        switches_unavailable: switches::unavailable(&cfg.stillpoint).await,
     };
     with(&records, |r| {
         r.note(format!("schedule: {}", schedule.plan()))

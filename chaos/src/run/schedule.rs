@@ -63,12 +63,19 @@ pub enum FaultKind {
     /// and the free fails).
     RvHookHangs,
     /// One agent's wall clock steps 5 s to 5 min forward or back for the hold, then back
-    /// (the fault switches of a test build; see [`super::clock`]).
+    /// (the fault switches of a test build; see [`super::switches`]).
     ClockStep,
+    /// The stop hook of one business node's MVs fails for the hold (their applications
+    /// refuse to stop; a switch of a test build, see [`super::switches`]).
+    MvHookFails,
+    /// That hook hangs until the agent kills it at its timeout.
+    MvHookHangs,
+    /// The applications stop writing but keep their MV open, so its unmount is refused.
+    MvHolder,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -87,6 +94,9 @@ impl FaultKind {
         FaultKind::RvHookFails,
         FaultKind::RvHookHangs,
         FaultKind::ClockStep,
+        FaultKind::MvHookFails,
+        FaultKind::MvHookHangs,
+        FaultKind::MvHolder,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -122,6 +132,9 @@ impl FaultKind {
             FaultKind::RvHookFails => "rv-hook-fails",
             FaultKind::RvHookHangs => "rv-hook-hangs",
             FaultKind::ClockStep => "clock-step",
+            FaultKind::MvHookFails => "mv-hook-fails",
+            FaultKind::MvHookHangs => "mv-hook-hangs",
+            FaultKind::MvHolder => "mv-holder",
         }
     }
 
@@ -153,6 +166,9 @@ impl FaultKind {
             FaultKind::RvHookFails => 6,
             FaultKind::RvHookHangs => 5,
             FaultKind::ClockStep => 10,
+            FaultKind::MvHookFails => 6,
+            FaultKind::MvHookHangs => 5,
+            FaultKind::MvHolder => 6,
         }
     }
 }
@@ -221,7 +237,10 @@ impl Schedule {
                 FaultKind::SlowCopy => rng.range(2_000, 12_000),
                 FaultKind::RvLdFailure => rng.range(500, 8_000),
                 FaultKind::RvHookFails | FaultKind::RvHookHangs => rng.range(1_000, 15_000),
-                FaultKind::ClockStep => rng.range(1_000, 15_000),
+                FaultKind::ClockStep
+                | FaultKind::MvHookFails
+                | FaultKind::MvHookHangs
+                | FaultKind::MvHolder => rng.range(1_000, 15_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {
