@@ -27,6 +27,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod excuse;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
@@ -34,6 +35,7 @@ pub mod observe;
 pub mod records;
 pub mod report;
 pub mod schedule;
+pub mod slow;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
