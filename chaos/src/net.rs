@@ -554,17 +554,20 @@ impl SiteNet {
     }
 
     /// Lifts the throttle on `name`'s link in direction `dir`: what its queue sent and dropped
-    /// (`None` when none was in place).
+    /// (`None` when none was in place). One that could not be lifted stays listed, for the
+    /// heal to try again.
     pub fn unthrottle(
         &mut self,
         name: &str,
         dir: Direction,
     ) -> Result<Option<ThrottleStats>, String> {
         let i = self.index(name)?;
-        if self.throttles.remove(&(i, dir)).is_none() {
+        let Some(t) = self.throttles.remove(&(i, dir)) else {
             return Ok(None);
-        }
-        self.lift(i, dir).map(Some)
+        };
+        self.lift(i, dir).map(Some).inspect_err(|_| {
+            self.throttles.insert((i, dir), t);
+        })
     }
 
     /// Reads a throttle's counters, then deletes it (the link goes back to `noqueue`).
