@@ -41,7 +41,9 @@
 //! SIGSTOP/SIGCONT of the leader most often, of followers, of several agents at once up to all
 //! of them, of the array process, of a business node while it holds a quiesce; and network
 //! partitions: the leader isolated, a follower isolated, two agents cut from each other, a
-//! minority/majority split, one-way loss at the leader, the array cut from one agent; array
+//! minority/majority split, one-way loss at the leader, the array cut from one agent; a slow
+//! link: a token bucket on what one process sends or receives, so its messages are late and,
+//! past the bucket's latency bound, dropped; array
 //! faults the software array serves: a slow copy pace, a failed RV LD, at any moment or while
 //! its pair copies; and the backup node's RV stop hook failing or hanging, an ordinary command
 //! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
@@ -63,7 +65,10 @@
 //! networks do not offer. A cut is one direction, so one-way loss comes free. The alternative,
 //! a TCP proxy per peer pair, needs per-peer addresses in every agent's configuration (raft
 //! members have one address each) and would still deliver what its buffers held; namespaces
-//! change nothing in how stillpoint names its peers. Everything made (namespaces, veths, the
+//! change nothing in how stillpoint names its peers. A slow link is a `tbf` qdisc on one end of
+//! a process's veth (this kernel has no `netem`): a congested link, late under load and lossy
+//! past its bound, never a fixed delay on an idle link nor random loss (`net`'s essay says
+//! what it models and what not). Everything made (namespaces, veths, the
 //! bridge) is removed when the run's [`net::SiteNet`] is dropped, on a panic too; what a run
 //! killed outright left is removed by the next one (names carry the owner's pid). Without
 //! root or `ip netns` the partition faults are left out, the run says so, and a seed draws

@@ -58,8 +58,8 @@ struct RunArgs {
     /// Keep every schedule's dir, not only failing ones.
     #[arg(long)]
     keep: bool,
-    /// Run the site on loopback without network partitions even where they can be made
-    /// (a seed then draws the schedule it drew before partitions existed).
+    /// Run the site on loopback without network partitions or slow links even where they can
+    /// be made (a seed then draws the schedule it drew before either existed).
     #[arg(long)]
     no_partitions: bool,
     /// Draw only these kinds of fault, comma-separated (e.g. `slow-copy,rv-ld-failure`); the

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use stillpoint_array::{AuditEvent, AuditLine, RvAccess, SyncState};
 use stillpoint_coordinator::job::JobEnd;
 
+use super::excuse::{damages_mv, excuses};
 use super::records::{FaultWindow, Records, VerifyOutcome};
 use super::schedule::FaultKind;
 
@@ -235,50 +236,6 @@ fn copied_until(timeline: &[(u64, bool)], ended_ms: u64) -> Option<u64> {
         .rev()
         .find(|(t, sep)| *t <= ended_ms && !*sep)
         .map(|(t, _)| *t)
-}
-
-/// Whether `w` can leave the MV on `host` itself torn until its application starts again:
-/// the host crashed (its agent killed: with the sim backend that is the host's reboot, its
-/// write-back cache lost), or the host's writes failed (the array killed, or the host cut
-/// from the array: the workload's writer ends on the error, and the block its cache was
-/// writing back is lost). A paused agent loses nothing (its writes wait); cuts between
-/// agents, slow copies, RV LD failures and the RVs' hooks do not touch the MV.
-pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
-    let on = |name: &str| w.targets.iter().any(|t| t == name);
-    match w.kind {
-        FaultKind::KillArray => on("A1"),
-        FaultKind::CutArray
-        | FaultKind::KillLeader
-        | FaultKind::KillFollower
-        | FaultKind::KillMany
-        | FaultKind::KillQuiesced => on(host),
-        _ => false,
-    }
-}
-
-/// Whether `w` struck what stalls MV writes on `host` without any promise broken: the host's
-/// own agent (with the sim backend its death is the host's reboot), the array, or the network
-/// between the host and the array. A cut between agents excuses nothing: an MV's writes go to
-/// the array, and a quiesce whose release cannot arrive ends at the host's own deadline. Nor
-/// do the array's slow copies, a failed RV LD or the RVs' stop hook: the MVs' writes do not
-/// wait for any of them (a write mirrored to a failed RV puts the pair in `fault` and lands).
-/// Nor does a step of the host's clock: its quiesce deadlines run on a clock nobody steps.
-/// Nor do applications that will not let go of their MV: the quiesce fails within its window
-/// and is undone.
-pub fn excuses(w: &FaultWindow, host: &str) -> bool {
-    match w.kind {
-        FaultKind::CutArray => w.targets.iter().any(|t| t == host),
-        k if k.is_partition() => false,
-        FaultKind::SlowCopy
-        | FaultKind::RvLdFailure
-        | FaultKind::RvHookFails
-        | FaultKind::RvHookHangs
-        | FaultKind::ClockStep
-        | FaultKind::MvHookFails
-        | FaultKind::MvHookHangs
-        | FaultKind::MvHolder => false,
-        _ => w.targets.iter().any(|t| t == host || t == "A1"),
-    }
 }
 
 /// S4: between the start of the fault phase and the end of the heal phase, no MV's writes

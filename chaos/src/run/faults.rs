@@ -1,6 +1,6 @@
 //! Striking faults on the live site and removing them: SIGKILL and restart, SIGSTOP and
-//! SIGCONT, of agents and of the array process, cuts in the site's network
-//! ([`crate::net`]), and array and hook faults ([`super::inject`]). The schedule says what and when; the live site says who leads and who
+//! SIGCONT, of agents and of the array process, cuts and slow links in the site's network
+//! ([`crate::net`], [`super::slow`]), and array and hook faults ([`super::inject`]). The schedule says what and when; the live site says who leads and who
 //! holds a quiesce at that moment.
 
 use std::collections::BTreeSet;
@@ -109,6 +109,10 @@ impl Harness {
             | FaultKind::OneWayLeader
             | FaultKind::CutArray => {
                 self.partition(f, leader, &others).await;
+                return;
+            }
+            FaultKind::SlowLink => {
+                self.slow_link(f, leader, &others).await;
                 return;
             }
             FaultKind::SlowCopy
@@ -344,15 +348,17 @@ impl Harness {
         );
     }
 
-    /// Removes every cut in the network, noting it.
+    /// Removes every cut and lifts every throttle in the network, noting it.
     fn heal_network(&mut self) {
         let Some(net) = self.net.as_mut() else { return };
-        let cuts = net.cuts().len();
-        if cuts == 0 {
+        let (cuts, throttles) = (net.cuts().len(), net.throttles().len());
+        if cuts == 0 && throttles == 0 {
             return;
         }
         match tokio::task::block_in_place(|| net.heal()) {
-            Ok(()) => self.note(format!("network healed ({cuts} one-way cuts removed)")),
+            Ok(()) => self.note(format!(
+                "network healed ({cuts} one-way cuts removed, {throttles} throttles lifted)"
+            )),
             Err(e) => self.note(format!("network heal failed: {e}")),
         }
     }
@@ -416,7 +422,7 @@ impl Harness {
         None
     }
 
-    /// Removes every fault: the network healed, stopped agents continued, dead ones and the
+    /// Removes every fault: the network healed (cuts removed, slow links lifted), stopped agents continued, dead ones and the
     /// array restarted, array and hook faults switched off ([`super::inject`]), every host
     /// booted.
     pub async fn heal(&mut self) {

@@ -26,6 +26,7 @@
 //! report carries a timeline of faults, observations and job steps.
 
 pub mod check;
+pub mod excuse;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
@@ -33,6 +34,7 @@ pub mod observe;
 pub mod records;
 pub mod report;
 pub mod schedule;
+pub mod slow;
 pub mod switches;
 pub mod volumes;
 

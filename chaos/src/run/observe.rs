@@ -56,6 +56,31 @@ pub async fn leader(endpoints: &[String], alive: &[bool]) -> Option<usize> {
     None
 }
 
+/// Each agent's own (leader slot, term), `None` for one stopped, dead or not answering in
+/// time (each look bounded).
+pub async fn views(endpoints: &[String], alive: &[bool]) -> Vec<Option<(Option<usize>, u64)>> {
+    let mut out = Vec::new();
+    for (slot, endpoint) in endpoints.iter().enumerate() {
+        if !alive.get(slot).copied().unwrap_or(false) {
+            out.push(None);
+            continue;
+        }
+        let client = Client::new(endpoint.clone());
+        let status = tokio::time::timeout(
+            LOOK_TIMEOUT,
+            client.on_endpoint("local status", |mut c| async move {
+                c.local_status(Empty {}).await
+            }),
+        )
+        .await;
+        out.push(match status {
+            Ok(Ok(s)) => Some((s.leader_id.map(|id| id as usize - 1), s.current_term)),
+            _ => None,
+        });
+    }
+    out
+}
+
 /// The replicated state, read through the leader (confirmed by a quorum) from the first agent
 /// that gets an answer in time; otherwise what each agent said.
 pub async fn cluster_state(endpoints: &[String]) -> Result<ClusterState, String> {

@@ -72,10 +72,15 @@ pub enum FaultKind {
     MvHookHangs,
     /// The applications stop writing but keep their MV open, so its unmount is refused.
     MvHolder,
+    /// A slow, congested link ([`crate::net::SiteNet::throttle`]): a token bucket on what one
+    /// process sends, receives, or both — the leader's most often, else a follower's or the
+    /// array's — at 16–256 kbit/s with a 50–500 ms latency bound, for the hold. Its messages
+    /// are delayed and, past the bound, dropped (TCP sends them again).
+    SlowLink,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 21] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -97,6 +102,7 @@ impl FaultKind {
         FaultKind::MvHookFails,
         FaultKind::MvHookHangs,
         FaultKind::MvHolder,
+        FaultKind::SlowLink,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -110,6 +116,12 @@ impl FaultKind {
                 | FaultKind::OneWayLeader
                 | FaultKind::CutArray
         )
+    }
+
+    /// Whether the fault needs every process in its own network namespace: the cuts, and
+    /// the slow link.
+    pub fn needs_namespaces(self) -> bool {
+        self.is_partition() || self == FaultKind::SlowLink
     }
 
     pub fn name(self) -> &'static str {
@@ -135,6 +147,7 @@ impl FaultKind {
             FaultKind::MvHookFails => "mv-hook-fails",
             FaultKind::MvHookHangs => "mv-hook-hangs",
             FaultKind::MvHolder => "mv-holder",
+            FaultKind::SlowLink => "slow-link",
         }
     }
 
@@ -143,11 +156,11 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Relative frequency (the leader is struck most often); partitions only when the site
-    /// can be partitioned.
+    /// Relative frequency (the leader is struck most often); partitions and slow links only
+    /// when the site runs in network namespaces.
     fn weight(self, partitions: bool) -> u64 {
         match self {
-            k if k.is_partition() && !partitions => 0,
+            k if k.needs_namespaces() && !partitions => 0,
             FaultKind::IsolateLeader => 25,
             FaultKind::IsolateFollower => 6,
             FaultKind::CutPair => 8,
@@ -169,6 +182,7 @@ impl FaultKind {
             FaultKind::MvHookFails => 6,
             FaultKind::MvHookHangs => 5,
             FaultKind::MvHolder => 6,
+            FaultKind::SlowLink => 14,
         }
     }
 }
@@ -241,6 +255,9 @@ impl Schedule {
                 | FaultKind::MvHookFails
                 | FaultKind::MvHookHangs
                 | FaultKind::MvHolder => rng.range(1_000, 15_000),
+                // Long enough for late heartbeats to add up to an election (a follower
+                // campaigns after about 800 ms without one).
+                FaultKind::SlowLink => rng.range(2_000, 10_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {
@@ -322,8 +339,32 @@ mod tests {
         }
         for s in 0..50 {
             let without = Schedule::draw(s, 30_000, false, &[]);
-            assert!(without.faults.iter().all(|f| !f.kind.is_partition()));
+            assert!(without.faults.iter().all(|f| !f.kind.needs_namespaces()));
         }
+    }
+
+    #[test]
+    fn slow_links_are_drawn_only_with_namespaces_and_hold_for_seconds() {
+        let only = [FaultKind::SlowLink, FaultKind::KillLeader];
+        let mut slow = 0;
+        for seed in 0..30 {
+            let s = Schedule::draw(seed, 40_000, true, &only);
+            for f in s.faults.iter().filter(|f| f.kind == FaultKind::SlowLink) {
+                slow += 1;
+                assert!((2_000..10_000).contains(&f.hold_ms), "{f:?}");
+            }
+            let without = Schedule::draw(seed, 40_000, false, &only);
+            assert!(
+                without
+                    .faults
+                    .iter()
+                    .all(|f| f.kind == FaultKind::KillLeader),
+                "{without:?}"
+            );
+        }
+        assert!(slow >= 10, "only {slow} slow links in 30 seeds");
+        assert_eq!(FaultKind::from_name("slow-link"), Some(FaultKind::SlowLink));
+        assert!(FaultKind::SlowLink.needs_namespaces() && !FaultKind::SlowLink.is_partition());
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! The slow-link fault: a token bucket filter on one process's link
+//! ([`crate::net::SiteNet::throttle`]), for the hold, then lifted. What it is and what it
+//! cannot be (no netem here): the essay of [`crate::net`], "A slow link".
+//!
+//! Which link, which way and how slow is drawn from the fault's number ([`plan`], pure); who
+//! the leader is comes from the live site. The leader's link most often (five draws in eight):
+//! its heartbeats and appends wait in the queue, and a follower that hears nothing for about
+//! 800 ms campaigns. A follower's (two in eight): its acknowledgements are late, and a
+//! business node's own MV writes to the array crawl. The array's (one in eight): every MV's
+//! writes and every array step of the control node crawl. Both directions a third of the
+//! time, what the process sends or what it receives otherwise.
+//!
+//! The rate is 16, 32, 64, 128 or 256 kbit/s and the latency bound 50–500 ms. What the agents
+//! send when idle (heartbeats every 150 ms to each follower, the harness's looks) is a few
+//! kbit/s to some tens, so the slow rates keep a queue and the fast ones mostly let it through
+//! except in bursts (a job's state in appends, a consistent read's reply, a business node's
+//! MV writes of about 1.2 Mbit/s each): the link is late often and lost sometimes, rather
+//! than cut. The notes at the strike and at the lift say what the agents see then (the leader
+//! and term most of them agree on, and any agent that differs: [`describe`]) and what the
+//! queue sent and dropped.
+
+use std::time::Duration;
+
+use crate::net::{Direction, Throttle};
+
+use super::faults::Harness;
+use super::observe::{self, with};
+use super::records::now_ms;
+use super::schedule::PlannedFault;
+
+/// The bytes a slow link lets through at line rate after an idle spell: a few frames.
+pub const BURST_BYTES: u64 = 4_096;
+
+/// Whose link a slow link throttles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whose {
+    Leader,
+    Follower,
+    /// The array process `A1`.
+    Array,
+}
+
+/// What a slow link does, drawn from its number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowLink {
+    pub whose: Whose,
+    pub directions: Vec<Direction>,
+    pub throttle: Throttle,
+}
+
+/// The slow link of fault number `pick` (see the module's essay).
+pub fn plan(pick: u64) -> SlowLink {
+    let whose = match pick % 8 {
+        0..=4 => Whose::Leader,
+        5 | 6 => Whose::Follower,
+        _ => Whose::Array,
+    };
+    let directions = match (pick / 8) % 3 {
+        0 => vec![Direction::Out, Direction::In],
+        1 => vec![Direction::Out],
+        _ => vec![Direction::In],
+    };
+    SlowLink {
+        whose,
+        directions,
+        throttle: Throttle {
+            rate_bits_per_s: 16_000 << ((pick / 24) % 5),
+            burst_bytes: BURST_BYTES,
+            latency_ms: 50 + (pick / 120) % 451,
+        },
+    }
+}
+
+impl Harness {
+    /// Throttles the link [`plan`] says for the hold, lifts it, notes what its queue did and
+    /// whether the term moved; records the window (target: the process's name).
+    pub(super) async fn slow_link(
+        &mut self,
+        f: &PlannedFault,
+        leader: Option<usize>,
+        others: &[usize],
+    ) {
+        let plan = plan(f.pick);
+        let n = self.agents();
+        let name = match (plan.whose, leader) {
+            (Whose::Array, _) => "A1".to_string(),
+            (Whose::Leader, Some(l)) => self.site.name(l),
+            (Whose::Follower, _) if !others.is_empty() => self
+                .site
+                .name(others[(f.pick / 3 % others.len() as u64) as usize]),
+            // No leader known (or no other agent running): any agent.
+            _ => self.site.name((f.pick / 3 % n as u64) as usize),
+        };
+        let alive = self.alive();
+        let before = observe::views(&self.site.endpoints, &alive).await;
+        let Some(net) = self.net.as_mut() else {
+            with(&self.records, |r| {
+                r.skipped
+                    .push((f.kind, "the site runs without network namespaces".into()))
+            });
+            return;
+        };
+        let t = plan.throttle;
+        // `tc` commands block (a few milliseconds each): off the runtime's async work.
+        let made = tokio::task::block_in_place(|| {
+            for dir in &plan.directions {
+                if let Err(e) = net.throttle(&name, *dir, t) {
+                    for d in &plan.directions {
+                        let _ = net.unthrottle(&name, *d);
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        let ways = plan
+            .directions
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join("+");
+        if let Err(e) = made {
+            self.note(format!("slow-link on {name} failed: {e}"));
+            with(&self.records, |r| {
+                r.skipped
+                    .push((f.kind, format!("the throttle failed: {e}")))
+            });
+            return;
+        }
+        let start_ms = now_ms();
+        self.note(format!(
+            "{name}'s link slowed ({ways}) to {} kbit/s, burst {} B, latency bound {} ms for {} ms (slow-link, {}; {})",
+            t.rate_bits_per_s / 1000,
+            t.burst_bytes,
+            t.latency_ms,
+            f.hold_ms,
+            match leader {
+                Some(l) => format!("leader was {}", self.site.name(l)),
+                None => "no leader known".into(),
+            },
+            describe(&before, &|s| self.site.name(s))
+        ));
+        tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+        let Some(net) = self.net.as_mut() else { return };
+        let lifted: Vec<String> = tokio::task::block_in_place(|| {
+            plan.directions
+                .iter()
+                .map(|d| match net.unthrottle(&name, *d) {
+                    Ok(Some(s)) => format!(
+                        "{}: sent {} B in {} packets, dropped {}",
+                        d.name(),
+                        s.sent_bytes,
+                        s.sent_packets,
+                        s.dropped_packets
+                    ),
+                    Ok(None) => format!("{}: not in place", d.name()),
+                    Err(e) => format!("{}: lifting failed ({e}; the heal retries)", d.name()),
+                })
+                .collect()
+        });
+        let alive = self.alive();
+        let after = observe::views(&self.site.endpoints, &alive).await;
+        self.note(format!(
+            "slow link of {name} lifted: {}; {}",
+            lifted.join("; "),
+            describe(&after, &|s| self.site.name(s))
+        ));
+        self.window(f.kind, vec![name], start_ms);
+    }
+}
+
+/// The agents' views ([`observe::views`]) in a few words: the (leader, term) most of those
+/// that answered agree on, then every agent that differs — e.g. "leader db1 in term 7 (3 of
+/// 5 agents), db3: no leader, term 12". A node behind a slow link may campaign again and
+/// again on its own: its term grows while the others' does not (it cannot win), so the
+/// majority's term, not the highest, tells whether the leader changed.
+pub fn describe(views: &[Option<(Option<usize>, u64)>], name: &dyn Fn(usize) -> String) -> String {
+    let answered: Vec<(usize, (Option<usize>, u64))> = views
+        .iter()
+        .enumerate()
+        .filter_map(|(s, v)| v.map(|v| (s, v)))
+        .collect();
+    let mut counts: Vec<((Option<usize>, u64), usize)> = Vec::new();
+    for (_, v) in &answered {
+        match counts.iter_mut().find(|(c, _)| c == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*v, 1)),
+        }
+    }
+    let Some((common, n)) = counts.iter().max_by_key(|(v, n)| (*n, v.1)).copied() else {
+        return "no agent answered".into();
+    };
+    let view = |(leader, term): (Option<usize>, u64)| match leader {
+        Some(l) => format!("leader {} in term {term}", name(l)),
+        None => format!("no leader, term {term}"),
+    };
+    let mut out = format!("{} ({n} of {} agents)", view(common), views.len());
+    for (s, v) in &answered {
+        if *v != common {
+            out += &format!(", {}: {}", name(*s), view(*v));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_link_strikes_the_leader_most_often_at_every_rate_and_way() {
+        // Fault numbers are drawn from the seed's generator, as the schedule does.
+        let mut rng = crate::sim::rng::Rng::new(1);
+        let plans: Vec<SlowLink> = (0..2_000).map(|_| plan(rng.next_u64())).collect();
+        let share = |w: Whose| plans.iter().filter(|p| p.whose == w).count();
+        assert!(share(Whose::Leader) > share(Whose::Follower));
+        assert!(share(Whose::Follower) > share(Whose::Array));
+        assert!(share(Whose::Array) > 0);
+        for rate in [16_000, 32_000, 64_000, 128_000, 256_000] {
+            assert!(
+                plans.iter().any(|p| p.throttle.rate_bits_per_s == rate),
+                "{rate}"
+            );
+        }
+        for ways in [
+            vec![Direction::Out, Direction::In],
+            vec![Direction::Out],
+            vec![Direction::In],
+        ] {
+            assert!(plans.iter().any(|p| p.directions == ways), "{ways:?}");
+        }
+        for p in &plans {
+            assert!((50..=500).contains(&p.throttle.latency_ms), "{p:?}");
+            assert!((16_000..=256_000).contains(&p.throttle.rate_bits_per_s));
+            assert_eq!(p.throttle.burst_bytes, BURST_BYTES);
+        }
+        assert!(plans.iter().any(|p| p.throttle.latency_ms < 100));
+        assert!(plans.iter().any(|p| p.throttle.latency_ms > 450));
+        // The same number draws the same link.
+        assert_eq!(plan(12_345), plan(12_345));
+    }
+
+    #[test]
+    fn the_views_are_told_by_what_most_agents_say() {
+        let name = |s: usize| format!("n{s}");
+        let views = [
+            Some((Some(1), 7)),
+            Some((Some(1), 7)),
+            Some((None, 12)),
+            None,
+        ];
+        assert_eq!(
+            describe(&views, &name),
+            "leader n1 in term 7 (2 of 4 agents), n2: no leader, term 12"
+        );
+        assert_eq!(describe(&[None, None], &name), "no agent answered");
+    }
+}
