@@ -8,17 +8,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::wait_until;
-use stillpoint_host::{
-    Agent, Engine, FileDevice, HookKind, Host, HostConfig, MountRequest, QuiesceMode,
-    QuiesceRequest, SimBackend, Workload,
-};
-use stillpoint_storage::journal::Journal;
+use common::{sim_agent_with_workload, wait_until, with_switches, write_switches};
+use stillpoint_host::switches::AppStop;
+use stillpoint_host::{Host, QuiesceMode, QuiesceRequest};
 
-const MV_BYTES: u64 = 4 << 20;
 /// The static point's window, and the stop hook's timeout.
 const LIMIT_MS: u64 = 2000;
 const HOOK_TIMEOUT_MS: u64 = 800;
@@ -26,69 +21,33 @@ const HOOK_TIMEOUT_MS: u64 = 800;
 const SLACK_MS: u64 = 3000;
 
 fn switch(file: &std::path::Path, app_stop: Option<&str>) {
-    let tmp = file.with_extension("tmp");
-    let text = match app_stop {
-        Some(a) => format!("app_stop = \"{a}\"\n"),
-        None => String::new(),
+    let (text, want) = match app_stop {
+        None => (String::new(), AppStop::Stops),
+        Some(a) => (
+            format!("app_stop = \"{a}\"\n"),
+            match a {
+                "fails" => AppStop::Fails,
+                "hangs" => AppStop::Hangs,
+                _ => AppStop::Holds,
+            },
+        ),
     };
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
-    let want = match app_stop {
-        None => stillpoint_host::switches::AppStop::Stops,
-        Some("fails") => stillpoint_host::switches::AppStop::Fails,
-        Some("hangs") => stillpoint_host::switches::AppStop::Hangs,
-        Some(_) => stillpoint_host::switches::AppStop::Holds,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stillpoint_host::switches::app_stop() != want {
-        assert!(
-            Instant::now() < deadline,
-            "the switches never read {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    write_switches(file, &text, || {
+        stillpoint_host::switches::app_stop() == want
+    });
 }
 
 #[test]
 fn an_application_that_will_not_let_go_fails_the_quiesce_and_keeps_writing() {
-    if !stillpoint_host::switches::BUILT {
-        eprintln!("SKIPPED: this build has no fault switches (feature fault-injection)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let switches = dir.path().join("switches.toml");
-    // SAFETY: set before any thread of this process reads the environment: the runtime
-    // and the agent start below.
-    unsafe { std::env::set_var(stillpoint_host::switches::ENV_VAR, &switches) };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let sim = SimBackend::new(9);
-        let mv = Arc::new(FileDevice::create(&dir.path().join("mv.img"), MV_BYTES).unwrap());
-        SimBackend::format(mv.as_ref()).await.unwrap();
-        sim.attach("LD-MV", mv).await.unwrap();
-        let pace = Some(Duration::from_millis(2));
-        let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", None, pace);
-        sim.register_app("workload", workload.clone());
-        let config = HostConfig::from_toml_str(
+    with_switches(|dir, switches| async move {
+        let (host, workload) = sim_agent_with_workload(
+            dir.path(),
             &format!(
-                "backend = \"sim\"\n[[volumes]]\nname = \"mv1\"\nld = \"LD-MV\"\n\
-                 mount_point = \"/sim/mv1\"\nfs = \"sim\"\nunmount_ms_max = 60000\n\
-                 stop = {{ app = \"workload\", timeout_ms = {HOOK_TIMEOUT_MS} }}\n\
-                 start = {{ app = \"workload\" }}\n"
+                "unmount_ms_max = 60000\nstop = {{ app = \"workload\", timeout_ms = {HOOK_TIMEOUT_MS} }}\n"
             ),
-            "test.toml",
+            2,
         )
-        .unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let host = Agent::start(config, Journal::open(&db).unwrap(), Engine::Sim(sim))
-            .await
-            .unwrap();
-        host.mount("mv1", &MountRequest::default()).await.unwrap();
-        host.run_hook("mv1", HookKind::Start).await.unwrap();
+        .await;
         let written = || workload.records_written().unwrap_or(0);
         let quiesce = |owner: &str| QuiesceRequest {
             volume: "mv1".into(),

@@ -8,17 +8,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::wait_until;
-use stillpoint_host::{
-    Agent, Engine, FileDevice, HookKind, Host, HostConfig, HostError, MountRequest, SimBackend,
-    Workload,
-};
-use stillpoint_storage::journal::Journal;
+use common::{sim_agent_with_workload, wait_until, with_switches, write_switches};
+use stillpoint_host::{Host, HostError};
 
-const MV_BYTES: u64 = 4 << 20;
 /// The freeze window under test.
 const LIMIT_MS: u64 = 1500;
 /// What S4 allows beyond the limit on a loaded 2-core machine (the watchdog's wake-up and
@@ -26,60 +20,20 @@ const LIMIT_MS: u64 = 1500;
 const SLACK_MS: u64 = 3000;
 
 fn step_clock(file: &std::path::Path, offset_ms: i64) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, format!("clock_offset_ms = {offset_ms}\n")).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
-    // The agent reads the file every POLL_MS: wait until it has (the offset is visible
-    // through the same function the agent uses).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stillpoint_host::switches::clock_offset_ms() != offset_ms {
-        assert!(
-            Instant::now() < deadline,
-            "the switches never read {offset_ms}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    write_switches(file, &format!("clock_offset_ms = {offset_ms}\n"), || {
+        stillpoint_host::switches::clock_offset_ms() == offset_ms
+    });
 }
 
 #[test]
 fn a_wall_clock_step_neither_stretches_nor_breaks_a_quiesce() {
-    if !stillpoint_host::switches::BUILT {
-        eprintln!("SKIPPED: this build has no fault switches (feature fault-injection)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let switches = dir.path().join("switches.toml");
-    // SAFETY: set before any thread of this process reads the environment: the runtime
-    // and the agent start below.
-    unsafe { std::env::set_var(stillpoint_host::switches::ENV_VAR, &switches) };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let sim = SimBackend::new(7);
-        let mv = Arc::new(FileDevice::create(&dir.path().join("mv.img"), MV_BYTES).unwrap());
-        SimBackend::format(mv.as_ref()).await.unwrap();
-        sim.attach("LD-MV", mv).await.unwrap();
-        let pace = Some(Duration::from_millis(1));
-        let workload = Workload::new(sim.clone(), "/sim/mv1", "workload", None, pace);
-        sim.register_app("workload", workload.clone());
-        let config = HostConfig::from_toml_str(
-            "backend = \"sim\"\n[[volumes]]\nname = \"mv1\"\nld = \"LD-MV\"\n\
-             mount_point = \"/sim/mv1\"\nfs = \"sim\"\nfreeze_ms_max = 60000\n\
-             extend_ms_max_total = 5000\nstop = { app = \"workload\" }\n\
-             start = { app = \"workload\" }\n",
-            "test.toml",
+    with_switches(|dir, switches| async move {
+        let (host, _workload) = sim_agent_with_workload(
+            dir.path(),
+            "freeze_ms_max = 60000\nextend_ms_max_total = 5000\nstop = { app = \"workload\" }\n",
+            1,
         )
-        .unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let host = Agent::start(config, Journal::open(&db).unwrap(), Engine::Sim(sim))
-            .await
-            .unwrap();
-        host.mount("mv1", &MountRequest::default()).await.unwrap();
-        host.run_hook("mv1", HookKind::Start).await.unwrap();
-
+        .await;
         // A step back inside the window: the watchdog must still thaw at the limit.
         let q = host
             .freeze("mv1", Some(LIMIT_MS), "job 1 step 4")

@@ -31,26 +31,32 @@ pub fn with<T>(records: &Shared, f: impl FnOnce(&mut Records) -> T) -> T {
     f(&mut records.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
+/// The agent's own view of (leader slot, term), or `None` if it does not answer within
+/// [`LOOK_TIMEOUT`]: `status` would ask every member too, and wait on those a partition cuts
+/// it off from.
+async fn own_view(endpoint: &str) -> Option<(Option<usize>, u64)> {
+    let client = Client::new(endpoint.to_string());
+    let status = tokio::time::timeout(
+        LOOK_TIMEOUT,
+        client.on_endpoint("local status", |mut c| async move {
+            c.local_status(Empty {}).await
+        }),
+    )
+    .await;
+    match status {
+        Ok(Ok(s)) => Some((s.leader_id.map(|id| id as usize - 1), s.current_term)),
+        _ => None,
+    }
+}
+
 /// The leader's slot as the first agent that answers in time sees it.
 pub async fn leader(endpoints: &[String], alive: &[bool]) -> Option<usize> {
     for (slot, endpoint) in endpoints.iter().enumerate() {
         if !alive.get(slot).copied().unwrap_or(false) {
             continue;
         }
-        let client = Client::new(endpoint.clone());
-        // The agent's own view: `status` would ask every member too, and wait on those a
-        // partition cuts it off from.
-        let status = tokio::time::timeout(
-            LOOK_TIMEOUT,
-            client.on_endpoint("local status", |mut c| async move {
-                c.local_status(Empty {}).await
-            }),
-        )
-        .await;
-        if let Ok(Ok(s)) = status
-            && let Some(id) = s.leader_id
-        {
-            return Some(id as usize - 1);
+        if let Some((Some(leader), _)) = own_view(endpoint).await {
+            return Some(leader);
         }
     }
     None
@@ -65,18 +71,7 @@ pub async fn views(endpoints: &[String], alive: &[bool]) -> Vec<Option<(Option<u
             out.push(None);
             continue;
         }
-        let client = Client::new(endpoint.clone());
-        let status = tokio::time::timeout(
-            LOOK_TIMEOUT,
-            client.on_endpoint("local status", |mut c| async move {
-                c.local_status(Empty {}).await
-            }),
-        )
-        .await;
-        out.push(match status {
-            Ok(Ok(s)) => Some((s.leader_id.map(|id| id as usize - 1), s.current_term)),
-            _ => None,
-        });
+        out.push(own_view(endpoint).await);
     }
     out
 }
