@@ -106,21 +106,15 @@ impl SimBackend {
     /// nothing (the fault switches' `app_stop = "holds"`).
     async fn hold(&self, v: &VolumeConfig, app: &str) -> Result<(), HostError> {
         let vol = self.vol(ld_of(v)?)?;
-        let id = {
+        let handle = {
             let mut s = vol.state.lock().await;
-            let id = s.next_handle;
-            s.next_handle += 1;
-            s.holders.insert(
-                id,
+            SimHandle::add(
+                &vol,
+                &mut s,
                 format!("{app} (holding on: fault switch app_stop = \"holds\")"),
-            );
-            id
+            )
         };
-        lock(&self.strays).push(SimHandle {
-            vol,
-            id,
-            closed: false,
-        });
+        lock(&self.strays).push(handle);
         Ok(())
     }
 
@@ -207,14 +201,7 @@ impl SimBackend {
         for v in vols {
             let mut s = v.state.lock().await;
             if s.mounted_at.as_deref() == Some(mount_point) {
-                let id = s.next_handle;
-                s.next_handle += 1;
-                s.holders.insert(id, holder.to_string());
-                return Ok(SimHandle {
-                    vol: v.clone(),
-                    id,
-                    closed: false,
-                });
+                return Ok(SimHandle::add(&v, &mut s, holder.to_string()));
             }
         }
         Err(HostError::WrongState {
@@ -349,6 +336,19 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
+    /// Registers `holder` on `vol` (whose state `s` the caller has locked) and returns its
+    /// handle.
+    fn add(vol: &Arc<SimVolume>, s: &mut VolState, holder: String) -> SimHandle {
+        let id = s.next_handle;
+        s.next_handle += 1;
+        s.holders.insert(id, holder);
+        SimHandle {
+            vol: vol.clone(),
+            id,
+            closed: false,
+        }
+    }
+
     async fn usable<'a>(
         &'a self,
         op: &str,

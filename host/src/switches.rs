@@ -114,10 +114,9 @@ pub fn monotonic_ms() -> u64 {
 
 #[cfg(feature = "fault-injection")]
 mod imp {
-    use std::sync::OnceLock;
+    use std::sync::Once;
     use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-    #[derive(Default)]
     pub(super) struct Switches {
         pub(super) clock_offset_ms: AtomicI64,
         /// 0 stops, 1 fails, 2 hangs, 3 holds (see [`super::AppStop`]).
@@ -141,30 +140,30 @@ mod imp {
         Holds,
     }
 
-    static SWITCHES: OnceLock<Switches> = OnceLock::new();
+    static SWITCHES: Switches = Switches {
+        clock_offset_ms: AtomicI64::new(0),
+        app_stop: AtomicU8::new(0),
+    };
+    static READER_STARTED: Once = Once::new();
 
     /// The switches, read from the file at the first call and kept up to date by a thread.
     pub(super) fn switches() -> &'static Switches {
-        SWITCHES.get_or_init(|| {
-            let s = Switches::default();
+        READER_STARTED.call_once(|| {
             if let Some(path) = std::env::var_os(super::ENV_VAR) {
                 let path = std::path::PathBuf::from(path);
                 let mut last = None;
-                read(&path, &s, &mut last);
+                read(&path, &SWITCHES, &mut last);
                 let _ = std::thread::Builder::new()
                     .name("fault-switches".into())
                     .spawn(move || {
-                        let s = super::imp::SWITCHES
-                            .get()
-                            .expect("set before the thread runs");
                         loop {
                             std::thread::sleep(std::time::Duration::from_millis(super::POLL_MS));
-                            read(&path, s, &mut last);
+                            read(&path, &SWITCHES, &mut last);
                         }
                     });
             }
-            s
-        })
+        });
+        &SWITCHES
     }
 
     /// Reads the file into `s`; `last` is the text last seen, so a change is logged once.
