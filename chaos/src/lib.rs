@@ -43,7 +43,8 @@
 //! partitions: the leader isolated, a follower isolated, two agents cut from each other, a
 //! minority/majority split, one-way loss at the leader, the array cut from one agent; a slow
 //! link: a token bucket on what one process sends or receives, so its messages are late and,
-//! past the bucket's latency bound, dropped; array
+//! past the bucket's latency bound, dropped; a lossy link: a share of one process's packets
+//! dropped at random whatever the load; array
 //! faults the software array serves: a slow copy pace, a failed RV LD, at any moment or while
 //! its pair copies; and the backup node's RV stop hook failing or hanging, an ordinary command
 //! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
@@ -67,8 +68,9 @@
 //! members have one address each) and would still deliver what its buffers held; namespaces
 //! change nothing in how stillpoint names its peers. A slow link is a `tbf` qdisc on one end of
 //! a process's veth (this kernel has no `netem`): a congested link, late under load and lossy
-//! past its bound, never a fixed delay on an idle link nor random loss (`net`'s essay says
-//! what it models and what not). Everything made (namespaces, veths, the
+//! past its bound, never a fixed delay on an idle link. A lossy link is an nftables rule on
+//! the `egress` or `ingress` hook of a process's device, dropping packets at random (`net`'s
+//! essay says what each models and what not). Everything made (namespaces, veths, the
 //! bridge) is removed when the run's [`net::SiteNet`] is dropped, on a panic too; what a run
 //! killed outright left is removed by the next one (names carry the owner's pid). Without
 //! root or `ip netns` the partition faults are left out, the run says so, and a seed draws

@@ -2,14 +2,14 @@
 //! copy (S3) when the fault may have damaged the MV itself, a write stall (S4) when the fault
 //! struck the writer's own I/O path. Every other fault excuses nothing.
 //!
-//! A slow link ([`FaultKind::SlowLink`]) is judged as a cut between a host and the array
-//! (`cut-array`) when it slows the link an MV's writes take: the writer's own host's, or the
-//! array's (every MV's writes pass it). A write there waits in the throttle's queue or is
-//! dropped and sent again by TCP, so the application's writes crawl (a stall the quiesce has
-//! no part in), and a write can fail: the array's data client bounds a connect at 5 s and a
-//! call at 30 s (`stillpoint_array::CONNECT_TIMEOUT`, `CALL_TIMEOUT`), and a SYN dropped
-//! twice by a full queue (retried after 1 s, then 2 s more) outlasts the first. A failed write
-//! ends the workload's writer and can leave its MV's tail torn, as a cut does. A slow link
+//! A slow or lossy link ([`FaultKind::SlowLink`], [`FaultKind::LossyLink`]) is judged as a cut
+//! between a host and the array (`cut-array`) when it harms the link an MV's writes take: the
+//! writer's own host's, or the array's (every MV's writes pass it). A write there waits in the
+//! throttle's queue, or is dropped and sent again by TCP, so the application's writes crawl (a
+//! stall the quiesce has no part in), and a write can fail: the array's data client bounds a
+//! connect at 5 s and a call at 30 s (`stillpoint_array::CONNECT_TIMEOUT`, `CALL_TIMEOUT`), and
+//! a SYN dropped twice (retried after 1 s, then 2 s more) outlasts the first. A failed write
+//! ends the workload's writer and can leave its MV's tail torn, as a cut does. A link fault
 //! anywhere else (the management or backup node's, a business node that is not the writer's)
 //! touches no MV: it excuses nothing, and a stall it makes by delaying a quiesce's release is
 //! still bounded by the host's own deadline.
@@ -28,7 +28,7 @@ pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
     let on = |name: &str| w.targets.iter().any(|t| t == name);
     match w.kind {
         FaultKind::KillArray => on("A1"),
-        FaultKind::SlowLink => on(host) || on("A1"),
+        FaultKind::SlowLink | FaultKind::LossyLink => on(host) || on("A1"),
         FaultKind::CutArray
         | FaultKind::KillLeader
         | FaultKind::KillFollower
@@ -59,7 +59,9 @@ pub fn excuses(w: &FaultWindow, host: &str) -> bool {
         | FaultKind::MvHookFails
         | FaultKind::MvHookHangs
         | FaultKind::MvHolder => false,
-        FaultKind::SlowLink => w.targets.iter().any(|t| t == host || t == "A1"),
+        FaultKind::SlowLink | FaultKind::LossyLink => {
+            w.targets.iter().any(|t| t == host || t == "A1")
+        }
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }

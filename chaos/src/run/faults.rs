@@ -111,8 +111,8 @@ impl Harness {
                 self.partition(f, leader, &others).await;
                 return;
             }
-            FaultKind::SlowLink => {
-                self.slow_link(f, leader, &others).await;
+            FaultKind::SlowLink | FaultKind::LossyLink => {
+                self.link_fault(f, leader, &others).await;
                 return;
             }
             FaultKind::SlowCopy

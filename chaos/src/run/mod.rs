@@ -30,11 +30,11 @@ pub mod excuse;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
+pub mod link;
 pub mod observe;
 pub mod records;
 pub mod report;
 pub mod schedule;
-pub mod slow;
 pub mod switches;
 pub mod volumes;
 

@@ -77,10 +77,14 @@ pub enum FaultKind {
     /// array's — at 16–256 kbit/s with a 50–500 ms latency bound, for the hold. Its messages
     /// are delayed and, past the bound, dropped (TCP sends them again).
     SlowLink,
+    /// A lossy link ([`crate::net::SiteNet::lose`]): 1–30% of the packets one process sends,
+    /// receives, or both dropped at random, whatever the load — the same links as
+    /// [`FaultKind::SlowLink`] — for the hold.
+    LossyLink,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 22] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -103,6 +107,7 @@ impl FaultKind {
         FaultKind::MvHookHangs,
         FaultKind::MvHolder,
         FaultKind::SlowLink,
+        FaultKind::LossyLink,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -119,9 +124,15 @@ impl FaultKind {
     }
 
     /// Whether the fault needs every process in its own network namespace: the cuts, and
-    /// the slow link.
+    /// the slow and lossy links.
     pub fn needs_namespaces(self) -> bool {
-        self.is_partition() || self == FaultKind::SlowLink
+        self.is_partition() || self.is_link_fault()
+    }
+
+    /// Whether the fault harms one process's link without cutting it: slow or lossy
+    /// ([`super::link`]).
+    pub fn is_link_fault(self) -> bool {
+        matches!(self, FaultKind::SlowLink | FaultKind::LossyLink)
     }
 
     pub fn name(self) -> &'static str {
@@ -148,6 +159,7 @@ impl FaultKind {
             FaultKind::MvHookHangs => "mv-hook-hangs",
             FaultKind::MvHolder => "mv-holder",
             FaultKind::SlowLink => "slow-link",
+            FaultKind::LossyLink => "lossy-link",
         }
     }
 
@@ -183,6 +195,7 @@ impl FaultKind {
             FaultKind::MvHookHangs => 5,
             FaultKind::MvHolder => 6,
             FaultKind::SlowLink => 14,
+            FaultKind::LossyLink => 12,
         }
     }
 }
@@ -257,7 +270,7 @@ impl Schedule {
                 | FaultKind::MvHolder => rng.range(1_000, 15_000),
                 // Long enough for late heartbeats to add up to an election (a follower
                 // campaigns after about 800 ms without one).
-                FaultKind::SlowLink => rng.range(2_000, 10_000),
+                FaultKind::SlowLink | FaultKind::LossyLink => rng.range(2_000, 10_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {

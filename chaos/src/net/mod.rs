@@ -1,7 +1,8 @@
-//! Network partitions and slow links with iproute2 only: every process of a site in its own
+//! Network partitions, slow links and lossy links: every process of a site in its own
 //! network namespace, all of them on one bridge; cuts made by pointing a namespace's neighbour
 //! entry for a peer at a hardware address no port owns, slow links by a token bucket filter
-//! (`tc ... tbf`) on one end of a process's veth.
+//! (`tc ... tbf`) on one end of a process's veth, lossy links by an nftables rule dropping
+//! packets at random inside the process's namespace ([`loss`]).
 //!
 //! ## The network
 //! [`SiteNet::create`] makes, for a run, a bridge `sp<pid>x<k>b` in the machine's namespace
@@ -49,8 +50,10 @@
 //! namespaces too. What tbf cannot do: delay a packet on an idle link (a packet that finds
 //! tokens leaves at once, so a lone heartbeat is late only when other traffic fills the
 //! queue), or lose packets at random independently of the load (it drops only what overflows
-//! its latency bound). A fixed delay without load, random loss, duplication and reordering
-//! need `netem`; the harness does not pretend to them.
+//! its latency bound). Random loss independent of the load is made with nftables instead
+//! ([`loss`]). A fixed delay without load, duplication and reordering need `netem` (or a
+//! qdisc this kernel lacks, such as `fq` for timestamped departures); the harness does not
+//! pretend to them.
 //!
 //! ## Why not a TCP proxy
 //! A proxy per peer pair needs one address per peer in every agent's configuration (raft
@@ -64,6 +67,10 @@
 //! leaves them; the next [`SiteNet::create`] removes every `sp<pid>x…` namespace and link whose
 //! process `<pid>` no longer exists, and kills the processes still running inside such a
 //! namespace.
+
+mod loss;
+
+pub use loss::{Loss, LossStats, loss_unavailable};
 
 use std::path::Path;
 use std::process::Command;
@@ -110,12 +117,14 @@ impl Drop for NetLock {
     }
 }
 
-/// Which way of a process's link a [`Throttle`] slows.
+/// Which way of a process's link a [`Throttle`] slows or a [`Loss`] drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
-    /// What the process sends: `eth0` inside its namespace.
+    /// What the process sends: a throttle on `eth0` inside its namespace, a loss on the
+    /// namespace's `output` hook.
     Out,
-    /// What the process receives: the bridge-side end of its veth, in the machine's namespace.
+    /// What the process receives: a throttle on the bridge-side end of its veth, in the
+    /// machine's namespace; a loss on the namespace's `input` hook.
     In,
 }
 
@@ -257,6 +266,8 @@ pub struct SiteNet {
     cuts: std::collections::BTreeSet<(usize, usize)>,
     /// Throttles in place, by (node index, direction).
     throttles: std::collections::BTreeMap<(usize, Direction), Throttle>,
+    /// Random losses in place, by (node index, direction) ([`loss`]).
+    losses: std::collections::BTreeMap<(usize, Direction), Loss>,
 }
 
 /// Bound on one `ip` or `tc` command (netlink calls answered at once; a hung one is killed).
@@ -406,6 +417,7 @@ impl SiteNet {
             nodes: Vec::new(),
             cuts: Default::default(),
             throttles: Default::default(),
+            losses: Default::default(),
         };
         // From here on, dropping `net` removes whatever was made.
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
@@ -594,10 +606,15 @@ impl SiteNet {
             .collect()
     }
 
-    /// Removes every cut and lifts every throttle. Each is tried; the first error is returned
-    /// after all were tried.
+    /// Removes every cut and lifts every throttle and loss. Each is tried; the first error is
+    /// returned after all were tried.
     pub fn heal(&mut self) -> Result<(), String> {
         let mut first = None;
+        for (i, dir) in std::mem::take(&mut self.losses).into_keys() {
+            if let Err(e) = self.lift_loss(i, dir) {
+                first.get_or_insert(e);
+            }
+        }
         for (i, dir) in std::mem::take(&mut self.throttles).into_keys() {
             if let Err(e) = self.lift(i, dir) {
                 first.get_or_insert(e);
