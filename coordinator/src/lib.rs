@@ -170,6 +170,11 @@ pub enum Command {
     /// previous proposal committed). The first refused change stops the batch: those before it
     /// took effect, it and those after did not.
     Jobs { events: Vec<JobChange> },
+    /// The leader's driver moved an array's steps to another of its control nodes (the one in
+    /// use did not answer): recorded so that the next leader sends and asks there first,
+    /// where the steps it may have to ask about were sent. Ignored (`changed: false`) if the
+    /// inventory no longer lists that agent as a control node of that array.
+    RouteArraySteps { array: String, control_node: String },
 }
 
 /// One change of a [`Command::Jobs`] batch.
@@ -200,7 +205,7 @@ impl Command {
                 event: JobEvent::CancelRequested { .. },
                 ..
             } => true,
-            Command::Job { .. } | Command::Jobs { .. } => false,
+            Command::Job { .. } | Command::Jobs { .. } | Command::RouteArraySteps { .. } => false,
         }
     }
 }

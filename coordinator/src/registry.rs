@@ -96,6 +96,11 @@ pub struct ClusterState {
     /// Accepted jobs, their locks and their history.
     #[serde(default)]
     pub jobs: JobTable,
+    /// Array name → the control node its steps go to, when a leader moved them off the
+    /// first registered one ([`Command::RouteArraySteps`]). An entry the inventory no
+    /// longer backs is ignored by whoever reads it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub array_routes: BTreeMap<String, String>,
 }
 
 impl ClusterState {
@@ -156,6 +161,21 @@ impl ClusterState {
                 }
                 last
             }
+            Command::RouteArraySteps {
+                array,
+                control_node,
+            } => match self.inventory.arrays.get(array) {
+                Some(spec) if spec.control_nodes.contains(control_node) => {
+                    let before = self
+                        .array_routes
+                        .insert(array.clone(), control_node.clone());
+                    Response::Applied {
+                        changed: before.as_ref() != Some(control_node),
+                    }
+                }
+                // The inventory changed since the leader chose: nothing to record.
+                _ => Response::Applied { changed: false },
+            },
         }
     }
 

@@ -437,6 +437,77 @@ async fn array_steps_move_to_another_control_node_when_the_first_dies() {
     assert_rvs_intact(&site, "array steps through mgmt1").await;
 }
 
+/// How many times the agents' logs say a control node was passed over.
+fn passed_over(site: &JobSite) -> usize {
+    (0..site.site.agents.len())
+        .map(|s| {
+            std::fs::read_to_string(site.site.log_path(s))
+                .unwrap_or_default()
+                .matches("array steps go to the next one")
+                .count()
+        })
+        .sum()
+}
+
+/// The move of an array's steps to another control node is in the log, so a new leader
+/// sends there first: five voters, the array's control nodes db2 (first by name) and mgmt1.
+/// db2 is killed and stays down; a job moves A1's steps to mgmt1, and the state records it.
+/// Then the leader is killed (and restarted once another leads): the new leader sends the
+/// next job's array steps to mgmt1 straight away, never to the dead db2 (before, every new
+/// leader started from the first control node and passed over it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_sends_array_steps_where_the_last_leader_moved_them() {
+    let mut layout = SiteLayout::spread_over(1, 3);
+    layout.control_nodes = vec!["db2".into(), "mgmt1".into()];
+    let mut site = JobSite::start(layout).await;
+    site.site.kill(DB2).await;
+    let id = site.submit_backup().await;
+    let end = site.wait_ended(id, JOB_WITHIN).await;
+    assert!(is_consistent(&end), "{end:?}\n{}", site.logs());
+    wait_async(
+        "the log to record that A1's steps went to mgmt1",
+        || async {
+            site.state()
+                .await
+                .filter(|s| s.array_routes.get("A1").map(String::as_str) == Some("mgmt1"))
+                .map(|_| ())
+        },
+    )
+    .await;
+    let before = passed_over(&site);
+    assert!(before >= 1, "db2 was never passed over:\n{}", site.logs());
+
+    let old = site.site.leader().await.expect("leader");
+    site.site.kill(old).await;
+    let new = site.site.leader().await.expect("a new leader");
+    assert_ne!(new, old);
+    site.site.restart(old).await.expect("restart");
+    let endpoint = site.site.endpoints[old].clone();
+    wait_async("the restarted agent to answer", || {
+        let client = stillpoint_node::Client::new(endpoint.clone());
+        async move {
+            client
+                .on_endpoint("status", |mut c| async move {
+                    c.status(stillpoint_proto::cluster::StatusRequest { consistent: false })
+                        .await
+                })
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    let id = site.submit_backup().await;
+    let end = site.wait_ended(id, JOB_WITHIN).await;
+    assert!(is_consistent(&end), "{end:?}\n{}", site.logs());
+    assert_eq!(
+        passed_over(&site),
+        before,
+        "the new leader sent array steps to db2 again:\n{}",
+        site.logs()
+    );
+}
+
 /// A group whose MVs are quiesced by their applications' hooks only (the volumes stay
 /// mounted): the job runs each MV's stop hook and a flush inside the window and the start hook
 /// at the release, and the copies are consistent.

@@ -21,16 +21,20 @@
 //! again from the log (in the same term if it still leads).
 //!
 //! ## Caveats
-//! - Array steps go to the first registered control node of the array (by name), so a new
-//!   leader first asks the agent most likely to hold the step's journal. When that agent does
-//!   not answer (unreachable, or a probe without an answer), the driver passes over it to the
-//!   next control node ([`Routes`]): asked about a token it never saw, that agent says "not
-//!   recorded" and the job sends a new attempt there. This is safe only because the array
-//!   fences its pair operations by token (`stillpoint_array::FenceToken`): the old attempt,
-//!   if it is still on the passed-over agent, is refused by the array once a newer token has
-//!   acted on the pair. Which agent is in use lives in the leader's memory; a new leader starts
-//!   from the first again.
-//! - Deadlines are the leader's wall clock (`at_ms` of the dispatch plus the step's timeout).
+//! - Array steps go to the control node the log records for the array (where a leader last
+//!   moved them), else to its first registered one (by name), so a new leader first asks the
+//!   agent most likely to hold the step's journal. When that agent does not answer
+//!   (unreachable, or a probe without an answer), the driver passes over it to the next
+//!   control node ([`Routes`]) and proposes the move (`Command::RouteArraySteps`): asked about
+//!   a token it never saw, that agent says "not recorded" and the job sends a new attempt
+//!   there. This is safe only because the array fences its pair operations by token
+//!   (`stillpoint_array::FenceToken`): the old attempt, if it is still on the passed-over
+//!   agent, is refused by the array once a newer token has acted on the pair. The move is
+//!   proposed behind the job events, so a leader that dies first leaves its successor the
+//!   older record, and the successor passes over again.
+//! - Deadlines are on the lead's clock ([`LeadClock`]: the wall clock read when this lead
+//!   began, advanced by the boot clock), `at_ms` of the dispatch plus the step's timeout; a
+//!   step of the wall clock mid-lead moves none of them.
 
 mod send;
 
@@ -554,6 +558,14 @@ impl Lead<'_> {
             .read(|s| routes.pass_over(s, target, address))
         {
             tracing::warn!(?target, passed_over = %address, now = %next, "driver: a control node did not answer; array steps go to the next one");
+            if let StepTarget::Array(array) = target {
+                // Behind the job events already queued, in order; a successor that never
+                // sees it starts from the older record and passes over again.
+                let _ = self.proposals.send(Command::RouteArraySteps {
+                    array: array.clone(),
+                    control_node: next,
+                });
+            }
         }
     }
 

@@ -58,31 +58,52 @@ pub fn executor_candidates(
     }
 }
 
-/// Where the driver sends the steps of each target. An array's steps go to its first
-/// registered control node until that agent fails to answer (unreachable, or a probe with no
-/// answer); then to the next, round the list. Safe because the array fences its pair
-/// operations by token: an order left on the agent passed over cannot land after one a newer
-/// attempt sent elsewhere, and asking the new agent about an old token finds it not recorded
-/// there, which the job answers with a new attempt.
+/// Where the driver sends the steps of each target. An array's steps go to the control node
+/// the replicated state records for it ([`ClusterState::array_routes`]: where the last leader
+/// moved them), else to its first registered control node, until that agent fails to answer
+/// (unreachable, or a probe with no answer); then to the next, round the list, and the driver
+/// proposes the move ([`stillpoint_coordinator::Command::RouteArraySteps`]) so that the next
+/// leader starts there, where the steps it must ask about were sent. Safe even when that
+/// record is late or lost, because the array fences its pair operations by token: an order
+/// left on the agent passed over cannot land after one a newer attempt sent elsewhere, and
+/// asking the new agent about an old token finds it not recorded there, which the job answers
+/// with a new attempt.
 #[derive(Debug, Default)]
 pub struct Routes {
-    /// Per array: how many control nodes were passed over so far.
-    passed_over: BTreeMap<String, usize>,
+    /// Per array: the control node this lead moved its steps to (ahead of the log).
+    in_use: BTreeMap<String, String>,
 }
 
 impl Routes {
+    /// The candidates for `target` and the index of the one in use.
+    fn current(
+        &self,
+        state: &ClusterState,
+        target: &StepTarget,
+    ) -> Result<(Vec<(String, String)>, usize), String> {
+        let candidates = executor_candidates(state, target)?;
+        let chosen = match target {
+            StepTarget::Array(array) => self
+                .in_use
+                .get(array)
+                .or_else(|| state.array_routes.get(array)),
+            StepTarget::Node(_) => None,
+        };
+        let index = chosen
+            .and_then(|name| candidates.iter().position(|(n, _)| n == name))
+            .unwrap_or(0);
+        Ok((candidates, index))
+    }
+
     /// The address to send `target`'s steps to now.
     pub fn address(&self, state: &ClusterState, target: &StepTarget) -> Result<String, String> {
-        let candidates = executor_candidates(state, target)?;
-        let skip = match target {
-            StepTarget::Array(array) => self.passed_over.get(array).copied().unwrap_or(0),
-            StepTarget::Node(_) => 0,
-        };
-        Ok(candidates[skip % candidates.len()].1.clone())
+        let (candidates, index) = self.current(state, target)?;
+        Ok(candidates[index].1.clone())
     }
 
     /// The agent at `address` did not answer for `target`: if it is still the one in use,
-    /// pass over it to the next control node. Returns the agent now in use when it changed.
+    /// pass over it to the next control node. Returns the agent now in use when it changed
+    /// (the caller proposes it).
     pub fn pass_over(
         &mut self,
         state: &ClusterState,
@@ -92,13 +113,13 @@ impl Routes {
         let StepTarget::Array(array) = target else {
             return None;
         };
-        let candidates = executor_candidates(state, target).ok()?;
-        let skip = self.passed_over.entry(array.clone()).or_default();
-        if candidates.len() < 2 || candidates[*skip % candidates.len()].1 != address {
+        let (candidates, index) = self.current(state, target).ok()?;
+        if candidates.len() < 2 || candidates[index].1 != address {
             return None;
         }
-        *skip += 1;
-        Some(candidates[*skip % candidates.len()].0.clone())
+        let next = candidates[(index + 1) % candidates.len()].0.clone();
+        self.in_use.insert(array.clone(), next.clone());
+        Some(next)
     }
 }
 
@@ -225,5 +246,36 @@ mod tests {
         let node = StepTarget::Node("mgmt2".into());
         assert_eq!(routes.pass_over(&state, &node, "127.0.0.1:7002"), None);
         assert_eq!(routes.address(&state, &node).unwrap(), "127.0.0.1:7002");
+    }
+
+    #[test]
+    fn a_new_leader_sends_an_arrays_steps_where_the_last_one_moved_them() {
+        let mut state = state();
+        let members = BTreeMap::new();
+        let a1 = StepTarget::Array("A1".into());
+        let route = |node: &str| Command::RouteArraySteps {
+            array: "A1".into(),
+            control_node: node.into(),
+        };
+        // The last leader passed over mgmt1, and proposed the move.
+        let mut last = Routes::default();
+        let moved = last.pass_over(&state, &a1, "127.0.0.1:7001");
+        assert_eq!(moved.as_deref(), Some("mgmt2"));
+        assert_eq!(
+            state.apply(&members, &route("mgmt2")),
+            stillpoint_coordinator::Response::Applied { changed: true }
+        );
+        // A new leader's routes start from the record.
+        let routes = Routes::default();
+        assert_eq!(routes.address(&state, &a1).unwrap(), "127.0.0.1:7002");
+        // A record the inventory does not back is not kept, and one whose agent is no longer
+        // registered is passed over for the first that is.
+        assert_eq!(
+            state.apply(&members, &route("db1")),
+            stillpoint_coordinator::Response::Applied { changed: false }
+        );
+        assert_eq!(state.array_routes["A1"], "mgmt2");
+        state.nodes.get_mut(&2).unwrap().deregistered_at_ms = Some(1);
+        assert_eq!(routes.address(&state, &a1).unwrap(), "127.0.0.1:7001");
     }
 }
