@@ -280,6 +280,7 @@ async fn run(dir: &Path, ld_bytes: u64, rounds: usize, writes: usize) -> String 
         lds,
         peers: vec![],
         audit_log: false,
+        audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
     };
     let a = SoftwareArray::open(&cfg, vec![]).await.expect("open array");
     let mv_path = cfg.data_dir.join("ld-0.img");
@@ -591,6 +592,7 @@ async fn rdr_latency(dir: &Path) -> String {
         }],
         peers: vec![],
         audit_log: false,
+        audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
     };
     let b = SoftwareArray::open(&cfg("B"), vec![])
         .await

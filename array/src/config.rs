@@ -38,6 +38,16 @@ pub struct ArrayConfig {
     /// [`crate::AuditLine`]). For referees such as the chaos harness; off by default.
     #[serde(default)]
     pub audit_log: bool,
+    /// With `audit_log`: host writes on a plain or master LD are recorded at most once per this
+    /// many ms per LD (default [`crate::AUDIT_MV_WRITE_SAMPLE_MS`]); 0 records every one, so a
+    /// referee can tell, between two lines, whether an MV was written (the chaos harness's
+    /// "one instant" check of a consistent copy).
+    #[serde(default = "default_mv_write_sample_ms")]
+    pub audit_mv_write_sample_ms: u64,
+}
+
+fn default_mv_write_sample_ms() -> u64 {
+    crate::AUDIT_MV_WRITE_SAMPLE_MS
 }
 
 /// One logical disk.

@@ -231,7 +231,7 @@ impl SoftwareArray {
         let copies = copies::load(&copies_tree, &lds, cfg.block_bytes, &roles, &mvs, corrupt)?;
         let (events, _) = broadcast::channel(crate::EVENT_CHANNEL_CAPACITY);
         let audit = if cfg.audit_log {
-            audit::Audit::open(cfg.data_dir.join("audit.log"))?
+            audit::Audit::open(cfg.data_dir.join("audit.log"), cfg.audit_mv_write_sample_ms)?
         } else {
             audit::Audit::disabled()
         };
@@ -684,6 +684,7 @@ mod tests {
             lds: vec![],
             peers: vec![],
             audit_log: false,
+            audit_mv_write_sample_ms: crate::AUDIT_MV_WRITE_SAMPLE_MS,
         };
         let array = SoftwareArray::open(&cfg, vec![]).await.unwrap();
         for round in 0..20u32 {

@@ -101,6 +101,46 @@ async fn the_audit_log_records_pair_changes_refusals_and_rv_io_in_sequence() {
     assert_eq!(again.last().unwrap().seq, got.len() as u64);
 }
 
+/// Unsampled (`audit_mv_write_sample_ms = 0`), every MV write has its line, in order with the
+/// pair's operations: a referee can tell which writes came before the separate.
+#[tokio::test]
+async fn unsampled_every_mv_write_is_recorded_in_order_with_the_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "A", vec![ld(0, CAP, "NX"), ld(1, CAP, "NX")], 0);
+    cfg.audit_log = true;
+    cfg.audit_mv_write_sample_ms = 0;
+    let a = SoftwareArray::open(&cfg, vec![]).await.expect("open array");
+    let p = pair(0, 1);
+    a.pair_set(&p).await.expect("set");
+    a.replicate(&p, &sync_opts()).await.expect("replicate");
+    for i in 0..3u64 {
+        a.write("db1", 0, i * 4096, &pattern(i, 4096))
+            .await
+            .expect("MV write");
+    }
+    a.separate(&p, &sep_opts()).await.expect("separate");
+    for i in 0..2u64 {
+        a.write("db1", 0, i * 4096, &pattern(10 + i, 4096))
+            .await
+            .expect("MV write");
+    }
+    drop(a);
+    let got = lines(dir.path());
+    let order: Vec<&str> = got
+        .iter()
+        .filter_map(|l| match &l.event {
+            AuditEvent::MvWrite { ld: 0, .. } => Some("write"),
+            AuditEvent::Pair { reason, .. } if reason == "separate" => Some("separate"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["write", "write", "write", "separate", "write", "write"],
+        "{got:#?}"
+    );
+}
+
 #[tokio::test]
 async fn no_audit_log_is_written_unless_configured() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,11 @@
 //! `data_dir/audit.log` for every pair state change (operations and the engine's own
 //! transitions), every pair operation it refused, every host read or write attempted on an RV
 //! (accepted or refused, with the RV access of that instant), and, at most once per
-//! [`AUDIT_MV_WRITE_SAMPLE_MS`] per LD, a host write that landed on a plain or master LD (so
-//! a reader can see how long an application's writes stopped). Lines carry a sequence number
+//! `audit_mv_write_sample_ms` (default [`AUDIT_MV_WRITE_SAMPLE_MS`]; 0: every one) per LD, a
+//! host write that landed on a plain or master LD (so a reader can see how long an
+//! application's writes stopped, and, unsampled, whether an MV was written between two other
+//! lines). An MV write's line is written after the write landed and before it is answered,
+//! under the LD's I/O lock. Lines carry a sequence number
 //! that grows by one per line, across restarts (the next one continues after the last line
 //! found in the file): a gap says lines were lost.
 //!
@@ -67,12 +70,14 @@ pub enum AuditEvent {
         /// Why it was refused (empty when accepted).
         error: String,
     },
-    /// A host write landed on a plain or master LD (sampled).
+    /// A host write landed on a plain or master LD (sampled, unless the sample interval is 0).
     MvWrite { host: String, ld: u32 },
 }
 
 pub(super) struct Audit {
     out: Mutex<Option<AuditFile>>,
+    /// See `ArrayConfig::audit_mv_write_sample_ms`.
+    mv_write_sample_ms: u64,
 }
 
 struct AuditFile {
@@ -85,12 +90,13 @@ impl Audit {
     pub(super) fn disabled() -> Audit {
         Audit {
             out: Mutex::new(None),
+            mv_write_sample_ms: AUDIT_MV_WRITE_SAMPLE_MS,
         }
     }
 
     /// Opens (or creates) `path` for appending; the sequence continues after the last line
     /// that parses.
-    pub(super) fn open(path: PathBuf) -> Result<Audit> {
+    pub(super) fn open(path: PathBuf, mv_write_sample_ms: u64) -> Result<Audit> {
         let text = match std::fs::read(&path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -118,6 +124,7 @@ impl Audit {
                 path,
                 next_seq,
             })),
+            mv_write_sample_ms,
         })
     }
 
@@ -154,14 +161,23 @@ impl Audit {
 }
 
 impl Inner {
-    /// Records a host write on plain or master LD `ld`, at most once per sample interval.
+    /// Records a host write on plain or master LD `ld`, at most once per sample interval
+    /// (every one when it is 0).
     pub(super) fn audit_mv_write(&self, host: &str, ld: &Ld) {
         if !self.audit.enabled() {
             return;
         }
+        let sample_ms = self.audit.mv_write_sample_ms;
+        if sample_ms == 0 {
+            self.audit.record(AuditEvent::MvWrite {
+                host: host.into(),
+                ld: ld.number,
+            });
+            return;
+        }
         let now = now_unix_ms();
         let last = ld.audit_sampled_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < AUDIT_MV_WRITE_SAMPLE_MS {
+        if now.saturating_sub(last) < sample_ms {
             return;
         }
         if ld

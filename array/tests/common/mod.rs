@@ -31,6 +31,7 @@ pub fn config(dir: &Path, name: &str, lds: Vec<LdConfig>, pace: u64) -> ArrayCon
         lds,
         peers: vec![],
         audit_log: false,
+        audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
     }
 }
 

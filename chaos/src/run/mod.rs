@@ -30,6 +30,7 @@ pub mod excuse;
 pub mod faults;
 pub mod fencing;
 pub mod inject;
+pub mod instant;
 pub mod link;
 pub mod observe;
 pub mod records;
@@ -388,6 +389,9 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
                     &audit, &records, &facts,
                 ));
             report.s3_judged = c.judged;
+            let (v, judged) = instant::s3_one_instant(&audit, &records);
+            report.violations.extend(v);
+            report.s3_one_instant_judged = judged;
             report.s3_unjudged = c.unjudged.len() as u64;
             report.s3_excused = c.excused;
             let (v, longest, excused) = check::s4(&audit, &records, &facts);

@@ -20,7 +20,7 @@ pub const PROPS: [(&str, &str); 8] = [
     ),
     (
         "S3",
-        "verifier on every RV of a copy labelled consistent; every pair separated when a job ended done (audit)",
+        "verifier on every RV of a copy labelled consistent; its copies of one instant (every MV write around the separates, audit); every pair separated when a job ended done (audit)",
     ),
     (
         "S4",
@@ -57,6 +57,8 @@ pub struct Report {
     pub submissions_unknown: u64,
     pub s3_judged: u64,
     pub s3_unjudged: u64,
+    /// Consistent copies judged for one instant from the audit log ([`super::instant`]).
+    pub s3_one_instant_judged: u64,
     /// Damaged copies of an MV a fault may have damaged itself (see `check::S3Counts`).
     pub s3_excused: Vec<String>,
     pub s4_longest_ms: u64,
@@ -125,6 +127,7 @@ pub struct Summary {
     pub submissions_unknown: u64,
     pub s3_judged: u64,
     pub s3_unjudged: u64,
+    pub s3_one_instant_judged: u64,
     pub s3_excused: u64,
     pub s4_longest_ms: u64,
     pub s4_excused: u64,
@@ -159,6 +162,7 @@ impl Summary {
         self.submissions_unknown += r.submissions_unknown;
         self.s3_judged += r.s3_judged;
         self.s3_unjudged += r.s3_unjudged;
+        self.s3_one_instant_judged += r.s3_one_instant_judged;
         self.s3_excused += r.s3_excused.len() as u64;
         self.s4_longest_ms = self.s4_longest_ms.max(r.s4_longest_ms);
         self.s4_excused += r.s4_excused;
@@ -227,6 +231,10 @@ impl Summary {
         t += &format!(
             "S3 RVs verified {}, not judged {} (changed before read, or unreadable), damaged with the MV itself (its host crashed or its writes failed, and no copy since showed its application started again) {} (counted, not judged)\n",
             self.s3_judged, self.s3_unjudged, self.s3_excused
+        );
+        t += &format!(
+            "S3 consistent copies judged of one instant (every MV's writes around the separates, audit) {}\n",
+            self.s3_one_instant_judged
         );
         t += &format!(
             "S4 longest judged write stall {} ms; stalls excused (fault on the writer's host or the array) {}\n",

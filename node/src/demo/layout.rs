@@ -88,7 +88,8 @@ pub struct SiteLayout {
     pub control_nodes: Vec<String>,
     /// The array's background copy pace (0: as fast as it goes).
     pub copy_pace_bytes_per_s: u64,
-    /// The array keeps its audit log (`array/audit.log`, see `stillpoint_array::AuditLine`).
+    /// The array keeps its audit log (`array/audit.log`, see `stillpoint_array::AuditLine`),
+    /// with every MV write in it.
     pub audit_log: bool,
     /// Pause between the workload's records.
     pub workload_pace_ms: u64,
@@ -170,6 +171,10 @@ impl SiteLayout {
             self.copy_pace_bytes_per_s,
             self.audit_log
         );
+        if self.audit_log {
+            // A referee reads the audit log: every MV write is in it, not a sample.
+            text += "audit_mv_write_sample_ms = 0\n";
+        }
         for p in &self.pairs {
             text += &format!(
                 "[[ld]]\nnumber = {}\nname = \"MV{}\"\ncapacity_bytes = {}\nhosts = [\"{}\"]\n\
