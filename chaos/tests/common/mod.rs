@@ -3,8 +3,17 @@
 //! Finding the binary: `CARGO_BIN_EXE_stillpoint` exists only inside the node package, and a
 //! dev-dependency builds a package's library, not its binaries. So the test runs the cargo
 //! that built it (`env!("CARGO")`) to build `stillpoint` into the same target dir and profile
-//! as this test binary (`target/<profile>/deps/<test>-<hash>` → `target/<profile>/stillpoint`):
-//! a no-op when `cargo nextest run --workspace` already built it, a link step otherwise.
+//! as this test binary (`target/<profile>/deps/<test>-<hash>` → `target/<profile>/stillpoint`),
+//! with `--features fault-injection`.
+//!
+//! That build is never quite the workspace's test build (cargo's `dev` profile rather than
+//! `test`, the feature, and dependencies whose features the test build unifies with every
+//! crate's dev-dependencies), so it compiles the workspace's own crates again and cargo
+//! replaces `target/<profile>/stillpoint` with it: it removes the file, then hard-links the
+//! new one. Another test starting the binary inside that window of microseconds would find no
+//! file; processes already running are not touched. Not seen in any CI run; building into a
+//! target dir of its own would close the window at the cost of building every dependency a
+//! second time (about 4 minutes on 2 cores), which is not paid.
 
 #![allow(dead_code)]
 
