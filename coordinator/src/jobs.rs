@@ -62,7 +62,32 @@ impl From<JobTableFields> for JobTable {
     }
 }
 
+/// Where a job stands in a table, for an executor deciding whether an order of it may still
+/// act, and what of it its journal may forget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStanding {
+    /// Queued, running or cancelling.
+    Open,
+    /// Ended, still in the history.
+    Ended,
+    /// Ended and dropped from the history by the retention (its id was given, the table no
+    /// longer holds it).
+    Forgotten,
+    /// Not accepted yet as far as this table knows: a copy of the log behind the leader's.
+    NotYetSeen,
+}
+
 impl JobTable {
+    /// Where job `id` stands here.
+    pub fn standing(&self, id: JobId) -> JobStanding {
+        match self.jobs.get(&id) {
+            Some(j) if j.is_ended() => JobStanding::Ended,
+            Some(_) => JobStanding::Open,
+            None if id < self.next_id => JobStanding::Forgotten,
+            None => JobStanding::NotYetSeen,
+        }
+    }
+
     /// Jobs not yet ended (queued, running or cancelling).
     pub fn unfinished(&self) -> impl Iterator<Item = &Job> {
         self.unfinished.iter().filter_map(|id| self.jobs.get(id))

@@ -56,7 +56,7 @@ use std::io::Cursor;
 
 use inventory::{Change, Inventory, InventoryError};
 use job::{JobEvent, JobId, JobKind};
-pub use jobs::JobTable;
+pub use jobs::{JobStanding, JobTable};
 pub use registry::{ClusterState, NodeRecord, Role, RoleParseError};
 use serde::{Deserialize, Serialize};
 

@@ -174,6 +174,8 @@ pub struct RunningAgent {
     shutdown_tx: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     registration: JoinHandle<()>,
+    /// Forgets the journal's records of jobs the history dropped ([`crate::executor::retention`]).
+    retention: JoinHandle<()>,
     /// Drives jobs while this agent leads ([`crate::driver`]).
     driver: JoinHandle<()>,
 }
@@ -201,10 +203,12 @@ impl RunningAgent {
         }
         let _ = self.shutdown_tx.send(true);
         self.registration.abort();
+        self.retention.abort();
         self.driver.abort();
         // Wait until the tasks are gone: they hold handles on the data dir that a restart
         // reopens.
         let _ = self.registration.await;
+        let _ = self.retention.await;
         let _ = self.driver.await;
         let served = self.server.await;
         self.context
@@ -362,6 +366,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
             ),
     );
     let registration = tokio::spawn(keep_registered(context.clone(), shutdown_rx.clone()));
+    let retention = tokio::spawn(crate::executor::retention::run(
+        executor.clone(),
+        shutdown_rx.clone(),
+    ));
     let driver = tokio::spawn(crate::driver::run(context.clone(), shutdown_rx));
     Ok(RunningAgent {
         context,
@@ -372,6 +380,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningA
         shutdown_tx,
         server,
         registration,
+        retention,
         driver,
     })
 }

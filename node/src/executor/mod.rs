@@ -58,8 +58,9 @@
 //! - The RV's users are the RV volume's hooks on the backup node: its stop hook runs before the
 //!   RV is freed, its start hook once the RV is mounted (a volume without one runs none). An
 //!   attempt sent again after an unknown outcome runs them again: they must be idempotent.
-//! - Step records, fences and term floors are kept for good in the journal (a few hundred
-//!   bytes per step); trimming them with the job history's retention is not built yet.
+//! - An order of a job this agent's copy of the log shows ended is refused; the step records,
+//!   fences and job term floors of jobs the history's retention dropped are forgotten every
+//!   minute ([`retention`]). The resource floors are kept for good (one per pair and volume).
 //! - A probe answers `Running` while another request of the same token is between its begin
 //!   and its answer; the driver asks again.
 
@@ -67,6 +68,7 @@ pub mod array_steps;
 pub mod client;
 pub mod host_steps;
 mod probe;
+pub mod retention;
 
 pub use probe::pair_sync;
 
@@ -383,6 +385,7 @@ impl Executor {
             )));
         }
         self.check_term(&token)?;
+        self.check_job_open(&token)?;
         self.check_target(&order.dispatch.target, &order.dispatch.call)?;
         check_pair(&order.dispatch.target, order.pair.as_ref())?;
         let wait = Duration::from_millis(order.reply_within_ms.min(REPLY_WITHIN_MS_MAX));

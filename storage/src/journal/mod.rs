@@ -35,6 +35,10 @@
 //! nothing. A record that cannot be encoded is an error
 //! ([`JournalError::Encode`]), never an empty value.
 //!
+//! Step records of a job the cluster no longer keeps (ended, and dropped from the history by
+//! its retention) are removed by their owner with [`Journal::forget_job`]; the resource floors
+//! are kept for good (one per pair and volume).
+//!
 //! Caveats: records are JSON (readable with any sled tool, a little larger than a binary
 //! encoding); the resume log is never trimmed here (its owner may call
 //! [`Journal::trim_resumes`]); a flush is database-wide, so a journal write also pays for any
@@ -42,6 +46,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod forget;
 mod steps;
 
 pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
