@@ -175,7 +175,9 @@
 //!   [`limits::LD_REQUEST_BYTES_MAX`] (the kernel's limit); the array serialises I/O per LD.
 //! - Journal writes run on the blocking pool, bounded by [`limits::JOURNAL_WRITE_TIMEOUT_MS`];
 //!   journal reads (in memory in sled, no sync) still run on the caller's task.
-//! - The resume log grows until trimmed (`Journal::trim_resumes`).
+//! - The resume log grows until trimmed (`Journal::trim_resumes`): an agent trims it to its
+//!   newest 1,000 records soon after it starts and every minute after
+//!   (`stillpoint_node::executor::retention`).
 //! - The NEC seed's wait for delayed writes when unmount is refused (`delayed_write_wait_ms`,
 //!   60 s) is configuration for the job driver; the host does not wait by itself.
 //! - A freeze guard holds the frozen file system's root directory open (it thaws by that

@@ -8,10 +8,12 @@
 //! (a job it has not seen yet) refuses nothing.
 //!
 //! Once a job is dropped from the history, [`run`] removes its step records, fences and term
-//! floor from the journal ([`stillpoint_storage::journal::Journal::forget_job`]), every
-//! [`RETENTION_CHECK_MS`], so the journal grows with the history's bound, not with every job
-//! ever run. A late order of a forgotten job is refused by the first rule, not by its records.
-//! The resource floors (one per pair and volume) are kept for good.
+//! floor from the journal ([`stillpoint_storage::journal::Journal::forget_job`]), soon after
+//! the agent starts ([`RETENTION_FIRST_CHECK_MS`]) and then every [`RETENTION_CHECK_MS`], so
+//! the journal grows with the history's bound, not with every job ever run. A late order of a
+//! forgotten job is refused by the first rule, not by its records. The resource floors (one
+//! per pair and volume) are kept for good. The host's log of volumes it resumed by itself is
+//! trimmed at the same time to its newest [`RESUMES_KEPT`] records.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ use super::{Executor, refused};
 
 /// How often the journal is checked for jobs to forget.
 pub const RETENTION_CHECK_MS: u64 = 60_000;
+/// Resume records (volumes the host resumed by itself) kept: the newest ones.
+pub const RESUMES_KEPT: usize = 1_000;
 /// The first check after the agent starts (its copy of the log is caught up by then, mostly;
 /// a copy still behind forgets nothing it should not, it only sees fewer jobs dropped).
 pub const RETENTION_FIRST_CHECK_MS: u64 = 5_000;
@@ -54,8 +58,8 @@ impl Executor {
         }
     }
 
-    /// Forgets the step records of every job the history no longer keeps. Returns how many
-    /// jobs were forgotten.
+    /// Forgets the step records of every job the history no longer keeps, and trims the resume
+    /// log. Returns how many jobs were forgotten.
     pub async fn forget_dropped_jobs(&self) -> Result<usize, Status> {
         let in_journal = self
             .journal_op("listing the jobs in the journal", |j| j.step_jobs())
@@ -74,6 +78,8 @@ impl Executor {
                 "journal: forgot the step records of a job the history no longer keeps"
             );
         }
+        self.journal_op("trimming the resume log", |j| j.trim_resumes(RESUMES_KEPT))
+            .await?;
         Ok(forget.len())
     }
 }
