@@ -114,6 +114,7 @@ pub async fn place(layout: &mut SiteLayout) -> Result<SiteNet, String> {
     layout.placement = Some(Placement {
         port: net.port(),
         array: placed("A1")?,
+        remote_array: None,
         agents: layout
             .agents()
             .iter()

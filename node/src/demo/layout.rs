@@ -9,6 +9,18 @@
 //! site's dir — what a real site runs, and what the PostgreSQL demo and tests use (root and
 //! `/dev/fuse` needed). A member may name its own quiesce method, and PostgreSQL members take
 //! their connection settings from [`SiteLayout::postgresql`].
+//!
+//! Two arrays, when the layout asks for them ([`SiteLayout::remote`]): `A1`, the main site's
+//! array holding every MV (and the RVs of DDR pairs), and `A2`, a second software array process
+//! standing for a remote site, reached from A1 through an RDR link (`[[peer]]` of A1's config,
+//! latency [`RemoteLayout::link_latency_ms`]). A pair whose [`PairLayout::rdr`] is set has its
+//! RV on A2: an RDR pair, set and operated on A1 (a pair lives on its MV's array), its RV LD
+//! seen by `backup1` only. Control paths (the `[[arrays]]` of each agent's node.toml and the
+//! site file's `control_nodes`) follow a real two-site installation: A1 is reached by the
+//! layout's [`SiteLayout::control_nodes`] (`mgmt1`), A2 by [`RemoteLayout::control_nodes`]
+//! (`backup1`, the server at the remote site, which also needs A2 for its RVs' data). Every
+//! agent keeps A1 in its node.toml as before. Without `remote`, nothing of this is written:
+//! the configs are those of a one-array site, byte for byte.
 
 use std::path::Path;
 
@@ -19,6 +31,11 @@ use stillpoint_coordinator::postgres::PostgresQuiesce;
 pub const MGMT1: usize = 0;
 pub const DB1: usize = 1;
 pub const DB2: usize = 2;
+
+/// The main site's array: every MV, and the RVs of DDR pairs.
+pub const A1: &str = "A1";
+/// The remote site's array (when the layout has one): the RVs of RDR pairs.
+pub const A2: &str = "A2";
 
 /// One pair of the site's group: its MV on a business node, its RV on `backup1`.
 #[derive(Clone, Debug)]
@@ -32,6 +49,35 @@ pub struct PairLayout {
     pub rv_ld: u32,
     /// This member's quiesce method, when not the layout's.
     pub quiesce: Option<String>,
+    /// The RV is on the remote array `A2` (an RDR pair; the layout needs
+    /// [`SiteLayout::remote`]); otherwise on `A1` with its MV (DDR).
+    pub rdr: bool,
+}
+
+impl PairLayout {
+    /// The array holding the RV.
+    pub fn rv_array(&self) -> &'static str {
+        if self.rdr { A2 } else { A1 }
+    }
+}
+
+/// The remote array `A2` of a two-site layout (see the module essay).
+#[derive(Clone, Debug)]
+pub struct RemoteLayout {
+    /// One-way delay of the A1→A2 link (0: loopback speed).
+    pub link_latency_ms: u64,
+    /// Agents with a control path to A2, as the site file lists them; each gets A2 in its
+    /// node.toml (as does `backup1`, which reads the RVs).
+    pub control_nodes: Vec<String>,
+}
+
+impl Default for RemoteLayout {
+    fn default() -> RemoteLayout {
+        RemoteLayout {
+            link_latency_ms: 0,
+            control_nodes: vec!["backup1".into()],
+        }
+    }
 }
 
 /// Where one process of the site runs: a command its start is prefixed with (e.g. `ip netns
@@ -47,6 +93,8 @@ pub struct ProcessPlacement {
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub array: ProcessPlacement,
+    /// The remote array A2's, when the layout has one.
+    pub remote_array: Option<ProcessPlacement>,
     /// By agent slot.
     pub agents: Vec<ProcessPlacement>,
     /// The port every process listens on. A process that starts several sites one after
@@ -101,6 +149,8 @@ pub struct SiteLayout {
     /// Where each process runs and listens; `None`: on this machine's loopback, each on a
     /// free port.
     pub placement: Option<Placement>,
+    /// The remote array A2 and its link, for RDR pairs; `None`: one array.
+    pub remote: Option<RemoteLayout>,
 }
 
 impl SiteLayout {
@@ -124,6 +174,7 @@ impl SiteLayout {
                     rv_volume: format!("rv{i}"),
                     rv_ld: 2 * i + 1,
                     quiesce: None,
+                    rdr: false,
                 })
                 .collect(),
             quiesce: "unmount".into(),
@@ -140,6 +191,48 @@ impl SiteLayout {
             workload_stop_ms: 0,
             cache_blocks_max: None,
             placement: None,
+            remote: None,
+        }
+    }
+
+    /// This layout with the remote array A2 (default link and control path) and the pairs at
+    /// `indexes` made RDR (their RVs on A2).
+    pub fn with_rdr(mut self, indexes: &[usize]) -> SiteLayout {
+        self.remote.get_or_insert_with(RemoteLayout::default);
+        for i in indexes {
+            if let Some(p) = self.pairs.get_mut(*i) {
+                p.rdr = true;
+            }
+        }
+        self
+    }
+
+    /// Whether any pair is RDR.
+    pub fn has_rdr(&self) -> bool {
+        self.pairs.iter().any(|p| p.rdr)
+    }
+
+    /// The arrays of the site: A1, and A2 when the layout has it.
+    pub fn array_names(&self) -> Vec<&'static str> {
+        match self.remote {
+            Some(_) => vec![A1, A2],
+            None => vec![A1],
+        }
+    }
+
+    /// Name of the config file, log and data dir of array `array` under the site's dir
+    /// (`array` for A1, as it always was; `array2` for A2).
+    pub fn array_file_stem(array: &str) -> &'static str {
+        if array == A2 { "array2" } else { "array" }
+    }
+
+    /// Whether agent `node` has array `array` in its node.toml: every agent has A1; A2 is
+    /// for its control nodes and `backup1`.
+    pub fn reaches(&self, node: &str, array: &str) -> bool {
+        match (array, &self.remote) {
+            (A1, _) => true,
+            (A2, Some(r)) => node == "backup1" || r.control_nodes.iter().any(|n| n == node),
+            _ => false,
         }
     }
 
@@ -164,10 +257,20 @@ impl SiteLayout {
             .unwrap_or_default()
     }
 
-    pub(crate) fn array_toml(&self, dir: &Path, address: &str) -> String {
+    /// The config of array `array` (A1 or A2) listening on `address`; `peer`: A2's address,
+    /// for A1's RDR link when the layout has A2.
+    pub(crate) fn array_toml(
+        &self,
+        array: &str,
+        dir: &Path,
+        address: &str,
+        peer: Option<&str>,
+    ) -> String {
         let mut text = format!(
-            "name = \"A1\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\naudit_log = {}\n",
-            dir.join("array").display().to_string(),
+            "name = \"{array}\"\ndata_dir = {:?}\nlisten = \"{address}\"\ncopy_pace_bytes_per_s = {}\naudit_log = {}\n",
+            dir.join(SiteLayout::array_file_stem(array))
+                .display()
+                .to_string(),
             self.copy_pace_bytes_per_s,
             self.audit_log
         );
@@ -175,17 +278,24 @@ impl SiteLayout {
             // A referee reads the audit log: every MV write is in it, not a sample.
             text += "audit_mv_write_sample_ms = 0\n";
         }
-        for p in &self.pairs {
-            text += &format!(
-                "[[ld]]\nnumber = {}\nname = \"MV{}\"\ncapacity_bytes = {}\nhosts = [\"{}\"]\n\
-                 [[ld]]\nnumber = {}\nname = \"RV{}\"\ncapacity_bytes = {}\nhosts = [\"backup1\"]\n",
-                p.mv_ld,
-                p.mv_ld,
-                self.ld_bytes,
-                self.name(p.mv_node),
-                p.rv_ld,
-                p.rv_ld,
+        let ld = |number: u32, name: &str, host: &str| {
+            format!(
+                "[[ld]]\nnumber = {number}\nname = \"{name}{number}\"\ncapacity_bytes = {}\nhosts = [\"{host}\"]\n",
                 self.ld_bytes
+            )
+        };
+        for p in &self.pairs {
+            if array == A1 {
+                text += &ld(p.mv_ld, "MV", &self.name(p.mv_node));
+            }
+            if p.rv_array() == array {
+                text += &ld(p.rv_ld, "RV", "backup1");
+            }
+        }
+        if let (A1, Some(remote), Some(peer)) = (array, &self.remote, peer) {
+            text += &format!(
+                "[[peer]]\nname = \"{A2}\"\nendpoint = \"http://{peer}\"\nlatency_ms = {}\n",
+                remote.link_latency_ms
             );
         }
         text
@@ -217,8 +327,8 @@ impl SiteLayout {
             SiteHosts::Linux { .. } => "[host]\nbackend = \"linux\"\n".to_string(),
         };
         // `app`: the MV's workload application (sim); RVs take `rv_volume_toml` instead.
-        let mut volume = |name: &str, ld: u32, app: Option<usize>| {
-            text += &format!("[[host.volumes]]\nname = \"{name}\"\nld = \"A1/{ld}\"\n");
+        let mut volume = |name: &str, array: &str, ld: u32, app: Option<usize>| {
+            text += &format!("[[host.volumes]]\nname = \"{name}\"\nld = \"{array}/{ld}\"\n");
             match &self.hosts {
                 SiteHosts::Sim => {
                     text += &format!("mount_point = \"/sim/{node}/{name}\"\n");
@@ -241,30 +351,38 @@ impl SiteLayout {
         };
         for (i, p) in self.pairs.iter().enumerate() {
             if p.mv_node == slot {
-                volume(&p.mv_volume, p.mv_ld, Some(i));
+                volume(&p.mv_volume, A1, p.mv_ld, Some(i));
             }
             if slot == self.backup_slot() {
-                volume(&p.rv_volume, p.rv_ld, None);
+                volume(&p.rv_volume, p.rv_array(), p.rv_ld, None);
             }
         }
         text
     }
 
-    /// The site file: the array (control path from the control nodes), pairs, volumes and group
-    /// `payroll`.
+    /// The site file: the arrays (control path from their control nodes), pairs, volumes and
+    /// group `payroll`.
     pub fn site_toml(&self) -> String {
         let mut text = format!(
             "[[arrays]]\nname = \"A1\"\ncontrol_nodes = {:?}\n",
             self.control_nodes
         );
-        for p in &self.pairs {
+        if let Some(remote) = &self.remote {
             text += &format!(
-                "[[pairs]]\nname = \"{}\"\nmv = \"A1:{}\"\nrv = \"A1:{}\"\nkind = \"ddr\"\n\
+                "[[arrays]]\nname = \"{A2}\"\ncontrol_nodes = {:?}\n",
+                remote.control_nodes
+            );
+        }
+        for p in &self.pairs {
+            let rv_array = p.rv_array();
+            text += &format!(
+                "[[pairs]]\nname = \"{}\"\nmv = \"A1:{}\"\nrv = \"{rv_array}:{}\"\nkind = \"{}\"\n\
                  [[volumes]]\nnode = \"{}\"\nname = \"{}\"\nld = \"A1:{}\"\n\
-                 [[volumes]]\nnode = \"backup1\"\nname = \"{}\"\nld = \"A1:{}\"\n",
+                 [[volumes]]\nnode = \"backup1\"\nname = \"{}\"\nld = \"{rv_array}:{}\"\n",
                 p.pair,
                 p.mv_ld,
                 p.rv_ld,
+                if p.rdr { "rdr" } else { "ddr" },
                 self.name(p.mv_node),
                 p.mv_volume,
                 p.mv_ld,
@@ -291,5 +409,83 @@ impl SiteLayout {
             }
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-array layout writes exactly what it wrote before A2 existed.
+    #[test]
+    fn a_layout_without_a_remote_array_writes_the_one_array_files() {
+        let l = SiteLayout::spread(1);
+        let dir = Path::new("/s");
+        assert_eq!(
+            l.array_toml(A1, dir, "127.0.0.1:1", None),
+            "name = \"A1\"\ndata_dir = \"/s/array\"\nlisten = \"127.0.0.1:1\"\ncopy_pace_bytes_per_s = 0\naudit_log = false\n\
+             [[ld]]\nnumber = 0\nname = \"MV0\"\ncapacity_bytes = 4194304\nhosts = [\"db1\"]\n\
+             [[ld]]\nnumber = 1\nname = \"RV1\"\ncapacity_bytes = 4194304\nhosts = [\"backup1\"]\n"
+        );
+        let site = l.site_toml();
+        assert!(
+            site.starts_with(
+                "[[arrays]]\nname = \"A1\"\ncontrol_nodes = [\"mgmt1\"]\n\
+                 [[pairs]]\nname = \"p0\"\nmv = \"A1:0\"\nrv = \"A1:1\"\nkind = \"ddr\"\n\
+                 [[volumes]]\nnode = \"db1\"\nname = \"mv0\"\nld = \"A1:0\"\n\
+                 [[volumes]]\nnode = \"backup1\"\nname = \"rv0\"\nld = \"A1:1\"\n[[groups]]\n"
+            ),
+            "{site}"
+        );
+        let backup = l.host_toml(l.backup_slot(), dir);
+        assert!(
+            backup.contains("[[host.volumes]]\nname = \"rv0\"\nld = \"A1/1\"\n"),
+            "{backup}"
+        );
+        assert!(!l.reaches("backup1", A2));
+        assert_eq!(l.array_names(), vec![A1]);
+    }
+
+    /// With A2, RDR RVs move to it: A2 holds them alone, A1 links to it, backup1 reads them
+    /// there, and the site file names A2 with its control node.
+    #[test]
+    fn rdr_pairs_have_their_rvs_on_the_remote_array() {
+        let l = SiteLayout::spread(2).with_rdr(&[1]);
+        let dir = Path::new("/s");
+        let a1 = l.array_toml(A1, dir, "127.0.0.1:1", Some("127.0.0.1:2"));
+        assert!(a1.contains("number = 1\nname = \"RV1\""), "{a1}");
+        assert!(!a1.contains("name = \"RV3\""), "{a1}");
+        assert!(
+            a1.ends_with(
+                "[[peer]]\nname = \"A2\"\nendpoint = \"http://127.0.0.1:2\"\nlatency_ms = 0\n"
+            ),
+            "{a1}"
+        );
+        let a2 = l.array_toml(A2, dir, "127.0.0.1:2", None);
+        assert!(
+            a2.starts_with("name = \"A2\"\ndata_dir = \"/s/array2\"\n"),
+            "{a2}"
+        );
+        assert!(a2.contains("number = 3\nname = \"RV3\""), "{a2}");
+        assert!(!a2.contains("MV") && !a2.contains("[[peer]]"), "{a2}");
+        let backup = l.host_toml(l.backup_slot(), dir);
+        assert!(
+            backup.contains("name = \"rv1\"\nld = \"A2/3\"\n"),
+            "{backup}"
+        );
+        assert!(
+            backup.contains("name = \"rv0\"\nld = \"A1/1\"\n"),
+            "{backup}"
+        );
+        let site = l.site_toml();
+        assert!(
+            site.contains("[[arrays]]\nname = \"A2\"\ncontrol_nodes = [\"backup1\"]\n"),
+            "{site}"
+        );
+        assert!(
+            site.contains("mv = \"A1:2\"\nrv = \"A2:3\"\nkind = \"rdr\"\n"),
+            "{site}"
+        );
+        assert!(l.reaches("backup1", A2) && !l.reaches("mgmt1", A2) && !l.reaches("db1", A2));
     }
 }

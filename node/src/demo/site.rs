@@ -9,6 +9,10 @@
 //! checksummed records while the volume is mounted, stopped and started by the volume's hooks;
 //! [`LocalSite::verify_rv`] reads an RV through the array with the workload's verifier.
 //!
+//! A layout with a remote array ([`SiteLayout::remote`]) also starts `A2` (`array2.toml`,
+//! `array2.log`, data in `array2/`) before A1, whose config links to it; RDR pairs have their
+//! RVs there and [`LocalSite::verify_rv`] reads each RV from its own array.
+//!
 //! With a [`Placement`] (the chaos harness's network partitions) each process starts behind a
 //! command prefix (`ip netns exec NS`) and listens on an address of its own instead of a free
 //! loopback port; without one (every other test) nothing changes.
@@ -26,7 +30,8 @@ use tokio::process::{Child, Command};
 
 use super::inprocess::{bind_loopback, local_address};
 pub use super::layout::{
-    DB1, DB2, MGMT1, PairLayout, Placement, ProcessPlacement, SiteHosts, SiteLayout,
+    A1, A2, DB1, DB2, MGMT1, PairLayout, Placement, ProcessPlacement, RemoteLayout, SiteHosts,
+    SiteLayout,
 };
 use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
@@ -42,6 +47,9 @@ pub struct LocalSite {
     pub bin: PathBuf,
     pub array_address: String,
     pub array: Option<Child>,
+    /// The remote array A2's address, when the layout has it.
+    pub remote_array_address: Option<String>,
+    pub remote_array: Option<Child>,
     pub endpoints: Vec<String>,
     pub configs: Vec<PathBuf>,
     pub agents: Vec<Option<Child>>,
@@ -79,16 +87,42 @@ fn command(bin: &Path, prefix: Option<&ProcessPlacement>) -> Command {
     }
 }
 
-/// Starts `stillpoint array serve` on `dir/array.toml`, its log appended to `dir/array.log`.
-fn spawn_array(bin: &Path, dir: &Path, placement: Option<&Placement>) -> Result<Child, NodeError> {
-    command(bin, placement.map(|p| &p.array))
+/// Starts `stillpoint array serve` for `array` on `dir/<stem>.toml`, its log appended to
+/// `dir/<stem>.log` (stem: [`SiteLayout::array_file_stem`]).
+fn spawn_array(
+    bin: &Path,
+    dir: &Path,
+    array: &str,
+    placement: Option<&ProcessPlacement>,
+) -> Result<Child, NodeError> {
+    let stem = SiteLayout::array_file_stem(array);
+    command(bin, placement)
         .args(["array", "serve", "--config"])
-        .arg(dir.join("array.toml"))
+        .arg(dir.join(format!("{stem}.toml")))
         .stdout(Stdio::null())
-        .stderr(log_file(&dir.join("array.log"))?)
+        .stderr(log_file(&dir.join(format!("{stem}.log")))?)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| NodeError::Invalid(format!("cannot start the array: {e}")))
+        .map_err(|e| NodeError::Invalid(format!("cannot start array {array}: {e}")))
+}
+
+/// Where array `array` of `layout` runs, when the layout is placed.
+fn array_placement<'a>(layout: &'a SiteLayout, array: &str) -> Option<&'a ProcessPlacement> {
+    let placement = layout.placement.as_ref()?;
+    if array == A2 {
+        placement.remote_array.as_ref()
+    } else {
+        Some(&placement.array)
+    }
+}
+
+/// Waits (bounded) until the array at `address` answers.
+async fn connect_array_at(address: &str) -> Result<RemoteArray, NodeError> {
+    crate::wait::until("the array to answer", FORM_TIMEOUT, || async move {
+        let a = RemoteArray::connect(address).await.ok()?;
+        a.info().await.ok().map(|_| a)
+    })
+    .await
 }
 
 /// Waits (bounded) until `host`'s agent answers and shows `volume` attached: no problem, and
@@ -147,19 +181,54 @@ impl LocalSite {
     /// system) and the agents; forms the cluster. The pairs are not set: that is `group
     /// prepare`'s job.
     pub async fn start(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSite, NodeError> {
+        if layout.has_rdr() && layout.remote.is_none() {
+            return Err(NodeError::Invalid(
+                "the layout has RDR pairs but no remote array (SiteLayout::remote)".into(),
+            ));
+        }
+        // A2 first: A1's config names it as the peer of its RDR link.
+        let mut remote_array = None;
+        let remote_array_address = match &layout.remote {
+            None => None,
+            Some(_) => {
+                let address = match &layout.placement {
+                    Some(p) => {
+                        let placed = p.remote_array.as_ref().ok_or_else(|| {
+                            NodeError::Invalid(
+                                "the layout is placed but its remote array A2 is not".into(),
+                            )
+                        })?;
+                        format!("{}:{}", placed.ip, p.port)
+                    }
+                    None => free_loopback_address().await?,
+                };
+                write(
+                    &dir.join("array2.toml"),
+                    &layout.array_toml(A2, dir, &address, None),
+                )?;
+                remote_array = Some(spawn_array(bin, dir, A2, array_placement(&layout, A2))?);
+                connect_array_at(&address).await?;
+                Some(address)
+            }
+        };
         let array_address = match &layout.placement {
             Some(p) => format!("{}:{}", p.array.ip, p.port),
             None => free_loopback_address().await?,
         };
         let array_cfg = dir.join("array.toml");
-        write(&array_cfg, &layout.array_toml(dir, &array_address))?;
-        let array = spawn_array(bin, dir, layout.placement.as_ref())?;
+        write(
+            &array_cfg,
+            &layout.array_toml(A1, dir, &array_address, remote_array_address.as_deref()),
+        )?;
+        let array = spawn_array(bin, dir, A1, array_placement(&layout, A1))?;
         let mut site = LocalSite {
             layout,
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             array_address,
             array: Some(array),
+            remote_array_address,
+            remote_array,
             endpoints: Vec::new(),
             configs: Vec::new(),
             agents: Vec::new(),
@@ -201,9 +270,15 @@ impl LocalSite {
             } else {
                 site.layout.host_toml(slot, dir)
             };
+            let remote = match &site.remote_array_address {
+                Some(a) if site.layout.reaches(&name, A2) => {
+                    format!("[[arrays]]\nname = \"{A2}\"\nendpoint = \"{a}\"\n")
+                }
+                _ => String::new(),
+            };
             let text = format!(
                 "node_id = {}\nname = \"{name}\"\nlisten = \"{address}\"\ndata_dir = {:?}\nroles = [\"{role}\"]\n\
-                 [[arrays]]\nname = \"A1\"\nendpoint = \"{}\"\n[raft]\n{}{host}",
+                 [[arrays]]\nname = \"A1\"\nendpoint = \"{}\"\n{remote}[raft]\n{}{host}",
                 slot + 1,
                 dir.join(format!("data-{name}")).display().to_string(),
                 site.array_address,
@@ -289,16 +364,48 @@ impl LocalSite {
         }
     }
 
+    /// The endpoint of array `array` (A1, or A2 when the site has it).
+    pub fn array_endpoint_of(&self, array: &str) -> Result<ArrayEndpoint, NodeError> {
+        match array {
+            A1 => Ok(self.array_endpoint()),
+            A2 => self
+                .remote_array_address
+                .clone()
+                .map(|endpoint| ArrayEndpoint {
+                    name: A2.into(),
+                    endpoint,
+                })
+                .ok_or_else(|| NodeError::Invalid("the site has no remote array A2".into())),
+            other => Err(NodeError::Invalid(format!("the site has no array {other}"))),
+        }
+    }
+
     pub async fn connect_array(&self) -> Result<RemoteArray, NodeError> {
-        let address = self.array_address.clone();
-        crate::wait::until("the array to answer", FORM_TIMEOUT, || {
-            let address = address.clone();
-            async move {
-                let a = RemoteArray::connect(&address).await.ok()?;
-                a.info().await.ok().map(|_| a)
-            }
-        })
-        .await
+        connect_array_at(&self.array_address).await
+    }
+
+    /// Connects to array `array` (A1 or A2), waiting (bounded) until it answers.
+    pub async fn connect_array_of(&self, array: &str) -> Result<RemoteArray, NodeError> {
+        connect_array_at(&self.array_endpoint_of(array)?.endpoint).await
+    }
+
+    /// Takes the RDR link A1→A2 down (`up: false`: a link fault, RDR pairs copying go to
+    /// abnormal suspend) or up, through A1's fault API (`stillpoint array fault link`).
+    pub async fn set_rdr_link(&self, up: bool) -> Result<(), NodeError> {
+        let peer = A2.to_string();
+        let fault = if up {
+            stillpoint_array::Fault::LinkUp { peer }
+        } else {
+            stillpoint_array::Fault::LinkDown { peer }
+        };
+        let array = self.connect_array().await?;
+        tokio::time::timeout(stillpoint_array::CALL_TIMEOUT, array.inject_fault(&fault))
+            .await
+            .map_err(|_| NodeError::Timeout {
+                what: format!("setting the RDR link {}", if up { "up" } else { "down" }),
+                ms: stillpoint_array::CALL_TIMEOUT.as_millis() as u64,
+            })??;
+        Ok(())
     }
 
     /// The name of the agent in `slot`.
@@ -320,7 +427,8 @@ impl LocalSite {
             self.array = Some(spawn_array(
                 &self.bin,
                 &self.dir,
-                self.layout.placement.as_ref(),
+                A1,
+                array_placement(&self.layout, A1),
             )?);
         }
         self.connect_array().await.map(drop)
@@ -333,7 +441,20 @@ impl LocalSite {
 
     /// The array's audit log (written when the layout asks for it).
     pub fn audit_path(&self) -> PathBuf {
-        self.dir.join("array").join("audit.log")
+        self.audit_path_of(A1)
+    }
+
+    /// The audit log of array `array` (A1 or A2).
+    pub fn audit_path_of(&self, array: &str) -> PathBuf {
+        self.dir
+            .join(SiteLayout::array_file_stem(array))
+            .join("audit.log")
+    }
+
+    /// The log file of array `array` (A1 or A2).
+    pub fn array_log_path(&self, array: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.log", SiteLayout::array_file_stem(array)))
     }
 
     pub fn log_path(&self, slot: usize) -> PathBuf {
@@ -522,10 +643,12 @@ impl LocalSite {
         Ok(())
     }
 
-    /// Reads the RV of pair `i` through the array with the workload's verifier.
+    /// Reads the RV of pair `i` through its array (A2 for an RDR pair) with the workload's
+    /// verifier.
     pub async fn verify_rv(&self, i: usize) -> Result<stillpoint_host::VerifyReport, NodeError> {
         let p = &self.layout.pairs[i];
-        let device = ArrayLdDevice::new(&self.array_endpoint(), p.rv_ld, "backup1");
+        let endpoint = self.array_endpoint_of(p.rv_array())?;
+        let device = ArrayLdDevice::new(&endpoint, p.rv_ld, "backup1");
         Ok(stillpoint_host::verify(&device).await?)
     }
 
@@ -547,6 +670,9 @@ impl LocalSite {
             }
         }
         if let Some(mut array) = self.array.take() {
+            let _ = array.kill().await;
+        }
+        if let Some(mut array) = self.remote_array.take() {
             let _ = array.kill().await;
         }
     }

@@ -165,7 +165,13 @@ impl JobSite {
         };
         (0..self.site.agents.len())
             .map(|s| tail(self.site.name(s), self.site.log_path(s)))
-            .chain([tail("array".into(), self.site.dir.join("array.log"))])
+            .chain(
+                self.site
+                    .layout
+                    .array_names()
+                    .into_iter()
+                    .map(|a| tail(format!("array {a}"), self.site.array_log_path(a))),
+            )
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -1,0 +1,146 @@
+//! RDR pairs driven by the cluster through real processes: the job tests' site with a second
+//! software array `A2` (its own `stillpoint array serve`, linked from A1 as a remote site's
+//! array is), a group mixing DDR pairs (RV on A1) and RDR pairs (RV on A2) over two business
+//! nodes, backed up to `backup1` with `stillpoint backup payroll --wait`.
+
+mod job_site;
+
+use std::process::Output;
+use std::time::Duration;
+
+use job_site::{JobSite, SiteLayout, is_consistent, stderr, stillpoint};
+use stillpoint_array::{Array, LdRole, SyncState};
+
+const OK: i32 = 0;
+
+/// Runs the binary off the runtime's threads (the agents run on them).
+async fn sp(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stillpoint(&args)
+    })
+    .await
+    .expect("run stillpoint")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+fn job_id(o: &Output) -> u64 {
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)));
+    doc["accepted"]["job_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no job id in {doc}"))
+}
+
+/// `stillpoint backup payroll --wait` through agent 0, bounded by `timeout_s`.
+async fn backup(site: &JobSite, timeout_s: u64) -> Output {
+    sp(&[
+        "backup",
+        "payroll",
+        "--wait",
+        "--timeout",
+        &timeout_s.to_string(),
+        "--endpoint",
+        &site.site.endpoints[0],
+        "--output",
+        "json",
+    ])
+    .await
+}
+
+/// p0 (db1) and p3 (db2) DDR on A1; p1 (db2) and p2 (db1) RDR with their RVs on A2.
+fn mixed_layout() -> SiteLayout {
+    SiteLayout::spread(4).with_rdr(&[1, 2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_ddr_and_rdr_pairs_is_backed_up_consistent_and_every_rv_verifies_on_its_own_array()
+ {
+    let site = JobSite::start(mixed_layout()).await;
+    let ep = site.site.endpoints[0].clone();
+
+    // The site file passes apply's validation against both live arrays: A2 is read through
+    // its control node backup1 (nothing left unchecked).
+    let file = site.dir.path().join("site.toml");
+    let out = sp(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--endpoint",
+        &ep,
+    ])
+    .await;
+    assert_eq!(code(&out), OK, "apply --dry-run: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("not checked"),
+        "every array is checked live: {}",
+        stderr(&out)
+    );
+
+    // The pairs live on A1 (their MV's array); the RDR ones have their RVs on A2.
+    let a1 = site.site.connect_array().await.expect("A1");
+    let a2 = site.site.connect_array_of("A2").await.expect("A2");
+    let pairs = a1.pair_list().await.expect("A1's pairs");
+    let rv_arrays: Vec<(u32, String)> = {
+        let mut v: Vec<_> = pairs
+            .iter()
+            .map(|p| (p.id.mv.ld, p.id.rv.array.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        rv_arrays,
+        vec![
+            (0, "A1".to_string()),
+            (2, "A2".to_string()),
+            (4, "A2".to_string()),
+            (6, "A1".to_string())
+        ]
+    );
+    let a2_lds = a2.ld_list().await.expect("A2's LDs");
+    let mut a2_rvs: Vec<u32> = a2_lds
+        .iter()
+        .filter(|l| matches!(l.role, LdRole::Rv { .. }))
+        .map(|l| l.number)
+        .collect();
+    a2_rvs.sort();
+    assert_eq!(a2_rvs, vec![3, 5], "A2's RVs: {a2_lds:?}");
+
+    let out = backup(&site, 180).await;
+    assert_eq!(
+        code(&out),
+        OK,
+        "backup --wait: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let id = job_id(&out);
+    let end = site.wait_ended(id, Duration::from_secs(30)).await;
+    assert!(is_consistent(&end), "job {id} ended {end:?}");
+
+    // Every RV verifies, each read from its own array (p1 and p2 from A2).
+    let verified = site.verify_rvs().await;
+    assert!(
+        verified.iter().all(|v| v.is_ok()),
+        "the verifier on every RV: {verified:?}"
+    );
+    for p in [1u32, 2] {
+        let info = a1
+            .pair_query(&pairs.iter().find(|i| i.id.mv.ld == 2 * p).unwrap().id)
+            .await
+            .expect("pair");
+        assert_eq!(info.state.sync, SyncState::Separated, "{info:?}");
+    }
+    site.site.stop().await;
+}
