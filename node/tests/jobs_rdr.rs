@@ -1,7 +1,8 @@
 //! RDR pairs driven by the cluster through real processes: the job tests' site with a second
 //! software array `A2` (its own `stillpoint array serve`, linked from A1 as a remote site's
 //! array is), a group mixing DDR pairs (RV on A1) and RDR pairs (RV on A2) over two business
-//! nodes, backed up to `backup1` with `stillpoint backup payroll --wait`.
+//! nodes, backed up to `backup1` with `stillpoint backup payroll --wait`; and what a backup
+//! does when the RDR link goes down before or while it waits for sync.
 
 mod job_site;
 
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use job_site::{JobSite, SiteLayout, is_consistent, stderr, stillpoint};
 use stillpoint_array::{Array, LdRole, SyncState};
+use stillpoint_coordinator::job::{Job, JobEnd, JobState, StepState};
 
 const OK: i32 = 0;
+const JOB_FAILED: i32 = 12;
 
 /// Runs the binary off the runtime's threads (the agents run on them).
 async fn sp(args: &[&str]) -> Output {
@@ -142,5 +145,184 @@ async fn a_group_of_ddr_and_rdr_pairs_is_backed_up_consistent_and_every_rv_verif
             .expect("pair");
         assert_eq!(info.state.sync, SyncState::Separated, "{info:?}");
     }
+    site.site.stop().await;
+}
+
+/// The reason a job failed, or a panic naming how it ended instead.
+fn failed_reason(end: &JobEnd) -> String {
+    match end {
+        JobEnd::Failed { reason } => reason.clone(),
+        other => panic!("the job should have failed, it ended {other:?}"),
+    }
+}
+
+/// Steps of `job` as `id call state`, for messages.
+fn steps(job: &Job) -> Vec<String> {
+    job.steps
+        .iter()
+        .map(|s| format!("{} {:?} {:?}", s.id, s.call, s.state))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_the_rdr_link_down_fails_naming_the_link_and_the_next_one_after_it_is_back_is_consistent()
+ {
+    let site = JobSite::start(SiteLayout::spread(2).with_rdr(&[1])).await;
+    site.site.set_rdr_link(false).await.expect("link down");
+    // The workload keeps writing the MVs: p1 goes to abnormal suspend on the link fault.
+    let a1 = site.site.connect_array().await.expect("A1");
+    let pairs = a1.pair_list().await.expect("pairs");
+    let rdr = pairs
+        .iter()
+        .find(|p| p.id.rv.array == "A2")
+        .expect("the RDR pair")
+        .id
+        .clone();
+
+    // Before the sync wait: the link is already down when the job starts.
+    let started = std::time::Instant::now();
+    let out = backup(&site, 240).await;
+    let took = started.elapsed();
+    assert_eq!(
+        code(&out),
+        JOB_FAILED,
+        "backup with the link down: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let id = job_id(&out);
+    let end = site.wait_ended(id, Duration::from_secs(30)).await;
+    let reason = failed_reason(&end);
+    assert!(
+        reason.contains("p1") && (reason.contains("link") || reason.contains("suspend")),
+        "the reason names the pair and the link: {reason}"
+    );
+    let job = site.job(id).await.expect("the job");
+    assert!(
+        matches!(job.state, JobState::Ended { .. }),
+        "{:?}",
+        job.state
+    );
+    // It failed before the freeze window: no MV was quiesced, none is.
+    assert!(
+        !job.steps.iter().any(|s| matches!(
+            (&s.call, &s.state),
+            (
+                stillpoint_coordinator::job::StepCall::Quiesce { .. },
+                StepState::Done { .. } | StepState::Dispatched { .. }
+            )
+        )),
+        "no quiesce ran: {:#?}",
+        steps(&job)
+    );
+    assert!(site.quiesced_mvs().await.is_empty());
+    eprintln!("the job failed after {took:?}: {reason}");
+
+    // The link back: the next backup resumes the suspended pair and makes a consistent copy.
+    site.site.set_rdr_link(true).await.expect("link up");
+    let out = backup(&site, 180).await;
+    assert_eq!(
+        code(&out),
+        OK,
+        "backup after the link is back: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let verified = site.verify_rvs().await;
+    assert!(verified.iter().all(|v| v.is_ok()), "{verified:?}");
+    let info = a1.pair_query(&rdr).await.expect("pair");
+    assert_eq!(info.state.sync, SyncState::Separated, "{info:?}");
+    site.site.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rdr_link_failing_while_a_backup_waits_for_sync_fails_the_job_before_any_quiesce() {
+    let site = JobSite::start(SiteLayout::spread(2).with_rdr(&[1])).await;
+    // A first backup leaves the pairs separated; the workload then dirties their MVs.
+    let out = backup(&site, 180).await;
+    assert_eq!(code(&out), OK, "first backup: {}", stderr(&out));
+    // The RDR pair's RV is overwritten on A2 while separated (the backup node writing its
+    // mounted copy): the next replicate must copy all of it back, and A1 copies one block a
+    // second, so that replicate waits for sync for a minute, long enough to cut the link
+    // under it.
+    let a1 = site.site.connect_array().await.expect("A1");
+    let a2 = site.site.connect_array_of("A2").await.expect("A2");
+    let ld_bytes = site.site.layout.ld_bytes;
+    a2.write("backup1", 3, 0, &vec![0xa5; ld_bytes as usize])
+        .await
+        .expect("the backup node writes its RV");
+    a1.inject_fault(&stillpoint_array::Fault::CopyPace {
+        bytes_per_s: stillpoint_array::DEFAULT_BLOCK_BYTES,
+    })
+    .await
+    .expect("slow the copies");
+    let id = site.submit_backup().await;
+    // The job's replicate of p1 is running: the array has the pair copying.
+    let rdr_id = a1
+        .pair_list()
+        .await
+        .expect("pairs")
+        .into_iter()
+        .find(|p| p.id.rv.array == "A2")
+        .expect("the RDR pair")
+        .id;
+    job_site::wait_async("the job's replicate of p1 to run", || async {
+        let info = a1.pair_query(&rdr_id).await.ok()?;
+        (info.state.sync == SyncState::RplExec).then_some(())
+    })
+    .await;
+    site.site.set_rdr_link(false).await.expect("link down");
+    // The DDR pair's replicate need not crawl on to the job's end.
+    a1.inject_fault(&stillpoint_array::Fault::CopyPace { bytes_per_s: 0 })
+        .await
+        .expect("pace back");
+    let end = site.wait_ended(id, Duration::from_secs(120)).await;
+    let job = site.job(id).await.expect("the job");
+    let reason = failed_reason(&end);
+    assert!(
+        reason.contains("p1") && reason.contains("link"),
+        "the reason names the pair and the link: {reason}\n{:#?}",
+        steps(&job)
+    );
+    assert!(
+        !job.steps.iter().any(|s| matches!(
+            (&s.call, &s.state),
+            (
+                stillpoint_coordinator::job::StepCall::Quiesce { .. },
+                StepState::Done { .. } | StepState::Dispatched { .. }
+            )
+        )),
+        "no quiesce ran: {:#?}",
+        steps(&job)
+    );
+    assert!(site.quiesced_mvs().await.is_empty());
+    let rdr = a1
+        .pair_list()
+        .await
+        .expect("pairs")
+        .into_iter()
+        .find(|p| p.id.rv.array == "A2")
+        .expect("the RDR pair");
+    assert!(
+        rdr.state.abnormal_suspend,
+        "the pair is left as the job says: {rdr:?}"
+    );
+    eprintln!("job {id} failed: {reason}");
+
+    // The link back: the next backup is consistent.
+    site.site.set_rdr_link(true).await.expect("link up");
+    let out = backup(&site, 180).await;
+    assert_eq!(
+        code(&out),
+        OK,
+        "backup after the link is back: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let verified = site.verify_rvs().await;
+    assert!(verified.iter().all(|v| v.is_ok()), "{verified:?}");
     site.site.stop().await;
 }

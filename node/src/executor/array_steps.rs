@@ -4,6 +4,10 @@
 //!
 //! Every call has a timeout; a transport failure or a timeout is "outcome unknown"
 //! ([`StepEnd::Unknown`]), never a failure: the driver probes, and the pair's state settles it.
+//! An RDR link fault is not unknown: the MV's array answered that it cannot reach the RV's
+//! array and changed nothing, or that the pair fell into abnormal suspend while it copied. The
+//! step fails naming the pair and the link (sending it again while the link is down would only
+//! exhaust its attempts), before any MV of the job is quiesced.
 //!
 //! Replicate and separate carry the step's token to the array as a fencing token
 //! ([`fence_of`]): the array refuses them once a newer token has acted on the pair, which is
@@ -78,9 +82,31 @@ pub fn actor(acted_by: Option<&FenceToken>) -> String {
     }
 }
 
-/// An array error as a step's end.
-fn array_end(what: &str, e: ArrayError) -> StepEnd {
+/// An array error as a step's end. An `Unreachable` is "outcome unknown" when it is the
+/// array called that could not be reached; when the array answered that the pair's *RV array*
+/// cannot be reached (an RDR link fault, or the remote array not answering its peer), the
+/// array refused and changed nothing: the step fails, naming the link, instead of being sent
+/// again and again while the link stays down.
+fn array_end(what: &str, pair: &PairSpec, e: ArrayError) -> StepEnd {
     match e {
+        ArrayError::Unreachable { ref target, .. } if rdr_link_down(pair, target) => {
+            StepEnd::Failed(format!(
+                "{what}: the RDR link from array {} to array {} is down or {} does not answer; \
+                 nothing was changed (pair {} stays as it was, in abnormal suspend if it was \
+                 copying): run the job again once the link is back ({e})",
+                pair.mv.array, pair.rv.array, pair.rv.array, pair.name
+            ))
+        }
+        ArrayError::WrongState { ref state, .. }
+            if pair.rv.array != pair.mv.array && state.contains("abnormal-suspend") =>
+        {
+            StepEnd::Failed(format!(
+                "{what}: pair {} is in abnormal suspend, the RDR link from array {} to array {} \
+                 failed while it copied; its MV's writes accumulate as differences: run the job \
+                 again once the link is back ({e})",
+                pair.name, pair.mv.array, pair.rv.array
+            ))
+        }
         ArrayError::OutcomeUnknown { .. } | ArrayError::Unreachable { .. } => {
             StepEnd::Unknown(format!("{what}: {e}"))
         }
@@ -94,16 +120,24 @@ fn array_end(what: &str, e: ArrayError) -> StepEnd {
     }
 }
 
+/// Whether an `Unreachable` naming `target` is the MV's array saying it cannot reach the RDR
+/// pair's RV array (the software array names its peers `array NAME`; a client that cannot
+/// reach the array called names that array's endpoint instead).
+fn rdr_link_down(pair: &PairSpec, target: &str) -> bool {
+    pair.rv.array != pair.mv.array && target == format!("array {}", pair.rv.array)
+}
+
 /// Runs one array call that waits up to `wait_ms`, bounded by that plus the call margin.
 async fn call<T>(
     what: &str,
+    pair: &PairSpec,
     wait_ms: u64,
     f: impl Future<Output = Result<T, ArrayError>>,
 ) -> Result<T, StepEnd> {
     let bound_ms = wait_ms + ARRAY_CALL_MARGIN_MS;
     match tokio::time::timeout(Duration::from_millis(bound_ms), f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(array_end(what, e)),
+        Ok(Err(e)) => Err(array_end(what, pair, e)),
         Err(_) => Err(StepEnd::Unknown(format!(
             "{what}: no answer within {bound_ms} ms"
         ))),
@@ -139,7 +173,7 @@ async fn query(array: &dyn Array, pair: &PairSpec, id: &PairId) -> Result<PairIn
     match tokio::time::timeout(Duration::from_millis(bound_ms), array.pair_query(id)).await {
         Ok(Ok(info)) => Ok(info),
         Ok(Err(ArrayError::NotFound { .. })) => Err(not_set(pair, id)),
-        Ok(Err(e)) => Err(array_end(&what, e)),
+        Ok(Err(e)) => Err(array_end(&what, pair, e)),
         Err(_) => Err(StepEnd::Unknown(format!(
             "{what}: no answer within {bound_ms} ms"
         ))),
@@ -163,14 +197,14 @@ async fn set_pair(array: &dyn Array, pair: &PairSpec) -> Result<StepResult, Step
     match tokio::time::timeout(Duration::from_millis(bound_ms), array.pair_query(&id)).await {
         Ok(Ok(_)) => return Ok(StepResult::PairSet),
         Ok(Err(ArrayError::NotFound { .. })) => {}
-        Ok(Err(e)) => return Err(array_end(&what, e)),
+        Ok(Err(e)) => return Err(array_end(&what, pair, e)),
         Err(_) => {
             return Err(StepEnd::Unknown(format!(
                 "{what}: no answer within {bound_ms} ms"
             )));
         }
     }
-    call(&what, 0, array.pair_set(&id)).await?;
+    call(&what, pair, 0, array.pair_set(&id)).await?;
     Ok(StepResult::PairSet)
 }
 
@@ -189,6 +223,7 @@ async fn replicate(
         SyncState::RplExec if !info.state.abnormal_suspend => {
             call(
                 &what,
+                pair,
                 ARRAY_WAIT_MS,
                 array.wait(&id, WaitCondition::Sync, ARRAY_WAIT_MS),
             )
@@ -205,7 +240,7 @@ async fn replicate(
                 ..ReplicateOptions::default()
             };
             let op = FencedOp::Replicate(options);
-            call(&what, ARRAY_WAIT_MS, array.fenced(&id, fence, &op)).await?
+            call(&what, pair, ARRAY_WAIT_MS, array.fenced(&id, fence, &op)).await?
         }
     };
     if info.state.sync == SyncState::RplSync {
@@ -254,7 +289,7 @@ async fn separate(
                 ..
             }),
         )) => e,
-        Ok(Err(e)) => return Err(array_end(&what, e)),
+        Ok(Err(e)) => return Err(array_end(&what, pair, e)),
         Err(_) => {
             return Err(StepEnd::Unknown(format!(
                 "{what}: no answer within {bound_ms} ms"
@@ -263,7 +298,7 @@ async fn separate(
     };
     let info = query(array, pair, &id).await?;
     if !matches!(info.state.sync, SyncState::SepExec | SyncState::Separated) {
-        return Err(array_end(&what, refused));
+        return Err(array_end(&what, pair, refused));
     }
     if separated_by_this_step(info.acted_by.as_ref(), fence) {
         return Ok(StepResult::SeparateAccepted);
@@ -282,6 +317,7 @@ async fn await_separated(array: &dyn Array, pair: &PairSpec) -> Result<StepResul
     let what = format!("waiting for pair {} ({id}) to be separated", pair.name);
     let info = call(
         &what,
+        pair,
         ARRAY_WAIT_MS,
         array.wait(&id, WaitCondition::Sep, ARRAY_WAIT_MS),
     )
