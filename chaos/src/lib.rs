@@ -37,7 +37,8 @@
 //! ## The process-level layer ([`run`])
 //! Real processes of the `stillpoint` binary: the software array (its audit log on), mgmt1,
 //! one or three business nodes with the sim workload writing to every MV, and backup1 — 3 or
-//! 5 voters — each in its own data dir. A seed draws the site's shape, the faults (SIGKILL and
+//! 5 voters — each in its own data dir; on half the seeds a second array `A2` (the remote
+//! site's, linked from A1) holding the RV of an RDR pair. A seed draws the site's shape, the faults (SIGKILL and
 //! SIGSTOP/SIGCONT of the leader most often, of followers, of several agents at once up to all
 //! of them, of the array process, of a business node while it holds a quiesce; and network
 //! partitions: the leader isolated, a follower isolated, two agents cut from each other, a
@@ -46,7 +47,7 @@
 //! past the bucket's latency bound, dropped; a lossy link: a share of one process's packets
 //! dropped at random whatever the load; array
 //! faults the software array serves: a slow copy pace, a failed RV LD, at any moment or while
-//! its pair copies; and the backup node's RV stop hook failing or hanging, an ordinary command
+//! its pair copies, the RDR link from A1 to A2 down for 1–15 s; and the backup node's RV stop hook failing or hanging, an ordinary command
 //! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
 //! backups are submitted (some with `no_queue`, all on one group so they conflict). A fault
 //! phase, then a heal phase with a stated bound. The binary is found next to
@@ -88,10 +89,10 @@
 //! independent one. A job that ended done
 //! must have left every pair of its group `separated` by the array's record (no copy broken
 //! by a copy fault is published), and a pair the heal leaves in `fault` must be explained by
-//! an RV LD failure the harness struck and be taken out by the backup it then submits. Faults
-//! on the MVs' hooks and holders (the sim applications live in the agent's process), RDR link
-//! faults are not built: `FAULTS.md` lists all that is NOT CHECKED or
-//! NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
+//! an RV LD failure the harness struck and be taken out by the backup it then submits. With
+//! A2, its audit log is merged with A1's for the checkers of LDs (A1 logs every pair
+//! operation; A2 the host I/O on its RVs) and the verifier reads an RDR pair's RV from A2's LD
+//! file. `FAULTS.md` lists all that is NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
 //! observations and every job step.
 //!
 //! `tests/partition.rs` drives the case partitions exist for, in one deterministic scenario:

@@ -399,6 +399,7 @@ async fn scenario(bin: &Path) {
     let facts = check::SiteFacts {
         backup_host: "backup1".into(),
         rv_pairs: Default::default(),
+        rv_arrays: Default::default(),
         rv_mv_hosts: Default::default(),
         mvs: Default::default(),
         quiesce_ms_max: 10_000,

@@ -23,8 +23,12 @@ pub struct Violation {
 pub struct SiteFacts {
     /// The backup node's name (its RV I/O is judged).
     pub backup_host: String,
-    /// RV LD number → pair name.
+    /// RV LD number → pair name. LD numbers are unique across the site's arrays (A1 and, with
+    /// RDR pairs, A2; [`SiteFacts::check_unique_lds`]), so the checkers key RV and MV LDs by
+    /// number whichever array's audit log a line comes from.
     pub rv_pairs: BTreeMap<u32, String>,
+    /// RV LD number → the array holding it (`A1`, or `A2` for an RDR pair).
+    pub rv_arrays: BTreeMap<u32, String>,
     /// RV LD number → the host of its pair's MV.
     pub rv_mv_hosts: BTreeMap<u32, String>,
     /// MV LD number → (pair name, the MV's host).
@@ -32,6 +36,21 @@ pub struct SiteFacts {
     pub quiesce_ms_max: u64,
     /// Added to the quiesce limit before a write stall is a violation.
     pub stall_slack_ms: u64,
+}
+
+impl SiteFacts {
+    /// Refuses facts where one LD number names LDs on two arrays: the audit logs of both
+    /// arrays are judged together, keyed by LD number.
+    pub fn check_unique_lds(&self) -> Result<(), String> {
+        for rv in self.rv_pairs.keys() {
+            if self.mvs.contains_key(rv) {
+                return Err(format!(
+                    "LD number {rv} is both an RV and an MV: the checkers key LDs by number"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether a pair in `sync` counts as separated for S1 (no copy runs onto the RV).
@@ -358,12 +377,14 @@ pub fn pairs_in_fault(audit: &[AuditLine], facts: &SiteFacts) -> Vec<(String, u3
 pub fn unexplained_faults(
     in_fault: &[(String, u32)],
     records: &Records,
+    facts: &SiteFacts,
     at_ms: u64,
 ) -> Vec<Violation> {
     in_fault
         .iter()
         .filter(|(_, ld)| {
-            let target = format!("A1/{ld}");
+            let array = facts.rv_arrays.get(ld).map_or("A1", String::as_str);
+            let target = format!("{array}/{ld}");
             !records
                 .faults
                 .iter()
@@ -454,6 +475,7 @@ mod tests {
         SiteFacts {
             backup_host: "backup1".into(),
             rv_pairs: [(1, "p0".to_string())].into(),
+            rv_arrays: [(1, "A1".to_string())].into(),
             rv_mv_hosts: [(1, "db1".to_string())].into(),
             mvs: [(0, ("p0".to_string(), "db1".to_string()))].into(),
             quiesce_ms_max: 1_000,
@@ -698,14 +720,14 @@ mod tests {
         // Left in fault: explained only by a failure of that pair's RV LD.
         let stuck = pairs_in_fault(&audit, &facts());
         assert_eq!(stuck, vec![("p0".to_string(), 1)]);
-        assert_eq!(unexplained_faults(&stuck, &r, 0).len(), 1);
+        assert_eq!(unexplained_faults(&stuck, &r, &facts(), 0).len(), 1);
         r.faults.push(FaultWindow {
             kind: FaultKind::RvLdFailure,
             targets: vec!["A1/1".into()],
             start_ms: 250,
             end_ms: 400,
         });
-        assert!(unexplained_faults(&stuck, &r, 0).is_empty());
+        assert!(unexplained_faults(&stuck, &r, &facts(), 0).is_empty());
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! copy (S3) when the fault may have damaged the MV itself, a write stall (S4) when the fault
 //! struck the writer's own I/O path. Every other fault excuses nothing.
 //!
+//! The RDR link down ([`FaultKind::RdrLinkDown`]) is judged as the array failing the writes of
+//! the business nodes whose MVs are of RDR pairs (its window's targets, beside `A2`): while a
+//! separate the link suspended is in `sep/exec`, the MV's array refuses a host write to a
+//! block it has not copied yet (copy-before-write cannot reach the RV; `stillpoint-array`'s
+//! CAVEATS), so their writer can end on the error and its MV's tail be torn. Copying pairs in
+//! abnormal suspend otherwise keep taking MV writes: nobody else is touched.
+//!
 //! A slow or lossy link ([`FaultKind::SlowLink`], [`FaultKind::LossyLink`]) is judged as a cut
 //! between a host and the array (`cut-array`) when it harms the link an MV's writes take: the
 //! writer's own host's, or the array's (every MV's writes pass it). A write there waits in the
@@ -29,6 +36,7 @@ pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
     match w.kind {
         FaultKind::KillArray => on("A1"),
         FaultKind::SlowLink | FaultKind::LossyLink => on(host) || on("A1"),
+        FaultKind::RdrLinkDown => on(host),
         FaultKind::CutArray
         | FaultKind::KillLeader
         | FaultKind::KillFollower
@@ -62,6 +70,7 @@ pub fn excuses(w: &FaultWindow, host: &str) -> bool {
         FaultKind::SlowLink | FaultKind::LossyLink => {
             w.targets.iter().any(|t| t == host || t == "A1")
         }
+        FaultKind::RdrLinkDown => w.targets.iter().any(|t| t == host),
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }
 }

@@ -118,7 +118,8 @@ impl Harness {
             FaultKind::SlowCopy
             | FaultKind::RvLdFailure
             | FaultKind::RvHookFails
-            | FaultKind::RvHookHangs => {
+            | FaultKind::RvHookHangs
+            | FaultKind::RdrLinkDown => {
                 self.strike_injected(f).await;
                 return;
             }

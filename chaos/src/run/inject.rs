@@ -1,5 +1,6 @@
-//! Array and host-hook faults: what the array serves as faults (a slow copy pace, a failed
-//! RV LD) and a stop hook of the backup node's RVs that refuses or hangs. Each is switched on
+//! Array and host-hook faults: what the arrays serve as faults (a slow copy pace, a failed
+//! RV LD — on A2 for an RDR pair's RV —, the RDR link from A1 to A2 down) and a stop hook of
+//! the backup node's RVs that refuses or hangs. Each is switched on
 //! for its hold and off again; whatever could not be switched off is switched off again at the
 //! heal ([`RvHook`], [`Harness::heal_injected`]).
 //!
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use stillpoint_array::{Array, Fault, SyncState};
+use stillpoint_node::demo::site::{A1, A2};
 
 use super::faults::Harness;
 use super::observe::with;
@@ -81,14 +83,14 @@ impl RvHook {
 }
 
 impl Harness {
-    /// Sends `fault` to the array, bounded; the error says what failed.
-    async fn array_fault(&self, fault: &Fault) -> Result<(), String> {
+    /// Sends `fault` to array `array` (A1 or A2), bounded; the error says what failed.
+    async fn array_fault(&self, array: &str, fault: &Fault) -> Result<(), String> {
         let call = async {
             let array = self
                 .site
-                .connect_array()
+                .connect_array_of(array)
                 .await
-                .map_err(|e| format!("connecting to the array: {e}"))?;
+                .map_err(|e| format!("connecting to the array {array}: {e}"))?;
             array
                 .inject_fault(fault)
                 .await
@@ -106,7 +108,7 @@ impl Harness {
     /// Strikes an array or hook fault, holds it, removes it; records the window.
     pub(super) async fn strike_injected(&mut self, f: &PlannedFault) {
         let pairs = &self.site.layout.pairs;
-        let (on, off, target, what): (Injected, Injected, String, String) = match f.kind {
+        let (on, off, targets, what): (Injected, Injected, Vec<String>, String) = match f.kind {
             FaultKind::SlowCopy => {
                 let pace = 32 * 1024 * (1 + f.pick % 8);
                 (
@@ -114,7 +116,7 @@ impl Harness {
                     Injected::Array(Fault::CopyPace {
                         bytes_per_s: self.site.layout.copy_pace_bytes_per_s,
                     }),
-                    "A1".into(),
+                    vec![A1.into()],
                     format!("the array's copy pace at {pace} B/s"),
                 )
             }
@@ -151,17 +153,37 @@ impl Harness {
                         String::new(),
                     )
                 };
+                let on = p.rv_array();
                 (
-                    Injected::Array(Fault::LdFailure { ld: p.rv_ld }),
-                    Injected::Array(Fault::LdRepair { ld: p.rv_ld }),
-                    format!("A1/{}", p.rv_ld),
-                    format!("RV LD {} of {} failed{when}", p.rv_ld, p.pair),
+                    Injected::ArrayOf(on, Fault::LdFailure { ld: p.rv_ld }),
+                    Injected::ArrayOf(on, Fault::LdRepair { ld: p.rv_ld }),
+                    vec![format!("{on}/{}", p.rv_ld)],
+                    format!("RV LD {on}/{} of {} failed{when}", p.rv_ld, p.pair),
+                )
+            }
+            FaultKind::RdrLinkDown if self.site.layout.has_rdr() => {
+                // Targets: the link's far end, and the business nodes whose MVs are of RDR
+                // pairs (a separate the link suspends refuses their writes to the blocks it
+                // has not copied yet: see `excuse`).
+                let mut targets: Vec<String> = pairs
+                    .iter()
+                    .filter(|p| p.rdr)
+                    .map(|p| self.site.name(p.mv_node))
+                    .collect();
+                targets.sort();
+                targets.dedup();
+                targets.insert(0, A2.into());
+                (
+                    Injected::ArrayOf(A1, Fault::LinkDown { peer: A2.into() }),
+                    Injected::ArrayOf(A1, Fault::LinkUp { peer: A2.into() }),
+                    targets,
+                    format!("the RDR link {A1}->{A2} down"),
                 )
             }
             FaultKind::RvHookFails | FaultKind::RvHookHangs => (
                 Injected::Flag(self.rv_hook.flag(f.kind).to_path_buf()),
                 Injected::Unflag(self.rv_hook.flag(f.kind).to_path_buf()),
-                "backup1".into(),
+                vec!["backup1".into()],
                 format!(
                     "the stop hook of backup1's RVs {}",
                     if f.kind == FaultKind::RvHookHangs {
@@ -200,7 +222,7 @@ impl Harness {
         with(&self.records, |r| {
             r.faults.push(super::records::FaultWindow {
                 kind: f.kind,
-                targets: vec![target],
+                targets,
                 start_ms,
                 end_ms: now_ms(),
             })
@@ -227,7 +249,7 @@ impl Harness {
             return;
         }
         let copying = self.wait_for_copy().await;
-        let Some((pair, rv_ld, sync)) = copying else {
+        let Some((pair, rv_array, rv_ld, sync)) = copying else {
             if let Err(e) = self.apply(&normal).await {
                 self.note(format!(
                     "restoring the copy pace failed: {e} (the heal retries)"
@@ -243,14 +265,15 @@ impl Harness {
             return;
         };
         let start_ms = now_ms();
-        let repair = Injected::Array(Fault::LdRepair { ld: rv_ld });
+        let on = if rv_array == A2 { A2 } else { A1 };
+        let repair = Injected::ArrayOf(on, Fault::LdRepair { ld: rv_ld });
         match self
-            .apply(&Injected::Array(Fault::LdFailure { ld: rv_ld }))
+            .apply(&Injected::ArrayOf(on, Fault::LdFailure { ld: rv_ld }))
             .await
         {
             Ok(()) => {
                 self.note(format!(
-                    "RV LD {rv_ld} of {pair} failed while the pair was {sync} for {} ms (rv-ld-failure, in a copy)",
+                    "RV LD {on}/{rv_ld} of {pair} failed while the pair was {sync} for {} ms (rv-ld-failure, in a copy)",
                     f.hold_ms
                 ));
                 tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
@@ -264,7 +287,7 @@ impl Harness {
                 with(&self.records, |r| {
                     r.faults.push(super::records::FaultWindow {
                         kind: f.kind,
-                        targets: vec![format!("A1/{rv_ld}")],
+                        targets: vec![format!("{on}/{rv_ld}")],
                         start_ms,
                         end_ms: now_ms(),
                     })
@@ -286,8 +309,8 @@ impl Harness {
     }
 
     /// The first pair the array says is copying (`rpl/exec`, `sep/exec`), waiting for one at
-    /// most [`COPY_WAIT`]: (pair name, RV LD, state).
-    async fn wait_for_copy(&self) -> Option<(String, u32, SyncState)> {
+    /// most [`COPY_WAIT`]: (pair name, RV array, RV LD, state).
+    async fn wait_for_copy(&self) -> Option<(String, String, u32, SyncState)> {
         let deadline = tokio::time::Instant::now() + COPY_WAIT;
         let array = tokio::time::timeout(ARRAY_CALL_TIMEOUT, self.site.connect_array())
             .await
@@ -307,7 +330,7 @@ impl Harness {
                     .find(|l| l.rv_ld == p.id.rv.ld)
                     .map(|l| l.pair.clone())
                     .unwrap_or_else(|| p.id.to_string());
-                return Some((name, p.id.rv.ld, p.state.sync));
+                return Some((name, p.id.rv.array.clone(), p.id.rv.ld, p.state.sync));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -316,7 +339,8 @@ impl Harness {
 
     async fn apply(&self, what: &Injected) -> Result<(), String> {
         match what {
-            Injected::Array(fault) => self.array_fault(fault).await,
+            Injected::Array(fault) => self.array_fault(A1, fault).await,
+            Injected::ArrayOf(array, fault) => self.array_fault(array, fault).await,
             Injected::Flag(path) => std::fs::write(path, b"chaos\n")
                 .map_err(|e| format!("creating {}: {e}", path.display())),
             Injected::Unflag(path) => match std::fs::remove_file(path) {
@@ -345,7 +369,10 @@ impl Harness {
 /// One switch of an injected fault.
 #[derive(Clone, Debug)]
 pub enum Injected {
+    /// A fault for A1.
     Array(Fault),
+    /// A fault for the named array (A1 or A2).
+    ArrayOf(&'static str, Fault),
     Flag(PathBuf),
     Unflag(PathBuf),
 }

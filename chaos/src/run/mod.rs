@@ -4,7 +4,8 @@
 //! A schedule ([`schedule::Schedule::draw`]) fixes the site's shape (3 or 5 voters), the
 //! faults (kind, instant, hold, and a number that picks among the live candidates) and the
 //! backup submissions. [`run`] starts the site ([`LocalSite`]: the software array with its
-//! audit log on, mgmt1, the business nodes with the workload writing to every MV, backup1;
+//! audit log on (on RDR sites, [`schedule::Shape::rdr`], also the remote array A2 with its
+//! own), mgmt1, the business nodes with the workload writing to every MV, backup1;
 //! every process in its own data dir under `base_dir/seed-N`), applies the site file,
 //! prepares the pairs, and runs two phases:
 //!
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::job::{CopyLabel, JobEnd};
-use stillpoint_node::demo::site::{LocalSite, Placement, ProcessPlacement, SiteLayout};
+use stillpoint_node::demo::site::{A1, A2, LocalSite, Placement, ProcessPlacement, SiteLayout};
 use tokio::sync::watch;
 
 use crate::net::SiteNet;
@@ -100,7 +101,7 @@ impl RunConfig {
 
 /// Makes the site's network ([`SiteNet`]) for `layout` and places every process on it.
 pub async fn place(layout: &mut SiteLayout) -> Result<SiteNet, String> {
-    let mut names = vec!["A1".to_string()];
+    let mut names: Vec<String> = layout.array_names().iter().map(|a| a.to_string()).collect();
     names.extend(layout.agents().into_iter().map(|(n, _)| n));
     let net = tokio::task::spawn_blocking(move || SiteNet::create(&names))
         .await
@@ -113,8 +114,11 @@ pub async fn place(layout: &mut SiteLayout) -> Result<SiteNet, String> {
     };
     layout.placement = Some(Placement {
         port: net.port(),
-        array: placed("A1")?,
-        remote_array: None,
+        array: placed(A1)?,
+        remote_array: match layout.remote {
+            Some(_) => Some(placed(A2)?),
+            None => None,
+        },
         agents: layout
             .agents()
             .iter()
@@ -151,6 +155,10 @@ pub fn find_stillpoint(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
 
 fn layout_for(shape: &Shape, cfg: &RunConfig, rv_hook: &RvHook) -> SiteLayout {
     let mut layout = SiteLayout::spread_over(shape.pairs, shape.business_nodes);
+    if shape.rdr {
+        // A2 at the remote site, its odd pairs RDR ([`Shape::rdr_pairs`]).
+        layout = layout.with_rdr(&shape.rdr_pairs());
+    }
     // The RVs' users: a stop hook the harness can make fail or hang ([`inject`]).
     layout.rv_volume_toml = rv_hook.volume_toml();
     layout.audit_log = true;
@@ -253,12 +261,15 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         .iter()
         .map(|p| (p.rv_volume.clone(), p.rv_ld))
         .collect();
-    let rvs: Vec<(String, u32)> = h
+    let rvs: Vec<(String, PathBuf, u32)> = h
         .site
         .layout
         .pairs
         .iter()
-        .map(|p| (p.pair.clone(), p.rv_ld))
+        .map(|p| {
+            let array_dir = h.site.dir.join(SiteLayout::array_file_stem(p.rv_array()));
+            (p.pair.clone(), array_dir, p.rv_ld)
+        })
         .collect();
     // A submission in flight when the fault phase ends (one sent to a leader cut off may be
     // answered only after the heal) belongs to the run: the heal waits for the submitter.
@@ -278,7 +289,6 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         )),
         tokio::spawn(observe::job_watcher(
             endpoints.clone(),
-            h.site.dir.join("array"),
             rvs,
             records.clone(),
             last_state.clone(),
@@ -373,11 +383,12 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
 
     // Judge.
     let records = with(&records, |r| r.clone());
-    match records::read_audit(&h.site.audit_path()) {
-        Ok(audit) => {
-            for gap in check::audit_gaps(&audit) {
+    match read_audits(&h.site, &facts) {
+        Ok((a1, audit)) => {
+            for gap in a1.gaps {
                 report.errors.push(format!("audit log lines lost: {gap}"));
             }
+            let a1 = a1.lines;
             let (v, refused) = check::s1_s2(&audit, &records, &facts);
             report.violations.extend(v);
             report.rv_io_refused = refused;
@@ -386,9 +397,7 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report
                 .violations
-                .extend(check::done_jobs_left_pairs_separated(
-                    &audit, &records, &facts,
-                ));
+                .extend(check::done_jobs_left_pairs_separated(&a1, &records, &facts));
             report.s3_judged = c.judged;
             let (v, judged) = instant::s3_one_instant(&audit, &records);
             report.violations.extend(v);
@@ -399,7 +408,8 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report.s4_longest_ms = longest;
             report.s4_excused = excused;
-            let (v, counts) = fencing::s5_s6(&audit);
+            // Pair operations are logged by the pairs' array (their MV's: A1) only.
+            let (v, counts) = fencing::s5_s6(&a1);
             report.violations.extend(v);
             report.fenced_ops = counts.fenced_ops;
             report.fenced_refused = counts.fenced_refused;
@@ -446,6 +456,35 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     report
 }
 
+/// A1's audit log (pairs live on their MV's array) and its lost lines.
+struct PairLog {
+    lines: Vec<stillpoint_array::AuditLine>,
+    gaps: Vec<String>,
+}
+
+/// Every array's audit log, each checked for lost lines: A1's alone (its pair operations, for
+/// the checkers of pairs) and all of them merged in time order (RV I/O of RDR pairs is on
+/// A2's), for the checkers of LDs, which key LDs by number ([`SiteFacts::check_unique_lds`]).
+fn read_audits(
+    site: &LocalSite,
+    facts: &SiteFacts,
+) -> Result<(PairLog, Vec<stillpoint_array::AuditLine>), String> {
+    facts.check_unique_lds()?;
+    let mut logs = Vec::new();
+    let mut gaps = Vec::new();
+    for array in site.layout.array_names() {
+        let lines = records::read_audit(&site.audit_path_of(array))?;
+        gaps.extend(
+            check::audit_gaps(&lines)
+                .into_iter()
+                .map(|g| format!("{array}: {g}")),
+        );
+        logs.push(lines);
+    }
+    let a1 = logs.first().cloned().unwrap_or_default();
+    Ok((PairLog { lines: a1, gaps }, records::merge_audits(logs)))
+}
+
 /// Bound on the recovery backup's end ([`recovery_backup`]).
 const RECOVERY_MS_MAX: u64 = 60_000;
 
@@ -479,7 +518,7 @@ async fn recovery_backup(
         r.note(format!(
             "heal: pairs left in failure separation {stuck:?}: a backup must take them out"
         ));
-        check::unexplained_faults(&stuck, r, now_ms())
+        check::unexplained_faults(&stuck, r, facts, now_ms())
     });
     let before: BTreeSet<u64> = with(records, |r| r.jobs.keys().copied().collect());
     let (_keep_going, go) = watch::channel(false);
@@ -614,6 +653,11 @@ fn facts(layout: &SiteLayout, cfg: &RunConfig) -> SiteFacts {
             .pairs
             .iter()
             .map(|p| (p.rv_ld, p.pair.clone()))
+            .collect(),
+        rv_arrays: layout
+            .pairs
+            .iter()
+            .map(|p| (p.rv_ld, p.rv_array().to_string()))
             .collect(),
         rv_mv_hosts: layout
             .pairs

@@ -241,12 +241,12 @@ pub fn end_instant(stamped_ms: u64, not_ended_at_ms: u64, seen_ended_ms: u64) ->
 
 /// Watches the replicated state for the ends of accepted jobs; for every backup that ended
 /// done and labelled consistent, reads each RV with the workload's verifier at once, from the
-/// array's own storage (the LD's file in its data dir `array_dir`: no host, no array API in
-/// between). Keeps the last state it saw in `last`.
+/// storage of the array that holds it (the LD's file in that array's data dir, A2's for an
+/// RDR pair: no host, no array API in between). `rvs`: (pair, RV array's data dir, RV LD).
+/// Keeps the last state it saw in `last`.
 pub async fn job_watcher(
     endpoints: Vec<String>,
-    array_dir: std::path::PathBuf,
-    rvs: Vec<(String, u32)>,
+    rvs: Vec<(String, std::path::PathBuf, u32)>,
     records: Shared,
     last: Arc<Mutex<Option<ClusterState>>>,
     mut stop: watch::Receiver<bool>,
@@ -294,7 +294,7 @@ pub async fn job_watcher(
                         label: CopyLabel::Consistent,
                     })
                 {
-                    verify_copy(&array_dir, &rvs, id, at_ms, &records).await;
+                    verify_copy(&rvs, id, at_ms, &records).await;
                 }
             }
         }
@@ -311,13 +311,12 @@ pub async fn job_watcher(
 /// holds the whole copy (the array writes it only while copying, which the checker rules out
 /// from the audit log).
 async fn verify_copy(
-    array_dir: &std::path::Path,
-    rvs: &[(String, u32)],
+    rvs: &[(String, std::path::PathBuf, u32)],
     job_id: u64,
     job_ended_ms: u64,
     records: &Shared,
 ) {
-    for (pair, rv_ld) in rvs {
+    for (pair, array_dir, rv_ld) in rvs {
         let started_ms = now_ms();
         let path = array_dir.join(format!("ld-{rv_ld}.img"));
         let verified = async {

@@ -124,9 +124,41 @@ pub fn read_audit(path: &Path) -> Result<Vec<AuditLine>, String> {
     Ok(out)
 }
 
+/// The audit logs of the site's arrays (A1's first) as one record in time order (every array
+/// stamps its lines with this machine's clock); lines of one log keep their order. Pairs live
+/// on their MV's array, so only A1 logs pair events; A2 logs the host I/O on the RVs of RDR
+/// pairs.
+pub fn merge_audits(logs: Vec<Vec<AuditLine>>) -> Vec<AuditLine> {
+    let mut all: Vec<AuditLine> = logs.into_iter().flatten().collect();
+    all.sort_by_key(|l| l.at_unix_ms);
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_logs_merge_in_time_order_keeping_each_logs_order() {
+        let line = |seq: u64, at: u64, ld: u32| AuditLine {
+            seq,
+            at_unix_ms: at,
+            event: stillpoint_array::AuditEvent::MvWrite {
+                host: "db1".into(),
+                ld,
+            },
+        };
+        let a1 = vec![line(0, 10, 0), line(1, 30, 0), line(2, 30, 2)];
+        let a2 = vec![line(0, 20, 3), line(1, 30, 3)];
+        let got: Vec<(u64, u32)> = merge_audits(vec![a1, a2])
+            .iter()
+            .map(|l| match &l.event {
+                stillpoint_array::AuditEvent::MvWrite { ld, .. } => (l.at_unix_ms, *ld),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(got, vec![(10, 0), (20, 3), (30, 0), (30, 2), (30, 3)]);
+    }
 
     #[test]
     fn the_audit_log_reads_past_a_line_cut_by_a_kill_and_refuses_other_garbage() {

@@ -94,7 +94,14 @@ impl Report {
         let shape = self
             .shape
             .as_ref()
-            .map(|s| format!("{} voters, {} pairs", s.voters, s.pairs))
+            .map(|s| {
+                format!(
+                    "{} voters, {} pairs{}",
+                    s.voters,
+                    s.pairs,
+                    if s.rdr { " (p1 RDR on A2)" } else { "" }
+                )
+            })
             .unwrap_or_default();
         let faults: u64 = self.faults.values().sum();
         let jobs: u64 = self.jobs.values().sum();

@@ -11,6 +11,20 @@ pub struct Shape {
     pub voters: usize,
     pub business_nodes: usize,
     pub pairs: u32,
+    /// The site has the remote array A2 and its odd-numbered pairs are RDR (their RVs on A2):
+    /// half the schedules, or every one when `rdr-link-down` is asked for by name.
+    pub rdr: bool,
+}
+
+impl Shape {
+    /// The pairs (by index) whose RVs are on A2.
+    pub fn rdr_pairs(&self) -> Vec<usize> {
+        if self.rdr {
+            (0..self.pairs as usize).filter(|i| i % 2 == 1).collect()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// A fault the harness strikes. Targets named by role ("the leader", "a node holding a
@@ -81,10 +95,13 @@ pub enum FaultKind {
     /// receives, or both dropped at random, whatever the load — the same links as
     /// [`FaultKind::SlowLink`] — for the hold.
     LossyLink,
+    /// The RDR link from A1 to A2 goes down (`Fault::LinkDown` on A1) for 1–15 s, then up
+    /// again; only on a site with RDR pairs.
+    RdrLinkDown,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 23] = [
+    pub const ALL: [FaultKind; 24] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -108,6 +125,7 @@ impl FaultKind {
         FaultKind::MvHolder,
         FaultKind::SlowLink,
         FaultKind::LossyLink,
+        FaultKind::RdrLinkDown,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -160,6 +178,7 @@ impl FaultKind {
             FaultKind::MvHolder => "mv-holder",
             FaultKind::SlowLink => "slow-link",
             FaultKind::LossyLink => "lossy-link",
+            FaultKind::RdrLinkDown => "rdr-link-down",
         }
     }
 
@@ -169,10 +188,12 @@ impl FaultKind {
     }
 
     /// Relative frequency (the leader is struck most often); partitions and slow links only
-    /// when the site runs in network namespaces.
-    fn weight(self, partitions: bool) -> u64 {
+    /// when the site runs in network namespaces, RDR link faults only on a site with RDR pairs.
+    fn weight(self, partitions: bool, rdr: bool) -> u64 {
         match self {
             k if k.needs_namespaces() && !partitions => 0,
+            FaultKind::RdrLinkDown if !rdr => 0,
+            FaultKind::RdrLinkDown => 12,
             FaultKind::IsolateLeader => 25,
             FaultKind::IsolateFollower => 6,
             FaultKind::CutPair => 8,
@@ -237,9 +258,13 @@ impl Schedule {
         let voters = if rng.chance(500) { 5 } else { 3 };
         let business_nodes = voters - 2;
         let pairs = rng.range(2, 3) as u32;
+        // Drawn apart from the main stream, so a seed's schedule on a one-array site is the
+        // one it drew before RDR sites existed.
+        let rdr = only.contains(&FaultKind::RdrLinkDown)
+            || Rng::new(seed ^ 0x0052_4452_u64.rotate_left(29)).chance(500);
         let weight = |k: FaultKind| {
             if only.is_empty() || only.contains(&k) {
-                k.weight(partitions)
+                k.weight(partitions, rdr)
             } else {
                 0
             }
@@ -271,6 +296,7 @@ impl Schedule {
                 // Long enough for late heartbeats to add up to an election (a follower
                 // campaigns after about 800 ms without one).
                 FaultKind::SlowLink | FaultKind::LossyLink => rng.range(2_000, 10_000),
+                FaultKind::RdrLinkDown => rng.range(1_000, 15_000),
                 _ => rng.range(200, 6_000),
             };
             faults.push(PlannedFault {
@@ -296,6 +322,7 @@ impl Schedule {
                 voters,
                 business_nodes,
                 pairs,
+                rdr,
             },
             faults,
             submissions,
@@ -331,7 +358,9 @@ mod tests {
             Schedule::draw(7, 30_000, true, &[]),
             Schedule::draw(7, 30_000, true, &[])
         );
-        let all: Vec<Schedule> = (0..50)
+        // 24 kinds, the rarest (rv-hook-hangs, mv-hook-hangs) weighing 5 of about 250, and
+        // rdr-link-down only on the half of the sites with RDR pairs: 100 seeds draw each.
+        let all: Vec<Schedule> = (0..100)
             .map(|s| Schedule::draw(s, 30_000, true, &[]))
             .collect();
         assert!(all.windows(2).any(|w| w[0].faults != w[1].faults));
@@ -347,7 +376,7 @@ mod tests {
         for k in FaultKind::ALL {
             assert!(
                 all.iter().any(|s| s.faults.iter().any(|f| f.kind == k)),
-                "{k:?} never drawn in 50 seeds"
+                "{k:?} never drawn in 100 seeds"
             );
         }
         for s in 0..50 {
@@ -378,6 +407,39 @@ mod tests {
         assert!(slow >= 10, "only {slow} slow links in 30 seeds");
         assert_eq!(FaultKind::from_name("slow-link"), Some(FaultKind::SlowLink));
         assert!(FaultKind::SlowLink.needs_namespaces() && !FaultKind::SlowLink.is_partition());
+    }
+
+    #[test]
+    fn rdr_link_faults_strike_only_sites_with_rdr_pairs_and_half_the_sites_have_them() {
+        let mut rdr_sites = 0;
+        for seed in 0..60 {
+            let s = Schedule::draw(seed, 40_000, false, &[]);
+            rdr_sites += u32::from(s.shape.rdr);
+            if !s.shape.rdr {
+                assert!(s.shape.rdr_pairs().is_empty());
+                assert!(
+                    s.faults.iter().all(|f| f.kind != FaultKind::RdrLinkDown),
+                    "{s:?}"
+                );
+            } else {
+                assert_eq!(s.shape.rdr_pairs(), vec![1], "{s:?}");
+            }
+            // Asked for by name: every site has RDR pairs, and the link faults hold 1-15 s.
+            let only = [FaultKind::RdrLinkDown, FaultKind::KillLeader];
+            let s = Schedule::draw(seed, 40_000, false, &only);
+            assert!(s.shape.rdr);
+            for f in s.faults.iter().filter(|f| f.kind == FaultKind::RdrLinkDown) {
+                assert!((1_000..15_000).contains(&f.hold_ms), "{f:?}");
+            }
+        }
+        assert!(
+            (15..=45).contains(&rdr_sites),
+            "{rdr_sites} RDR sites of 60"
+        );
+        assert_eq!(
+            FaultKind::from_name("rdr-link-down"),
+            Some(FaultKind::RdrLinkDown)
+        );
     }
 
     #[test]
