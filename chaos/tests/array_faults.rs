@@ -57,6 +57,32 @@ fn array_and_hook_faults_against_real_processes_end_without_violations() {
     );
 }
 
+/// The RDR link fault: one short seed drawing only `rdr-link-down` runs a site with an RDR
+/// pair (its RV on the second array process A2) and strikes the link at least once, with no
+/// violation (S1 and S3 judged from both arrays' audit logs and LD files).
+#[test]
+fn rdr_link_faults_against_real_processes_end_without_violations() {
+    common::stillpoint();
+    let stdout = run_harness(&[
+        "--start",
+        "104",
+        "--schedules",
+        "1",
+        "--fault-time",
+        "15s",
+        "--heal-time",
+        "60s",
+        "--faults",
+        "rdr-link-down",
+    ]);
+    assert!(stdout.contains("(p1 RDR on A2)"), "{stdout}");
+    assert!(
+        struck(&stdout, "rdr-link-down").is_some_and(|n| n > 0),
+        "rdr-link-down not struck: {stdout}"
+    );
+    assert_eq!(struck(&stdout, "kill-leader"), Some(0), "{stdout}");
+}
+
 #[test]
 fn an_unknown_fault_kind_is_refused_naming_it_and_the_known_ones() {
     let out = Command::new(env!("CARGO_BIN_EXE_stillpoint-chaos"))
