@@ -90,9 +90,9 @@
 //! must have left every pair of its group `separated` by the array's record (no copy broken
 //! by a copy fault is published), and a pair the heal leaves in `fault` must be explained by
 //! an RV LD failure the harness struck and be taken out by the backup it then submits. With
-//! A2, its audit log is merged with A1's for the checkers of LDs (A1 logs every pair
-//! operation; A2 the host I/O on its RVs) and the verifier reads an RDR pair's RV from A2's LD
-//! file. `FAULTS.md` lists all that is NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
+//! A2, its audit log (the host I/O on its RVs) is merged with A1's for S1 (A1 logs every pair
+//! operation and MV write, which the other checkers read) and the verifier reads an RDR
+//! pair's RV from A2's LD file. `FAULTS.md` lists all that is NOT CHECKED or NOT BUILT. A failing schedule keeps its dir and prints a timeline of faults,
 //! observations and every job step.
 //!
 //! `tests/partition.rs` drives the case partitions exist for, in one deterministic scenario:

@@ -384,12 +384,15 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     // Judge.
     let records = with(&records, |r| r.clone());
     match read_audits(&h.site, &facts) {
-        Ok((a1, audit)) => {
+        Ok((a1, merged)) => {
             for gap in a1.gaps {
                 report.errors.push(format!("audit log lines lost: {gap}"));
             }
-            let a1 = a1.lines;
-            let (v, refused) = check::s1_s2(&audit, &records, &facts);
+            // A1's log in its own order for everything but the RVs' I/O: pair operations and
+            // states and every MV write are A1's alone; A2 logs only the host I/O on the RVs
+            // of RDR pairs, which S1 judges line by line.
+            let audit = a1.lines;
+            let (v, refused) = check::s1_s2(&merged, &records, &facts);
             report.violations.extend(v);
             report.rv_io_refused = refused;
             report.mount_looks = records.polls.len() as u64;
@@ -397,7 +400,9 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report
                 .violations
-                .extend(check::done_jobs_left_pairs_separated(&a1, &records, &facts));
+                .extend(check::done_jobs_left_pairs_separated(
+                    &audit, &records, &facts,
+                ));
             report.s3_judged = c.judged;
             let (v, judged) = instant::s3_one_instant(&audit, &records);
             report.violations.extend(v);
@@ -408,8 +413,7 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report.s4_longest_ms = longest;
             report.s4_excused = excused;
-            // Pair operations are logged by the pairs' array (their MV's: A1) only.
-            let (v, counts) = fencing::s5_s6(&a1);
+            let (v, counts) = fencing::s5_s6(&audit);
             report.violations.extend(v);
             report.fenced_ops = counts.fenced_ops;
             report.fenced_refused = counts.fenced_refused;
@@ -462,9 +466,10 @@ struct PairLog {
     gaps: Vec<String>,
 }
 
-/// Every array's audit log, each checked for lost lines: A1's alone (its pair operations, for
-/// the checkers of pairs) and all of them merged in time order (RV I/O of RDR pairs is on
-/// A2's), for the checkers of LDs, which key LDs by number ([`SiteFacts::check_unique_lds`]).
+/// Every array's audit log, each checked for lost lines: A1's alone, in its own order (pairs
+/// live on their MV's array, so it holds every pair operation and state, and every MV
+/// write), and all of them merged in time order for S1, whose RV I/O lines of RDR pairs are
+/// A2's; S1 keys RVs by LD number ([`SiteFacts::check_unique_lds`]).
 fn read_audits(
     site: &LocalSite,
     facts: &SiteFacts,
