@@ -8,8 +8,10 @@
 //! Each end runs on a thread of its own that entered its namespace (`setns`). Every wait is
 //! bounded (a receive timeout).
 
+mod common;
+
+use common::enter;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use stillpoint_chaos::net::{self, Direction, Loss, SiteNet};
@@ -18,19 +20,6 @@ const DATAGRAMS: u32 = 1_000;
 const PORT: u16 = 5_556;
 /// How long the receiver waits for one more datagram once the sender is done.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// Moves the calling thread into the network namespace `netns` (made by `ip netns add`).
-fn enter(netns: &str) -> Result<(), String> {
-    let path = format!("/run/netns/{netns}");
-    let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
-    // SAFETY: setns on a valid open descriptor of a network namespace; it changes only this
-    // thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
 
 /// Sends [`DATAGRAMS`] small datagrams from `from`'s namespace to `to`'s, paced so no buffer
 /// overflows; returns how many `to` received.

@@ -8,9 +8,11 @@
 //! Each end runs on a thread of its own that entered its namespace (`setns`), so no program
 //! but this one is needed. Every wait is bounded (socket timeouts, an accept deadline).
 
+mod common;
+
+use common::enter;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use stillpoint_chaos::net::{self, Direction, SiteNet, Throttle};
@@ -19,19 +21,6 @@ const BYTES: usize = 128 * 1024;
 const PORT: u16 = 5_555;
 /// Bound on one transfer (at 256 kbit/s it takes about 4 s).
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Moves the calling thread into the network namespace `netns` (made by `ip netns add`).
-fn enter(netns: &str) -> Result<(), String> {
-    let path = format!("/run/netns/{netns}");
-    let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
-    // SAFETY: setns on a valid open descriptor of a network namespace; it changes only this
-    // thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
 
 /// In `netns`, accepts `transfers` connections one after another, reads each to its end and
 /// answers one byte; gives up (an error) after `IO_TIMEOUT` without a connection.

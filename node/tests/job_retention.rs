@@ -83,23 +83,13 @@ async fn an_order_of_an_ended_job_is_refused_whatever_its_term() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_forgets_the_steps_of_jobs_the_history_dropped() {
     let mut site = JobSite::start(SiteLayout::spread(1)).await;
-    let file = site.dir.path().join("site-retain-1.toml");
-    std::fs::write(
-        &file,
-        format!(
+    site.apply(
+        "site-retain-1.toml",
+        &format!(
             "{}\n[settings]\njobs_retained_max = 1\n",
             site.site.layout.site_toml()
         ),
-    )
-    .unwrap();
-    let out = stillpoint(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--endpoint",
-        &site.site.endpoints[0],
-    ]);
-    assert!(out.status.success(), "apply the settings: {}", stderr(&out));
+    );
     let mut ids = Vec::new();
     for _ in 0..2 {
         let id = site.submit_backup().await;

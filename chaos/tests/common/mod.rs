@@ -17,6 +17,7 @@
 
 #![allow(dead_code)]
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -99,4 +100,17 @@ pub fn struck(stdout: &str, kind: &str) -> Option<u64> {
         .find(|l| l.trim_start().starts_with(&format!("{kind} ")))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
+}
+
+/// Moves the calling thread into the network namespace `netns` (made by `ip netns add`).
+pub fn enter(netns: &str) -> Result<(), String> {
+    let path = format!("/run/netns/{netns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    // SAFETY: setns on a valid open descriptor of a network namespace; it changes only this
+    // thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }

@@ -58,17 +58,22 @@ impl JobSite {
             .await
             .expect("start the site");
         let site = JobSite { site, dir };
-        let file = site.dir.path().join("site.toml");
-        std::fs::write(&file, site.site.layout.site_toml()).unwrap();
+        site.apply("site.toml", &site.site.layout.site_toml());
+        site
+    }
+
+    /// Writes `text` to `name` in the site's dir and applies it with `stillpoint apply -f`.
+    pub fn apply(&self, name: &str, text: &str) {
+        let file = self.dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
         let out = stillpoint(&[
             "apply",
             "-f",
             file.to_str().unwrap(),
             "--endpoint",
-            &site.site.endpoints[0],
+            &self.site.endpoints[0],
         ]);
-        assert!(out.status.success(), "apply the site: {}", stderr(&out));
-        site
+        assert!(out.status.success(), "apply {name}: {}", stderr(&out));
     }
 
     /// Submits a job through any agent that answers (agents may be restarting).
