@@ -64,6 +64,23 @@ fn mixed_layout() -> SiteLayout {
     SiteLayout::spread(4).with_rdr(&[1, 2])
 }
 
+/// Brings the RDR link back up; the next backup then exits OK (consistent) and every RV
+/// verifies.
+async fn link_back_and_backup_consistent(site: &JobSite) {
+    site.site.set_rdr_link(true).await.expect("link up");
+    let out = backup(site, 180).await;
+    assert_eq!(
+        code(&out),
+        OK,
+        "backup after the link is back: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let verified = site.verify_rvs().await;
+    assert!(verified.iter().all(|v| v.is_ok()), "{verified:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_ddr_and_rdr_pairs_is_backed_up_consistent_and_every_rv_verifies_on_its_own_array()
  {
@@ -220,18 +237,7 @@ async fn a_backup_with_the_rdr_link_down_fails_naming_the_link_and_the_next_one_
     eprintln!("the job failed after {took:?}: {reason}");
 
     // The link back: the next backup resumes the suspended pair and makes a consistent copy.
-    site.site.set_rdr_link(true).await.expect("link up");
-    let out = backup(&site, 180).await;
-    assert_eq!(
-        code(&out),
-        OK,
-        "backup after the link is back: {}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        site.logs()
-    );
-    let verified = site.verify_rvs().await;
-    assert!(verified.iter().all(|v| v.is_ok()), "{verified:?}");
+    link_back_and_backup_consistent(&site).await;
     let info = a1.pair_query(&rdr).await.expect("pair");
     assert_eq!(info.state.sync, SyncState::Separated, "{info:?}");
     site.site.stop().await;
@@ -312,17 +318,6 @@ async fn the_rdr_link_failing_while_a_backup_waits_for_sync_fails_the_job_before
     eprintln!("job {id} failed: {reason}");
 
     // The link back: the next backup is consistent.
-    site.site.set_rdr_link(true).await.expect("link up");
-    let out = backup(&site, 180).await;
-    assert_eq!(
-        code(&out),
-        OK,
-        "backup after the link is back: {}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        site.logs()
-    );
-    let verified = site.verify_rvs().await;
-    assert!(verified.iter().all(|v| v.is_ok()), "{verified:?}");
+    link_back_and_backup_consistent(&site).await;
     site.site.stop().await;
 }
