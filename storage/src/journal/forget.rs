@@ -32,11 +32,9 @@ impl Journal {
     pub fn forget_job(&self, job_id: u64) -> Result<u64, JournalError> {
         let prefix = job_id.to_be_bytes();
         let mut records = 0;
-        for (tree, counts) in [
-            (&self.steps, true),
-            (&self.steps_latest, false),
-            (&self.step_fences, false),
-        ] {
+        // The newest-token entries go last: they are what [`Journal::step_jobs`] lists, so a
+        // crash half-way leaves the job listed and the next pass finishes it.
+        for (tree, counts) in [(&self.steps, true), (&self.step_fences, false)] {
             for kv in tree.scan_prefix(prefix) {
                 let (k, _) = kv?;
                 tree.remove(k)?;
@@ -44,6 +42,10 @@ impl Journal {
             }
         }
         self.job_terms.remove(prefix)?;
+        for kv in self.steps_latest.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            self.steps_latest.remove(k)?;
+        }
         self.flush()?;
         Ok(records)
     }
