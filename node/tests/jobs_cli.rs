@@ -7,7 +7,7 @@ mod job_site;
 
 use std::process::Output;
 
-use job_site::{JobSite, SiteLayout, stderr, stillpoint};
+use job_site::{JobSite, SiteLayout, code, sp, stderr, stdout, stillpoint};
 
 const OK: i32 = 0;
 const REFUSED: i32 = 3;
@@ -18,28 +18,9 @@ const DONE_CRASH_CONSISTENT: i32 = 11;
 const JOB_FAILED: i32 = 12;
 const JOB_CANCELLED: i32 = 13;
 
-/// Runs the binary off the runtime's threads (the agents run on them).
-async fn sp(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        stillpoint(&args)
-    })
-    .await
-    .expect("run stillpoint")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,31 +9,12 @@ mod job_site;
 use std::process::Output;
 use std::time::Duration;
 
-use job_site::{JobSite, SiteLayout, is_consistent, stderr, stillpoint};
+use job_site::{JobSite, SiteLayout, code, is_consistent, sp, stderr, stdout};
 use stillpoint_array::{Array, LdRole, SyncState};
 use stillpoint_coordinator::job::{Job, JobEnd, JobState, StepState};
 
 const OK: i32 = 0;
 const JOB_FAILED: i32 = 12;
-
-/// Runs the binary off the runtime's threads (the agents run on them).
-async fn sp(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        stillpoint(&args)
-    })
-    .await
-    .expect("run stillpoint")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited")
-}
 
 fn job_id(o: &Output) -> u64 {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
@@ -174,6 +155,22 @@ fn failed_reason(end: &JobEnd) -> String {
 }
 
 /// Steps of `job` as `id call state`, for messages.
+/// The job failed before its freeze window: no quiesce of it ran, and no MV is quiesced.
+async fn assert_no_quiesce_ran(site: &JobSite, job: &Job) {
+    assert!(
+        !job.steps.iter().any(|s| matches!(
+            (&s.call, &s.state),
+            (
+                stillpoint_coordinator::job::StepCall::Quiesce { .. },
+                StepState::Done { .. } | StepState::Dispatched { .. }
+            )
+        )),
+        "no quiesce ran: {:#?}",
+        steps(job)
+    );
+    assert!(site.quiesced_mvs().await.is_empty());
+}
+
 fn steps(job: &Job) -> Vec<String> {
     job.steps
         .iter()
@@ -222,18 +219,7 @@ async fn a_backup_with_the_rdr_link_down_fails_naming_the_link_and_the_next_one_
         job.state
     );
     // It failed before the freeze window: no MV was quiesced, none is.
-    assert!(
-        !job.steps.iter().any(|s| matches!(
-            (&s.call, &s.state),
-            (
-                stillpoint_coordinator::job::StepCall::Quiesce { .. },
-                StepState::Done { .. } | StepState::Dispatched { .. }
-            )
-        )),
-        "no quiesce ran: {:#?}",
-        steps(&job)
-    );
-    assert!(site.quiesced_mvs().await.is_empty());
+    assert_no_quiesce_ran(&site, &job).await;
     eprintln!("the job failed after {took:?}: {reason}");
 
     // The link back: the next backup resumes the suspended pair and makes a consistent copy.
@@ -292,18 +278,7 @@ async fn the_rdr_link_failing_while_a_backup_waits_for_sync_fails_the_job_before
         "the reason names the pair and the link: {reason}\n{:#?}",
         steps(&job)
     );
-    assert!(
-        !job.steps.iter().any(|s| matches!(
-            (&s.call, &s.state),
-            (
-                stillpoint_coordinator::job::StepCall::Quiesce { .. },
-                StepState::Done { .. } | StepState::Dispatched { .. }
-            )
-        )),
-        "no quiesce ran: {:#?}",
-        steps(&job)
-    );
-    assert!(site.quiesced_mvs().await.is_empty());
+    assert_no_quiesce_ran(&site, &job).await;
     let rdr = a1
         .pair_list()
         .await

@@ -221,6 +221,26 @@ impl JobSite {
     }
 }
 
+/// Runs the binary off the runtime's threads (the agents run on them).
+pub async fn sp(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stillpoint(&args)
+    })
+    .await
+    .expect("run stillpoint")
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The exit code of a finished run.
+pub fn code(o: &std::process::Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
 pub fn is_consistent(end: &JobEnd) -> bool {
     matches!(
         end,
