@@ -112,6 +112,13 @@ pub enum FaultCommand {
         #[arg(long)]
         bytes_per_s: u64,
     },
+    /// Hold every separate this long before admitting it (0: none); until the array
+    /// restarts or the delay is set again. Keeps a backup's freeze window open.
+    SeparateDelay {
+        /// Milliseconds each separate waits.
+        #[arg(long)]
+        ms: u64,
+    },
 }
 
 /// Link state to set.
@@ -474,6 +481,7 @@ impl ArrayCommand {
                         state: LinkState::Up,
                     } => Fault::LinkUp { peer },
                     FaultCommand::CopyPace { bytes_per_s } => Fault::CopyPace { bytes_per_s },
+                    FaultCommand::SeparateDelay { ms } => Fault::SeparateDelay { ms },
                 };
                 a.inject_fault(&f).await?;
                 if target.output == Output::Json {

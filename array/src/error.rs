@@ -113,6 +113,19 @@ pub enum ArrayError {
     /// The target could not be reached and nothing was done; retry later.
     #[error("unreachable: {target}: {detail}; nothing was changed, retry later")]
     Unreachable { target: String, detail: String },
+    /// This array could not reach the remote array of an RDR pair: the link between them is
+    /// down, or the remote array does not answer. Nothing was changed (a pair that was copying
+    /// is in abnormal suspend, its MV's writes kept as differences); retry once the link is
+    /// back. Unlike [`ArrayError::Unreachable`], the array called did answer: sending the
+    /// same request again before the link is back gets the same answer.
+    #[error(
+        "array {array} cannot reach its remote array {peer} (the RDR link is down or {peer} does not answer): {detail}; nothing was changed, retry once the link is back"
+    )]
+    PeerUnreachable {
+        array: String,
+        peer: String,
+        detail: String,
+    },
     /// The request may or may not have taken effect; query the state before any retry.
     #[error("outcome unknown: {op}: {detail}; query the pair state before retrying")]
     OutcomeUnknown { op: String, detail: String },

@@ -94,7 +94,7 @@
 //!   suspended in `sep/exec` needs no operation: its engine retries and the separate completes
 //!   once the link is back (after a restart too); forced separate ends it at once (`cancel`).
 //!   Copy-before-write is never skipped: while the RV cannot be reached, a host write to a
-//!   block the separate has not copied yet is refused (`Unreachable`, nothing changed) rather
+//!   block the separate has not copied yet is refused (`PeerUnreachable`, nothing changed) rather
 //!   than overwriting the separate instant's data.
 //! - **Events.** [`Array::events`] streams every pair state change ([`PairEvent`]) and every
 //!   business-copy state change ([`CopyEvent`]) from the moment of subscription; a subscriber
@@ -113,8 +113,13 @@
 //!   in memory but not persisted, its RV access not pushed or its event not sent — nor an RV
 //!   claimed for a pair that was never set.
 //! - **Faults.** [`Fault`] injects an LD failure (a pair whose copy hits it goes to `fault`,
-//!   RV access `na`), a link down/up, or a copy pace (slow copies until set back to 0; not
-//!   persisted), through the API and the CLI.
+//!   RV access `na`), a link down/up, a copy pace (slow copies until set back to 0; not
+//!   persisted), or a separate delay (every separate held that long before it is admitted, a
+//!   slow array that keeps a backup's freeze window open; not persisted), through the API and
+//!   the CLI. While an RDR pair's remote array cannot be reached (link down, or the remote
+//!   array not answering), operations that need it fail with the typed `PeerUnreachable`
+//!   (the array answered; nothing was changed) rather than `Unreachable` (the array itself
+//!   was not reached).
 //! - **Serving.** [`serve`] runs a software array behind a gRPC service (`stillpoint.array`);
 //!   [`RemoteArray`] implements [`Array`] against it with identical errors and states. Host
 //!   reads and writes take the array's **data path** instead ([`DataClient`]: length-prefixed

@@ -58,6 +58,8 @@ struct Inner {
     block_bytes: u64,
     /// Copy pace of every engine (0 = unpaced); changed at runtime by `set_copy_pace`.
     pace_bytes_per_s: AtomicU64,
+    /// How long every separate waits before it is admitted (`Fault::SeparateDelay`; 0: none).
+    separate_delay_ms: AtomicU64,
     /// When the array-wide copy schedule has room for the next run (see `pace`).
     pace_next: Mutex<tokio::time::Instant>,
     backlog_max: u64,
@@ -240,6 +242,7 @@ impl SoftwareArray {
             block_bytes: cfg.block_bytes,
             pace_bytes_per_s: AtomicU64::new(cfg.copy_pace_bytes_per_s),
             pace_next: Mutex::new(tokio::time::Instant::now()),
+            separate_delay_ms: AtomicU64::new(0),
             backlog_max: cfg.semi_sync_backlog_blocks_max.max(1),
             lds,
             db,
@@ -648,6 +651,10 @@ impl SoftwareArray {
         fence: Option<&FenceToken>,
     ) -> Result<PairInfo> {
         crate::check_wait_ms(o.wait_timeout_ms)?;
+        let delay_ms = self.inner.separate_delay_ms.load(Ordering::SeqCst);
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
         let info = self
             .inner
             .operate(id, "separate", fence.copied(), false, {

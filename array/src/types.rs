@@ -484,6 +484,10 @@ pub enum Fault {
     /// run on (0: as fast as the disk goes): a slow copy. Not persisted (a restart takes the
     /// configured `copy_pace_bytes_per_s` again).
     CopyPace { bytes_per_s: u64 },
+    /// Every separate the array is asked for from now on waits this long before it is
+    /// admitted (0: none): a slow array, which keeps a backup's freeze window open that long.
+    /// Not persisted.
+    SeparateDelay { ms: u64 },
 }
 
 /// A pair state change, pushed to subscribers so they need not poll.

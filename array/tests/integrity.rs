@@ -209,7 +209,7 @@ async fn suspended_rdr_separate_finishes_when_the_link_is_back_and_keeps_its_ins
     let tail = CAP - BLOCK;
     let e = a.write("h", 0, tail, &pattern(6, BLOCK as usize)).await;
     assert!(
-        matches!(e, Err(ArrayError::Unreachable { .. })),
+        matches!(&e, Err(ArrayError::PeerUnreachable { peer, .. }) if peer == "B"),
         "write to a pending block of a suspended separate: {e:?}"
     );
     a.inject_fault(&Fault::LinkUp { peer: "B".into() })

@@ -168,7 +168,15 @@ async fn link_down_suspends_writes_accumulate_and_replicate_resumes() {
         .replicate(&p, &replicate_with(CopyControl::Sync))
         .await
         .unwrap_err();
-    assert!(matches!(e, ArrayError::Unreachable { .. }), "{e}");
+    // Typed: the array answered, and names the link, so a caller fails at once instead of
+    // taking it for an array it could not reach.
+    assert!(
+        matches!(
+            &e,
+            ArrayError::PeerUnreachable { array, peer, .. } if array == "A" && peer == "B"
+        ),
+        "{e}"
+    );
     a.inject_fault(&Fault::LinkUp { peer: "B".into() })
         .await
         .unwrap();

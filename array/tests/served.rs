@@ -135,3 +135,59 @@ async fn a_copy_pace_fault_slows_copies_until_it_is_lifted() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// A separate delay set through the fault API holds every separate back that long before the
+/// array admits it (the pair stays in sync meanwhile: its MV's writes still reach the RV),
+/// and separates are admitted at once again when it is set back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_delay_fault_holds_separates_back_until_it_is_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, task) = start(config(dir.path(), "A", lds(), 0)).await;
+    let a = RemoteArray::connect(&addr).await.expect("connect");
+    for rv in [1, 2] {
+        a.pair_set(&pair(0, rv)).await.unwrap();
+        a.replicate(
+            &pair(0, rv),
+            &ReplicateOptions {
+                wait_timeout_ms: Some(WAIT_MS),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    const DELAY_MS: u64 = 2_000;
+    a.inject_fault(&Fault::SeparateDelay { ms: DELAY_MS })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let separating = {
+        let a = a.clone();
+        tokio::spawn(async move { a.separate(&pair(0, 1), &SeparateOptions::default()).await })
+    };
+    // Held back: the pair is still mirrored while the separate waits.
+    tokio::time::sleep(std::time::Duration::from_millis(DELAY_MS / 4)).await;
+    let info = a.pair_query(&pair(0, 1)).await.unwrap();
+    assert_eq!(
+        info.state.sync,
+        SyncState::RplSync,
+        "admitted early: {info:?}"
+    );
+    let info = separating.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(DELAY_MS),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_ne!(info.state.sync, SyncState::RplSync, "{info:?}");
+    a.inject_fault(&Fault::SeparateDelay { ms: 0 })
+        .await
+        .unwrap();
+    let info = a
+        .separate(&pair(0, 2), &SeparateOptions::default())
+        .await
+        .unwrap();
+    assert_ne!(info.state.sync, SyncState::RplSync, "{info:?}");
+    let _ = stop.send(());
+    let _ = task.await;
+}

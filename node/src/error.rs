@@ -325,7 +325,7 @@ pub fn array_exit_code(e: &stillpoint_array::ArrayError) -> u8 {
         A::Refused { .. } => exit::REFUSED,
         A::WrongState { .. } | A::CopyWrongState { .. } => exit::WRONG_STATE,
         A::Timeout { .. } | A::OutcomeUnknown { .. } => exit::TIMED_OUT,
-        A::Unreachable { .. } => exit::UNREACHABLE,
+        A::Unreachable { .. } | A::PeerUnreachable { .. } => exit::UNREACHABLE,
         A::NotFound { .. } => exit::NOT_FOUND,
         A::InvalidInput { .. } | A::Config { .. } => exit::BAD_INPUT,
         A::CorruptMetadata { .. } | A::CannotStart { .. } => exit::CANNOT_START,

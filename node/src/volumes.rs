@@ -72,8 +72,9 @@ impl ArrayLdDevice {
 
     /// Runs one data-API call with bounded retries: an array that did not answer
     /// (unreachable, outcome unknown — a write of the same bytes at the same place is safe to
-    /// repeat) is asked again after a doubling pause; a refusal or bad input is returned at
-    /// once. Each call carries the client's own timeout ([`stillpoint_array::CALL_TIMEOUT`]).
+    /// repeat), or that could not reach the remote array a write's copy-before-write needs
+    /// (the RDR link down: the link may be back in a moment), is asked again after a doubling
+    /// pause; a refusal or bad input is returned at once. Each call carries the client's own timeout ([`stillpoint_array::CALL_TIMEOUT`]).
     async fn with_retries<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, HostError>
     where
         F: Fn(RemoteArray) -> Fut,
@@ -96,6 +97,7 @@ impl ArrayLdDevice {
                 Ok(v) => return Ok(v),
                 Err(
                     e @ (ArrayError::Unreachable { .. }
+                    | ArrayError::PeerUnreachable { .. }
                     | ArrayError::OutcomeUnknown { .. }
                     | ArrayError::Timeout { .. }),
                 ) if attempt < attempts => {

@@ -154,6 +154,38 @@ fn failed_reason(end: &JobEnd) -> String {
     }
 }
 
+/// Runs a backup that must fail (`what` says why, for the message): its job id, the reason
+/// it ended with, and the job.
+async fn failing_backup(site: &JobSite, what: &str) -> (u64, String, Job) {
+    let out = backup(site, 240).await;
+    assert_eq!(
+        code(&out),
+        JOB_FAILED,
+        "backup with {what}: {}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        site.logs()
+    );
+    let id = job_id(&out);
+    let end = site.wait_ended(id, Duration::from_secs(30)).await;
+    let job = site.job(id).await.expect("the job");
+    (id, failed_reason(&end), job)
+}
+
+/// Waits (up to 120 s) for job `id` to end failed with a reason naming pair p1 and the link:
+/// the reason, and the job.
+async fn failed_naming_p1_and_the_link(site: &JobSite, id: u64) -> (String, Job) {
+    let end = site.wait_ended(id, Duration::from_secs(120)).await;
+    let job = site.job(id).await.expect("the job");
+    let reason = failed_reason(&end);
+    assert!(
+        reason.contains("p1") && reason.contains("link"),
+        "the reason names the pair and the link: {reason}\n{:#?}",
+        steps(&job)
+    );
+    (reason, job)
+}
+
 /// Steps of `job` as `id call state`, for messages.
 /// The job failed before its freeze window: no quiesce of it ran, and no MV is quiesced.
 async fn assert_no_quiesce_ran(site: &JobSite, job: &Job) {
@@ -195,24 +227,12 @@ async fn a_backup_with_the_rdr_link_down_fails_naming_the_link_and_the_next_one_
 
     // Before the sync wait: the link is already down when the job starts.
     let started = std::time::Instant::now();
-    let out = backup(&site, 240).await;
+    let (_, reason, job) = failing_backup(&site, "the link down").await;
     let took = started.elapsed();
-    assert_eq!(
-        code(&out),
-        JOB_FAILED,
-        "backup with the link down: {}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        site.logs()
-    );
-    let id = job_id(&out);
-    let end = site.wait_ended(id, Duration::from_secs(30)).await;
-    let reason = failed_reason(&end);
     assert!(
         reason.contains("p1") && (reason.contains("link") || reason.contains("suspend")),
         "the reason names the pair and the link: {reason}"
     );
-    let job = site.job(id).await.expect("the job");
     assert!(
         matches!(job.state, JobState::Ended { .. }),
         "{:?}",
@@ -270,14 +290,7 @@ async fn the_rdr_link_failing_while_a_backup_waits_for_sync_fails_the_job_before
     a1.inject_fault(&stillpoint_array::Fault::CopyPace { bytes_per_s: 0 })
         .await
         .expect("pace back");
-    let end = site.wait_ended(id, Duration::from_secs(120)).await;
-    let job = site.job(id).await.expect("the job");
-    let reason = failed_reason(&end);
-    assert!(
-        reason.contains("p1") && reason.contains("link"),
-        "the reason names the pair and the link: {reason}\n{:#?}",
-        steps(&job)
-    );
+    let (reason, job) = failed_naming_p1_and_the_link(&site, id).await;
     assert_no_quiesce_ran(&site, &job).await;
     let rdr = a1
         .pair_list()
@@ -293,6 +306,74 @@ async fn the_rdr_link_failing_while_a_backup_waits_for_sync_fails_the_job_before
     eprintln!("job {id} failed: {reason}");
 
     // The link back: the next backup is consistent.
+    link_back_and_backup_consistent(&site).await;
+    site.site.stop().await;
+}
+
+/// The remote array's process down (killed, not the link cut) while the RDR pair is
+/// separated (its MV's writes then need nothing of A2, so the pair is not suspended): the MV's
+/// array answers the next replicate that it cannot reach A2, and the job fails at once with
+/// that reason — not after sending the replicate again and again as if A1 itself had not
+/// answered. Once A2 runs again the next backup is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_the_remote_array_down_fails_at_once_naming_it_and_the_next_one_after_its_restart_is_consistent()
+ {
+    let mut site = JobSite::start(SiteLayout::spread(2).with_rdr(&[1])).await;
+    let out = backup(&site, 180).await;
+    assert_eq!(code(&out), OK, "first backup: {}", stderr(&out));
+    site.site.kill_array_of("A2").await;
+
+    let (id, reason, job) = failing_backup(&site, "A2 down").await;
+    assert!(
+        reason.contains("p1") && reason.contains("A2") && reason.contains("link"),
+        "the reason names the pair, the remote array and the link: {reason}\n{:#?}",
+        steps(&job)
+    );
+    assert!(
+        !reason.contains("without taking effect"),
+        "the array's answer settled it, no resends: {reason}"
+    );
+    assert_no_quiesce_ran(&site, &job).await;
+    eprintln!("job {id} failed: {reason}");
+
+    site.site.restart_array_of("A2").await.expect("A2 again");
+    link_back_and_backup_consistent(&site).await;
+    site.site.stop().await;
+}
+
+/// The RDR link down inside the freeze window: both MVs held quiesced, the separates not yet
+/// admitted (the array holds each for a while, `Fault::SeparateDelay`), the link A1→A2 goes
+/// down. The RDR pair, mirrored in sync, goes to abnormal suspend at once, so its separate is
+/// refused: the static point fails, the MVs are released, and the job tries a new round,
+/// whose replicate the link refuses. The job fails naming the pair and the link — never a copy
+/// labelled consistent whose RV missed the instant — and leaves no MV quiesced; once the link
+/// is back the next backup is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rdr_link_down_inside_the_freeze_window_fails_the_job_naming_the_link_and_releases_the_mvs()
+ {
+    let site = JobSite::start(SiteLayout::spread(2).with_rdr(&[1])).await;
+    let a1 = site.site.connect_array().await.expect("A1");
+    a1.inject_fault(&stillpoint_array::Fault::SeparateDelay { ms: 2_000 })
+        .await
+        .expect("hold the separates");
+    let id = site.submit_backup().await;
+    job_site::wait_async("both MVs held quiesced", || async {
+        (site.quiesced_mvs().await.len() == 2).then_some(())
+    })
+    .await;
+    site.site.set_rdr_link(false).await.expect("link down");
+    a1.inject_fault(&stillpoint_array::Fault::SeparateDelay { ms: 0 })
+        .await
+        .expect("lift the delay");
+
+    let (reason, _) = failed_naming_p1_and_the_link(&site, id).await;
+    assert!(
+        site.quiesced_mvs().await.is_empty(),
+        "no MV is left quiesced: {:?}",
+        site.quiesced_mvs().await
+    );
+    eprintln!("job {id} failed: {reason}");
+
     link_back_and_backup_consistent(&site).await;
     site.site.stop().await;
 }

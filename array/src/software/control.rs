@@ -219,7 +219,10 @@ impl Inner {
         } else {
             if needs_rv_dirty && id.kind() == PairKind::Rdr {
                 // Resuming needs the link; say so instead of resuming into another suspend.
-                self.peer_of(&id.rv.array)?.1.cross(&id.rv.array, 0).await?;
+                self.peer_of(&id.rv.array)?
+                    .1
+                    .cross(&self.name, &id.rv.array, 0)
+                    .await?;
             }
             Bitmap::new(blocks)
         };
@@ -323,6 +326,7 @@ impl Inner {
             Fault::CopyPace { bytes_per_s } => {
                 self.pace_bytes_per_s.store(*bytes_per_s, Ordering::SeqCst)
             }
+            Fault::SeparateDelay { ms } => self.separate_delay_ms.store(*ms, Ordering::SeqCst),
             Fault::LinkDown { peer } => {
                 self.peer_of(peer)?.1.up.store(false, Ordering::SeqCst);
                 let slots: Vec<_> = lock(&self.pairs)

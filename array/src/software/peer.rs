@@ -22,10 +22,13 @@ impl Link {
         }
     }
 
-    pub(super) async fn cross(&self, peer: &str, bytes: u64) -> Result<()> {
-        let down = || ArrayError::Unreachable {
-            target: format!("array {peer}"),
-            detail: "link is down".into(),
+    /// Carries `bytes` from array `from` to its peer `peer`: waits the link's latency and
+    /// transfer time, or fails with [`ArrayError::PeerUnreachable`] while the link is down.
+    pub(super) async fn cross(&self, from: &str, peer: &str, bytes: u64) -> Result<()> {
+        let down = || ArrayError::PeerUnreachable {
+            array: from.into(),
+            peer: peer.into(),
+            detail: "the link is down".into(),
         };
         if !self.up.load(Ordering::SeqCst) {
             return Err(down());
@@ -77,13 +80,24 @@ impl Inner {
             PeerRequest::Read { len, .. } => *len,
             _ => 0,
         };
-        link.cross(rv_array, bytes).await?;
+        link.cross(&self.name, rv_array, bytes).await?;
+        let unreachable = |detail: String| ArrayError::PeerUnreachable {
+            array: self.name.clone(),
+            peer: rv_array.into(),
+            detail,
+        };
         match tokio::time::timeout(crate::PEER_CALL_TIMEOUT, arr.peer(req)).await {
+            // The remote array not reached (its process down, or not answering over the
+            // link): for whoever called this array, that is the link's fault, not this
+            // array's.
+            Ok(Err(ArrayError::Unreachable { target, detail })) => {
+                Err(unreachable(format!("{target}: {detail}")))
+            }
             Ok(r) => r,
-            Err(_) => Err(ArrayError::Unreachable {
-                target: format!("array {rv_array}"),
-                detail: format!("no answer within {:?}", crate::PEER_CALL_TIMEOUT),
-            }),
+            Err(_) => Err(unreachable(format!(
+                "no answer within {:?}",
+                crate::PEER_CALL_TIMEOUT
+            ))),
         }
     }
 
@@ -329,9 +343,12 @@ impl Inner {
     pub(super) fn on_copy_error(&self, slot: &PairSlot, e: &ArrayError) -> Option<&'static str> {
         let mut r = lock(&slot.rec);
         match e {
-            ArrayError::Unreachable { .. } if r.id.kind() == PairKind::Rdr => r
-                .enter_abnormal_suspend()
-                .then_some("link fault: abnormal suspend"),
+            ArrayError::Unreachable { .. } | ArrayError::PeerUnreachable { .. }
+                if r.id.kind() == PairKind::Rdr =>
+            {
+                r.enter_abnormal_suspend()
+                    .then_some("link fault: abnormal suspend")
+            }
             ArrayError::DeviceFailed { .. } | ArrayError::Io { .. } => {
                 r.enter_fault();
                 Some("copy fault: failure separation")

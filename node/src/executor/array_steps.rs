@@ -82,21 +82,23 @@ pub fn actor(acted_by: Option<&FenceToken>) -> String {
     }
 }
 
-/// An array error as a step's end. An `Unreachable` is "outcome unknown" when it is the
-/// array called that could not be reached; when the array answered that the pair's *RV array*
-/// cannot be reached (an RDR link fault, or the remote array not answering its peer), the
-/// array refused and changed nothing: the step fails, naming the link, instead of being sent
-/// again and again while the link stays down.
+/// An array error as a step's end. An `Unreachable` (the array called could not be reached)
+/// is "outcome unknown". A `PeerUnreachable` is not: the array called answered that it cannot
+/// reach the pair's remote array (the RDR link is down, or the remote array does not answer)
+/// and changed nothing, so the step fails, naming the link, instead of being sent again and
+/// again while the link stays down.
 fn array_end(what: &str, pair: &PairSpec, e: ArrayError) -> StepEnd {
     match e {
-        ArrayError::Unreachable { ref target, .. } if rdr_link_down(pair, target) => {
-            StepEnd::Failed(format!(
-                "{what}: the RDR link from array {} to array {} is down or {} does not answer; \
-                 nothing was changed (pair {} stays as it was, in abnormal suspend if it was \
-                 copying): run the job again once the link is back ({e})",
-                pair.mv.array, pair.rv.array, pair.rv.array, pair.name
-            ))
-        }
+        ArrayError::PeerUnreachable {
+            ref array,
+            ref peer,
+            ..
+        } => StepEnd::Failed(format!(
+            "{what}: the RDR link from array {array} to array {peer} is down or {peer} does not \
+             answer; nothing was changed (pair {} stays as it was, in abnormal suspend if it \
+             was copying): run the job again once the link is back ({e})",
+            pair.name
+        )),
         ArrayError::WrongState { ref state, .. }
             if pair.rv.array != pair.mv.array && state.contains("abnormal-suspend") =>
         {
@@ -118,13 +120,6 @@ fn array_end(what: &str, pair: &PairSpec, e: ArrayError) -> StepEnd {
         )),
         e => StepEnd::Failed(format!("{what}: {e}")),
     }
-}
-
-/// Whether an `Unreachable` naming `target` is the MV's array saying it cannot reach the RDR
-/// pair's RV array (the software array names its peers `array NAME`; a client that cannot
-/// reach the array called names that array's endpoint instead).
-fn rdr_link_down(pair: &PairSpec, target: &str) -> bool {
-    pair.rv.array != pair.mv.array && target == format!("array {}", pair.rv.array)
 }
 
 /// Runs one array call that waits up to `wait_ms`, bounded by that plus the call margin.
