@@ -195,7 +195,7 @@ async fn scenario(bin: &Path) {
     };
     let ended = |eps: Vec<String>, job_id: u64| async move {
         let s = state(&eps).await?;
-        match s.jobs.jobs.get(&job_id) {
+        match s.jobs.jobs.get(&job_id).map(|j| &**j) {
             Some(Job {
                 state: JobState::Ended { end, .. },
                 ..

@@ -6,10 +6,15 @@
 //! one-pair backup jobs to their end through `decide` with an executor that succeeds at once,
 //! each event applied as its own log entry. At each size it prints the latency of applying a
 //! job submission and of a step event (p50/p99 over `STILLPOINT_BENCH_SAMPLES` samples, default
-//! 2000), the process's resident memory, the snapshot's size and build time, how long the build holds the state's lock (its copy), and the data
-//! dir's size after the snapshot.
+//! 2000), the heap the process holds live (counted by this bench's allocator, before the
+//! snapshot: the state and what the store keeps, not memory freed and not yet returned), the
+//! process's resident memory (after a full copy of the state and a snapshot were made, so it
+//! also counts their pages), the snapshot's size and build time, how long the build holds the
+//! state's lock (its copy), and the data dir's size after the snapshot.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
@@ -25,6 +30,42 @@ use stillpoint_coordinator::{
 use stillpoint_storage::{StateMachineStore, Store};
 
 type Sm = StateMachineStore<TypeConfig, ClusterState>;
+
+/// The system allocator, counting the bytes it holds live.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counter is only
+// arithmetic on the sizes it was given.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_heap_mib() -> f64 {
+    LIVE_BYTES.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
+}
 
 struct Log {
     sm: Sm,
@@ -258,12 +299,13 @@ fn main() {
             "apply cost against history: one-pair backup jobs, each event its own entry, {samples} samples per size"
         );
         println!(
-            "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9} {:>13} {:>11} {:>9} {:>11}",
+            "{:>8} {:>12} {:>12} {:>12} {:>12} {:>10} {:>9} {:>13} {:>11} {:>9} {:>11}",
             "history",
             "submit p50",
             "submit p99",
             "event p50",
             "event p99",
+            "heap MiB",
             "RSS MiB",
             "snapshot MiB",
             "build ms",
@@ -284,6 +326,7 @@ fn main() {
                 submits.push(s);
                 events.extend(e);
             }
+            let heap = live_heap_mib();
             // What a snapshot holds the state's lock for: the copy it encodes afterwards.
             let locked = Instant::now();
             let copy = log.sm.read(|s| s.clone());
@@ -295,12 +338,13 @@ fn main() {
             let build = started.elapsed();
             let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
             println!(
-                "{:>8} {:>12} {:>12} {:>12} {:>12} {:>9.1} {:>13.1} {:>11.0} {:>9.1} {:>11.1}",
+                "{:>8} {:>12} {:>12} {:>12} {:>12} {:>10.1} {:>9.1} {:>13.1} {:>11.0} {:>9.1} {:>11.1}",
                 size,
                 us(percentile(&mut submits, 0.5)),
                 us(percentile(&mut submits, 0.99)),
                 us(percentile(&mut events, 0.5)),
                 us(percentile(&mut events, 0.99)),
+                heap,
                 rss_mib(),
                 snapshot.snapshot.get_ref().len() as f64 / (1 << 20) as f64,
                 build.as_secs_f64() * 1e3,

@@ -7,6 +7,7 @@
 //! the history.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,11 @@ use crate::job::{Job, JobEvent, JobId, JobKind, JobState, Step};
 pub struct JobTable {
     /// The id the next accepted job gets (ids follow log order).
     pub next_id: JobId,
-    pub jobs: BTreeMap<JobId, Job>,
+    /// Each job behind an `Arc`: a copy of the table (a snapshot's, taken under the state's
+    /// lock) shares the jobs instead of copying them, and a job changed afterwards is copied
+    /// then, once (`Arc::make_mut`). Ended jobs never change, so a snapshot copies none of the
+    /// history.
+    pub jobs: BTreeMap<JobId, Arc<Job>>,
     /// Resource (`pair:NAME`, `volume:NODE:VOLUME`) → the running job that owns it.
     pub locks: BTreeMap<String, JobId>,
     /// Queued jobs, first come first served.
@@ -37,7 +42,7 @@ pub struct JobTable {
 #[derive(Deserialize)]
 struct JobTableFields {
     next_id: JobId,
-    jobs: BTreeMap<JobId, Job>,
+    jobs: BTreeMap<JobId, Arc<Job>>,
     locks: BTreeMap<String, JobId>,
     queue: VecDeque<JobId>,
     ended: VecDeque<JobId>,
@@ -90,7 +95,9 @@ impl JobTable {
 
     /// Jobs not yet ended (queued, running or cancelling).
     pub fn unfinished(&self) -> impl Iterator<Item = &Job> {
-        self.unfinished.iter().filter_map(|id| self.jobs.get(id))
+        self.unfinished
+            .iter()
+            .filter_map(|id| self.jobs.get(id).map(|j| &**j))
     }
 
     /// Adds a job as it is (tests and tools that build a table by hand), keeping the index.
@@ -100,7 +107,7 @@ impl JobTable {
         } else {
             self.unfinished.insert(job.id);
         }
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Arc::new(job));
     }
 
     /// The job owning `resource`, or the first queued one that will.
@@ -157,7 +164,7 @@ impl JobTable {
                 None
             }
         };
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Arc::new(job));
         self.unfinished.insert(id);
         self.next_id = id + 1;
         Response::JobAccepted {
@@ -175,7 +182,7 @@ impl JobTable {
         at_ms: u64,
         retained_max: u32,
     ) -> Response {
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
             return Response::Refused {
                 rule: format!("no job {id} (it may have ended and been forgotten)"),
             };
@@ -231,7 +238,7 @@ impl JobTable {
         for q in started {
             self.queue.retain(|x| *x != q);
             if let Some(job) = self.jobs.get_mut(&q) {
-                job.state = JobState::Running;
+                Arc::make_mut(job).state = JobState::Running;
             }
         }
     }

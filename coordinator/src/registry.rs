@@ -234,7 +234,7 @@ impl ClusterState {
         if let Response::JobAccepted { job_id, .. } = &response
             && let Some(job) = self.jobs.jobs.get_mut(job_id)
         {
-            job.pairs = group.members;
+            std::sync::Arc::make_mut(job).pairs = group.members;
         }
         response
     }

@@ -87,7 +87,7 @@ pub fn job_summary(job: &Job) -> JobSummary {
 
 /// Every job the table holds (unfinished and retained ended ones), by id.
 pub fn job_summaries(table: &JobTable) -> Vec<JobSummary> {
-    table.jobs.values().map(job_summary).collect()
+    table.jobs.values().map(|j| job_summary(j)).collect()
 }
 
 /// One pair of a copy: the MV it was taken from and the RV that holds it.
@@ -160,7 +160,7 @@ pub fn catalogue(table: &JobTable, group: Option<&str>) -> Vec<CopyEntry> {
         .iter()
         .filter_map(|id| table.jobs.get(id))
         .filter(|j| group.is_none_or(|g| j.kind.group() == g))
-        .filter_map(copy_entry)
+        .filter_map(|j| copy_entry(j))
         .collect()
 }
 

@@ -159,7 +159,7 @@ impl Sim {
                 (JobState::Ended { .. }, Some(JobState::Ended { .. }) | None) => forget.push(id),
                 (JobState::Queued { .. }, Some(s)) if !matches!(s, JobState::Queued { .. }) => {
                     match self.applied.jobs.get(&id) {
-                        Some(job) if !job.is_ended() => reload.push(job.clone()),
+                        Some(job) if !job.is_ended() => reload.push((**job).clone()),
                         _ => forget.push(id),
                     }
                 }

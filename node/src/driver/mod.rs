@@ -372,7 +372,11 @@ impl Lead<'_> {
                 )
             });
         for id in unfinished {
-            if let Some(job) = self.ctx.state.read(|s| s.jobs.jobs.get(&id).cloned()) {
+            if let Some(job) = self
+                .ctx
+                .state
+                .read(|s| s.jobs.jobs.get(&id).map(|j| (**j).clone()))
+            {
                 tracing::info!(job = id, "driver: new job");
                 self.jobs.insert(id, job);
             }
@@ -386,7 +390,11 @@ impl Lead<'_> {
                 (JobState::Ended { .. }, Some(JobState::Ended { .. }) | None) => self.forget(id),
                 // Started from the queue, or cancelled while queued, by the log alone.
                 (JobState::Queued { .. }, Some(s)) if !matches!(s, JobState::Queued { .. }) => {
-                    match self.ctx.state.read(|s| s.jobs.jobs.get(&id).cloned()) {
+                    match self
+                        .ctx
+                        .state
+                        .read(|s| s.jobs.jobs.get(&id).map(|j| (**j).clone()))
+                    {
                         Some(job) if !job.is_ended() => {
                             self.jobs.insert(id, job);
                         }

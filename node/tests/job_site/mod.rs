@@ -129,7 +129,12 @@ impl JobSite {
     }
 
     pub async fn job(&self, id: u64) -> Option<Job> {
-        self.state().await?.jobs.jobs.get(&id).cloned()
+        self.state()
+            .await?
+            .jobs
+            .jobs
+            .get(&id)
+            .map(|j| (**j).clone())
     }
 
     /// Waits until job `id` ends; returns how. Fails with the job's steps and the agents'
