@@ -249,6 +249,18 @@ fn the_demo_takes_a_consistent_backup_copy() {
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
+    // Inside the freeze window: the leader died before any MV was released (the timeline
+    // prints what the log recorded, in order).
+    let kill = stdout.find(">>> SIGKILL").expect("the kill line");
+    let release = stdout
+        .lines()
+        .find(|l| l.contains("release mv") && l.trim_end().ends_with("done"))
+        .and_then(|l| stdout.find(l))
+        .expect("a release done");
+    assert!(
+        kill < release,
+        "the leader was killed after an MV was released, not inside the freeze window:\n{stdout}"
+    );
 }
 
 #[test]

@@ -6,10 +6,14 @@
 //! `db1` and `db2` (business servers, one MV each with an application writing checksummed
 //! records), `backup1` (backup server, both RVs). They form one cluster; the site file is
 //! applied; `group prepare payroll` sets both pairs and runs their first copy as a cluster job.
-//! Then the backup of group `payroll` is submitted as a job, and once the MVs are quiesced the
-//! demo **SIGKILLs the leader's agent**, waits until another agent leads, and restarts the
-//! killed one: the new leader takes the job over, asks the executors what became of the steps
-//! in flight, and finishes. The timeline of every
+//! Then the backup of group `payroll` is submitted as a job, and once both business nodes say
+//! their MV is held quiesced the demo **SIGKILLs the leader's agent**, waits until another
+//! agent leads, and restarts the killed one: the new leader takes the job over, asks the
+//! executors what became of the steps in flight, and finishes. So that the freeze window is
+//! open long enough to strike inside it (a release build goes from the last quiesce to the
+//! releases in a few milliseconds, less than one look at the hosts), the demo first has the
+//! array hold every separate for [`DEMO_SEPARATE_DELAY_MS`] (an injected fault, `stillpoint
+//! array fault separate-delay`), and lifts it once the leader is dead. The timeline of every
 //! step is printed as the replicated log records it, and at the end the verifier reads both
 //! RVs through the array: every record intact and none missing, or the demo fails. When the
 //! killed agent held an MV quiesced, its restart resumed the MV by itself, the static point did
@@ -29,13 +33,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use stillpoint_coordinator::job::{CopyLabel, Job, JobEnd, JobKind, JobState, StepCall, StepState};
+use stillpoint_coordinator::job::{CopyLabel, Job, JobEnd, JobKind, JobState};
 use stillpoint_coordinator::{ClusterState, Command, Response};
 use stillpoint_proto::cluster::{QueryRequest, StatusRequest};
 
 use crate::error::NodeError;
 use crate::output::OutputFormat;
 use site::{LocalSite, SiteLayout};
+use stillpoint_array::Array;
+use stillpoint_host::Host;
+
+/// How long the demo's array holds each separate of the backup (`Fault::SeparateDelay`), so
+/// that every MV stays quiesced, the separates unanswered, long enough for the demo to see it
+/// from the business nodes and kill the leader inside the freeze window.
+pub const DEMO_SEPARATE_DELAY_MS: u64 = 1_500;
+/// Bound on one look at a business node's quiesces.
+const QUIESCE_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -238,6 +251,12 @@ async fn drive(
         "\nbackup of group payroll (2 pairs on db1 and db2, RVs on backup1), as a cluster job:"
             .into(),
     );
+    if !args.no_kill {
+        set_separate_delay(&site, DEMO_SEPARATE_DELAY_MS).await?;
+        say(format!(
+            "          >>> the array holds each separate {DEMO_SEPARATE_DELAY_MS} ms (an injected fault, `stillpoint array fault separate-delay`): the freeze window stays open long enough to strike inside it"
+        ));
+    }
     let backup = submit(
         &site,
         JobKind::Backup {
@@ -291,8 +310,35 @@ async fn drive(
 /// When the demo kills the leader.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum KillPoint {
-    /// Once every MV's quiesce is recorded done: inside the freeze window.
+    /// Once every business node says its MV is held quiesced: inside the freeze window (the
+    /// log records the quiesces only after it, as the leader proposes nothing inside it).
     MvsQuiesced,
+}
+
+/// Sets the array's separate delay (`Fault::SeparateDelay`; 0 lifts it), bounded.
+async fn set_separate_delay(site: &LocalSite, ms: u64) -> Result<(), NodeError> {
+    let array = site.connect_array().await?;
+    let fault = stillpoint_array::Fault::SeparateDelay { ms };
+    tokio::time::timeout(stillpoint_array::CALL_TIMEOUT, array.inject_fault(&fault))
+        .await
+        .map_err(|_| NodeError::Timeout {
+            what: format!("setting the array's separate delay to {ms} ms"),
+            ms: stillpoint_array::CALL_TIMEOUT.as_millis() as u64,
+        })??;
+    Ok(())
+}
+
+/// Whether every MV of the site is held quiesced, as the business nodes' agents say (a node
+/// that does not answer in time holds none).
+async fn all_mvs_quiesced(site: &LocalSite) -> bool {
+    let mut held = 0;
+    for slot in layout::DB1..site.layout.backup_slot() {
+        let Ok(host) = site.host(slot) else { continue };
+        if let Ok(Ok(q)) = tokio::time::timeout(QUIESCE_LOOK_TIMEOUT, host.quiesces()).await {
+            held += q.len();
+        }
+    }
+    held >= site.layout.pairs.len()
 }
 
 pub(super) async fn submit(site: &LocalSite, kind: JobKind) -> Result<u64, NodeError> {
@@ -325,7 +371,7 @@ pub(super) async fn job_of(site: &LocalSite, id: u64) -> Option<Job> {
         .await
         .ok()?;
     let state: ClusterState = serde_json::from_slice(&reply.json).ok()?;
-    state.jobs.jobs.get(&id).cloned()
+    state.jobs.jobs.get(&id).map(|j| (**j).clone())
 }
 
 /// Prints the job's timeline as the log records it until it ends; kills the leader once at
@@ -357,35 +403,28 @@ pub(super) async fn follow_for(
             if let JobState::Ended { end, .. } = &job.state {
                 return Ok(end.clone());
             }
-            if let Some(KillPoint::MvsQuiesced) = kill {
-                let quiesced = job
-                    .steps
-                    .iter()
-                    .filter(|s| matches!(s.call, StepCall::Quiesce { .. }));
-                let all = quiesced.clone().count();
-                if all > 0
-                    && quiesced
-                        .filter(|s| matches!(s.state, StepState::Done { .. }))
-                        .count()
-                        == all
-                {
-                    let leader = site.leader().await?;
-                    site.kill(leader).await;
-                    say(format!(
-                        "          >>> SIGKILL the leader's agent ({}) inside the freeze window",
-                        site.name(leader)
-                    ));
-                    // Restarted at once, it could lead again in its own term (its vote is
-                    // committed); kept down until another agent leads, the job changes hands.
-                    let new = site.leader().await?;
-                    say(format!(
-                        "          >>> {} leads now; it takes the job over; restarting {}",
-                        site.name(new),
-                        site.name(leader)
-                    ));
-                    site.restart(leader).await?;
-                    kill = None;
-                }
+            if let Some(KillPoint::MvsQuiesced) = kill
+                && all_mvs_quiesced(site).await
+            {
+                let leader = site.leader().await?;
+                site.kill(leader).await;
+                say(format!(
+                    "          >>> SIGKILL the leader's agent ({}) inside the freeze window: db1 and db2 hold their MVs quiesced, the separates are not answered yet",
+                    site.name(leader)
+                ));
+                // The rest of the window is the failover's: separates are admitted at
+                // once again.
+                set_separate_delay(site, 0).await?;
+                // Restarted at once, it could lead again in its own term (its vote is
+                // committed); kept down until another agent leads, the job changes hands.
+                let new = site.leader().await?;
+                say(format!(
+                    "          >>> {} leads now; it takes the job over; restarting {}",
+                    site.name(new),
+                    site.name(leader)
+                ));
+                site.restart(leader).await?;
+                kill = None;
             }
         }
         if started.elapsed() > timeout {

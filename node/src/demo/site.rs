@@ -116,6 +116,18 @@ fn array_placement<'a>(layout: &'a SiteLayout, array: &str) -> Option<&'a Proces
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid` with kill(1).
+fn send_signal(pid: u32, signal: &str) -> Result<(), NodeError> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .map_err(|e| NodeError::Invalid(format!("cannot run kill: {e}")))?;
+    if !status.success() {
+        return Err(NodeError::Invalid(format!("kill -{signal} {pid} failed")));
+    }
+    Ok(())
+}
+
 /// Waits (bounded) until the array at `address` answers.
 async fn connect_array_at(address: &str) -> Result<RemoteArray, NodeError> {
     crate::wait::until("the array to answer", FORM_TIMEOUT, || async move {
@@ -413,25 +425,48 @@ impl LocalSite {
         self.layout.name(slot)
     }
 
-    /// SIGKILLs the array process and reaps it.
+    /// SIGKILLs the array process A1 and reaps it.
     pub async fn kill_array(&mut self) {
-        if let Some(mut child) = self.array.take() {
+        self.kill_array_of(A1).await
+    }
+
+    /// SIGKILLs the process of array `array` (A1, or A2 when the site has it) and reaps it.
+    pub async fn kill_array_of(&mut self, array: &str) {
+        if let Some(mut child) = self.array_process(array).take() {
             let _ = child.kill().await;
         }
     }
 
-    /// Starts the array process again (same config, data dir and address) and waits until it
-    /// answers.
+    /// Starts the array process A1 again (same config, data dir and address) and waits until
+    /// it answers.
     pub async fn restart_array(&mut self) -> Result<(), NodeError> {
-        if self.array.is_none() {
-            self.array = Some(spawn_array(
+        self.restart_array_of(A1).await
+    }
+
+    /// Starts array `array` again (same config, data dir and address) and waits until it
+    /// answers.
+    pub async fn restart_array_of(&mut self, array: &str) -> Result<(), NodeError> {
+        // Refuses an array the site does not have.
+        self.array_endpoint_of(array)?;
+        if self.array_process(array).is_none() {
+            let child = spawn_array(
                 &self.bin,
                 &self.dir,
-                A1,
-                array_placement(&self.layout, A1),
-            )?);
+                array,
+                array_placement(&self.layout, array),
+            )?;
+            *self.array_process(array) = Some(child);
         }
-        self.connect_array().await.map(drop)
+        self.connect_array_of(array).await.map(drop)
+    }
+
+    /// The process slot of array `array`: A2's, or A1's for any other name.
+    fn array_process(&mut self, array: &str) -> &mut Option<Child> {
+        if array == A2 {
+            &mut self.remote_array
+        } else {
+            &mut self.array
+        }
     }
 
     /// The array process's id, if it runs.
@@ -508,14 +543,21 @@ impl LocalSite {
         let pid = self
             .pid(slot)
             .ok_or_else(|| NodeError::Invalid(format!("{} is not running", self.name(slot))))?;
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .map_err(|e| NodeError::Invalid(format!("cannot run kill: {e}")))?;
-        if !status.success() {
-            return Err(NodeError::Invalid(format!("kill -{signal} {pid} failed")));
-        }
-        Ok(())
+        send_signal(pid, signal)
+    }
+
+    /// Sends `signal` to the process of array `array` (A1, or A2 when the site has it).
+    pub fn signal_array(&self, array: &str, signal: &str) -> Result<(), NodeError> {
+        let child = if array == A2 {
+            &self.remote_array
+        } else {
+            &self.array
+        };
+        let pid = child
+            .as_ref()
+            .and_then(|c| c.id())
+            .ok_or_else(|| NodeError::Invalid(format!("array {array} is not running")))?;
+        send_signal(pid, signal)
     }
 
     /// The process id of agent `slot`, if it runs.
