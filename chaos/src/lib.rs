@@ -45,7 +45,8 @@
 //! minority/majority split, one-way loss at the leader, the array cut from one agent; a slow
 //! link: a token bucket on what one process sends or receives, so its messages are late and,
 //! past the bucket's latency bound, dropped; a lossy link: a share of one process's packets
-//! dropped at random whatever the load; array
+//! dropped at random whatever the load; a delayed link: every packet of one process held
+//! 20–400 ms, with a jitter that lets packets overtake each other; array
 //! faults the software array serves: a slow copy pace, a failed RV LD, at any moment or while
 //! its pair copies, the RDR link from A1 to A2 down for 1–15 s; and the backup node's RV stop hook failing or hanging, an ordinary command
 //! hook in its config whose outcome a flag file decides ([`run::inject`])) and when
@@ -70,8 +71,10 @@
 //! change nothing in how stillpoint names its peers. A slow link is a `tbf` qdisc on one end of
 //! a process's veth (this kernel has no `netem`): a congested link, late under load and lossy
 //! past its bound, never a fixed delay on an idle link. A lossy link is an nftables rule on
-//! the `egress` or `ingress` hook of a process's device, dropping packets at random (`net`'s
-//! essay says what each models and what not). Everything made (namespaces, veths, the
+//! the `egress` or `ingress` hook of a process's device, dropping packets at random. A delayed
+//! link is iptables' NFQUEUE target in the process's namespace handing its packets to a
+//! thread of the harness, which holds each for its drawn time (`net`'s essay says what each
+//! models and what not). Everything made (namespaces, veths, the
 //! bridge) is removed when the run's [`net::SiteNet`] is dropped, on a panic too; what a run
 //! killed outright left is removed by the next one (names carry the owner's pid). Without
 //! root or `ip netns` the partition faults are left out, the run says so, and a seed draws

@@ -10,8 +10,6 @@
 
 mod common;
 
-use common::enter;
-use std::net::UdpSocket;
 use std::time::Duration;
 
 use stillpoint_chaos::net::{self, Direction, Loss, SiteNet};
@@ -24,48 +22,17 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Sends [`DATAGRAMS`] small datagrams from `from`'s namespace to `to`'s, paced so no buffer
 /// overflows; returns how many `to` received.
 fn count_through(from: &net::NetNode, to: &net::NetNode) -> u32 {
-    let (to_ns, to_ip) = (to.netns.clone(), to.ip.clone());
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    let receiver = std::thread::spawn(move || -> Result<u32, String> {
-        enter(&to_ns)?;
-        let socket =
-            UdpSocket::bind((to_ip.as_str(), PORT)).map_err(|e| format!("bind {to_ip}: {e}"))?;
-        socket
-            .set_read_timeout(Some(QUIET))
-            .map_err(|e| e.to_string())?;
-        let _ = ready_tx.send(());
-        let mut got = 0;
-        let mut buf = [0u8; 64];
-        // Bounded: every datagram is counted once, and the loop ends at the first quiet spell.
-        while socket.recv(&mut buf).is_ok() {
-            got += 1;
-        }
-        Ok(got)
-    });
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the receiver is up");
-    let (from_ns, to_ip) = (from.netns.clone(), to.ip.clone());
-    std::thread::spawn(move || -> Result<(), String> {
-        enter(&from_ns)?;
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        for i in 0..DATAGRAMS {
-            socket
-                .send_to(&i.to_be_bytes(), (to_ip.as_str(), PORT))
-                .map_err(|e| format!("send: {e}"))?;
-            if i % 50 == 49 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        Ok(())
-    })
-    .join()
-    .expect("the sender thread")
-    .expect("the sender");
-    receiver
-        .join()
-        .expect("the receiver thread")
-        .expect("the receiver")
+    common::udp_through(
+        from,
+        to,
+        PORT,
+        DATAGRAMS,
+        50,
+        Duration::from_millis(1),
+        QUIET,
+        |i| i.to_be_bytes().to_vec(),
+    )
+    .len() as u32
 }
 
 #[test]

@@ -169,33 +169,27 @@ pub fn loss_unavailable() -> Option<String> {
     if let Some(why) = super::unavailable() {
         return Some(why);
     }
-    let probe = format!("sploss{}", std::process::id() % 100_000);
-    if let Err(e) = run_bounded("ip", &["netns", "add", &probe]) {
-        return Some(format!("cannot make a namespace: {e}"));
-    }
-    let made = run_bounded(
-        "ip",
-        &[
-            "-n", &probe, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-        ],
-    )
-    .and_then(|_| nft(&probe, &["add", "table", "netdev", TABLE]))
-    .and_then(|_| {
-        nft(
-            &probe,
-            &[
-                "add",
-                "chain",
-                "netdev",
-                TABLE,
-                "probe",
-                &base_chain("egress"),
-            ],
-        )
-    });
-    let _ = run_bounded("ip", &["netns", "del", &probe]);
-    made.err().map(|e| {
-        format!("no nftables with netdev egress hooks (`nft`, from Debian's nftables package): {e}")
+    super::probe_namespace("sploss", |probe| {
+        nft(probe, &["add", "table", "netdev", TABLE])
+            .and_then(|_| {
+                nft(
+                    probe,
+                    &[
+                        "add",
+                        "chain",
+                        "netdev",
+                        TABLE,
+                        "probe",
+                        &base_chain("egress"),
+                    ],
+                )
+            })
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "no nftables with netdev egress hooks (`nft`, from Debian's nftables package): {e}"
+                )
+            })
     })
 }
 

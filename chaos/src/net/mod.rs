@@ -1,8 +1,10 @@
-//! Network partitions, slow links and lossy links: every process of a site in its own
+//! Network partitions, slow, lossy and delayed links: every process of a site in its own
 //! network namespace, all of them on one bridge; cuts made by pointing a namespace's neighbour
 //! entry for a peer at a hardware address no port owns, slow links by a token bucket filter
 //! (`tc ... tbf`) on one end of a process's veth, lossy links by an nftables rule dropping
-//! packets at random inside the process's namespace ([`loss`]).
+//! packets at random inside the process's namespace ([`loss`]), delayed links by a rule that
+//! hands the process's packets to a thread of the harness holding each for a drawn time
+//! ([`delay`]).
 //!
 //! ## The network
 //! [`SiteNet::create`] makes, for a run, a bridge `sp<pid>x<k>b` in the machine's namespace
@@ -46,14 +48,13 @@
 //! while a bulk transfer filled it.
 //!
 //! Why tbf: this machine's kernel has no `netem` (`tc qdisc add ... netem` fails: "Specified
-//! qdisc kind is unknown"), no `gact` action and no iptables, while `tbf` and `htb` work, in
+//! qdisc kind is unknown") and no `gact` action, while `tbf` and `htb` work, in
 //! namespaces too. What tbf cannot do: delay a packet on an idle link (a packet that finds
 //! tokens leaves at once, so a lone heartbeat is late only when other traffic fills the
 //! queue), or lose packets at random independently of the load (it drops only what overflows
 //! its latency bound). Random loss independent of the load is made with nftables instead
-//! ([`loss`]). A fixed delay without load, duplication and reordering need `netem` (or a
-//! qdisc this kernel lacks, such as `fq` for timestamped departures); the harness does not
-//! pretend to them.
+//! ([`loss`]); a delay on an idle link, with the reordering a jitter brings and the duplicate
+//! segments TCP then sends, with NFQUEUE and a thread that holds packets ([`delay`]).
 //!
 //! ## Why not a TCP proxy
 //! A proxy per peer pair needs one address per peer in every agent's configuration (raft
@@ -68,8 +69,10 @@
 //! process `<pid>` no longer exists, and kills the processes still running inside such a
 //! namespace.
 
+mod delay;
 mod loss;
 
+pub use delay::{DRAIN, Delay, DelayStats, Held, QUEUE_PACKETS_MAX, delay_unavailable};
 pub use loss::{Loss, LossStats, loss_unavailable};
 
 use std::path::Path;
@@ -121,10 +124,11 @@ impl Drop for NetLock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     /// What the process sends: a throttle on `eth0` inside its namespace, a loss on the
-    /// namespace's `output` hook.
+    /// `egress` hook of that `eth0`, a delay on the namespace's `OUTPUT` chain.
     Out,
     /// What the process receives: a throttle on the bridge-side end of its veth, in the
-    /// machine's namespace; a loss on the namespace's `input` hook.
+    /// machine's namespace; a loss on the `ingress` hook of its `eth0`, a delay on its
+    /// namespace's `INPUT` chain.
     In,
 }
 
@@ -268,6 +272,8 @@ pub struct SiteNet {
     throttles: std::collections::BTreeMap<(usize, Direction), Throttle>,
     /// Random losses in place, by (node index, direction) ([`loss`]).
     losses: std::collections::BTreeMap<(usize, Direction), Loss>,
+    /// Delays in place, by (node index, direction), each with its thread ([`delay`]).
+    delays: std::collections::BTreeMap<(usize, Direction), delay::Holder>,
 }
 
 /// Bound on one `ip` or `tc` command (netlink calls answered at once; a hung one is killed).
@@ -347,6 +353,37 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// Moves the calling thread into the network namespace `netns` (made by `ip netns add`):
+/// the thread's sockets are then the namespace's. Only this thread moves.
+pub fn enter(netns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{netns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    // SAFETY: setns on an open descriptor of a network namespace; it changes only this
+    // thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Tries `check` in a throwaway namespace `<prefix><pid>` holding a veth pair (`eth0`, and
+/// its peer `eth1`), then deletes the namespace: what a fault kind needs of the kernel and
+/// its tools, tried where it touches nothing else. `None` when it works, else why not.
+fn probe_namespace(prefix: &str, check: impl FnOnce(&str) -> Result<(), String>) -> Option<String> {
+    let probe = format!("{prefix}{}", std::process::id() % 100_000);
+    if let Err(e) = ip(&["netns", "add", &probe]) {
+        return Some(format!("cannot make a namespace: {e}"));
+    }
+    let made = ip(&[
+        "-n", &probe, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])
+    .and_then(|_| check(&probe));
+    let _ = ip(&["netns", "del", &probe]);
+    made.err()
+}
+
 /// The pid a `sp<pid>x…` name belongs to.
 fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("sp")?;
@@ -418,6 +455,7 @@ impl SiteNet {
             cuts: Default::default(),
             throttles: Default::default(),
             losses: Default::default(),
+            delays: Default::default(),
         };
         // From here on, dropping `net` removes whatever was made.
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
@@ -606,10 +644,15 @@ impl SiteNet {
             .collect()
     }
 
-    /// Removes every cut and lifts every throttle and loss. Each is tried; the first error is
-    /// returned after all were tried.
+    /// Removes every cut and lifts every throttle, loss and delay. Each is tried; the first
+    /// error is returned after all were tried.
     pub fn heal(&mut self) -> Result<(), String> {
         let mut first = None;
+        for ((i, dir), holder) in std::mem::take(&mut self.delays) {
+            if let Err(e) = self.lift_delay(i, dir, holder) {
+                first.get_or_insert(e);
+            }
+        }
         for (i, dir) in std::mem::take(&mut self.losses).into_keys() {
             if let Err(e) = self.lift_loss(i, dir) {
                 first.get_or_insert(e);
@@ -642,7 +685,9 @@ impl Drop for SiteNet {
     fn drop(&mut self) {
         // Deleting one end of a veth deletes both, even while a process still runs inside the
         // namespace (which then outlives its name until that process ends); a throttle's
-        // qdisc goes with its device.
+        // qdisc goes with its device, a delay's rule with its namespace. A delay's thread is
+        // stopped first (its held packets let go).
+        self.delays.clear();
         for n in &self.nodes {
             let _ = ip(&["link", "del", &n.host_veth]);
             let _ = ip(&["netns", "del", &n.netns]);

@@ -9,10 +9,11 @@
 //! CAVEATS), so their writer can end on the error and its MV's tail be torn. Copying pairs in
 //! abnormal suspend otherwise keep taking MV writes: nobody else is touched.
 //!
-//! A slow or lossy link ([`FaultKind::SlowLink`], [`FaultKind::LossyLink`]) is judged as a cut
-//! between a host and the array (`cut-array`) when it harms the link an MV's writes take: the
-//! writer's own host's, or the array's (every MV's writes pass it). A write there waits in the
-//! throttle's queue, or is dropped and sent again by TCP, so the application's writes crawl (a
+//! A slow, lossy or delayed link ([`FaultKind::SlowLink`], [`FaultKind::LossyLink`],
+//! [`FaultKind::DelayLink`]) is judged as a cut between a host and the array (`cut-array`)
+//! when it harms the link an MV's writes take: the writer's own host's, or the array's (every
+//! MV's writes pass it). A write there waits in the throttle's queue or the delay's hold, or
+//! is dropped and sent again by TCP, so the application's writes crawl (a
 //! stall the quiesce has no part in), and a write can fail: the array's data client bounds a
 //! connect at 5 s and a call at 30 s (`stillpoint_array::CONNECT_TIMEOUT`, `CALL_TIMEOUT`), and
 //! a SYN dropped twice (retried after 1 s, then 2 s more) outlasts the first. A failed write
@@ -34,8 +35,11 @@ use super::schedule::FaultKind;
 pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
     let on = |name: &str| w.targets.iter().any(|t| t == name);
     match w.kind {
-        FaultKind::KillArray => on("A1"),
-        FaultKind::SlowLink | FaultKind::LossyLink => on(host) || on("A1"),
+        // A2's window also names the RDR pairs' business nodes (`array_proc`).
+        FaultKind::KillArray => on("A1") || on(host),
+        // A stopped array refuses nothing: only A2 stopped past a peer call's bound could.
+        FaultKind::PauseArray => on(host),
+        k if k.is_link_fault() => on(host) || on("A1"),
         FaultKind::RdrLinkDown => on(host),
         FaultKind::CutArray
         | FaultKind::KillLeader
@@ -67,9 +71,7 @@ pub fn excuses(w: &FaultWindow, host: &str) -> bool {
         | FaultKind::MvHookFails
         | FaultKind::MvHookHangs
         | FaultKind::MvHolder => false,
-        FaultKind::SlowLink | FaultKind::LossyLink => {
-            w.targets.iter().any(|t| t == host || t == "A1")
-        }
+        k if k.is_link_fault() => w.targets.iter().any(|t| t == host || t == "A1"),
         FaultKind::RdrLinkDown => w.targets.iter().any(|t| t == host),
         _ => w.targets.iter().any(|t| t == host || t == "A1"),
     }

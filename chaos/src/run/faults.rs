@@ -1,7 +1,8 @@
 //! Striking faults on the live site and removing them: SIGKILL and restart, SIGSTOP and
-//! SIGCONT, of agents and of the array process, cuts and slow links in the site's network
-//! ([`crate::net`], [`super::slow`]), and array and hook faults ([`super::inject`]). The schedule says what and when; the live site says who leads and who
-//! holds a quiesce at that moment.
+//! SIGCONT, of agents and of the array processes ([`super::array_proc`]), cuts and link
+//! faults in the site's network ([`crate::net`], [`super::link`]), and array and hook faults
+//! ([`super::inject`]). The schedule says what and when; the live site says who leads and
+//! who holds a quiesce at that moment.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use super::records::{FaultWindow, now_ms};
 use super::schedule::{FaultKind, PlannedFault};
 
 /// Bound on restarting one agent (its host's boot: volumes attached, MVs mounted, apps started).
-const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a kill-while-quiesced fault waits for some business node to hold a quiesce.
 const QUIESCE_WAIT: Duration = Duration::from_secs(15);
 
@@ -61,7 +62,6 @@ impl Harness {
             .filter(|s| alive[*s] && Some(*s) != leader)
             .collect();
         let pick = |items: &[usize]| items[(f.pick % items.len() as u64) as usize];
-        let start_ms = now_ms();
         let targets: Vec<usize> = match f.kind {
             FaultKind::KillLeader | FaultKind::PauseLeader => match leader {
                 Some(l) => vec![l],
@@ -88,18 +88,8 @@ impl Harness {
                 }
                 t
             }
-            FaultKind::KillArray => {
-                self.site.kill_array().await;
-                self.note(format!("SIGKILL the array A1 for {} ms", f.hold_ms));
-                tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
-                let restarted =
-                    tokio::time::timeout(RESTART_TIMEOUT, self.site.restart_array()).await;
-                match restarted {
-                    Ok(Ok(())) => self.note("array A1 restarted".into()),
-                    Ok(Err(e)) => self.note(format!("array A1 restart failed: {e}")),
-                    Err(_) => self.note("array A1 restart timed out".into()),
-                }
-                self.window(f.kind, vec!["A1".into()], start_ms);
+            FaultKind::KillArray | FaultKind::PauseArray => {
+                self.array_process_fault(f).await;
                 return;
             }
             FaultKind::IsolateLeader
@@ -111,7 +101,7 @@ impl Harness {
                 self.partition(f, leader, &others).await;
                 return;
             }
-            FaultKind::SlowLink | FaultKind::LossyLink => {
+            FaultKind::SlowLink | FaultKind::LossyLink | FaultKind::DelayLink => {
                 self.link_fault(f, leader, &others).await;
                 return;
             }

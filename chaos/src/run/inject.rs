@@ -105,6 +105,25 @@ impl Harness {
         }
     }
 
+    /// `A2`, then every business node whose MV is of an RDR pair: the targets of a fault that
+    /// cuts A1 from A2 (the link down, A2 killed or stopped). While A1 cannot reach A2, a
+    /// separate it suspended refuses those MVs' writes to the blocks it has not copied yet
+    /// (see `excuse`).
+    pub(super) fn a2_and_rdr_business_nodes(&self) -> Vec<String> {
+        let mut targets: Vec<String> = self
+            .site
+            .layout
+            .pairs
+            .iter()
+            .filter(|p| p.rdr)
+            .map(|p| self.site.name(p.mv_node))
+            .collect();
+        targets.sort();
+        targets.dedup();
+        targets.insert(0, A2.into());
+        targets
+    }
+
     /// Strikes an array or hook fault, holds it, removes it; records the window.
     pub(super) async fn strike_injected(&mut self, f: &PlannedFault) {
         let pairs = &self.site.layout.pairs;
@@ -165,14 +184,7 @@ impl Harness {
                 // Targets: the link's far end, and the business nodes whose MVs are of RDR
                 // pairs (a separate the link suspends refuses their writes to the blocks it
                 // has not copied yet: see `excuse`).
-                let mut targets: Vec<String> = pairs
-                    .iter()
-                    .filter(|p| p.rdr)
-                    .map(|p| self.site.name(p.mv_node))
-                    .collect();
-                targets.sort();
-                targets.dedup();
-                targets.insert(0, A2.into());
+                let targets = self.a2_and_rdr_business_nodes();
                 (
                     Injected::ArrayOf(A1, Fault::LinkDown { peer: A2.into() }),
                     Injected::ArrayOf(A1, Fault::LinkUp { peer: A2.into() }),

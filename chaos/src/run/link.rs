@@ -1,8 +1,9 @@
 //! The link faults: one process's link made slow ([`FaultKind::SlowLink`], a token bucket
-//! filter, [`crate::net::SiteNet::throttle`]) or lossy ([`FaultKind::LossyLink`], packets
-//! dropped at random, [`crate::net::SiteNet::lose`]) for the hold, then lifted. What each is
-//! and what it cannot be (no netem here): the essay of [`crate::net`] and of its `loss`
-//! module.
+//! filter, [`crate::net::SiteNet::throttle`]), lossy ([`FaultKind::LossyLink`], packets
+//! dropped at random, [`crate::net::SiteNet::lose`]) or delayed ([`FaultKind::DelayLink`],
+//! every packet held for a drawn time, [`crate::net::SiteNet::delay`]) for the hold, then
+//! lifted. What each is and what it cannot be (no netem here): the essay of [`crate::net`]
+//! and of its `loss` and `delay` modules.
 //!
 //! Which link, which way and how bad is drawn from the fault's number ([`plan`], pure); who
 //! the leader is comes from the live site. The leader's link most often (five draws in eight):
@@ -25,13 +26,19 @@
 //! hundreds of milliseconds now and then, and at the high rates a call or a connect can time
 //! out.
 //!
+//! A delayed link: every packet held 20, 50, 100, 200 or 400 ms, give or take none, half or
+//! all of that (uniform, drawn per packet). With a jitter, packets overtake each other; past
+//! 200 ms TCP's retransmission timer fires before the acknowledgement arrives and the segment
+//! is sent again (the receiver discards the duplicate). At 400 ms on the leader's link its
+//! heartbeats arrive 0–800 ms late, around a follower's election timeout.
+//!
 //! The notes at the strike and at the lift say what the agents see then (the leader and term
 //! most of them agree on, and any agent that differs: [`describe`]) and what the link sent and
 //! dropped.
 
 use std::time::Duration;
 
-use crate::net::{Direction, Loss, SiteNet, Throttle};
+use crate::net::{Delay, Direction, Loss, SiteNet, Throttle};
 
 use super::faults::Harness;
 use super::observe::{self, with};
@@ -55,10 +62,14 @@ pub enum Whose {
 pub enum Harm {
     Slow(Throttle),
     Lossy(Loss),
+    Delayed(Delay),
 }
 
 /// The loss rates a lossy link draws from, per mille.
 pub const LOSS_PER_MILLE: [u32; 6] = [10, 20, 50, 100, 200, 300];
+
+/// The mean holds a delayed link draws from, in ms.
+pub const DELAY_BASE_MS: [u64; 5] = [20, 50, 100, 200, 400];
 
 /// What a link fault does, drawn from its number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,8 +79,8 @@ pub struct LinkFault {
     pub harm: Harm,
 }
 
-/// The link fault of kind `kind` (`SlowLink` or `LossyLink`) and number `pick` (see the
-/// module's essay).
+/// The link fault of kind `kind` (`SlowLink`, `LossyLink` or `DelayLink`) and number
+/// `pick` (see the module's essay).
 pub fn plan(kind: FaultKind, pick: u64) -> LinkFault {
     let whose = match pick % 8 {
         0..=4 => Whose::Leader,
@@ -85,6 +96,14 @@ pub fn plan(kind: FaultKind, pick: u64) -> LinkFault {
         FaultKind::LossyLink => Harm::Lossy(Loss {
             per_mille: LOSS_PER_MILLE[((pick / 24) % LOSS_PER_MILLE.len() as u64) as usize],
         }),
+        FaultKind::DelayLink => {
+            let base_ms = DELAY_BASE_MS[((pick / 24) % DELAY_BASE_MS.len() as u64) as usize];
+            Harm::Delayed(Delay {
+                base_ms,
+                jitter_ms: base_ms * ((pick / 120) % 3) / 2,
+                seed: pick,
+            })
+        }
         _ => Harm::Slow(Throttle {
             rate_bits_per_s: 16_000 << ((pick / 24) % 5),
             burst_bytes: BURST_BYTES,
@@ -104,6 +123,7 @@ impl Harm {
         match self {
             Harm::Slow(t) => net.throttle(name, dir, *t),
             Harm::Lossy(l) => net.lose(name, dir, *l),
+            Harm::Delayed(d) => net.delay(name, dir, *d),
         }
     }
 
@@ -127,6 +147,14 @@ impl Harm {
                 Ok(None) => format!("{way}: not in place"),
                 Err(e) => format!("{way}: lifting failed ({e}; the heal retries)"),
             },
+            Harm::Delayed(_) => match net.undelay(name, dir) {
+                Ok(Some(s)) => format!(
+                    "{way}: held {} packets, {} overtaken, at most {} at once, the longest {} ms",
+                    s.packets, s.overtaken, s.held_max, s.hold_ms_max
+                ),
+                Ok(None) => format!("{way}: not in place"),
+                Err(e) => format!("{way}: lifting failed ({e})"),
+            },
         }
     }
 
@@ -142,6 +170,10 @@ impl Harm {
             Harm::Lossy(l) => format!(
                 "made lossy ({:.1}% of packets dropped)",
                 l.per_mille as f64 / 10.0
+            ),
+            Harm::Delayed(d) => format!(
+                "delayed (every packet held {} ± {} ms)",
+                d.base_ms, d.jitter_ms
             ),
         }
     }
@@ -176,7 +208,7 @@ impl Harness {
             });
             return;
         };
-        // `tc` and `nft` commands block (a few milliseconds each): off the runtime's async
+        // `tc`, `nft` and `iptables` commands block (a few milliseconds each): off the runtime's async
         // work.
         let made = tokio::task::block_in_place(|| {
             for dir in &plan.directions {
@@ -276,7 +308,7 @@ mod tests {
     fn throttle(p: &LinkFault) -> Throttle {
         match p.harm {
             Harm::Slow(t) => t,
-            Harm::Lossy(l) => panic!("a slow link drew a loss: {l:?}"),
+            other => panic!("a slow link drew {other:?}"),
         }
     }
 
@@ -336,6 +368,35 @@ mod tests {
             assert!(matches!(lossy.harm, Harm::Lossy(_)), "{lossy:?}");
             assert_eq!(
                 (lossy.whose, &lossy.directions),
+                (slow.whose, &slow.directions)
+            );
+        }
+    }
+
+    #[test]
+    fn a_delayed_link_draws_every_hold_and_jitter_and_the_same_links_as_a_slow_one() {
+        let plans = draws(FaultKind::DelayLink);
+        let delays: Vec<Delay> = plans
+            .iter()
+            .map(|p| match p.harm {
+                Harm::Delayed(d) => d,
+                other => panic!("a delayed link drew {other:?}"),
+            })
+            .collect();
+        for base in DELAY_BASE_MS {
+            for jitter in [0, base / 2, base] {
+                assert!(
+                    delays
+                        .iter()
+                        .any(|d| d.base_ms == base && d.jitter_ms == jitter),
+                    "{base} ± {jitter} ms"
+                );
+            }
+        }
+        assert!(delays.iter().all(|d| d.check().is_ok()), "{delays:?}");
+        for (delayed, slow) in plans.iter().zip(draws(FaultKind::SlowLink)) {
+            assert_eq!(
+                (delayed.whose, &delayed.directions),
                 (slow.whose, &slow.directions)
             );
         }

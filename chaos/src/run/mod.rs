@@ -26,6 +26,7 @@
 //! A failing schedule keeps its dir (configs, data, every process's log, `audit.log`) and its
 //! report carries a timeline of faults, observations and job steps.
 
+pub mod array_proc;
 pub mod check;
 pub mod excuse;
 pub mod faults;

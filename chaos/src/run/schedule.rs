@@ -42,7 +42,8 @@ pub enum FaultKind {
     /// SIGKILL several agents at once (the leader among them), up to all of them: sometimes a
     /// majority survives, sometimes not.
     KillMany,
-    /// SIGKILL the array process; restart it after the hold.
+    /// SIGKILL an array process, restarted after the hold on the same data dir and address:
+    /// A1, or A2 one time in three on a site with RDR pairs ([`super::array_proc`]).
     KillArray,
     /// SIGKILL a business node's agent while it holds an MV quiesced (waits, bounded, for one).
     KillQuiesced,
@@ -95,13 +96,20 @@ pub enum FaultKind {
     /// receives, or both dropped at random, whatever the load — the same links as
     /// [`FaultKind::SlowLink`] — for the hold.
     LossyLink,
+    /// A delayed link ([`crate::net::SiteNet::delay`]): every packet one process sends,
+    /// receives, or both held 20–400 ms, with a jitter of none, half or all of that (packets
+    /// then overtake each other) — the same links as [`FaultKind::SlowLink`] — for the hold.
+    DelayLink,
+    /// SIGSTOP an array process for 0.3–5 s, then SIGCONT: A1, or A2 one time in three on a
+    /// site with RDR pairs ([`super::array_proc`]).
+    PauseArray,
     /// The RDR link from A1 to A2 goes down (`Fault::LinkDown` on A1) for 1–15 s, then up
     /// again; only on a site with RDR pairs.
     RdrLinkDown,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 24] = [
+    pub const ALL: [FaultKind; 26] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -126,6 +134,8 @@ impl FaultKind {
         FaultKind::SlowLink,
         FaultKind::LossyLink,
         FaultKind::RdrLinkDown,
+        FaultKind::DelayLink,
+        FaultKind::PauseArray,
     ];
 
     /// Whether the fault is a cut in the network (needs network namespaces).
@@ -142,15 +152,18 @@ impl FaultKind {
     }
 
     /// Whether the fault needs every process in its own network namespace: the cuts, and
-    /// the slow and lossy links.
+    /// the slow, lossy and delayed links.
     pub fn needs_namespaces(self) -> bool {
         self.is_partition() || self.is_link_fault()
     }
 
-    /// Whether the fault harms one process's link without cutting it: slow or lossy
-    /// ([`super::link`]).
+    /// Whether the fault harms one process's link without cutting it: slow, lossy or
+    /// delayed ([`super::link`]).
     pub fn is_link_fault(self) -> bool {
-        matches!(self, FaultKind::SlowLink | FaultKind::LossyLink)
+        matches!(
+            self,
+            FaultKind::SlowLink | FaultKind::LossyLink | FaultKind::DelayLink
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -178,6 +191,8 @@ impl FaultKind {
             FaultKind::MvHolder => "mv-holder",
             FaultKind::SlowLink => "slow-link",
             FaultKind::LossyLink => "lossy-link",
+            FaultKind::DelayLink => "delay-link",
+            FaultKind::PauseArray => "pause-array",
             FaultKind::RdrLinkDown => "rdr-link-down",
         }
     }
@@ -217,6 +232,8 @@ impl FaultKind {
             FaultKind::MvHolder => 6,
             FaultKind::SlowLink => 14,
             FaultKind::LossyLink => 12,
+            FaultKind::DelayLink => 12,
+            FaultKind::PauseArray => 8,
         }
     }
 }
@@ -283,7 +300,9 @@ impl Schedule {
                 roll -= weight(k);
             }
             let hold_ms = match kind {
-                FaultKind::PauseLeader | FaultKind::PauseFollower => rng.range(300, 5_000),
+                FaultKind::PauseLeader | FaultKind::PauseFollower | FaultKind::PauseArray => {
+                    rng.range(300, 5_000)
+                }
                 FaultKind::KillArray => rng.range(200, 4_000),
                 k if k.is_partition() => rng.range(500, 8_000),
                 FaultKind::SlowCopy => rng.range(2_000, 12_000),
@@ -295,7 +314,7 @@ impl Schedule {
                 | FaultKind::MvHolder => rng.range(1_000, 15_000),
                 // Long enough for late heartbeats to add up to an election (a follower
                 // campaigns after about 800 ms without one).
-                FaultKind::SlowLink | FaultKind::LossyLink => rng.range(2_000, 10_000),
+                k if k.is_link_fault() => rng.range(2_000, 10_000),
                 FaultKind::RdrLinkDown => rng.range(1_000, 15_000),
                 _ => rng.range(200, 6_000),
             };
@@ -358,7 +377,7 @@ mod tests {
             Schedule::draw(7, 30_000, true, &[]),
             Schedule::draw(7, 30_000, true, &[])
         );
-        // 24 kinds, the rarest (rv-hook-hangs, mv-hook-hangs) weighing 5 of about 250, and
+        // 26 kinds, the rarest (rv-hook-hangs, mv-hook-hangs) weighing 5 of about 270, and
         // rdr-link-down only on the half of the sites with RDR pairs: 100 seeds draw each.
         let all: Vec<Schedule> = (0..100)
             .map(|s| Schedule::draw(s, 30_000, true, &[]))

@@ -17,7 +17,6 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -102,15 +101,67 @@ pub fn struck(stdout: &str, kind: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Moves the calling thread into the network namespace `netns` (made by `ip netns add`).
-pub fn enter(netns: &str) -> Result<(), String> {
-    let path = format!("/run/netns/{netns}");
-    let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
-    // SAFETY: setns on a valid open descriptor of a network namespace; it changes only this
-    // thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
+/// Moves the calling thread into a namespace of a test network.
+#[allow(unused_imports)]
+pub use stillpoint_chaos::net::enter;
+
+/// Sends `count` UDP datagrams from `from`'s namespace to `to`'s (port `port`), each made by
+/// `make(i)` just before it is sent, pausing `pause` after every `every` of them; returns what
+/// `to` received, in arrival order, each with the instant it arrived, once `quiet` passed
+/// without one. Each end runs on a thread of its own that entered its namespace; every wait is
+/// bounded (a receive timeout).
+#[allow(clippy::too_many_arguments)]
+pub fn udp_through(
+    from: &stillpoint_chaos::net::NetNode,
+    to: &stillpoint_chaos::net::NetNode,
+    port: u16,
+    count: u32,
+    every: u32,
+    pause: std::time::Duration,
+    quiet: std::time::Duration,
+    make: impl Fn(u32) -> Vec<u8> + Send + 'static,
+) -> Vec<(Vec<u8>, Instant)> {
+    use std::net::UdpSocket;
+    let (to_ns, to_ip) = (to.netns.clone(), to.ip.clone());
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || -> Result<Vec<(Vec<u8>, Instant)>, String> {
+        enter(&to_ns)?;
+        let socket =
+            UdpSocket::bind((to_ip.as_str(), port)).map_err(|e| format!("bind {to_ip}: {e}"))?;
+        socket
+            .set_read_timeout(Some(quiet))
+            .map_err(|e| e.to_string())?;
+        let _ = ready_tx.send(());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1500];
+        // Bounded: every datagram is taken once, and the loop ends at the first quiet spell.
+        while let Ok(n) = socket.recv(&mut buf) {
+            got.push((buf[..n].to_vec(), Instant::now()));
+        }
+        Ok(got)
+    });
+    ready
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the receiver is up");
+    let (from_ns, to_ip) = (from.netns.clone(), to.ip.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        enter(&from_ns)?;
+        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        for i in 0..count {
+            socket
+                .send_to(&make(i), (to_ip.as_str(), port))
+                .map_err(|e| format!("send: {e}"))?;
+            if i % every == every - 1 {
+                std::thread::sleep(pause);
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .expect("the sender thread")
+    .expect("the sender");
+    receiver
+        .join()
+        .expect("the receiver thread")
+        .expect("the receiver")
 }
