@@ -7,7 +7,12 @@
 //!   (which on Linux ends in `sync_file_range`, not a full sync);
 //! - `LogStore::append` of one ~200-byte entry, until its flush callback: sled's flush plus the
 //!   store's `fdatasync` of the db file, i.e. what a commit really waits for;
-//! - `LogStore::save_vote` (same flush path).
+//! - `LogStore::save_vote` (same flush path);
+//! - a step's durable journal record (`Journal::begin_step`), one at a time, and
+//!   `FLUSH_BENCH_AT_ONCE` (default 8) at once from as many threads (an executor beginning
+//!   the steps of eight pairs together), until all are durable; the same without the flush
+//!   (`begin_step_unflushed`, what separates and releases use); and as many threads doing
+//!   nothing, the harness's own share of the at-once figures.
 //!
 //! Run: `cargo bench -p stillpoint-storage --bench flush`. The last line is one plain summary.
 
@@ -125,8 +130,93 @@ async fn log_store(dir: &std::path::Path, appends: usize) -> (Figures, Figures) 
     (Figures::of(appended), Figures::of(voted))
 }
 
+/// Step records made durable (`flushed`) or only recorded, one at a time, then `at_once` at a
+/// time from as many threads (the steps of one job): (one record, all `at_once` records), each
+/// over `rounds`.
+fn journal_steps(
+    dir: &std::path::Path,
+    rounds: usize,
+    at_once: usize,
+    flushed: bool,
+) -> (Figures, Figures) {
+    use stillpoint_storage::journal::FencingToken;
+    let store = Store::open(dir).expect("open store");
+    let journal = std::sync::Arc::new(store.journal().expect("journal"));
+    let token = |job_id: u64, step_index: u32| FencingToken {
+        term: 1,
+        job_id,
+        step_index,
+        attempt: 1,
+    };
+    let mut one = Vec::with_capacity(rounds);
+    for round in 0..rounds as u64 {
+        let started = Instant::now();
+        begin(&journal, token(round, 0), flushed);
+        one.push(started.elapsed());
+    }
+    let mut all = Vec::with_capacity(rounds);
+    for round in 0..rounds as u64 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(at_once + 1));
+        let workers: Vec<_> = (0..at_once as u32)
+            .map(|i| {
+                let (journal, barrier) = (journal.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    begin(&journal, token(1_000_000 + round, i), flushed);
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        for w in workers {
+            w.join().expect("a writer");
+        }
+        all.push(started.elapsed());
+    }
+    (Figures::of(one), Figures::of(all))
+}
+
+/// The harness alone: `at_once` threads released together and joined, doing nothing, over
+/// `rounds` (what the at-once figures include besides the journal).
+fn threads_alone(rounds: usize, at_once: usize) -> Figures {
+    let mut all = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(at_once + 1));
+        let workers: Vec<_> = (0..at_once)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        for w in workers {
+            w.join().expect("a thread");
+        }
+        all.push(started.elapsed());
+    }
+    Figures::of(all)
+}
+
+fn begin(
+    journal: &stillpoint_storage::journal::Journal,
+    token: stillpoint_storage::journal::FencingToken,
+    flushed: bool,
+) {
+    if flushed {
+        journal.begin_step(token, None, 0).expect("begin step");
+    } else {
+        journal
+            .begin_step_unflushed(token, None, 0)
+            .expect("begin step");
+    }
+}
+
 fn main() {
     let appends: usize = env_or("FLUSH_BENCH_APPENDS", APPENDS_DEFAULT);
+    let at_once: usize = env_or("FLUSH_BENCH_AT_ONCE", 8);
     let parent: std::path::PathBuf = env_or("FLUSH_BENCH_DIR", std::env::temp_dir());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,14 +236,41 @@ fn main() {
         append.line()
     );
     println!("LogStore::save_vote, {appends} times: {}", vote.line());
+    let journal_dir = tempfile::tempdir_in(&parent).expect("temp dir");
+    let rounds = (appends / at_once).max(10);
+    let (step_one, step_all) = journal_steps(journal_dir.path(), rounds, at_once, true);
     println!(
-        "flush-bench dir={} n={appends} raw_sled_p50_ms={:.3} raw_sled_p99_ms={:.3} append_p50_ms={:.3} append_p99_ms={:.3} vote_p50_ms={:.3} vote_p99_ms={:.3}",
+        "Journal::begin_step 1 record until durable, {rounds} times: {}",
+        step_one.line()
+    );
+    println!(
+        "Journal::begin_step {at_once} records of one job at once until all are durable, {rounds} times: {}",
+        step_all.line()
+    );
+    println!(
+        "{at_once} threads doing nothing, released together and joined, {rounds} times: {}",
+        threads_alone(rounds, at_once).line()
+    );
+    let unflushed_dir = tempfile::tempdir_in(&parent).expect("temp dir");
+    let (raw_one, raw_all) = journal_steps(unflushed_dir.path(), rounds, at_once, false);
+    println!(
+        "Journal::begin_step_unflushed 1 record, {rounds} times: {}",
+        raw_one.line()
+    );
+    println!(
+        "Journal::begin_step_unflushed {at_once} records of one job at once, {rounds} times: {}",
+        raw_all.line()
+    );
+    println!(
+        "flush-bench dir={} n={appends} raw_sled_p50_ms={:.3} raw_sled_p99_ms={:.3} append_p50_ms={:.3} append_p99_ms={:.3} vote_p50_ms={:.3} vote_p99_ms={:.3} step_p50_ms={:.3} steps_{at_once}_at_once_p50_ms={:.3}",
         parent.display(),
         ms(raw.p50),
         ms(raw.p99),
         ms(append.p50),
         ms(append.p99),
         ms(vote.p50),
-        ms(vote.p99)
+        ms(vote.p99),
+        ms(step_one.p50),
+        ms(step_all.p50)
     );
 }
