@@ -23,7 +23,7 @@ use stillpoint_coordinator::inventory::{
     ArraySpec, CopyControl, GroupSpec, Inventory, LdRef, MemberSpec, PairSpec, QuiesceMethod,
     ReplicationKind, VolumeRef, VolumeSpec,
 };
-use stillpoint_coordinator::job::{Action, JobEvent, JobKind, StepCall, StepResult, decide};
+use stillpoint_coordinator::job::{Action, Job, JobEvent, JobKind, StepCall, StepResult, decide};
 use stillpoint_coordinator::{
     ClusterState, Command, Member, NodeRecord, Response, Role, TypeConfig,
 };
@@ -178,7 +178,9 @@ async fn one_job(log: &mut Log, now_ms: u64) -> (Duration, Vec<Duration>) {
     };
     let mut events = Vec::new();
     for _round in 0..100 {
-        let job = log.sm.read(|s| s.jobs.jobs[&job_id].clone());
+        // A copy of the job, not a share of it: a share held across the applies below would
+        // make each of them copy the job (`Arc::make_mut`), which the driver never does.
+        let job = log.sm.read(|s| Job::clone(&s.jobs.jobs[&job_id]));
         if job.is_ended() {
             return (submit, events);
         }

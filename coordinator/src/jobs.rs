@@ -194,6 +194,7 @@ impl JobTable {
             };
         }
         if job.is_ended() {
+            job.shrink_to_fit();
             let resources = job.resources();
             if was_queued {
                 self.queue.retain(|q| *q != id);

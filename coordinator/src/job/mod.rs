@@ -271,6 +271,18 @@ impl Job {
         }
     }
 
+    /// Gives back the room its lists grew into while it ran (each step's history doubles as
+    /// it grows): an ended job is read, never added to, and the history holds up to
+    /// `jobs_retained_max` of them. Changes no value.
+    pub fn shrink_to_fit(&mut self) {
+        self.pairs.shrink_to_fit();
+        self.steps.shrink_to_fit();
+        for step in &mut self.steps {
+            step.history.shrink_to_fit();
+            step.after.shrink_to_fit();
+        }
+    }
+
     pub fn is_ended(&self) -> bool {
         matches!(self.state, JobState::Ended { .. })
     }
