@@ -38,7 +38,7 @@ pub enum Engine {
     Linux,
     /// This Linux machine, with array LDs attached as loop devices over FUSE files: volumes
     /// that name an `ld` and no `device` use them.
-    LinuxLds(Arc<crate::lds::LdAttachment>),
+    LinuxLds(Arc<dyn crate::lds::LdPath>),
 }
 
 pub(crate) struct Inner {

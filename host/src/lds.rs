@@ -49,6 +49,18 @@ pub trait LdSource: Send + Sync {
     async fn visible(&self) -> Result<Vec<VisibleLd>, HostError>;
 }
 
+/// A host's path to its array LDs, as the linux backend uses it: the block device of an
+/// attached LD, and a rescan for LDs that became visible. [`LdAttachment`] is the path served
+/// in this process; the agent binary uses one served by a process of its own, which outlives
+/// the agent (a dead agent must not cut its business servers' I/O).
+#[async_trait]
+pub trait LdPath: Send + Sync {
+    /// The block device of `ld` (`ARRAY/NUMBER`), if attached.
+    fn device(&self, ld: &str) -> Option<String>;
+    /// Attaches every LD that became visible.
+    async fn rescan(&self) -> Result<(), HostError>;
+}
+
 /// One attached LD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedLd {
@@ -77,7 +89,7 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The FUSE file of an LD: `ARRAY/7` is `ARRAY.7`.
-fn file_name(ld: &str) -> String {
+pub fn ld_file_name(ld: &str) -> String {
     ld.replace('/', ".")
 }
 
@@ -87,7 +99,7 @@ fn c_path(p: &Path) -> Result<CString, HostError> {
 }
 
 /// Loop devices whose backing file is under `dir`, from sysfs: (device, backing file).
-fn loops_under(dir: &Path) -> Vec<(String, String)> {
+pub fn loops_under(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(blocks) = std::fs::read_dir("/sys/block") else {
         return out;
@@ -305,7 +317,7 @@ impl LdAttachment {
             if lock(&self.attached).contains_key(&v.ld) {
                 continue;
             }
-            let name = file_name(&v.ld);
+            let name = ld_file_name(&v.ld);
             write_table(&self.table).add(&name, v.capacity_bytes, v.device.clone());
             let file = self.dir.join(&name);
             match self.loop_over(&v.ld, &file).await {
@@ -402,6 +414,17 @@ impl LdAttachment {
             return;
         }
         tracing::info!(%dir, "LD file system unmounted");
+    }
+}
+
+#[async_trait]
+impl LdPath for LdAttachment {
+    fn device(&self, ld: &str) -> Option<String> {
+        LdAttachment::device(self, ld)
+    }
+
+    async fn rescan(&self) -> Result<(), HostError> {
+        LdAttachment::rescan(self).await.map(|_| ())
     }
 }
 

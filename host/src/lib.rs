@@ -26,24 +26,27 @@
 //!
 //! ## Array LDs as block devices of a linux host
 //!
-//! On a real site the agent is also the host's HBA for the software array: with
-//! `backend = "linux"`, volumes that name an `ld` (and no `device`) live on array LDs that the
-//! agent attaches ([`LdAttachment`]). It serves a FUSE file system (crate `fuser`, no libfuse:
-//! as root it mounts `/dev/fuse` itself) under `<data_dir>/lds` with one file per LD visible
-//! to it (the array's access list admits the node's name) and puts a loop device over each
-//! file; the volume's device is that loop device, so mkfs, mount, fsfreeze, e2fsck/xfs_repair
-//! and applications run unmodified while every read and write goes through the array's data
-//! API (`ldfs`; the agent's `ArrayLdDevice` retries an array that did not answer, bounded).
-//! fuser's threads serve the requests ([`limits::LD_FUSE_THREADS`] in flight), waiting on the
-//! agent's runtime through a handle, each call bounded by [`limits::LD_IO_TIMEOUT_MS`]. The
-//! array's rules hold: an LD not on the access list is never attached; an RV that is `nr`
-//! (or `na`) answers every read and write with EIO, one that is `ro` every write with EROFS
-//! (the file system above sees an I/O error, at once: refusals are not retried).
-//! `volume rescan` attaches LDs that became visible. A graceful stop (SIGTERM), after
-//! resuming quiesces, unmounts the file systems on the LDs, detaches the loop devices and
-//! unmounts the FUSE file system. A killed agent leaves them (I/O on them fails); its next
-//! start detaches those loop devices, lazily unmounts the file systems still mounted on them
-//! and the dead FUSE mount, and logs each (`stale` in the message).
+//! With `backend = "linux"`, volumes that name an `ld` (and no `device`) live on array LDs
+//! attached by an [`LdAttachment`], reached by the backend through the [`LdPath`] trait. It
+//! serves a FUSE file system (crate `fuser`, no libfuse: as root it mounts `/dev/fuse` itself)
+//! under `<data_dir>/lds` with one file per LD visible to the node (the array's access list
+//! admits the node's name) and puts a loop device over each file; the volume's device is that
+//! loop device, so mkfs, mount, fsfreeze, e2fsck/xfs_repair and applications run unmodified
+//! while every read and write goes through the array's data API (`ldfs`; the node's
+//! `ArrayLdDevice` retries an array that did not answer, bounded). Whoever holds the
+//! attachment is in the I/O path of every file system on those LDs, so the agent binary does
+//! not hold it itself: its LD path process (`stillpoint hba serve`, node crate) does, and
+//! outlives the agent; the agent's backend finds the loop devices in sysfs and asks that
+//! process to rescan. fuser's threads serve the requests ([`limits::LD_FUSE_THREADS`] in
+//! flight), waiting on the runtime through a handle, each call bounded by
+//! [`limits::LD_IO_TIMEOUT_MS`]. The array's rules hold: an LD not on the access list is never
+//! attached; an RV that is `nr` (or `na`) answers every read and write with EIO, one that is
+//! `ro` every write with EROFS (the file system above sees an I/O error, at once: refusals are
+//! not retried). [`LdAttachment::detach`] unmounts the file systems on the LDs (after syncfs),
+//! detaches the loop devices and unmounts the FUSE file system. A holder that died leaves them
+//! (I/O on them fails); the next [`LdAttachment::start`] on the directory detaches those loop
+//! devices, lazily unmounts the file systems still mounted on them and the dead FUSE mount,
+//! and logs each (`stale` in the message).
 //!
 //! **Caching: none below the file system.** Each LD file is opened with `FOPEN_DIRECT_IO`
 //! (FUSE keeps no page cache of it; a write is answered only once the array has it, so FUSE's
@@ -218,7 +221,7 @@ pub use config::{BackendKind, FsType, HookConfig, HostConfig, SimOptions, Volume
 pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
 pub use grpc::{HostClient, HostService};
-pub use lds::{AttachedLd, LdAttachment, LdSource, VisibleLd};
+pub use lds::{AttachedLd, LdAttachment, LdPath, LdSource, VisibleLd, ld_file_name, loops_under};
 pub use linux::LinuxBackend;
 pub use postgres::{BackupLabel, PostgresConnect, copy_marker, prepare_copy};
 pub use sim::{SimApp, SimBackend, SimHandle};

@@ -19,7 +19,7 @@ use crate::backend::{Backend, Seen};
 use crate::config::{FsType, VolumeConfig};
 use crate::error::{Holder, HostError};
 use crate::guard::{FITHAW, FreezeFailed, Guard};
-use crate::lds::LdAttachment;
+use crate::lds::LdPath;
 use crate::limits::{
     FSCK_TIMEOUT_MS, HOLDER_TERM_GRACE_MS, OS_COMMAND_TIMEOUT_MS, SYSCALL_TIMEOUT_MS,
 };
@@ -32,7 +32,7 @@ const HOLDER_POLL_MS: u64 = 50;
 #[derive(Default)]
 pub struct LinuxBackend {
     /// Array LDs attached as loop devices: the devices of volumes that name an `ld` only.
-    lds: Option<Arc<LdAttachment>>,
+    lds: Option<Arc<dyn LdPath>>,
 }
 
 impl LinuxBackend {
@@ -41,7 +41,7 @@ impl LinuxBackend {
     }
 
     /// A backend whose volumes may name an array LD of `lds` instead of a device.
-    pub fn with_lds(lds: Arc<LdAttachment>) -> LinuxBackend {
+    pub fn with_lds(lds: Arc<dyn LdPath>) -> LinuxBackend {
         LinuxBackend { lds: Some(lds) }
     }
 

@@ -75,9 +75,14 @@ impl Drop for Proc {
 struct Cleanup {
     mounts: Vec<PathBuf>,
     loops: Vec<String>,
+    /// The node.toml whose LD path process is stopped first.
+    hba_config: Option<PathBuf>,
 }
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Some(c) = &self.hba_config {
+            let _ = stillpoint_node::hba::stop_blocking(c);
+        }
         for l in &self.loops {
             let _ = Command::new("losetup").args(["-d", l]).status();
         }
@@ -265,6 +270,7 @@ fn main() {
     let mut cleanup = Cleanup {
         mounts: vec![],
         loops: vec![],
+        hba_config: Some(d.join("node.toml")),
     };
 
     // Software array and a linux agent with the LD attached.

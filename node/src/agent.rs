@@ -168,7 +168,7 @@ pub struct RunningAgent {
     /// The host half, when `[host]` is configured (its watchdogs live as long as it does).
     pub host: Option<Arc<stillpoint_host::Agent>>,
     /// Array LDs attached as loop devices (linux host); detached by a graceful stop.
-    lds: Option<Arc<stillpoint_host::LdAttachment>>,
+    lds: Option<Arc<crate::hba::HbaLink>>,
     /// The step executor this agent serves.
     pub executor: Arc<crate::executor::Executor>,
     shutdown_tx: watch::Sender<bool>,
@@ -198,8 +198,10 @@ impl RunningAgent {
         if let Some(host) = &self.host {
             resume_before_exit(host.as_ref()).await;
         }
+        // The LD path process keeps serving: the host's file systems on array LDs do not
+        // depend on the agent (`stillpoint hba stop` takes them away).
         if let Some(lds) = &self.lds {
-            lds.detach().await;
+            lds.stop_keeping();
         }
         let _ = self.shutdown_tx.send(true);
         self.registration.abort();

@@ -73,6 +73,10 @@ pub enum Command {
         #[arg(long)]
         new: bool,
     },
+    /// The LD path of a linux host: the process that serves the host's array LDs as block
+    /// devices, apart from the agent (which starts one when none runs).
+    #[command(subcommand)]
+    Hba(HbaCommand),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -147,6 +151,28 @@ pub enum InventoryCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HbaCommand {
+    /// Attach the LDs visible to this node and serve their I/O until stopped (foreground).
+    Serve {
+        /// The node's node.toml (the agent's).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Unmount the file systems on the LDs, detach them and end the LD path process.
+    Stop {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Whether the LD path process runs, and the LDs it attached.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Bootstrap a new cluster from its first agents (each must be running, fresh).
     Init {
@@ -201,6 +227,7 @@ pub enum ClusterCommand {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Agent { config, new } => run_agent(config, new).await,
+        Command::Hba(c) => crate::hba::run_command(c).await,
         Command::Cluster(c) => run_cluster(c).await,
         Command::Apply {
             client,

@@ -117,6 +117,10 @@ pub struct NodeConfig {
     /// The host half: this server's volumes and how to operate on them.
     #[serde(default)]
     pub host: Option<stillpoint_host::HostConfig>,
+    /// The file this config was read from (absolute), when it was read from one: the agent
+    /// starts its LD path process ([`crate::hba`]) with it.
+    #[serde(skip)]
+    pub loaded_from: Option<PathBuf>,
 }
 
 /// `[[arrays]]`: a disk array by name and the address of its gRPC API.
@@ -135,7 +139,10 @@ impl NodeConfig {
             path: path.to_path_buf(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        config.loaded_from =
+            Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
     }
 
     /// Parses config text; `path` is only used in error messages.

@@ -14,6 +14,8 @@
 //! - [`client`]: the client side, following the leader hint so any agent can be named.
 //! - [`deadlines`]: how long each request may take on the agent and in the client.
 //! - [`volumes`]: the host half (`[host]`), sim volumes backed by array LDs.
+//! - [`hba`]: a linux host's LD path, `stillpoint hba serve`: the process, apart from the
+//!   agent and outliving it, that presents array LDs as loop devices and serves their I/O.
 //! - [`executor`]: the step executor every agent serves (`stillpoint.job.StepExecutor`): runs
 //!   the steps of jobs the leader's driver sends (host steps on its own host half, array steps
 //!   on the arrays of its `[[arrays]]`), fenced and journaled in the agent's one journal, and
@@ -76,6 +78,7 @@ pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod executor;
+pub mod hba;
 pub mod jobs_cli;
 pub mod live_array;
 pub mod output;

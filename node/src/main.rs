@@ -10,7 +10,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         // openraft logs routine vote races at WARN; operators need them only when debugging.
-        stillpoint_node::cli::Command::Agent { .. } => "info,openraft=error",
+        stillpoint_node::cli::Command::Agent { .. }
+        | stillpoint_node::cli::Command::Hba(stillpoint_node::cli::HbaCommand::Serve { .. }) => {
+            "info,openraft=error"
+        }
         _ => "warn,openraft=error",
     };
     let filter =

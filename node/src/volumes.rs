@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stillpoint_array::{Array, ArrayError, RemoteArray};
-use stillpoint_host::{
-    BackendKind, BlockDevice, Engine, HostError, LdAttachment, SimBackend, Workload,
-};
+use stillpoint_host::{BackendKind, BlockDevice, Engine, HostError, SimBackend, Workload};
 use tokio::sync::OnceCell;
 
 use crate::config::{ArrayEndpoint, NodeConfig};
@@ -18,8 +16,6 @@ use crate::error::NodeError;
 const ATTACH_ATTEMPTS_MAX: u32 = 30;
 /// Pause between attach attempts.
 const ATTACH_RETRY_MS: u64 = 1_000;
-/// Directory under the data dir where a linux host's attached LDs appear as files (FUSE).
-pub const LD_DIR_NAME: &str = "lds";
 
 /// An LD of a (software or real) array, as a block device of this host.
 pub struct ArrayLdDevice {
@@ -241,7 +237,7 @@ pub fn validate(config: &NodeConfig) -> Result<(), String> {
 
 /// The arrays whose LDs a linux host attaches: those its volumes name by `ld` without a
 /// `device`.
-fn attached_arrays(config: &NodeConfig) -> Vec<ArrayEndpoint> {
+pub(crate) fn attached_arrays(config: &NodeConfig) -> Vec<ArrayEndpoint> {
     let Some(host) = &config.host else {
         return vec![];
     };
@@ -265,15 +261,17 @@ fn attached_arrays(config: &NodeConfig) -> Vec<ArrayEndpoint> {
 /// The host half of an agent: its volumes, and the array LDs it attached (linux).
 pub struct HostHalf {
     pub agent: Arc<stillpoint_host::Agent>,
-    /// Detached by a graceful stop.
-    pub lds: Option<Arc<LdAttachment>>,
+    /// The LD path process this agent uses (linux hosts whose volumes name LDs): it outlives
+    /// the agent.
+    pub lds: Option<Arc<crate::hba::HbaLink>>,
 }
 
 /// Starts the host half of the agent, when `[host]` is configured, on `journal` (the agent's
 /// one journal, [`stillpoint_storage::Store::journal`], shared with the step executor). Sim
 /// volumes are attached in the background, with a bounded retry, so an array that starts after
-/// the agent is fine. A linux host whose volumes name LDs attaches the LDs visible to it now
-/// (FUSE files under `<data_dir>/lds` with loop devices over them); LDs of an array that does
+/// the agent is fine. A linux host whose volumes name LDs uses the LD path process of its data
+/// dir ([`crate::hba`]; started when none runs), which has attached the LDs visible to it
+/// (FUSE files under `<data_dir>/lds` with loop devices over them); LDs of an array that did
 /// not answer yet are attached by `volume rescan`.
 pub async fn start(
     config: &NodeConfig,
@@ -289,11 +287,9 @@ pub async fn start(
             if arrays.is_empty() {
                 Engine::Linux
             } else {
-                let source = Arc::new(ArrayLdSource::new(arrays, &config.name));
-                let attachment =
-                    LdAttachment::start(&config.data_dir.join(LD_DIR_NAME), source).await?;
-                lds = Some(attachment.clone());
-                Engine::LinuxLds(attachment)
+                let link = crate::hba::HbaLink::start(config).await?;
+                lds = Some(link.clone());
+                Engine::LinuxLds(link)
             }
         }
         BackendKind::Sim => {

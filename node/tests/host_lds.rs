@@ -2,8 +2,8 @@
 //! processes — a software array and linux agents whose volumes name LDs — with the LDs
 //! attached as loop devices over the agent's FUSE files. File systems are made, written,
 //! frozen and compared byte for byte with what the array holds; an RV split off the MV is
-//! mounted on another host's agent; an RV that is not readable gives an I/O error; rescan,
-//! graceful stop and a killed agent's leftovers. Root, /dev/fuse, losetup and mkfs needed:
+//! mounted on another host's agent; an RV that is not readable gives an I/O error; rescan;
+//! the LD path process outliving the agent, replaced when it dies, and stopped. Root, /dev/fuse, losetup and mkfs needed:
 //! without them each test prints why it SKIPPED. Processes, mounts and loop devices are
 //! cleaned up by guards even when a test fails.
 
@@ -297,6 +297,30 @@ impl Host {
         self.dir.join("data/lds")
     }
 
+    /// `stillpoint hba ARGS --config` of this host.
+    fn hba(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("hba")
+            .args(args)
+            .args(["--config", self.config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+
+    /// The pid of the LD path process answering for this host.
+    fn hba_pid(&self) -> Option<u32> {
+        let out = self.hba(&["status", "--output", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
+
+    fn hba_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/hba.log")).unwrap_or_default()
+    }
+
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
@@ -351,6 +375,14 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // The hosts' LD path processes outlive their agents: stop them (they unmount and
+        // detach); then whatever is left.
+        for host in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let config = host.path().join("node.toml");
+            if config.exists() {
+                let _ = stillpoint_node::hba::stop_blocking(&config);
+            }
+        }
         // Loops first: once their FUSE directory is unmounted they no longer show its path.
         for (dev, _) in loops_under(&self.0) {
             let _ = Command::new("losetup").args(["-d", &dev]).status();
@@ -640,55 +672,115 @@ fn rescan_attaches_an_ld_that_became_visible() {
     assert!(!h1.lds_dir().join("A.1").exists());
 }
 
-/// SIGTERM: the agent unmounts the volume, detaches its loop device and unmounts its FUSE
-/// file system. SIGKILL leaves them; the next start cleans them up, says so, and the volume
-/// mounts again with its files.
+/// The LD path outlives the agent (the defect: the agent served the LDs itself, so a killed
+/// agent took its business server's file systems down with I/O errors). A SIGKILLed agent
+/// leaves the volume mounted and writable, every write reaching the array; SIGTERM too; the
+/// restarted agent uses the same LD path. A killed LD path process is replaced by the agent,
+/// and the new one cleans up the dead one's loop device and mount (saying `stale`): the volume
+/// mounts again with its files. `stillpoint hba stop` unmounts, detaches and ends it.
 #[test]
-fn a_stopped_agent_detaches_its_lds_and_a_killed_ones_leftovers_are_cleaned_up() {
-    require!("mkfs.ext4");
+fn the_ld_path_outlives_the_agent_and_a_killed_one_is_replaced_and_cleaned_up() {
+    require!("mkfs.ext4", "fsfreeze", "dd");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _cleanup = Cleanup(d.to_path_buf());
+    let rt = runtime();
     let mut array = ArraySite::new(d, 32 * MIB);
     array.start();
+    let a = array.client(&rt);
     let mut h1 = Host::start(d, "h1", &array, "mv", 0, "ext4");
     let dev = h1.wait_device();
     run(&["mkfs.ext4", "-q", &dev]);
     h1.volume_ok(&["mount", "mv"]);
     std::fs::write(h1.mount_point.join("kept"), b"through the array").unwrap();
+    let first = h1.hba_pid().expect("the agent started its LD path process");
 
-    h1.sigterm();
-    assert!(!is_mount_point(&h1.mount_point), "volume still mounted");
-    assert_eq!(loops_under(&h1.lds_dir()), vec![], "loop devices left");
-    assert!(!is_mount_point(&h1.lds_dir()), "FUSE still mounted");
-    let log = h1.log();
+    // The agent dies: the business file system goes on, through the array.
+    h1.sigkill();
+    let while_dead: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(h1.mount_point.join("while-agent-dead"), &while_dead)
+        .expect("a write with the agent dead");
+    run(&["sync", "-f", h1.mount_point.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(h1.mount_point.join("kept")).unwrap(),
+        b"through the array"
+    );
+    run(&["fsfreeze", "-f", h1.mount_point.to_str().unwrap()]);
+    let host_view = read_device(d, &dev, 32 * MIB);
+    let array_view = read_array(&rt, &a, "h1", 0, 32 * MIB);
+    run(&["fsfreeze", "-u", h1.mount_point.to_str().unwrap()]);
     assert!(
-        log.contains("LD detached")
-            && log.contains("LD file system unmounted")
-            && !log.contains("Unmount failed")
-            && !log.contains("stays busy"),
-        "{log}"
+        host_view == array_view,
+        "with the agent dead, host and array differ at byte {:?}",
+        first_difference(&host_view, &array_view)
     );
 
+    // Restarted, then stopped gracefully, then restarted: the same LD path, nothing stale.
     h1.restart();
-    h1.wait_device();
-    h1.volume_ok(&["mount", "mv"]);
-    h1.sigkill();
-    let stale = loops_under(&h1.lds_dir());
-    assert_eq!(stale.len(), 1, "a killed agent leaves its loop device");
-    assert!(is_mount_point(&h1.lds_dir()));
+    assert_eq!(
+        h1.hba_pid(),
+        Some(first),
+        "the restarted agent uses the running LD path"
+    );
+    h1.sigterm();
+    assert!(
+        is_mount_point(&h1.mount_point),
+        "a stopped agent unmounted the volume"
+    );
+    assert_eq!(
+        loops_under(&h1.lds_dir()),
+        vec![(dev.clone(), format!("{}/A.0", h1.lds_dir().display()))]
+    );
+    h1.restart();
+    assert!(!h1.hba_log().contains("stale"), "{}", h1.hba_log());
+    assert_eq!(h1.wait_device(), dev);
 
-    h1.restart();
-    let log = h1.log();
+    // The LD path process dies: the agent starts another, which cleans up after it.
+    run(&["kill", "-KILL", &first.to_string()]);
+    let second = wait_for(
+        "the agent to start a new LD path process",
+        || h1.hba_log(),
+        || h1.hba_pid().filter(|p| *p != first),
+    );
+    let log = h1.hba_log();
     assert!(
         log.contains("detached a stale loop device")
+            && log
+                .contains("lazily unmounted a file system left mounted on a stale LD loop device")
             && log.contains("lazily unmounted the stale LD file system"),
         "{log}"
     );
     let dev = h1.wait_device();
-    let now = loops_under(&h1.lds_dir());
-    assert_eq!(now.len(), 1, "only the new loop device: {now:?}");
-    assert_eq!(now[0].0, dev);
+    assert_eq!(loops_under(&h1.lds_dir()).len(), 1);
+    h1.volume_ok(&["mount", "mv"]);
+    assert_eq!(
+        std::fs::read(h1.mount_point.join("kept")).unwrap(),
+        b"through the array"
+    );
+    assert!(std::fs::read(h1.mount_point.join("while-agent-dead")).unwrap() == while_dead);
+
+    // `hba stop` (agent stopped first): unmounted, detached, FUSE unmounted, process gone.
+    h1.sigterm();
+    let out = h1.hba(&["stop"]);
+    assert!(out.status.success(), "hba stop: {}", stderr(&out));
+    assert!(!is_mount_point(&h1.mount_point), "volume still mounted");
+    assert_eq!(loops_under(&h1.lds_dir()), vec![], "loop devices left");
+    assert!(!is_mount_point(&h1.lds_dir()), "FUSE still mounted");
+    wait_for(
+        "the LD path process to exit",
+        || h1.hba_log(),
+        || (!Path::new(&format!("/proc/{second}")).exists()).then_some(()),
+    );
+    let log = h1.hba_log();
+    assert!(
+        log.contains("LD detached") && log.contains("LD file system unmounted"),
+        "{log}"
+    );
+    assert!(!dev.is_empty());
+
+    // The next agent start attaches again; the files are there.
+    h1.restart();
+    h1.wait_device();
     h1.volume_ok(&["mount", "mv"]);
     assert_eq!(
         std::fs::read(h1.mount_point.join("kept")).unwrap(),
@@ -751,12 +843,13 @@ fn a_read_only_rv_reads_and_refuses_writes() {
         stderr(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(60));
+    // Said by the LD path process, which serves the LD's I/O.
     assert!(
-        h2.log()
+        h2.hba_log()
             .lines()
             .any(|l| l.contains("LD write failed") && l.contains("errno=\"EROFS\"")),
         "the refusal is answered EROFS: {}",
-        h2.log()
+        h2.hba_log()
     );
     assert_eq!(
         rt.block_on(a.read("h2", 1, 0, 4096)).unwrap(),

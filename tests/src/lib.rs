@@ -72,6 +72,7 @@ impl TestCluster {
             raft: self.tuning.clone(),
             arrays: Vec::new(),
             host: None,
+            loaded_from: None,
         };
         stillpoint_node::agent::init_data_dir(&config)
             .await

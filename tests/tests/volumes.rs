@@ -71,6 +71,7 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
             endpoint: array_address.clone(),
         }],
         host: Some(host),
+        loaded_from: None,
     };
     config.validate().expect("valid node config");
     stillpoint_node::agent::init_data_dir(&config)

@@ -154,6 +154,7 @@ pub async fn start_local_cluster(
             raft: RaftTuning::default(),
             arrays: vec![demo_array_endpoint(array_address)],
             host,
+            loaded_from: None,
         };
         crate::agent::init_data_dir(&config).await?;
         agents.push(start(config, listener).await?);

@@ -711,6 +711,8 @@ impl LocalSite {
                 }
             }
         }
+        let configs = self.configs.clone();
+        let _ = tokio::task::spawn_blocking(move || stop_ld_paths(&configs)).await;
         if let Some(mut array) = self.array.take() {
             let _ = array.kill().await;
         }
@@ -720,11 +722,21 @@ impl LocalSite {
     }
 }
 
+/// Stops the LD path process of every linux host of the site (they outlive the agents): each
+/// unmounts the file systems on its LDs, detaches them and exits.
+fn stop_ld_paths(configs: &[PathBuf]) {
+    for config in configs {
+        if let Err(e) = crate::hba::stop_blocking(config) {
+            tracing::warn!(config = %config.display(), error = %e, "cannot stop the LD path process");
+        }
+    }
+}
+
 impl Drop for LocalSite {
-    /// A site of linux hosts is stopped gracefully even when a test fails: a SIGKILLed agent
-    /// would leave its file systems mounted on loop devices over a FUSE file system nobody
-    /// serves. Each agent gets SIGTERM (it unmounts, detaches and unmounts its FUSE dir) and
-    /// [`DETACH_ON_DROP`] to exit; then, as for a sim site, whatever runs is killed.
+    /// A site of linux hosts is stopped gracefully even when a test fails: each agent gets
+    /// SIGTERM (it resumes what it holds quiesced) and [`DETACH_ON_DROP`] to exit, then each
+    /// host's LD path process is stopped (it unmounts the file systems on the LDs and detaches
+    /// them); then, as for a sim site, whatever runs is killed.
     fn drop(&mut self) {
         if self.layout.hosts == SiteHosts::Sim {
             return;
@@ -745,5 +757,6 @@ impl Drop for LocalSite {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        stop_ld_paths(&self.configs);
     }
 }
