@@ -442,3 +442,35 @@ async fn sync_fs(mount_point: &str) -> Result<(), HostError> {
     .await?
     .map_err(|e| os_err("-", &format!("syncfs {mount_point}"), e))
 }
+
+/// Why array LDs cannot be attached as block devices here (`None`: they can): that needs
+/// root, loop devices and FUSE, and the callers name the programs they need besides
+/// (`mkfs.ext4`, `e2fsck`...). Tests and the chaos harness say this when they skip or refuse.
+pub fn lds_unavailable(tools: &[&str]) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control (loop devices unavailable)".into());
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        return Some("/dev/fuse cannot be opened (FUSE unavailable)".into());
+    }
+    None
+}

@@ -148,7 +148,7 @@
 //!   `postgres`: the online backup session and the copy's label;
 //!   `lds`: [`LdAttachment`] (array LDs as loop devices; stale clean-up); `ldfs`: the FUSE file
 //!   system it serves;
-//!   `workload`: the record writer and verifier; `device`: [`BlockDevice`]; `config`: the
+//!   `workload`: the record writer and verifier; [`FileApp`]: an application appending synced records to a file on a real file system, and its check; `device`: [`BlockDevice`]; `config`: the
 //!   `[host]` section of node.toml; `process`: commands with timeouts; [`limits`]: tuning
 //!   constants; `grpc`: the host gRPC service and client; [`cli`]: `stillpoint volume ...`,
 //!   plus local `workload` and `verify` commands for demos; [`pgctl`]: a local PostgreSQL
@@ -198,6 +198,7 @@ pub mod cli;
 mod config;
 mod device;
 mod error;
+mod file_app;
 mod grpc;
 mod guard;
 mod ldfs;
@@ -220,8 +221,14 @@ pub use api::{
 pub use config::{BackendKind, FsType, HookConfig, HostConfig, SimOptions, VolumeConfig};
 pub use device::{BlockDevice, FileDevice, copy_device};
 pub use error::{Holder, HostError};
+pub use file_app::{
+    FILE_APP_LONG_STALL_MS, FILE_RECORD_BYTES, FileApp, Stall, check_file_records, file_record,
+};
 pub use grpc::{HostClient, HostService};
-pub use lds::{AttachedLd, LdAttachment, LdPath, LdSource, VisibleLd, ld_file_name, loops_under};
+pub use lds::{
+    AttachedLd, LdAttachment, LdPath, LdSource, VisibleLd, ld_file_name, lds_unavailable,
+    loops_under,
+};
 pub use linux::LinuxBackend;
 pub use postgres::{BackupLabel, PostgresConnect, copy_marker, prepare_copy};
 pub use sim::{SimApp, SimBackend, SimHandle};

@@ -23,32 +23,7 @@ const WAIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1024 * 1024;
 
 fn skip_reason(need: &[&str]) -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok();
-    if uid.is_none_or(|o| String::from_utf8_lossy(&o.stdout).trim() != "0") {
-        return Some("not running as root".into());
-    }
-    for tool in need {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Some("no /dev/loop-control (loop devices unavailable)".into());
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
-        return Some("/dev/fuse cannot be opened (FUSE unavailable)".into());
-    }
-    None
+    stillpoint_host::lds_unavailable(need)
 }
 
 macro_rules! require {

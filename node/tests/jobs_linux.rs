@@ -5,152 +5,25 @@
 
 mod job_site;
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use job_site::{DB1, JobSite, is_consistent, stderr, stillpoint, wait_async};
-use stillpoint_host::Host;
+use stillpoint_host::{FileApp, Host, check_file_records};
 use stillpoint_node::demo::site::{SiteHosts, SiteLayout};
 
 const JOB_WITHIN: Duration = Duration::from_secs(180);
-const RECORD_BYTES: usize = 4096;
 /// The MV's freeze limit in the site file: a frozen MV thaws by itself after this long.
 const FREEZE_MS_MAX: u64 = 10_000;
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    for tool in ["losetup", "mkfs.ext4", "e2fsck", "tune2fs", "blkid"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Some("no /dev/loop-control (loop devices unavailable)".into());
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
-        return Some("/dev/fuse cannot be opened (FUSE unavailable)".into());
-    }
-    None
+    stillpoint_host::lds_unavailable(&["losetup", "mkfs.ext4", "e2fsck", "tune2fs", "blkid"])
 }
 
-/// Record `seq`: its number, then bytes that depend on it, so a torn or misplaced record shows.
-fn record(seq: u64) -> Vec<u8> {
-    let mut r = vec![0u8; RECORD_BYTES];
-    r[..8].copy_from_slice(&seq.to_le_bytes());
-    for (i, b) in r[8..].iter_mut().enumerate() {
-        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
-    }
-    r
-}
-
-/// An application on the MV: appends a record and fdatasyncs it, every few ms, until stopped;
-/// counts what the file system acknowledged, the longest wait for one record, and every error.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    stall_ms_max: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(file: PathBuf) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let stall_ms_max = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (s, a, m, e) = (
-            stop.clone(),
-            acked.clone(),
-            stall_ms_max.clone(),
-            errors.clone(),
-        );
-        let thread = std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o644)
-                .open(&file)
-                .expect("open the records file");
-            let mut seq = 0u64;
-            while !s.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let r = f.write_all(&record(seq)).and_then(|_| f.sync_data());
-                m.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
-                match r {
-                    Ok(()) => {
-                        seq += 1;
-                        a.store(seq, Ordering::SeqCst);
-                    }
-                    Err(err) => {
-                        e.lock().unwrap().push(format!("record {seq}: {err}"));
-                        return;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Writer {
-            stop,
-            acked,
-            stall_ms_max,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::SeqCst)
-    }
-
-    fn errors(&self) -> Vec<String> {
-        self.errors.lock().unwrap().clone()
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The records in `file`: how many, in order from 0, each whole and right. Err names the
-/// first that is not.
+/// The records in `file`, checked as a clean prefix ([`check_file_records`]).
 fn check_records(file: &Path) -> Result<u64, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("read {}: {e}", file.display()))?;
-    if bytes.len() % RECORD_BYTES != 0 {
-        return Err(format!("{} bytes: a torn record at the end", bytes.len()));
-    }
-    for (i, r) in bytes.chunks(RECORD_BYTES).enumerate() {
-        if r != record(i as u64).as_slice() {
-            return Err(format!("record {i} is not record {i}"));
-        }
-    }
-    Ok((bytes.len() / RECORD_BYTES) as u64)
+    check_file_records(&bytes)
 }
 
 /// A business agent is SIGKILLed while it holds its ext4 MV frozen in a backup job. The file
@@ -192,7 +65,7 @@ async fn a_business_agent_killed_while_its_ext4_mv_is_frozen_leaves_the_applicat
         stderr(&out),
         site.logs()
     );
-    let mut writer = Writer::start(mv.join("records"));
+    let mut writer = FileApp::start(mv.join("records"), Duration::from_millis(5));
     wait_async("the application to write", || async {
         (writer.acked() >= 20).then_some(())
     })
@@ -242,13 +115,16 @@ async fn a_business_agent_killed_while_its_ext4_mv_is_frozen_leaves_the_applicat
         site.quiesced_mvs().await.is_empty(),
         "an MV is still quiesced"
     );
-    writer.stop();
+    assert!(
+        writer.stop(Duration::from_secs(60)),
+        "the application did not stop"
+    );
     assert_eq!(
         writer.errors(),
         Vec::<String>::new(),
         "the application's errors"
     );
-    let stall_ms = writer.stall_ms_max.load(Ordering::SeqCst);
+    let stall_ms = writer.stall_ms_max();
     assert!(
         stall_ms < FREEZE_MS_MAX + 10_000,
         "a record waited {stall_ms} ms (freeze limit {FREEZE_MS_MAX} ms)"
