@@ -59,8 +59,8 @@
 //!
 //! ### Partitions: network namespaces, not a proxy ([`net`])
 //! Where the harness runs as root with `ip netns`, every process runs in its own network
-//! namespace (`ip netns exec`), with its own address on a bridge the harness also sits on;
-//! only iproute2 is needed. A cut from A to B is a permanent neighbour entry in A's namespace
+//! namespace (`nsenter --net`: its mount namespace stays the machine's), with its own address on a bridge the harness also sits on;
+//! only iproute2 and util-linux are needed. A cut from A to B is a permanent neighbour entry in A's namespace
 //! for B's address pointing at a hardware address no port owns: A's packets to B are lost on
 //! the wire. That is what a real partition does — connects and RPCs time out — whereas a
 //! `blackhole`, `prohibit` or `unreachable` route fails a process's own sends at once

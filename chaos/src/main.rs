@@ -66,6 +66,12 @@ struct RunArgs {
     /// names are those of the summary table. Default: every kind.
     #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
     faults: Vec<run::schedule::FaultKind>,
+    /// Real file systems: every business host runs the linux backend with this file system
+    /// on its MVs (quiesced by freeze), an application appending synced records to each, and
+    /// each consistent copy is checked with e2fsck and its records read back (as root; needs
+    /// /dev/fuse, loop devices and e2fsprogs). Default: the sim backend and its workload.
+    #[arg(long, value_parser = ["ext4"])]
+    fs: Option<String>,
 }
 
 fn parse_fault_kind(s: &str) -> Result<run::schedule::FaultKind, String> {
@@ -257,6 +263,13 @@ fn run_command(args: RunArgs) -> ExitCode {
     cfg.fault_ms = args.fault_time.as_millis() as u64;
     cfg.heal_ms_max = args.heal_time.as_millis() as u64;
     cfg.only = args.faults.clone();
+    if let Some(fs) = &args.fs {
+        if let Some(why) = run::fs_copy::unavailable() {
+            eprintln!("stillpoint-chaos run --fs {fs}: {why}");
+            return ExitCode::from(EXIT_NOT_BUILT);
+        }
+        cfg.mv_fs = Some(fs.clone());
+    }
     let partitions = if args.no_partitions {
         "network partitions: off (--no-partitions); every process on loopback".to_string()
     } else {
@@ -291,6 +304,12 @@ fn run_command(args: RunArgs) -> ExitCode {
         ));
     }
     say(&format!("{partitions}\n"));
+    say(&match &cfg.mv_fs {
+        Some(fs) => format!(
+            "hosts: linux, {fs} on every MV (freeze), an application appending synced records on each\n"
+        ),
+        None => "hosts: sim backend and its workload\n".to_string(),
+    });
     let started = Instant::now();
     let mut summary = run::report::Summary::default();
     let mut failing = Vec::new();

@@ -404,6 +404,7 @@ async fn scenario(bin: &Path) {
         mvs: Default::default(),
         quiesce_ms_max: 10_000,
         stall_slack_ms: 3_000,
+        real_fs: false,
     };
     let (v, _) = check::s1_s2(&audit, &Records::default(), &facts);
     assert!(v.is_empty(), "S1 violated: {v:#?}");

@@ -79,3 +79,44 @@ fn a_few_short_seeds_against_real_processes_end_without_violations() {
         started.elapsed()
     );
 }
+
+/// One short seed on real file systems (`--fs ext4`): ext4 on every MV over the hosts' LD path
+/// processes, an application syncing records on each, agents killed (one while it holds a
+/// freeze), the leader cut off, the array killed. It must end with no violation and with
+/// consistent copies read back from their RVs by e2fsck and debugfs. As root with FUSE, loop
+/// devices and e2fsprogs only: elsewhere it says why it SKIPPED.
+#[test]
+fn a_short_seed_on_real_ext4_file_systems_ends_without_violations() {
+    if let Some(why) = stillpoint_chaos::run::fs_copy::unavailable() {
+        eprintln!("SKIPPED a_short_seed_on_real_ext4_file_systems: {why}");
+        return;
+    }
+    common::stillpoint();
+    let stdout = run_harness(&[
+        "--seed",
+        "7103",
+        "--fs",
+        "ext4",
+        "--faults",
+        "kill-quiesced,kill-leader,isolate-leader,kill-array,pause-leader",
+        "--fault-time",
+        "15s",
+        "--heal-time",
+        "90s",
+    ]);
+    assert!(
+        stdout.contains("hosts: linux, ext4 on every MV"),
+        "{stdout}"
+    );
+    let verified = stdout.lines().find_map(|l| {
+        l.strip_prefix("S3 RVs verified ")?
+            .split(',')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(
+        verified.is_some_and(|n| n > 0),
+        "no RV of a consistent copy was read back: {stdout}"
+    );
+}

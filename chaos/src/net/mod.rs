@@ -523,14 +523,17 @@ impl SiteNet {
         Ok(&self.nodes[self.index(name)?])
     }
 
-    /// The command prefix that runs a program in `name`'s namespace.
+    /// The command prefix that runs a program in `name`'s network namespace, and in this
+    /// machine's mount namespace: `nsenter --net`, not `ip netns exec`, which also gives the
+    /// program a mount namespace of its own. A linux host's file systems on array LDs are
+    /// mounted by its agent and its LD path process; they must be where the applications
+    /// (and the harness) see them, and stay the same for an agent started again.
     pub fn prefix(&self, name: &str) -> Result<Vec<String>, String> {
         let n = self.node(name)?;
         Ok(vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            n.netns.clone(),
+            "nsenter".into(),
+            format!("--net=/run/netns/{}", n.netns),
+            "--".into(),
         ])
     }
 

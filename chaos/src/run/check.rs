@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use stillpoint_array::{AuditEvent, AuditLine, RvAccess, SyncState};
 use stillpoint_coordinator::job::JobEnd;
 
-use super::excuse::{damages_mv, excuses};
+use super::excuse::{damages_mv, excuses_on};
 use super::records::{FaultWindow, Records, VerifyOutcome};
 use super::schedule::FaultKind;
 
@@ -36,6 +36,8 @@ pub struct SiteFacts {
     pub quiesce_ms_max: u64,
     /// Added to the quiesce limit before a write stall is a violation.
     pub stall_slack_ms: u64,
+    /// The MVs are real file systems (linux hosts; [`super::excuse::excuses_on`]).
+    pub real_fs: bool,
 }
 
 impl SiteFacts {
@@ -286,7 +288,7 @@ pub fn s4(audit: &[AuditLine], records: &Records, facts: &SiteFacts) -> (Vec<Vio
             if records
                 .faults
                 .iter()
-                .any(|w| excuses(w, host) && w.start_ms <= b && w.end_ms >= a)
+                .any(|w| excuses_on(w, host, facts.real_fs) && w.start_ms <= b && w.end_ms >= a)
             {
                 excused += 1;
                 continue;
@@ -480,6 +482,7 @@ mod tests {
             mvs: [(0, ("p0".to_string(), "db1".to_string()))].into(),
             quiesce_ms_max: 1_000,
             stall_slack_ms: 500,
+            real_fs: false,
         }
     }
 

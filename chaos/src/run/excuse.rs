@@ -60,6 +60,26 @@ pub fn damages_mv(w: &FaultWindow, host: &str) -> bool {
 /// deadlines run on a clock nobody steps. Nor do applications that will not let go of their
 /// MV: the quiesce fails within its window and is undone.
 pub fn excuses(w: &FaultWindow, host: &str) -> bool {
+    excuses_on(w, host, false)
+}
+
+/// [`excuses`], on a site whose MVs are real file systems when `real_fs`: there a host's
+/// agent is not in its writes' path (its LD path is a process of its own, which no fault
+/// kills), so killing or stopping the agent excuses no stall. A quiesce it held ends at the
+/// host's own deadline, which the limit covers.
+pub fn excuses_on(w: &FaultWindow, host: &str, real_fs: bool) -> bool {
+    let agent_fault = matches!(
+        w.kind,
+        FaultKind::KillLeader
+            | FaultKind::KillFollower
+            | FaultKind::KillMany
+            | FaultKind::KillQuiesced
+            | FaultKind::PauseLeader
+            | FaultKind::PauseFollower
+    );
+    if real_fs && agent_fault {
+        return false;
+    }
     match w.kind {
         FaultKind::CutArray => w.targets.iter().any(|t| t == host),
         k if k.is_partition() => false,

@@ -31,6 +31,8 @@ pub mod check;
 pub mod excuse;
 pub mod faults;
 pub mod fencing;
+pub mod fs_apps;
+pub mod fs_copy;
 pub mod inject;
 pub mod instant;
 pub mod link;
@@ -48,7 +50,9 @@ use std::time::{Duration, Instant};
 
 use stillpoint_coordinator::ClusterState;
 use stillpoint_coordinator::job::{CopyLabel, JobEnd};
-use stillpoint_node::demo::site::{A1, A2, LocalSite, Placement, ProcessPlacement, SiteLayout};
+use stillpoint_node::demo::site::{
+    A1, A2, LocalSite, Placement, ProcessPlacement, SiteHosts, SiteLayout,
+};
 use tokio::sync::watch;
 
 use crate::net::SiteNet;
@@ -82,6 +86,10 @@ pub struct RunConfig {
     pub partitions: bool,
     /// Draw only these kinds of fault (all when empty).
     pub only: Vec<FaultKind>,
+    /// The business hosts run the `linux` backend with this file system (only `ext4` is
+    /// judged) on every MV, quiesced by freeze, each written by a [`fs_apps`] application;
+    /// `None`: the sim backend and its workload.
+    pub mv_fs: Option<String>,
 }
 
 impl RunConfig {
@@ -96,6 +104,7 @@ impl RunConfig {
             stall_slack_ms: 3_000,
             partitions: false,
             only: Vec::new(),
+            mv_fs: None,
         }
     }
 }
@@ -171,6 +180,15 @@ fn layout_for(shape: &Shape, cfg: &RunConfig, rv_hook: &RvHook) -> SiteLayout {
     let window_ms = cfg.fault_ms + cfg.heal_ms_max + 120_000;
     let bytes = window_ms / WORKLOAD_PACE_MS * stillpoint_host::RECORD_BYTES + 64 * 1024;
     layout.ld_bytes = bytes.div_ceil(64 * 1024) * 64 * 1024;
+    if let Some(fs) = &cfg.mv_fs {
+        layout.hosts = SiteHosts::Linux { fs: fs.clone() };
+        layout.quiesce = "freeze".into();
+        // Room for every record the applications write until the heal bound and more, twice
+        // over (the file system's own metadata and journal).
+        let bytes =
+            window_ms / fs_apps::FILE_APP_PACE_MS * stillpoint_host::FILE_RECORD_BYTES as u64 * 2;
+        layout.ld_bytes = (bytes.max(64 << 20)).div_ceil(1 << 20) << 20;
+    }
     layout
 }
 
@@ -192,7 +210,13 @@ pub fn run(seed: u64, cfg: &RunConfig) -> Report {
 
 async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     let started = Instant::now();
-    let schedule = Schedule::draw(seed, cfg.fault_ms, cfg.partitions, &cfg.only);
+    let schedule = Schedule::draw_on(
+        seed,
+        cfg.fault_ms,
+        cfg.partitions,
+        &cfg.only,
+        cfg.mv_fs.is_some(),
+    );
     let mut report = Report {
         seed,
         shape: Some(schedule.shape.clone()),
@@ -233,6 +257,10 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
                 started,
             );
         }
+    };
+    let apps = match cfg.mv_fs {
+        Some(_) => fs_apps::start(&site.layout, &dir),
+        None => Vec::new(),
     };
     let records: observe::Shared = Arc::new(Mutex::new(Records::default()));
     let mut h = Harness {
@@ -291,6 +319,12 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
         tokio::spawn(observe::job_watcher(
             endpoints.clone(),
             rvs,
+            match cfg.mv_fs {
+                Some(_) => observe::RvCheck::Ext4 {
+                    scratch_dir: dir.clone(),
+                },
+                None => observe::RvCheck::SimRecords,
+            },
             records.clone(),
             last_state.clone(),
             stop.clone(),
@@ -366,6 +400,9 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
     // Let the applications write a little on the healed site: their stalls end in the audit.
     tokio::time::sleep(Duration::from_millis(cfg.stall_slack_ms.min(2_000))).await;
     with(&records, |r| r.heal_phase_ms.1 = now_ms());
+    let apps_seen = tokio::task::spawn_blocking(move || fs_apps::stop(apps))
+        .await
+        .unwrap_or_default();
     let _ = stop_tx.send(true);
     let _ = submitter.await;
     for t in tasks {
@@ -414,6 +451,10 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report.s4_longest_ms = longest;
             report.s4_excused = excused;
+            let (v, apps) = fs_apps::s4(&apps_seen, &records, &facts);
+            report.violations.extend(v);
+            report.s4_longest_ms = report.s4_longest_ms.max(apps.longest_judged_ms);
+            report.s4_excused += apps.excused;
             let (v, counts) = fencing::s5_s6(&audit);
             report.violations.extend(v);
             report.fenced_ops = counts.fenced_ops;
@@ -600,6 +641,7 @@ pub async fn setup(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSi
     std::fs::write(&file, site.layout.site_toml())
         .map_err(|e| format!("writing {}: {e}", file.display()))?;
     let endpoint = site.endpoints[0].clone();
+    let real_fs = matches!(site.layout.hosts, SiteHosts::Linux { .. });
     cli(
         bin,
         &[
@@ -611,6 +653,11 @@ pub async fn setup(bin: &Path, dir: &Path, layout: SiteLayout) -> Result<LocalSi
         ],
     )
     .await?;
+    if real_fs {
+        site.make_file_systems()
+            .await
+            .map_err(|e| format!("making the MVs' file systems: {e}"))?;
+    }
     cli(
         bin,
         &[
@@ -677,6 +724,7 @@ fn facts(layout: &SiteLayout, cfg: &RunConfig) -> SiteFacts {
             .collect(),
         quiesce_ms_max: cfg.quiesce_ms_max,
         stall_slack_ms: cfg.stall_slack_ms,
+        real_fs: cfg.mv_fs.is_some(),
     }
 }
 

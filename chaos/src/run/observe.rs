@@ -247,6 +247,7 @@ pub fn end_instant(stamped_ms: u64, not_ended_at_ms: u64, seen_ended_ms: u64) ->
 pub async fn job_watcher(
     endpoints: Vec<String>,
     rvs: Vec<(String, std::path::PathBuf, u32)>,
+    check: RvCheck,
     records: Shared,
     last: Arc<Mutex<Option<ClusterState>>>,
     mut stop: watch::Receiver<bool>,
@@ -288,14 +289,18 @@ pub async fn job_watcher(
             });
             answered_sent_ms = sent_ms;
             *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
-            for (id, end, at_ms) in ended {
-                if end
-                    == (JobEnd::Done {
-                        label: CopyLabel::Consistent,
-                    })
-                {
-                    verify_copy(&rvs, id, at_ms, &records).await;
-                }
+            // Of several consistent copies seen ended at once, only the last can still be on
+            // the RVs (a group's backups run one after another): the others are not read.
+            let consistent = JobEnd::Done {
+                label: CopyLabel::Consistent,
+            };
+            let newest = ended
+                .iter()
+                .filter(|(_, end, _)| *end == consistent)
+                .map(|(id, _, at_ms)| (*id, *at_ms))
+                .next_back();
+            if let Some((id, at_ms)) = newest {
+                verify_copy(&rvs, &check, id, at_ms, &records).await;
             }
         }
         if tokio::time::timeout(JOB_POLL_EVERY, stop.wait_for(|s| *s))
@@ -307,11 +312,22 @@ pub async fn job_watcher(
     }
 }
 
+/// How the RVs of a copy labelled consistent are judged.
+#[derive(Clone, Debug)]
+pub enum RvCheck {
+    /// The sim workload's records, read with its verifier from the RV's LD file.
+    SimRecords,
+    /// An ext4 file system holding the file application's records ([`super::fs_copy`]);
+    /// images are taken in `scratch_dir`.
+    Ext4 { scratch_dir: std::path::PathBuf },
+}
+
 /// Runs the verifier on every RV of job `id`'s copy. Once its pair is separated an RV's file
 /// holds the whole copy (the array writes it only while copying, which the checker rules out
 /// from the audit log).
 async fn verify_copy(
     rvs: &[(String, std::path::PathBuf, u32)],
+    check: &RvCheck,
     job_id: u64,
     job_ended_ms: u64,
     records: &Shared,
@@ -319,26 +335,12 @@ async fn verify_copy(
     for (pair, array_dir, rv_ld) in rvs {
         let started_ms = now_ms();
         let path = array_dir.join(format!("ld-{rv_ld}.img"));
-        let verified = async {
-            let device = stillpoint_host::FileDevice::open(&path)?;
-            stillpoint_host::verify(&device).await
-        };
-        let outcome = match tokio::time::timeout(VERIFY_TIMEOUT, verified).await {
-            Ok(Ok(report)) if report.torn.is_empty() && report.gaps.is_empty() => {
-                VerifyOutcome::Intact {
-                    records: report.intact_count,
-                }
+        let outcome = match check {
+            RvCheck::SimRecords => verify_sim_records(&path).await,
+            RvCheck::Ext4 { scratch_dir } => {
+                let scratch = super::fs_copy::scratch_for(scratch_dir, *rv_ld);
+                super::fs_copy::verify_ext4(&path, &scratch).await
             }
-            Ok(Ok(report)) => VerifyOutcome::Damaged {
-                what: format!(
-                    "{} intact, torn {:?}, missing {:?}",
-                    report.intact_count, report.torn, report.gaps
-                ),
-            },
-            Ok(Err(e)) => VerifyOutcome::Unreadable { why: e.to_string() },
-            Err(_) => VerifyOutcome::Unreadable {
-                why: format!("no answer within {} ms", VERIFY_TIMEOUT.as_millis()),
-            },
         };
         with(records, |r| {
             r.note(format!(
@@ -354,6 +356,31 @@ async fn verify_copy(
                 outcome,
             })
         });
+    }
+}
+
+/// The sim workload's verifier on the RV's LD file.
+async fn verify_sim_records(path: &std::path::Path) -> VerifyOutcome {
+    let verified = async {
+        let device = stillpoint_host::FileDevice::open(path)?;
+        stillpoint_host::verify(&device).await
+    };
+    match tokio::time::timeout(VERIFY_TIMEOUT, verified).await {
+        Ok(Ok(report)) if report.torn.is_empty() && report.gaps.is_empty() => {
+            VerifyOutcome::Intact {
+                records: report.intact_count,
+            }
+        }
+        Ok(Ok(report)) => VerifyOutcome::Damaged {
+            what: format!(
+                "{} intact, torn {:?}, missing {:?}",
+                report.intact_count, report.torn, report.gaps
+            ),
+        },
+        Ok(Err(e)) => VerifyOutcome::Unreadable { why: e.to_string() },
+        Err(_) => VerifyOutcome::Unreadable {
+            why: format!("no answer within {} ms", VERIFY_TIMEOUT.as_millis()),
+        },
     }
 }
 

@@ -157,6 +157,15 @@ impl FaultKind {
         self.is_partition() || self.is_link_fault()
     }
 
+    /// Whether the fault works on the sim application (its stop hook, or a holder of its
+    /// volume): MVs on real file systems, quiesced by freeze, have neither.
+    pub fn needs_sim_app(self) -> bool {
+        matches!(
+            self,
+            FaultKind::MvHookFails | FaultKind::MvHookHangs | FaultKind::MvHolder
+        )
+    }
+
     /// Whether the fault harms one process's link without cutting it: slow, lossy or
     /// delayed ([`super::link`]).
     pub fn is_link_fault(self) -> bool {
@@ -271,6 +280,20 @@ impl Schedule {
     /// faults only when `partitions`; only the kinds in `only` when it is not empty (e.g. to
     /// strike array faults often: `run --faults slow-copy,rv-ld-failure`).
     pub fn draw(seed: u64, fault_ms: u64, partitions: bool, only: &[FaultKind]) -> Schedule {
+        Schedule::draw_on(seed, fault_ms, partitions, only, false)
+    }
+
+    /// [`Schedule::draw`] for a site whose business hosts run real file systems when
+    /// `real_fs` (the `linux` backend): the faults of the sim application's hooks and holder
+    /// ([`FaultKind::needs_sim_app`]) are not drawn; a seed draws the same shape and
+    /// submissions either way.
+    pub fn draw_on(
+        seed: u64,
+        fault_ms: u64,
+        partitions: bool,
+        only: &[FaultKind],
+        real_fs: bool,
+    ) -> Schedule {
         let mut rng = Rng::new(seed);
         let voters = if rng.chance(500) { 5 } else { 3 };
         let business_nodes = voters - 2;
@@ -280,7 +303,9 @@ impl Schedule {
         let rdr = only.contains(&FaultKind::RdrLinkDown)
             || Rng::new(seed ^ 0x0052_4452_u64.rotate_left(29)).chance(500);
         let weight = |k: FaultKind| {
-            if only.is_empty() || only.contains(&k) {
+            if real_fs && k.needs_sim_app() {
+                0
+            } else if only.is_empty() || only.contains(&k) {
                 k.weight(partitions, rdr)
             } else {
                 0

@@ -14,7 +14,7 @@
 //! RVs there and [`LocalSite::verify_rv`] reads each RV from its own array.
 //!
 //! With a [`Placement`] (the chaos harness's network partitions) each process starts behind a
-//! command prefix (`ip netns exec NS`) and listens on an address of its own instead of a free
+//! command prefix (`nsenter --net=/run/netns/NS --`) and listens on an address of its own instead of a free
 //! loopback port; without one (every other test) nothing changes.
 //!
 //! Children are killed when the site is dropped, pass or fail (agents on linux hosts are first
