@@ -74,11 +74,18 @@ pub const PG_COPY_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// the FUSE file answers EIO: the loop device and the file system above see an I/O error
 /// instead of a hang.
 pub const LD_IO_TIMEOUT_MS: u64 = 60_000;
-/// Attempts of one LD read or write whose array did not answer (unreachable, outcome unknown);
-/// a refusal (access list, RV access) is never retried.
-pub const LD_IO_ATTEMPTS_MAX: u32 = 3;
-/// First pause between two attempts of an LD read or write; doubled after each.
+/// How long one LD read or write whose array does not answer (unreachable, outcome unknown,
+/// its remote copy's link down) is tried again before it fails: an array process restarted,
+/// or a controller failing over, within this long stalls the host's I/O instead of failing
+/// it, as a multipath device queues I/O while no path answers (`no_path_retry`). Each
+/// attempt is bounded by the array client's own call timeout; a refusal (access list, RV
+/// access) is never retried.
+pub const LD_IO_RETRY_WINDOW_MS: u64 = 30_000;
+/// First pause between two attempts of an LD read or write; doubled after each, up to
+/// [`LD_IO_RETRY_PAUSE_MS_MAX`].
 pub const LD_IO_RETRY_MS: u64 = 200;
+/// Longest pause between two attempts of an LD read or write.
+pub const LD_IO_RETRY_PAUSE_MS_MAX: u64 = 1_000;
 /// Largest FUSE read or write request of an attached LD (the kernel's maximum: 256 pages).
 pub const LD_REQUEST_BYTES_MAX: u32 = 1024 * 1024;
 /// FUSE worker threads serving attached LDs: requests in flight to the array at once.

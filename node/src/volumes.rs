@@ -70,21 +70,29 @@ impl ArrayLdDevice {
     /// (unreachable, outcome unknown — a write of the same bytes at the same place is safe to
     /// repeat), or that could not reach the remote array a write's copy-before-write needs
     /// (the RDR link down: the link may be back in a moment), is asked again after a doubling
-    /// pause; a refusal or bad input is returned at once. Each call carries the client's own timeout ([`stillpoint_array::CALL_TIMEOUT`]).
+    /// pause (capped) for up to [`stillpoint_host::limits::LD_IO_RETRY_WINDOW_MS`]; a refusal
+    /// or bad input is returned at once. Each call carries the client's own timeout
+    /// ([`stillpoint_array::CALL_TIMEOUT`]).
     async fn with_retries<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, HostError>
     where
         F: Fn(RemoteArray) -> Fut,
         Fut: std::future::Future<Output = Result<T, ArrayError>>,
     {
-        let mut pause_ms = stillpoint_host::limits::LD_IO_RETRY_MS;
-        let attempts = stillpoint_host::limits::LD_IO_ATTEMPTS_MAX;
-        for attempt in 1..=attempts {
+        use stillpoint_host::limits::{
+            LD_IO_RETRY_MS, LD_IO_RETRY_PAUSE_MS_MAX, LD_IO_RETRY_WINDOW_MS,
+        };
+        let give_up_at = tokio::time::Instant::now() + Duration::from_millis(LD_IO_RETRY_WINDOW_MS);
+        let mut pause = Duration::from_millis(LD_IO_RETRY_MS);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let again = tokio::time::Instant::now() + pause < give_up_at;
             let result = match self.array(operation).await {
                 Ok(a) => call(a.clone()).await,
-                Err(e) if attempt < attempts => {
+                Err(e) if again => {
                     tracing::debug!(ld = %self.name(), error = %e, attempt, "array not reached; retrying");
-                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                    pause_ms *= 2;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(LD_IO_RETRY_PAUSE_MS_MAX));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -96,15 +104,14 @@ impl ArrayLdDevice {
                     | ArrayError::PeerUnreachable { .. }
                     | ArrayError::OutcomeUnknown { .. }
                     | ArrayError::Timeout { .. }),
-                ) if attempt < attempts => {
+                ) if again => {
                     tracing::debug!(ld = %self.name(), error = %e, attempt, "array call not answered; retrying");
-                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                    pause_ms *= 2;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(LD_IO_RETRY_PAUSE_MS_MAX));
                 }
                 Err(e) => return Err(self.error(operation, e)),
             }
         }
-        unreachable!("the last attempt returns")
     }
 }
 

@@ -3,6 +3,8 @@
 //! array.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use stillpoint_coordinator::Role;
 use stillpoint_host::{Host, HostClient, QuiesceMode, QuiesceRequest};
@@ -176,4 +178,69 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
     cluster.shutdown().await;
     let _ = stop_array.send(());
     array.await.unwrap().expect("array stops cleanly");
+}
+
+/// An array process restarted within seconds (a controller's failover, an upgrade) must not
+/// fail the business servers' I/O: a write to an LD through the LD path waits for the array
+/// to answer again, within the LD path's bound, as a multipath HBA queues I/O while no path
+/// answers. (It used to give up after three quick attempts, ~1 s: the file system above
+/// then saw EIO, and ext4 kept a file's new size over a block never written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ld_write_waits_out_an_array_restarted_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        stillpoint_array::ArrayConfig::parse(
+            &format!(
+                "name = \"A1\"\ndata_dir = \"{}\"\n[[ld]]\nnumber = 0\nname = \"DB\"\ncapacity_bytes = 1048576\nformat = \"NX\"\nhosts = [\"db1\"]\n",
+                dir.path().join("array").display()
+            ),
+            "array.toml",
+        )
+        .expect("array config")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let array = tokio::spawn(stillpoint_array::serve(config(), listener, async {
+        let _ = stopped.await;
+    }));
+    let device = Arc::new(stillpoint_node::volumes::ArrayLdDevice::new(
+        &ArrayEndpoint {
+            name: "A1".into(),
+            endpoint: address.to_string(),
+        },
+        0,
+        "db1",
+    ));
+    use stillpoint_host::BlockDevice;
+    device.write_at(0, &[1u8; 4096]).await.expect("first write");
+
+    // The array goes away; a write is issued while it is down.
+    let _ = stop.send(());
+    array.await.unwrap().expect("array stopped");
+    let writing = tokio::spawn({
+        let device = device.clone();
+        async move { device.write_at(4096, &[2u8; 4096]).await }
+    });
+    // The outage: 3 s, well inside the LD path's bound.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !writing.is_finished(),
+        "the write ended while the array was down: {:?}",
+        writing.await
+    );
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let (_stop_again, stopped_again) = tokio::sync::oneshot::channel::<()>();
+    let _array = tokio::spawn(stillpoint_array::serve(config(), listener, async {
+        let _ = stopped_again.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("the write did not end after the array came back")
+        .unwrap()
+        .expect("the write, once the array answered again");
+    assert_eq!(
+        device.read_at(4096, 4096).await.expect("read back"),
+        vec![2u8; 4096]
+    );
 }
