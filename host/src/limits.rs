@@ -81,6 +81,10 @@ pub const LD_IO_TIMEOUT_MS: u64 = 60_000;
 /// attempt is bounded by the array client's own call timeout; a refusal (access list, RV
 /// access) is never retried.
 pub const LD_IO_RETRY_WINDOW_MS: u64 = 30_000;
+/// How long listing an array's LDs (to attach them, or a rescan) is tried again when the
+/// array does not answer: an array not up yet is found by the next attach round, not waited
+/// for here.
+pub const LD_LOOKUP_RETRY_WINDOW_MS: u64 = 1_000;
 /// First pause between two attempts of an LD read or write; doubled after each, up to
 /// [`LD_IO_RETRY_PAUSE_MS_MAX`].
 pub const LD_IO_RETRY_MS: u64 = 200;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stillpoint_array::{Array, ArrayError, RemoteArray};
+use stillpoint_host::limits::{LD_IO_RETRY_WINDOW_MS, LD_LOOKUP_RETRY_WINDOW_MS};
 use stillpoint_host::{BackendKind, BlockDevice, Engine, HostError, SimBackend, Workload};
 use tokio::sync::OnceCell;
 
@@ -70,18 +71,22 @@ impl ArrayLdDevice {
     /// (unreachable, outcome unknown — a write of the same bytes at the same place is safe to
     /// repeat), or that could not reach the remote array a write's copy-before-write needs
     /// (the RDR link down: the link may be back in a moment), is asked again after a doubling
-    /// pause (capped) for up to [`stillpoint_host::limits::LD_IO_RETRY_WINDOW_MS`]; a refusal
+    /// pause (capped) for up to `window_ms` ([`LD_IO_RETRY_WINDOW_MS`] for reads and writes,
+    /// [`LD_LOOKUP_RETRY_WINDOW_MS`] for listing LDs, which attaching and rescans do); a refusal
     /// or bad input is returned at once. Each call carries the client's own timeout
     /// ([`stillpoint_array::CALL_TIMEOUT`]).
-    async fn with_retries<T, F, Fut>(&self, operation: &str, call: F) -> Result<T, HostError>
+    async fn with_retries<T, F, Fut>(
+        &self,
+        operation: &str,
+        window_ms: u64,
+        call: F,
+    ) -> Result<T, HostError>
     where
         F: Fn(RemoteArray) -> Fut,
         Fut: std::future::Future<Output = Result<T, ArrayError>>,
     {
-        use stillpoint_host::limits::{
-            LD_IO_RETRY_MS, LD_IO_RETRY_PAUSE_MS_MAX, LD_IO_RETRY_WINDOW_MS,
-        };
-        let give_up_at = tokio::time::Instant::now() + Duration::from_millis(LD_IO_RETRY_WINDOW_MS);
+        use stillpoint_host::limits::{LD_IO_RETRY_MS, LD_IO_RETRY_PAUSE_MS_MAX};
+        let give_up_at = tokio::time::Instant::now() + Duration::from_millis(window_ms);
         let mut pause = Duration::from_millis(LD_IO_RETRY_MS);
         let mut attempt = 0u32;
         loop {
@@ -123,7 +128,9 @@ impl BlockDevice for ArrayLdDevice {
 
     async fn capacity_bytes(&self) -> Result<u64, HostError> {
         let lds = self
-            .with_retries("size", |a| async move { a.ld_list().await })
+            .with_retries("size", LD_LOOKUP_RETRY_WINDOW_MS, |a| async move {
+                a.ld_list().await
+            })
             .await?;
         lds.iter()
             .find(|l| l.number == self.ld)
@@ -137,7 +144,7 @@ impl BlockDevice for ArrayLdDevice {
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, HostError> {
         let (host, ld) = (self.host.as_str(), self.ld);
-        self.with_retries("read", |a| async move {
+        self.with_retries("read", LD_IO_RETRY_WINDOW_MS, |a| async move {
             a.read(host, ld, offset, len as u64).await
         })
         .await
@@ -145,10 +152,9 @@ impl BlockDevice for ArrayLdDevice {
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), HostError> {
         let (host, ld) = (self.host.as_str(), self.ld);
-        self.with_retries(
-            "write",
-            |a| async move { a.write(host, ld, offset, data).await },
-        )
+        self.with_retries("write", LD_IO_RETRY_WINDOW_MS, |a| async move {
+            a.write(host, ld, offset, data).await
+        })
         .await
     }
 }
@@ -180,7 +186,9 @@ impl stillpoint_host::LdSource for ArrayLdSource {
         for a in &self.arrays {
             let lister = ArrayLdDevice::new(a, u32::MAX, &self.host);
             let lds = lister
-                .with_retries("list LDs", |r| async move { r.ld_list().await })
+                .with_retries("list LDs", LD_LOOKUP_RETRY_WINDOW_MS, |r| async move {
+                    r.ld_list().await
+                })
                 .await?;
             for l in lds {
                 if !l.hosts.iter().any(|h| h == "*" || *h == self.host) {

@@ -532,9 +532,10 @@ fn a_file_system_on_an_ld_is_in_the_array_and_its_rv_mounts_on_another_host(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _cleanup = Cleanup(d.to_path_buf());
     let rt = runtime();
     let mut array = ArraySite::new(d, capacity_bytes);
+    // Dropped before the array: the hosts' LD path processes unmount while it answers.
+    let _cleanup = Cleanup(d.to_path_buf());
     array.start();
     let a = array.client(&rt);
     let h1 = Host::start(d, "h1", &array, "mv", 0, fs);
@@ -634,8 +635,9 @@ fn rescan_attaches_an_ld_that_became_visible() {
     require!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _cleanup = Cleanup(d.to_path_buf());
     let mut array = ArraySite::new(d, 16 * MIB);
+    // Dropped before the array: the hosts' LD path processes unmount while it answers.
+    let _cleanup = Cleanup(d.to_path_buf());
     let h1 = Host::start(d, "h1", &array, "mv", 0, "ext4");
     assert_eq!(h1.device(), None, "attached with no array");
     assert!(loops_under(&h1.lds_dir()).is_empty());
@@ -658,9 +660,10 @@ fn the_ld_path_outlives_the_agent_and_a_killed_one_is_replaced_and_cleaned_up() 
     require!("mkfs.ext4", "fsfreeze", "dd");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _cleanup = Cleanup(d.to_path_buf());
     let rt = runtime();
     let mut array = ArraySite::new(d, 32 * MIB);
+    // Dropped before the array: the hosts' LD path processes unmount while it answers.
+    let _cleanup = Cleanup(d.to_path_buf());
     array.start();
     let a = array.client(&rt);
     let mut h1 = Host::start(d, "h1", &array, "mv", 0, "ext4");
@@ -771,9 +774,10 @@ fn a_read_only_rv_reads_and_refuses_writes() {
     require!("dd");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _cleanup = Cleanup(d.to_path_buf());
     let rt = runtime();
     let mut array = ArraySite::new(d, 8 * MIB);
+    // Dropped before the array: the hosts' LD path processes unmount while it answers.
+    let _cleanup = Cleanup(d.to_path_buf());
     array.start();
     let a = array.client(&rt);
     let block: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
