@@ -281,6 +281,7 @@ async fn run(dir: &Path, ld_bytes: u64, rounds: usize, writes: usize) -> String 
         peers: vec![],
         audit_log: false,
         audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
+        audit_rv_head_bytes: 0,
     };
     let a = SoftwareArray::open(&cfg, vec![]).await.expect("open array");
     let mv_path = cfg.data_dir.join("ld-0.img");
@@ -593,6 +594,7 @@ async fn rdr_latency(dir: &Path) -> String {
         peers: vec![],
         audit_log: false,
         audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
+        audit_rv_head_bytes: 0,
     };
     let b = SoftwareArray::open(&cfg("B"), vec![])
         .await

@@ -44,6 +44,13 @@ pub struct ArrayConfig {
     /// "one instant" check of a consistent copy).
     #[serde(default = "default_mv_write_sample_ms")]
     pub audit_mv_write_sample_ms: u64,
+    /// With `audit_log`: when an RV is opened to hosts (its access goes from `nr`/`na` to
+    /// `rw`/`ro`, as a separate ends), the first this many bytes of it are recorded, read
+    /// before any host can touch it: the copy's head as the array cut it (an ext4 superblock
+    /// lies in its first 2 KiB). 0 (the default) records none; at most
+    /// [`crate::AUDIT_RV_HEAD_BYTES_MAX`].
+    #[serde(default)]
+    pub audit_rv_head_bytes: u64,
 }
 
 fn default_mv_write_sample_ms() -> u64 {
@@ -135,6 +142,13 @@ impl ArrayConfig {
             return Err(format!(
                 "block_bytes = {}: must be a power of two >= 4096",
                 self.block_bytes
+            ));
+        }
+        if self.audit_rv_head_bytes > crate::AUDIT_RV_HEAD_BYTES_MAX {
+            return Err(format!(
+                "audit_rv_head_bytes = {}: at most {}",
+                self.audit_rv_head_bytes,
+                crate::AUDIT_RV_HEAD_BYTES_MAX
             ));
         }
         let mut seen = std::collections::BTreeSet::new();

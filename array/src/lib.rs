@@ -176,7 +176,8 @@ pub use error::{ArrayError, Result, Rule};
 pub use remote::RemoteArray;
 pub use server::{serve, serve_array, serve_when_open};
 pub use software::{
-    AUDIT_MV_WRITE_SAMPLE_MS, AuditEvent, AuditLine, Link, PeerHandle, SoftwareArray,
+    AUDIT_MV_WRITE_SAMPLE_MS, AUDIT_RV_HEAD_BYTES_MAX, AuditEvent, AuditLine, Link, PeerHandle,
+    SoftwareArray,
 };
 pub use types::*;
 

@@ -28,7 +28,7 @@ mod host_io;
 mod ld;
 mod peer;
 
-pub use audit::{AUDIT_MV_WRITE_SAMPLE_MS, AuditEvent, AuditLine};
+pub use audit::{AUDIT_MV_WRITE_SAMPLE_MS, AUDIT_RV_HEAD_BYTES_MAX, AuditEvent, AuditLine};
 use engine::Dir;
 use host_io::overlay;
 use ld::Ld;
@@ -233,7 +233,11 @@ impl SoftwareArray {
         let copies = copies::load(&copies_tree, &lds, cfg.block_bytes, &roles, &mvs, corrupt)?;
         let (events, _) = broadcast::channel(crate::EVENT_CHANNEL_CAPACITY);
         let audit = if cfg.audit_log {
-            audit::Audit::open(cfg.data_dir.join("audit.log"), cfg.audit_mv_write_sample_ms)?
+            audit::Audit::open(
+                cfg.data_dir.join("audit.log"),
+                cfg.audit_mv_write_sample_ms,
+                cfg.audit_rv_head_bytes,
+            )?
         } else {
             audit::Audit::disabled()
         };
@@ -692,6 +696,7 @@ mod tests {
             peers: vec![],
             audit_log: false,
             audit_mv_write_sample_ms: crate::AUDIT_MV_WRITE_SAMPLE_MS,
+            audit_rv_head_bytes: 0,
         };
         let array = SoftwareArray::open(&cfg, vec![]).await.unwrap();
         for round in 0..20u32 {

@@ -276,3 +276,58 @@ async fn a_pair_set_or_unset_whose_caller_goes_away_is_still_persisted_and_annou
         "pair unset in memory: {unset}, event sent: {unset_announced}, audit line: {audited}, unset after a reopen: {unset_durable}"
     );
 }
+
+/// With `audit_rv_head_bytes`, every RV opened to hosts (a separate ending) has its head
+/// recorded as the array cut it: the MV's bytes at the separate, not a later MV write, not
+/// what a host writes on the RV once it is open; a second cycle records the new copy's head.
+#[tokio::test]
+async fn an_rv_opened_to_hosts_has_its_head_recorded_as_the_separate_cut_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "A", vec![ld(0, CAP, "NX"), ld(1, CAP, "NX")], 0);
+    cfg.audit_log = true;
+    cfg.audit_rv_head_bytes = 2048;
+    let a = SoftwareArray::open(&cfg, vec![]).await.expect("open array");
+    let p = pair(0, 1);
+    a.pair_set(&p).await.expect("set");
+    let mut cuts = Vec::new();
+    for round in 0..2u64 {
+        a.write("db1", 0, 0, &pattern(round, 4096))
+            .await
+            .expect("MV write");
+        a.replicate(&p, &sync_opts()).await.expect("replicate");
+        a.separate(&p, &sep_opts()).await.expect("separate");
+        cuts.push(pattern(round, 4096)[..2048].to_vec());
+        // After the cut: the MV moves on and a host writes the RV; neither is the copy's head.
+        a.write("db1", 0, 0, &pattern(50 + round, 4096))
+            .await
+            .expect("MV write after the separate");
+        a.write("backup1", 1, 0, &pattern(70 + round, 4096))
+            .await
+            .expect("RV write once open");
+        // The same access pushed again (any later operation) records nothing new.
+        a.pair_query(&p).await.expect("query");
+    }
+    drop(a);
+    let got = lines(dir.path());
+    let heads: Vec<(u32, RvAccess, Option<Vec<u8>>)> = got
+        .iter()
+        .filter_map(|l| match &l.event {
+            AuditEvent::RvOpened { ld, access, .. } => Some((*ld, *access, l.event.rv_head())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heads.len(), 2, "one line per opening: {heads:?}");
+    for (i, (ld, access, head)) in heads.into_iter().enumerate() {
+        assert_eq!((ld, access), (1, RvAccess::Rw));
+        assert!(head.as_ref() == Some(&cuts[i]), "copy {i}: head {head:?}");
+    }
+}
+
+#[test]
+fn an_rv_head_larger_than_the_bound_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "A", vec![ld(0, CAP, "NX")], 0);
+    cfg.audit_rv_head_bytes = AUDIT_RV_HEAD_BYTES_MAX + 1;
+    let e = cfg.validate().expect_err("too large");
+    assert!(e.starts_with("audit_rv_head_bytes = 65537"), "{e}");
+}

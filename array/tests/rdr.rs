@@ -292,3 +292,42 @@ async fn rdr_pairing_rules() {
         .unwrap_err();
     assert!(matches!(e, ArrayError::NotFound { .. }), "{e}");
 }
+
+/// An RDR pair's RV lives on the peer array: that array records the copy's head when the
+/// separate opens the RV to hosts.
+#[tokio::test]
+async fn a_remote_rv_has_its_head_recorded_on_its_own_array_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b_cfg = config(dir.path(), "B", lds(), 0);
+    b_cfg.audit_log = true;
+    b_cfg.audit_rv_head_bytes = 1024;
+    let b = SoftwareArray::open(&b_cfg, vec![]).await.unwrap();
+    let peer = PeerHandle {
+        name: "B".into(),
+        array: Arc::new(b.clone()),
+        link: Arc::new(Link::new(0, 0)),
+    };
+    let a = SoftwareArray::open(&config(dir.path(), "A", lds(), 0), vec![peer])
+        .await
+        .unwrap();
+    let p = rdr(0, 3);
+    a.pair_set(&p).await.unwrap();
+    a.write("h", 0, 0, &pattern(9, 4096)).await.unwrap();
+    a.replicate(&p, &replicate_with(CopyControl::Sync))
+        .await
+        .unwrap();
+    a.separate(&p, &sep()).await.unwrap();
+    a.write("h", 0, 0, &pattern(10, 4096)).await.unwrap();
+    drop(a);
+    drop(b);
+    let text = std::fs::read_to_string(dir.path().join("B").join("audit.log")).expect("B's log");
+    let heads: Vec<(u32, Option<Vec<u8>>)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<AuditLine>(l).expect("line"))
+        .filter_map(|l| match &l.event {
+            AuditEvent::RvOpened { ld, .. } => Some((*ld, l.event.rv_head())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heads, vec![(3, Some(pattern(9, 4096)[..1024].to_vec()))]);
+}

@@ -8,7 +8,10 @@
 //! host write that landed on a plain or master LD (so a reader can see how long an
 //! application's writes stopped, and, unsampled, whether an MV was written between two other
 //! lines). An MV write's line is written after the write landed and before it is answered,
-//! under the LD's I/O lock. Lines carry a sequence number
+//! under the LD's I/O lock. With `audit_rv_head_bytes` above 0, an RV opened to hosts (its
+//! access going from `nr`/`na` to `rw`/`ro`, which is how a separate ends) has its first
+//! bytes recorded ([`AuditEvent::RvOpened`]), read before the new access lets any host in: the
+//! head of the copy exactly as the array cut it (for an RDR pair, on the RV's array). Lines carry a sequence number
 //! that grows by one per line, across restarts (the next one continues after the last line
 //! found in the file): a gap says lines were lost.
 //!
@@ -24,6 +27,9 @@ use super::*;
 /// Writes to one plain or master LD are recorded at most this often (one line says "the
 /// application was writing at this instant").
 pub const AUDIT_MV_WRITE_SAMPLE_MS: u64 = 100;
+
+/// Most bytes of an RV's head an [`AuditEvent::RvOpened`] line carries.
+pub const AUDIT_RV_HEAD_BYTES_MAX: u64 = 65_536;
 
 /// One line of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,12 +78,41 @@ pub enum AuditEvent {
     },
     /// A host write landed on a plain or master LD (sampled, unless the sample interval is 0).
     MvWrite { host: String, ld: u32 },
+    /// RV `ld` of this array opened to hosts with `access`; `head_hex` is its first
+    /// `audit_rv_head_bytes` bytes (lower-case hex) read just before, or empty with `error`
+    /// saying why they could not be read (a failed LD).
+    RvOpened {
+        ld: u32,
+        access: RvAccess,
+        head_hex: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
+    },
+}
+
+impl AuditEvent {
+    /// The bytes of an [`AuditEvent::RvOpened`] line's head (`None` for other lines, or a head
+    /// that is not valid hex).
+    pub fn rv_head(&self) -> Option<Vec<u8>> {
+        let AuditEvent::RvOpened { head_hex, .. } = self else {
+            return None;
+        };
+        if head_hex.len() % 2 != 0 {
+            return None;
+        }
+        (0..head_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(head_hex.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
 }
 
 pub(super) struct Audit {
     out: Mutex<Option<AuditFile>>,
     /// See `ArrayConfig::audit_mv_write_sample_ms`.
     mv_write_sample_ms: u64,
+    /// See `ArrayConfig::audit_rv_head_bytes`.
+    rv_head_bytes: u64,
 }
 
 struct AuditFile {
@@ -91,12 +126,17 @@ impl Audit {
         Audit {
             out: Mutex::new(None),
             mv_write_sample_ms: AUDIT_MV_WRITE_SAMPLE_MS,
+            rv_head_bytes: 0,
         }
     }
 
     /// Opens (or creates) `path` for appending; the sequence continues after the last line
     /// that parses.
-    pub(super) fn open(path: PathBuf, mv_write_sample_ms: u64) -> Result<Audit> {
+    pub(super) fn open(
+        path: PathBuf,
+        mv_write_sample_ms: u64,
+        rv_head_bytes: u64,
+    ) -> Result<Audit> {
         let text = match std::fs::read(&path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -125,6 +165,7 @@ impl Audit {
                 next_seq,
             })),
             mv_write_sample_ms,
+            rv_head_bytes,
         })
     }
 
@@ -190,6 +231,44 @@ impl Inner {
                 ld: ld.number,
             });
         }
+    }
+
+    /// Records the head of RV `ld` as hosts are about to see it, when `access` opens it to
+    /// them (see [`AuditEvent::RvOpened`]). Call before the new access takes effect.
+    pub(super) async fn audit_rv_opened(&self, ld: u32, access: RvAccess) {
+        let bytes = self.audit.rv_head_bytes;
+        if bytes == 0 || !self.audit.enabled() {
+            return;
+        }
+        let read = match self.ld(ld) {
+            Ok(l) => {
+                let (l, array) = (l.clone(), self.name.clone());
+                tokio::task::spawn_blocking(move || {
+                    l.read_at(&array, 0, bytes.min(l.capacity_bytes))
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ArrayError::OutcomeUnknown {
+                        op: format!("read the head of LD {ld}"),
+                        detail: e.to_string(),
+                    })
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let (head_hex, error) = match read {
+            Ok(head) => (
+                head.iter().map(|b| format!("{b:02x}")).collect(),
+                String::new(),
+            ),
+            Err(e) => (String::new(), e.to_string()),
+        };
+        self.audit.record(AuditEvent::RvOpened {
+            ld,
+            access,
+            head_hex,
+            error,
+        });
     }
 
     /// Records a host read or write on RV `ld` and passes its outcome through.

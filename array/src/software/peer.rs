@@ -179,6 +179,19 @@ impl Inner {
                 Ok(PeerReply::Ok)
             }
             PeerRequest::SetAccess { rv, mv, access } => {
+                let hosts_in = |a: RvAccess| matches!(a, RvAccess::Rw | RvAccess::Ro);
+                let opening = {
+                    let roles = lock(&self.roles);
+                    let r = roles.get(&rv).filter(|r| r.mv == mv).ok_or_else(|| {
+                        ArrayError::not_found(format!("RV role of {}:{rv} for {mv}", self.name))
+                    })?;
+                    !hosts_in(r.access) && hosts_in(access)
+                };
+                if opening {
+                    // Pushes of one pair are ordered (its push lock): the access read above is
+                    // still the RV's, so no host is in yet.
+                    self.audit_rv_opened(rv, access).await;
+                }
                 {
                     let mut roles = lock(&self.roles);
                     let r = roles.get_mut(&rv).filter(|r| r.mv == mv).ok_or_else(|| {

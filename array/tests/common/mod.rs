@@ -32,6 +32,7 @@ pub fn config(dir: &Path, name: &str, lds: Vec<LdConfig>, pace: u64) -> ArrayCon
         peers: vec![],
         audit_log: false,
         audit_mv_write_sample_ms: stillpoint_array::AUDIT_MV_WRITE_SAMPLE_MS,
+        audit_rv_head_bytes: 0,
     }
 }
 

@@ -275,8 +275,9 @@ impl SiteLayout {
             self.audit_log
         );
         if self.audit_log {
-            // A referee reads the audit log: every MV write is in it, not a sample.
-            text += "audit_mv_write_sample_ms = 0\n";
+            // A referee reads the audit log: every MV write is in it, not a sample, and the
+            // first 4 KiB of every copy as the array cut it (a file system's superblock).
+            text += "audit_mv_write_sample_ms = 0\naudit_rv_head_bytes = 4096\n";
         }
         let ld = |number: u32, name: &str, host: &str| {
             format!(
