@@ -119,4 +119,15 @@ fn a_short_seed_on_real_ext4_file_systems_ends_without_violations() {
         verified.is_some_and(|n| n > 0),
         "no RV of a consistent copy was read back: {stdout}"
     );
+    let cuts = stdout.lines().find_map(|l| {
+        l.strip_prefix("S3 RVs of consistent copies cut from a frozen file system")?
+            .rsplit(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(
+        cuts.is_some_and(|n| n > 0),
+        "no RV's superblock at the cut was judged: {stdout}"
+    );
 }

@@ -22,11 +22,9 @@
 
 use std::collections::BTreeMap;
 
-use stillpoint_array::{AuditEvent, AuditLine, PairId};
-use stillpoint_coordinator::job::{CopyLabel, JobEnd};
-
 use super::check::Violation;
 use super::records::Records;
+use stillpoint_array::{AuditEvent, AuditLine, PairId};
 
 /// One pair's cut in a job's copy: its separate's line and the MV writes around it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,42 +42,21 @@ struct Cut {
 pub fn s3_one_instant(audit: &[AuditLine], records: &Records) -> (Vec<Violation>, u64) {
     // Every MV write's line, per LD, in log order.
     let mut writes: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    // Per job: per pair, the last separate line under that job's token.
-    let mut separates: BTreeMap<u64, BTreeMap<PairId, u64>> = BTreeMap::new();
     for l in audit {
-        match &l.event {
-            AuditEvent::MvWrite { ld, .. } => writes.entry(*ld).or_default().push(l.seq),
-            AuditEvent::Pair {
-                pair,
-                reason,
-                fence: Some(fence),
-                ..
-            } if reason == "separate" => {
-                separates
-                    .entry(fence.job)
-                    .or_default()
-                    .insert(pair.clone(), l.seq);
-            }
-            _ => {}
+        if let AuditEvent::MvWrite { ld, .. } = &l.event {
+            writes.entry(*ld).or_default().push(l.seq);
         }
     }
+    let separates = last_separates(audit);
     let (mut out, mut judged) = (Vec::new(), 0);
-    for (id, seen) in &records.jobs {
-        let Some((
-            JobEnd::Done {
-                label: CopyLabel::Consistent,
-            },
-            ended_ms,
-        )) = &seen.end
-        else {
-            continue;
-        };
-        let Some(cuts) = separates.get(id) else {
+    for (id, ended_ms) in records.consistent_copies() {
+        let Some(cuts) = separates.get(&id) else {
             continue;
         };
         let cuts: Vec<Cut> = cuts
             .iter()
-            .map(|(pair, seq)| {
+            .map(|(pair, at)| {
+                let seq = &audit[*at].seq;
                 let on_mv = writes.get(&pair.mv.ld).map(Vec::as_slice).unwrap_or(&[]);
                 let after = on_mv.partition_point(|w| w < seq);
                 Cut {
@@ -94,12 +71,34 @@ pub fn s3_one_instant(audit: &[AuditLine], records: &Records) -> (Vec<Violation>
         if let Some(what) = mixed_instants(&cuts) {
             out.push(Violation {
                 prop: "S3",
-                at_ms: *ended_ms,
+                at_ms: ended_ms,
                 what: format!("job {id} ended done, consistent, but {what}"),
             });
         }
     }
     (out, judged)
+}
+
+/// Per job: per pair, the index in `audit` of the last separate the array logged under the
+/// job's token (its final round).
+pub(super) fn last_separates(audit: &[AuditLine]) -> BTreeMap<u64, BTreeMap<PairId, usize>> {
+    let mut separates: BTreeMap<u64, BTreeMap<PairId, usize>> = BTreeMap::new();
+    for (i, l) in audit.iter().enumerate() {
+        if let AuditEvent::Pair {
+            pair,
+            reason,
+            fence: Some(fence),
+            ..
+        } = &l.event
+            && reason == "separate"
+        {
+            separates
+                .entry(fence.job)
+                .or_default()
+                .insert(pair.clone(), i);
+        }
+    }
+    separates
 }
 
 /// Why `cuts` are not of one instant, or `None` when their write-free intervals share a point.
@@ -124,23 +123,27 @@ fn mixed_instants(cuts: &[Cut]) -> Option<String> {
     })
 }
 
-fn name(p: &PairId) -> String {
+pub(super) fn name(p: &PairId) -> String {
     format!(
         "pair {}:{} -> {}:{}",
         p.mv.array, p.mv.ld, p.rv.array, p.rv.ld
     )
 }
 
+/// Audit lines and records for the checkers' tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod fixtures {
     use stillpoint_array::{
         Activity, CopyControl, FenceToken, LdRef, PairState, RvAccess, SyncState,
     };
 
-    use super::*;
-    use crate::run::records::JobSeen;
+    use stillpoint_array::{AuditEvent, AuditLine, PairId};
+    pub use stillpoint_coordinator::job::CopyLabel;
+    use stillpoint_coordinator::job::JobEnd;
 
-    fn pair(mv: u32, rv: u32) -> PairId {
+    use crate::run::records::{JobSeen, Records};
+
+    pub fn pair(mv: u32, rv: u32) -> PairId {
         PairId {
             mv: LdRef {
                 array: "A1".into(),
@@ -153,7 +156,7 @@ mod tests {
         }
     }
 
-    fn write(seq: u64, ld: u32) -> AuditLine {
+    pub fn write(seq: u64, ld: u32) -> AuditLine {
         AuditLine {
             seq,
             at_unix_ms: seq,
@@ -164,7 +167,7 @@ mod tests {
         }
     }
 
-    fn separate(seq: u64, p: PairId, job: u64) -> AuditLine {
+    pub fn separate(seq: u64, p: PairId, job: u64) -> AuditLine {
         AuditLine {
             seq,
             at_unix_ms: seq,
@@ -189,7 +192,7 @@ mod tests {
         }
     }
 
-    fn ended(label: CopyLabel) -> Records {
+    pub fn ended(label: CopyLabel) -> Records {
         let mut r = Records::default();
         r.jobs.insert(
             7,
@@ -200,6 +203,12 @@ mod tests {
         );
         r
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
 
     #[test]
     fn copies_cut_while_every_mv_was_still_are_of_one_instant() {

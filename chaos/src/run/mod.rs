@@ -33,6 +33,7 @@ pub mod faults;
 pub mod fencing;
 pub mod fs_apps;
 pub mod fs_copy;
+pub mod fs_cut;
 pub mod inject;
 pub mod instant;
 pub mod link;
@@ -446,6 +447,12 @@ async fn run_async(seed: u64, cfg: &RunConfig) -> Report {
             report.violations.extend(v);
             report.s3_one_instant_judged = judged;
             report.s3_unjudged = c.unjudged.len() as u64;
+            if facts.real_fs {
+                let (v, cuts) = fs_cut::s3_cut_of_quiesced_fs(&merged, &records);
+                report.violations.extend(v);
+                report.s3_cuts_judged = cuts.judged;
+                report.s3_unjudged += cuts.unjudged.len() as u64;
+            }
             report.s3_excused = c.excused;
             let (v, longest, excused) = check::s4(&audit, &records, &facts);
             report.violations.extend(v);

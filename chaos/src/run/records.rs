@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use stillpoint_array::AuditLine;
-use stillpoint_coordinator::job::JobEnd;
+use stillpoint_coordinator::job::{CopyLabel, JobEnd};
 
 use super::schedule::FaultKind;
 
@@ -87,6 +87,19 @@ pub struct Records {
 }
 
 impl Records {
+    /// The jobs seen ended done with a copy labelled consistent: (id, end instant).
+    pub fn consistent_copies(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.jobs.iter().filter_map(|(id, seen)| match &seen.end {
+            Some((
+                JobEnd::Done {
+                    label: CopyLabel::Consistent,
+                },
+                ended_ms,
+            )) => Some((*id, *ended_ms)),
+            _ => None,
+        })
+    }
+
     pub fn note(&mut self, line: impl Into<String>) {
         self.notes.push((now_ms(), line.into()));
     }

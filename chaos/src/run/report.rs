@@ -59,6 +59,9 @@ pub struct Report {
     pub s3_unjudged: u64,
     /// Consistent copies judged for one instant from the audit log ([`super::instant`]).
     pub s3_one_instant_judged: u64,
+    /// RVs of consistent copies on real file systems whose head at the cut was judged
+    /// ([`super::fs_cut`]).
+    pub s3_cuts_judged: u64,
     /// Damaged copies of an MV a fault may have damaged itself (see `check::S3Counts`).
     pub s3_excused: Vec<String>,
     pub s4_longest_ms: u64,
@@ -135,6 +138,7 @@ pub struct Summary {
     pub s3_judged: u64,
     pub s3_unjudged: u64,
     pub s3_one_instant_judged: u64,
+    pub s3_cuts_judged: u64,
     pub s3_excused: u64,
     pub s4_longest_ms: u64,
     pub s4_excused: u64,
@@ -170,6 +174,7 @@ impl Summary {
         self.s3_judged += r.s3_judged;
         self.s3_unjudged += r.s3_unjudged;
         self.s3_one_instant_judged += r.s3_one_instant_judged;
+        self.s3_cuts_judged += r.s3_cuts_judged;
         self.s3_excused += r.s3_excused.len() as u64;
         self.s4_longest_ms = self.s4_longest_ms.max(r.s4_longest_ms);
         self.s4_excused += r.s4_excused;
@@ -243,6 +248,12 @@ impl Summary {
             "S3 consistent copies judged of one instant (every MV's writes around the separates, audit) {}\n",
             self.s3_one_instant_judged
         );
+        if self.s3_cuts_judged > 0 {
+            t += &format!(
+                "S3 RVs of consistent copies cut from a frozen file system (the superblock the array cut, audit) {}\n",
+                self.s3_cuts_judged
+            );
+        }
         t += &format!(
             "S4 longest judged write stall {} ms; stalls excused (fault on the writer's host or the array) {}\n",
             self.s4_longest_ms, self.s4_excused
