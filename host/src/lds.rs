@@ -30,8 +30,11 @@ use crate::process;
 /// How long detach waits for the FUSE mount to stop being busy (the kernel releases a loop
 /// device's file shortly after `losetup -d`) before detaching it lazily.
 const FUSE_UNMOUNT_WAIT_MS: u64 = 10_000;
-/// Pause between attempts to unmount the FUSE file system.
+/// Pause between attempts to unmount the FUSE file system, or a busy file system on an LD.
 const FUSE_UNMOUNT_POLL_MS: u64 = 100;
+/// How long detach tries again to unmount a busy file system on an LD before it unmounts it
+/// lazily: longer than a freeze guard's default deadline (10 s), which holds the root open.
+const BUSY_FS_UNMOUNT_WAIT_MS: u64 = limits::FREEZE_MS_MAX_DEFAULT + 5_000;
 
 /// An LD this host may see now (the array's access list admits it).
 pub struct VisibleLd {
@@ -150,9 +153,16 @@ fn is_mount_point(dir: &Path) -> bool {
 }
 
 async fn umount2(path: &str, flags: libc::c_int) -> Result<(), HostError> {
+    try_umount2(path, flags)
+        .await?
+        .map_err(|e| os_err("-", &format!("unmount {path}"), e))
+}
+
+/// `umount2(2)` on the blocking pool: the outer error is the call not completing in time, the
+/// inner one what the kernel answered.
+async fn try_umount2(path: &str, flags: libc::c_int) -> Result<std::io::Result<()>, HostError> {
     let c = c_path(Path::new(path))?;
-    let what = format!("unmount {path}");
-    blocking("-", &what, move || {
+    blocking("-", &format!("unmount {path}"), move || {
         // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
         if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
             Ok(())
@@ -160,8 +170,46 @@ async fn umount2(path: &str, flags: libc::c_int) -> Result<(), HostError> {
             Err(std::io::Error::last_os_error())
         }
     })
-    .await?
-    .map_err(|e| os_err("-", &what, e))
+    .await
+}
+
+/// Unmounts the file system at `mp` on an LD about to be detached. A busy one is tried again
+/// for up to [`BUSY_FS_UNMOUNT_WAIT_MS`] (a freeze guard holds the root until its deadline, an
+/// application is closing its files), then detached lazily: left mounted, it would sit on a
+/// loop device whose LD path is gone, its I/O failing, until the next start cleaned it up.
+async fn unmount_before_detach(ld: &str, mp: &str) {
+    let started = Instant::now();
+    loop {
+        match try_umount2(mp, 0).await {
+            Ok(Ok(())) => {
+                tracing::info!(%ld, mount_point = %mp, "unmounted before detaching the LD");
+                return;
+            }
+            Ok(Err(e))
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && started.elapsed() < Duration::from_millis(BUSY_FS_UNMOUNT_WAIT_MS) =>
+            {
+                tokio::time::sleep(Duration::from_millis(FUSE_UNMOUNT_POLL_MS)).await;
+            }
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => break,
+            Ok(Err(e)) => {
+                tracing::error!(%ld, mount_point = %mp, error = %e, "cannot unmount a file system on the LD; its I/O fails once the LD path is gone");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%ld, mount_point = %mp, error = %e, "cannot unmount a file system on the LD; its I/O fails once the LD path is gone");
+                return;
+            }
+        }
+    }
+    match umount2(mp, libc::MNT_DETACH).await {
+        Ok(()) => {
+            tracing::error!(%ld, mount_point = %mp, "a file system on the LD stayed busy for {BUSY_FS_UNMOUNT_WAIT_MS} ms: unmounted lazily; whoever still holds files there gets I/O errors once the LD path is gone")
+        }
+        Err(e) => {
+            tracing::error!(%ld, mount_point = %mp, error = %e, "cannot unmount a busy file system on the LD, even lazily")
+        }
+    }
 }
 
 async fn losetup_detach(device: &str) -> Result<(), HostError> {
@@ -364,22 +412,16 @@ impl LdAttachment {
     }
 
     /// Graceful stop: unmounts the file systems on the LDs (after syncfs), detaches the loop
-    /// devices and unmounts the FUSE file system. A file system that cannot be unmounted
-    /// (busy) is logged: its I/O fails once the agent is gone. Idempotent.
+    /// devices and unmounts the FUSE file system. A file system still busy after
+    /// [`BUSY_FS_UNMOUNT_WAIT_MS`] is unmounted lazily, and logged: its holders' I/O fails once
+    /// the LD path is gone. Idempotent.
     pub async fn detach(&self) {
         let _busy = self.busy.lock().await;
         let attached: Vec<AttachedLd> = lock(&self.attached).values().cloned().collect();
         for a in &attached {
             for mp in mounts_of(&a.device) {
                 let _ = sync_fs(&mp).await;
-                match umount2(&mp, 0).await {
-                    Ok(()) => {
-                        tracing::info!(ld = %a.ld, mount_point = %mp, "unmounted before detaching the LD")
-                    }
-                    Err(e) => {
-                        tracing::error!(ld = %a.ld, mount_point = %mp, error = %e, "cannot unmount a file system on the LD; its I/O fails once the agent is gone")
-                    }
-                }
+                unmount_before_detach(&a.ld, &mp).await;
             }
             match losetup_detach(&a.device).await {
                 Ok(()) => tracing::info!(ld = %a.ld, device = %a.device, "LD detached"),

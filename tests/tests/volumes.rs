@@ -188,16 +188,7 @@ async fn volume_commands_reach_the_named_node_which_works_on_an_array_ld() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ld_write_waits_out_an_array_restarted_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || {
-        stillpoint_array::ArrayConfig::parse(
-            &format!(
-                "name = \"A1\"\ndata_dir = \"{}\"\n[[ld]]\nnumber = 0\nname = \"DB\"\ncapacity_bytes = 1048576\nformat = \"NX\"\nhosts = [\"db1\"]\n",
-                dir.path().join("array").display()
-            ),
-            "array.toml",
-        )
-        .expect("array config")
-    };
+    let config = || one_ld_array(dir.path(), 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -243,4 +234,102 @@ async fn an_ld_write_waits_out_an_array_restarted_within_seconds() {
         device.read_at(4096, 4096).await.expect("read back"),
         vec![2u8; 4096]
     );
+}
+
+/// Array `A1` with one LD (0, `capacity_bytes`) that `db1` sees, its data under `dir/array`.
+fn one_ld_array(dir: &std::path::Path, capacity_bytes: u64) -> stillpoint_array::ArrayConfig {
+    stillpoint_array::ArrayConfig::parse(
+        &format!(
+            "name = \"A1\"\ndata_dir = \"{}\"\n[[ld]]\nnumber = 0\nname = \"DB\"\ncapacity_bytes = {capacity_bytes}\nformat = \"NX\"\nhosts = [\"db1\"]\n",
+            dir.join("array").display()
+        ),
+        "array.toml",
+    )
+    .expect("array config")
+}
+
+fn is_mount_point(p: &std::path::Path) -> bool {
+    let p = p.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+fn run(cmd: &[&str]) {
+    let out = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// Stopping the LD path while something still holds a file system on one of its LDs for a
+/// moment (a freeze guard until its deadline, an application closing its files) waits for it,
+/// then unmounts: the file system is not left mounted over a loop device whose LD path is
+/// gone, and what was written is on the array. (The unmount used to be tried once: a chaos
+/// run's teardown left an ext4 mounted on a dead loop device behind every few runs.) As root
+/// with FUSE, loop devices and mkfs.ext4 only; says why it SKIPPED elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_ld_path_waits_for_a_briefly_held_file_system_then_unmounts_it() {
+    if let Some(why) = stillpoint_host::lds_unavailable(&["mkfs.ext4", "mount"]) {
+        eprintln!("SKIPPED stopping_the_ld_path_waits_for_a_briefly_held_file_system: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = ArrayEndpoint {
+        name: "A1".into(),
+        endpoint: listener.local_addr().unwrap().to_string(),
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _array = tokio::spawn(stillpoint_array::serve(
+        one_ld_array(dir.path(), 32 << 20),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let attach = || async {
+        let source = Arc::new(stillpoint_node::volumes::ArrayLdSource::new(
+            vec![endpoint.clone()],
+            "db1",
+        ));
+        let lds = stillpoint_host::LdAttachment::start(&dir.path().join("lds"), source)
+            .await
+            .expect("LD path started");
+        let device = lds.device("A1/0").expect("LD 0 attached");
+        (lds, device)
+    };
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let (lds, device) = attach().await;
+    run(&["mkfs.ext4", "-q", &device]);
+    run(&["mount", &device, &mnt_s]);
+    std::fs::write(mnt.join("kept"), b"on the array").unwrap();
+    // Held open for 2 s while the LD path stops.
+    let held = std::fs::File::open(mnt.join("kept")).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+    lds.detach().await;
+    holder.join().unwrap();
+    let still_mounted = is_mount_point(&mnt);
+    if still_mounted {
+        run(&["umount", "-l", &mnt_s]);
+    }
+    assert!(
+        !still_mounted,
+        "the file system was left mounted over the detached LD"
+    );
+
+    // Attached again, the file system mounts with what was written.
+    let (lds, device) = attach().await;
+    run(&["mount", &device, &mnt_s]);
+    let kept = std::fs::read(mnt.join("kept"));
+    run(&["umount", &mnt_s]);
+    lds.detach().await;
+    assert_eq!(kept.unwrap(), b"on the array");
 }
