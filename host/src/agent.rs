@@ -675,7 +675,8 @@ async fn release_detached(
         });
     }
     if let Some(reason) = resumed.lost {
-        // The database's backup ended without its stop: no label, no static point.
+        // The database's backup ended without its stop (no label), or the freeze was undone
+        // by something else: no static point.
         let logged = resume_record(&rec, &reason, None);
         inner.end_quiesce(&rec, Some(&logged), None).await?;
         return Err(HostError::QuiesceLost {

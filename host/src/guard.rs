@@ -77,8 +77,12 @@ pub(crate) enum FreezeFailed {
 /// How a guard ended when the agent asked it to thaw.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
-    /// It thawed on the agent's request (or found the file system not frozen).
+    /// It thawed on the agent's request.
     Thawed,
+    /// Told to thaw, it found the file system not frozen: something else thawed it while the
+    /// quiesce was meant to hold (an administrator's `fsfreeze -u`, another tool, the guard
+    /// of an agent that died, reaching its deadline). The quiesce did not hold throughout.
+    FoundThawed,
     /// It had already begun thawing by itself: its deadline passed, or it was signalled.
     ByItself,
     /// It is gone without a word (killed), or did not answer in time: the file system may
@@ -100,6 +104,46 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The name every guard gives itself (`/proc/PID/comm`).
+const GUARD_NAME: &str = "sp-freeze-guard";
+
+/// Freeze guards holding the root of a file system mounted at one of `mount_points`, found in
+/// `/proc` by their name and the root they hold open: (pid, start ticks, mount point). An
+/// agent killed between forking a guard and journaling it leaves one its journal does not
+/// name; at its deadline it would thaw whatever freeze holds then, another quiesce's. Reads
+/// `/proc` (blocking).
+pub(crate) fn guards_holding(mount_points: &[&str]) -> Vec<(u32, u64, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() != GUARD_NAME {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let held = fds.flatten().find_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            mount_points.iter().find(|mp| **mp == target).copied()
+        });
+        if let (Some(mp), Some(ticks)) = (held, start_ticks(pid)) {
+            found.push((pid, ticks, mp.to_string()));
+        }
+    }
+    found
 }
 
 /// `/proc/PID/stat` field 22 (start time in clock ticks since boot).
@@ -291,7 +335,8 @@ impl Guard {
         }
         let until = Instant::now() + Duration::from_millis(GUARD_ANSWER_MS);
         match read_answer(&self.from_guard, until) {
-            Ok(Some((REP_THAWED, 0 | libc::EINVAL))) => Ended::Thawed,
+            Ok(Some((REP_THAWED, 0))) => Ended::Thawed,
+            Ok(Some((REP_THAWED, libc::EINVAL))) => Ended::FoundThawed,
             Ok(Some((REP_THAWED, errno))) => Ended::Silent(format!(
                 "the freeze guard's FITHAW failed: {}",
                 io::Error::from_raw_os_error(errno)
@@ -383,7 +428,7 @@ unsafe fn guard_main(fs: RawFd, ctl: RawFd, st: RawFd, mut deadline: u64) -> ! {
         libc::setsid();
         libc::prctl(
             libc::PR_SET_NAME,
-            c"sp-freeze-guard".as_ptr() as libc::c_ulong,
+            c"sp-freeze-guard".as_ptr() as libc::c_ulong, // GUARD_NAME
             0,
             0,
             0,

@@ -93,7 +93,8 @@
 //! file system) is never followed by a thaw of someone else's freeze. An agent that dies
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
 //! it cannot vouch that the quiesce held while it was down; first it ends what the dead agent
-//! left running (its freeze guards, found in the journal by pid and start time, are told to
+//! left running (its freeze guards, found in the journal by pid and start time, or, if it
+//! died before journaling one, in `/proc` by name and the volume root it holds, are told to
 //! thaw with SIGTERM; hooks that were running are killed with their whole process group, so
 //! no start hook runs while a dead agent's stop hook is still alive). Every hook is recorded in
 //! the journal while it runs; whatever a stop hook leaves in its process group when it exits
@@ -186,7 +187,11 @@
 //! - A freeze guard holds the frozen file system's root directory open (it thaws by that
 //!   descriptor), so `volume list` shows it (`sp-freeze-guard`) as a holder while frozen.
 //! - A freeze guard is recorded in the journal just after it is forked: an agent killed in
-//!   between leaves a guard its successor does not know; it still thaws at its deadline.
+//!   between leaves a guard its journal does not name, which its successor finds in `/proc`
+//!   (by name and the volume root it holds) and ends. A volume whose root the kernel names
+//!   apart from its configured `mount_point` (a bind mount) hides such a guard: it then thaws
+//!   at its deadline, and a quiesce taken meanwhile is reported lost at its release (the release's
+//!   thaw finds the volume not frozen), never held throughout.
 //! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves
 //!   them. Fencing tokens of steps are checked by the step executor through the journal, not
 //!   by this crate.

@@ -49,7 +49,8 @@ pub(crate) struct Resumed {
     pub guard_thawed_first: bool,
     /// A PostgreSQL quiesce: what `pg_backup_stop` returned.
     pub backup_label: Option<crate::postgres::BackupLabel>,
-    /// A PostgreSQL quiesce whose backup ended without its stop (why).
+    /// Why the quiesce was found not holding when it was undone: a PostgreSQL backup that
+    /// ended without its stop, a frozen file system something else thawed.
     pub lost: Option<String>,
 }
 
@@ -337,7 +338,7 @@ impl Inner {
                     // The guard was killed or is stuck: thaw ourselves (it froze for us).
                     tracing::warn!(volume = %rec.volume, pid, reason = %why, "freeze guard silent; thawing directly");
                 }
-                if ended != Ended::Thawed {
+                if !matches!(ended, Ended::Thawed | Ended::FoundThawed) {
                     self.backend.thaw(cfg).await?;
                 }
                 // The guard holds the file system's root open until it exits: wait for that,
@@ -352,7 +353,9 @@ impl Inner {
                     start_hook: None,
                     guard_thawed_first,
                     backup_label: None,
-                    lost: None,
+                    lost: (ended == Ended::FoundThawed).then(|| {
+                        "the volume was found not frozen at the release: something else thawed it while the quiesce was to hold (an `fsfreeze -u`, another tool, or the freeze guard of an agent that died)".to_string()
+                    }),
                 })
             }
             QuiesceKind::Unmount {
@@ -448,7 +451,45 @@ impl Inner {
             }
             self.remove_process(p.pid).await?;
         }
+        self.end_unrecorded_guards().await;
         Ok(())
+    }
+
+    /// Ends the freeze guards of a dead agent that its journal does not name (it died between
+    /// forking the guard and recording it), found by the volume roots they hold: left alone,
+    /// one would thaw, at its deadline, whatever freeze holds the volume then.
+    async fn end_unrecorded_guards(&self) {
+        let mount_points: Vec<String> = self
+            .config
+            .volumes
+            .iter()
+            .map(|v| v.mount_point.clone())
+            .collect();
+        let found = tokio::task::spawn_blocking(move || {
+            // As the kernel names the root a guard holds: symlinks resolved.
+            let resolved: Vec<String> = mount_points
+                .iter()
+                .map(|mp| {
+                    std::fs::canonicalize(mp)
+                        .ok()
+                        .and_then(|p| p.to_str().map(str::to_string))
+                        .unwrap_or_else(|| mp.clone())
+                })
+                .collect();
+            let mps: Vec<&str> = resolved.iter().map(String::as_str).collect();
+            guard::guards_holding(&mps)
+        })
+        .await
+        .unwrap_or_default();
+        for (pid, ticks, mount_point) in found {
+            tracing::warn!(pid, %mount_point, "ending a freeze guard left by an agent that died before recording it");
+            // SAFETY: kill(2) on a guard identified by its name, the root it holds and its
+            // start time; SIGTERM makes it thaw by the descriptor it froze, and exit.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            if !crate::process::wait_gone(pid, ticks).await {
+                tracing::error!(pid, %mount_point, "a freeze guard left by a dead agent does not end");
+            }
+        }
     }
 
     /// Runs a configured hook for at most its timeout, or until `deadline_boot_ms` (boot clock) if that

@@ -391,3 +391,99 @@ async fn xfs_a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook() 
     require!("losetup", "mkfs.xfs", "sh", "sleep");
     a_hooks_background_child_neither_delays_nor_outlives_a_stop_hook(XFS).await;
 }
+
+/// A freeze undone by something else while the quiesce was to hold (an `fsfreeze -u`, or, as
+/// a chaos run found, the freeze guard of an agent killed between freezing and journaling its
+/// guard, thawing at its deadline) is reported lost at the release, never as held
+/// throughout: a copy cut meanwhile is no static point. (The guard's "not frozen" answer to
+/// the release's thaw used to count as a thaw.)
+async fn a_freeze_thawed_by_someone_else_is_reported_lost_at_the_release(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let host = fx.agent(&[("mv", &dev, &mp, fs.0)]).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let q = host.freeze("mv", Some(10_000), "test").await.unwrap();
+    let st = Command::new("fsfreeze")
+        .args(["-u", mp.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "fsfreeze -u");
+
+    let released = host.release("mv", Some(q.quiesce_id)).await;
+    assert!(
+        matches!(released, Err(HostError::QuiesceLost { .. })),
+        "{}: a freeze thawed by someone else was released as held throughout: {released:?}",
+        fs.0
+    );
+    assert!(!frozen_by_someone(&mp));
+    assert!(host.quiesces().await.unwrap().is_empty());
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_freeze_thawed_by_someone_else_is_reported_lost_at_the_release() {
+    require!("losetup", "mkfs.ext4", "blkid", "fsfreeze");
+    a_freeze_thawed_by_someone_else_is_reported_lost_at_the_release(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_freeze_thawed_by_someone_else_is_reported_lost_at_the_release() {
+    require!("losetup", "mkfs.xfs", "blkid", "fsfreeze");
+    a_freeze_thawed_by_someone_else_is_reported_lost_at_the_release(XFS).await;
+}
+
+/// An agent killed between forking its freeze guard and journaling it leaves a guard its
+/// journal does not name, holding the freeze's deadline: at that deadline it would thaw
+/// whatever freeze holds the volume then, another quiesce's (a chaos run found a copy
+/// labelled consistent cut that way from a thawed MV). The next agent finds such a guard by
+/// the volume root it holds and ends it before doing anything else.
+async fn a_guard_the_journal_does_not_name_is_ended_by_the_next_agent(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let host = fx.agent(&[("mv", &dev, &mp, fs.0)]).await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    host.freeze("mv", Some(60_000), "test").await.unwrap();
+    drop(host);
+    // As if the agent had died before writing the guard's record.
+    let guards = {
+        let db = common::open_db(&fx.dir.path().join("db")).await;
+        let journal = stillpoint_storage::journal::Journal::open(&db).unwrap();
+        let guards = journal.processes().unwrap();
+        for p in &guards {
+            journal.remove_process(p.pid).unwrap();
+        }
+        db.flush().unwrap();
+        guards
+    };
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    let pid = guards[0].pid;
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
+    };
+    assert!(alive(), "the guard outlives its agent");
+
+    let host = fx.agent(&[("mv", &dev, &mp, fs.0)]).await;
+    assert!(
+        !alive(),
+        "{}: the unrecorded guard of the dead agent still runs",
+        fs.0
+    );
+    assert!(!frozen_by_someone(&mp));
+    // The next quiesce holds until its release.
+    let q = host.freeze("mv", Some(10_000), "test").await.unwrap();
+    host.release("mv", Some(q.quiesce_id)).await.unwrap();
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_guard_the_journal_does_not_name_is_ended_by_the_next_agent() {
+    require!("losetup", "mkfs.ext4", "blkid", "fsfreeze");
+    a_guard_the_journal_does_not_name_is_ended_by_the_next_agent(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_guard_the_journal_does_not_name_is_ended_by_the_next_agent() {
+    require!("losetup", "mkfs.xfs", "blkid", "fsfreeze");
+    a_guard_the_journal_does_not_name_is_ended_by_the_next_agent(XFS).await;
+}
