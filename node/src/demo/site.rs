@@ -674,12 +674,17 @@ impl LocalSite {
             let host = self.host(p.mv_node)?;
             let volume = p.mv_volume.clone();
             let info = attached(&host, &volume, true).await?;
-            let force = if fs == "xfs" { "-f" } else { "-F" };
-            run_tool(
-                &[&format!("mkfs.{fs}"), "-q", force, &info.device],
-                MKFS_TIMEOUT,
-            )
-            .await?;
+            let mkfs = format!("mkfs.{fs}");
+            let mut args = vec![mkfs.as_str(), "-q"];
+            if fs == "xfs" {
+                args.push("-f");
+            } else {
+                // Inode tables and journal written now, not by the kernel in the background
+                // after each mount (of the MV, and of every copy of it on the backup node).
+                args.extend(["-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
+            }
+            args.push(&info.device);
+            run_tool(&args, MKFS_TIMEOUT).await?;
             host.mount(&volume, &MountRequest::default()).await?;
         }
         Ok(())
