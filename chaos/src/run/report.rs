@@ -20,7 +20,7 @@ pub const PROPS: [(&str, &str); 8] = [
     ),
     (
         "S3",
-        "verifier on every RV of a copy labelled consistent; its copies of one instant (every MV write around the separates, audit); every pair separated when a job ended done (audit)",
+        "verifier on every RV of a copy labelled consistent; its copies of one instant (every MV write around the separates, audit); with real file systems, each cut from a frozen one (its superblock as the array cut it, audit); every pair separated when a job ended done (audit)",
     ),
     (
         "S4",
