@@ -107,7 +107,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The name every guard gives itself (`/proc/PID/comm`).
-const GUARD_NAME: &str = "sp-freeze-guard";
+const GUARD_NAME: &std::ffi::CStr = c"sp-freeze-guard";
 
 /// Freeze guards holding the root of a file system mounted at one of `mount_points`, found in
 /// `/proc` by their name and the root they hold open: (pid, start ticks, mount point). An
@@ -128,7 +128,7 @@ pub(crate) fn guards_holding(mount_points: &[&str]) -> Vec<(u32, u64, String)> {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end() != GUARD_NAME {
+        if comm.trim_end().as_bytes() != GUARD_NAME.to_bytes() {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -428,7 +428,7 @@ unsafe fn guard_main(fs: RawFd, ctl: RawFd, st: RawFd, mut deadline: u64) -> ! {
         libc::setsid();
         libc::prctl(
             libc::PR_SET_NAME,
-            c"sp-freeze-guard".as_ptr() as libc::c_ulong, // GUARD_NAME
+            GUARD_NAME.as_ptr() as libc::c_ulong,
             0,
             0,
             0,

@@ -180,27 +180,23 @@ async fn try_umount2(path: &str, flags: libc::c_int) -> Result<std::io::Result<(
 async fn unmount_before_detach(ld: &str, mp: &str) {
     let started = Instant::now();
     loop {
-        match try_umount2(mp, 0).await {
+        let error = match try_umount2(mp, 0).await {
             Ok(Ok(())) => {
                 tracing::info!(%ld, mount_point = %mp, "unmounted before detaching the LD");
                 return;
             }
-            Ok(Err(e))
-                if e.raw_os_error() == Some(libc::EBUSY)
-                    && started.elapsed() < Duration::from_millis(BUSY_FS_UNMOUNT_WAIT_MS) =>
-            {
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if started.elapsed() >= Duration::from_millis(BUSY_FS_UNMOUNT_WAIT_MS) {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(FUSE_UNMOUNT_POLL_MS)).await;
+                continue;
             }
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => break,
-            Ok(Err(e)) => {
-                tracing::error!(%ld, mount_point = %mp, error = %e, "cannot unmount a file system on the LD; its I/O fails once the LD path is gone");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(%ld, mount_point = %mp, error = %e, "cannot unmount a file system on the LD; its I/O fails once the LD path is gone");
-                return;
-            }
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(%ld, mount_point = %mp, %error, "cannot unmount a file system on the LD; its I/O fails once the LD path is gone");
+        return;
     }
     match umount2(mp, libc::MNT_DETACH).await {
         Ok(()) => {

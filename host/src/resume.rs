@@ -459,6 +459,10 @@ impl Inner {
     /// forking the guard and recording it), found by the volume roots they hold: left alone,
     /// one would thaw, at its deadline, whatever freeze holds the volume then.
     async fn end_unrecorded_guards(&self) {
+        // Only the linux backend forks guards.
+        if self.config.backend != crate::config::BackendKind::Linux {
+            return;
+        }
         let mount_points: Vec<String> = self
             .config
             .volumes

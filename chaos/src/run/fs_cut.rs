@@ -122,39 +122,46 @@ pub fn s3_cut_of_quiesced_fs(
 /// that line. Times, not positions, bound it: an RDR pair's RV is opened on the other array,
 /// whose line may share the millisecond of the separated line and sort after it.
 fn head_at_cut(merged: &[AuditLine], pair: &PairId, at: usize) -> Result<(u64, Vec<u8>), String> {
-    let pair_line = |l: &AuditLine| match &l.event {
-        AuditEvent::Pair {
-            pair: p,
-            reason,
-            state,
-            ..
-        } if p == pair => Some((reason.clone(), state.map(|s| s.sync))),
-        _ => None,
-    };
     let separated_ms = merged[at..]
         .iter()
-        .find(|l| matches!(pair_line(l), Some((_, Some(SyncState::Separated)))))
+        .find(|l| matches!(pair_line(l, pair), Some((_, Some(SyncState::Separated)))))
         .map(|l| l.at_unix_ms)
         .ok_or("the array never logged the pair separated after the job's separate")?;
     let replicated_ms = merged[..at]
         .iter()
         .rev()
-        .find(|l| matches!(pair_line(l), Some((r, _)) if r == "replicate"))
+        .find(|l| matches!(pair_line(l, pair), Some(("replicate", _))))
         .map(|l| l.at_unix_ms)
         .unwrap_or(0);
-    let opened = merged
+    // `merged` is in time order.
+    let from = merged.partition_point(|l| l.at_unix_ms < replicated_ms);
+    let to = merged.partition_point(|l| l.at_unix_ms <= separated_ms);
+    let (seq, error, head) = merged[from..to]
         .iter()
-        .filter(|l| (replicated_ms..=separated_ms).contains(&l.at_unix_ms))
-        .rfind(|l| matches!(&l.event, AuditEvent::RvOpened { ld, .. } if *ld == pair.rv.ld))
+        .rev()
+        .find_map(|l| match &l.event {
+            AuditEvent::RvOpened { ld, error, .. } if *ld == pair.rv.ld => {
+                Some((l.seq, error, l.event.rv_head()))
+            }
+            _ => None,
+        })
         .ok_or("no head recorded for the RV between the replicate and the separate")?;
-    match (&opened.event, opened.event.rv_head()) {
-        (AuditEvent::RvOpened { error, .. }, Some(head)) if error.is_empty() => {
-            Ok((opened.seq, head))
-        }
-        (AuditEvent::RvOpened { error, .. }, _) => {
-            Err(format!("its head could not be read at the cut: {error}"))
-        }
-        _ => Err("not an RV opening".into()),
+    match head {
+        Some(head) if error.is_empty() => Ok((seq, head)),
+        _ => Err(format!("its head could not be read at the cut: {error}")),
+    }
+}
+
+/// `l`'s reason and sync state if it is a state line of `pair`.
+fn pair_line<'a>(l: &'a AuditLine, pair: &PairId) -> Option<(&'a str, Option<SyncState>)> {
+    match &l.event {
+        AuditEvent::Pair {
+            pair: p,
+            reason,
+            state,
+            ..
+        } if p == pair => Some((reason.as_str(), state.map(|s| s.sync))),
+        _ => None,
     }
 }
 
