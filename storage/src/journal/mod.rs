@@ -32,7 +32,8 @@
 //! agent does). [`Journal::begin_step`] checks and records in one sled transaction (over the
 //! step records, `journal/steps-latest` — the newest token begun per step —, the fences and the
 //! term floors), so two requests for the same step never both start it and a refusal writes
-//! nothing. A record that cannot be encoded is an error
+//! nothing; [`Journal::begin_steps`] does the same for several steps in one transaction and
+//! one flush, each step answered as if begun alone. A record that cannot be encoded is an error
 //! ([`JournalError::Encode`]), never an empty value.
 //!
 //! Step records of a job the cluster no longer keeps (ended, and dropped from the history by
@@ -46,9 +47,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod begin;
 mod forget;
 mod steps;
 
+pub use begin::StepToBegin;
 pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
 
 /// Tree holding one [`QuiesceRecord`] per quiesced volume.

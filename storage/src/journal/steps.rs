@@ -3,8 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    JOB_TERM_TREE, Journal, JournalError, RESOURCE_TERM_TREE, STEP_FENCE_TREE, STEP_LATEST_TREE,
-    STEP_TREE, decode, decode_all, encode,
+    JOB_TERM_TREE, Journal, JournalError, STEP_FENCE_TREE, STEP_TREE, decode, decode_all, encode,
 };
 
 /// The fencing token a step is executed under (S6). Tokens of the same job step are ordered by
@@ -18,7 +17,7 @@ pub struct FencingToken {
 }
 
 impl FencingToken {
-    fn order(&self) -> (u64, u32) {
+    pub(super) fn order(&self) -> (u64, u32) {
         (self.term, self.attempt)
     }
 }
@@ -55,7 +54,7 @@ pub struct StepRecord {
     pub begun_seq: u64,
 }
 
-fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
+pub(super) fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
     // Big-endian so sled's byte order is (job, step, attempt) order and a prefix scan over
     // (job, step) finds every attempt of that step.
     let mut k = [0u8; 16];
@@ -66,7 +65,11 @@ fn step_key(job_id: u64, step_index: u32, attempt: u32) -> [u8; 16] {
 }
 
 /// A term stored as 8 big-endian bytes.
-fn term_value(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64, JournalError> {
+pub(super) fn term_value(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<u64, JournalError> {
     let raw: [u8; 8] = bytes.try_into().map_err(|_| JournalError::Corrupt {
         tree,
         key: String::from_utf8_lossy(key).into_owned(),
@@ -116,191 +119,6 @@ impl Journal {
                 Ok((rec.token == *token).then_some(rec))
             }
             None => Ok(None),
-        }
-    }
-
-    /// Records that the step is starting under `token`, durably, before the executor touches
-    /// anything. `resource` is what the step acts on (`pair:NAME`, `volume:NODE:VOLUME`; `None`
-    /// for a step that touches neither). Refused (S6), in this order, with what to do in the
-    /// error:
-    /// - [`JournalError::Fenced`]: a probe asked about this token or a later one of the step;
-    /// - [`JournalError::StaleToken`]: a newer token (term, attempt) was begun for the step;
-    /// - [`JournalError::StaleTerm`]: a step of the same job, or any step of any job on the
-    ///   same resource, was begun (or for the job, probed) in a newer term.
-    ///
-    /// If this exact token was begun before (and not fenced since), returns that record instead
-    /// of starting again, so the executor answers a repeated request from the journal. Checks
-    /// and records happen in one sled transaction: two requests never both start a step, and a
-    /// refusal changes nothing.
-    pub fn begin_step(
-        &self,
-        token: FencingToken,
-        resource: Option<&str>,
-        now_unix_ms: u64,
-    ) -> Result<StepBegin, JournalError> {
-        self.begin(token, resource, now_unix_ms, true)
-    }
-
-    /// As [`Journal::begin_step`], without waiting for the record to be durable. Only for a
-    /// step whose every effect is settled by asking its target and whose resource is fenced
-    /// elsewhere, so that after a crash "not recorded" (the record lost) is answered safely by
-    /// a new attempt: a separate (idempotent on the pair's state, and the array fences pair
-    /// operations by token) and a release (a quiesce already ended reads as not held
-    /// throughout: the safe side of S3). Checks and in-memory records are the same.
-    ///
-    /// Also for a step whose executor makes another record of this journal durable before it
-    /// acts (a quiesce: the host's [`Journal::put_quiesce`] flushes before the volume is
-    /// touched). A flush makes every earlier write of the database durable, this one too, so
-    /// the record is durable before the step acts, for one flush instead of two.
-    pub fn begin_step_unflushed(
-        &self,
-        token: FencingToken,
-        resource: Option<&str>,
-        now_unix_ms: u64,
-    ) -> Result<StepBegin, JournalError> {
-        self.begin(token, resource, now_unix_ms, false)
-    }
-
-    fn begin(
-        &self,
-        token: FencingToken,
-        resource: Option<&str>,
-        now_unix_ms: u64,
-        durable: bool,
-    ) -> Result<StepBegin, JournalError> {
-        use sled::Transactional;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let mut rec = StepRecord {
-            token,
-            outcome: StepOutcome::Started,
-            started_at_unix_ms: now_unix_ms,
-            finished_at_unix_ms: None,
-            resource: resource.map(str::to_string),
-            begun_seq: 0,
-        };
-        let key = step_key(token.job_id, token.step_index, token.attempt);
-        let latest_key = key[..12].to_vec();
-        let job_key = token.job_id.to_be_bytes();
-        let token_bytes = encode(&token)?;
-        // A journal written before the latest-token tree existed: seed it from the records.
-        if self.steps_latest.get(&latest_key)?.is_none()
-            && let Some(old) = self.latest_step(token.job_id, token.step_index)?
-        {
-            let _ = self.steps_latest.compare_and_swap(
-                &latest_key,
-                None as Option<&[u8]>,
-                Some(encode(&old.token)?),
-            )?;
-        }
-        /// What the transaction found.
-        enum Found {
-            Started(StepRecord),
-            Same,
-            Refused(JournalError),
-        }
-        let abort = ConflictableTransactionError::Abort;
-        let trees = (
-            &self.steps,
-            &self.steps_latest,
-            &self.step_fences,
-            &self.job_terms,
-            &self.resource_terms,
-        );
-        let found = trees.transaction(|(steps, latest, fences, jobs, resources)| {
-            if let Some(f) = fences.get(&latest_key)? {
-                let fence: FencingToken =
-                    decode(STEP_FENCE_TREE, &latest_key, &f).map_err(abort)?;
-                if token.order() <= fence.order() {
-                    return Ok(Found::Refused(JournalError::Fenced {
-                        job_id: token.job_id,
-                        step_index: token.step_index,
-                        term: token.term,
-                        attempt: token.attempt,
-                        fence_term: fence.term,
-                        fence_attempt: fence.attempt,
-                    }));
-                }
-            }
-            if let Some(cur) = latest.get(&latest_key)? {
-                let cur: FencingToken =
-                    decode(STEP_LATEST_TREE, &latest_key, &cur).map_err(abort)?;
-                if cur == token {
-                    return Ok(Found::Same);
-                }
-                if token.order() < cur.order() {
-                    return Ok(Found::Refused(JournalError::StaleToken {
-                        job_id: token.job_id,
-                        step_index: token.step_index,
-                        term: token.term,
-                        attempt: token.attempt,
-                        seen_term: cur.term,
-                        seen_attempt: cur.attempt,
-                    }));
-                }
-            }
-            let stale = |scope: String, floor_term: u64| {
-                Ok(Found::Refused(JournalError::StaleTerm {
-                    job_id: token.job_id,
-                    step_index: token.step_index,
-                    term: token.term,
-                    scope,
-                    floor_term,
-                }))
-            };
-            let job_floor = match jobs.get(job_key)? {
-                Some(v) => term_value(JOB_TERM_TREE, &job_key, &v).map_err(abort)?,
-                None => 0,
-            };
-            if token.term < job_floor {
-                return stale(format!("job {}", token.job_id), job_floor);
-            }
-            if let Some(resource) = resource
-                && let Some(v) = resources.get(resource.as_bytes())?
-            {
-                let floor =
-                    term_value(RESOURCE_TERM_TREE, resource.as_bytes(), &v).map_err(abort)?;
-                if token.term < floor {
-                    return stale(format!("resource {resource} (by any job)"), floor);
-                }
-            }
-            latest.insert(latest_key.as_slice(), token_bytes.as_slice())?;
-            let mut rec = rec.clone();
-            // Plus one: sled's ids start at 0, which means "no sequence" here.
-            rec.begun_seq = steps.generate_id()? + 1;
-            steps.insert(&key[..], encode(&rec).map_err(abort)?)?;
-            let term = token.term.to_be_bytes();
-            if token.term > job_floor {
-                jobs.insert(&job_key[..], &term[..])?;
-            }
-            if let Some(resource) = resource {
-                // Not below the stored floor: checked above.
-                resources.insert(resource.as_bytes(), &term[..])?;
-            }
-            Ok(Found::Started(rec))
-        });
-        let found = match found {
-            Ok(f) => f,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
-        match found {
-            Found::Started(begun) => {
-                rec = begun;
-                if durable {
-                    self.flush()?;
-                }
-                Ok(StepBegin::Started(rec))
-            }
-            Found::Same => match self.step(&token)? {
-                Some(r) => Ok(StepBegin::AlreadyRecorded(r)),
-                None => Err(JournalError::Corrupt {
-                    tree: STEP_TREE,
-                    key: format!("{key:?}"),
-                    reason: "the step's token is recorded as begun but its record is missing"
-                        .into(),
-                }),
-            },
-            Found::Refused(e) => Err(e),
         }
     }
 
@@ -411,6 +229,7 @@ pub enum StepBegin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::StepToBegin;
 
     fn token(term: u64, attempt: u32) -> FencingToken {
         at(7, 3, term, attempt)
@@ -684,5 +503,89 @@ mod tests {
             });
             assert_eq!(started, 1, "step {step} was started {started} times");
         }
+    }
+
+    fn step(token: FencingToken, resource: &str) -> StepToBegin<'_> {
+        StepToBegin {
+            token,
+            resource: Some(resource),
+        }
+    }
+
+    #[test]
+    fn steps_begun_together_are_each_answered_as_if_begun_alone() {
+        let j = journal();
+        // The pair's floor is term 5 (another job's step there under a newer leader).
+        assert!(matches!(
+            j.begin_step(at(1, 0, 5, 1), Some("pair:p1"), 1).unwrap(),
+            StepBegin::Started(_)
+        ));
+        let (a, stale, b) = (at(2, 4, 4, 1), at(2, 5, 4, 1), at(2, 6, 4, 1));
+        let found = j
+            .begin_steps(
+                &[
+                    step(a, "pair:p0"),
+                    step(stale, "pair:p1"),
+                    step(b, "pair:p2"),
+                ],
+                2,
+                false,
+            )
+            .unwrap();
+        assert!(matches!(&found[0], Ok(StepBegin::Started(r)) if r.token == a));
+        assert!(
+            matches!(
+                &found[1],
+                Err(JournalError::StaleTerm { floor_term: 5, .. })
+            ),
+            "{:?}",
+            found[1]
+        );
+        assert!(matches!(&found[2], Ok(StepBegin::Started(r)) if r.token == b));
+        // The refused one left nothing behind; the others are recorded, in the order given.
+        assert_eq!(j.step(&stale).unwrap(), None);
+        let (ra, rb) = (j.step(&a).unwrap().unwrap(), j.step(&b).unwrap().unwrap());
+        assert!(ra.begun_seq < rb.begun_seq);
+        // Sent again, together or alone, they are answered from their records.
+        let again = j
+            .begin_steps(&[step(b, "pair:p2"), step(a, "pair:p0")], 3, true)
+            .unwrap();
+        assert_eq!(again[0].as_ref().unwrap(), &StepBegin::AlreadyRecorded(rb));
+        assert_eq!(again[1].as_ref().unwrap(), &StepBegin::AlreadyRecorded(ra));
+        // And they raised the job's and their resources' floors like single begins.
+        assert!(matches!(
+            j.begin_step(at(2, 7, 3, 1), None, 4),
+            Err(JournalError::StaleTerm { floor_term: 4, .. })
+        ));
+        assert!(matches!(
+            j.begin_step(at(3, 0, 3, 1), Some("pair:p0"), 4),
+            Err(JournalError::StaleTerm { floor_term: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn a_fenced_step_in_a_batch_is_refused_and_the_rest_begin() {
+        let j = journal();
+        let fenced = at(4, 1, 2, 1);
+        j.fence_step(fenced).unwrap();
+        let other = at(4, 2, 2, 1);
+        let found = j
+            .begin_steps(
+                &[
+                    StepToBegin {
+                        token: fenced,
+                        resource: None,
+                    },
+                    StepToBegin {
+                        token: other,
+                        resource: None,
+                    },
+                ],
+                1,
+                true,
+            )
+            .unwrap();
+        assert!(matches!(&found[0], Err(JournalError::Fenced { .. })));
+        assert!(matches!(&found[1], Ok(StepBegin::Started(_))));
     }
 }
