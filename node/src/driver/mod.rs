@@ -20,6 +20,18 @@
 //! event the copy accepted, or a proposal fails, the driver drops its copies and takes over
 //! again from the log (in the same term if it still leads).
 //!
+//! ## One request per executor per round
+//! The orders one round of decisions sends (every MV of a group quiesced at once, every pair
+//! separated at once) are grouped by the agent that executes them and sent as one
+//! `ExecuteMany` each: that agent begins them in one journal write and answers each as soon
+//! as it has its answer, so a business node with several MVs of the group, or the control
+//! node of an array with many pairs, costs the freeze window one request and one journal
+//! write instead of one per step. A lone order, and every order to an agent of an older
+//! version (no `ExecuteMany`), goes as a single `Execute`. The round's events reach the
+//! proposer only after its orders are out and the freeze window flag is set, so the events
+//! that open a window (the last replicate's outcome, the quiesces' dispatches) are not
+//! committed, and flushed by every agent, while the business servers are held.
+//!
 //! ## Caveats
 //! - Array steps go to the control node the log records for the array (where a leader last
 //!   moved them), else to its first registered one (by name), so a new leader first asks the
@@ -129,6 +141,20 @@ enum Reply {
     },
 }
 
+/// An order decided in this round, waiting to be sent with the others for its executor.
+struct Outgoing {
+    job: JobId,
+    step: StepId,
+    token: stillpoint_coordinator::job::FencingToken,
+    target: StepTarget,
+    order: StepOrder,
+    deadline_ms: u64,
+}
+
+/// Most orders the driver sends an executor in one request (within the executor's
+/// [`crate::executor::batch::BATCH_ORDERS_MAX`]).
+const ORDERS_PER_SEND_MAX: usize = 32;
+
 /// Why the proposer stopped.
 enum ProposerStop {
     Failed(String),
@@ -145,8 +171,15 @@ struct Lead<'a> {
     probing: BTreeSet<(JobId, StepId)>,
     /// Per step: (earliest next probe, current backoff), after a probe that settled nothing.
     probe_backoff: BTreeMap<(JobId, StepId), (u64, u64)>,
-    tasks: JoinSet<Reply>,
+    /// The tasks sending orders and probes; they hand what came back to `replies`.
+    tasks: JoinSet<()>,
+    replies: mpsc::UnboundedSender<Reply>,
+    /// Per executor address: the orders decided since the last send, sent together.
+    outbox: BTreeMap<String, Vec<Outgoing>>,
     proposals: mpsc::UnboundedSender<Command>,
+    /// What this round recorded, handed to the proposer once the round's orders are sent and
+    /// the freeze window flag says whether they were quiesces (see [`propose_in_order`]).
+    unsent: Vec<Command>,
     /// Targets that could not be resolved, so the warning is said once per target.
     unresolved_said: BTreeSet<String>,
     /// Which control node each array's steps go to.
@@ -170,6 +203,7 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
         window_rx,
         stop_tx,
     ));
+    let (replies, mut replies_rx) = mpsc::unbounded_channel();
     let mut lead = Lead {
         ctx,
         term,
@@ -178,7 +212,10 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
         probing: BTreeSet::new(),
         probe_backoff: BTreeMap::new(),
         tasks: JoinSet::new(),
+        replies,
+        outbox: BTreeMap::new(),
         proposals,
+        unsent: Vec::new(),
         unresolved_said: BTreeSet::new(),
         routes: Routes::default(),
         clock: LeadClock::start(),
@@ -188,13 +225,20 @@ async fn lead(ctx: &AgentContext, term: u64) -> Result<(), String> {
     loop {
         lead.sync_from_state();
         lead.act();
+        lead.send_outbox();
+        // The flag first, then the round's events: a round that sent quiesces must not have
+        // its events (the last replicate's outcome, the quiesces' dispatches) proposed, and
+        // every agent flushing its log, while the business servers are held.
         let open = lead.jobs.values().any(Job::in_freeze_window);
         window.send_if_modified(|was| std::mem::replace(was, open) != open);
+        for command in lead.unsent.drain(..) {
+            let _ = lead.proposals.send(command);
+        }
         tokio::select! {
-            Some(reply) = lead.tasks.join_next() => match reply {
-                Ok(reply) => lead.on_reply(reply),
-                Err(e) => tracing::error!(error = %e, "driver: a send task failed"),
-            },
+            Some(reply) = replies_rx.recv() => lead.on_reply(reply),
+            Some(Err(e)) = lead.tasks.join_next() => {
+                tracing::error!(error = %e, "driver: a send task failed");
+            }
             Some(stop) = stop_rx.recv() => return Err(match stop {
                 ProposerStop::Failed(e) => format!("a proposal failed: {e}"),
                 ProposerStop::Refused { job, rule } => format!(
@@ -345,7 +389,7 @@ impl Lead<'_> {
             return false;
         }
         tracing::debug!(job = id, ?event, "driver: recorded");
-        let _ = self.proposals.send(Command::Job {
+        self.unsent.push(Command::Job {
             job_id: id,
             event,
             at_ms,
@@ -489,19 +533,48 @@ impl Lead<'_> {
             reply_within_ms: REPLY_WITHIN_MS,
         };
         self.dispatching.insert((id, step));
-        let clock = self.clock;
-        self.tasks.spawn(async move {
-            let result = send::execute(&address, &order, deadline_ms, clock).await;
-            Reply::Executed {
-                job: id,
-                step,
-                token,
-                target,
-                address,
-                result,
-            }
+        self.outbox.entry(address).or_default().push(Outgoing {
+            job: id,
+            step,
+            token,
+            target,
+            order,
+            deadline_ms,
         });
         true
+    }
+
+    /// Sends the orders decided this round: one request per executor (up to
+    /// [`ORDERS_PER_SEND_MAX`] orders each), so the steps of a phase that go to one agent cost
+    /// it one request and one journal write, not one each. Each answer comes back on its own.
+    fn send_outbox(&mut self) {
+        let clock = self.clock;
+        for (address, mut outgoing) in std::mem::take(&mut self.outbox) {
+            while !outgoing.is_empty() {
+                let rest = outgoing.split_off(outgoing.len().min(ORDERS_PER_SEND_MAX));
+                let chunk = std::mem::replace(&mut outgoing, rest);
+                let replies = self.replies.clone();
+                let address = address.clone();
+                self.tasks.spawn(async move {
+                    let (meta, orders): (Vec<_>, Vec<_>) = chunk
+                        .into_iter()
+                        .map(|o| ((o.job, o.step, o.token, o.target), (o.order, o.deadline_ms)))
+                        .unzip();
+                    send::execute_all(&address, &orders, clock, &mut |i, result| {
+                        let (job, step, token, target) = meta[i].clone();
+                        let _ = replies.send(Reply::Executed {
+                            job,
+                            step,
+                            token,
+                            target,
+                            address: address.clone(),
+                            result,
+                        });
+                    })
+                    .await;
+                });
+            }
+        }
     }
 
     fn probe(
@@ -543,16 +616,17 @@ impl Lead<'_> {
             pair,
         };
         self.probing.insert(key);
+        let replies = self.replies.clone();
         self.tasks.spawn(async move {
             let result = send::probe(&address, &order).await;
-            Reply::Probed {
+            let _ = replies.send(Reply::Probed {
                 job: id,
                 step,
                 token,
                 target,
                 address,
                 result,
-            }
+            });
         });
     }
 
@@ -569,7 +643,7 @@ impl Lead<'_> {
             if let StepTarget::Array(array) = target {
                 // Behind the job events already queued, in order; a successor that never
                 // sees it starts from the older record and passes over again.
-                let _ = self.proposals.send(Command::RouteArraySteps {
+                self.unsent.push(Command::RouteArraySteps {
                     array: array.clone(),
                     control_node: next,
                 });

@@ -180,6 +180,69 @@ pub async fn execute(
     }
 }
 
+/// Sends `orders` (each with its deadline on the lead's `clock`) to the executor at `address`
+/// as one batch (`ExecuteMany`), and sends again, as one batch, those it says are still
+/// running, until their deadlines. `on_answer` gets each order's last answer (its index in
+/// `orders`) as soon as it has it. A lone order goes as a single `Execute`, and so does every
+/// order when the executor does not serve batches (an agent of an older version).
+pub async fn execute_all(
+    address: &str,
+    orders: &[(StepOrder, u64)],
+    clock: crate::agent::LeadClock,
+    on_answer: &mut (dyn FnMut(usize, Result<Finding, Unanswered>) + Send),
+) {
+    use crate::executor::client::{Batched, execute_many};
+    let mut pending: Vec<usize> = (0..orders.len()).collect();
+    while !pending.is_empty() {
+        if let [i] = pending[..] {
+            on_answer(i, execute(address, &orders[i].0, orders[i].1, clock).await);
+            return;
+        }
+        let batch: Vec<&StepOrder> = pending.iter().map(|&i| &orders[i].0).collect();
+        let mut answered = vec![false; pending.len()];
+        let mut again = Vec::new();
+        let served = execute_many(address, &batch, &mut |k, result| {
+            answered[k] = true;
+            let i = pending[k];
+            match result {
+                Ok(Finding::Running { .. }) if clock.now_ms() < orders[i].1 => again.push(i),
+                result => on_answer(i, result.map_err(Unanswered::from)),
+            }
+        })
+        .await;
+        let cut = match served {
+            Ok(Batched::Served) => Unanswered {
+                why: format!(
+                    "outcome unknown: the executor at {address} ended the batch without answering the order; probe the step"
+                ),
+                unreachable: false,
+            },
+            Ok(Batched::NotServed) => {
+                let singles = pending
+                    .iter()
+                    .map(|&i| execute(address, &orders[i].0, orders[i].1, clock));
+                for (&i, result) in pending.iter().zip(futures::future::join_all(singles).await) {
+                    on_answer(i, result);
+                }
+                return;
+            }
+            Err(e) => Unanswered::from(e),
+        };
+        for (k, &i) in pending.iter().enumerate() {
+            if !answered[k] {
+                on_answer(
+                    i,
+                    Err(Unanswered {
+                        why: cut.why.clone(),
+                        unreachable: cut.unreachable,
+                    }),
+                );
+            }
+        }
+        pending = again;
+    }
+}
+
 /// Asks about a token (and fences it).
 pub async fn probe(address: &str, order: &ProbeOrder) -> Result<Finding, Unanswered> {
     Ok(crate::executor::client::probe(address, order).await?)

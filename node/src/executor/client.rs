@@ -109,3 +109,82 @@ pub async fn probe(address: &str, order: &ProbeOrder) -> Result<Finding, NodeErr
         ))),
     }
 }
+
+/// Whether the executor served a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batched {
+    /// It did: every answer it gave went to the callback.
+    Served,
+    /// It does not know `ExecuteMany` (an agent of an older version): nothing was begun;
+    /// send the orders one by one.
+    NotServed,
+}
+
+/// Sends `orders` to the executor at `address` as one `ExecuteMany` and hands each answer to
+/// `on_answer` (the order's index in `orders`) as it arrives, in any order. An error ends the
+/// call: the orders not answered by then have an unknown outcome (probe them). Bounded by the
+/// longest [`execute_timeout`] of the orders.
+pub async fn execute_many(
+    address: &str,
+    orders: &[&StepOrder],
+    on_answer: &mut (dyn FnMut(usize, Result<Finding, NodeError>) + Send),
+) -> Result<Batched, NodeError> {
+    let mut batch = pb::StepOrderBatch::default();
+    for order in orders {
+        let json = serde_json::to_vec(order)
+            .map_err(|e| NodeError::Invalid(format!("the step order cannot be encoded: {e}")))?;
+        batch.orders.push(pb::StepOrderMessage { json });
+    }
+    let bound = orders
+        .iter()
+        .map(|o| execute_timeout(o))
+        .max()
+        .unwrap_or_default();
+    let mut request = tonic::Request::new(batch);
+    request.set_timeout(bound);
+    let mut client = client(address)?;
+    let call = async {
+        let mut answers = match client.execute_many(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => return Ok(Batched::NotServed),
+            Err(status) => return Err(error(address, "batch of step orders", status)),
+        };
+        while let Some(answer) = answers
+            .message()
+            .await
+            .map_err(|status| error(address, "batch of step orders", status))?
+        {
+            let index = answer.index as usize;
+            if index >= orders.len() {
+                return Err(NodeError::Remote {
+                    address: address.to_string(),
+                    code: Code::Internal,
+                    message: format!(
+                        "the executor answered order {index} of a batch of {} (a bug)",
+                        orders.len()
+                    ),
+                });
+            }
+            let result = if answer.code == 0 {
+                finding(
+                    address,
+                    pb::StepReply {
+                        finding_json: answer.finding_json,
+                    },
+                )
+            } else {
+                let status = tonic::Status::new(Code::from(answer.code), answer.message);
+                Err(error(address, "step order", status))
+            };
+            on_answer(index, result);
+        }
+        Ok(Batched::Served)
+    };
+    match tokio::time::timeout(bound, call).await {
+        Ok(done) => done,
+        Err(_) => Err(NodeError::OutcomeUnknown(format!(
+            "outcome unknown: the batch of step orders sent to {address} got no full answer within {} ms; probe the steps",
+            bound.as_millis()
+        ))),
+    }
+}

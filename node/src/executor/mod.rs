@@ -23,6 +23,10 @@
 //! step under the same term did it (`acted_by`); a release whose quiesce is gone reports it not
 //! held throughout.
 //!
+//! Orders sent together (`ExecuteMany`, [`batch`]) are checked the same way and begun in one
+//! journal transaction ([`Journal::begin_steps`]) with at most one flush; each then runs and
+//! is answered as if it had come alone, as soon as it has its answer.
+//!
 //! ## Asking again
 //! A token begun before is never run again: its record answers (`Finished`); a record with no
 //! outcome is either running in this process (wait, then `Running`) or was cut short by a
@@ -65,6 +69,7 @@
 //!   and its answer; the driver asks again.
 
 pub mod array_steps;
+pub mod batch;
 pub mod client;
 pub mod host_steps;
 mod probe;
@@ -179,6 +184,35 @@ pub fn supersedes_or_is(found: &FencingToken, asked: &FencingToken) -> bool {
     found.attempt > asked.attempt || (found.attempt == asked.attempt && found.term <= asked.term)
 }
 
+/// A journal's answer as the status an order ends with: a fencing refusal is
+/// `FAILED_PRECONDITION`, anything else the journal's failure.
+fn journal_status(what: &str, e: JournalError) -> Status {
+    match e {
+        JournalError::StaleToken { .. }
+        | JournalError::StaleTerm { .. }
+        | JournalError::Fenced { .. } => refused(e),
+        e => Status::internal(format!("{what}: {e}")),
+    }
+}
+
+/// How long an `Execute` of `order` holds its reply for the outcome.
+fn reply_wait(order: &StepOrder) -> Duration {
+    Duration::from_millis(order.reply_within_ms.min(REPLY_WITHIN_MS_MAX))
+}
+
+/// Inside the freeze window every durable write is a disk flush the business servers wait
+/// through: a separate and a release begin without waiting for it (see
+/// `Journal::begin_step_unflushed` for why a lost record is safe for them). A quiesce's begin
+/// is durable before the volume is touched all the same: the host records its quiesce in this
+/// same journal (one sled database) with a flush before it acts, and that flush carries every
+/// earlier write, this one too. So the quiesce costs one flush, not two.
+fn begins_unflushed(call: &StepCall) -> bool {
+    matches!(
+        call,
+        StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
+    )
+}
+
 fn refused(e: impl std::fmt::Display) -> Status {
     Status::failed_precondition(e.to_string())
 }
@@ -255,12 +289,7 @@ impl Executor {
         let task = tokio::task::spawn_blocking(move || op(&journal));
         match tokio::time::timeout(Duration::from_millis(JOURNAL_OP_MS), task).await {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(
-                e @ (JournalError::StaleToken { .. }
-                | JournalError::StaleTerm { .. }
-                | JournalError::Fenced { .. }),
-            ))) => Err(refused(e)),
-            Ok(Ok(Err(e))) => Err(Status::internal(format!("{what}: {e}"))),
+            Ok(Ok(Err(e))) => Err(journal_status(what, e)),
             Ok(Err(e)) => Err(Status::internal(format!("{what}: the task failed: {e}"))),
             Err(_) => Err(outcome_unknown(format!(
                 "{what} did not complete within {JOURNAL_OP_MS} ms (check the disk holding the agent's data directory)"
@@ -369,8 +398,9 @@ impl Executor {
         }
     }
 
-    /// `Execute`: see the module essay.
-    pub async fn execute(self: &Arc<Self>, order: StepOrder) -> Result<Finding, Status> {
+    /// Refuses an order before anything is touched: the agent is stopping, the token is not
+    /// the order's, a deposed leader's term, an ended job, a step that is not this agent's.
+    fn admit(&self, order: &StepOrder) -> Result<(), Status> {
         let token = order.dispatch.token;
         if self.stopped.load(Ordering::SeqCst) {
             return Err(Status::unavailable(format!(
@@ -387,8 +417,19 @@ impl Executor {
         self.check_term(&token)?;
         self.check_job_open(&token)?;
         self.check_target(&order.dispatch.target, &order.dispatch.call)?;
-        check_pair(&order.dispatch.target, order.pair.as_ref())?;
-        let wait = Duration::from_millis(order.reply_within_ms.min(REPLY_WITHIN_MS_MAX));
+        check_pair(&order.dispatch.target, order.pair.as_ref())
+    }
+
+    /// The lock ordering the steps of `call`'s resource, if it has one.
+    fn resource_lock(&self, call: &StepCall) -> Option<ResourceTail> {
+        step_resource(call).map(|r| lock(&self.resource_order).entry(r).or_default().clone())
+    }
+
+    /// `Execute`: see the module essay.
+    pub async fn execute(self: &Arc<Self>, order: StepOrder) -> Result<Finding, Status> {
+        let token = order.dispatch.token;
+        self.admit(&order)?;
+        let wait = reply_wait(&order);
         for _ in 0..CLAIM_ROUNDS_MAX {
             let (claim, tx) = match self.claim(token) {
                 Ok(claimed) => claimed,
@@ -398,75 +439,75 @@ impl Executor {
                 },
             };
             let resource = step_resource(&order.dispatch.call);
-            let order_lock = resource.as_ref().map(|r| {
-                lock(&self.resource_order)
-                    .entry(r.clone())
-                    .or_default()
-                    .clone()
-            });
-            let mut tail = match &order_lock {
-                Some(m) => Some(m.clone().lock_owned().await),
+            let tail = match self.resource_lock(&order.dispatch.call) {
+                Some(m) => Some(m.lock_owned().await),
                 None => None,
             };
-            // Inside the freeze window every durable write is a disk flush the business servers
-            // wait through: a separate and a release begin without waiting for it (see
-            // `Journal::begin_step_unflushed` for why a lost record is safe for them). A
-            // quiesce's begin is durable before the volume is touched all the same: the host
-            // records its quiesce in this same journal (one sled database) with a flush before
-            // it acts, and that flush carries every earlier write, this one included. So the
-            // quiesce costs one flush, not two.
-            let in_window = matches!(
-                order.dispatch.call,
-                StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
-            );
+            let durable = !begins_unflushed(&order.dispatch.call);
             let begun = self
                 .journal_op("beginning the step in the journal", move |j| {
-                    if in_window {
-                        j.begin_step_unflushed(token, resource.as_deref(), now_ms())
-                    } else {
+                    if durable {
                         j.begin_step(token, resource.as_deref(), now_ms())
+                    } else {
+                        j.begin_step_unflushed(token, resource.as_deref(), now_ms())
                     }
                 })
                 .await?;
-            match begun {
-                StepBegin::AlreadyRecorded(rec) => {
-                    // We hold the claim: nobody in this process runs it.
-                    let answer = self
-                        .answer_from(
-                            &rec,
-                            &order.dispatch.call,
-                            order.pair.as_ref(),
-                            order.dispatch.round,
-                        )
-                        .await;
-                    drop(claim);
-                    return answer;
-                }
-                StepBegin::Started(_) => {
-                    let rx = tx.subscribe();
-                    let (done_tx, done_rx) = watch::channel(false);
-                    let before = tail.as_mut().and_then(|t| t.replace(done_rx));
-                    drop(tail);
-                    {
-                        // Under the lock the task's end takes to remove itself: no stale handle.
-                        let mut tasks = lock(&self.tasks);
-                        let task =
-                            tokio::spawn(self.clone().run(order, tx, claim, before, done_tx));
-                        tasks.insert(token, task.abort_handle());
-                    }
-                    return match Self::await_end(token, rx, wait).await {
-                        Some(reply) => reply,
-                        None => Err(Status::internal(
-                            "the step's task ended without an outcome (a bug; report it)",
-                        )),
-                    };
-                }
-            }
+            return self.proceed(order, begun, claim, tx, tail).await;
         }
         Err(Status::unavailable(format!(
             "job {} step {}: the token is being begun by another request; ask again",
             token.job_id, token.step_index
         )))
+    }
+
+    /// After the begin: answers a token begun before from its record, or runs a token begun
+    /// now on its own task and waits for its end up to the order's `reply_within_ms`. `tail`
+    /// is the order's resource lock, held since before the begin.
+    async fn proceed(
+        self: &Arc<Self>,
+        order: StepOrder,
+        begun: StepBegin,
+        claim: Claim,
+        tx: EndTx,
+        mut tail: Option<tokio::sync::OwnedMutexGuard<Option<watch::Receiver<bool>>>>,
+    ) -> Result<Finding, Status> {
+        let token = order.dispatch.token;
+        let wait = reply_wait(&order);
+        match begun {
+            StepBegin::AlreadyRecorded(rec) => {
+                drop(tail);
+                // We hold the claim: nobody in this process runs it.
+                let answer = self
+                    .answer_from(
+                        &rec,
+                        &order.dispatch.call,
+                        order.pair.as_ref(),
+                        order.dispatch.round,
+                    )
+                    .await;
+                drop(claim);
+                answer
+            }
+            StepBegin::Started(_) => {
+                let rx = tx.subscribe();
+                let (done_tx, done_rx) = watch::channel(false);
+                let before = tail.as_mut().and_then(|t| t.replace(done_rx));
+                drop(tail);
+                {
+                    // Under the lock the task's end takes to remove itself: no stale handle.
+                    let mut tasks = lock(&self.tasks);
+                    let task = tokio::spawn(self.clone().run(order, tx, claim, before, done_tx));
+                    tasks.insert(token, task.abort_handle());
+                }
+                match Self::await_end(token, rx, wait).await {
+                    Some(reply) => reply,
+                    None => Err(Status::internal(
+                        "the step's task ended without an outcome (a bug; report it)",
+                    )),
+                }
+            }
+        }
     }
 
     /// The step's task: run it, journal the outcome, then let the waiters see it.
@@ -602,6 +643,50 @@ impl StepExecutor for StepExecutorService {
     ) -> Result<Response<pb::StepReply>, Status> {
         let order: StepOrder = decode(&request.into_inner().json, "step order")?;
         reply(self.exec.execute(order).await?)
+    }
+
+    type ExecuteManyStream = futures::stream::BoxStream<'static, Result<pb::StepAnswer, Status>>;
+
+    async fn execute_many(
+        &self,
+        request: Request<pb::StepOrderBatch>,
+    ) -> Result<Response<Self::ExecuteManyStream>, Status> {
+        use futures::StreamExt;
+        let orders = request
+            .into_inner()
+            .orders
+            .iter()
+            .map(|o| decode(&o.json, "step order"))
+            .collect();
+        let answers = self.exec.execute_many(orders).await?;
+        Ok(Response::new(
+            answers
+                .map(|(index, answer)| {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    let encoded = answer.and_then(|f| {
+                        serde_json::to_vec(&f).map_err(|e| {
+                            Status::internal(format!(
+                                "the finding could not be encoded (a bug): {e}"
+                            ))
+                        })
+                    });
+                    Ok(match encoded {
+                        Ok(finding_json) => pb::StepAnswer {
+                            index,
+                            code: 0,
+                            message: String::new(),
+                            finding_json,
+                        },
+                        Err(status) => pb::StepAnswer {
+                            index,
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                            finding_json: Vec::new(),
+                        },
+                    })
+                })
+                .boxed(),
+        ))
     }
 
     async fn probe(
