@@ -542,22 +542,39 @@ async fn quiesce_detached(
         extended_ms_total: 0,
         taken_at_boot_ms: now_boot,
     };
+    // A freeze's guard is forked before anything is recorded, and freezes only once it is
+    // journaled with the quiesce (one flush): an agent killed in between leaves a guard that
+    // exits unfrozen, never one that freezes unrecorded (see `crate::guard`).
+    let mut pending = match req.mode {
+        QuiesceMode::Freeze => {
+            inner
+                .backend
+                .prepare_freeze(cfg, deadline_boot_ms(&rec))
+                .await?
+        }
+        _ => None,
+    };
+    let guard_rec = pending.as_ref().map(|p| ProcessRecord {
+        pid: p.pid(),
+        start_ticks: p.start_ticks(),
+        volume: rec.volume.clone(),
+        quiesce_id: Some(rec.quiesce_id),
+        role: ProcessRole::FreezeGuard,
+        started_at_unix_ms: now_unix_ms(),
+    });
     // Durable before the volume is touched: a crash from here on is resumed at start.
-    inner.put_quiesce(&rec).await?;
+    inner
+        .put_quiesce_with_process(&rec, guard_rec.as_ref())
+        .await?;
     let acted: Result<(), HostError> = async {
         match &req.mode {
             QuiesceMode::Freeze => {
-                if let Some(g) = inner.backend.freeze(cfg, deadline_boot_ms(&rec)).await? {
-                    let proc_rec = ProcessRecord {
-                        pid: g.pid,
-                        start_ticks: g.start_ticks,
-                        volume: rec.volume.clone(),
-                        quiesce_id: Some(rec.quiesce_id),
-                        role: ProcessRole::FreezeGuard,
-                        started_at_unix_ms: now_unix_ms(),
-                    };
+                let frozen = inner
+                    .backend
+                    .freeze(cfg, deadline_boot_ms(&rec), pending.take())
+                    .await?;
+                if let Some(g) = frozen {
                     lock_std(&inner.guards).insert(rec.quiesce_id, g);
-                    inner.put_process(&proc_rec).await?;
                 }
                 Ok(())
             }
@@ -617,6 +634,10 @@ async fn quiesce_detached(
         };
         match undo {
             Ok(_) => {
+                if let Some(p) = guard_rec.as_ref().filter(|_| !froze) {
+                    // Its guard never froze and has exited (or exits at its deadline).
+                    inner.remove_process(p.pid).await?;
+                }
                 inner.remove_quiesce(&req.volume).await?;
             }
             Err(undo) => {

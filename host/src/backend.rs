@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crate::api::{CheckReport, HookKind, HookOutput, MountRequest};
 use crate::config::VolumeConfig;
 use crate::error::{Holder, HostError};
-use crate::guard::Guard;
+use crate::guard::{Guard, Pending};
 
 /// A volume's live state as the backend sees it.
 #[derive(Debug, Clone)]
@@ -32,15 +32,24 @@ pub(crate) trait Backend: Send + Sync {
         mount_point: &str,
         req: &MountRequest,
     ) -> Result<(), HostError>;
-    /// Freezes until `deadline_boot_ms` (the machine's boot clock, which no wall-clock step
-    /// moves). The linux backend freezes through a [`Guard`]
-    /// process that thaws at the deadline even if the agent dies, and returns it; the sim
-    /// (whose freeze lives in the agent's process) returns `None`. On error nothing was frozen
-    /// by this call (a freeze still in flight is undone by its guard when it completes).
+    /// Readies a freeze of `v` until `deadline_boot_ms` (the machine's boot clock, which no
+    /// wall-clock step moves) without freezing anything: the linux backend forks the
+    /// [`Guard`] process that will freeze and thaw, and returns it so the agent journals it
+    /// before it freezes (a guard dropped unfrozen exits); the sim needs none (`None`).
+    async fn prepare_freeze(
+        &self,
+        v: &VolumeConfig,
+        deadline_boot_ms: u64,
+    ) -> Result<Option<Pending>, HostError>;
+    /// Freezes until `deadline_boot_ms`: the linux backend through `pending`'s guard (which
+    /// thaws at the deadline even if the agent dies), and returns it; the sim (whose freeze
+    /// lives in the agent's process) returns `None`. On error nothing was frozen by this call
+    /// (a freeze still in flight is undone by its guard when it completes).
     async fn freeze(
         &self,
         v: &VolumeConfig,
         deadline_boot_ms: u64,
+        pending: Option<Pending>,
     ) -> Result<Option<Guard>, HostError>;
     async fn thaw(&self, v: &VolumeConfig) -> Result<(), HostError>;
     async fn rescan(&self) -> Result<(), HostError>;

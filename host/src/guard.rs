@@ -19,12 +19,22 @@
 //! stack: no allocation, no locks, no Rust I/O, no panics. Everything it needs (the file
 //! system's root directory fd, the pipes, the deadline) is prepared before the fork.
 //!
+//! A guard is forked first and freezes only when told to ([`Guard::spawn`], then
+//! [`Pending::freeze`]): in between, the agent journals the guard (pid and start time) with
+//! the quiesce record, in one flush. So every guard that ever froze is one the journal names,
+//! and an agent killed between the fork and the record leaves a guard that never freezes: its
+//! pipe closes, and a guard not yet told to freeze exits at once. (Before this, a guard froze
+//! as soon as it was forked; a dead agent's unrecorded guard then held the volume frozen and,
+//! at its deadline, thawed whatever quiesce came next.)
+//!
 //! The protocol, over two pipes (writes of at most 9 bytes are atomic):
-//! agent → guard, 9 bytes `[cmd, u64 LE]`: `E` new deadline (boot-clock ms), `U` thaw now and exit.
+//! agent → guard, 9 bytes `[cmd, u64 LE]`: `G` freeze now (value unused), `E` new deadline
+//! (boot-clock ms), `U` thaw now and exit.
 //! guard → agent, 5 bytes `[code, i32 LE errno]`: `F` freeze result (0 = frozen, else errno;
 //! the guard then exits), `E` extended, `U` thawed on request (FITHAW errno, EINVAL = was not
-//! frozen), `T` thawing by itself (deadline or signal). When the agent's pipe closes (the agent
-//! died) the guard keeps its deadline.
+//! frozen), `T` thawing by itself (deadline or signal). Before `G`, the guard exits without
+//! freezing when its deadline passes, a stop signal comes, or the agent's pipe closes; after
+//! it, a closed pipe (the agent died) leaves the guard keeping its deadline.
 
 use std::fs::File;
 use std::io;
@@ -36,6 +46,7 @@ pub(crate) const FIFREEZE: u64 = 0xC004_5877;
 /// `_IOWR('X', 120, int)` from linux/fs.h.
 pub(crate) const FITHAW: u64 = 0xC004_5878;
 
+const CMD_GO: u8 = b'G';
 const CMD_EXTEND: u8 = b'E';
 const CMD_THAW: u8 = b'U';
 const REP_FROZE: u8 = b'F';
@@ -60,6 +71,42 @@ pub(crate) struct Guard {
     pub start_ticks: u64,
     to_guard: File,
     from_guard: File,
+}
+
+/// A guard forked and not yet told to freeze. Dropped, it exits without freezing.
+#[derive(Debug)]
+pub(crate) struct Pending(Guard);
+
+impl Pending {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    pub(crate) fn start_ticks(&self) -> u64 {
+        self.0.start_ticks
+    }
+
+    /// Tells the guard to freeze and waits until it is done or `freeze_timeout_ms` passed.
+    pub(crate) fn freeze(self, freeze_timeout_ms: u64) -> Result<Guard, FreezeFailed> {
+        let guard = self.0;
+        send(&guard.to_guard, CMD_GO, 0).map_err(FreezeFailed::Spawn)?;
+        let until = Instant::now() + Duration::from_millis(freeze_timeout_ms);
+        match read_answer(&guard.from_guard, until) {
+            Ok(Some((REP_FROZE, 0))) => Ok(guard),
+            Ok(Some((REP_FROZE, errno))) => {
+                Err(FreezeFailed::Refused(io::Error::from_raw_os_error(errno)))
+            }
+            Ok(Some((code, _))) => Err(FreezeFailed::Spawn(io::Error::other(format!(
+                "the freeze guard answered {:?} instead of a freeze result",
+                code as char
+            )))),
+            Ok(None) => Err(FreezeFailed::Spawn(io::Error::other(
+                "the freeze guard exited before freezing (its deadline passed, or it was signalled)",
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(FreezeFailed::TimedOut(guard)),
+            Err(e) => Err(FreezeFailed::Spawn(e)),
+        }
+    }
 }
 
 /// How a freeze through a guard failed.
@@ -237,23 +284,19 @@ fn send(f: &File, cmd: u8, value: u64) -> io::Result<()> {
 }
 
 impl Guard {
-    /// Forks a guard that freezes the file system whose root directory is `fs_root` and
-    /// thaws it at `deadline_boot_ms` (the boot clock) unless told otherwise. Blocks until the
-    /// freeze is done or `freeze_timeout_ms` passed.
-    pub(crate) fn freeze(
-        fs_root: File,
-        deadline_boot_ms: u64,
-        freeze_timeout_ms: u64,
-    ) -> Result<Guard, FreezeFailed> {
-        let (ctl_r, ctl_w) = pipe().map_err(FreezeFailed::Spawn)?;
-        let (st_r, st_w) = pipe().map_err(FreezeFailed::Spawn)?;
+    /// Forks a guard for the file system whose root directory is `fs_root`, to thaw it at
+    /// `deadline_boot_ms` (the boot clock). It freezes nothing until [`Pending::freeze`]:
+    /// journal it first.
+    pub(crate) fn spawn(fs_root: File, deadline_boot_ms: u64) -> io::Result<Pending> {
+        let (ctl_r, ctl_w) = pipe()?;
+        let (st_r, st_w) = pipe()?;
         // Ignore SIGPIPE in the agent for writes to a dead guard: Rust already ignores it in
         // binaries, and a write error is what we want either way.
         // SAFETY: fork; the child runs only `guard_main`, which makes async-signal-safe
         // system calls on descriptors and stack memory and never returns.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            return Err(FreezeFailed::Spawn(io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         if pid == 0 {
             // SAFETY: see guard_main.
@@ -277,28 +320,12 @@ impl Guard {
                 unsafe { libc::waitpid(pid as i32, &mut status, 0) };
             });
         let start_ticks = start_ticks(pid).unwrap_or(0);
-        let guard = Guard {
+        Ok(Pending(Guard {
             pid,
             start_ticks,
             to_guard: File::from(ctl_w),
             from_guard: File::from(st_r),
-        };
-        let until = Instant::now() + Duration::from_millis(freeze_timeout_ms);
-        match read_answer(&guard.from_guard, until) {
-            Ok(Some((REP_FROZE, 0))) => Ok(guard),
-            Ok(Some((REP_FROZE, errno))) => {
-                Err(FreezeFailed::Refused(io::Error::from_raw_os_error(errno)))
-            }
-            Ok(Some((code, _))) => Err(FreezeFailed::Spawn(io::Error::other(format!(
-                "the freeze guard answered {:?} instead of a freeze result",
-                code as char
-            )))),
-            Ok(None) => Err(FreezeFailed::Spawn(io::Error::other(
-                "the freeze guard exited before freezing",
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(FreezeFailed::TimedOut(guard)),
-            Err(e) => Err(FreezeFailed::Spawn(e)),
-        }
+        }))
     }
 
     /// Moves the guard's deadline. Fails if the guard already thawed or is gone.
@@ -422,6 +449,93 @@ unsafe fn close_range(lo: u32, hi: u32) {
     }
 }
 
+/// Before the freeze: returns once the agent sends `G`; exits the process, having frozen
+/// nothing, when the agent's pipe closes (it died before journaling this guard, or dropped
+/// it), a stop signal comes, the deadline passes, or the agent asks for a thaw. Only
+/// async-signal-safe system calls.
+unsafe fn wait_for_go(sfd: RawFd, ctl: RawFd, st: RawFd, deadline: &mut u64) {
+    loop {
+        // SAFETY: async-signal-safe calls on the guard's own descriptors.
+        unsafe {
+            match next_event(sfd, ctl, *deadline) {
+                Woke::Deadline | Woke::Signal | Woke::Closed => libc::_exit(0),
+                Woke::Command(CMD_GO, _) => return,
+                Woke::Command(CMD_EXTEND, value) => {
+                    *deadline = value;
+                    answer(st, REP_EXTENDED, 0);
+                }
+                Woke::Command(CMD_THAW, _) => {
+                    answer(st, REP_THAWED, libc::EINVAL);
+                    libc::_exit(0);
+                }
+                Woke::Command(..) | Woke::Nothing => {}
+            }
+        }
+    }
+}
+
+/// What woke a guard.
+enum Woke {
+    /// Its deadline passed.
+    Deadline,
+    /// A stop signal came.
+    Signal,
+    /// The agent sent `[cmd, value]`.
+    Command(u8, u64),
+    /// The agent's pipe closed: the agent is gone.
+    Closed,
+    /// Nothing to act on (a timeout of the wait, an interrupted or partial read).
+    Nothing,
+}
+
+/// Waits, at most [`GUARD_POLL_MS_MAX`], for the next thing a guard acts on; a `ctl` below 0
+/// is not watched (the agent's pipe already closed). Only async-signal-safe system calls.
+unsafe fn next_event(sfd: RawFd, ctl: RawFd, deadline: u64) -> Woke {
+    unsafe {
+        let now = now_boot_ms();
+        if now >= deadline {
+            return Woke::Deadline;
+        }
+        let wait_ms = (deadline - now).min(GUARD_POLL_MS_MAX) as libc::c_int;
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: ctl,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if libc::poll(fds.as_mut_ptr(), 2, wait_ms) <= 0 {
+            return Woke::Nothing;
+        }
+        if sfd >= 0 && fds[0].revents != 0 {
+            return Woke::Signal;
+        }
+        if fds[1].revents == 0 {
+            return Woke::Nothing;
+        }
+        let mut buf = [0u8; 9];
+        let r = libc::read(ctl, buf.as_mut_ptr().cast(), buf.len());
+        if r < 0 && errno() == libc::EINTR {
+            return Woke::Nothing;
+        }
+        if r <= 0 {
+            return Woke::Closed;
+        }
+        if r != 9 {
+            return Woke::Nothing;
+        }
+        let value = u64::from_le_bytes([
+            buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8],
+        ]);
+        Woke::Command(buf[0], value)
+    }
+}
+
 /// The guard process. Only async-signal-safe system calls from here on; never returns.
 unsafe fn guard_main(fs: RawFd, ctl: RawFd, st: RawFd, mut deadline: u64) -> ! {
     unsafe {
@@ -465,71 +579,98 @@ unsafe fn guard_main(fs: RawFd, ctl: RawFd, st: RawFd, mut deadline: u64) -> ! {
         }
         close_all_except(&keep);
 
+        // Nothing is frozen until the agent, having journaled this guard, says so.
+        wait_for_go(sfd, ctl, st, &mut deadline);
         if libc::ioctl(fs, FIFREEZE as _, 0) != 0 {
             answer(st, REP_FROZE, errno());
             libc::_exit(1);
         }
         answer(st, REP_FROZE, 0);
-        let mut ctl_open = true;
+        let mut ctl = ctl;
         loop {
-            let now = now_boot_ms();
-            if now >= deadline {
-                answer(st, REP_BY_ITSELF, 0);
-                thaw_fd(fs);
-                libc::_exit(0);
-            }
-            let wait_ms = (deadline - now).min(GUARD_POLL_MS_MAX) as libc::c_int;
-            let mut fds = [
-                libc::pollfd {
-                    fd: sfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if ctl_open { ctl } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let n = libc::poll(fds.as_mut_ptr(), 2, wait_ms);
-            if n <= 0 {
-                continue;
-            }
-            if sfd >= 0 && fds[0].revents != 0 {
-                answer(st, REP_BY_ITSELF, 0);
-                thaw_fd(fs);
-                libc::_exit(0);
-            }
-            if fds[1].revents != 0 {
-                let mut buf = [0u8; 9];
-                let r = libc::read(ctl, buf.as_mut_ptr().cast(), buf.len());
-                if r < 0 && errno() == libc::EINTR {
-                    continue;
+            match next_event(sfd, ctl, deadline) {
+                Woke::Deadline | Woke::Signal => {
+                    answer(st, REP_BY_ITSELF, 0);
+                    thaw_fd(fs);
+                    libc::_exit(0);
                 }
-                if r <= 0 {
+                Woke::Closed => {
                     // The agent is gone: keep the deadline.
                     libc::close(ctl);
-                    ctl_open = false;
-                    continue;
+                    ctl = -1;
                 }
-                if r != 9 {
-                    continue;
+                Woke::Command(CMD_EXTEND, value) => {
+                    deadline = value;
+                    answer(st, REP_EXTENDED, 0);
                 }
-                match buf[0] {
-                    CMD_EXTEND => {
-                        deadline = u64::from_le_bytes([
-                            buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8],
-                        ]);
-                        answer(st, REP_EXTENDED, 0);
-                    }
-                    CMD_THAW => {
-                        let e = thaw_fd(fs);
-                        answer(st, REP_THAWED, e);
-                        libc::_exit(0);
-                    }
-                    _ => {}
+                Woke::Command(CMD_THAW, _) => {
+                    let e = thaw_fd(fs);
+                    answer(st, REP_THAWED, e);
+                    libc::_exit(0);
                 }
+                Woke::Command(..) | Woke::Nothing => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guard forked on a directory on tmpfs, its deadline `deadline_in_ms` from now. Nothing
+    /// here tells it to freeze (and tmpfs could not be frozen), so the machine's own disks are
+    /// never at risk. `None` (said) without a /dev/shm.
+    fn spawn_on_shm(deadline_in_ms: u64) -> Option<Pending> {
+        let Some(root) = File::open("/dev/shm").ok() else {
+            eprintln!("skipped: no /dev/shm to give the guard a directory");
+            return None;
+        };
+        Some(Guard::spawn(root, boot_ms() + deadline_in_ms).expect("fork the guard"))
+    }
+
+    fn gone_within(pid: u32, ticks: u64, bound: Duration) -> bool {
+        let until = Instant::now() + bound;
+        while Instant::now() < until {
+            if !same_process(pid, ticks) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn boot_ms() -> u64 {
+        // SAFETY: clock_gettime into a local.
+        unsafe { now_boot_ms() }
+    }
+
+    #[test]
+    fn a_guard_whose_agent_is_gone_before_it_is_told_to_freeze_exits_without_freezing() {
+        let Some(pending) = spawn_on_shm(60_000) else {
+            return;
+        };
+        let (pid, ticks) = (pending.pid(), pending.start_ticks());
+        assert!(same_process(pid, ticks), "the guard runs");
+        // What the agent's death does to the guard: its end of the pipes closes.
+        drop(pending);
+        assert!(
+            gone_within(pid, ticks, Duration::from_secs(10)),
+            "a guard never told to freeze outlived its agent"
+        );
+    }
+
+    #[test]
+    fn a_guard_never_told_to_freeze_exits_at_its_deadline() {
+        let Some(pending) = spawn_on_shm(300) else {
+            return;
+        };
+        let (pid, ticks) = (pending.pid(), pending.start_ticks());
+        assert!(
+            gone_within(pid, ticks, Duration::from_secs(10)),
+            "a guard past its deadline waits on"
+        );
+        // Told to freeze after that, it says it is gone: nothing was frozen.
+        assert!(matches!(pending.freeze(1_000), Err(FreezeFailed::Spawn(_))));
     }
 }

@@ -93,9 +93,9 @@
 //! file system) is never followed by a thaw of someone else's freeze. An agent that dies
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
 //! it cannot vouch that the quiesce held while it was down; first it ends what the dead agent
-//! left running (its freeze guards, found in the journal by pid and start time, or, if it
-//! died before journaling one, in `/proc` by name and the volume root it holds, are told to
-//! thaw with SIGTERM; hooks that were running are killed with their whole process group, so
+//! left running (its freeze guards, found in the journal by pid and start time — and, left
+//! by an agent of an older version, in `/proc` by name and the volume root they hold — are
+//! told to thaw with SIGTERM; hooks that were running are killed with their whole process group, so
 //! no start hook runs while a dead agent's stop hook is still alive). Every hook is recorded in
 //! the journal while it runs; whatever a stop hook leaves in its process group when it exits
 //! is killed (a start hook may leave the application running). Run the agent under its systemd unit (`node/systemd/`), which restarts it. Failed resumes are retried with a
@@ -186,12 +186,14 @@
 //!   60 s) is configuration for the job driver; the host does not wait by itself.
 //! - A freeze guard holds the frozen file system's root directory open (it thaws by that
 //!   descriptor), so `volume list` shows it (`sp-freeze-guard`) as a holder while frozen.
-//! - A freeze guard is recorded in the journal just after it is forked: an agent killed in
-//!   between leaves a guard its journal does not name, which its successor finds in `/proc`
-//!   (by name and the volume root it holds) and ends. A volume whose root the kernel names
-//!   apart from its configured `mount_point` (a bind mount) hides such a guard: it then thaws
-//!   at its deadline, and a quiesce taken meanwhile is reported lost at its release (the release's
-//!   thaw finds the volume not frozen), never held throughout.
+//! - A freeze guard is forked before anything is recorded, journaled with the quiesce record
+//!   (one flush), and only then told to freeze: an agent killed in between leaves a guard
+//!   that exits unfrozen when its pipe closes. Guards of older agents froze as soon as they
+//!   were forked; one left unrecorded by such an agent is found in `/proc` (by name and the
+//!   volume root it holds) and ended by the next agent. A volume whose root the kernel names
+//!   apart from its configured `mount_point` (a bind mount) hides such an old guard: it then
+//!   thaws at its deadline, and a quiesce taken meanwhile is reported lost at its release (the
+//!   release's thaw finds the volume not frozen), never held throughout.
 //! - Quiesce deadlines are wall-clock (they must survive a restart); a large clock step moves
 //!   them. Fencing tokens of steps are checked by the step executor through the journal, not
 //!   by this crate.

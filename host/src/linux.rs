@@ -18,7 +18,7 @@ use crate::api::{CheckReport, HookKind, HookOutput, MountIdentity, MountRequest}
 use crate::backend::{Backend, Seen};
 use crate::config::{FsType, VolumeConfig};
 use crate::error::{Holder, HostError};
-use crate::guard::{FITHAW, FreezeFailed, Guard};
+use crate::guard::{FITHAW, FreezeFailed, Guard, Pending};
 use crate::lds::LdPath;
 use crate::limits::{
     FSCK_TIMEOUT_MS, HOLDER_TERM_GRACE_MS, OS_COMMAND_TIMEOUT_MS, SYSCALL_TIMEOUT_MS,
@@ -377,6 +377,20 @@ impl LinuxBackend {
         Ok(())
     }
 
+    /// Forks the guard that will freeze `v` (see [`Guard::spawn`]); it freezes nothing yet.
+    async fn spawn_guard(
+        &self,
+        v: &VolumeConfig,
+        deadline_boot_ms: u64,
+    ) -> Result<Pending, HostError> {
+        let mp = self.require_mounted(v, "freeze")?;
+        let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
+        tokio::task::spawn_blocking(move || Guard::spawn(root, deadline_boot_ms))
+            .await
+            .map_err(|e| os_err(&v.name, "forking the freeze guard", e))?
+            .map_err(|e| os_err(&v.name, "forking the freeze guard", e))
+    }
+
     fn require_mounted(&self, v: &VolumeConfig, op: &str) -> Result<String, HostError> {
         self.mounted_at(v)?.ok_or_else(|| HostError::NotMounted {
             volume: v.name.clone(),
@@ -594,21 +608,29 @@ impl Backend for LinuxBackend {
         Ok(())
     }
 
+    async fn prepare_freeze(
+        &self,
+        v: &VolumeConfig,
+        deadline_boot_ms: u64,
+    ) -> Result<Option<Pending>, HostError> {
+        self.spawn_guard(v, deadline_boot_ms).await.map(Some)
+    }
+
     async fn freeze(
         &self,
         v: &VolumeConfig,
         deadline_boot_ms: u64,
+        pending: Option<Pending>,
     ) -> Result<Option<Guard>, HostError> {
+        let pending = match pending {
+            Some(p) => p,
+            None => self.spawn_guard(v, deadline_boot_ms).await?,
+        };
         let mp = self.require_mounted(v, "freeze")?;
-        let root = open_dir(&mp).map_err(|e| os_err(&v.name, &format!("open {mp}"), e))?;
         let frozen = tokio::task::spawn_blocking(move || {
             // The freeze may not outlast the window it opens.
             let left_ms = deadline_boot_ms.saturating_sub(crate::process::now_boot_ms());
-            Guard::freeze(
-                root,
-                deadline_boot_ms,
-                SYSCALL_TIMEOUT_MS.min(left_ms.max(1)),
-            )
+            pending.freeze(SYSCALL_TIMEOUT_MS.min(left_ms.max(1)))
         })
         .await
         .map_err(|e| os_err(&v.name, "FIFREEZE", e))?;

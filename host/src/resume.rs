@@ -119,6 +119,16 @@ impl Inner {
         self.jw(move |j| j.push_resume(&rec)).await
     }
 
+    pub(crate) async fn put_quiesce_with_process(
+        &self,
+        rec: &QuiesceRecord,
+        process: Option<&ProcessRecord>,
+    ) -> Result<(), HostError> {
+        let (rec, process) = (rec.clone(), process.cloned());
+        self.jw(move |j| j.put_quiesce_with_process(&rec, process.as_ref()))
+            .await
+    }
+
     pub(crate) async fn put_process(&self, rec: &ProcessRecord) -> Result<(), HostError> {
         let rec = rec.clone();
         self.jw(move |j| j.put_process(&rec)).await

@@ -27,7 +27,7 @@ use crate::backend::Backend;
 use crate::config::VolumeConfig;
 use crate::device::BlockDevice;
 use crate::error::{Holder, HostError};
-use crate::guard::Guard;
+use crate::guard::{Guard, Pending};
 use crate::limits::{SIM_BLOCK_BYTES, SIM_CACHE_BLOCKS_MAX_DEFAULT};
 use crate::switches::AppStop;
 use crate::workload;
@@ -584,10 +584,19 @@ impl Backend for SimBackend {
         Ok(())
     }
 
+    async fn prepare_freeze(
+        &self,
+        _v: &VolumeConfig,
+        _deadline_boot_ms: u64,
+    ) -> Result<Option<Pending>, HostError> {
+        Ok(None)
+    }
+
     async fn freeze(
         &self,
         v: &VolumeConfig,
         _deadline_boot_ms: u64,
+        _pending: Option<Pending>,
     ) -> Result<Option<Guard>, HostError> {
         let vol = self.vol(ld_of(v)?)?;
         let mut s = vol.state.lock().await;

@@ -487,3 +487,75 @@ async fn xfs_a_guard_the_journal_does_not_name_is_ended_by_the_next_agent() {
     require!("losetup", "mkfs.xfs", "blkid", "fsfreeze");
     a_guard_the_journal_does_not_name_is_ended_by_the_next_agent(XFS).await;
 }
+
+/// Each durable journal write of the agent below first stalls this long, as a slow disk
+/// would, so the test can look at the volume between the guard's fork and its record.
+const SLOW_JOURNAL_MS: u64 = 4_000;
+
+/// The pid of a freeze guard holding the file system at `mp`, if one runs.
+fn guard_holding(mp: &std::path::Path) -> Option<u32> {
+    let mp = std::fs::canonicalize(mp).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        if comm.trim() != "sp-freeze-guard" {
+            return None;
+        }
+        std::fs::read_dir(e.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == mp))
+            .then_some(pid)
+    })
+}
+
+/// A freeze's guard freezes only once the journal names it: an agent killed before that
+/// leaves a guard that exits unfrozen (its pipe closes; see the guard's own tests), never a
+/// frozen volume nobody will thaw on time.
+async fn a_volume_is_frozen_only_once_its_guard_is_journaled(fs: (&str, &[&str])) {
+    let mut fx = Fixture::new();
+    let (dev, mp) = fx.volume("mv", fs.1);
+    let host = fx
+        .agent_on_journal(
+            &[("mv", &dev, &mp, fs.0)],
+            "",
+            std::time::Duration::from_millis(SLOW_JOURNAL_MS),
+        )
+        .await;
+    host.mount("mv", &MountRequest::default()).await.unwrap();
+    let freezing = tokio::spawn({
+        let host = host.clone();
+        async move { host.freeze("mv", Some(60_000), "test").await }
+    });
+    wait_until("the freeze guard to be forked", || {
+        let mp = mp.clone();
+        async move { guard_holding(&mp).is_some() }
+    })
+    .await;
+    // The guard's record is being written (slowly): the volume must not be frozen yet.
+    for _ in 0..5 {
+        assert!(
+            !frozen_by_someone(&mp),
+            "{}: the volume was frozen by a guard the journal does not name yet",
+            fs.0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let q = freezing.await.unwrap().unwrap();
+    assert!(frozen_by_someone(&mp), "{}: the freeze did not take", fs.0);
+    let report = host.release("mv", Some(q.quiesce_id)).await.unwrap();
+    assert!(!frozen_by_someone(&mp), "{}: {report:?}", fs.0);
+    host.unmount("mv", false).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_a_volume_is_frozen_only_once_its_guard_is_journaled() {
+    require!("losetup", "mkfs.ext4", "blkid", "fsfreeze");
+    a_volume_is_frozen_only_once_its_guard_is_journaled(EXT4).await;
+}
+
+#[tokio::test]
+async fn xfs_a_volume_is_frozen_only_once_its_guard_is_journaled() {
+    require!("losetup", "mkfs.xfs", "blkid", "fsfreeze");
+    a_volume_is_frozen_only_once_its_guard_is_journaled(XFS).await;
+}

@@ -177,6 +177,17 @@ impl Fixture {
         volumes: &[(&str, &str, &Path, &str)],
         extra: &str,
     ) -> Arc<Agent> {
+        self.agent_on_journal(volumes, extra, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// As `agent`, on a journal whose every durable write first stalls `journal_delay`.
+    pub async fn agent_on_journal(
+        &self,
+        volumes: &[(&str, &str, &Path, &str)],
+        extra: &str,
+        journal_delay: std::time::Duration,
+    ) -> Arc<Agent> {
         let mut toml = String::from("backend = \"linux\"\n");
         for (name, dev, mp, fs) in volumes {
             toml.push_str(&format!(
@@ -187,9 +198,8 @@ impl Fixture {
         toml.push_str(extra);
         let cfg = HostConfig::from_toml_str(&toml, "test.toml").unwrap();
         let db = open_db(&self.dir.path().join("db")).await;
-        Agent::start(cfg, Journal::open(&db).unwrap(), Engine::Linux)
-            .await
-            .unwrap()
+        let journal = Journal::open(&db).unwrap().with_write_delay(journal_delay);
+        Agent::start(cfg, journal, Engine::Linux).await.unwrap()
     }
 }
 

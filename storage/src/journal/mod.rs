@@ -469,6 +469,22 @@ impl Journal {
         }
     }
 
+    /// Records the quiesce of `record.volume` and, with it, the process that will act on it
+    /// (a freeze guard forked but not yet told to freeze), durably, in one flush: the guard
+    /// then never freezes unrecorded.
+    pub fn put_quiesce_with_process(
+        &self,
+        record: &QuiesceRecord,
+        process: Option<&ProcessRecord>,
+    ) -> Result<(), JournalError> {
+        if let Some(p) = process {
+            self.processes.insert(p.pid.to_be_bytes(), encode(p)?)?;
+        }
+        self.quiesce
+            .insert(record.volume.as_bytes(), encode(record)?)?;
+        self.flush()
+    }
+
     /// Records a process the agent started (a freeze guard, a hook), durably.
     pub fn put_process(&self, record: &ProcessRecord) -> Result<(), JournalError> {
         self.processes
