@@ -622,9 +622,13 @@ impl Backend for LinuxBackend {
         deadline_boot_ms: u64,
         pending: Option<Pending>,
     ) -> Result<Option<Guard>, HostError> {
-        let pending = match pending {
-            Some(p) => p,
-            None => self.spawn_guard(v, deadline_boot_ms).await?,
+        // Only a guard the agent has journaled may freeze (see `crate::guard`).
+        let Some(pending) = pending else {
+            return Err(HostError::WrongState {
+                volume: v.name.clone(),
+                operation: "freeze".into(),
+                state: "no freeze guard prepared and journaled for it (a bug of the caller)".into(),
+            });
         };
         let mp = self.require_mounted(v, "freeze")?;
         let frozen = tokio::task::spawn_blocking(move || {

@@ -136,7 +136,7 @@ pub fn pair_of(state: &ClusterState, call: &StepCall) -> Option<PairSpec> {
 
 /// Why an executor gave no answer: the outcome is unknown (asked about next). `unreachable`
 /// when the agent could not be reached at all.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Unanswered {
     pub why: String,
     pub unreachable: bool,
@@ -230,13 +230,7 @@ pub async fn execute_all(
         };
         for (k, &i) in pending.iter().enumerate() {
             if !answered[k] {
-                on_answer(
-                    i,
-                    Err(Unanswered {
-                        why: cut.why.clone(),
-                        unreachable: cut.unreachable,
-                    }),
-                );
+                on_answer(i, Err(cut.clone()));
             }
         }
         pending = again;

@@ -565,11 +565,7 @@ impl Executor {
         // the module essay). The claim is held until the write is done, so a re-sent order
         // meanwhile gets this answer, and one after it the journal's. Every other outcome is
         // durable before any reply shows it.
-        let settled_by_target = matches!(
-            order.dispatch.call,
-            StepCall::Quiesce { .. } | StepCall::Separate { .. } | StepCall::Release { .. }
-        );
-        if settled_by_target {
+        if begins_unflushed(&order.dispatch.call) {
             let _ = tx.send(Some(TaskEnd::Recorded(recorded)));
             if let Err(e) = self
                 .journal_op("journaling the step's outcome", move |j| {
@@ -663,19 +659,12 @@ impl StepExecutor for StepExecutorService {
             answers
                 .map(|(index, answer)| {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    let encoded = answer.and_then(|f| {
-                        serde_json::to_vec(&f).map_err(|e| {
-                            Status::internal(format!(
-                                "the finding could not be encoded (a bug): {e}"
-                            ))
-                        })
-                    });
-                    Ok(match encoded {
-                        Ok(finding_json) => pb::StepAnswer {
+                    Ok(match answer.and_then(reply) {
+                        Ok(r) => pb::StepAnswer {
                             index,
                             code: 0,
                             message: String::new(),
-                            finding_json,
+                            finding_json: r.into_inner().finding_json,
                         },
                         Err(status) => pb::StepAnswer {
                             index,
