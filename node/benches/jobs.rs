@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench -p stillpoint-node --bench jobs`. `STILLPOINT_BENCH_RUNS` (default 50)
 //! runs per freeze-window configuration and method (0 skips them), `STILLPOINT_BENCH_KILLS`
-//! (default 20) kills; `STILLPOINT_BENCH_RESUMPTION=fast` runs only the shorter raft timings.
+//! (default 20) kills; `STILLPOINT_BENCH_RESUMPTION=fast` runs only the shorter raft timings;
+//! `STILLPOINT_BENCH_SHOW_RUNS` (any value) also prints every run's window, in run order.
 //! Raft timings are the site's: heartbeat 100 ms, election timeout 300–500 ms.
 //! Bounded: every job waits at most 3 minutes.
 
@@ -198,6 +199,16 @@ async fn freeze_window(pairs: u32, nodes: usize, runs: usize) {
         for (i, v) in direct_window_ms(&site).await.into_iter().enumerate() {
             direct[i].push(v);
         }
+    }
+    if std::env::var_os("STILLPOINT_BENCH_SHOW_RUNS").is_some() {
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("  each run, through the cluster: {}", show(&cluster[0]));
+        println!("  each run, direct             : {}", show(&direct[0]));
     }
     let (c50, c99) = summary("  through the cluster", cluster[0].clone());
     let (d50, d99) = summary("  direct             ", direct[0].clone());
