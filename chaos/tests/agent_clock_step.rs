@@ -22,22 +22,11 @@ const SLACK_MS: u64 = 3000;
 /// The step back.
 const STEP_MS: i64 = -60_000;
 
-/// Writes the switches file whole (a temporary file renamed over it).
-fn write_switches(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write the switches");
-    std::fs::rename(&tmp, path).expect("rename the switches into place");
-}
-
 #[test]
 fn a_real_agent_thaws_at_its_limit_when_its_clock_steps_back() {
     let bin = common::stillpoint();
     let dir = tempfile::tempdir().expect("temporary dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     runtime.block_on(async {
         let layout = SiteLayout::spread(1);
         let volume = layout.pairs[0].mv_volume.clone();
@@ -54,7 +43,7 @@ fn a_real_agent_thaws_at_its_limit_when_its_clock_steps_back() {
             .await
             .expect("freeze");
         let frozen_at = Instant::now();
-        write_switches(
+        common::write_switches(
             &site.switches_path(DB1),
             &format!("clock_offset_ms = {STEP_MS}\n"),
         );

@@ -160,8 +160,8 @@ const GUARD_NAME: &std::ffi::CStr = c"sp-freeze-guard";
 /// `/proc` by their name and the root they hold open: (pid, start ticks, mount point). An
 /// agent killed between forking a guard and journaling it leaves one its journal does not
 /// name; at its deadline it would thaw whatever freeze holds then, another quiesce's. Reads
-/// `/proc` (blocking).
-pub(crate) fn guards_holding(mount_points: &[&str]) -> Vec<(u32, u64, String)> {
+/// `/proc` (blocking). Public for tests that look for a guard from outside the agent.
+pub fn guards_holding(mount_points: &[&str]) -> Vec<(u32, u64, String)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

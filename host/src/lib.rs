@@ -88,7 +88,8 @@
 //! deadline is measured on the machine's boot clock (`CLOCK_BOOTTIME`), by the watchdog and
 //! the guard alike: a step of the wall clock (NTP, `date -s`) neither stretches a freeze past
 //! its limit nor ends it early; the record's wall-clock times are for people. A test build
-//! (`fault-injection`) can step the agent's wall clock ([`switches`]). Because
+//! (`fault-injection`) can step the agent's wall clock and stall its journal's writes
+//! ([`switches`]). Because
 //! the guard is the process that froze, a freeze the kernel refuses (another tool froze the
 //! file system) is never followed by a thaw of someone else's freeze. An agent that dies
 //! with a volume quiesced resumes it when it starts again ([`Agent::start`]) — at once, since
@@ -232,6 +233,7 @@ pub use file_app::{
     FILE_APP_LONG_STALL_MS, FILE_RECORD_BYTES, FileApp, Stall, check_file_records, file_record,
 };
 pub use grpc::{HostClient, HostService};
+pub use guard::guards_holding as freeze_guards_holding;
 pub use lds::{
     AttachedLd, LdAttachment, LdPath, LdSource, VisibleLd, ld_file_name, lds_unavailable,
     loops_under,

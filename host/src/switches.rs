@@ -18,6 +18,10 @@
 //! # killed at its timeout) or "holds" (they stop writing but keep a handle open on the
 //! # volume, so an unmount is refused as busy, until the switch is lifted). Absent: they stop.
 //! app_stop = "holds"
+//! # Every durable write of the agent's journal (quiesce, guard and step records) first
+//! # stalls this long, as a stalling disk would: a test kills the agent while a record is
+//! # being written (e.g. between forking a freeze guard and journaling it).
+//! journal_write_delay_ms = 4000
 //! ```
 //!
 //! A missing file is no fault. A file that does not parse is logged (once per change) and
@@ -130,6 +134,8 @@ mod imp {
         clock_offset_ms: i64,
         #[serde(default)]
         app_stop: Option<AppStopFile>,
+        #[serde(default)]
+        journal_write_delay_ms: u64,
     }
 
     #[derive(serde::Deserialize, Clone, Copy)]
@@ -190,7 +196,9 @@ mod imp {
                     Some(AppStopFile::Holds) => 3,
                 };
                 s.app_stop.store(app_stop, Ordering::Relaxed);
-                tracing::warn!(path = %path.display(), clock_offset_ms = f.clock_offset_ms, app_stop, "fault switches set");
+                stillpoint_storage::journal::set_switched_write_delay_ms(f.journal_write_delay_ms);
+                tracing::warn!(path = %path.display(), clock_offset_ms = f.clock_offset_ms, app_stop,
+                    journal_write_delay_ms = f.journal_write_delay_ms, "fault switches set");
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "the fault switches file does not parse; the switches keep their values");

@@ -165,3 +165,20 @@ pub fn udp_through(
         .expect("the receiver thread")
         .expect("the receiver")
 }
+
+/// A runtime like an agent's: two worker threads, timers and I/O.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Writes an agent's fault switches file whole (a temporary file renamed over it, so the
+/// agent never reads half of it).
+pub fn write_switches(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write the switches");
+    std::fs::rename(&tmp, path).expect("rename the switches into place");
+}

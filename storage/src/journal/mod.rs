@@ -52,6 +52,21 @@ mod forget;
 mod steps;
 
 pub use begin::StepToBegin;
+
+/// Test-only (feature `fault-injection`): the stall every journal of this process adds before
+/// its durable writes, as a stalling disk would; the longer of it and a journal's own
+/// [`Journal::with_write_delay`] applies.
+#[cfg(feature = "fault-injection")]
+static SWITCHED_WRITE_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Test-only (feature `fault-injection`): sets the stall every journal of this process adds
+/// before its durable writes from now on (0: none). An agent's fault switches set it
+/// (`journal_write_delay_ms`), so a test can kill the agent while one of its records is being
+/// written.
+#[cfg(feature = "fault-injection")]
+pub fn set_switched_write_delay_ms(ms: u64) {
+    SWITCHED_WRITE_DELAY_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
 pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
 
 /// Tree holding one [`QuiesceRecord`] per quiesced volume.
@@ -362,8 +377,9 @@ impl Journal {
         })
     }
 
-    /// Test-only (feature `fault-injection`): every durable write blocks its thread this long
-    /// first, as a stalling disk would.
+    /// Test-only (feature `fault-injection`): every durable write of this journal blocks its
+    /// thread this long first, as a stalling disk would (see also
+    /// [`set_switched_write_delay_ms`]).
     #[cfg(feature = "fault-injection")]
     pub fn with_write_delay(mut self, delay: std::time::Duration) -> Journal {
         self.write_delay = delay;
@@ -372,7 +388,9 @@ impl Journal {
 
     fn flush(&self) -> Result<(), JournalError> {
         #[cfg(feature = "fault-injection")]
-        std::thread::sleep(self.write_delay);
+        std::thread::sleep(self.write_delay.max(std::time::Duration::from_millis(
+            SWITCHED_WRITE_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
+        )));
         match &self.disk {
             Some(disk) => disk
                 .flush_blocking()
