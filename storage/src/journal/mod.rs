@@ -52,6 +52,7 @@ mod forget;
 mod steps;
 
 pub use begin::StepToBegin;
+pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
 
 /// Test-only (feature `fault-injection`): the stall every journal of this process adds before
 /// its durable writes, as a stalling disk would; the longer of it and a journal's own
@@ -67,7 +68,6 @@ static SWITCHED_WRITE_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic
 pub fn set_switched_write_delay_ms(ms: u64) {
     SWITCHED_WRITE_DELAY_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
-pub use steps::{FencingToken, StepBegin, StepOutcome, StepRecord};
 
 /// Tree holding one [`QuiesceRecord`] per quiesced volume.
 const QUIESCE_TREE: &str = "journal/quiesce";
