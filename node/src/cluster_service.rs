@@ -22,6 +22,14 @@ const ADD_MEMBER_TIMEOUT_MS: u64 = crate::deadlines::ADD_MEMBER_MS;
 /// How long promoting or removing a member may take to commit.
 const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = crate::deadlines::MEMBERSHIP_CHANGE_MS;
 
+/// First and longest pause before proposing a membership change again while an earlier one
+/// is being committed (see [`ClusterService::membership_change`]).
+const MEMBERSHIP_BUSY_PAUSE_MS_MIN: u64 = 20;
+const MEMBERSHIP_BUSY_PAUSE_MS_MAX: u64 = 500;
+
+/// What a membership change fails with.
+type ChangeError = RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>;
+
 pub struct ClusterService {
     ctx: Arc<AgentContext>,
 }
@@ -224,22 +232,22 @@ impl ClusterService {
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
-        let added = tokio::time::timeout_at(
-            deadline,
-            self.ctx.raft.add_learner(
-                ident.node_id,
-                Member::new(&req.address, ident.incarnation),
-                true,
-            ),
-        )
-        .await
-        .map_err(|_| {
-            NodeError::outcome_unknown(format!(
-                "node {} was not added and caught up as a learner within {ADD_MEMBER_TIMEOUT_MS} ms (the membership change adding it may yet commit)",
-                ident.node_id
-            ))
-        })?
-        .map_err(|e| self.ctx.client_write_error(e))?;
+        let member = Member::new(&req.address, ident.incarnation);
+        let added = self
+            .membership_change(deadline, || {
+                self.ctx
+                    .raft
+                    .add_learner(ident.node_id, member.clone(), true)
+            })
+            .await
+            .map_err(|late| {
+                late.unwrap_or_else(|| {
+                    NodeError::outcome_unknown(format!(
+                        "node {} was not added and caught up as a learner within {ADD_MEMBER_TIMEOUT_MS} ms (the membership change adding it may yet commit)",
+                        ident.node_id
+                    ))
+                })
+            })?;
         let mut index = added.log_id.index;
         if req.promote {
             index = self.promote_until(ident.node_id, deadline).await?;
@@ -261,17 +269,56 @@ impl ClusterService {
     ) -> Result<u64, NodeError> {
         let what = format!("{change:?}");
         let started = tokio::time::Instant::now();
-        let changed =
-            tokio::time::timeout_at(deadline, self.ctx.raft.change_membership(change, false))
-                .await
-                .map_err(|_| {
+        let changed = self
+            .membership_change(deadline, || {
+                self.ctx.raft.change_membership(change.clone(), false)
+            })
+            .await
+            .map_err(|late| {
+                late.unwrap_or_else(|| {
                     NodeError::outcome_unknown(format!(
                         "the membership change {what} did not commit within {} ms (no quorum?)",
                         started.elapsed().as_millis()
                     ))
-                })?
-                .map_err(|e| self.ctx.client_write_error(e))?;
+                })
+            })?;
         Ok(changed.log_id.index)
+    }
+
+    /// Runs one membership change (`change` proposes it) by `deadline`, proposing it again
+    /// while the cluster is still committing an earlier one: a leader just elected has not
+    /// committed the membership it inherited until its first entry commits, and two
+    /// operators' changes may overlap; neither is a reason to fail. `Err(None)`: the deadline
+    /// passed with the change proposed and not committed (its outcome is unknown) or still
+    /// waiting for the earlier one; `Err(Some(e))`: refused, or not the leader.
+    async fn membership_change<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        change: F,
+    ) -> Result<T, Option<NodeError>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ChangeError>>,
+    {
+        use openraft::error::{ChangeMembershipError, ClientWriteError};
+        let mut pause = Duration::from_millis(MEMBERSHIP_BUSY_PAUSE_MS_MIN);
+        loop {
+            match tokio::time::timeout_at(deadline, change()).await {
+                Err(_) => return Err(None),
+                Ok(Ok(done)) => return Ok(done),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(busy),
+                )))) => {
+                    tracing::debug!(%busy, "an earlier membership change is being committed; proposing again");
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(None);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(MEMBERSHIP_BUSY_PAUSE_MS_MAX));
+                }
+                Ok(Err(e)) => return Err(Some(self.ctx.client_write_error(e))),
+            }
+        }
     }
 
     async fn promote_until(

@@ -250,13 +250,27 @@ impl TestCluster {
         slot: usize,
         promote: bool,
     ) -> Result<MembershipReply, NodeError> {
+        self.adding_member(slot, promote, self.client()).await
+    }
+
+    /// Adds the agent in `slot` through `client`, without borrowing the cluster (to run it
+    /// on a task of its own while the cluster changes).
+    pub fn adding_member(
+        &self,
+        slot: usize,
+        promote: bool,
+        client: Client,
+    ) -> impl std::future::Future<Output = Result<MembershipReply, NodeError>> + Send + 'static
+    {
         let address = self.address(slot);
-        self.client()
-            .on_leader("add member", |mut c| {
-                let address = address.clone();
-                async move { c.add_member(AddMemberRequest { address, promote }).await }
-            })
-            .await
+        async move {
+            client
+                .on_leader("add member", |mut c| {
+                    let address = address.clone();
+                    async move { c.add_member(AddMemberRequest { address, promote }).await }
+                })
+                .await
+        }
     }
 
     pub async fn promote(&self, node_id: u64) -> Result<MembershipReply, NodeError> {

@@ -267,3 +267,50 @@ async fn init_refuses_an_agent_of_another_cluster_and_an_unreachable_address() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A membership change asked for while an earlier one is still being committed (as right after
+/// an election, when the leader has not yet committed the membership it inherited, which is
+/// how `stillpoint demo` once failed adding its learner) waits for it and is made, instead of
+/// failing with "already undergoing a configuration change".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_while_another_membership_change_commits_waits_for_it() {
+    let mut cluster = TestCluster::start(3, fast_raft()).await;
+    cluster.init(3).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|s| *s != leader).collect();
+    // With both followers down, the first change is proposed and cannot commit.
+    for f in &followers {
+        cluster.stop(*f).await;
+    }
+    let first = cluster.add_agent().await;
+    let second = cluster.add_agent().await;
+    let add = |slot: usize| {
+        let mut client = cluster.client();
+        client.request_timeout = WAIT;
+        client.leader_wait = WAIT;
+        tokio::spawn(cluster.adding_member(slot, false, client))
+    };
+    let adding_first = add(first);
+    let first_id = first as u64 + 1;
+    let pending = stillpoint_node::wait::until("the first change to be proposed", WAIT, || {
+        let (_, learners) = cluster.membership(leader);
+        std::future::ready(learners.contains(&first_id).then_some(()))
+    })
+    .await;
+    pending.expect("the first change is in the leader's log");
+    let adding_second = add(second);
+    for f in &followers {
+        cluster.restart(*f).await;
+    }
+    let first_added = adding_first.await.expect("task");
+    let second_added = adding_second.await.expect("task");
+    assert!(first_added.is_ok(), "first: {first_added:?}");
+    assert!(second_added.is_ok(), "second: {second_added:?}");
+    let leader = cluster.leader().await;
+    let (_, learners) = cluster.membership(leader);
+    assert!(
+        learners.contains(&first_id) && learners.contains(&(second as u64 + 1)),
+        "{learners:?}"
+    );
+    cluster.shutdown().await;
+}
