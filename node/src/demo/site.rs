@@ -20,6 +20,7 @@
 //! Children are killed when the site is dropped, pass or fail (agents on linux hosts are first
 //! asked to stop, so they detach their LDs).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub use super::layout::{
 use crate::config::ArrayEndpoint;
 use crate::error::NodeError;
 use crate::volumes::ArrayLdDevice;
+
+mod formation;
+use formation::unregistered;
 
 /// How long a dropped site of linux hosts waits for each agent to detach its LDs.
 const DETACH_ON_DROP: Duration = Duration::from_secs(20);
@@ -199,40 +203,15 @@ impl LocalSite {
             ));
         }
         // A2 first: A1's config names it as the peer of its RDR link.
-        let mut remote_array = None;
-        let remote_array_address = match &layout.remote {
-            None => None,
+        let (remote_array, remote_array_address) = match &layout.remote {
+            None => (None, None),
             Some(_) => {
-                let address = match &layout.placement {
-                    Some(p) => {
-                        let placed = p.remote_array.as_ref().ok_or_else(|| {
-                            NodeError::Invalid(
-                                "the layout is placed but its remote array A2 is not".into(),
-                            )
-                        })?;
-                        format!("{}:{}", placed.ip, p.port)
-                    }
-                    None => free_loopback_address().await?,
-                };
-                write(
-                    &dir.join("array2.toml"),
-                    &layout.array_toml(A2, dir, &address, None),
-                )?;
-                remote_array = Some(spawn_array(bin, dir, A2, array_placement(&layout, A2))?);
-                connect_array_at(&address).await?;
-                Some(address)
+                let (child, address) = formation::start_array(bin, dir, &layout, A2, None).await?;
+                (Some(child), Some(address))
             }
         };
-        let array_address = match &layout.placement {
-            Some(p) => format!("{}:{}", p.array.ip, p.port),
-            None => free_loopback_address().await?,
-        };
-        let array_cfg = dir.join("array.toml");
-        write(
-            &array_cfg,
-            &layout.array_toml(A1, dir, &array_address, remote_array_address.as_deref()),
-        )?;
-        let array = spawn_array(bin, dir, A1, array_placement(&layout, A1))?;
+        let (array, array_address) =
+            formation::start_array(bin, dir, &layout, A1, remote_array_address.as_deref()).await?;
         let mut site = LocalSite {
             layout,
             dir: dir.to_path_buf(),
@@ -303,9 +282,7 @@ impl LocalSite {
             site.agents.push(None);
             site.started.push(false);
         }
-        for slot in 0..site.agents.len() {
-            site.spawn(slot)?;
-        }
+        site.start_agents().await?;
         let client = crate::Client::new(site.endpoints[0].clone());
         // An odd number of voters, as a production site runs: with an even number one more
         // voter tolerates no more failures, and every election needs one vote more (after a
@@ -347,25 +324,20 @@ impl LocalSite {
             .await?;
         }
         let probe = crate::Client::new(site.endpoints[0].clone());
-        let count = site.agents.len();
-        crate::wait::until("every agent to register", FORM_TIMEOUT, || {
+        let names: BTreeSet<String> = (0..site.agents.len()).map(|s| site.name(s)).collect();
+        let registered = crate::wait::until("every agent to register", FORM_TIMEOUT, || {
             let probe = probe.clone();
+            let names = &names;
             async move {
-                let reply = probe
-                    .on_endpoint("query", |mut c| async move {
-                        c.query(stillpoint_proto::cluster::QueryRequest {
-                            what: "registry".into(),
-                            consistent: false,
-                        })
-                        .await
-                    })
-                    .await
-                    .ok()?;
-                let nodes: serde_json::Value = serde_json::from_slice(&reply.json).ok()?;
-                (nodes.as_object()?.len() == count).then_some(())
+                let missing = unregistered(&probe, names).await?;
+                missing.is_empty().then_some(())
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = registered {
+            let missing = unregistered(&probe, &names).await.unwrap_or(names);
+            return Err(site.formation_failed(e, &missing));
+        }
         Ok(site)
     }
 
