@@ -254,16 +254,18 @@ async fn resumption(kills: usize, control_nodes: &[&str], raft_toml: Option<&str
     let (mut samples, mut took_over) = (Vec::new(), Vec::new());
     for _ in 0..kills {
         let id = site.submit_backup().await;
-        // Kill once the RVs are free: replicates, the freeze window and the rest are ahead.
+        // Kill once the RVs are being freed: the replicates, the freeze window and the rest
+        // are ahead. (The log shows no later step until the window has closed: the leader
+        // proposes nothing from the replicates' dispatch to the releases.)
         let deadline = Instant::now() + JOB_WITHIN;
         loop {
             let job = site.job(id).await.expect("job");
-            let freed = job
+            let freeing = job
                 .steps
                 .iter()
                 .filter(|s| matches!(s.call, StepCall::FreeRv { .. }))
-                .all(|s| matches!(s.state, StepState::Done { .. }));
-            if freed || job.is_ended() {
+                .all(|s| !matches!(s.state, StepState::Pending));
+            if freeing || job.is_ended() {
                 break;
             }
             assert!(Instant::now() < deadline, "job {id} stalled");

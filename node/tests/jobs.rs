@@ -108,7 +108,10 @@ async fn a_group_on_two_business_nodes_is_backed_up_consistently_by_the_cluster(
 }
 
 /// The leader's agent is SIGKILLed once per job, after 0, 1, 2, ... steps are recorded done
-/// (every step boundary of the plan in turn, as far as polling every 20 ms can see them). At
+/// (every step boundary of the plan in turn, as far as polling every 20 ms can see them; the
+/// leader proposes nothing from a job's replicates to its releases, so the boundaries in
+/// between show in the log only once the window has closed, and kills inside it are the
+/// chaos harness's, at random moments, and the demo's). At
 /// even boundaries it is restarted at once (it may lead again in its own term: openraft keeps
 /// its committed vote); at odd ones only once another agent leads (a new term takes the job
 /// over). Every job ends done and consistent (a kill inside the freeze window is followed by a

@@ -1,6 +1,7 @@
 //! The freeze window of a job as its leader recorded it: when each kind of step of the static
 //! point (quiesce, separate, release) was sent and heard done. Read by the demo's report and
-//! the `jobs` bench, so both measure the window from the same records.
+//! the `jobs` bench, so both measure the window from the same records. Also whether a job is
+//! in its window or about to enter it, which the leader keeps its log proposals out of.
 
 use super::{Job, StepCall, StepState};
 
@@ -109,5 +110,20 @@ impl Job {
             .iter()
             .any(|s| is_release(&s.call) && !s.is_settled());
         !self.is_ended() && quiesce_out && release_open
+    }
+
+    /// Whether this job's freeze window is about to open: a replicate of its round is out
+    /// (sent, unknown or done) and none of its quiesces has been sent, so the window opens as
+    /// soon as the last pair is in sync. The leader keeps its log proposals out of this time
+    /// too: a proposal makes every agent flush its log, and flushes still under way when the
+    /// quiesces go out queue in front of the hosts' own.
+    pub fn nearing_freeze_window(&self) -> bool {
+        let replicate_out = self.steps.iter().any(|s| {
+            matches!(s.call, StepCall::Replicate { .. }) && !matches!(s.state, StepState::Pending)
+        });
+        let mut quiesces = self.steps.iter().filter(|s| is_quiesce(&s.call)).peekable();
+        let quiesces_pending =
+            quiesces.peek().is_some() && quiesces.all(|s| matches!(s.state, StepState::Pending));
+        !self.is_ended() && replicate_out && quiesces_pending
     }
 }

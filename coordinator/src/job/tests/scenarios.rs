@@ -434,12 +434,13 @@ fn the_freeze_window_is_the_final_rounds_and_the_quiesced_span_covers_every_roun
 }
 
 #[test]
-fn the_freeze_window_opens_at_the_first_quiesce_sent_and_closes_at_the_last_release_done() {
+fn the_freeze_window_nears_at_the_first_replicate_sent_opens_at_the_first_quiesce_sent_and_closes_at_the_last_release_done()
+ {
     let g = group(3, 2);
     let mut world = World::default();
     let mut rng = Rng(7);
     let mut current = job(&g);
-    let (mut saw_open, mut now_ms) = (false, 0);
+    let (mut saw_open, mut saw_nearing, mut now_ms) = (false, false, 0);
     let check = |job: &Job| {
         let quiesce_sent = job.steps.iter().any(|s| {
             matches!(s.call, StepCall::Quiesce { .. }) && !matches!(s.state, StepState::Pending)
@@ -449,6 +450,19 @@ fn the_freeze_window_opens_at_the_first_quiesce_sent_and_closes_at_the_last_rele
             .iter()
             .filter(|s| matches!(s.call, StepCall::Release { .. }))
             .all(|s| s.is_settled());
+        let replicate_sent = job.steps.iter().any(|s| {
+            matches!(s.call, StepCall::Replicate { .. }) && !matches!(s.state, StepState::Pending)
+        });
+        assert_eq!(
+            job.nearing_freeze_window(),
+            replicate_sent && !quiesce_sent && !job.is_ended(),
+            "nearing: {:?}",
+            job.steps
+                .iter()
+                .map(|s| (&s.call, s.state.name()))
+                .collect::<Vec<_>>()
+        );
+        assert!(!(job.nearing_freeze_window() && job.in_freeze_window()));
         assert_eq!(
             job.in_freeze_window(),
             quiesce_sent && !releases_done && !job.is_ended(),
@@ -468,6 +482,11 @@ fn the_freeze_window_opens_at_the_first_quiesce_sent_and_closes_at_the_last_rele
             match action {
                 Action::Record(e) => current.record(&e, now_ms).unwrap(),
                 Action::Dispatch(d) => {
+                    if matches!(d.call, StepCall::Quiesce { .. }) && !saw_open {
+                        // The first quiesce goes out while the window is about to open.
+                        assert!(current.nearing_freeze_window());
+                        saw_nearing = true;
+                    }
                     let e = JobEvent::Dispatched {
                         step: d.step,
                         token: d.token,
@@ -488,6 +507,10 @@ fn the_freeze_window_opens_at_the_first_quiesce_sent_and_closes_at_the_last_rele
         }
         now_ms += 1_000;
     }
-    assert!(current.is_ended() && saw_open, "{:?}", current.state);
-    assert!(!current.in_freeze_window());
+    assert!(
+        current.is_ended() && saw_open && saw_nearing,
+        "{:?}",
+        current.state
+    );
+    assert!(!current.in_freeze_window() && !current.nearing_freeze_window());
 }
