@@ -234,20 +234,21 @@ impl ClusterService {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ADD_MEMBER_TIMEOUT_MS);
         let member = Member::new(&req.address, ident.incarnation);
         let added = self
-            .membership_change(deadline, || {
-                self.ctx
-                    .raft
-                    .add_learner(ident.node_id, member.clone(), true)
-            })
-            .await
-            .map_err(|late| {
-                late.unwrap_or_else(|| {
+            .membership_change(
+                deadline,
+                || {
+                    self.ctx
+                        .raft
+                        .add_learner(ident.node_id, member.clone(), true)
+                },
+                || {
                     NodeError::outcome_unknown(format!(
                         "node {} was not added and caught up as a learner within {ADD_MEMBER_TIMEOUT_MS} ms (the membership change adding it may yet commit)",
                         ident.node_id
                     ))
-                })
-            })?;
+                },
+            )
+            .await?;
         let mut index = added.log_id.index;
         if req.promote {
             index = self.promote_until(ident.node_id, deadline).await?;
@@ -270,32 +271,32 @@ impl ClusterService {
         let what = format!("{change:?}");
         let started = tokio::time::Instant::now();
         let changed = self
-            .membership_change(deadline, || {
-                self.ctx.raft.change_membership(change.clone(), false)
-            })
-            .await
-            .map_err(|late| {
-                late.unwrap_or_else(|| {
+            .membership_change(
+                deadline,
+                || self.ctx.raft.change_membership(change.clone(), false),
+                || {
                     NodeError::outcome_unknown(format!(
                         "the membership change {what} did not commit within {} ms (no quorum?)",
                         started.elapsed().as_millis()
                     ))
-                })
-            })?;
+                },
+            )
+            .await?;
         Ok(changed.log_id.index)
     }
 
     /// Runs one membership change (`change` proposes it) by `deadline`, proposing it again
     /// while the cluster is still committing an earlier one: a leader just elected has not
     /// committed the membership it inherited until its first entry commits, and two
-    /// operators' changes may overlap; neither is a reason to fail. `Err(None)`: the deadline
-    /// passed with the change proposed and not committed (its outcome is unknown) or still
-    /// waiting for the earlier one; `Err(Some(e))`: refused, or not the leader.
+    /// operators' changes may overlap; neither is a reason to fail. When the deadline passes
+    /// (the change proposed and not committed, or still waiting for the earlier one) the
+    /// error is `late()`'s.
     async fn membership_change<T, F, Fut>(
         &self,
         deadline: tokio::time::Instant,
         change: F,
-    ) -> Result<T, Option<NodeError>>
+        late: impl FnOnce() -> NodeError,
+    ) -> Result<T, NodeError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ChangeError>>,
@@ -304,19 +305,19 @@ impl ClusterService {
         let mut pause = Duration::from_millis(MEMBERSHIP_BUSY_PAUSE_MS_MIN);
         loop {
             match tokio::time::timeout_at(deadline, change()).await {
-                Err(_) => return Err(None),
+                Err(_) => return Err(late()),
                 Ok(Ok(done)) => return Ok(done),
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(busy),
                 )))) => {
                     tracing::debug!(%busy, "an earlier membership change is being committed; proposing again");
                     if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(None);
+                        return Err(late());
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(MEMBERSHIP_BUSY_PAUSE_MS_MAX));
                 }
-                Ok(Err(e)) => return Err(Some(self.ctx.client_write_error(e))),
+                Ok(Err(e)) => return Err(self.ctx.client_write_error(e)),
             }
         }
     }

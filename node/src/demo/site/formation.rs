@@ -19,8 +19,7 @@ use std::time::Duration;
 use tokio::process::Child;
 
 use super::{
-    A2, FORM_TIMEOUT, LocalSite, SiteLayout, array_placement, free_loopback_address, spawn_array,
-    write,
+    FORM_TIMEOUT, LocalSite, SiteLayout, array_placement, free_loopback_address, spawn_array, write,
 };
 use crate::error::NodeError;
 
@@ -100,19 +99,14 @@ pub(super) async fn start_array(
     array: &str,
     peer: Option<&str>,
 ) -> Result<(Child, String), NodeError> {
-    let placed = match (&layout.placement, array) {
-        (None, _) => None,
-        (Some(p), A2) => Some(format!(
-            "{}:{}",
-            p.remote_array
-                .as_ref()
-                .ok_or_else(|| NodeError::Invalid(
-                    "the layout is placed but its remote array A2 is not".into()
-                ))?
-                .ip,
-            p.port
-        )),
-        (Some(p), _) => Some(format!("{}:{}", p.array.ip, p.port)),
+    let placed = match &layout.placement {
+        None => None,
+        Some(p) => {
+            let at = array_placement(layout, array).ok_or_else(|| {
+                NodeError::Invalid(format!("the layout is placed but its array {array} is not"))
+            })?;
+            Some(format!("{}:{}", at.ip, p.port))
+        }
     };
     let stem = SiteLayout::array_file_stem(array);
     let log = dir.join(format!("{stem}.log"));
@@ -262,10 +256,11 @@ impl LocalSite {
                 Some(Err(e)) => format!("unknown ({e})"),
                 None => "not started".to_string(),
             };
+            let log = self.log_path(slot);
             why.push(format!(
                 "{name}: process {process}; last lines of {}:\n{}",
-                self.log_path(slot).display(),
-                log_tail(&self.log_path(slot), FORMATION_LOG_LINES)
+                log.display(),
+                log_tail(&log, FORMATION_LOG_LINES)
             ));
         }
         match timed_out {
